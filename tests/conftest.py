@@ -1,0 +1,43 @@
+"""Shared fixtures: tiny demo data, paths to the shared datasets (tests using them skip when absent)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+DATASETS = SHARED / "datasets"
+SPLITS = SHARED / "benchmark" / "splits"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("LESIONFORGE_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+@pytest.fixture(scope="session")
+def demo_root(tmp_path_factory) -> Path:
+    """The demo dataset written at 32 px (40 samples, 8 lesion-free)."""
+    from lesionforge.data.demo import write_demo_dataset
+
+    return write_demo_dataset(tmp_path_factory.mktemp("demo"), n=40, size=32, seed=0)
+
+
+@pytest.fixture(scope="session")
+def demo_arrays():
+    """In-memory demo pairs at 32 px: images uint8 (N, 32, 32, 3), masks uint8 (N, 32, 32)."""
+    from lesionforge.data.demo import make_demo_arrays
+
+    return make_demo_arrays(n=40, size=32, seed=0)
+
+
+def need_dataset(name: str) -> Path:
+    path = DATASETS / name
+    if not path.is_dir():
+        pytest.skip(f"shared dataset {name!r} not found at {path} (../shared/datasets is absent)")
+    return path
