@@ -1,0 +1,1 @@
+"""conditioning stage."""
