@@ -62,3 +62,13 @@ class CheckpointError(LesionforgeError):
 
 class OverwriteError(LesionforgeError):
     """An output exists and the user did not ask to overwrite it."""
+
+
+class PromptFileError(DataError):
+    """A prompt library or user prompt file (YAML/CSV) is malformed."""
+
+    kind = "prompt_file"
+
+
+class MissingDependencyError(LesionforgeError):
+    """An optional package needed for this input (e.g. SimpleITK for DICOM) is not installed."""

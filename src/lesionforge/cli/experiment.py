@@ -1,7 +1,49 @@
-"""`lesionforge experiment ...` commands."""
+"""`lesionforge experiment ...` commands: run a benchmark sweep, rebuild its report, render README tables."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
+from rich.console import Console
 
 app = typer.Typer(no_args_is_help=True)
+console = Console()
+
+
+@app.command("run")
+def run(
+    config: Path = typer.Argument(..., help="Experiment YAML (see docs/experiments.md)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Delete the output folder and start over."),
+    resume: bool = typer.Option(True, "--resume/--no-resume", help="Skip finished runs, continue unfinished ones."),
+    report: bool = typer.Option(True, "--report/--no-report", help="Write the Markdown report of each result."),
+) -> None:
+    """Run every N x seed x arm of CONFIG and write one result JSON per N (plus its report)."""
+    from lesionforge.experiment.config import load_experiment_config
+    from lesionforge.experiment.report import write_report
+    from lesionforge.experiment.runner import run_experiment
+
+    cfg = load_experiment_config(config)
+    for path in run_experiment(cfg, resume=resume, overwrite=overwrite):
+        console.print(f"[green]result[/] {path}")
+        if report:
+            console.print(f"[green]report[/] {write_report(path)}")
+
+
+@app.command("report")
+def report(
+    result_json: Path = typer.Argument(..., help="A result JSON written by `experiment run`."),
+    out_dir: Path = typer.Option(None, "--out", "-o", help="Folder for the .md and PNGs (default: beside the JSON)."),
+) -> None:
+    """Rebuild the Markdown + PNG report of RESULT_JSON from the JSON alone."""
+    from lesionforge.experiment.report import write_report
+
+    console.print(f"[green]report[/] {write_report(result_json, out_dir)}")
+
+
+@app.command("table")
+def table(result_jsons: list[Path] = typer.Argument(..., help="Result JSONs, in the order of the rows.")) -> None:
+    """Print the README's headline Markdown table rendered from result JSONs."""
+    from lesionforge.experiment.report import readme_table
+
+    print(readme_table(result_jsons))

@@ -1,9 +1,58 @@
-"""Top-level commands of the generate stage."""
+"""Top-level commands of the generate stage: ``train-generator`` and ``synthesize``."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import typer
 
 
 def register(app: typer.Typer) -> None:
     """Add this stage's commands to the main app."""
+
+    @app.command("train-generator")
+    def train_generator_cmd(
+        config: Path = typer.Argument(..., help="Generator preset, e.g. configs/generator-mask2image-kvasir-cpu.yaml."),
+        data: Path = typer.Option(..., help="Labelled dataset folder or manifest.jsonl."),
+        out: Path = typer.Option(..., help="Output folder (checkpoints, samples, final model)."),
+        split: str = typer.Option(None, help="Benchmark split file or name; selects train ids."),
+        labelled: int = typer.Option(None, help="Use the N-image low-data subset of the split as labelled set."),
+        backgrounds: Path = typer.Option(None, help="Lesion-free images (inpaint self-supervision)."),
+        prompts: Path = typer.Option(None, help="User prompt file (YAML or CSV) for text-conditioned kinds."),
+        steps: int = typer.Option(None, help="Override the number of training steps."),
+        autoencoder: Path = typer.Option(None, help="LatentCodec folder: train in latent space."),
+        resume: bool = typer.Option(True, help="Continue from the latest checkpoint in --out."),
+    ) -> None:
+        """Train a generator (mask2image, joint, edge-text or inpaint) from a YAML preset."""
+        from lesionforge.generate.run import train_from_files
+
+        train_from_files(config, data, out, split=split, labelled=labelled, backgrounds=backgrounds,
+                         prompts=prompts, steps=steps, autoencoder=autoencoder, resume=resume)
+
+    @app.command("synthesize")
+    def synthesize_cmd(
+        generator: Path = typer.Argument(..., help="Trained generator folder."),
+        out: Path = typer.Option(..., help="Output folder: images/, masks/, manifest.jsonl."),
+        n: int = typer.Option(..., help="Number of samples."),
+        data: Path = typer.Option(None, help="Real labelled pairs: mask source / edge-text conditions."),
+        split: str = typer.Option(None, help="Benchmark split: restrict --data to its (low-data) train ids."),
+        labelled: int = typer.Option(None, help="Low-data subset size of the split."),
+        backgrounds: Path = typer.Option(None, help="Lesion-free images to paint into (inpaint)."),
+        mask_source: str = typer.Option("jitter", help="'jitter' (real masks deformed) or 'size' (size-controlled)."),
+        seed: int = typer.Option(0, help="Run seed: same seed, same output."),
+        sampler: str = typer.Option("dpm++", help="ddim, dpm++ or ddpm."),
+        steps: int = typer.Option(25, help="Sampling steps."),
+        guidance_scale: float = typer.Option(None, help="Classifier-free guidance scale (default: generator's)."),
+        batch_size: int = typer.Option(16, help="Samples per batch."),
+        repaint_jumps: int = typer.Option(0, help="RePaint resampling rounds per step (inpaint, ddim/ddpm)."),
+        prompts: Path = typer.Option(None, help="User prompt file (YAML or CSV)."),
+        resume: bool = typer.Option(True, help="Skip samples already in the manifest."),
+        overwrite: bool = typer.Option(False, help="Start over in a non-empty --out."),
+    ) -> None:
+        """Draw N labelled synthetic pairs from a trained generator."""
+        from lesionforge.generate.run import synthesize_from_files
+
+        synthesize_from_files(generator, out, n, data=data, split=split, labelled=labelled, backgrounds=backgrounds,
+                              mask_source=mask_source, seed=seed, sampler=sampler, steps=steps,
+                              guidance_scale=guidance_scale, batch_size=batch_size, repaint_jumps=repaint_jumps,
+                              prompts=prompts, resume=resume, overwrite=overwrite)

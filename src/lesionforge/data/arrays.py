@@ -94,7 +94,7 @@ def load_sample(sample: Sample, channels: int | None = None, multiclass: bool = 
     if sample.slice is not None:
         from lesionforge.data.volumes import read_slice
 
-        return read_slice(sample, channels=channels)
+        return read_slice(sample, channels=channels, multiclass=multiclass)
     image = read_image(sample.image, channels=channels)
     shape = image.shape[:2]
     if not sample.has_mask:

@@ -82,7 +82,12 @@ def read_image(path: str | Path, channels: int | None = None) -> np.ndarray:
     channels are identical counts as grey. A request for 1 channel on a truly coloured image converts to
     luminance; a 2-channel or >4-channel file raises :class:`ChannelCountError`.
     """
-    arr = to_uint8(read_array(path))
+    return image_from_array(read_array(path), path, channels)
+
+
+def image_from_array(arr: np.ndarray, path: str | Path, channels: int | None = None) -> np.ndarray:
+    """:func:`read_image` on an already decoded array (``path`` only names the file in errors)."""
+    arr = to_uint8(arr)
     if arr.ndim == 2:
         arr = arr[..., None]
     c = arr.shape[-1]
@@ -114,7 +119,15 @@ def read_mask(path: str | Path, multiclass: bool = False) -> np.ndarray:
     the maximum) is thresholded at half the maximum with a :class:`MaskNotice` warning; any other grey
     level raises :class:`NonBinaryMaskError`. Colour masks must have identical channels.
     """
-    arr = read_array(path)
+    mask, notice = mask_from_array(read_array(path), path, multiclass)
+    if notice:
+        warnings.warn(MaskNotice(f"{path}: {notice}"), stacklevel=2)
+    return mask
+
+
+def mask_from_array(arr: np.ndarray, path: str | Path, multiclass: bool = False) -> tuple[np.ndarray, str | None]:
+    """:func:`read_mask` on a decoded array; returns ``(mask uint8 (H, W), notice or None)`` instead of
+    warning, so callers that collect problems (the input check) get the notice as a value."""
     if arr.ndim == 3:
         if arr.shape[-1] == 4:
             arr = arr[..., :3]
@@ -122,20 +135,21 @@ def read_mask(path: str | Path, multiclass: bool = False) -> np.ndarray:
             raise ChannelCountError(path, f"mask has {arr.shape[-1]} differing channels; expected one")
         arr = arr[..., 0]
     if arr.dtype == bool:
-        return arr.astype(np.uint8)
+        return arr.astype(np.uint8), None
     if not np.issubdtype(arr.dtype, np.integer):
         if not np.all(np.isfinite(arr)) or np.any(arr != np.round(arr)):
             raise NonBinaryMaskError(path, "mask holds non-integer values")
         arr = arr.astype(np.int64)
-    values = np.unique(arr)
+    # a histogram is several times faster than np.unique for the usual 8-bit masks
+    values = np.flatnonzero(np.bincount(arr.ravel(), minlength=256)) if arr.dtype == np.uint8 else np.unique(arr)
     if values.min() < 0:
         raise NonBinaryMaskError(path, "mask holds negative values")
     if multiclass:
         if values.max() > 255:
             raise NonBinaryMaskError(path, f"label {values.max()} exceeds 255")
-        return arr.astype(np.uint8)
+        return arr.astype(np.uint8), None
     if len(values) <= 2:
-        return (arr > 0).astype(np.uint8) if len(values) == 2 or values[0] > 0 else np.zeros_like(arr, np.uint8)
+        return (arr > 0).astype(np.uint8), None
     top = int(values.max())
     noisy = values[(values > JPEG_NOISE_MARGIN) & (values < top - JPEG_NOISE_MARGIN)]
     if len(noisy) or top < 128:
@@ -144,8 +158,7 @@ def read_mask(path: str | Path, multiclass: bool = False) -> np.ndarray:
             f"{len(values)} distinct grey levels (e.g. {values[len(values) // 2]}); a binary mask needs two "
             "(use multiclass=True / --multiclass for label maps)",
         )
-    warnings.warn(MaskNotice(f"{path}: JPEG noise in mask thresholded at {top // 2}"), stacklevel=2)
-    return (arr > top // 2).astype(np.uint8)
+    return (arr > top // 2).astype(np.uint8), f"JPEG noise in mask thresholded at {top // 2}"
 
 
 def union_masks(paths: list[str | Path], shape: tuple[int, int], multiclass: bool = False) -> np.ndarray:

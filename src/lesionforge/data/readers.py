@@ -1,0 +1,191 @@
+"""Turn a user's folder into ``list[Sample]``: paired folders, class folders, image-only folders, volumes.
+
+Supported layouts (``read_dataset(root, layout="auto")`` detects them):
+
+- ``pairs``: ``images/`` + ``masks/`` (or ``labels/``), optionally with class sub-folders inside both. A mask
+  matches an image by stem: ``<stem>``, ``<stem>_mask``, ``<stem>_seg`` (also ``_label``, ``_gt``), each
+  optionally followed by ``_<n>`` for several masks of one image; extensions may differ.
+- ``mixed``: images and their ``_mask`` files side by side, in class sub-folders (BUSI as published) or not.
+- ``images``: image files only (``images/`` or the folder itself), e.g. lesion-free backgrounds.
+- ``volumes``: NIfTI files or DICOM series folders in ``images/`` (or ``imagesTr/``) with label volumes in
+  ``labels/`` (or ``labelsTr/``, ``masks/``), sliced to 2D by :mod:`lesionforge.data.volumes`.
+
+Ids are file stems relative to the image folder with ``/`` separators (``benign/benign (1)``).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from lesionforge.data.io import IMAGE_EXTS
+from lesionforge.data.manifest import Sample, read_manifest
+from lesionforge.errors import DataError, DuplicateIdError, MissingMaskError, OrphanMaskError
+
+Layout = Literal["auto", "pairs", "mixed", "images", "volumes"]
+IMAGE_DIRS = ("images", "imagesTr", "image", "imgs")
+MASK_DIRS = ("masks", "labels", "labelsTr", "mask", "annotations", "ground_truth")
+#: ``_mask``, ``_seg``, ``_label``, ``_gt`` with an optional ``_<n>`` index (several masks for one image).
+MASK_SUFFIX = re.compile(r"^(?P<base>.+?)_(?:mask|seg|label|labels|gt)(?:_(?P<n>\d+))?$", re.IGNORECASE)
+VOLUME_EXTS = (".nii", ".nii.gz", ".mha", ".mhd", ".nrrd")
+
+
+@dataclass
+class FolderScan:
+    """What a folder holds: ``samples`` found, plus ``missing`` image paths without a mask and ``orphans``
+    mask paths without an image (only in paired layouts). ``layout`` is the detected layout."""
+
+    layout: str
+    samples: list[Sample]
+    missing: list[str] = field(default_factory=list)
+    orphans: list[str] = field(default_factory=list)
+
+
+def read_dataset(
+    root: str | Path,
+    layout: Layout = "auto",
+    multiclass: bool = False,
+    allow_missing_masks: bool = False,
+    axis: int = 2,
+    min_area: int = 1,
+    window: tuple[float, float] | None = None,
+    percentiles: tuple[float, float] = (0.5, 99.5),
+) -> list[Sample]:
+    """Read a dataset folder (or a ``.jsonl`` manifest) into samples, sorted by id.
+
+    Raises :class:`MissingMaskError` for an image without a mask in a labelled layout (unless
+    ``allow_missing_masks``: it becomes an image-only sample) and :class:`OrphanMaskError` for a mask without
+    an image. ``multiclass``: volume slices are kept when any single label reaches ``min_area`` (else the
+    union of labels). ``axis``, ``min_area`` (pixels), ``window`` and ``percentiles`` apply to volumes.
+    """
+    root = Path(root)
+    if root.is_file() and root.name.endswith(".jsonl"):
+        return read_manifest(root)
+    scan = scan_folder(root, layout, axis=axis, min_area=min_area, window=window, percentiles=percentiles,
+                       multiclass=multiclass)
+    if scan.orphans:
+        raise OrphanMaskError(scan.orphans[0], f"mask has no matching image ({len(scan.orphans)} orphan masks)")
+    if scan.missing and not allow_missing_masks:
+        raise MissingMaskError(scan.missing[0], f"image has no mask ({len(scan.missing)} images without masks)")
+    return scan.samples
+
+
+def scan_folder(root: str | Path, layout: Layout = "auto", **volume_options) -> FolderScan:
+    """List a folder's samples without decoding any pixel; problems are collected, not raised.
+
+    Images without masks become image-only samples and are also listed in ``missing``.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(root, "dataset folder not found")
+    layout = detect_layout(root) if layout == "auto" else layout
+    if layout == "volumes":
+        from lesionforge.data.volumes import scan_volumes
+
+        return FolderScan("volumes", scan_volumes(root, **volume_options))
+    if layout == "pairs":
+        return _scan_pairs(_first_dir(root, IMAGE_DIRS), _first_dir(root, MASK_DIRS))
+    if layout == "mixed":
+        return _scan_mixed(root)
+    if layout == "images":
+        image_dir = _first_dir(root, IMAGE_DIRS, required=False) or root
+        return FolderScan("images", [_sample(rid, p, []) for rid, p in sorted(_index_images(image_dir).items())])
+    raise DataError(root, f"unknown layout {layout!r}; use auto, pairs, mixed, images or volumes")
+
+
+def detect_layout(root: Path) -> str:
+    """Guess the layout of ``root`` from its folder names and file kinds."""
+    image_dir = _first_dir(root, IMAGE_DIRS, required=False)
+    if image_dir is not None:
+        if any(_is_volume(p) for p in image_dir.iterdir()):
+            return "volumes"
+        return "pairs" if _first_dir(root, MASK_DIRS, required=False) else "images"
+    files = [p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTS]
+    if not files:
+        raise DataError(root, "no image files found (expected images/ + masks/, class folders or image files)")
+    return "mixed" if any(MASK_SUFFIX.match(p.stem) for p in files) else "images"
+
+
+def _first_dir(root: Path, names: tuple[str, ...], required: bool = True) -> Path | None:
+    for n in names:
+        if (root / n).is_dir():
+            return root / n
+    if required:
+        raise DataError(root, f"expected a sub-folder named one of {', '.join(names)}")
+    return None
+
+
+def _is_volume(p: Path) -> bool:
+    name = p.name.lower()
+    if p.is_dir():
+        return any(c.suffix.lower() == ".dcm" for c in p.iterdir())
+    return any(name.endswith(e) for e in VOLUME_EXTS)
+
+
+def _rel_stem(path: Path, base: Path) -> str:
+    return path.relative_to(base).with_suffix("").as_posix()
+
+
+def _index_images(folder: Path, skip_masks: bool = False) -> dict[str, Path]:
+    """Map relative stem -> image file under ``folder``; two files with one stem is an error."""
+    out: dict[str, Path] = {}
+    for p in sorted(folder.rglob("*")):
+        if p.suffix.lower() not in IMAGE_EXTS or p.name.startswith(".") or not p.is_file():
+            continue
+        if skip_masks and MASK_SUFFIX.match(p.stem):
+            continue
+        rid = _rel_stem(p, folder)
+        if rid in out:
+            raise DuplicateIdError(p, f"two image files share the id {rid!r} (also {out[rid].name})")
+        out[rid] = p
+    return out
+
+
+def _mask_key(rel_stem: str, images: dict[str, Path]) -> tuple[str | None, int]:
+    """The image id a mask belongs to and its order among that image's masks (-1 for a bare ``<stem>``)."""
+    if rel_stem in images:
+        return rel_stem, -1
+    m = MASK_SUFFIX.match(rel_stem)
+    if m and m["base"] in images:
+        return m["base"], int(m["n"] or 0)
+    return None, 0
+
+
+def _sample(rid: str, image: Path, masks: list[tuple[int, Path]]) -> Sample:
+    """A sample; the class is the first sub-folder of the id; no mask file means image-only."""
+    cls = rid.split("/")[0] if "/" in rid else None
+    paths = [str(p) for _, p in sorted(masks)]
+    return Sample(id=rid, image=str(image), masks=paths, has_mask=bool(paths), **{"class": cls})
+
+
+def _assemble(images: dict[str, Path], mask_files: list[tuple[str, Path]], layout: str) -> FolderScan:
+    by_image: dict[str, list[tuple[int, Path]]] = {}
+    orphans = []
+    for rel, p in mask_files:
+        key, order = _mask_key(rel, images)
+        if key is None:
+            orphans.append(str(p))
+        else:
+            by_image.setdefault(key, []).append((order, p))
+    samples, missing = [], []
+    for rid, img in sorted(images.items()):
+        samples.append(_sample(rid, img, by_image.get(rid, [])))
+        if not samples[-1].has_mask:
+            missing.append(str(img))
+    return FolderScan(layout, samples, missing, orphans)
+
+
+def _scan_pairs(image_dir: Path, mask_dir: Path) -> FolderScan:
+    images = _index_images(image_dir)
+    masks = [(_rel_stem(p, mask_dir), p) for p in sorted(mask_dir.rglob("*"))
+             if p.suffix.lower() in IMAGE_EXTS and p.is_file() and not p.name.startswith(".")]
+    return _assemble(images, masks, "pairs")
+
+
+def _scan_mixed(root: Path) -> FolderScan:
+    images = _index_images(root, skip_masks=True)
+    masks = [(_rel_stem(p, root), p) for p in sorted(root.rglob("*"))
+             if p.suffix.lower() in IMAGE_EXTS and p.is_file() and MASK_SUFFIX.match(p.stem)]
+    return _assemble(images, masks, "mixed")

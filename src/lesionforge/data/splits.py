@@ -1,0 +1,155 @@
+"""Train/val/test splits: the benchmark split files, group-aware splits of a user's data, and assignment.
+
+A split file is JSON with ``train``/``val``/``test`` id lists, nested ``low_data_subsets`` (``{"16": [...]}``,
+each drawn from ``train`` and contained in the next larger one), optional ``normal_backgrounds`` (lesion-free
+images for inpainting) and ``near_duplicate_groups`` (a count or the groups themselves).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from lesionforge.data.manifest import Sample
+from lesionforge.errors import DataError
+from lesionforge.utils import write_json_atomic
+
+SPLIT_NAMES = ("train", "val", "test")
+
+
+class BenchmarkSplit(BaseModel):
+    """A split of sample ids. ``low_data(n)`` gives the ``n``-image labelled subset of ``train``."""
+
+    model_config = ConfigDict(extra="forbid")
+    dataset: str = "custom"
+    train: list[str]
+    val: list[str]
+    test: list[str]
+    normal_backgrounds: list[str] = Field(default_factory=list)
+    low_data_subsets: dict[int, list[str]] = Field(default_factory=dict)
+    near_duplicate_groups: int | list[list[str]] = 0
+    seed: int | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> BenchmarkSplit:
+        seen: dict[str, str] = {}
+        for name in (*SPLIT_NAMES, "normal_backgrounds"):
+            for i in getattr(self, name):
+                if i in seen:
+                    raise ValueError(f"id {i!r} is in both {seen[i]} and {name}")
+                seen[i] = name
+        train = set(self.train)
+        previous: set[str] = set()
+        for n in sorted(self.low_data_subsets):
+            ids = set(self.low_data_subsets[n])
+            if len(ids) != n or not ids <= train or not previous <= ids:
+                raise ValueError(f"low_data_subsets[{n}] must hold {n} train ids and contain the smaller subsets")
+            previous = ids
+        return self
+
+    def low_data(self, n: int) -> list[str]:
+        """The nested ``n``-image labelled training subset."""
+        if n not in self.low_data_subsets:
+            raise KeyError(f"no low-data subset of {n} images; have {sorted(self.low_data_subsets)}")
+        return list(self.low_data_subsets[n])
+
+    def split_of(self) -> dict[str, str]:
+        """Map id -> ``train``/``val``/``test``/``normal_backgrounds``."""
+        return {i: name for name in (*SPLIT_NAMES, "normal_backgrounds") for i in getattr(self, name)}
+
+
+def split_search_dirs() -> list[Path]:
+    """Where split names are looked up: ``$LESIONFORGE_SPLITS``, the repo's ``benchmarks/splits``, and the
+    shared benchmark folder beside the checkout (``../shared/benchmark/splits``)."""
+    repo = Path(__file__).resolve().parents[3]
+    dirs = [repo / "benchmarks" / "splits", repo.parent / "shared" / "benchmark" / "splits"]
+    env = os.environ.get("LESIONFORGE_SPLITS")
+    return ([Path(env)] if env else []) + dirs
+
+
+def load_benchmark_split(path_or_name: str | Path) -> BenchmarkSplit:
+    """Read a split file, by path or by name (``"kvasir-seg"`` -> ``<search dir>/kvasir-seg.json``)."""
+    path = Path(path_or_name)
+    if not path.is_file():
+        candidates = [d / f"{path_or_name}.json" for d in split_search_dirs()]
+        found = [c for c in candidates if c.is_file()]
+        if not found:
+            raise DataError(path, f"split file not found (looked in {', '.join(str(c.parent) for c in candidates)})")
+        path = found[0]
+    try:
+        return BenchmarkSplit.model_validate(json.loads(path.read_text()))
+    except (json.JSONDecodeError, ValidationError) as e:
+        raise DataError(path, f"not a valid split file ({e})") from e
+
+
+def save_split(split: BenchmarkSplit, path: str | Path) -> Path:
+    """Write a split as JSON atomically (``low_data_subsets`` keys become strings, as in the benchmark)."""
+    write_json_atomic(path, split.model_dump(mode="json"))
+    return Path(path)
+
+
+def make_splits(
+    samples: Sequence[Sample],
+    fractions: tuple[float, float, float] = (0.7, 0.1, 0.2),
+    seed: int = 0,
+    groups: list[list[str]] | None = None,
+    low_data_sizes: Sequence[int] = (16, 32, 64, 128),
+    dataset: str = "custom",
+) -> BenchmarkSplit:
+    """Split labelled samples into train/val/test by ``fractions``, keeping each group (e.g. near-duplicates
+    from :func:`lesionforge.data.hashing.near_duplicate_groups`) inside one split.
+
+    Image-only samples (``has_mask=False``) become ``normal_backgrounds``. Low-data subsets are nested
+    prefixes of a seeded shuffle of ``train`` (sizes larger than ``train`` are skipped).
+    """
+    if len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1) > 1e-6:
+        raise ValueError(f"fractions must be three non-negative numbers summing to 1, got {fractions}")
+    labelled = [s.id for s in samples if s.has_mask]
+    units = _units(labelled, groups or [])
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(units))
+    # largest groups first so they cannot overshoot a small split at the end; ties keep the seeded order
+    order = sorted(order, key=lambda i: -len(units[i]))
+    targets = np.array(fractions) * len(labelled)
+    filled = [[], [], []]
+    for i in order:
+        k = int(np.argmax(targets - np.array([len(f) for f in filled])))
+        filled[k] += units[i]
+    train = sorted(filled[0])
+    shuffled = [train[i] for i in rng.permutation(len(train))]
+    subsets = {n: sorted(shuffled[:n]) for n in low_data_sizes if n <= len(train)}
+    group_list = [sorted(g) for g in (groups or []) if len(g) > 1]
+    return BenchmarkSplit(
+        dataset=dataset, train=train, val=sorted(filled[1]), test=sorted(filled[2]),
+        normal_backgrounds=sorted(s.id for s in samples if not s.has_mask), low_data_subsets=subsets,
+        near_duplicate_groups=group_list, seed=seed,
+    )
+
+
+def _units(ids: list[str], groups: list[list[str]]) -> list[list[str]]:
+    """Partition ``ids`` into indivisible units: overlapping groups are merged, the rest are singletons."""
+    pos = {i: k for k, i in enumerate(ids)}
+    edges = [(k, k) for k in range(len(ids))]
+    for g in groups:
+        members = [pos[i] for i in g if i in pos]
+        edges += [(members[0], m) for m in members[1:]]
+    r, c = np.array(edges, int).reshape(-1, 2).T
+    graph = coo_matrix((np.ones(len(r), np.int8), (r, c)), shape=(len(ids), len(ids)))
+    _, labels = connected_components(graph, directed=False)
+    units: dict[int, list[str]] = {}
+    for i, lab in zip(ids, labels, strict=True):
+        units.setdefault(int(lab), []).append(i)
+    return list(units.values())
+
+
+def assign_splits(samples: Sequence[Sample], split: BenchmarkSplit) -> list[Sample]:
+    """Copies of ``samples`` with ``Sample.split`` set from ``split`` (``None`` for ids it does not list)."""
+    where = split.split_of()
+    return [s.model_copy(update={"split": where.get(s.id)}) for s in samples]

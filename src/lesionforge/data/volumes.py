@@ -1,0 +1,184 @@
+"""3D volumes (NIfTI via nibabel; DICOM series, MHA, NRRD via SimpleITK) sliced to 2D samples.
+
+Volumes are held in index order ``(X, Y, Z)`` (nibabel's order; SimpleITK arrays are transposed to match).
+A 2D slice is ``volume.take(index, axis)`` transposed, so for ``axis=2`` rows run along Y and columns along X.
+Intensities are clipped to a window (given, or the volume's 0.5-99.5 percentiles) and scaled to uint8; the
+window is stored in the sample's :class:`SliceRef` so every slice of a volume shares it.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from lesionforge.data.manifest import Sample, SliceRef
+from lesionforge.errors import (
+    CorruptFileError,
+    DataError,
+    MissingDependencyError,
+    NonBinaryMaskError,
+    SizeMismatchError,
+)
+
+_VOLUME_SUFFIX = re.compile(r"(\.nii\.gz|\.nii|\.mha|\.mhd|\.nrrd)$", re.IGNORECASE)
+#: nnU-Net names image channels ``<case>_0000``; a mask may carry ``_mask``/``_seg``/``_label``.
+_CASE_SUFFIX = re.compile(r"(_0000|_(mask|seg|label|labels|gt))$", re.IGNORECASE)
+
+
+def volume_stem(path: str | Path) -> str:
+    """Case name of a volume file or DICOM folder: ``case_01.nii.gz`` -> ``case_01``."""
+    return _CASE_SUFFIX.sub("", _VOLUME_SUFFIX.sub("", Path(path).name))
+
+
+def read_volume(path: str | Path) -> np.ndarray:
+    """Read a 3D volume in ``(X, Y, Z)`` index order, native dtype. DICOM: a folder of ``.dcm`` files."""
+    path = Path(path)
+    if not path.exists():
+        raise CorruptFileError(path, "volume not found")
+    if re.search(r"\.nii(\.gz)?$", path.name, re.IGNORECASE):
+        import nibabel as nib
+
+        try:
+            arr = np.asanyarray(nib.load(str(path)).dataobj)
+        except Exception as e:  # noqa: BLE001 - nibabel raises many types; all mean "unreadable"
+            raise CorruptFileError(path, f"cannot read NIfTI ({e})") from e
+    else:
+        arr = _read_sitk(path)
+    arr = np.squeeze(arr)
+    if arr.ndim != 3:
+        raise CorruptFileError(path, f"expected a 3D volume, got shape {arr.shape}")
+    return arr
+
+
+def _read_sitk(path: Path) -> np.ndarray:
+    try:
+        import SimpleITK as sitk
+    except ImportError as e:
+        raise MissingDependencyError(
+            f"{path}: reading DICOM/MHA/NRRD needs SimpleITK; pip install 'lesionforge[dicom]'"
+        ) from e
+    try:
+        if path.is_dir():
+            reader = sitk.ImageSeriesReader()
+            files = reader.GetGDCMSeriesFileNames(str(path))
+            if not files:
+                raise CorruptFileError(path, "no DICOM series in folder")
+            reader.SetFileNames(files)
+            image = reader.Execute()
+        else:
+            image = sitk.ReadImage(str(path))
+    except RuntimeError as e:
+        raise CorruptFileError(path, f"cannot read volume ({e})") from e
+    return np.transpose(sitk.GetArrayFromImage(image))  # SimpleITK gives (Z, Y, X)
+
+
+@lru_cache(maxsize=2)
+def _cached_volume(path: str) -> np.ndarray:
+    # slices of one volume are read one after another: keep the image and its label in memory
+    return read_volume(path)
+
+
+def intensity_window(volume: np.ndarray, percentiles: tuple[float, float] = (0.5, 99.5)) -> tuple[float, float]:
+    """The ``(low, high)`` intensities at the given percentiles of a volume."""
+    lo, hi = np.percentile(volume.astype(np.float32), percentiles)
+    return float(lo), float(hi)
+
+
+def window_to_uint8(image: np.ndarray, window: tuple[float, float]) -> np.ndarray:
+    """Clip ``image`` to ``window`` and scale it linearly to uint8 [0, 255]."""
+    lo, hi = window
+    scaled = (image.astype(np.float32) - lo) / max(hi - lo, 1e-6)
+    return (np.clip(scaled, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+def slice_areas(label: np.ndarray, axis: int, multiclass: bool = False) -> np.ndarray:
+    """Foreground pixels per slice along ``axis``, shape (n_slices,). ``multiclass``: the largest single label."""
+    other = tuple(a for a in range(3) if a != axis)
+    if not multiclass:
+        return np.count_nonzero(label, axis=other)
+    values = [v for v in np.unique(label) if v != 0]
+    if not values:
+        return np.zeros(label.shape[axis], np.int64)
+    return np.max([np.count_nonzero(label == v, axis=other) for v in values], axis=0)
+
+
+def volume_samples(
+    image_path: str | Path,
+    label_path: str | Path | None,
+    axis: int = 2,
+    min_area: int = 1,
+    window: tuple[float, float] | None = None,
+    percentiles: tuple[float, float] = (0.5, 99.5),
+    multiclass: bool = False,
+) -> list[Sample]:
+    """One sample per kept slice of a volume: slices whose structure covers at least ``min_area`` pixels
+    (every slice, image-only, when there is no label). Ids are ``<case>/<axis>_<index>``."""
+    if axis not in (0, 1, 2):
+        raise DataError(image_path, f"axis must be 0, 1 or 2, got {axis}")
+    image = read_volume(image_path)
+    window = window or intensity_window(image, percentiles)
+    case = volume_stem(image_path)
+    if label_path is None:
+        keep = range(image.shape[axis])
+    else:
+        label = read_volume(label_path)
+        if label.shape != image.shape:
+            raise SizeMismatchError(label_path, f"label shape {label.shape} != image shape {image.shape}")
+        keep = np.flatnonzero(slice_areas(label, axis, multiclass) >= min_area)
+    return [
+        Sample(
+            id=f"{case}/{axis}_{int(i):04d}", image=str(image_path),
+            masks=[str(label_path)] if label_path else [], has_mask=label_path is not None,
+            slice=SliceRef(axis=axis, index=int(i), label=str(label_path) if label_path else None, window=window),
+        )
+        for i in keep
+    ]
+
+
+def read_slice(sample: Sample, channels: int | None = None, multiclass: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Read a volume slice sample: image uint8 (H, W, C) windowed to [0, 255] and mask uint8 (H, W)
+    ({0, 1}, or labels 0..K when ``multiclass``; zeros when the sample has no label)."""
+    ref = sample.slice
+    if ref is None:
+        raise DataError(sample.image, f"sample {sample.id!r} is not a volume slice")
+    volume = _cached_volume(sample.image)
+    window = ref.window or intensity_window(volume)
+    image = window_to_uint8(np.take(volume, ref.index, axis=ref.axis).T, window)[..., None]
+    if channels == 3:
+        image = np.repeat(image, 3, axis=-1)
+    if ref.label is None:
+        return image, np.zeros(image.shape[:2], np.uint8)
+    label = np.take(_cached_volume(ref.label), ref.index, axis=ref.axis).T
+    if not multiclass:
+        return image, (label > 0).astype(np.uint8)
+    if label.min() < 0 or label.max() > 255:
+        raise NonBinaryMaskError(ref.label, f"labels must lie in 0..255, got {label.min()}..{label.max()}")
+    return image, label.astype(np.uint8)
+
+
+def scan_volumes(
+    root: str | Path,
+    axis: int = 2,
+    min_area: int = 1,
+    window: tuple[float, float] | None = None,
+    percentiles: tuple[float, float] = (0.5, 99.5),
+    multiclass: bool = False,
+):
+    """Pair image volumes in ``images/`` (or ``imagesTr/``) with label volumes in ``labels/``/``labelsTr/``/
+    ``masks/`` by case name and slice them; returns a :class:`~lesionforge.data.readers.FolderScan`."""
+    from lesionforge.data.readers import IMAGE_DIRS, MASK_DIRS, FolderScan, _first_dir, _is_volume
+
+    root = Path(root)
+    image_dir = _first_dir(root, IMAGE_DIRS)
+    label_dir = _first_dir(root, MASK_DIRS, required=False)
+    images = {volume_stem(p): p for p in sorted(image_dir.iterdir()) if _is_volume(p)}
+    labels = {volume_stem(p): p for p in sorted(label_dir.iterdir()) if _is_volume(p)} if label_dir else {}
+    samples: list[Sample] = []
+    for case, path in images.items():
+        samples += volume_samples(path, labels.get(case), axis, min_area, window, percentiles, multiclass)
+    missing = [str(p) for c, p in images.items() if label_dir and c not in labels]
+    orphans = [str(p) for c, p in labels.items() if c not in images]
+    return FolderScan("volumes", samples, missing, orphans)

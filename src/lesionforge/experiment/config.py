@@ -1,0 +1,208 @@
+"""The experiment configuration: one YAML describes a whole benchmark sweep.
+
+The segmentation settings live in one block shared by every arm, so arms can only differ in the data they
+train on (identical budgets by construction; an arm has no field that could change steps, batch or lr).
+Relative paths in the YAML are resolved against the folder of the YAML file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from lesionforge.config import PROFILE_RESOLUTION, ProfileName, StrictModel, load_config
+
+ArmKind = Literal["baseline", "copy-paste", "synthetic"]
+MixingMode = Literal["ratio", "alpha", "patch-merge", "synthetic-only"]
+SynthesisMethod = Literal["mask-conditioned", "joint", "inpaint-normal", "edge-guided"]
+#: protocol name of a synthesis method -> generator kind (``GeneratorConfig.kind``)
+GENERATOR_KIND: dict[str, str] = {
+    "mask-conditioned": "mask2image", "joint": "joint", "inpaint-normal": "inpaint", "edge-guided": "edge-text",
+}
+
+
+class DemoData(StrictModel):
+    """Procedural demo data written into the output folder instead of reading a dataset root."""
+
+    n: int = 40
+    size: int = 32
+    seed: int = 0
+    normal_fraction: float = 0.2
+
+
+class DatasetSettings(StrictModel):
+    """Where the data and its fixed split are. ``split`` is a split JSON path or a benchmark split name."""
+
+    name: str
+    root: Path | None = None
+    split: str | None = None
+    channels: int = 3
+    demo: DemoData | None = None
+    #: image-only folder of lesion-free backgrounds (e.g. colon-normal); else the split's normal_backgrounds
+    backgrounds_root: Path | None = None
+    #: ids of a named subset scored separately, e.g. Kvasir's sessile (flat) polyps: a text file, one id a line
+    subsets: dict[str, Path] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _root_or_demo(self) -> DatasetSettings:
+        if (self.root is None) == (self.demo is None):
+            raise ValueError("dataset: give exactly one of `root` (with `split`) or `demo`")
+        if self.root is not None and self.split is None:
+            raise ValueError("dataset: `split` is required with `root`")
+        return self
+
+
+class TransferDataset(StrictModel):
+    """Another dataset the trained models are scored on, unchanged. ``ids``: optional split JSON + key."""
+
+    name: str
+    root: Path
+    split: str | None = None
+    split_key: str = "test"
+
+
+class SegmentSettings(StrictModel):
+    """Segmentation settings shared by every arm (protocol: same network, steps, batch and lr)."""
+
+    network: str = "BasicUNet"
+    features: list[int] = Field(default_factory=lambda: [16, 32, 64, 128, 256, 16])
+    steps: int = 2000
+    batch_size: int = 16
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup_steps: int = 50
+    val_interval: int = 100
+    extra: dict = Field(default_factory=dict)  # further SegmentConfig fields, applied to every arm alike
+
+
+class FilterSettings(StrictModel):
+    """Latent-validator filter: an autoencoder + latent segmenter trained on the labelled subset."""
+
+    threshold: float | Literal["auto"] = "auto"
+    autoencoder_config: Path | None = None  # AutoencoderConfig YAML (default: its defaults)
+    autoencoder_overrides: dict = Field(default_factory=dict)
+    validator_config: Path | None = None  # LatentSegmenterConfig YAML (default: its defaults)
+    validator_overrides: dict = Field(default_factory=dict)
+
+
+class GeneratorSpec(StrictModel):
+    """One generator, trained once per N (cached, shared by all arms and seeds that name it)."""
+
+    method: SynthesisMethod
+    config: Path | None = None  # GeneratorConfig YAML preset; None: ``overrides`` hold the whole config
+    overrides: dict = Field(default_factory=dict)  # fields changed in that preset
+    n_per_real: int = 3
+    sampler: str | None = None  # None: the preset's sampling defaults
+    sampling_steps: int | None = None
+    guidance_scale: float | None = None
+    batch_size: int = 16
+    seed: int = 0
+    use_unlabelled: bool = False  # train images without masks; recorded in the results when used
+    filter: FilterSettings | None = None
+
+
+class ArmSettings(StrictModel):
+    """One arm. Only the training data differ between arms; the segmentation budget is shared."""
+
+    name: str
+    kind: ArmKind
+    generator: str | None = None  # key into ``generators``, synthetic arms only
+    ratio: float = 1.0  # synthetic:real per batch
+    mixing: MixingMode = "ratio"
+    alpha: float = 0.6
+    patch_size: int = 16
+    filtered: bool = True
+    copy_paste_p: float = 0.5
+
+    @model_validator(mode="after")
+    def _generator_for_synthetic(self) -> ArmSettings:
+        if (self.kind == "synthetic") != (self.generator is not None):
+            raise ValueError(f"arm {self.name!r}: `generator` is required for synthetic arms and only for them")
+        return self
+
+
+class ExperimentConfig(StrictModel):
+    """A benchmark sweep: every N x seed x arm, evaluated on ``test`` and the transfer datasets."""
+
+    dataset: DatasetSettings
+    profile: ProfileName = "cpu"
+    n_labelled: list[int]
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
+    segment: SegmentSettings = Field(default_factory=SegmentSettings)
+    arms: list[ArmSettings]
+    generators: dict[str, GeneratorSpec] = Field(default_factory=dict)
+    baseline_arm: str = "baseline"
+    miss_fraction: float = 0.1
+    bootstrap_samples: int = 2000
+    bootstrap_seed: int = 0
+    output: Path = Path("runs")
+    results_dir: Path = Path("results")
+    transfer: list[TransferDataset] = Field(default_factory=list)
+    grid_samples: int = 8  # synthetic and real pairs listed in the result for the report's sample grid
+
+    @property
+    def resolution(self) -> int:
+        return PROFILE_RESOLUTION[self.profile]
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ExperimentConfig:
+        names = [a.name for a in self.arms]
+        if len(set(names)) != len(names):
+            raise ValueError(f"arm names must be unique: {names}")
+        if self.baseline_arm not in names:
+            raise ValueError(f"baseline_arm {self.baseline_arm!r} is not one of the arms {names}")
+        for a in self.arms:
+            if a.generator is not None and a.generator not in self.generators:
+                raise ValueError(f"arm {a.name!r}: unknown generator {a.generator!r}")
+        if not self.n_labelled or not self.seeds:
+            raise ValueError("n_labelled and seeds must not be empty")
+        return self
+
+    def arm(self, name: str) -> ArmSettings:
+        return next(a for a in self.arms if a.name == name)
+
+
+def _resolve(p: Path | None, base: Path) -> Path | None:
+    return None if p is None or p.is_absolute() else (base / p).resolve()
+
+
+def load_experiment_config(path: str | Path, overrides: dict | None = None) -> ExperimentConfig:
+    """Read and validate an experiment YAML; relative paths become absolute against its folder."""
+    path = Path(path)
+    cfg = load_config(path, ExperimentConfig, overrides)
+    return resolve_paths(cfg, path.resolve().parent)
+
+
+def resolve_paths(cfg: ExperimentConfig, base: Path) -> ExperimentConfig:
+    """Return a copy of ``cfg`` with every relative path made absolute against ``base``."""
+    ds = cfg.dataset
+    if ds.split is not None and (ds.split.endswith(".json") or "/" in ds.split):
+        ds = ds.model_copy(update={"split": str(_resolve(Path(ds.split), base) or ds.split)})
+    ds = ds.model_copy(update={
+        "root": _resolve(ds.root, base) or ds.root,
+        "backgrounds_root": _resolve(ds.backgrounds_root, base) or ds.backgrounds_root,
+        "subsets": {k: _resolve(v, base) or v for k, v in ds.subsets.items()},
+    })
+    gens = {}
+    for name, g in cfg.generators.items():
+        upd: dict = {"config": _resolve(g.config, base) or g.config}
+        if g.filter is not None:
+            upd["filter"] = g.filter.model_copy(update={
+                "autoencoder_config": _resolve(g.filter.autoencoder_config, base) or g.filter.autoencoder_config,
+                "validator_config": _resolve(g.filter.validator_config, base) or g.filter.validator_config,
+            })
+        gens[name] = g.model_copy(update=upd)
+    transfer = [
+        t.model_copy(update={
+            "root": _resolve(t.root, base) or t.root,
+            "split": str(_resolve(Path(t.split), base)) if t.split and t.split.endswith(".json") else t.split,
+        })
+        for t in cfg.transfer
+    ]
+    return cfg.model_copy(update={
+        "dataset": ds, "generators": gens, "transfer": transfer,
+        "output": _resolve(cfg.output, base) or cfg.output,
+        "results_dir": _resolve(cfg.results_dir, base) or cfg.results_dir,
+    })

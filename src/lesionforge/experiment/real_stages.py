@@ -1,0 +1,272 @@
+"""The runner's stages implemented with lesionforge's own data, generator, filter and segmentation APIs.
+
+Trained models are cached under ``<output>/cache`` by a hash of their settings and the ids they were trained
+on, so a generator, autoencoder or validator is trained once and reused by every arm and seed.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lesionforge.data.arrays import PairArrays, load_arrays
+from lesionforge.data.manifest import Sample, read_manifest
+from lesionforge.errors import ConfigError, DataError
+from lesionforge.experiment.config import GENERATOR_KIND, ArmSettings, ExperimentConfig, GeneratorSpec
+from lesionforge.experiment.runner import cache_key
+from lesionforge.experiment.stages import ExperimentData, SplitIds, SyntheticSet
+
+
+def demo_split(samples: list[Sample], sizes: list[int]) -> SplitIds:
+    """A fixed split of the demo data: lesion pairs 1/2 train, 1/4 val, 1/4 test (in id order);
+    low-data subsets are the first N train ids (nested, as in the benchmark splits); lesion-free images
+    are the inpainting backgrounds."""
+    lesion = sorted(s.id for s in samples if s.has_mask)
+    normal = sorted(s.id for s in samples if not s.has_mask)
+    n_train, n_val = len(lesion) // 2, len(lesion) // 4
+    train, val, test = lesion[:n_train], lesion[n_train:n_train + n_val], lesion[n_train + n_val:]
+    too_big = [n for n in sizes if n > len(train)]
+    if too_big:
+        raise ConfigError(f"demo data has {len(train)} training pairs; N={too_big} is too large")
+    return SplitIds(train, val, test, {n: train[:n] for n in sizes}, normal)
+
+
+def benchmark_split(name_or_path: str) -> SplitIds:
+    """The fixed benchmark split (``load_benchmark_split``) as :class:`SplitIds`."""
+    from lesionforge.data.splits import load_benchmark_split
+
+    sp = load_benchmark_split(name_or_path)
+    subsets = {int(n): list(ids) for n, ids in sp.low_data_subsets.items()}
+    return SplitIds(list(sp.train), list(sp.val), list(sp.test), subsets, list(sp.normal_backgrounds or []))
+
+
+def _select(samples: dict[str, Sample], ids: list[str], where: str) -> list[Sample]:
+    missing = [i for i in ids if i not in samples]
+    if missing:
+        raise DataError(where, f"{len(missing)} split ids are not in the dataset, e.g. {missing[:3]}")
+    return [samples[i] for i in ids]
+
+
+class LesionforgeStages:
+    """:class:`~lesionforge.experiment.stages.Stages` backed by the real lesionforge stages."""
+
+    def load_data(self, cfg: ExperimentConfig) -> ExperimentData:
+        """Read dataset + split (or write the demo data), preprocess to the profile resolution."""
+        from lesionforge.data.readers import read_dataset
+        from lesionforge.segment.data import read_id_list
+
+        ds, res = cfg.dataset, cfg.resolution
+        if ds.demo is not None:
+            from lesionforge.data.demo import write_demo_dataset
+
+            root = cfg.output / "data"
+            if not (root / "manifest.jsonl").is_file():
+                write_demo_dataset(root, ds.demo.n, ds.demo.size, ds.demo.normal_fraction, ds.demo.seed)
+            samples = read_dataset(root / "manifest.jsonl")
+            split, where = demo_split(samples, cfg.n_labelled), str(root)
+        else:
+            samples = read_dataset(ds.root)
+            split, where = benchmark_split(ds.split), ds.split
+        by_id = {s.id: s for s in samples}
+
+        def load(ids: list[str]) -> PairArrays:
+            return load_arrays(_select(by_id, ids, where), res, ds.channels, progress=True)
+
+        backgrounds = None
+        if ds.backgrounds_root is not None:
+            backgrounds = load_arrays(read_dataset(ds.backgrounds_root), res, ds.channels, progress=True)
+        elif split.normal_backgrounds:
+            backgrounds = load(split.normal_backgrounds)
+        test = load(split.test)
+        test_ids = set(test.ids)
+        subsets = {k: [i for i in read_id_list(p) if i in test_ids] for k, p in ds.subsets.items()}
+        return ExperimentData(
+            split=split, pool=load(split.train), val=load(split.val), test=test, backgrounds=backgrounds,
+            transfer={t.name: self._transfer(t, res, ds.channels) for t in cfg.transfer}, subsets=subsets,
+            sources={"root": str(ds.root or where), "split": str(ds.split or "demo"),
+                     "backgrounds": None if backgrounds is None else len(backgrounds),
+                     "subsets": {k: len(v) for k, v in subsets.items()}},
+        )
+
+    @staticmethod
+    def _transfer(t, res: int, channels: int) -> PairArrays:
+        from lesionforge.segment.data import load_pairs, read_id_list
+
+        ids = read_id_list(t.split, t.split_key) if t.split is not None else None
+        return load_pairs(t.root, res, channels, ids)
+
+    def prepare_synthetic(
+        self, cfg: ExperimentConfig, name: str, spec: GeneratorSpec, n: int, data: ExperimentData, work_dir: Path
+    ) -> SyntheticSet:
+        """Train (cached) the generator on the N labelled pairs, synthesize ``n_per_real`` per pair, filter."""
+        from lesionforge.generate.synthesize import synthesize
+
+        labelled = data.labelled(n)
+        gcfg = self._generator_config(cfg, spec)
+        unlabelled = data.unlabelled(n) if spec.use_unlabelled else None
+        backgrounds = data.backgrounds if spec.method == "inpaint-normal" else None
+        if spec.method == "inpaint-normal" and backgrounds is None:
+            raise ConfigError(f"generator {name!r}: inpaint-normal needs lesion-free backgrounds in the dataset")
+        t0 = time.perf_counter()
+        gen_dir = self._generator(cfg, gcfg, labelled, unlabelled, backgrounds)
+        t1 = time.perf_counter()
+        synth_dir = work_dir / "synthetic"
+        samples = synthesize(
+            gen_dir, synth_dir, spec.n_per_real * len(labelled), masks_from=labelled, backgrounds=backgrounds,
+            real=labelled, seed=spec.seed, sampler=spec.sampler or gcfg.sampler,
+            steps=spec.sampling_steps or gcfg.sample_steps,
+            guidance_scale=spec.guidance_scale if spec.guidance_scale is not None else gcfg.guidance_scale,
+            batch_size=spec.batch_size, resume=True,
+        )
+        t2 = time.perf_counter()
+        info: dict[str, Any] = {
+            "generator_dir": str(gen_dir), "generator_config": gcfg.model_dump(mode="json"),
+            "n_generated": len(samples), "unlabelled_used": unlabelled is not None,
+            "timings": {"train_generator_s": round(t1 - t0, 3), "synthesize_s": round(t2 - t1, 3),
+                        "synthesis_images_per_s": round(len(samples) / max(t2 - t1, 1e-9), 3)},
+        }
+        manifest = synth_dir / "manifest.jsonl"
+        filtered = None
+        if spec.filter is not None:
+            filtered = work_dir / "filtered.jsonl"
+            info["filter"] = self._filter(cfg, spec, labelled, data, manifest, filtered)
+            info["n_kept"] = info["filter"].get("n_kept")
+        return SyntheticSet(manifest, filtered, info)
+
+    @staticmethod
+    def _generator_config(cfg: ExperimentConfig, spec: GeneratorSpec):
+        from lesionforge.generate.config import GeneratorConfig, load_generator_config
+
+        over = {"resolution": cfg.resolution, "image_channels": cfg.dataset.channels, "dataset": cfg.dataset.name,
+                **spec.overrides}
+        if spec.config is None:
+            gcfg = GeneratorConfig.model_validate({"kind": GENERATOR_KIND[spec.method], **over})
+        else:
+            gcfg = load_generator_config(spec.config, over)
+        if gcfg.kind != GENERATOR_KIND[spec.method]:
+            raise ConfigError(f"{spec.config}: kind {gcfg.kind!r} does not fit method {spec.method!r}")
+        return gcfg
+
+    @staticmethod
+    def _generator(cfg, gcfg, labelled: PairArrays, unlabelled, backgrounds) -> Path:
+        from lesionforge.generate.trainer import train_generator
+
+        key = cache_key(gcfg.model_dump(mode="json"), labelled.ids, None if unlabelled is None else unlabelled.ids,
+                        None if backgrounds is None else backgrounds.ids)
+        out = cfg.output / "cache" / "generators" / f"{gcfg.kind}-{key}"
+        return Path(train_generator(gcfg, labelled, out, unlabelled=unlabelled, backgrounds=backgrounds, resume=True))
+
+    @staticmethod
+    def _filter(cfg, spec: GeneratorSpec, labelled: PairArrays, data: ExperimentData, manifest: Path,
+                out_path: Path) -> dict[str, Any]:
+        from lesionforge.generate.autoencoder import train_autoencoder
+        from lesionforge.validate.filter import filter_manifest
+        from lesionforge.validate.latent_segmenter import train_latent_segmenter
+
+        ae_cfg, val_cfg = _validator_configs(cfg, spec)
+        cache = cfg.output / "cache"
+        # the autoencoder learns from every image it may see (labelled, lesion-free, unlabelled if allowed)
+        images = _concat([labelled, data.backgrounds, data.unlabelled(len(labelled)) if spec.use_unlabelled else None])
+        ae_dir = cache / "autoencoders" / cache_key(ae_cfg.model_dump(mode="json"), images.ids)
+        ae_path = Path(train_autoencoder(ae_cfg, images, ae_dir, val=data.val, resume=True))
+        from lesionforge.generate.autoencoder import LatentCodec
+
+        codec = LatentCodec.from_pretrained(ae_path)
+        seg_dir = cache / "validators" / cache_key(val_cfg.model_dump(mode="json"), labelled.ids, str(ae_dir))
+        validator = Path(train_latent_segmenter(val_cfg, labelled, codec, seg_dir, val=data.val))
+        report = filter_manifest(manifest, validator, out_path, threshold=spec.filter.threshold, val=data.val)
+        return report.to_dict() if hasattr(report, "to_dict") else dict(report)
+
+    def run_arm(
+        self, cfg: ExperimentConfig, arm: ArmSettings, segment_config: dict[str, Any], n: int,
+        data: ExperimentData, synthetic: SyntheticSet | None, run_dir: Path,
+    ) -> dict[str, Any]:
+        """Train one segmenter (resuming from ``run_dir``), pick the best-val checkpoint, score test once."""
+        from lesionforge.segment.config import SegmentConfig
+        from lesionforge.segment.metrics import evaluate
+        from lesionforge.segment.train import train_segmenter
+
+        scfg = SegmentConfig.model_validate(segment_config)
+        synth, twins = (None, None) if synthetic is None else _synthetic_arrays(cfg, synthetic, arm.filtered)
+        t0 = time.perf_counter()
+        run = train_segmenter(scfg, data.labelled(n), data.val, run_dir / "segmenter", synthetic=synth, twins=twins,
+                              resume=True, progress=True)
+        t1 = time.perf_counter()
+        ev = evaluate(run.best_checkpoint, data.test, subsets=data.subsets or None, miss_fraction=cfg.miss_fraction)
+        out = _eval_fields(ev)
+        out["transfer"] = {
+            name: _summary(evaluate(run.best_checkpoint, arrays, miss_fraction=cfg.miss_fraction).to_dict())
+            for name, arrays in data.transfer.items()
+        }
+        out["best_val_mdice"] = float(run.best_val_mdice)
+        out["timings"] = {"train_s": round(t1 - t0, 3), "eval_s": round(time.perf_counter() - t1, 3),
+                          "train_images_per_s": round(float(run.images_per_s), 3)}
+        return out
+
+
+def _concat(parts: list[PairArrays | None]) -> PairArrays:
+    parts = [p for p in parts if p is not None]
+    return PairArrays(
+        np.concatenate([p.images for p in parts]), np.concatenate([p.masks for p in parts]),
+        np.concatenate([p.has_mask for p in parts]), [i for p in parts for i in p.ids],
+        [c for p in parts for c in p.classes],
+    )
+
+
+def _validator_configs(cfg: ExperimentConfig, spec: GeneratorSpec):
+    """Autoencoder and latent-segmenter settings: preset (or defaults) + overrides, at the profile's size."""
+    from lesionforge.config import load_config
+    from lesionforge.generate.autoencoder import AutoencoderConfig
+    from lesionforge.validate.latent_segmenter import LatentSegmenterConfig
+
+    f = spec.filter
+    ae_over = {"resolution": cfg.resolution, "image_channels": cfg.dataset.channels, **f.autoencoder_overrides}
+    if f.autoencoder_config is not None:
+        ae = load_config(f.autoencoder_config, AutoencoderConfig, ae_over)
+    else:
+        ae = AutoencoderConfig.model_validate(ae_over)
+    if f.validator_config is not None:
+        val = load_config(f.validator_config, LatentSegmenterConfig, f.validator_overrides)
+    else:
+        val = LatentSegmenterConfig.model_validate(f.validator_overrides)
+    return ae, val
+
+
+def _synthetic_arrays(
+    cfg: ExperimentConfig, s: SyntheticSet, filtered: bool
+) -> tuple[PairArrays, dict[str, list[int]]]:
+    """The synthetic pairs an arm trains on (those the filter kept when ``filtered``) and real id -> twins."""
+    from lesionforge.segment.data import kept_samples, twins_of
+
+    manifest = s.filtered_manifest if filtered and s.filtered_manifest is not None else s.manifest
+    samples = read_manifest(manifest)
+    if filtered and s.filtered_manifest is not None:
+        samples = kept_samples(samples)
+    if not samples:
+        raise DataError(manifest, "no synthetic samples to train on (all rejected by the filter?)")
+    return load_arrays(samples, cfg.resolution, cfg.dataset.channels), twins_of(samples)
+
+
+def _summary(summary: dict[str, Any]) -> dict[str, Any]:
+    """Flat numeric metrics of an :class:`EvalResult` summary (bands as ``miss_rate_<band>``)."""
+    out = {k: v for k, v in summary.items() if isinstance(v, int | float) or v is None}
+    out.update({f"miss_rate_{b}": v for b, v in summary.get("miss_rate_by_band", {}).items()})
+    return out
+
+
+def _eval_fields(ev) -> dict[str, Any]:
+    """Run-record fields of a test :class:`EvalResult`: per-image scores and lesion counts, aggregates."""
+    d = ev.to_dict()
+    n = len(ev.ids)
+    image = np.asarray(ev.lesions["image"], dtype=int)
+    return {
+        "ids": list(ev.ids), "dice": [float(x) for x in ev.dice], "iou": [float(x) for x in ev.iou],
+        "missed": np.bincount(image, weights=ev.lesions["missed"].astype(float), minlength=n).astype(int).tolist(),
+        "lesions": np.bincount(image, minlength=n).astype(int).tolist(),
+        "mdice": float(ev.mdice), "miou": float(ev.miou), "miss_rate": d["miss_rate"],
+        "miss_rate_by_band": d["miss_rate_by_band"],
+        "subsets": {k: _summary(v) for k, v in d["subsets"].items()},
+    }

@@ -1,0 +1,81 @@
+"""Per-run records: what one finished (N, arm, seed) run stores, read back on resume.
+
+A run record holds the per-image test metrics (for pairing by image id), the aggregated metrics, the
+segmentation settings it was trained with, and timings. It is written atomically to
+``<output>/n<N>/<arm>/seed<S>/run.json`` only when the run has finished, so its presence means "done".
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from lesionforge.errors import DataError
+from lesionforge.utils import write_json_atomic
+
+BANDS = ("small", "medium", "large")
+
+
+class RunRecord(BaseModel):
+    """One finished run. Per-image lists are aligned with ``ids``; ``missed``/``lesions`` are optional
+    per-image lesion counts (used to bootstrap the miss rate over images when present)."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    n_labelled: int
+    arm: str
+    seed: int
+    ids: list[str]
+    dice: list[float]
+    iou: list[float]
+    missed: list[int] | None = None
+    lesions: list[int] | None = None
+    mdice: float
+    miou: float
+    miss_rate: float | None
+    miss_rate_by_band: dict[str, float | None]
+    subsets: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    transfer: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    best_val_mdice: float | None = None
+    segment_config: dict[str, Any] = Field(default_factory=dict)
+    timings: dict[str, float] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _aligned(self) -> RunRecord:
+        n = len(self.ids)
+        for name in ("dice", "iou", "missed", "lesions"):
+            v = getattr(self, name)
+            if v is not None and len(v) != n:
+                raise ValueError(f"{name} has {len(v)} values for {n} image ids")
+        missing = [b for b in BANDS if b not in self.miss_rate_by_band]
+        if missing:
+            raise ValueError(f"miss_rate_by_band lacks bands {missing}")
+        return self
+
+    def per_image(self, metric: str) -> dict[str, float]:
+        """``{image id: value}`` of ``dice`` or ``iou``."""
+        return dict(zip(self.ids, getattr(self, metric), strict=True))
+
+
+def run_dir(output: Path, n: int, arm: str, seed: int) -> Path:
+    """Folder of one run: ``<output>/n<N>/<arm>/seed<S>``."""
+    return Path(output) / f"n{n}" / arm / f"seed{seed}"
+
+
+def record_path(output: Path, n: int, arm: str, seed: int) -> Path:
+    return run_dir(output, n, arm, seed) / "run.json"
+
+
+def write_record(path: Path, record: RunRecord) -> None:
+    """Write a run record atomically (a crash never leaves a half-written 'finished' marker)."""
+    write_json_atomic(path, record.model_dump(mode="json"))
+
+
+def read_record(path: Path) -> RunRecord:
+    """Read a run record; a corrupt or foreign file is a :class:`DataError` naming it."""
+    try:
+        return RunRecord.model_validate(json.loads(Path(path).read_text()))
+    except (json.JSONDecodeError, ValidationError) as e:
+        raise DataError(path, f"not a valid experiment run record ({e}); delete it to rerun that run") from e

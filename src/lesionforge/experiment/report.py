@@ -1,0 +1,231 @@
+"""Human-readable reports rebuilt from result JSONs alone: Markdown tables and PNG plots.
+
+``write_report(result.json)`` writes ``<stem>.md`` beside the JSON with mDice per arm vs N (from every
+sibling result of the same dataset and profile), miss rate by lesion band per arm, and a grid of real and
+synthetic pairs with the mask outline. ``readme_table`` renders the headline table the README quotes.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lesionforge.errors import DataError
+from lesionforge.experiment.records import BANDS
+from lesionforge.utils import atomic_path, write_text_atomic
+
+REQUIRED_KEYS = ("dataset", "n_labelled", "profile", "resolution", "code_version", "steps", "seeds", "arms",
+                 "paired_diff")
+
+
+def load_result(path: str | Path) -> dict[str, Any]:
+    """Read a result JSON and check it has the protocol's keys; errors name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, "result file not found")
+    try:
+        res = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise DataError(path, f"not valid JSON ({e})") from e
+    missing = [k for k in REQUIRED_KEYS if k not in res]
+    if missing:
+        raise DataError(path, f"not an experiment result file (missing {missing})")
+    return res
+
+
+def sibling_results(path: str | Path) -> list[dict[str, Any]]:
+    """Every result in the folder of ``path`` with the same dataset and profile, sorted by N."""
+    res = load_result(path)
+    found = [load_result(p) for p in sorted(Path(path).parent.glob(f"{res['dataset']}-n*-{res['profile']}.json"))]
+    found = [r for r in found if r["dataset"] == res["dataset"] and r["profile"] == res["profile"]]
+    return sorted(found or [res], key=lambda r: r["n_labelled"])
+
+
+def _pm(values: list, digits: int = 3) -> str:
+    a = np.array([np.nan if v is None else v for v in values], dtype=float)
+    a = a[~np.isnan(a)]
+    if a.size == 0:
+        return "n/a"
+    std = a.std(ddof=1) if a.size > 1 else 0.0
+    return f"{a.mean():.{digits}f} ± {std:.{digits}f}"
+
+
+def _ci(d: dict | None, digits: int = 3) -> str:
+    if not d or d.get("mean") is None or not np.isfinite(d["mean"]):
+        return "n/a"
+    lo, hi = d["ci95"]
+    rel = d.get("relative_pct")
+    rel_s = f" ({rel:+.1f} %)" if rel is not None else ""
+    return f"{d['mean']:+.{digits}f} [{lo:+.{digits}f}, {hi:+.{digits}f}]{rel_s}"
+
+
+def _arm_label(name: str, arm: dict) -> str:
+    if arm.get("kind") != "synthetic":
+        return name
+    filt = "filtered" if arm.get("filtered") else "unfiltered"
+    return f"{name} ({arm.get('method')}, {arm.get('mixing')} r={arm.get('ratio')}, {filt})"
+
+
+def arms_table(res: dict[str, Any]) -> str:
+    """Markdown table: per arm, mean ± std over seeds of mDice, mIoU, miss rate (overall and by band)."""
+    head = "| arm | mDice | mIoU | miss rate | miss small | miss medium | miss large |\n|---|---|---|---|---|---|---|"
+    rows = []
+    for name, a in res["arms"].items():
+        bands = a.get("miss_rate_by_band", {})
+        rows.append(
+            f"| {_arm_label(name, a)} | {_pm(a['mdice'])} | {_pm(a['miou'])} | {_pm(a['miss_rate'])} | "
+            + " | ".join(_pm(bands.get(b, [])) for b in BANDS) + " |"
+        )
+    return "\n".join([head, *rows])
+
+
+def diff_table(res: dict[str, Any]) -> str:
+    """Markdown table of paired differences (arm − baseline) with 95 % CIs over images (and over seeds)."""
+    head = ("| arm − baseline | ΔmDice [95 % CI] | ΔmIoU [95 % CI] | Δmiss rate [95 % CI] | ΔmDice over seeds |\n"
+            "|---|---|---|---|---|")
+    rows = []
+    for name, d in res["paired_diff"].items():
+        seeds = d.get("mdice", {}).get("over_seeds")
+        rows.append(f"| {name} | {_ci(d.get('mdice'))} | {_ci(d.get('miou'))} | {_ci(d.get('miss_rate'))} | "
+                    f"{_ci(seeds)} |")
+    return "\n".join([head, *rows])
+
+
+def readme_table(paths: list[str | Path]) -> str:
+    """The headline Markdown table the README quotes, rendered from result files (never typed by hand)."""
+    head = ("| dataset | N | profile | arm | mDice (mean ± std) | ΔmDice vs baseline [95 % CI] | file |\n"
+            "|---|---|---|---|---|---|---|")
+    rows = []
+    for p in paths:
+        res = load_result(p)
+        for name, a in res["arms"].items():
+            d = res["paired_diff"].get(name, {}).get("mdice")
+            rows.append(f"| {res['dataset']} | {res['n_labelled']} | {res['profile']} | {_arm_label(name, a)} | "
+                        f"{_pm(a['mdice'])} | {_ci(d) if d else '—'} | `{Path(p).name}` |")
+    return "\n".join([head, *rows])
+
+
+def _savefig(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def plot_mdice_vs_n(results: list[dict[str, Any]], path: Path) -> Path:
+    """mDice per arm vs N (mean over seeds, error bars = std)."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    arms = list(dict.fromkeys(a for r in results for a in r["arms"]))
+    for k, name in enumerate(arms):
+        pts = [(r["n_labelled"], r["arms"][name]["mdice"]) for r in results if name in r["arms"]]
+        ns = np.array([p[0] for p in pts], dtype=float) * (1 + 0.02 * (k - len(arms) / 2))  # dodge overlaps
+        means = [np.mean(v) for _, v in pts]
+        stds = [np.std(v, ddof=1) if len(v) > 1 else 0.0 for _, v in pts]
+        ax.errorbar(ns, means, yerr=stds, marker="o", capsize=3, label=name)
+    ax.set_xscale("log", base=2)
+    n_values = sorted({r["n_labelled"] for r in results})
+    ax.set_xticks(n_values, [str(n) for n in n_values])
+    ax.minorticks_off()
+    ax.set_xlabel("labelled images N")
+    ax.set_ylabel("test mDice")
+    ax.set_title(f"{results[0]['dataset']} ({results[0]['profile']}, {len(results[0]['seeds'])} seeds)")
+    ax.legend(fontsize=8)
+    _savefig(fig, path)
+    return path
+
+
+def plot_miss_by_band(res: dict[str, Any], path: Path) -> Path:
+    """Lesion miss rate by area band (< 1 %, 1–5 %, > 5 % of the image) per arm, mean ± std over seeds."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    names = list(res["arms"])
+    width = 0.8 / max(len(names), 1)
+    for k, name in enumerate(names):
+        bands = res["arms"][name].get("miss_rate_by_band", {})
+        vals = [np.array([np.nan if v is None else v for v in bands.get(b, [])], dtype=float) for b in BANDS]
+        # a band without lesions stays empty (NaN draws no bar) rather than showing a misleading 0
+        means = [np.nanmean(v) if np.any(~np.isnan(v)) else np.nan for v in vals]
+        stds = [np.nanstd(v) if np.any(~np.isnan(v)) else 0.0 for v in vals]
+        ax.bar(np.arange(3) + k * width, means, width, yerr=stds, capsize=2, label=name)
+    ax.set_xticks(np.arange(3) + width * (len(names) - 1) / 2, ["small <1 %", "medium 1–5 %", "large >5 %"])
+    ax.set_ylabel(f"miss rate (cover < {res.get('miss_fraction', 0.1)})")
+    ax.set_title(f"{res['dataset']} N={res['n_labelled']}")
+    ax.legend(fontsize=8)
+    _savefig(fig, path)
+    return path
+
+
+def plot_sample_grid(res: dict[str, Any], base: Path, path: Path) -> Path | None:
+    """Rows of real and synthetic pairs (image with the mask outline in green); None when no files exist."""
+    import matplotlib.pyplot as plt
+    from skimage.segmentation import find_boundaries
+
+    from lesionforge.data.io import read_image, read_mask
+
+    rows = []
+    for group, items in res.get("samples", {}).items():
+        pairs = [(base / it["image"], base / it["mask"]) for it in items]
+        pairs = [(i, m) for i, m in pairs if i.is_file() and m.is_file()]
+        if pairs:
+            rows.append((group, pairs))
+    if not rows:
+        return None
+    cols = max(len(p) for _, p in rows)
+    fig, axes = plt.subplots(len(rows), cols, figsize=(1.4 * cols, 1.5 * len(rows)), squeeze=False)
+    for r, (group, pairs) in enumerate(rows):
+        for c in range(cols):
+            ax = axes[r][c]
+            ax.axis("off")
+            if c < len(pairs):
+                img = read_image(pairs[c][0], channels=3).copy()
+                img[find_boundaries(read_mask(pairs[c][1]) > 0, mode="inner")] = (0, 255, 0)
+                ax.imshow(img)
+        axes[r][0].set_title(group, fontsize=8, loc="left")
+    _savefig(fig, path)
+    return path
+
+
+def write_report(result_json: str | Path, out_dir: str | Path | None = None) -> Path:
+    """Write ``<stem>.md`` and its PNGs (into ``out_dir``, default the JSON's folder); returns the .md path."""
+    result_json = Path(result_json)
+    res = load_result(result_json)
+    out = Path(out_dir) if out_dir is not None else result_json.parent
+    stem = result_json.stem
+    vs_n = plot_mdice_vs_n(sibling_results(result_json), out / f"{stem}-mdice-vs-n.png")
+    bands = plot_miss_by_band(res, out / f"{stem}-miss-by-band.png")
+    grid = plot_sample_grid(res, result_json.parent, out / f"{stem}-samples.png")
+    write_text_atomic(out / f"{stem}.md", _markdown(res, result_json.name, vs_n, bands, grid))
+    return out / f"{stem}.md"
+
+
+def _markdown(res: dict[str, Any], name: str, vs_n: Path, bands: Path, grid: Path | None) -> str:
+    seg = (f"{res.get('network', '?')} features {res.get('features', '?')}, {res['steps']} steps of batch "
+           f"{res.get('batch_size', '?')}, {res.get('selection', 'best val checkpoint')}")
+    lines = [
+        f"# {res['dataset']}, N = {res['n_labelled']} labelled, profile {res['profile']} ({res['resolution']} px)",
+        "",
+        f"Generated from `{name}` (code `{res['code_version']}`), seeds {res['seeds']}, "
+        f"{res.get('n_test_images', '?')} test images. Segmentation (identical for every arm): {seg}. "
+        f"Lesion miss fraction {res.get('miss_fraction', 0.1)}. Unlabelled images used: "
+        f"{'yes' if res.get('unlabelled_images_used') else 'no'}.",
+        "", "## Test metrics (mean ± std over seeds)", "", arms_table(res), "",
+        "## Paired difference against the baseline", "",
+        "Bootstrap over test images (paired by image id, seeds averaged per image first; "
+        f"{res.get('bootstrap', {}).get('samples', '?')} resamples); the last column is a Student-t interval "
+        "over seeds (paired by seed).", "", diff_table(res), "",
+        f"![mDice vs N]({vs_n.name})", "", f"![miss rate by band]({bands.name})", "",
+    ]
+    if grid is not None:
+        lines += ["## Real and synthetic pairs (mask outline in green)", "", f"![samples]({grid.name})", ""]
+    for gname, g in res.get("generators", {}).items():
+        lines += [f"## Generator `{gname}`", ""]
+        lines += [f"- **{k}**: `{json.dumps(v, sort_keys=True)}`" for k, v in g.items()]
+        lines.append("")
+    return "\n".join(lines)

@@ -1,0 +1,213 @@
+"""The result file of one (dataset, N, profile): PROTOCOL.md's schema, built from the run records.
+
+``benchmarks/results/<dataset>-n<N>-<profile>.json`` holds the protocol settings, code version, seeds, every
+arm's per-seed metrics, the paired differences against the baseline with 95 % CIs, the generator/filter
+settings, timings, and the paths of a few sample pairs for the report's grid.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lesionforge.experiment import stats
+from lesionforge.experiment.config import ExperimentConfig
+from lesionforge.experiment.records import BANDS, RunRecord
+from lesionforge.experiment.stages import ExperimentData, SyntheticSet
+from lesionforge.utils import code_version
+
+SCHEMA_VERSION = 1
+
+
+def result_path(cfg: ExperimentConfig, n: int) -> Path:
+    """``<results_dir>/<dataset>-n<N>-<profile>.json``."""
+    return cfg.results_dir / f"{cfg.dataset.name}-n{n}-{cfg.profile}.json"
+
+
+def config_hash(cfg: ExperimentConfig) -> str:
+    from lesionforge.experiment.runner import cache_key
+
+    return cache_key(cfg.model_dump(mode="json", exclude={"output", "results_dir"}))
+
+
+def build_result(
+    cfg: ExperimentConfig, n: int, records: list[RunRecord], synthetic: dict[str, SyntheticSet],
+    sources: dict[str, Any], grid: dict[str, list[dict[str, str]]],
+) -> dict[str, Any]:
+    """Assemble the result dict of regime ``n`` from its run records (every arm x seed of the config)."""
+    by_arm = {a.name: sorted((r for r in records if r.arm == a.name), key=lambda r: r.seed) for a in cfg.arms}
+    arms = {name: _arm_summary(cfg, name, recs, synthetic) for name, recs in by_arm.items()}
+    base = by_arm[cfg.baseline_arm]
+    paired = {
+        name: paired_diff(recs, base, cfg.bootstrap_samples, cfg.bootstrap_seed)
+        for name, recs in by_arm.items() if name != cfg.baseline_arm
+    }
+    seg = cfg.segment
+    return {
+        "dataset": cfg.dataset.name, "n_labelled": n, "profile": cfg.profile, "resolution": cfg.resolution,
+        "code_version": code_version(), "steps": seg.steps, "batch_size": seg.batch_size,
+        "network": seg.network, "features": list(seg.features), "lr": seg.lr, "seeds": list(cfg.seeds),
+        "selection": "best val mDice checkpoint", "miss_fraction": cfg.miss_fraction,
+        "bootstrap": {"samples": cfg.bootstrap_samples, "seed": cfg.bootstrap_seed,
+                      "unit": "test images, paired by id, seeds averaged per image first"},
+        "baseline_arm": cfg.baseline_arm, "n_test_images": len(base[0].ids) if base else 0,
+        "arms": arms, "paired_diff": paired,
+        "transfer": _transfer_summary(by_arm),
+        "generators": {k: _generator_summary(cfg, k, s) for k, s in synthetic.items()},
+        "unlabelled_images_used": any(
+            cfg.generators[a.generator].use_unlabelled for a in cfg.arms if a.generator is not None
+        ),
+        "timings": {name: _timing_summary(recs) for name, recs in by_arm.items()},
+        "data": sources, "samples": grid, "config_hash": config_hash(cfg),
+        "config": cfg.model_dump(mode="json"), "schema_version": SCHEMA_VERSION,
+    }
+
+
+def _arm_summary(
+    cfg: ExperimentConfig, name: str, recs: list[RunRecord], synthetic: dict[str, SyntheticSet]
+) -> dict[str, Any]:
+    arm = cfg.arm(name)
+    out: dict[str, Any] = {
+        "kind": arm.kind,
+        "mdice": [r.mdice for r in recs], "miou": [r.miou for r in recs],
+        "miss_rate": [r.miss_rate for r in recs],
+        "miss_rate_by_band": {b: [r.miss_rate_by_band.get(b) for r in recs] for b in BANDS},
+        "best_val_mdice": [r.best_val_mdice for r in recs],
+    }
+    for key in ("mdice", "miou", "miss_rate"):
+        m, s = stats.mean_std([np.nan if v is None else v for v in out[key]])
+        out[f"{key}_mean"], out[f"{key}_std"] = _num(m), _num(s)
+    subsets = sorted({k for r in recs for k in r.subsets})
+    if subsets:
+        out["subsets"] = {k: _metric_lists([r.subsets.get(k, {}) for r in recs]) for k in subsets}
+    if arm.kind == "copy-paste":
+        out["copy_paste_p"] = arm.copy_paste_p
+    if arm.kind == "synthetic":
+        spec = cfg.generators[arm.generator]
+        out.update({
+            "method": spec.method, "generator": arm.generator, "ratio": arm.ratio,
+            "filtered": arm.filtered and spec.filter is not None, "mixing": arm.mixing,
+            "n_per_real": spec.n_per_real,
+        })
+        if arm.mixing in ("alpha", "patch-merge"):
+            out["alpha"] = arm.alpha
+        if arm.mixing == "patch-merge":
+            out["patch_size"] = arm.patch_size
+        s = synthetic.get(arm.generator)
+        if s is not None:
+            out["n_synthetic"] = s.info.get("n_kept" if out["filtered"] else "n_generated")
+    return out
+
+
+def paired_diff(
+    arm: list[RunRecord], base: list[RunRecord], n_boot: int = 2000, seed: int = 0
+) -> dict[str, dict[str, Any]]:
+    """Paired differences ``arm − base`` for mdice, miou (bootstrap over images; over seeds when >= 3)
+    and miss_rate (over images when per-image lesion counts exist, over seeds when >= 3)."""
+    out: dict[str, dict[str, Any]] = {}
+    for metric, key in (("mdice", "dice"), ("miou", "iou")):
+        d = stats.bootstrap_paired(
+            stats.per_image_means([r.per_image(key) for r in arm]),
+            stats.per_image_means([r.per_image(key) for r in base]), n_boot, seed,
+        )
+        seeds = _seed_ci(arm, base, metric)
+        if seeds is not None:
+            d["over_seeds"] = seeds
+        out[metric] = d
+    miss: dict[str, Any] = {}
+    if all(r.missed is not None and r.lesions is not None for r in arm + base):
+        miss = stats.ratio_bootstrap_paired(_lesion_counts(arm), _lesion_counts(base), n_boot, seed)
+    seeds = _seed_ci(arm, base, "miss_rate")
+    if seeds is not None:
+        miss["over_seeds"] = seeds
+    if miss:
+        out["miss_rate"] = miss
+    return out
+
+
+def _seed_ci(arm: list[RunRecord], base: list[RunRecord], metric: str) -> dict | None:
+    """Per-seed paired interval; seeds are matched by value so a missing seed cannot shift the pairing."""
+    b = {r.seed: getattr(r, metric) for r in base}
+    pairs = [(getattr(r, metric), b[r.seed]) for r in arm if r.seed in b]
+    pairs = [(x, y) for x, y in pairs if x is not None and y is not None]
+    if not pairs:
+        return None
+    return stats.seed_paired_ci([x for x, _ in pairs], [y for _, y in pairs])
+
+
+def _lesion_counts(recs: list[RunRecord]) -> dict[str, tuple[float, float]]:
+    out: dict[str, tuple[float, float]] = {}
+    for r in recs:
+        for i, m, t in zip(r.ids, r.missed or [], r.lesions or [], strict=True):
+            a, b = out.get(i, (0.0, 0.0))
+            out[i] = (a + m, b + t)
+    return out
+
+
+def _metric_lists(per_seed: list[dict[str, Any]]) -> dict[str, list]:
+    keys = sorted({k for d in per_seed for k, v in d.items() if isinstance(v, int | float) or v is None})
+    return {k: [d.get(k) for d in per_seed] for k in keys}
+
+
+def _transfer_summary(by_arm: dict[str, list[RunRecord]]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for name, recs in by_arm.items():
+        for ds in sorted({k for r in recs for k in r.transfer}):
+            out.setdefault(ds, {})[name] = _metric_lists([r.transfer.get(ds, {}) for r in recs])
+    return out
+
+
+def _generator_summary(cfg: ExperimentConfig, name: str, s: SyntheticSet) -> dict[str, Any]:
+    return {"settings": cfg.generators[name].model_dump(mode="json"), **s.info}
+
+
+def _timing_summary(recs: list[RunRecord]) -> dict[str, float]:
+    keys = sorted({k for r in recs for k in r.timings})
+    return {f"{k}_mean": round(float(np.mean([r.timings[k] for r in recs if k in r.timings])), 3) for k in keys}
+
+
+def _num(x: float) -> float | None:
+    return None if not np.isfinite(x) else float(x)
+
+
+def write_grid_samples(
+    cfg: ExperimentConfig, n: int, data: ExperimentData, synthetic: dict[str, SyntheticSet]
+) -> dict[str, list[dict[str, str]]]:
+    """Pick a few real and synthetic pairs for the report's grid; paths are relative to the results folder.
+
+    Real pairs live in memory (preprocessed arrays), so they are written as PNGs under
+    ``<output>/n<N>/grid``; synthetic pairs are referenced where the synthesizer wrote them.
+    """
+    from lesionforge.data.io import write_image, write_mask
+    from lesionforge.data.manifest import read_manifest
+
+    k = cfg.grid_samples
+    labelled = data.labelled(n)
+    out: dict[str, list[dict[str, str]]] = {"real": []}
+    folder = cfg.output / f"n{n}" / "grid"
+    for i in range(min(k, len(labelled))):
+        img, msk = folder / f"real_{i:02d}.png", folder / f"real_{i:02d}_mask.png"
+        write_image(img, labelled.images[i])
+        write_mask(msk, labelled.masks[i])
+        out["real"].append({"id": labelled.ids[i], "image": _rel(img, cfg), "mask": _rel(msk, cfg)})
+    for name, s in synthetic.items():
+        manifest = s.filtered_manifest or s.manifest
+        if not Path(manifest).is_file():
+            continue
+        rows = [r for r in read_manifest(manifest) if r.masks and _kept(r)][:k]
+        out[f"synthetic:{name}"] = [
+            {"id": r.id, "image": _rel(Path(r.image), cfg), "mask": _rel(Path(r.masks[0]), cfg)} for r in rows
+        ]
+    return out
+
+
+def _kept(sample) -> bool:
+    v = sample.provenance.validation if sample.provenance is not None else None
+    return True if not v else bool(v.get("kept", True))
+
+
+def _rel(path: Path, cfg: ExperimentConfig) -> str:
+    return os.path.relpath(Path(path).resolve(), cfg.results_dir.resolve())

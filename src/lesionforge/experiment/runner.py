@@ -1,0 +1,213 @@
+"""The sweep: for each N, prepare the synthetic sets once, then train and score every (seed, arm).
+
+Resumable at two levels: a finished run leaves ``run.json`` and is skipped; an unfinished one resumes from
+its own checkpoint (the segmentation stage checkpoints in the run folder). Synthetic sets are cached under
+``<output>/cache`` by a hash of the generator settings, preset contents and the labelled ids, so they are
+made once per (N, generator) and shared by every arm and seed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from lesionforge.config import save_config
+from lesionforge.errors import ConfigError, OverwriteError
+from lesionforge.experiment.config import ArmSettings, ExperimentConfig
+from lesionforge.experiment.records import RunRecord, read_record, record_path, run_dir, write_record
+from lesionforge.experiment.results import build_result, result_path, write_grid_samples
+from lesionforge.experiment.stages import ExperimentData, Stages, SyntheticSet
+from lesionforge.utils import seed_everything, write_json_atomic
+
+#: SegmentConfig fields an arm decides; everything else comes from the shared ``segment`` block.
+ARM_FIELDS = ("mixing", "copy_paste")
+
+
+def segment_config_for(cfg: ExperimentConfig, arm: ArmSettings, seed: int) -> dict[str, Any]:
+    """The segmentation settings of one run: the shared budget plus the arm's data options only.
+
+    Arms differ in ``mixing`` (how synthetic pairs enter the batch) and ``copy_paste``; network, features,
+    steps, batch size, lr, weight decay and validation interval are the same for every arm by construction.
+    """
+    s = cfg.segment
+    out: dict[str, Any] = {
+        "network": s.network, "features": list(s.features), "resolution": cfg.resolution, "steps": s.steps,
+        "batch_size": s.batch_size, "lr": s.lr, "weight_decay": s.weight_decay, "warmup_steps": s.warmup_steps,
+        "val_interval": s.val_interval, "seed": seed, **s.extra,
+    }
+    if arm.kind == "synthetic":
+        out["mixing"] = {"mode": arm.mixing, "ratio": arm.ratio, "alpha": arm.alpha, "patch_size": arm.patch_size}
+    else:
+        out["mixing"] = {"mode": "none"}
+    out["copy_paste"] = {"enabled": arm.kind == "copy-paste", "prob": arm.copy_paste_p}
+    return out
+
+
+def budget_of(segment_config: dict[str, Any]) -> dict[str, Any]:
+    """The part of a run's settings that must be identical across arms (everything but the arm fields)."""
+    return {k: v for k, v in segment_config.items() if k not in ARM_FIELDS and k != "seed"}
+
+
+def cache_key(*parts: Any) -> str:
+    """Short stable hash of JSON-serialisable parts (config dicts, id lists, preset file contents)."""
+    h = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode())
+    return h.hexdigest()[:16]
+
+
+def synthetic_key(cfg: ExperimentConfig, name: str, n: int, data: ExperimentData) -> str:
+    """Cache key of one (N, generator) synthetic set: settings, preset file contents and data ids."""
+    spec = cfg.generators[name]
+    presets = [spec.config]
+    if spec.filter is not None:
+        presets += [spec.filter.autoencoder_config, spec.filter.validator_config]
+    contents = [Path(p).read_text() if p is not None and Path(p).is_file() else None for p in presets]
+    return cache_key(
+        cfg.dataset.name, cfg.resolution, spec.model_dump(mode="json"), contents, data.split.low_data(n),
+        data.background_ids() if spec.method == "inpaint-normal" else None,
+    )
+
+
+class _SyntheticCache:
+    """Synthetic sets made lazily (only when an unfinished run needs one) and kept as ``synthetic.json``."""
+
+    def __init__(self, cfg: ExperimentConfig, stages: Stages, data: ExperimentData, n: int):
+        self.cfg, self.stages, self.data, self.n = cfg, stages, data, n
+        self.sets: dict[str, SyntheticSet] = {}
+
+    def work_dir(self, name: str) -> Path:
+        key = synthetic_key(self.cfg, name, self.n, self.data)
+        return self.cfg.output / "cache" / f"synthetic-n{self.n}-{name}-{key}"
+
+    def get(self, name: str, make: bool = True) -> SyntheticSet | None:
+        if name in self.sets:
+            return self.sets[name]
+        marker = self.work_dir(name) / "synthetic.json"
+        if marker.is_file():
+            self.sets[name] = SyntheticSet.from_dict(json.loads(marker.read_text()))
+        elif make:
+            t0 = time.perf_counter()
+            seed_everything(self.cfg.generators[name].seed)
+            s = self.stages.prepare_synthetic(
+                self.cfg, name, self.cfg.generators[name], self.n, self.data, self.work_dir(name)
+            )
+            s.info.setdefault("timings", {})["prepare_s"] = round(time.perf_counter() - t0, 3)
+            write_json_atomic(marker, s.to_dict())
+            self.sets[name] = s
+        return self.sets.get(name)
+
+
+def run_experiment(
+    cfg: ExperimentConfig,
+    stages: Stages | None = None,
+    *,
+    resume: bool = True,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> list[Path]:
+    """Run the whole sweep of ``cfg``; returns the result JSON paths (one per N).
+
+    ``resume`` (default) skips finished runs and continues unfinished ones from their checkpoints; without it
+    an existing non-empty output folder is an error unless ``overwrite`` (which deletes it first).
+    """
+    if stages is None:
+        from lesionforge.experiment.real_stages import LesionforgeStages
+
+        stages = LesionforgeStages()
+    _prepare_output(cfg, resume, overwrite)
+    data = stages.load_data(cfg)
+    paths = []
+    total = len(cfg.n_labelled) * len(cfg.seeds) * len(cfg.arms)
+    bar = _progress() if progress else nullcontext()
+    with bar as prog:
+        task = prog.add_task("runs", total=total) if prog is not None else None
+        for n in cfg.n_labelled:
+            cache = _SyntheticCache(cfg, stages, data, n)
+            records = _run_n(cfg, stages, data, n, cache, prog, task)
+            synth = {name: s for name in _generators_used(cfg) if (s := cache.get(name, make=False)) is not None}
+            grid = write_grid_samples(cfg, n, data, synth)
+            result = build_result(cfg, n, records, synth, data.sources, grid)
+            paths.append(_write_result(cfg, n, result, overwrite))
+    return paths
+
+
+def _run_n(
+    cfg: ExperimentConfig, stages: Stages, data: ExperimentData, n: int, cache: _SyntheticCache, prog, task
+) -> list[RunRecord]:
+    records = []
+    for seed in cfg.seeds:
+        for arm in cfg.arms:
+            seg_cfg = segment_config_for(cfg, arm, seed)
+            path = record_path(cfg.output, n, arm.name, seed)
+            if prog is not None:
+                prog.update(task, description=f"N={n} seed={seed} {arm.name}")
+            if path.is_file():
+                rec = read_record(path)
+                if rec.segment_config != seg_cfg:
+                    raise ConfigError(
+                        f"{path}: finished with different segmentation settings than the config asks; "
+                        "use a new output folder or --overwrite"
+                    )
+            else:
+                rec = _run_one(cfg, stages, data, n, arm, seed, seg_cfg, cache)
+                write_record(path, rec)
+            records.append(rec)
+            if prog is not None:
+                prog.advance(task)
+    return records
+
+
+def _run_one(
+    cfg: ExperimentConfig, stages: Stages, data: ExperimentData, n: int, arm: ArmSettings, seed: int,
+    seg_cfg: dict[str, Any], cache: _SyntheticCache,
+) -> RunRecord:
+    synthetic = cache.get(arm.generator) if arm.generator is not None else None
+    folder = run_dir(cfg.output, n, arm.name, seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    seed_everything(seed)
+    t0 = time.perf_counter()
+    out = stages.run_arm(cfg, arm, seg_cfg, n, data, synthetic, folder)
+    elapsed = round(time.perf_counter() - t0, 3)
+    return RunRecord(
+        n_labelled=n, arm=arm.name, seed=seed, segment_config=seg_cfg,
+        timings={**out.pop("timings", {}), "run_s": elapsed}, **out,
+    )
+
+
+def _generators_used(cfg: ExperimentConfig) -> list[str]:
+    return sorted({a.generator for a in cfg.arms if a.generator is not None})
+
+
+def _prepare_output(cfg: ExperimentConfig, resume: bool, overwrite: bool) -> None:
+    out = cfg.output
+    if out.exists() and any(out.iterdir()):
+        if overwrite:
+            shutil.rmtree(out)
+        elif not resume:
+            raise OverwriteError(f"{out} exists and is not empty; resume it, or pass --overwrite to start over")
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+
+
+def _write_result(cfg: ExperimentConfig, n: int, result: dict, overwrite: bool) -> Path:
+    path = result_path(cfg, n)
+    if path.is_file() and not overwrite:
+        old = json.loads(path.read_text())
+        if old.get("config_hash") != result["config_hash"]:
+            raise OverwriteError(
+                f"{path} holds results of a different config; pass --overwrite to replace it"
+            )
+    write_json_atomic(path, result)
+    return path
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+    )

@@ -1,0 +1,103 @@
+"""Turn (image, mask) pairs into the denoised tensor ``x0`` and the spatial conditions of each kind.
+
+Shared by training and synthesis so a condition is built the same way in both (layouts: ``models.py``).
+In latent space images (and the inpainting background) are encoded by the codec and masks/edges are
+area-resized to the latent grid.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+
+from lesionforge.data.arrays import image_to_tensor, mask_to_tensor
+
+
+class Codec(Protocol):
+    """What the generators need of a latent autoencoder (``generate.autoencoder.LatentCodec``)."""
+
+    latent_channels: int
+    downsample_factor: int
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor: ...
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor: ...
+
+
+def to_signed(mask: torch.Tensor) -> torch.Tensor:
+    """{0, 1} -> {-1, 1}: masks and edges enter the network on the same scale as images."""
+    return mask * 2 - 1
+
+
+def dilate_masks(masks: np.ndarray, pixels: int) -> np.ndarray:
+    """Dilate uint8 masks (N, H, W) by ``pixels`` with a cross structuring element (uint8 result)."""
+    if pixels <= 0:
+        return masks
+    return np.stack([ndimage.binary_dilation(m > 0, iterations=pixels) for m in masks]).astype(np.uint8)
+
+
+def latent_mask(mask: torch.Tensor, factor: int) -> torch.Tensor:
+    """(B, 1, H, W) {0, 1} -> (B, 1, H/f, W/f): a latent cell is 'generate' if any of its pixels is."""
+    return mask if factor == 1 else F.max_pool2d(mask, factor)
+
+
+def build_inputs(
+    kind: str, images: np.ndarray, masks: np.ndarray, codec: Codec | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``images`` uint8 (B, H, W, C), ``masks`` uint8 (B, H, W) -> ``(x0, spatial)``.
+
+    ``x0`` (B, x, h, w) in [-1, 1] (or latents); ``spatial`` (B, S, h, w) or None for ``joint``. For
+    ``inpaint`` ``images`` is the target and the background is the same image with ``masks`` zeroed.
+    """
+    x = image_to_tensor(images)
+    m = mask_to_tensor(masks)
+    x0 = x if codec is None else codec.encode(x)
+    if kind == "joint":
+        return torch.cat([x0, to_signed(m)], dim=1), None
+    return x0, build_spatial(kind, x, m, codec)
+
+
+def build_spatial(kind: str, images: torch.Tensor, masks: torch.Tensor, codec: Codec | None = None) -> torch.Tensor:
+    """Spatial conditions from ``images`` (B, C, H, W) [-1, 1] (for ``inpaint``: the background) and
+    ``masks`` (B, 1, H, W) {0, 1}; returned on the grid of ``x`` (latent grid when ``codec``)."""
+    factor = 1 if codec is None else codec.downsample_factor
+
+    def grid(t: torch.Tensor) -> torch.Tensor:
+        return t if factor == 1 else F.interpolate(t, scale_factor=1 / factor, mode="area")
+
+    if kind == "mask2image":
+        return to_signed(grid(masks))
+    if kind == "edge-text":
+        from lesionforge.conditioning.edges import edge_maps
+
+        return torch.cat([to_signed(grid(edge_maps(images, masks))), to_signed(grid(masks))], dim=1)
+    if kind == "inpaint":
+        masked = images * (1 - masks)  # zeros (mid grey) inside the mask: the model must not see the lesion
+        masked = masked if codec is None else codec.encode(masked)
+        return torch.cat([masked, to_signed(latent_mask(masks, factor))], dim=1)
+    raise ValueError(f"kind {kind!r} has no spatial conditions")
+
+
+def flip_pairs(images: np.ndarray, masks: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Random horizontal and vertical flips per sample; the mask follows its image (edges are computed after)."""
+    images, masks = images.copy(), masks.copy()
+    for i in range(len(images)):
+        if rng.random() < 0.5:
+            images[i], masks[i] = images[i, :, ::-1], masks[i, :, ::-1]
+        if rng.random() < 0.5:
+            images[i], masks[i] = images[i, ::-1], masks[i, ::-1]
+    return images, masks
+
+
+def decode_samples(kind: str, x0: torch.Tensor, codec: Codec | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Sampler output ``x0`` -> ``(images (B, C, H, W) in [-1, 1], mask probability (B, 1, H, W) in [0, 1]
+    for ``joint``, else None)``; latents are decoded by ``codec``."""
+    mask = None
+    if kind == "joint":
+        x0, mask = x0[:, :-1], ((x0[:, -1:] + 1) / 2).clamp(0, 1)
+    images = x0 if codec is None else codec.decode(x0)
+    return images.clamp(-1, 1), mask

@@ -1,0 +1,101 @@
+"""Settings of a generator: model size, diffusion schedule, training and default sampling options.
+
+Presets live in ``configs/generator-<kind>-<dataset>-<profile>.yaml`` and are read with
+:func:`load_generator_config`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import model_validator
+
+from lesionforge.config import StrictModel, load_config
+from lesionforge.errors import ConfigError
+
+Kind = Literal["mask2image", "joint", "edge-text", "inpaint"]
+SamplerName = Literal["ddim", "dpm++", "ddpm"]
+
+
+class GeneratorConfig(StrictModel):
+    """Everything needed to build, train and sample one generator."""
+
+    kind: Kind
+    dataset: str = "demo"  # names the prompt domain (see conditioning.prompts.domain_for_dataset)
+    resolution: int = 64
+    image_channels: int = 3
+    space: Literal["pixel", "latent"] = "pixel"
+    autoencoder: str | None = None  # LatentCodec folder, required for space=latent
+
+    # denoiser (diffusers UNet)
+    block_out_channels: list[int] = [32, 64, 128, 128]
+    layers_per_block: int = 1
+    norm_num_groups: int = 8
+    attention_levels: list[bool] | None = None  # per block; default: attention on the two coarsest levels
+    attention_head_dim: int = 8
+    cross_attention_dim: int = 128
+    text: bool = False  # prompt by cross-attention (MiniLM states, 384-d)
+    text_dim: int = 384
+    classes: list[str] = []  # class-label embedding over these names (empty: none)
+    pretrained: str | None = None  # local diffusers UNet2DConditionModel folder to start from
+    controlnet: bool = False  # with ``pretrained``: freeze the base, train a ControlNet on the spatial conditions
+
+    # diffusion
+    prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"
+    num_train_timesteps: int = 1000
+    beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "squaredcos_cap_v2"
+
+    # training
+    steps: int = 2000
+    batch_size: int = 16
+    lr: float = 2e-4
+    weight_decay: float = 1e-2
+    warmup_steps: int = 100
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    cond_dropout: float = 0.1  # probability of replacing the prompt by "" and the class by the null class
+    mixed_precision: bool = True  # fp16 autocast, used only on a GPU
+    flip: bool = True  # random horizontal/vertical flips (conditions follow)
+    inpaint_dilate: int = 2  # pixels the lesion mask is dilated by when it is re-generated (inpaint)
+    self_supervised_fraction: float = 0.5  # inpaint: share of a batch drawn from unlabelled/normal images
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+    sample_every: int = 500
+    seed: int = 0
+
+    # sampling defaults
+    sampler: SamplerName = "dpm++"
+    sample_steps: int = 25
+    guidance_scale: float = 1.0
+    repaint_jumps: int = 0
+
+    @model_validator(mode="after")
+    def _check(self) -> GeneratorConfig:
+        if self.space == "latent" and self.kind == "joint":
+            raise ConfigError("kind 'joint' runs in pixel space only (a latent mask channel would blur the label)")
+        if self.controlnet and (self.pretrained is None or self.kind not in ("edge-text", "inpaint")):
+            raise ConfigError("controlnet: true needs 'pretrained' and kind edge-text or inpaint")
+        if self.pretrained is not None and self.kind not in ("edge-text", "inpaint"):
+            raise ConfigError("a pretrained base is supported for kinds edge-text and inpaint")
+        if self.attention_levels is not None and len(self.attention_levels) != len(self.block_out_channels):
+            raise ConfigError("attention_levels needs one entry per block_out_channels entry")
+        if any(c % self.norm_num_groups for c in self.block_out_channels):
+            raise ConfigError("every block_out_channels entry must be divisible by norm_num_groups")
+        return self
+
+    @property
+    def uses_text(self) -> bool:
+        return self.text or self.pretrained is not None
+
+    def attention(self) -> list[bool]:
+        """Which UNet levels carry (self- or cross-) attention."""
+        if self.attention_levels is not None:
+            return list(self.attention_levels)
+        n = len(self.block_out_channels)
+        return [i >= max(1, n - 2) for i in range(n)]
+
+
+def load_generator_config(path: str | Path, overrides: dict | None = None) -> GeneratorConfig:
+    """Read and validate a generator preset (YAML)."""
+    return load_config(path, GeneratorConfig, overrides)

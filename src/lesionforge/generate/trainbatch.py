@@ -1,0 +1,130 @@
+"""Training batches of every kind: sampling, flips, inpainting masks, prompts and condition dropout.
+
+``inpaint`` mixes two tasks: re-generating the (slightly dilated) lesion of a labelled image, and,
+self-supervised, filling a random size-controlled mask on an unlabelled or lesion-free image.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from lesionforge.data.arrays import PairArrays
+from lesionforge.errors import ConfigError
+from lesionforge.generate.batches import Codec, build_inputs, dilate_masks, flip_pairs, latent_mask
+from lesionforge.generate.config import GeneratorConfig
+from lesionforge.generate.models import Conditions
+from lesionforge.generate.sampler import InpaintGuide
+from lesionforge.generate.textcond import TextConditioner
+
+
+@dataclass
+class Preview:
+    """Fixed conditions for sample grids: the real ``images`` uint8 (n, H, W, C) and ``masks`` (n, H, W)
+    they come from, ``cond`` / ``uncond``, the inpainting guide, and the grid of ``x``."""
+
+    images: np.ndarray
+    masks: np.ndarray
+    cond: Conditions
+    uncond: Conditions
+    guide: InpaintGuide | None
+    grid: tuple[int, int]
+
+
+class BatchMaker:
+    """Builds ``(x0, Conditions)`` training batches for ``cfg.kind`` from uint8 arrays."""
+
+    def __init__(self, cfg: GeneratorConfig, train: PairArrays, unlabelled: PairArrays | None = None,
+                 backgrounds: PairArrays | None = None, codec: Codec | None = None, text_encoder=None,
+                 prompts=None, mask_source=None):
+        self.cfg, self.codec = cfg, codec
+        self.text = TextConditioner(cfg, prompts, text_encoder)
+        labelled = train.subset(np.flatnonzero(train.has_mask))
+        lesion = labelled.masks.reshape(len(labelled), -1).any(1) if len(labelled) else np.zeros(0, bool)
+        self.pool = labelled.subset(np.flatnonzero(lesion)) if cfg.kind == "inpaint" else labelled
+        image_only = [train.subset(np.flatnonzero(~train.has_mask)), labelled.subset(np.flatnonzero(~lesion)),
+                      unlabelled, backgrounds]
+        self.self_sup = _concat(image_only) if cfg.kind == "inpaint" else None
+        if len(self.pool) == 0 and (self.self_sup is None or len(self.self_sup) == 0):
+            raise ConfigError(f"no usable training samples for kind {cfg.kind!r} (labelled pairs needed)")
+        self.mask_source = mask_source
+        if cfg.kind == "inpaint" and mask_source is None and self.self_sup is not None and len(self.self_sup):
+            self.mask_source = make_mask_source("size", self.pool, cfg.resolution)
+
+    def make(self, rng: np.random.Generator) -> tuple[torch.Tensor, Conditions]:
+        """One batch of ``cfg.batch_size``: ``x0`` (B, x, h, w) and its conditions (dropout applied)."""
+        b = self.cfg.batch_size
+        n_self = 0
+        if self.self_sup is not None and len(self.self_sup):
+            n_self = b if len(self.pool) == 0 else int(rng.binomial(b, self.cfg.self_supervised_fraction))
+        parts = []
+        if b - n_self:
+            parts.append(self.pool.subset(rng.integers(len(self.pool), size=b - n_self)))
+        if n_self:
+            parts.append(self._random_masks(self.self_sup.subset(rng.integers(len(self.self_sup), size=n_self)), rng))
+        data = _concat(parts)
+        images, masks = flip_pairs(data.images, data.masks, rng) if self.cfg.flip else (data.images, data.masks)
+        drop = rng.random(b) < self.cfg.cond_dropout
+        return self._inputs(images, masks, data.ids, data.classes, rng, drop)
+
+    def _random_masks(self, data: PairArrays, rng: np.random.Generator) -> PairArrays:
+        drawn = self.mask_source(rng, len(data))
+        masks = np.stack([m for m, _ in drawn]).astype(np.uint8)
+        return PairArrays(data.images, masks, np.ones(len(data), bool), data.ids, [None] * len(data))
+
+    def _inputs(self, images: np.ndarray, masks: np.ndarray, ids: list[str], classes: list[str | None],
+                rng: np.random.Generator, drop: np.ndarray) -> tuple[torch.Tensor, Conditions]:
+        prompts = self.text.prompts(ids, classes, masks, rng)
+        region = dilate_masks(masks, self.cfg.inpaint_dilate) if self.cfg.kind == "inpaint" else masks
+        with torch.no_grad():  # the codec and edge extractor are fixed: no gradients through them
+            x0, spatial = build_inputs(self.cfg.kind, images, region, self.codec)
+        text, text_mask, labels = self.text.encode(prompts, classes, drop)
+        return x0, Conditions(spatial, text, text_mask, labels)
+
+    def preview(self, n: int = 4) -> Preview:
+        """The first ``n`` labelled samples (no flips, no dropout) as fixed sampling conditions."""
+        data = self.pool if len(self.pool) else self._random_masks(self.self_sup, np.random.default_rng(0))
+        data = data.subset(np.arange(min(n, len(data))))
+        rng = np.random.default_rng(0)
+        x0, cond = self._inputs(data.images, data.masks, data.ids, data.classes, rng, np.zeros(len(data), bool))
+        null_text, null_mask, null_class = self.text.null()
+        guide = None
+        if self.cfg.kind == "inpaint":
+            region = torch.from_numpy(dilate_masks(data.masks, self.cfg.inpaint_dilate)).float()[:, None]
+            factor = 1 if self.codec is None else self.codec.downsample_factor
+            guide = InpaintGuide(known=x0, region=latent_mask(region, factor))
+        return Preview(data.images, data.masks, cond, cond.nulled(null_text, null_mask, null_class), guide,
+                       tuple(x0.shape[-2:]))
+
+
+def make_mask_source(name: str, real: PairArrays | None, size: int):
+    """A mask source by name: ``jitter`` (real masks deformed) or ``size`` (size-controlled, small lesions
+    over-sampled; shapes and the size distribution from ``real`` masks when given, else random blobs)."""
+    from lesionforge.conditioning.masks import (
+        RealJitterSource,
+        SizeControlledSource,
+        SizeSampler,
+        area_fractions,
+        shape_bank_from_masks,
+    )
+
+    masks = real.masks[real.has_mask] if real is not None else np.zeros((0, size, size), np.uint8)
+    if name == "jitter":
+        if not masks.any():
+            raise ConfigError("mask source 'jitter' needs real lesion masks")
+        return RealJitterSource(masks, [i for i, h in zip(real.ids, real.has_mask, strict=True) if h])
+    if name == "size":
+        bank = shape_bank_from_masks(masks) if masks.any() else None
+        return SizeControlledSource(bank, SizeSampler(area_fractions(masks) if masks.any() else None), size)
+    raise ConfigError(f"unknown mask source {name!r}; choose 'jitter' or 'size'")
+
+
+def _concat(parts: list[PairArrays | None]) -> PairArrays:
+    parts = [p for p in parts if p is not None and len(p)]
+    if not parts:
+        return PairArrays(np.zeros((0, 1, 1, 1), np.uint8), np.zeros((0, 1, 1), np.uint8), np.zeros(0, bool), [], [])
+    return PairArrays(np.concatenate([p.images for p in parts]), np.concatenate([p.masks for p in parts]),
+                      np.concatenate([p.has_mask for p in parts]), sum((p.ids for p in parts), []),
+                      sum((p.classes for p in parts), []))

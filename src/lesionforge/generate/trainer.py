@@ -1,0 +1,210 @@
+"""One trainer for every generator kind: DDPM noise-prediction training with EMA, AdamW, cosine schedule
+with warm-up, gradient clipping, GPU mixed precision (accelerate), checkpoints and exact resume.
+
+Exact resume: every random draw of step ``s`` (batch, flips, masks, dropout, noise, timesteps) comes from
+generators seeded by ``(seed, s, process)``, and a checkpoint holds model, EMA, optimizer, LR schedule and
+torch RNG state, so "3 steps, kill, resume 3" ends with the weights of "6 steps".
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from diffusers.optimization import get_cosine_schedule_with_warmup
+from diffusers.training_utils import EMAModel
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+from lesionforge.config import save_config
+from lesionforge.data.arrays import PairArrays
+from lesionforge.errors import CheckpointError, ConfigError
+from lesionforge.generate.batches import Codec
+from lesionforge.generate.config import GeneratorConfig
+from lesionforge.generate.models import LesionGenerator, build_generator
+from lesionforge.generate.report import save_loss_curve, save_sample_grid
+from lesionforge.generate.trainbatch import BatchMaker
+from lesionforge.utils import code_version, ensure_new_dir, seed_everything, write_json_atomic
+
+CHECKPOINT_PREFIX = "checkpoint-"
+
+
+def train_generator(
+    cfg: GeneratorConfig,
+    train: PairArrays,
+    out_dir: str | Path,
+    *,
+    unlabelled: PairArrays | None = None,
+    backgrounds: PairArrays | None = None,
+    prompts=None,
+    resume: bool = True,
+    codec: Codec | None = None,
+    text_encoder=None,
+    mask_source=None,
+    progress: bool = True,
+) -> Path:
+    """Train a generator of ``cfg.kind`` on ``train`` (uint8 pairs at ``cfg.resolution``) into ``out_dir``.
+
+    ``unlabelled`` / ``backgrounds``: image-only data for the self-supervised part of ``inpaint``.
+    ``prompts``: see :func:`lesionforge.generate.textcond.prompt_function`. ``codec``: the latent
+    autoencoder (default: loaded from ``cfg.autoencoder`` when ``cfg.space == "latent"``).
+    ``mask_source``: random masks for self-supervised inpainting (default: size-controlled source).
+    Writes ``checkpoint-<step>/`` every ``cfg.checkpoint_every`` steps, ``samples/``, ``loss.png`` and
+    the final EMA model (``unet/``, ``scheduler/``, ``lesionforge.json``); returns ``out_dir``.
+    """
+    out_dir = ensure_new_dir(out_dir, resume=resume)
+    _check_data(cfg, train)
+    codec = codec or load_codec(cfg)
+    accel = Accelerator(cpu=not torch.cuda.is_available(),
+                        mixed_precision="fp16" if torch.cuda.is_available() and cfg.mixed_precision else "no")
+    seed_everything(cfg.seed)  # initial weights depend on the seed only
+    latent = (codec.latent_channels, codec.downsample_factor) if codec is not None else (None, 1)
+    gen = build_generator(cfg, *latent)
+    params = gen.trainable_parameters()
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    lr_sched = get_cosine_schedule_with_warmup(opt, cfg.warmup_steps, cfg.steps)
+    ema = EMAModel(params, decay=cfg.ema_decay, use_ema_warmup=True, power=0.75)
+    start, losses = 0, []
+    latest = latest_checkpoint(out_dir) if resume else None
+    if latest is not None:
+        start, losses = _load_checkpoint(latest, gen, opt, lr_sched, ema)
+    gen, opt, lr_sched = accel.prepare(gen, opt, lr_sched)
+    ema.to(accel.device)
+    save_config(cfg, out_dir / "config.yaml")
+    maker = BatchMaker(cfg, train, unlabelled, backgrounds, codec, text_encoder, prompts, mask_source)
+    noise_sched = accel.unwrap_model(gen).noise_scheduler()
+    with _progress(progress) as bar:
+        task = bar.add_task(f"training {cfg.kind}", total=cfg.steps, completed=start)
+        for step in range(start, cfg.steps):
+            loss = _train_step(gen, opt, lr_sched, ema, noise_sched, maker, accel, cfg, step)
+            losses.append(loss)
+            bar.update(task, advance=1, description=f"training {cfg.kind} loss {np.mean(losses[-50:]):.4f}")
+            done = step + 1
+            if accel.is_main_process and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
+                save_checkpoint(out_dir, done, accel.unwrap_model(gen), opt, lr_sched, ema, losses)
+            if accel.is_main_process and cfg.sample_every and done % cfg.sample_every == 0:
+                _sample_grid(out_dir, done, accel.unwrap_model(gen), ema, maker)
+    if accel.is_main_process:
+        _finish(out_dir, accel.unwrap_model(gen), ema, maker, losses, cfg)
+    return out_dir
+
+
+def _check_data(cfg: GeneratorConfig, train: PairArrays) -> None:
+    if len(train) == 0:
+        raise ConfigError("train_generator: the training set is empty")
+    h, w = train.images.shape[1:3]
+    if (h, w) != (cfg.resolution, cfg.resolution):
+        raise ConfigError(f"training images are {w}x{h} but the config resolution is {cfg.resolution}")
+    if train.images.shape[-1] != cfg.image_channels:
+        raise ConfigError(f"training images have {train.images.shape[-1]} channels, config says {cfg.image_channels}")
+
+
+def load_codec(cfg: GeneratorConfig) -> Codec | None:
+    """The latent autoencoder named by ``cfg.autoencoder`` (None in pixel space)."""
+    if cfg.space != "latent":
+        return None
+    if cfg.autoencoder is None:
+        raise ConfigError("space: latent needs 'autoencoder: PATH' (a LatentCodec folder)")
+    from lesionforge.generate.autoencoder import LatentCodec
+
+    return LatentCodec.from_pretrained(cfg.autoencoder)
+
+
+def _train_step(gen, opt, lr_sched, ema, noise_sched, maker: BatchMaker, accel, cfg, step: int) -> float:
+    rng = np.random.default_rng([cfg.seed, step, accel.process_index])
+    g = torch.Generator().manual_seed(int(rng.integers(2**62)))
+    gen.train()
+    x0, cond = maker.make(rng)
+    x0, cond = x0.to(accel.device), cond.to(accel.device)
+    noise = torch.randn(x0.shape, generator=g).to(accel.device)
+    t = torch.randint(0, cfg.num_train_timesteps, (len(x0),), generator=g).to(accel.device)
+    x_t = noise_sched.add_noise(x0, noise, t)
+    target = noise if cfg.prediction_type == "epsilon" else noise_sched.get_velocity(x0, noise, t)
+    with accel.autocast():
+        pred = gen(x_t, t, cond)
+    loss = F.mse_loss(pred.float(), target)
+    accel.backward(loss)
+    if accel.sync_gradients:
+        accel.clip_grad_norm_(accel.unwrap_model(gen).trainable_parameters(), cfg.grad_clip)
+    opt.step()
+    lr_sched.step()
+    opt.zero_grad(set_to_none=True)
+    ema.step(accel.unwrap_model(gen).trainable_parameters())
+    return float(loss.detach())
+
+
+def latest_checkpoint(out_dir: str | Path) -> Path | None:
+    """The complete ``checkpoint-<step>`` folder with the highest step, or None."""
+    found = [(int(p.name.removeprefix(CHECKPOINT_PREFIX)), p) for p in Path(out_dir).glob(f"{CHECKPOINT_PREFIX}*")
+             if p.name.removeprefix(CHECKPOINT_PREFIX).isdigit() and (p / "state.json").is_file()]
+    return max(found)[1] if found else None
+
+
+def save_checkpoint(out_dir: Path, step: int, gen: LesionGenerator, opt, lr_sched, ema: EMAModel,
+                    losses: list[float]) -> Path:
+    """Write ``checkpoint-<step>/`` atomically (temp folder, then rename) and prune old ones."""
+    final = out_dir / f"{CHECKPOINT_PREFIX}{step}"
+    tmp = out_dir / f".tmp-{CHECKPOINT_PREFIX}{step}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    gen.save_pretrained(tmp / "model")
+    torch.save(ema.state_dict(), tmp / "ema.pt")
+    torch.save(opt.state_dict(), tmp / "optimizer.pt")
+    torch.save(lr_sched.state_dict(), tmp / "lr_scheduler.pt")
+    torch.save({"torch": torch.get_rng_state()}, tmp / "rng.pt")
+    write_json_atomic(tmp / "state.json", {"step": step, "losses": losses})
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    _prune(out_dir, gen.cfg.keep_checkpoints)
+    return final
+
+
+def _prune(out_dir: Path, keep: int) -> None:
+    steps = sorted(int(p.name.removeprefix(CHECKPOINT_PREFIX)) for p in out_dir.glob(f"{CHECKPOINT_PREFIX}*")
+                   if p.name.removeprefix(CHECKPOINT_PREFIX).isdigit())
+    for s in steps[:-keep] if keep > 0 else []:
+        shutil.rmtree(out_dir / f"{CHECKPOINT_PREFIX}{s}", ignore_errors=True)
+
+
+def _load_checkpoint(path: Path, gen: LesionGenerator, opt, lr_sched, ema: EMAModel) -> tuple[int, list[float]]:
+    try:
+        saved = LesionGenerator.from_pretrained(path / "model")
+        gen.load_state_dict(saved.state_dict())
+        ema.load_state_dict(torch.load(path / "ema.pt", weights_only=True))
+        opt.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+        lr_sched.load_state_dict(torch.load(path / "lr_scheduler.pt", weights_only=True))
+        torch.set_rng_state(torch.load(path / "rng.pt", weights_only=True)["torch"])
+        state = json.loads((path / "state.json").read_text())
+    except (OSError, RuntimeError, KeyError, ValueError) as e:
+        raise CheckpointError(f"{path}: cannot resume from this checkpoint ({e})") from e
+    return int(state["step"]), list(state["losses"])
+
+
+def _sample_grid(out_dir: Path, step: int, gen: LesionGenerator, ema: EMAModel, maker: BatchMaker) -> None:
+    """Sample with the EMA weights (swapped in, then restored) on a fixed set of training conditions."""
+    params = gen.trainable_parameters()
+    ema.store(params)
+    ema.copy_to(params)
+    try:
+        save_sample_grid(out_dir / "samples" / f"step-{step:06d}.png", gen.eval(), maker)
+    finally:
+        ema.restore(params)
+
+
+def _finish(out_dir: Path, gen: LesionGenerator, ema: EMAModel, maker: BatchMaker, losses: list[float],
+            cfg: GeneratorConfig) -> None:
+    """Save the EMA weights as the final model, a last sample grid and the loss curve."""
+    ema.copy_to(gen.trainable_parameters())
+    gen.eval().save_pretrained(out_dir, extra={"steps": cfg.steps, "code_version": code_version(),
+                                               "autoencoder": cfg.autoencoder})
+    save_sample_grid(out_dir / "samples" / "final.png", gen, maker)
+    save_loss_curve(out_dir / "loss.png", losses)
+
+
+def _progress(show: bool) -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                    TimeRemainingColumn(), disable=not show)

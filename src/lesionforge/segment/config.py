@@ -1,0 +1,83 @@
+"""Settings of segmentation training: network, budget, augmentation, real+synthetic mixing."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from lesionforge.config import StrictModel
+
+NetworkName = Literal["BasicUNet", "UNet", "AttentionUnet", "SegResNet", "UNETR", "SwinUNETR"]
+MixMode = Literal["none", "ratio", "alpha", "patch-merge", "synthetic-only"]
+
+
+class AugmentConfig(StrictModel):
+    """Standard augmentation (MONAI dictionary transforms, see :mod:`lesionforge.data.augment`)."""
+
+    enabled: bool = True
+    flip_prob: float = Field(0.5, ge=0, le=1)  # per axis
+    rotate90_prob: float = Field(0.5, ge=0, le=1)
+    affine_prob: float = Field(0.5, ge=0, le=1)
+    scale_range: float = Field(0.2, ge=0, lt=1)  # zoom factor in [1 - s, 1 + s]
+    translate_fraction: float = Field(0.1, ge=0, lt=1)  # shift up to this fraction of the side
+    intensity_prob: float = Field(0.5, ge=0, le=1)  # each of brightness / contrast / colour / gamma
+    brightness: float = Field(0.1, ge=0)  # additive shift on [-1, 1] images
+    contrast: float = Field(0.2, ge=0)  # multiplicative factor in [1 - c, 1 + c]
+    colour: float = Field(0.05, ge=0)  # per-channel multiplicative factor in [1 - c, 1 + c]
+    gamma: tuple[float, float] = (0.7, 1.5)
+    noise_prob: float = Field(0.2, ge=0, le=1)
+    noise_std: float = Field(0.05, ge=0)
+
+
+class CopyPasteConfig(StrictModel):
+    """Classical lesion copy-paste (:mod:`lesionforge.segment.copypaste`), applied per sample with ``prob``."""
+
+    enabled: bool = False
+    prob: float = Field(0.5, ge=0, le=1)
+    scale: tuple[float, float] = (0.75, 1.25)
+    feather_sigma: float = Field(1.0, ge=0)  # Gaussian sigma (pixels) of the soft edge
+    fov_threshold: int = Field(12, ge=0, le=255)  # pixels darker than this (max channel) are outside the view
+
+
+class MixConfig(StrictModel):
+    """How synthetic pairs join real ones in each batch.
+
+    ``none``: real only. ``ratio``: ``ratio`` synthetic per real sample in each batch on average.
+    ``alpha``: each synthetic sample enters the training pool with probability ``alpha`` (drawn once per seed),
+    batches are drawn uniformly from real + admitted synthetic. ``patch-merge``: EMIT-style merging, per
+    ``patch_size`` patch the real pair with probability ``alpha``, else its synthetic twin.
+    ``synthetic-only``: synthetic pairs only.
+    """
+
+    mode: MixMode = "none"
+    ratio: float = Field(1.0, ge=0)
+    alpha: float = Field(0.6, ge=0, le=1)
+    patch_size: int = Field(16, ge=1)
+
+
+class SegmentConfig(StrictModel):
+    """Everything that defines one segmentation training run."""
+
+    network: NetworkName = "BasicUNet"
+    features: tuple[int, ...] = (16, 32, 64, 128, 256, 16)
+    network_kwargs: dict[str, Any] = Field(default_factory=dict)  # extra constructor arguments, passed as is
+    resolution: int = Field(64, ge=16)
+    steps: int = Field(2000, ge=1)
+    batch_size: int = Field(16, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    warmup_steps: int = Field(50, ge=0)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    copy_paste: CopyPasteConfig = Field(default_factory=CopyPasteConfig)
+    mixing: MixConfig = Field(default_factory=MixConfig)
+    val_interval: int = Field(100, ge=1)
+    eval_batch_size: int = Field(32, ge=1)
+    seed: int = 0
+    device: str = "cpu"
+
+    @model_validator(mode="after")
+    def _check(self) -> SegmentConfig:
+        if self.warmup_steps >= self.steps:
+            self.warmup_steps = 0  # a budget shorter than the warm-up trains without one
+        return self

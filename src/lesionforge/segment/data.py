@@ -1,0 +1,71 @@
+"""Where segmentation data come from: a dataset folder or a manifest, optional id lists, synthetic sets."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from lesionforge.data.arrays import PairArrays, load_arrays
+from lesionforge.data.manifest import Sample, read_manifest
+from lesionforge.data.readers import read_dataset
+from lesionforge.errors import DataError
+
+
+def read_samples(path: str | Path, ids: list[str] | None = None, labelled_only: bool = True) -> list[Sample]:
+    """Samples of a dataset folder (any layout :func:`read_dataset` knows) or of a JSONL manifest file.
+
+    ``ids`` keeps those ids in that order (each must exist); ``labelled_only`` drops image-only samples, which
+    carry no ground truth to train or score on."""
+    path = Path(path)
+    samples = read_manifest(path) if path.is_file() else read_dataset(path)
+    if ids is not None:
+        by_id = {s.id: s for s in samples}
+        missing = [i for i in ids if i not in by_id]
+        if missing:
+            raise DataError(path, f"{len(missing)} requested ids not found, e.g. {missing[:3]}")
+        samples = [by_id[i] for i in ids]
+    if labelled_only:
+        samples = [s for s in samples if s.has_mask]
+    if not samples:
+        raise DataError(path, "no labelled samples")
+    return samples
+
+
+def read_id_list(path: str | Path, key: str | None = None) -> list[str]:
+    """Ids from a text file (one a line) or a JSON file (a list, or a mapping where ``key`` picks the list;
+    ``low_data_subsets.32`` style dotted keys reach nested lists, as in the benchmark split files)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, "id list not found")
+    if path.suffix.lower() != ".json":
+        return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    obj = json.loads(path.read_text())
+    for part in key.split(".") if key else []:
+        if not isinstance(obj, dict) or part not in obj:
+            raise DataError(path, f"no key {part!r} (from {key!r})")
+        obj = obj[part]
+    if not isinstance(obj, list):
+        raise DataError(path, f"expected a list of ids{f' at {key!r}' if key else ''}; pass a key")
+    return [str(i) for i in obj]
+
+
+def load_pairs(
+    path: str | Path, resolution: int, channels: int | None = 3, ids: list[str] | None = None
+) -> PairArrays:
+    """Labelled pairs of a folder or manifest, preprocessed to ``resolution`` (cached on disk)."""
+    return load_arrays(read_samples(path, ids), resolution, channels)
+
+
+def kept_samples(samples: list[Sample]) -> list[Sample]:
+    """Synthetic samples the validator kept (``provenance.validation.kept``); samples never validated are
+    dropped too, so a "filtered" set only holds checked samples."""
+    return [s for s in samples if s.provenance and (s.provenance.validation or {}).get("kept") is True]
+
+
+def twins_of(samples: list[Sample]) -> dict[str, list[int]]:
+    """Real id -> indices (into ``samples``) of its synthetic twins, from ``provenance.source_id``."""
+    twins: dict[str, list[int]] = {}
+    for i, s in enumerate(samples):
+        if s.provenance is not None and s.provenance.source_id is not None:
+            twins.setdefault(s.provenance.source_id, []).append(i)
+    return twins

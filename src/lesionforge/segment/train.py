@@ -1,0 +1,263 @@
+"""Segmentation training: a fixed budget of AdamW steps with cosine LR, DiceCE loss, on-the-fly augmentation,
+real + synthetic mixing, model selection on validation mDice, exact checkpoint/resume.
+
+Output folder::
+
+    config.yaml        the SegmentConfig of the run
+    best/              best-validation checkpoint (model.safetensors + segmenter.json)
+    last-<step>/       latest state: weights + state.pt (optimizer, scheduler, RNG, history); ``last.json``
+                       names the current one, so a crash while writing never leaves a half checkpoint in use
+    run.json           summary written when the budget is spent
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers.optimization import get_cosine_schedule_with_warmup
+from monai.losses import DiceCELoss
+from safetensors.torch import load_model
+from torch import nn
+
+from lesionforge.config import save_config
+from lesionforge.data.arrays import PairArrays, image_to_tensor, mask_to_tensor
+from lesionforge.data.augment import augment_batch, build_augmentation
+from lesionforge.errors import CheckpointError, ConfigError, DataError
+from lesionforge.segment.config import SegmentConfig
+from lesionforge.segment.copypaste import CopyPaster
+from lesionforge.segment.metrics import THRESHOLD, overlap_scores
+from lesionforge.segment.mixing import BatchPlan, BatchSampler, merge_mask, merge_pairs, step_rng
+from lesionforge.segment.model_io import WEIGHTS, predict, save_segmenter
+from lesionforge.segment.networks import build_network
+from lesionforge.utils import ensure_new_dir, seed_everything, write_json_atomic
+
+STREAM_COPY_PASTE, STREAM_AUGMENT, STREAM_MERGE = 1, 2, 3
+
+
+@dataclass
+class SegmentRun:
+    """Outcome of :func:`train_segmenter`: best checkpoint folder, its validation mDice, and the history
+    (one dict per validation: step, train loss, lr, val_mdice)."""
+
+    best_checkpoint: Path
+    best_val_mdice: float
+    history: list[dict] = field(default_factory=list)
+    steps: int = 0
+    images_per_s: float = float("nan")
+
+
+@dataclass
+class _State:
+    step: int = 0  # optimizer steps done
+    best_val_mdice: float = -1.0
+    best_step: int = -1
+    history: list[dict] = field(default_factory=list)
+    train_time_s: float = 0.0
+    images_seen: int = 0
+    pending_losses: list[float] = field(default_factory=list)  # since the last validation
+
+
+def train_segmenter(
+    cfg: SegmentConfig, train: PairArrays, val: PairArrays, out_dir: str | Path, *,
+    synthetic: PairArrays | None = None, twins: dict[str, list[int]] | None = None, resume: bool = True,
+    overwrite: bool = False, stop_after: int | None = None, progress: bool = False,
+) -> SegmentRun:
+    """Train a segmenter on ``train`` (+ ``synthetic`` per ``cfg.mixing``); select on ``val`` mDice.
+
+    Arrays are uint8 at ``cfg.resolution`` (images (N, H, W, C), masks (N, H, W) in {0, 1}). ``twins`` maps a
+    real id to indices of its synthetic twins in ``synthetic`` (patch merging). With ``resume`` a run in
+    ``out_dir`` continues exactly where it stopped; ``stop_after`` ends the call after that many steps (the
+    state is saved, a later call continues). Returns the best checkpoint, which :func:`load_segmenter` reads.
+    """
+    _check_inputs(cfg, train, val, synthetic)
+    out = ensure_new_dir(out_dir, overwrite=overwrite, resume=resume)
+    seed_everything(cfg.seed)
+    device = torch.device(cfg.device)
+    channels = train.images.shape[-1]
+    model = build_network(cfg.network, channels, cfg.features, cfg.resolution, **cfg.network_kwargs).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = get_cosine_schedule_with_warmup(opt, cfg.warmup_steps, cfg.steps)
+    state = _load_last(out, cfg, model, opt, sched) if resume else _State()
+    save_config(cfg, out / "config.yaml")
+    end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
+    loop = _Loop(cfg, model, train, synthetic, twins, device)
+    bar = _progress(progress, state.step, end)
+    while state.step < end:
+        t0 = time.perf_counter()
+        loss, n_images = loop.step(opt, state.step)
+        sched.step()
+        state.train_time_s += time.perf_counter() - t0
+        state.images_seen += n_images
+        state.step += 1
+        state.pending_losses.append(loss)
+        if bar is not None:
+            bar[0].update(bar[1], completed=state.step, description=f"segment loss {loss:.3f}")
+        if state.step % cfg.val_interval == 0 or state.step == cfg.steps:
+            _validate(cfg, model, val, channels, state, sched.get_last_lr()[0], out)
+            _save_last(out, cfg, model, opt, sched, state, channels)
+    if bar is not None:
+        bar[0].stop()
+    last = _last_folder(out)
+    if last is None or last.name != _last_name(state.step):  # stopped between validations: save for resume
+        _save_last(out, cfg, model, opt, sched, state, channels)
+    return _finish(out, state, cfg)
+
+
+def _check_inputs(cfg: SegmentConfig, train: PairArrays, val: PairArrays, synthetic: PairArrays | None) -> None:
+    sets = {"train": train, "val": val, **({"synthetic": synthetic} if synthetic is not None else {})}
+    for name, a in sets.items():
+        if len(a) == 0:
+            raise DataError(name, "no samples")
+        if a.images.shape[1:3] != (cfg.resolution, cfg.resolution):
+            raise DataError(name, f"images are {a.images.shape[1:3]}, config resolution is {cfg.resolution}")
+        if a.images.shape[-1] != train.images.shape[-1]:
+            raise DataError(name, f"{a.images.shape[-1]} channels, train has {train.images.shape[-1]}")
+    if cfg.mixing.mode != "none" and synthetic is None:
+        raise ConfigError(f"mixing mode {cfg.mixing.mode!r} needs a synthetic set")
+
+
+class _Loop:
+    """One optimizer step: draw a batch, copy-paste, augment, forward (merging for patch-merge), update."""
+
+    def __init__(self, cfg, model: nn.Module, train: PairArrays, synthetic: PairArrays | None, twins, device):
+        self.cfg, self.model, self.train, self.device = cfg, model, train, device
+        self.synthetic = synthetic
+        n_syn = 0 if synthetic is None else len(synthetic)
+        self.sampler = BatchSampler(cfg.mixing, train.ids, n_syn, cfg.batch_size, cfg.seed, twins)
+        self.augment = build_augmentation(cfg.augment, cfg.resolution) if cfg.augment.enabled else None
+        self.paster = CopyPaster(train.images, train.masks, cfg.copy_paste) if cfg.copy_paste.enabled else None
+        self.loss_fn = DiceCELoss(sigmoid=True)
+
+    def _real(self, idx: np.ndarray, step: int) -> tuple[np.ndarray, np.ndarray]:
+        images, masks = self.train.images[idx], self.train.masks[idx]
+        if self.paster is not None and len(idx):
+            images, masks = self.paster(images, masks, idx, step_rng(self.cfg.seed, step, STREAM_COPY_PASTE))
+        return images, masks
+
+    def _tensors(self, images: np.ndarray, masks: np.ndarray, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = image_to_tensor(images), mask_to_tensor((masks > 0).astype(np.uint8))
+        if self.augment is not None:
+            seed = int(step_rng(self.cfg.seed, step, STREAM_AUGMENT).integers(2**31))
+            x, y = augment_batch(self.augment, x, y, seed)
+        return x.to(self.device), y.to(self.device)
+
+    def step(self, opt: torch.optim.Optimizer, step: int) -> tuple[float, int]:
+        """Run optimizer step ``step``; returns the loss and the number of images forwarded."""
+        self.model.train()
+        plan = self.sampler.plan(step)
+        if self.cfg.mixing.mode == "patch-merge":
+            loss, n = self._merged_loss(plan, step)
+        else:
+            images, masks = self._real(plan.real, step)
+            if len(plan.synthetic):
+                images = np.concatenate([images, self.synthetic.images[plan.synthetic]])
+                masks = np.concatenate([masks, self.synthetic.masks[plan.synthetic]])
+            x, y = self._tensors(images, masks, step)
+            loss, n = self.loss_fn(self.model(x), y), len(x)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return float(loss.detach()), n
+
+    def _merged_loss(self, plan: BatchPlan, step: int) -> tuple[torch.Tensor, int]:
+        real_img, real_mask = self._real(plan.real, step)
+        has_twin = plan.twin >= 0
+        twin_img, twin_mask = real_img.copy(), real_mask.copy()  # no twin: the real pair stands in for it
+        twin_img[has_twin] = self.synthetic.images[plan.twin[has_twin]]
+        twin_mask[has_twin] = self.synthetic.masks[plan.twin[has_twin]]
+        # the same augmentation seed gives each real sample and its twin the same geometric transform
+        xr, yr = self._tensors(real_img, real_mask, step)
+        xs, ys = self._tensors(twin_img, twin_mask, step)
+        logits = self.model(torch.cat([xr, xs]))
+        m = merge_mask(len(xr), self.cfg.resolution, self.cfg.mixing.patch_size, self.cfg.mixing.alpha,
+                       step_rng(self.cfg.seed, step, STREAM_MERGE)).to(self.device)
+        merged_logits, merged_y = merge_pairs(logits[: len(xr)], logits[len(xr) :], yr, ys, m)
+        return self.loss_fn(merged_logits, merged_y), 2 * len(xr)
+
+
+def val_mdice(model: nn.Module, val: PairArrays, batch_size: int = 32) -> float:
+    """Mean per-image foreground Dice of ``model`` on ``val`` (threshold 0.5; empty-vs-empty scores 1)."""
+    prob = predict(model, val.images, batch_size)
+    return float(overlap_scores((prob[:, 0] >= THRESHOLD).numpy(), val.masks > 0)["dice"].mean())
+
+
+def _validate(cfg, model, val, channels, state: _State, lr: float, out: Path) -> None:
+    score = val_mdice(model, val, cfg.eval_batch_size)
+    state.history.append({"step": state.step, "loss": _mean(state.pending_losses), "lr": lr, "val_mdice": score})
+    state.pending_losses = []
+    if score > state.best_val_mdice:
+        state.best_val_mdice, state.best_step = score, state.step
+        save_segmenter(model, cfg, channels, out / "best", step=state.step, val_mdice=score)
+
+
+def _mean(values: list[float]) -> float | None:
+    return float(np.mean(values)) if values else None
+
+
+def _save_last(out: Path, cfg, model, opt, sched, state: _State, channels: int) -> None:
+    folder = out / _last_name(state.step)
+    save_segmenter(model, cfg, channels, folder, step=state.step)
+    blob = {
+        "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "torch_rng": torch.get_rng_state(),
+        "state": state.__dict__,
+    }
+    tmp = folder / "state.pt.tmp"
+    torch.save(blob, tmp)
+    tmp.replace(folder / "state.pt")
+    previous = _last_folder(out)
+    write_json_atomic(out / "last.json", {"folder": folder.name, "step": state.step})
+    if previous is not None and previous != folder:
+        shutil.rmtree(previous, ignore_errors=True)
+
+
+def _last_name(step: int) -> str:
+    return f"last-{step:07d}"
+
+
+def _last_folder(out: Path) -> Path | None:
+    pointer = out / "last.json"
+    return out / json.loads(pointer.read_text())["folder"] if pointer.is_file() else None
+
+
+def _load_last(out: Path, cfg: SegmentConfig, model, opt, sched) -> _State:
+    folder = _last_folder(out)
+    if folder is None:
+        return _State()
+    saved = SegmentConfig.model_validate(json.loads((folder / "segmenter.json").read_text())["config"])
+    if saved.model_copy(update={"device": cfg.device}) != cfg:  # the same run may resume on another device
+        raise CheckpointError(f"{out}: holds a run with different settings; use another folder or --overwrite")
+    load_model(model, str(folder / WEIGHTS))
+    blob = torch.load(folder / "state.pt", weights_only=True)
+    opt.load_state_dict(blob["optimizer"])
+    sched.load_state_dict(blob["scheduler"])
+    torch.set_rng_state(blob["torch_rng"])
+    return _State(**blob["state"])
+
+
+def _finish(out: Path, state: _State, cfg: SegmentConfig) -> SegmentRun:
+    ips = state.images_seen / state.train_time_s if state.train_time_s > 0 else float("nan")
+    run = SegmentRun(out / "best", state.best_val_mdice, state.history, state.step, ips)
+    if state.step >= cfg.steps:
+        write_json_atomic(out / "run.json", {
+            "best_checkpoint": str(run.best_checkpoint), "best_val_mdice": run.best_val_mdice,
+            "best_step": state.best_step, "steps": state.step, "train_images_per_s": ips,
+            "train_time_s": state.train_time_s, "history": state.history,
+        })
+    return run
+
+
+def _progress(enabled: bool, start: int, end: int):
+    if not enabled:
+        return None
+    from rich.progress import Progress
+
+    bar = Progress()
+    task = bar.add_task("segment", total=end, completed=start)
+    bar.start()
+    return bar, task

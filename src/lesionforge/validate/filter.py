@@ -1,0 +1,163 @@
+"""The synthetic-sample filter: score every synthetic pair with a validator, keep those whose lesion lands
+where the intended mask says, and write the scores into a new manifest. Files are never deleted.
+
+Lesion samples are kept when Dice(predicted, intended) >= threshold. The automatic threshold is the 10th
+percentile of the validator's Dice on real ``val`` images: a synthetic pair is kept when the validator
+finds its lesion at least as well as it finds the lesion in 90 % of real images. Lesion-free samples
+(empty intended mask) are kept when the predicted foreground fraction is at most ``empty_fraction_max``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from lesionforge.data.arrays import PairArrays, load_arrays
+from lesionforge.data.manifest import Provenance, Sample, read_manifest, write_manifest
+from lesionforge.errors import ConfigError, DataError, OverwriteError
+from lesionforge.utils import write_json_atomic
+from lesionforge.validate.scores import confidence_scores, dice_scores, foreground_fractions
+from lesionforge.validate.validator import Validator, load_validator, val_scores
+
+AUTO_PERCENTILE = 10.0
+DEFAULT_EMPTY_FRACTION_MAX = 0.01
+
+
+@dataclass
+class FilterReport:
+    """Outcome of :func:`filter_manifest`; also written beside the output manifest as ``*.filter.json``."""
+
+    manifest: str
+    validator: str
+    validator_kind: str
+    threshold: float
+    threshold_rule: str
+    empty_fraction_max: float
+    n_scored: int
+    n_kept: int
+    n_lesion_free: int
+    mean_dice_kept: float | None
+    mean_dice_rejected: float | None
+    rejected_ids: list[str] = field(default_factory=list)
+
+    @property
+    def acceptance_rate(self) -> float:
+        return self.n_kept / self.n_scored if self.n_scored else 0.0
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "acceptance_rate": self.acceptance_rate}
+
+
+def auto_threshold(validator: Validator, val: PairArrays | None = None,
+                   percentile: float = AUTO_PERCENTILE) -> tuple[float, str]:
+    """The ``percentile`` of the validator's Dice on real lesion images of ``val`` (or, without ``val``,
+    of the scores stored at training time). Returns (threshold, rule stated in words)."""
+    if val is not None:
+        dice, source = val_scores(validator, val)["val_dice"], f"{len(val)} real val pairs given"
+    else:
+        dice, source = validator.info.get("val_dice"), f"real val scores stored in {validator.path}"
+    if not dice:
+        raise ConfigError(
+            f"{validator.path}: no real val Dice to choose the threshold from; pass val data or a threshold"
+        )
+    value = float(np.percentile(np.asarray(dice), percentile))
+    return value, f"auto: {percentile:g}th percentile of validator Dice on real val lesion images ({source})"
+
+
+def score_pairs(validator: Validator, images: np.ndarray, intended: np.ndarray) -> dict[str, np.ndarray]:
+    """Scores of uint8 images (N, H, W, C) against intended masks (N, H, W): ``dice``, ``confidence``,
+    ``foreground_fraction`` (each float (N,)) and ``lesion_free`` (bool (N,), intended mask empty)."""
+    prob = validator.predict_arrays(images)
+    return {
+        "dice": dice_scores(prob, intended), "confidence": confidence_scores(prob),
+        "foreground_fraction": foreground_fractions(prob),
+        "lesion_free": ~(intended > 0).reshape(len(intended), -1).any(1),
+    }
+
+
+def keep_decisions(scores: dict[str, np.ndarray], threshold: float,
+                   empty_fraction_max: float = DEFAULT_EMPTY_FRACTION_MAX) -> np.ndarray:
+    """bool (N,): lesion samples need Dice >= threshold, lesion-free ones little predicted foreground."""
+    return np.where(scores["lesion_free"], scores["foreground_fraction"] <= empty_fraction_max,
+                    scores["dice"] >= threshold)
+
+
+def filter_manifest(
+    manifest_path: str | Path, validator_dir: str | Path, out_path: str | Path | None = None,
+    threshold: Literal["auto"] | float = "auto", val: PairArrays | None = None, in_place: bool = False,
+    overwrite: bool = False, empty_fraction_max: float = DEFAULT_EMPTY_FRACTION_MAX,
+) -> FilterReport:
+    """Score the synthetic samples of a manifest and write ``Provenance.validation`` for each.
+
+    Writes a new manifest at ``out_path`` (default ``<name>.filtered.jsonl`` beside the input), or rewrites
+    the input when ``in_place``; real rows are copied unchanged; no image or mask file is touched.
+    ``threshold``: ``"auto"`` (see :func:`auto_threshold`) or a Dice value in [0, 1].
+    """
+    manifest_path = Path(manifest_path)
+    out = _output_path(manifest_path, out_path, in_place, overwrite)
+    validator = load_validator(validator_dir)
+    if threshold == "auto":
+        thr, rule = auto_threshold(validator, val)
+    else:
+        thr, rule = float(threshold), f"given: Dice >= {float(threshold):g}"
+    rows = read_manifest(manifest_path, resolve=out.parent.resolve() != manifest_path.parent.resolve())
+    synthetic = [i for i, s in enumerate(rows) if s.origin == "synthetic"]
+    if not synthetic:
+        raise DataError(manifest_path, "no synthetic samples (origin='synthetic') to filter")
+    resolved = read_manifest(manifest_path)
+    arrays = load_arrays([resolved[i] for i in synthetic], validator.resolution, validator.image_channels)
+    scores = score_pairs(validator, arrays.images, arrays.masks)
+    kept = keep_decisions(scores, thr, empty_fraction_max)
+    common = {"threshold": thr, "threshold_rule": rule, "empty_fraction_max": empty_fraction_max,
+              "validator": str(validator.path), "validator_kind": validator.kind, "validator_hash": validator.hash}
+    for j, i in enumerate(synthetic):
+        rows[i] = _with_validation(rows[i], {
+            "dice": None if scores["lesion_free"][j] else float(scores["dice"][j]),
+            "confidence": float(scores["confidence"][j]),
+            "foreground_fraction": float(scores["foreground_fraction"][j]), "kept": bool(kept[j]), **common})
+    write_manifest(out, rows)
+    report = _report(out, validator, thr, rule, empty_fraction_max, scores, kept, [rows[i].id for i in synthetic])
+    write_json_atomic(out.with_suffix(".filter.json"), report.to_dict())
+    return report
+
+
+def _output_path(manifest_path: Path, out_path: str | Path | None, in_place: bool, overwrite: bool) -> Path:
+    if in_place:
+        if out_path is not None and Path(out_path).resolve() != manifest_path.resolve():
+            raise ConfigError("give either an output path or in_place, not both")
+        return manifest_path
+    out = Path(out_path) if out_path is not None else manifest_path.with_name(f"{manifest_path.stem}.filtered.jsonl")
+    if out.resolve() == manifest_path.resolve():
+        raise OverwriteError(f"{out}: output is the input manifest; pass in_place / --in-place to rewrite it")
+    if out.exists() and not overwrite:
+        raise OverwriteError(f"{out} exists; pass overwrite / --overwrite to replace it")
+    return out
+
+
+def _with_validation(sample: Sample, validation: dict) -> Sample:
+    prov = sample.provenance or Provenance()
+    return sample.model_copy(update={"provenance": prov.model_copy(update={"validation": validation})})
+
+
+def _report(out: Path, validator: Validator, thr: float, rule: str, empty_max: float,
+            scores: dict[str, np.ndarray], kept: np.ndarray, ids: list[str]) -> FilterReport:
+    lesion = ~scores["lesion_free"]
+
+    def mean(sel: np.ndarray) -> float | None:
+        return float(scores["dice"][sel].mean()) if sel.any() else None
+
+    return FilterReport(
+        manifest=str(out), validator=str(validator.path), validator_kind=validator.kind, threshold=thr,
+        threshold_rule=rule, empty_fraction_max=empty_max, n_scored=len(ids), n_kept=int(kept.sum()),
+        n_lesion_free=int((~lesion).sum()), mean_dice_kept=mean(lesion & kept),
+        mean_dice_rejected=mean(lesion & ~kept), rejected_ids=[s for s, k in zip(ids, kept, strict=True) if not k],
+    )
+
+
+def list_rejected(manifest_path: str | Path) -> list[Sample]:
+    """Synthetic samples a filter run marked as rejected (``provenance.validation.kept`` is false)."""
+    return [s for s in read_manifest(manifest_path, resolve=False)
+            if s.provenance and s.provenance.validation and s.provenance.validation.get("kept") is False]

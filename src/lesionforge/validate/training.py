@@ -1,0 +1,86 @@
+"""The small training loop shared by the validator networks: AdamW, Dice + BCE, checkpoint and resume."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.losses import DiceCELoss
+from safetensors.torch import load_file, save_file
+
+from lesionforge.utils import atomic_path, write_json_atomic
+
+TRAIN_STATE = "train_state"
+Batch = tuple[torch.Tensor, ...]
+
+
+def train_loop(
+    model: torch.nn.Module,
+    forward: Callable[[torch.nn.Module, Batch], torch.Tensor],
+    sample_batch: Callable[[np.random.Generator], Batch],
+    steps: int,
+    lr: float,
+    out_dir: Path,
+    seed: int,
+    checkpoint_every: int = 250,
+    resume: bool = True,
+    description: str = "Training",
+    progress: bool = False,
+) -> float:
+    """Train ``model`` for ``steps`` AdamW steps on Dice + BCE; return the last loss.
+
+    ``sample_batch(rng)`` returns a batch whose last item is the target mask (B, 1, H, W) in {0, 1};
+    ``forward(model, batch)`` returns logits of the same shape. State goes to ``out_dir/train_state``.
+    """
+    loss_fn = DiceCELoss(sigmoid=True, squared_pred=False, smooth_nr=1e-5, smooth_dr=1e-5)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    start = _load_state(out_dir, model, opt) if resume else 0
+    rng = np.random.default_rng([seed, start])  # a resumed run continues with fresh, reproducible batches
+    model.train()
+    loss = torch.zeros(())
+    steps_iter = range(start, steps)
+    if progress:
+        from rich.progress import track
+
+        steps_iter = track(steps_iter, description=description)
+    for step in steps_iter:
+        batch = sample_batch(rng)
+        loss = loss_fn(forward(model, batch), batch[-1])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if (step + 1) % checkpoint_every == 0 or step + 1 == steps:
+            _save_state(out_dir, model, opt, step + 1)
+    model.eval()
+    return float(loss.detach())
+
+
+def _save_state(out_dir: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, step: int) -> None:
+    state = out_dir / TRAIN_STATE
+    state.mkdir(parents=True, exist_ok=True)
+    with atomic_path(state / "model.safetensors") as tmp:
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
+    with atomic_path(state / "optim.pt") as tmp:
+        torch.save(opt.state_dict(), tmp)
+    write_json_atomic(state / "step.json", {"step": step})
+
+
+def _load_state(out_dir: Path, model: torch.nn.Module, opt: torch.optim.Optimizer) -> int:
+    state = out_dir / TRAIN_STATE
+    if not (state / "step.json").is_file():
+        return 0
+    model.load_state_dict(load_file(str(state / "model.safetensors")))
+    opt.load_state_dict(torch.load(state / "optim.pt", weights_only=True))
+    return int(json.loads((state / "step.json").read_text())["step"])
+
+
+def flip_batch(x: torch.Tensor, m: torch.Tensor, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random horizontal/vertical flips applied identically to images (B, C, H, W) and masks (B, 1, H, W)."""
+    for dim in (-1, -2):
+        flip = torch.from_numpy(rng.random(len(x)) < 0.5)[:, None, None, None]
+        x = torch.where(flip, x.flip(dim), x)
+        m = torch.where(flip, m.flip(dim), m)
+    return x, m

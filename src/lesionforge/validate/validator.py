@@ -1,0 +1,93 @@
+"""Loading a trained validator folder and running it on images or latents.
+
+A validator folder holds ``validator.json`` (kind, resolution, real-``val`` scores), ``segmenter/``
+(diffusers-style config + safetensors) and, for the latent kind, the ``codec/`` it reads latents from.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lesionforge.data.arrays import PairArrays, image_to_tensor
+from lesionforge.errors import CheckpointError
+from lesionforge.utils import dir_hash, write_json_atomic
+from lesionforge.validate.scores import dice_scores, foreground_fractions
+
+SEGMENTER_DIR = "segmenter"
+INFO_FILE = "validator.json"
+
+
+@dataclass
+class Validator:
+    """A loaded validator. ``kind`` is ``latent`` (codec + :class:`LatentSegmenter`) or ``pixel``."""
+
+    kind: str
+    path: Path
+    info: dict[str, Any]
+    segmenter: torch.nn.Module
+    codec: Any = None  # LatentCodec for the latent kind
+    hash: str = field(default="")
+
+    @property
+    def resolution(self) -> int:
+        return int(self.info["resolution"])
+
+    @property
+    def image_channels(self) -> int:
+        return int(self.info["image_channels"])
+
+    @torch.no_grad()
+    def predict_images(self, x: torch.Tensor) -> torch.Tensor:
+        """Lesion probability (B, 1, H, W) in [0, 1] for images (B, C, H, W) in [-1, 1]."""
+        if self.kind == "latent":
+            return self.segmenter.predict(self.codec.encode(x), int(self.info["eval_timestep"]))
+        return self.segmenter.predict(x)
+
+    @torch.no_grad()
+    def predict_arrays(self, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
+        """Lesion probability float32 (N, H, W) for uint8 images (N, H, W, C)."""
+        out = [self.predict_images(image_to_tensor(images[i : i + batch_size]))[:, 0].cpu().numpy()
+               for i in range(0, len(images), batch_size)]
+        return np.concatenate(out).astype(np.float32)
+
+
+def save_validator_info(path: str | Path, info: dict[str, Any]) -> None:
+    write_json_atomic(Path(path) / INFO_FILE, info)
+
+
+def load_validator(path: str | Path) -> Validator:
+    """Load a validator folder written by ``train_latent_segmenter`` or ``train_pixel_segmenter``."""
+    path = Path(path)
+    info_file = path / INFO_FILE
+    if not info_file.is_file():
+        raise CheckpointError(f"{path}: no {INFO_FILE}; not a validator folder (run train-validator)")
+    info = json.loads(info_file.read_text())
+    if info.get("kind") == "latent":
+        from lesionforge.generate.autoencoder import LatentCodec
+        from lesionforge.validate.latent_segmenter import LatentSegmenter
+
+        seg, codec = LatentSegmenter.from_pretrained(path / SEGMENTER_DIR), LatentCodec.from_pretrained(path / "codec")
+    elif info.get("kind") == "pixel":
+        from lesionforge.validate.pixel_segmenter import PixelSegmenter
+
+        seg, codec = PixelSegmenter.from_pretrained(path / SEGMENTER_DIR), None
+    else:
+        raise CheckpointError(f"{info_file}: unknown validator kind {info.get('kind')!r}")
+    return Validator(info["kind"], path, info, seg.eval(), codec, dir_hash(path / SEGMENTER_DIR))
+
+
+def val_scores(validator: Validator, val: PairArrays) -> dict[str, Any]:
+    """The validator on real ``val`` pairs: Dice per lesion image, predicted foreground per lesion-free one."""
+    prob = validator.predict_arrays(val.images)
+    lesion = (val.masks > 0).reshape(len(val), -1).any(1)
+    return {
+        "val_ids": [val.ids[i] for i in np.flatnonzero(lesion)],
+        "val_dice": dice_scores(prob[lesion], val.masks[lesion]).tolist(),
+        "val_foreground_fraction_lesion_free": foreground_fractions(prob[~lesion]).tolist(),
+    }

@@ -1,0 +1,176 @@
+"""The experiment runner with fake stages: result schema, resume, identical budgets, caching, report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lesionforge.data.arrays import PairArrays
+from lesionforge.data.io import write_image, write_mask
+from lesionforge.data.manifest import Provenance, Sample, write_manifest
+from lesionforge.errors import ConfigError, DataError, OverwriteError
+from lesionforge.experiment.config import load_experiment_config
+from lesionforge.experiment.records import BANDS
+from lesionforge.experiment.report import load_result, readme_table, write_report
+from lesionforge.experiment.runner import budget_of, run_experiment
+from lesionforge.experiment.stages import ExperimentData, SplitIds, SyntheticSet
+
+CONFIGS = Path(__file__).resolve().parents[1] / "benchmarks" / "configs"
+GAIN = {"baseline": 0.0, "copy-paste": 0.02, "synthetic": 0.06}
+
+
+class FakeStages:
+    """Counts calls; run_arm scores each test image as a fixed function of (image, arm, seed)."""
+
+    def __init__(self, demo_arrays, fail_after: int | None = None):
+        self.demo = demo_arrays
+        self.fail_after = fail_after
+        self.run_calls: list[tuple[int, str, int, dict]] = []
+        self.synth_calls: list[tuple[int, str]] = []
+
+    def load_data(self, cfg) -> ExperimentData:
+        d = self.demo
+        arrays = PairArrays(d.images, d.masks, np.ones(len(d.ids), bool), list(d.ids), [None] * len(d.ids))
+        ids = list(d.ids)
+        split = SplitIds(ids[:16], ids[16:22], ids[22:32], {4: ids[:4], 8: ids[:8]}, ids[32:])
+        return ExperimentData(split, arrays.select_ids(split.train), arrays.select_ids(split.val),
+                              arrays.select_ids(split.test), backgrounds=arrays.select_ids(ids[32:]))
+
+    def prepare_synthetic(self, cfg, name, spec, n, data, work_dir: Path) -> SyntheticSet:
+        self.synth_calls.append((n, name))
+        rows = []
+        for i in range(2):
+            img, msk = work_dir / f"s{i}.png", work_dir / f"s{i}_mask.png"
+            write_image(img, data.labelled(n).images[i])
+            write_mask(msk, data.labelled(n).masks[i])
+            rows.append(Sample(id=f"syn{i}", image=str(img), masks=[str(msk)], origin="synthetic",
+                               provenance=Provenance(source_id=data.labelled(n).ids[i],
+                                                     validation={"kept": True, "dice": 0.9})))
+        write_manifest(work_dir / "manifest.jsonl", rows)
+        return SyntheticSet(work_dir / "manifest.jsonl", None, {"n_generated": 2, "n_kept": 2})
+
+    def run_arm(self, cfg, arm, segment_config, n, data, synthetic, run_dir: Path) -> dict:
+        if self.fail_after is not None and len(self.run_calls) >= self.fail_after:
+            raise KeyboardInterrupt  # an interrupted sweep
+        self.run_calls.append((n, arm.name, segment_config["seed"], segment_config))
+        assert (synthetic is not None) == (arm.kind == "synthetic")
+        seed = segment_config["seed"]
+        ids = list(data.test.ids)
+        noise = np.random.default_rng([seed, n]).normal(0, 0.01, len(ids))
+        dice = [float(0.5 + 0.01 * k % 0.3 + GAIN[arm.name] + e) for k, e in enumerate(noise)]
+        miss = {"small": 0.5 - GAIN[arm.name], "medium": 0.2, "large": None}
+        return {"ids": ids, "dice": dice, "iou": [x * 0.8 for x in dice], "missed": [1] * len(ids),
+                "lesions": [2] * len(ids), "mdice": float(np.mean(dice)), "miou": float(np.mean(dice)) * 0.8,
+                "miss_rate": 0.5, "miss_rate_by_band": miss, "best_val_mdice": 0.6, "timings": {"train_s": 1.0}}
+
+
+@pytest.fixture()
+def cfg(tmp_path):
+    over = {"output": str(tmp_path / "runs"), "results_dir": str(tmp_path / "results"), "n_labelled": [4, 8]}
+    return load_experiment_config(CONFIGS / "smoke.yaml", over)
+
+
+def test_result_json_follows_protocol_schema(cfg, demo_arrays):
+    paths = run_experiment(cfg, FakeStages(demo_arrays), progress=False)
+    assert [p.name for p in paths] == ["demo-n4-tiny.json", "demo-n8-tiny.json"]
+    res = json.loads(paths[0].read_text())
+    for key, typ in [("dataset", str), ("n_labelled", int), ("profile", str), ("resolution", int),
+                     ("code_version", str), ("steps", int), ("seeds", list), ("arms", dict), ("paired_diff", dict)]:
+        assert isinstance(res[key], typ), key
+    assert (res["dataset"], res["n_labelled"], res["profile"], res["resolution"]) == ("demo", 4, "tiny", 32)
+    assert res["steps"] == cfg.segment.steps and res["seeds"] == [0, 1, 2]
+    assert set(res["arms"]) == {"baseline", "copy-paste", "synthetic"}
+    for arm in res["arms"].values():
+        for metric in ("mdice", "miou", "miss_rate"):
+            assert len(arm[metric]) == 3 and all(isinstance(v, float) for v in arm[metric])
+        assert set(arm["miss_rate_by_band"]) == set(BANDS)
+        assert all(len(v) == 3 for v in arm["miss_rate_by_band"].values())
+    syn = res["arms"]["synthetic"]
+    assert (syn["method"], syn["ratio"], syn["filtered"]) == ("inpaint-normal", 1.0, True)
+    assert set(res["paired_diff"]) == {"copy-paste", "synthetic"}
+    d = res["paired_diff"]["synthetic"]["mdice"]
+    assert d["mean"] == pytest.approx(0.06, abs=1e-9)  # the fake's exact paired gain
+    assert d["ci95"][0] <= 0.06 <= d["ci95"][1]
+    assert "over_seeds" in d and "miss_rate" in res["paired_diff"]["synthetic"]
+    assert res["generators"]["inpaint"]["n_kept"] == 2
+
+
+def test_interrupted_sweep_resumes_without_redoing_finished_runs(cfg, demo_arrays):
+    first = FakeStages(demo_arrays, fail_after=4)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(cfg, first, progress=False)
+    assert len(first.run_calls) == 4
+    second = FakeStages(demo_arrays)
+    run_experiment(cfg, second, progress=False)
+    total = len(cfg.n_labelled) * len(cfg.seeds) * len(cfg.arms)
+    assert len(second.run_calls) == total - 4
+    done = {(n, a, s) for n, a, s, _ in first.run_calls}
+    assert not done & {(n, a, s) for n, a, s, _ in second.run_calls}
+    # the synthetic set of N=4 was made before the interruption and is reused, not remade
+    assert first.synth_calls == [(4, "inpaint")] and second.synth_calls == [(8, "inpaint")]
+    third = FakeStages(demo_arrays)
+    run_experiment(cfg, third, progress=False)
+    assert third.run_calls == [] and third.synth_calls == []
+
+
+def test_every_arm_gets_the_same_budget(cfg, demo_arrays):
+    fake = FakeStages(demo_arrays)
+    run_experiment(cfg, fake, progress=False)
+    budgets = {json.dumps(budget_of(c), sort_keys=True) for *_, c in fake.run_calls}
+    assert len(budgets) == 1
+    b = json.loads(budgets.pop())
+    assert (b["steps"], b["batch_size"], b["lr"], b["network"]) == (12, 4, 0.003, "BasicUNet")
+    by_arm = {a: c for _, a, _, c in fake.run_calls}
+    assert by_arm["baseline"]["mixing"] == {"mode": "none"} and not by_arm["baseline"]["copy_paste"]["enabled"]
+    assert by_arm["copy-paste"]["copy_paste"]["enabled"]
+    assert by_arm["synthetic"]["mixing"]["mode"] == "ratio"
+
+
+def test_arm_cannot_carry_its_own_budget(tmp_path):
+    text = (CONFIGS / "smoke.yaml").read_text().replace("kind: baseline}", "kind: baseline, steps: 99}")
+    (tmp_path / "bad.yaml").write_text(text)
+    with pytest.raises(ConfigError, match="steps"):
+        load_experiment_config(tmp_path / "bad.yaml")
+
+
+def test_changed_settings_are_not_mixed_into_a_resumed_sweep(cfg, demo_arrays):
+    run_experiment(cfg, FakeStages(demo_arrays), progress=False)
+    changed = cfg.model_copy(update={"segment": cfg.segment.model_copy(update={"steps": 13})})
+    with pytest.raises(ConfigError, match="different segmentation settings"):
+        run_experiment(changed, FakeStages(demo_arrays), progress=False)
+    with pytest.raises(OverwriteError):
+        run_experiment(cfg, FakeStages(demo_arrays), resume=False, progress=False)
+
+
+def test_report_is_rebuilt_from_the_json_alone(cfg, demo_arrays, tmp_path):
+    paths = run_experiment(cfg, FakeStages(demo_arrays), progress=False)
+    md = write_report(paths[1], tmp_path / "report")
+    text = md.read_text()
+    for name in ("demo-n8-tiny-mdice-vs-n.png", "demo-n8-tiny-miss-by-band.png", "demo-n8-tiny-samples.png"):
+        assert (tmp_path / "report" / name).stat().st_size > 1000
+        assert name in text
+    res = load_result(paths[1])
+    assert f"{np.mean(res['arms']['synthetic']['mdice']):.3f}" in text
+    table = readme_table(paths)
+    assert table.count("\n") == 2 + 2 * 3 - 1
+    assert "demo-n4-tiny.json" in table and f"{res['paired_diff']['synthetic']['mdice']['mean']:+.3f}" in table
+
+
+def test_bad_result_file_is_named(tmp_path):
+    bad = tmp_path / "x.json"
+    bad.write_text('{"dataset": "demo"}')
+    with pytest.raises(DataError, match="x.json"):
+        load_result(bad)
+
+
+@pytest.mark.parametrize("name", ["smoke.yaml", "kvasir-seg-cpu.yaml", "busi-cpu.yaml"])
+def test_benchmark_configs_validate(name):
+    cfg = load_experiment_config(CONFIGS / name)
+    assert cfg.baseline_arm == "baseline" and len(cfg.seeds) >= 3
+    if name != "smoke.yaml":
+        assert cfg.resolution == 64 and cfg.segment.steps == 2000 and cfg.segment.batch_size == 16
+        assert cfg.segment.features == [16, 32, 64, 128, 256, 16]
+        assert {a.kind for a in cfg.arms} == {"baseline", "copy-paste", "synthetic"}
