@@ -37,10 +37,10 @@ from lesionforge.validate.latent_segmenter import LatentSegmenter
 RESULTS = Path(__file__).resolve().parent / "results"
 FULL = {"generator": (32, 64, 128, 128), "autoencoder": (32, 64, 64), "latent_seg": (32, 64),
         "segmenter": (16, 32, 64, 128, 256, 16), "sample_batch": 8, "val_batch": 16, "train_batch": 16,
-        "few_steps": 25, "ddpm_subset": 50, "train_steps": 10, "matmul_n": 2048, "repeats": 3}
+        "few_steps": 25, "ddpm_subset": 50, "train_steps": 10, "matmul_n": 2048, "repeats": 3, "warmup": True}
 QUICK = {"generator": (16, 32), "autoencoder": (16, 32), "latent_seg": (16, 32),
          "segmenter": (8, 8, 16, 16, 32, 8), "sample_batch": 2, "val_batch": 2, "train_batch": 2,
-         "few_steps": 2, "ddpm_subset": 2, "train_steps": 2, "matmul_n": 256, "repeats": 1}
+         "few_steps": 2, "ddpm_subset": 2, "train_steps": 2, "matmul_n": 256, "repeats": 1, "warmup": False}
 
 
 def _sync(device: torch.device) -> None:
@@ -48,9 +48,10 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
-    """Median wall time (s) of ``fn`` over ``repeats`` runs after one warm-up run."""
-    fn()
+def timed(fn: Callable[[], object], device: torch.device, repeats: int, warmup: bool = True) -> float:
+    """Median wall time (s) of ``fn`` over ``repeats`` runs, after one warm-up run if ``warmup``."""
+    if warmup:
+        fn()
     times = []
     for _ in range(repeats):
         _sync(device)
@@ -97,10 +98,11 @@ def bench_synthesis(res: int, s: dict, device: torch.device, peak: float) -> dic
                        "kind": cfg.kind, "parameters": sum(p.numel() for p in gen.parameters())},
            "batch": b, "flops_per_step_per_image": flops_step}
     for name in ("ddim", "dpm++"):
-        sec = timed(lambda n=name: sample(gen, cond, seeds, sampler=n, steps=s["few_steps"]), device, s["repeats"])
+        sec = timed(lambda n=name: sample(gen, cond, seeds, sampler=n, steps=s["few_steps"]), device, s["repeats"],
+                    s["warmup"])
         out[name] = _workload(b / sec, flops_step * s["few_steps"], peak, steps=s["few_steps"])
     k = s["ddpm_subset"]
-    sec = timed(lambda: sample(gen, cond, seeds, sampler="ddpm", steps=k), device, 1) * 1000 / k
+    sec = timed(lambda: sample(gen, cond, seeds, sampler="ddpm", steps=k), device, 1, s["warmup"]) * 1000 / k
     out["ddpm_1000"] = _workload(b / sec, flops_step * 1000, peak, steps=1000, extrapolated_from_steps=k)
     out["speedup_few_step_vs_ddpm"] = out["dpm++"]["images_per_s"] / out["ddpm_1000"]["images_per_s"]
     return out
@@ -126,7 +128,7 @@ def bench_validation(res: int, s: dict, device: torch.device, peak: float) -> di
 
     out = {"batch": b, "latent_grid": res // f}
     for name, fn in (("latent_single_step", latent), ("decode_plus_pixel_segmenter", decode_then_segment)):
-        sec = timed(fn, device, s["repeats"])
+        sec = timed(fn, device, s["repeats"], s["warmup"])
         out[name] = _workload(b / sec, count_flops(fn) / b, peak)
     out["speedup_latent_vs_decode"] = (out["latent_single_step"]["images_per_s"]
                                        / out["decode_plus_pixel_segmenter"]["images_per_s"])
@@ -151,7 +153,7 @@ def bench_segmentation(res: int, s: dict, device: torch.device, peak: float) -> 
 
     flops = count_flops(step) / b
     steps = s["train_steps"]
-    sec = timed(lambda: [step() for _ in range(steps)], device, s["repeats"]) / steps
+    sec = timed(lambda: [step() for _ in range(steps)], device, s["repeats"], s["warmup"]) / steps
     return {"features": list(s["segmenter"]), "batch": b, "steps_timed": steps,
             "training": _workload(b / sec, flops, peak, seconds_per_step=sec)}
 

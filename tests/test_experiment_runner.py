@@ -15,7 +15,7 @@ from lesionforge.errors import ConfigError, DataError, OverwriteError
 from lesionforge.experiment.config import load_experiment_config
 from lesionforge.experiment.records import BANDS
 from lesionforge.experiment.report import load_result, readme_table, write_report
-from lesionforge.experiment.runner import budget_of, run_experiment
+from lesionforge.experiment.runner import budget_of, run_experiment, segment_config_for
 from lesionforge.experiment.stages import ExperimentData, SplitIds, SyntheticSet
 
 CONFIGS = Path(__file__).resolve().parents[1] / "benchmarks" / "configs"
@@ -168,8 +168,13 @@ def test_bad_result_file_is_named(tmp_path):
 
 @pytest.mark.parametrize("name", ["smoke.yaml", "kvasir-seg-cpu.yaml", "busi-cpu.yaml"])
 def test_benchmark_configs_validate(name):
+    from lesionforge.segment.config import SegmentConfig
+
     cfg = load_experiment_config(CONFIGS / name)
     assert cfg.baseline_arm == "baseline" and len(cfg.seeds) >= 3
+    runs = [SegmentConfig.model_validate(segment_config_for(cfg, arm, 0)) for arm in cfg.arms]
+    assert len({(r.steps, r.batch_size, r.lr, r.network, r.features, r.val_interval) for r in runs}) == 1
+    assert [r.copy_paste.enabled for r in runs] == [a.kind == "copy-paste" for a in cfg.arms]
     if name != "smoke.yaml":
         assert cfg.resolution == 64 and cfg.segment.steps == 2000 and cfg.segment.batch_size == 16
         assert cfg.segment.features == [16, 32, 64, 128, 256, 16]

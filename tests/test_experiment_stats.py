@@ -20,7 +20,7 @@ def test_bootstrap_ci_contains_true_difference_and_excludes_zero():
     ids = [f"img{i:03d}" for i in range(200)]
     base = rng.uniform(0.3, 0.9, 200)  # large between-image spread ...
     arm = base + 0.05 + rng.normal(0, 0.03, 200)  # ... but a small, consistent paired gain
-    d = stats.bootstrap_paired(dict(zip(ids, arm)), dict(zip(ids, base)), n_boot=2000, seed=0)
+    d = stats.bootstrap_paired(dict(zip(ids, arm, strict=True)), dict(zip(ids, base, strict=True)), n_boot=2000, seed=0)
     lo, hi = d["ci95"]
     assert lo < 0.05 < hi
     assert lo > 0.0

@@ -33,6 +33,7 @@ def register(app: typer.Typer) -> None:
         kid_subset_size: int = typer.Option(1000, help="KID: subset size (capped by the set sizes)."),
         msssim_pairs: int = typer.Option(200, help="MS-SSIM: random image pairs per set."),
         seed: int = typer.Option(0, help="Random seed for subsets and pairs."),
+        kept_only: bool = typer.Option(True, help="Score only synthetic samples the filter kept."),
         overwrite: bool = typer.Option(False, help="Replace a non-empty output folder."),
     ) -> None:
         """FID, KID, MS-SSIM diversity and mask fidelity of synthetic samples against real images."""
@@ -42,7 +43,7 @@ def register(app: typer.Typer) -> None:
 
         with Console(stderr=True).status("Computing features and metrics"):
             path = run_quality(real, synthetic, extractor, out, _resolution(profile), real_split or None,
-                               overwrite=overwrite, progress=True, kid_subsets=kid_subsets,
+                               kept_only=kept_only, overwrite=overwrite, progress=True, kid_subsets=kid_subsets,
                                kid_subset_size=kid_subset_size, msssim_pairs=msssim_pairs, seed=seed)
         typer.echo(path.with_suffix(".md").read_text())
 
@@ -76,13 +77,15 @@ def register(app: typer.Typer) -> None:
         steps: int = typer.Option(300, help="Optimizer steps."),
         seed: int = typer.Option(0, help="Random seed."),
         overwrite: bool = typer.Option(False, help="Replace a non-empty output folder."),
+        resume: bool = typer.Option(False, help="Continue an interrupted run in the same folder."),
     ) -> None:
         """Train the in-domain feature extractor (a BasicUNet segmenter whose encoder gives the features)."""
         from rich.console import Console
 
         from lesionforge.validate.features import manifest_arrays, train_segmentation_encoder
 
-        arrays, _ = manifest_arrays(train, _resolution(profile), split or None, progress=True)
+        arrays, _ = manifest_arrays(train, _resolution(profile), split or None, origin="real", progress=True)
         with Console(stderr=True).status(f"Training the seg-encoder extractor ({steps} steps)"):
-            path = train_segmentation_encoder(arrays, out, steps=steps, seed=seed, overwrite=overwrite)
+            path = train_segmentation_encoder(arrays, out, steps=steps, seed=seed, overwrite=overwrite,
+                                              resume=resume)
         typer.echo(f"wrote {path}")

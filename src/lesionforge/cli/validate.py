@@ -1,9 +1,121 @@
-"""Top-level commands of the validate stage."""
+"""Top-level commands of the validate stage: train-autoencoder, train-validator, filter."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
+
+THRESHOLD_HELP = "'auto' (10th percentile of validator Dice on real val images) or a Dice value in [0, 1]."
 
 
 def register(app: typer.Typer) -> None:
     """Add this stage's commands to the main app."""
+    app.command("train-autoencoder")(train_autoencoder_cmd)
+    app.command("train-validator")(train_validator_cmd)
+    app.command("filter")(filter_cmd)
+
+
+def train_autoencoder_cmd(
+    data: Path = typer.Option(..., help="Manifest of all training images (labelled, unlabelled, lesion-free)."),
+    config: Path = typer.Option(Path("configs/autoencoder-cpu.yaml"), help="Autoencoder config YAML."),
+    out: Path = typer.Option(..., help="Output folder (a diffusers AutoencoderKL folder)."),
+    val: Path | None = typer.Option(None, help="Manifest of val images for PSNR/SSIM (default: --data's val split)."),
+    split: str | None = typer.Option(None, help="Use only this split of --data."),
+    resume: bool = typer.Option(True, help="Continue from out/train_state if present."),
+    overwrite: bool = typer.Option(False, help="Allow a non-empty output folder."),
+) -> None:
+    """Train the latent autoencoder and report reconstruction PSNR/SSIM."""
+    from rich import print as rprint
+
+    from lesionforge.config import load_config
+    from lesionforge.generate.autoencoder import AutoencoderConfig, train_autoencoder
+    from lesionforge.validate.inputs import manifest_arrays
+
+    cfg = load_config(config, AutoencoderConfig)
+    images = manifest_arrays(data, cfg.resolution, cfg.image_channels, split, progress=True)
+    val_arrays = manifest_arrays(val, cfg.resolution, cfg.image_channels, progress=True) if val else None
+    path = train_autoencoder(cfg, images, out, val=val_arrays, resume=resume, overwrite=overwrite, progress=True)
+    rprint(f"autoencoder written to {path} (metrics in {path / 'metrics.json'})")
+
+
+def train_validator_cmd(
+    data: Path = typer.Option(..., help="Manifest of real labelled training pairs."),
+    config: Path = typer.Option(Path("configs/validator-cpu.yaml"), help="Validator config YAML (kind: latent|pixel)."),
+    out: Path = typer.Option(..., help="Output validator folder."),
+    codec: Path | None = typer.Option(None, help="Autoencoder folder (needed for kind latent)."),
+    kind: str | None = typer.Option(None, help="Override the config's kind: latent or pixel."),
+    val: Path | None = typer.Option(None, help="Manifest of real val pairs (sets the automatic threshold)."),
+    split: str | None = typer.Option(None, help="Use only this split of --data."),
+    resume: bool = typer.Option(True, help="Continue from out/train_state if present."),
+    overwrite: bool = typer.Option(False, help="Allow a non-empty output folder."),
+) -> None:
+    """Train the single-step latent segmenter (or the pixel-space one) used by `lesionforge filter`."""
+    from rich import print as rprint
+
+    from lesionforge.errors import ConfigError
+    from lesionforge.generate.autoencoder import LatentCodec
+    from lesionforge.validate.inputs import load_validator_config, manifest_arrays
+    from lesionforge.validate.latent_segmenter import train_latent_segmenter
+    from lesionforge.validate.pixel_segmenter import train_pixel_segmenter
+
+    cfg = load_validator_config(config, {"kind": kind} if kind else None)
+    train = manifest_arrays(data, cfg.resolution, cfg.image_channels, split, progress=True)
+    val_arrays = manifest_arrays(val, cfg.resolution, cfg.image_channels, progress=True) if val else None
+    opts = {"val": val_arrays, "resume": resume, "overwrite": overwrite, "progress": True}
+    if cfg.kind == "latent":
+        if codec is None:
+            raise ConfigError("kind latent needs --codec (an autoencoder folder from train-autoencoder)")
+        path = train_latent_segmenter(cfg, train, LatentCodec.from_pretrained(codec), out, **opts)
+    else:
+        path = train_pixel_segmenter(cfg, train, out, **opts)
+    rprint(f"{cfg.kind} validator written to {path}")
+
+
+def filter_cmd(
+    manifest: Path = typer.Argument(..., help="Manifest with synthetic samples (from synthesize)."),
+    validator: Path | None = typer.Option(None, help="Validator folder from train-validator (latent or pixel)."),
+    out: Path | None = typer.Option(None, help="Output manifest (default <name>.filtered.jsonl)."),
+    threshold: str = typer.Option("auto", help=THRESHOLD_HELP),
+    val: Path | None = typer.Option(None, help="Real val manifest for the auto threshold (default: stored scores)."),
+    in_place: bool = typer.Option(False, help="Rewrite the input manifest instead of writing a new one."),
+    overwrite: bool = typer.Option(False, help="Replace an existing output manifest."),
+    empty_fraction_max: float = typer.Option(0.01, help="Lesion-free samples: max predicted foreground share."),
+    list_rejected: bool = typer.Option(False, "--list-rejected", help="Only list samples a filter run rejected."),
+) -> None:
+    """Score synthetic samples with the validator; mark kept/rejected in a new manifest (deletes nothing)."""
+    from rich import print as rprint
+
+    from lesionforge.errors import ConfigError
+    from lesionforge.validate import filter as vfilter
+    from lesionforge.validate.inputs import manifest_arrays
+    from lesionforge.validate.validator import load_validator
+
+    if list_rejected:
+        for s in vfilter.list_rejected(manifest):
+            v = s.provenance.validation
+            rprint(f"{s.id}\t{s.image}\tdice={v.get('dice')}\tthreshold={v.get('threshold')}")
+        return
+    if validator is None:
+        raise ConfigError("filter needs --validator (or --list-rejected)")
+    thr: str | float = threshold if threshold == "auto" else _parse_threshold(threshold)
+    val_arrays = None
+    if val is not None:
+        v = load_validator(validator)
+        val_arrays = manifest_arrays(val, v.resolution, v.image_channels, progress=True)
+    report = vfilter.filter_manifest(manifest, validator, out, thr, val_arrays, in_place, overwrite,
+                                     empty_fraction_max)
+    rprint(f"threshold {report.threshold:.3f} ({report.threshold_rule})")
+    rprint(f"kept {report.n_kept}/{report.n_scored} ({report.acceptance_rate:.1%}); manifest: {report.manifest}")
+
+
+def _parse_threshold(text: str) -> float:
+    from lesionforge.errors import ConfigError
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise ConfigError(f"--threshold must be 'auto' or a number in [0, 1], got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise ConfigError(f"--threshold must be in [0, 1], got {value}")
+    return value

@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 from scipy import ndimage
 from scipy.signal import fftconvolve
-from skimage.morphology import binary_opening, disk, remove_small_objects
+from skimage.morphology import disk, remove_small_objects
 
 #: Upper edges of the small (< 1 %) and medium (1-5 %) lesion-size bands, as area share of the image.
 SIZE_BAND_EDGES = (0.01, 0.05)
@@ -142,9 +142,10 @@ def shape_bank_from_masks(masks: Sequence[np.ndarray] | np.ndarray, min_pixels: 
 
 
 def _top_k(score: np.ndarray, k: int) -> np.ndarray:
-    """The ``k`` highest-scoring pixels (bool mask): hits a target area exactly, ties aside."""
-    k = int(np.clip(k, 1, score.size))
-    return score >= np.partition(score.ravel(), score.size - k)[score.size - k]
+    """The ``k`` highest-scoring pixels (bool mask): hits a target area exactly, ties aside.
+    Pixels scored ``-inf`` are never chosen, so ``k`` is capped at the number of finite scores."""
+    k = int(np.clip(k, 1, max(1, np.isfinite(score).sum())))
+    return (score >= np.partition(score.ravel(), score.size - k)[score.size - k]) & np.isfinite(score)
 
 
 def _blob_score(rng: np.random.Generator, side: int) -> np.ndarray:
@@ -168,7 +169,8 @@ def _shape_score(shape: np.ndarray, target: float, rng: np.random.Generator, siz
     h, w = (max(1, round(d * factor)) for d in shape.shape)
     padded = np.pad(shape.astype(np.float32), 1)
     resized = cv2.resize(padded, (w + 2, h + 2), interpolation=cv2.INTER_AREA if factor < 1 else cv2.INTER_LINEAR)
-    return ndimage.gaussian_filter(resized, 0.5)
+    smooth = ndimage.gaussian_filter(resized, 0.5)
+    return np.where(smooth > 1e-3, smooth, -np.inf)  # only the shape and its blurred rim may be chosen
 
 
 def size_controlled_mask(
@@ -261,30 +263,31 @@ class SizeSampler:
 
 
 def field_of_view(
-    image: np.ndarray, dark_threshold: int = 20, margin: int | None = None, min_overlay_frac: float = 0.002
+    image: np.ndarray, dark_threshold: int = 8, margin: int | None = None, min_overlay_frac: float = 0.002
 ) -> np.ndarray:
     """The visible region of an endoscopy or ultrasound frame, where a lesion may be placed.
 
-    ``image`` uint8 (H, W, C) or (H, W). Excluded: dark (< ``dark_threshold``) regions touching the image
-    border (black borders and corners), text or marks inside those borders, and the bounding box of every
-    saturated green/teal region of >= ``min_overlay_frac`` of the image (Kvasir's scope-position box in the lower
-    left). The largest remaining region is kept, its holes filled (a dark lumen inside stays visible) and
-    it is eroded by ``margin`` px (default 2 % of the shorter side, >= 1). An all-dark image keeps the
-    whole frame (eroded). Returns bool (H, W).
+    ``image`` uint8 (H, W, C) or (H, W). Excluded: uniformly dark regions (< ``dark_threshold``, surviving
+    a 5x5 opening, so speckled dark tissue stays) that touch the image border (black borders, corners,
+    black overlay boxes; a dark lumen joined to them goes too), bright marks and text inside those borders
+    (only the largest visible region is kept), and the bounding box of every saturated green/teal region
+    of >= ``min_overlay_frac`` of the image (Kvasir's scope-position box in the lower left). Dark regions
+    enclosed by tissue stay visible. The result is eroded by ``margin`` px (default 2 % of the shorter
+    side, >= 1); an all-dark image keeps the whole frame. Returns bool (H, W).
     """
     img = image[..., None] if image.ndim == 2 else image[..., :3]
     h, w = img.shape[:2]
     grey = img.max(axis=-1)
-    dark = grey < dark_threshold
+    # opening keeps uniform black borders and drops speckled dark tissue (deep or shadowed ultrasound)
+    dark = ndimage.binary_opening(grey < dark_threshold, np.ones((5, 5), bool))
     labels, _ = ndimage.label(dark)
     edge_labels = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
-    visible = ~np.isin(labels, edge_labels[edge_labels > 0])
+    visible = ndimage.binary_fill_holes(~np.isin(labels, edge_labels[edge_labels > 0]))
     if img.shape[-1] >= 3:
-        visible &= ~_overlay_boxes(img, min_overlay_frac)
+        visible &= ~_overlay_boxes(img, min_overlay_frac)  # after hole filling, which would refill a box
     visible = _largest(visible)
     if not visible.any():
         visible = np.ones((h, w), bool)
-    visible = ndimage.binary_fill_holes(visible)
     margin = max(1, round(0.02 * min(h, w))) if margin is None else margin
     return ndimage.binary_erosion(visible, disk(margin), border_value=0) if margin > 0 else visible
 
@@ -353,7 +356,7 @@ def clean_generated_mask(
     if prob.ndim != 2:
         raise ValueError(f"clean_generated_mask: expected (H, W), got shape {prob.shape}")
     raw = prob >= threshold
-    opened = binary_opening(raw, disk(opening_radius)) if opening_radius > 0 else raw
+    opened = ndimage.binary_opening(raw, disk(opening_radius)) if opening_radius > 0 else raw
     min_pixels = max(1, int(np.ceil(min_area_frac * prob.size)))
     kept = remove_small_objects(opened, max_size=min_pixels - 1) if min_pixels > 1 else opened
     removed = ndimage.label(opened)[1] - ndimage.label(kept)[1]
@@ -421,3 +424,22 @@ class SizeControlledSource:
                     "target_area_frac": float(target), "area_frac": float(mask.mean())}
             out.append((mask, info))
         return out
+
+
+def build_mask_source(
+    kind: str,
+    masks: Sequence[np.ndarray] | np.ndarray,
+    ids: Sequence[str],
+    small_boost: float = 1.0,
+    use_shapes: bool = True,
+) -> MaskSource:
+    """A mask source from real training masks (N, H, W): ``kind`` is ``"jitter"`` (:class:`RealJitterSource`)
+    or ``"size"`` (:class:`SizeControlledSource` with the real area distribution boosted by ``small_boost``
+    and, if ``use_shapes``, the real lesion shapes; else random blobs)."""
+    if kind == "jitter":
+        return RealJitterSource(masks, ids)
+    if kind == "size":
+        bank = shape_bank_from_masks(masks) if use_shapes else None
+        size = int(np.asarray(masks[0]).shape[0])
+        return SizeControlledSource(bank, SizeSampler(area_fractions(masks), small_boost=small_boost), size)
+    raise ValueError(f"unknown mask source {kind!r}; use 'jitter' or 'size'")

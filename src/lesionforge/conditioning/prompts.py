@@ -261,6 +261,15 @@ def domain_for_dataset(name: str) -> str:
     return _DATASET_DOMAINS.get(key, "generic")
 
 
+def load_prompt_library(
+    domain: str | None = None, dataset: str | None = None, file: str | Path | None = None
+) -> PromptLibrary:
+    """The prompt library to use: ``file`` (a user prompt file) falling back to the built-in library of
+    ``domain``, or of the dataset's domain (:func:`domain_for_dataset`), or ``generic``."""
+    base = PromptLibrary.load(domain or (domain_for_dataset(dataset) if dataset else "generic"))
+    return PromptLibrary.from_file(file, fallback=base) if file is not None else base
+
+
 def _parse_yaml(text: str, source: str | Path) -> PromptSpec:
     try:
         data = yaml.safe_load(text)

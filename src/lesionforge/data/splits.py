@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -147,6 +147,26 @@ def _units(ids: list[str], groups: list[list[str]]) -> list[list[str]]:
     for i, lab in zip(ids, labels, strict=True):
         units.setdefault(int(lab), []).append(i)
     return list(units.values())
+
+
+def make_user_splits(
+    root: str | Path,
+    fractions: tuple[float, float, float] = (0.7, 0.1, 0.2),
+    seed: int = 0,
+    layout: str = "auto",
+    allow_missing_masks: bool = True,
+    max_distance: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> BenchmarkSplit:
+    """Read a dataset folder, group its near-duplicate images by perceptual hash, and :func:`make_splits`."""
+    from lesionforge.data.hashing import NEAR_DUPLICATE_DISTANCE, hash_samples, near_duplicate_groups
+    from lesionforge.data.readers import read_dataset
+
+    samples = read_dataset(root, layout, allow_missing_masks=allow_missing_masks)
+    hashes = hash_samples(samples, progress=progress)
+    distance = NEAR_DUPLICATE_DISTANCE if max_distance is None else max_distance
+    groups = near_duplicate_groups([s.id for s in samples], hashes, distance)
+    return make_splits(samples, fractions, seed, groups, dataset=Path(root).name)
 
 
 def assign_splits(samples: Sequence[Sample], split: BenchmarkSplit) -> list[Sample]:

@@ -10,9 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from lesionforge.config import PROFILE_RESOLUTION, ProfileName, StrictModel, load_config
+from lesionforge.errors import ConfigError
 
 ArmKind = Literal["baseline", "copy-paste", "synthetic"]
 MixingMode = Literal["ratio", "alpha", "patch-merge", "synthetic-only"]
@@ -64,17 +65,35 @@ class TransferDataset(StrictModel):
 
 
 class SegmentSettings(StrictModel):
-    """Segmentation settings shared by every arm (protocol: same network, steps, batch and lr)."""
+    """Segmentation settings shared by every arm (protocol: same network, steps, batch and lr).
 
-    network: str = "BasicUNet"
-    features: list[int] = Field(default_factory=lambda: [16, 32, 64, 128, 256, 16])
-    steps: int = 2000
-    batch_size: int = 16
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    warmup_steps: int = 50
-    val_interval: int = 100
-    extra: dict = Field(default_factory=dict)  # further SegmentConfig fields, applied to every arm alike
+    ``preset`` is a ``SegmentConfig`` YAML (e.g. ``configs/segment-cpu.yaml``); the named fields, when given,
+    override it, and ``extra`` sets any other ``SegmentConfig`` field. Unset fields keep the preset's (or
+    ``SegmentConfig``'s) value.
+    """
+
+    preset: Path | None = None
+    network: str | None = None
+    features: list[int] | None = None
+    steps: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    weight_decay: float | None = None
+    warmup_steps: int | None = None
+    val_interval: int | None = None
+    extra: dict = Field(default_factory=dict)
+
+    def merged(self) -> dict:
+        """The complete shared ``SegmentConfig`` (as a dict): preset, then named fields, then ``extra``."""
+        from lesionforge.segment.config import SegmentConfig
+
+        over = {**self.model_dump(exclude={"preset", "extra"}, exclude_none=True), **self.extra}
+        if self.preset is not None:
+            return load_config(self.preset, SegmentConfig, over).model_dump(mode="json")
+        try:
+            return SegmentConfig.model_validate(over).model_dump(mode="json")
+        except ValidationError as e:
+            raise ConfigError(f"segment: {e}") from e
 
 
 class FilterSettings(StrictModel):
@@ -94,6 +113,7 @@ class GeneratorSpec(StrictModel):
     config: Path | None = None  # GeneratorConfig YAML preset; None: ``overrides`` hold the whole config
     overrides: dict = Field(default_factory=dict)  # fields changed in that preset
     n_per_real: int = 3
+    mask_source: Literal["jitter", "size"] = "jitter"  # real masks deformed, or size-controlled (small boosted)
     sampler: str | None = None  # None: the preset's sampling defaults
     sampling_steps: int | None = None
     guidance_scale: float | None = None
@@ -201,8 +221,9 @@ def resolve_paths(cfg: ExperimentConfig, base: Path) -> ExperimentConfig:
         })
         for t in cfg.transfer
     ]
+    seg = cfg.segment.model_copy(update={"preset": _resolve(cfg.segment.preset, base) or cfg.segment.preset})
     return cfg.model_copy(update={
-        "dataset": ds, "generators": gens, "transfer": transfer,
+        "dataset": ds, "generators": gens, "transfer": transfer, "segment": seg,
         "output": _resolve(cfg.output, base) or cfg.output,
         "results_dir": _resolve(cfg.results_dir, base) or cfg.results_dir,
     })

@@ -103,6 +103,7 @@ class LesionforgeStages:
     ) -> SyntheticSet:
         """Train (cached) the generator on the N labelled pairs, synthesize ``n_per_real`` per pair, filter."""
         from lesionforge.generate.synthesize import synthesize
+        from lesionforge.generate.trainbatch import make_mask_source
 
         labelled = data.labelled(n)
         gcfg = self._generator_config(cfg, spec)
@@ -114,8 +115,10 @@ class LesionforgeStages:
         gen_dir = self._generator(cfg, gcfg, labelled, unlabelled, backgrounds)
         t1 = time.perf_counter()
         synth_dir = work_dir / "synthetic"
+        masks_from = make_mask_source(spec.mask_source, labelled, cfg.resolution) if gcfg.kind in (
+            "mask2image", "inpaint") else None
         samples = synthesize(
-            gen_dir, synth_dir, spec.n_per_real * len(labelled), masks_from=labelled, backgrounds=backgrounds,
+            gen_dir, synth_dir, spec.n_per_real * len(labelled), masks_from=masks_from, backgrounds=backgrounds,
             real=labelled, seed=spec.seed, sampler=spec.sampler or gcfg.sampler,
             steps=spec.sampling_steps or gcfg.sample_steps,
             guidance_scale=spec.guidance_scale if spec.guidance_scale is not None else gcfg.guidance_scale,
@@ -177,8 +180,11 @@ class LesionforgeStages:
         codec = LatentCodec.from_pretrained(ae_path)
         seg_dir = cache / "validators" / cache_key(val_cfg.model_dump(mode="json"), labelled.ids, str(ae_dir))
         validator = Path(train_latent_segmenter(val_cfg, labelled, codec, seg_dir, val=data.val))
-        report = filter_manifest(manifest, validator, out_path, threshold=spec.filter.threshold, val=data.val)
-        return report.to_dict() if hasattr(report, "to_dict") else dict(report)
+        # out_path is this cache's own intermediate file: a rerun after a crash rewrites it identically
+        report = filter_manifest(manifest, validator, out_path, threshold=spec.filter.threshold, val=data.val,
+                                 overwrite=True).to_dict()
+        report["n_rejected"] = len(report.pop("rejected_ids"))  # the ids stay listed in the filtered manifest
+        return report
 
     def run_arm(
         self, cfg: ExperimentConfig, arm: ArmSettings, segment_config: dict[str, Any], n: int,
@@ -228,10 +234,11 @@ def _validator_configs(cfg: ExperimentConfig, spec: GeneratorSpec):
         ae = load_config(f.autoencoder_config, AutoencoderConfig, ae_over)
     else:
         ae = AutoencoderConfig.model_validate(ae_over)
+    val_over = {"resolution": cfg.resolution, "image_channels": cfg.dataset.channels, **f.validator_overrides}
     if f.validator_config is not None:
-        val = load_config(f.validator_config, LatentSegmenterConfig, f.validator_overrides)
+        val = load_config(f.validator_config, LatentSegmenterConfig, val_over)
     else:
-        val = LatentSegmenterConfig.model_validate(f.validator_overrides)
+        val = LatentSegmenterConfig.model_validate(val_over)
     return ae, val
 
 

@@ -62,6 +62,13 @@ def _ci(d: dict | None, digits: int = 3) -> str:
     return f"{d['mean']:+.{digits}f} [{lo:+.{digits}f}, {hi:+.{digits}f}]{rel_s}"
 
 
+def _rel(d: dict | None) -> str:
+    if not d:
+        return "n/a"
+    rel = d.get("relative_pct")
+    return f"{d['mean']:+.3f}" + (f" ({rel:+.1f} %)" if rel is not None else "")
+
+
 def _arm_label(name: str, arm: dict) -> str:
     if arm.get("kind") != "synthetic":
         return name
@@ -84,13 +91,36 @@ def arms_table(res: dict[str, Any]) -> str:
 
 def diff_table(res: dict[str, Any]) -> str:
     """Markdown table of paired differences (arm − baseline) with 95 % CIs over images (and over seeds)."""
-    head = ("| arm − baseline | ΔmDice [95 % CI] | ΔmIoU [95 % CI] | Δmiss rate [95 % CI] | ΔmDice over seeds |\n"
-            "|---|---|---|---|---|")
+    head = ("| arm − baseline | ΔmDice [95 % CI] | ΔmIoU [95 % CI] | Δmiss rate [95 % CI] | ΔmDice over seeds | "
+            "Δmiss small (seeds) |\n|---|---|---|---|---|---|")
     rows = []
     for name, d in res["paired_diff"].items():
         seeds = d.get("mdice", {}).get("over_seeds")
+        small = d.get("miss_rate_small")
+        small_s = (_ci({**small, "ci95": small["over_seeds"]["ci95"]}) if small and small.get("over_seeds")
+                   else _rel(small))
         rows.append(f"| {name} | {_ci(d.get('mdice'))} | {_ci(d.get('miou'))} | {_ci(d.get('miss_rate'))} | "
-                    f"{_ci(seeds)} |")
+                    f"{_ci(seeds)} | {small_s} |")
+    return "\n".join([head, *rows])
+
+
+def generators_table(res: dict[str, Any]) -> str:
+    """Markdown table of each generator's synthetic set: size, filter acceptance and threshold, timings."""
+    head = ("| generator | method | generated | kept | acceptance | threshold | validator Dice kept / rejected | "
+            "train s | synthesis img/s |\n|---|---|---|---|---|---|---|---|---|")
+    rows = []
+    for name, g in res["generators"].items():
+        f, t = g.get("filter") or {}, g.get("timings", {})
+
+        def num(v, fmt: str = ".3f") -> str:
+            return "—" if v is None else format(v, fmt)
+
+        rows.append(
+            f"| {name} | {g.get('settings', {}).get('method')} | {g.get('n_generated')} | {g.get('n_kept', '—')} | "
+            f"{num(f.get('acceptance_rate'), '.1%')} | {f.get('threshold_rule', '—')} | "
+            f"{num(f.get('mean_dice_kept'))} / {num(f.get('mean_dice_rejected'))} | "
+            f"{num(t.get('train_generator_s'), '.0f')} | {num(t.get('synthesis_images_per_s'), '.2f')} |"
+        )
     return "\n".join([head, *rows])
 
 
@@ -224,8 +254,6 @@ def _markdown(res: dict[str, Any], name: str, vs_n: Path, bands: Path, grid: Pat
     ]
     if grid is not None:
         lines += ["## Real and synthetic pairs (mask outline in green)", "", f"![samples]({grid.name})", ""]
-    for gname, g in res.get("generators", {}).items():
-        lines += [f"## Generator `{gname}`", ""]
-        lines += [f"- **{k}**: `{json.dumps(v, sort_keys=True)}`" for k, v in g.items()]
-        lines.append("")
+    if res.get("generators"):
+        lines += ["## Synthetic sets", "", generators_table(res), ""]
     return "\n".join(lines)

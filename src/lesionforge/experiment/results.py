@@ -45,11 +45,12 @@ def build_result(
         name: paired_diff(recs, base, cfg.bootstrap_samples, cfg.bootstrap_seed)
         for name, recs in by_arm.items() if name != cfg.baseline_arm
     }
-    seg = cfg.segment
+    seg = effective_segment_config(cfg)
     return {
         "dataset": cfg.dataset.name, "n_labelled": n, "profile": cfg.profile, "resolution": cfg.resolution,
-        "code_version": code_version(), "steps": seg.steps, "batch_size": seg.batch_size,
-        "network": seg.network, "features": list(seg.features), "lr": seg.lr, "seeds": list(cfg.seeds),
+        "code_version": code_version(), "steps": seg["steps"], "batch_size": seg["batch_size"],
+        "network": seg["network"], "features": list(seg["features"]), "lr": seg["lr"], "seeds": list(cfg.seeds),
+        "segment_config": seg,
         "selection": "best val mDice checkpoint", "miss_fraction": cfg.miss_fraction,
         "bootstrap": {"samples": cfg.bootstrap_samples, "seed": cfg.bootstrap_seed,
                       "unit": "test images, paired by id, seeds averaged per image first"},
@@ -64,6 +65,13 @@ def build_result(
         "data": sources, "samples": grid, "config_hash": config_hash(cfg),
         "config": cfg.model_dump(mode="json"), "schema_version": SCHEMA_VERSION,
     }
+
+
+def effective_segment_config(cfg: ExperimentConfig) -> dict[str, Any]:
+    """The shared ``SegmentConfig`` fields (every default filled in) without the per-run seed and arm options."""
+    from lesionforge.experiment.runner import budget_of, segment_config_for
+
+    return budget_of(segment_config_for(cfg, cfg.arm(cfg.baseline_arm), cfg.seeds[0]))
 
 
 def _arm_summary(
@@ -125,13 +133,35 @@ def paired_diff(
         miss["over_seeds"] = seeds
     if miss:
         out["miss_rate"] = miss
+    for band in BANDS:  # per-image band counts are not kept, so bands are compared over seeds only
+        d = _band_diff(arm, base, band)
+        if d is not None:
+            out[f"miss_rate_{band}"] = d
+    return out
+
+
+def _band_diff(arm: list[RunRecord], base: list[RunRecord], band: str) -> dict[str, Any] | None:
+    a = [r.miss_rate_by_band.get(band) for r in arm]
+    b = [r.miss_rate_by_band.get(band) for r in base]
+    a_mean, _ = stats.mean_std([np.nan if v is None else v for v in a])
+    b_mean, _ = stats.mean_std([np.nan if v is None else v for v in b])
+    if not (np.isfinite(a_mean) and np.isfinite(b_mean)):
+        return None
+    out: dict[str, Any] = {"mean": a_mean - b_mean, "relative_pct": stats.relative_change(a_mean - b_mean, b_mean),
+                           "unit": "seed means"}
+    seeds = _seed_ci(arm, base, band)
+    if seeds is not None:
+        out["over_seeds"] = seeds
     return out
 
 
 def _seed_ci(arm: list[RunRecord], base: list[RunRecord], metric: str) -> dict | None:
     """Per-seed paired interval; seeds are matched by value so a missing seed cannot shift the pairing."""
-    b = {r.seed: getattr(r, metric) for r in base}
-    pairs = [(getattr(r, metric), b[r.seed]) for r in arm if r.seed in b]
+    def value(r: RunRecord) -> float | None:
+        return r.miss_rate_by_band.get(metric) if metric in BANDS else getattr(r, metric)
+
+    b = {r.seed: value(r) for r in base}
+    pairs = [(value(r), b[r.seed]) for r in arm if r.seed in b]
     pairs = [(x, y) for x, y in pairs if x is not None and y is not None]
     if not pairs:
         return None

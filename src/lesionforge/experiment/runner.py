@@ -31,22 +31,19 @@ ARM_FIELDS = ("mixing", "copy_paste")
 
 
 def segment_config_for(cfg: ExperimentConfig, arm: ArmSettings, seed: int) -> dict[str, Any]:
-    """The segmentation settings of one run: the shared budget plus the arm's data options only.
+    """The segmentation settings of one run: the shared ``segment`` block plus the arm's data options only.
 
-    Arms differ in ``mixing`` (how synthetic pairs enter the batch) and ``copy_paste``; network, features,
-    steps, batch size, lr, weight decay and validation interval are the same for every arm by construction.
+    Arms differ in ``mixing`` (how synthetic pairs enter the batch) and whether ``copy_paste`` is on; network,
+    features, steps, batch size, lr, augmentation and validation interval are the same for every arm by
+    construction. The resolution comes from the profile.
     """
-    s = cfg.segment
-    out: dict[str, Any] = {
-        "network": s.network, "features": list(s.features), "resolution": cfg.resolution, "steps": s.steps,
-        "batch_size": s.batch_size, "lr": s.lr, "weight_decay": s.weight_decay, "warmup_steps": s.warmup_steps,
-        "val_interval": s.val_interval, "seed": seed, **s.extra,
-    }
+    out = cfg.segment.merged()
+    out.update(resolution=cfg.resolution, seed=seed)
     if arm.kind == "synthetic":
         out["mixing"] = {"mode": arm.mixing, "ratio": arm.ratio, "alpha": arm.alpha, "patch_size": arm.patch_size}
     else:
         out["mixing"] = {"mode": "none"}
-    out["copy_paste"] = {"enabled": arm.kind == "copy-paste", "prob": arm.copy_paste_p}
+    out["copy_paste"] = {**out.get("copy_paste", {}), "enabled": arm.kind == "copy-paste", "prob": arm.copy_paste_p}
     return out
 
 

@@ -13,16 +13,13 @@ from lesionforge.generate.models import LesionGenerator
 from lesionforge.generate.sampler import sample, sample_seed
 from lesionforge.utils import atomic_path
 
-#: Grid previews use a short DDIM run: they show progress, not final quality.
-PREVIEW_STEPS = 20
-
 
 def save_sample_grid(path: Path, gen: LesionGenerator, maker) -> Path:
     """Rows: real image | its mask | generated image (| generated mask for ``joint``), one row per preview
     condition of ``maker`` (a :class:`~lesionforge.generate.trainbatch.BatchMaker`)."""
     p = maker.preview()
-    x0 = sample(gen, p.cond, [sample_seed(0, i) for i in range(len(p.images))], sampler="ddim",
-                steps=PREVIEW_STEPS, guidance_scale=gen.cfg.guidance_scale, uncond=p.uncond, inpaint=p.guide,
+    x0 = sample(gen, p.cond, [sample_seed(0, i) for i in range(len(p.images))], sampler=gen.cfg.sampler,
+                steps=gen.cfg.sample_steps, guidance_scale=gen.cfg.guidance_scale, uncond=p.uncond, inpaint=p.guide,
                 grid=p.grid)
     images, mask = decode_samples(gen.cfg.kind, x0.cpu(), maker.codec)
     fake = tensor_to_image(images)

@@ -49,6 +49,12 @@ def read_id_list(path: str | Path, key: str | None = None) -> list[str]:
     return [str(i) for i in obj]
 
 
+def read_id_spec(spec: str) -> list[str]:
+    """Ids from ``FILE`` or ``FILE:KEY`` (e.g. ``splits/kvasir-seg.json:low_data_subsets.32``)."""
+    head, sep, key = spec.rpartition(".json:")
+    return read_id_list(head + ".json", key) if sep else read_id_list(spec)
+
+
 def load_pairs(
     path: str | Path, resolution: int, channels: int | None = 3, ids: list[str] | None = None
 ) -> PairArrays:

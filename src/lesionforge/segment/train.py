@@ -75,6 +75,8 @@ def train_segmenter(
     ``out_dir`` continues exactly where it stopped; ``stop_after`` ends the call after that many steps (the
     state is saved, a later call continues). Returns the best checkpoint, which :func:`load_segmenter` reads.
     """
+    # image-only samples (has_mask False) have no ground truth: neither trained on as lesion-free nor scored
+    train, val = (a.subset(np.flatnonzero(a.has_mask)) for a in (train, val))
     _check_inputs(cfg, train, val, synthetic)
     out = ensure_new_dir(out_dir, overwrite=overwrite, resume=resume)
     seed_everything(cfg.seed)
@@ -132,7 +134,7 @@ class _Loop:
         self.sampler = BatchSampler(cfg.mixing, train.ids, n_syn, cfg.batch_size, cfg.seed, twins)
         self.augment = build_augmentation(cfg.augment, cfg.resolution) if cfg.augment.enabled else None
         self.paster = CopyPaster(train.images, train.masks, cfg.copy_paste) if cfg.copy_paste.enabled else None
-        self.loss_fn = DiceCELoss(sigmoid=True)
+        self.loss_fn = DiceCELoss(sigmoid=True, batch=True)
 
     def _real(self, idx: np.ndarray, step: int) -> tuple[np.ndarray, np.ndarray]:
         images, masks = self.train.images[idx], self.train.masks[idx]

@@ -15,6 +15,7 @@ Three kinds, chosen by :func:`load_extractor`; every result names the one used a
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -32,6 +33,7 @@ from lesionforge.validate.inception import FIDInceptionV3
 
 SEG_ENCODER_CONFIG = "extractor_config.json"
 SEG_ENCODER_WEIGHTS = "model.safetensors"
+SEG_ENCODER_STATE = "train_state.pt"
 
 
 class FeatureExtractor:
@@ -91,7 +93,10 @@ def inception_extractor(weights: str | Path) -> FeatureExtractor:
     else:
         state = torch.load(weights, map_location="cpu", weights_only=True)
     net = FIDInceptionV3()
-    missing, unexpected = net.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = net.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # shape mismatches raise even when not strict
+        raise CheckpointError(f"{weights}: not an FID Inception-v3 state dict ({e})") from e
     # BatchNorm step counters are absent from the TensorFlow port; any other gap means a wrong file.
     missing = [k for k in missing if not k.endswith("num_batches_tracked")]
     if missing or unexpected:
@@ -146,30 +151,52 @@ def train_segmentation_encoder(
     batch_size: int = 16,
     lr: float = 1e-3,
     seed: int = 0,
+    checkpoint_every: int = 100,
     overwrite: bool = False,
+    resume: bool = False,
 ) -> Path:
     """Train a BasicUNet on the real labelled pairs (Dice + CE, random flips) and save it as an extractor folder.
 
-    ``train`` images uint8 (N, H, W, C); only samples with ``has_mask`` are used. Returns ``out_dir``.
+    ``train`` images uint8 (N, H, W, C); only samples with ``has_mask`` are used. The training state is saved
+    every ``checkpoint_every`` steps; ``resume`` continues from it with the same result as an uninterrupted run.
+    Returns ``out_dir``.
     """
-    from monai.losses import DiceCELoss
-
     labelled = train.subset(np.flatnonzero(train.has_mask))
     if len(labelled) < 2:
         raise ValueError("train_segmentation_encoder needs at least 2 labelled samples")
-    out_dir = ensure_new_dir(out_dir, overwrite=overwrite)
+    out_dir = ensure_new_dir(out_dir, overwrite=overwrite, resume=resume)
     seed_everything(seed)
     cfg = {"kind": "seg-encoder", "features": list(features), "in_channels": int(train.images.shape[-1]),
            "resolution": int(train.images.shape[1]), "steps": steps, "batch_size": batch_size, "lr": lr,
-           "seed": seed, "n_train": len(labelled)}
+           "seed": seed, "n_train": len(labelled), "train_ids_hash": _ids_hash(labelled.ids)}
     unet = _build_unet(cfg)
-    images, masks = image_to_tensor(labelled.images), mask_to_tensor(labelled.masks > 0)
     opt = torch.optim.AdamW(unet.parameters(), lr=lr)
-    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
     gen = torch.Generator().manual_seed(seed)
+    state_path = out_dir / SEG_ENCODER_STATE
+    start = _load_train_state(state_path, cfg, unet, opt, gen) if resume and state_path.is_file() else 0
+    loss = _train_steps(unet, opt, gen, labelled, cfg, start, checkpoint_every, state_path)
+    cfg["final_loss"] = loss
+    with atomic_path(out_dir / SEG_ENCODER_WEIGHTS) as tmp:
+        save_file({k: v.contiguous() for k, v in unet.state_dict().items()}, tmp)
+    write_json_atomic(out_dir / SEG_ENCODER_CONFIG, cfg)
+    state_path.unlink(missing_ok=True)  # finished: the folder holds only what the extractor needs (and hashes)
+    return out_dir
+
+
+def _ids_hash(ids: list[str]) -> str:
+    return hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16]
+
+
+def _train_steps(unet: BasicUNet, opt: torch.optim.Optimizer, gen: torch.Generator, labelled: PairArrays,
+                 cfg: dict, start: int, checkpoint_every: int, state_path: Path) -> float:
+    from monai.losses import DiceCELoss
+
+    images, masks = image_to_tensor(labelled.images), mask_to_tensor(labelled.masks > 0)
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
     unet.train()
-    for _ in range(steps):
-        idx = torch.randint(len(labelled), (min(batch_size, len(labelled)),), generator=gen)
+    loss = torch.tensor(float("nan"))
+    for step in range(start, cfg["steps"]):
+        idx = torch.randint(len(labelled), (min(cfg["batch_size"], len(labelled)),), generator=gen)
         x, y = images[idx], masks[idx]
         # whole-batch flips on tensors: MONAI's per-item dict transforms would need a DataLoader for no gain
         if torch.rand(1, generator=gen).item() < 0.5:
@@ -180,11 +207,22 @@ def train_segmentation_encoder(
         opt.zero_grad()
         loss.backward()
         opt.step()
-    cfg["final_loss"] = float(loss.item())
-    with atomic_path(out_dir / SEG_ENCODER_WEIGHTS) as tmp:
-        save_file({k: v.contiguous() for k, v in unet.state_dict().items()}, tmp)
-    write_json_atomic(out_dir / SEG_ENCODER_CONFIG, cfg)
-    return out_dir
+        if (step + 1) % checkpoint_every == 0 and step + 1 < cfg["steps"]:
+            with atomic_path(state_path) as tmp:
+                torch.save({"step": step + 1, "cfg": cfg, "model": unet.state_dict(), "opt": opt.state_dict(),
+                            "rng": gen.get_state()}, tmp)
+    return float(loss.item())
+
+
+def _load_train_state(path: Path, cfg: dict, unet: BasicUNet, opt: torch.optim.Optimizer,
+                      gen: torch.Generator) -> int:
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if state["cfg"] != cfg:
+        raise CheckpointError(f"{path}: saved with other settings or data; start again with --overwrite")
+    unet.load_state_dict(state["model"])
+    opt.load_state_dict(state["opt"])
+    gen.set_state(state["rng"])
+    return int(state["step"])
 
 
 def load_extractor(spec: str | Path) -> FeatureExtractor:
@@ -203,12 +241,23 @@ def load_extractor(spec: str | Path) -> FeatureExtractor:
     raise CheckpointError(f"{path}: extractor not found (give 'pixels', a seg-encoder folder or an Inception file)")
 
 
-def manifest_arrays(manifest: str | Path, resolution: int, split: str | None = None,
-                    progress: bool = False) -> tuple[PairArrays, list[Sample]]:
-    """Read a manifest (only rows of ``split`` when given) into RGB arrays at ``resolution``, with its rows."""
+def manifest_arrays(manifest: str | Path, resolution: int, split: str | None = None, origin: str | None = None,
+                    kept_only: bool = False, progress: bool = False) -> tuple[PairArrays, list[Sample]]:
+    """Read a manifest into RGB arrays at ``resolution``, with the rows used.
+
+    Keeps only rows of ``split`` and ``origin`` (``real``/``synthetic``) when given; ``kept_only`` drops rows a
+    filter rejected (``provenance.validation.kept`` false; unscored rows stay).
+    """
     samples = read_manifest(manifest)
     if split is not None:
         samples = [s for s in samples if s.split == split]
+    if origin is not None:
+        samples = [s for s in samples if s.origin == origin]
+    if kept_only:
+        samples = [s for s in samples if not (s.provenance and s.provenance.validation
+                                              and s.provenance.validation.get("kept") is False)]
     if not samples:
-        raise DataError(manifest, f"no samples{f' in split {split!r}' if split else ''}")
+        wanted = [f"{k}={v!r}" for k, v in (("split", split), ("origin", origin)) if v is not None]
+        wanted += ["kept only"] if kept_only else []
+        raise DataError(manifest, f"no samples to use ({', '.join(wanted) or 'empty manifest'})")
     return load_arrays(samples, resolution, channels=3, progress=progress), samples

@@ -74,7 +74,7 @@ def score_pairs(validator: Validator, images: np.ndarray, intended: np.ndarray) 
     return {
         "dice": dice_scores(prob, intended), "confidence": confidence_scores(prob),
         "foreground_fraction": foreground_fractions(prob),
-        "lesion_free": ~(intended > 0).reshape(len(intended), -1).any(1),
+        "lesion_free": ~(intended > 0).any(axis=(1, 2)),
     }
 
 

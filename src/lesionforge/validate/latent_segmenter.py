@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -64,7 +65,9 @@ class LatentSegmenter(ModelMixin, ConfigMixin):
 class LatentSegmenterConfig(StrictModel):
     """Latent segmenter settings (``configs/validator-*.yaml`` with ``kind: latent``)."""
 
-    kind: str = "latent"
+    kind: Literal["latent"] = "latent"
+    resolution: int = 64  # images are loaded at this size; must match the codec's training size
+    image_channels: int = 3
     block_out_channels: tuple[int, ...] = (32, 64)
     layers_per_block: int = 1
     norm_num_groups: int = 8

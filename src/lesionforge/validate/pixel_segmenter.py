@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -37,7 +38,9 @@ class PixelSegmenter(ModelMixin, ConfigMixin):
 class PixelSegmenterConfig(StrictModel):
     """Pixel validator settings (``configs/validator-*.yaml`` with ``kind: pixel``)."""
 
-    kind: str = "pixel"
+    kind: Literal["pixel"] = "pixel"
+    resolution: int = 64
+    image_channels: int = 3
     features: tuple[int, ...] = (16, 16, 32, 64, 128, 16)
     steps: int = 1500
     batch_size: int = 16

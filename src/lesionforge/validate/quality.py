@@ -16,7 +16,7 @@ from pytorch_msssim import ms_ssim
 from scipy import linalg
 
 from lesionforge.data.arrays import PairArrays
-from lesionforge.data.manifest import Sample
+from lesionforge.data.manifest import Sample, read_manifest
 from lesionforge.utils import code_version, ensure_new_dir, write_json_atomic, write_text_atomic
 from lesionforge.validate.features import FeatureExtractor, load_extractor, manifest_arrays
 
@@ -192,6 +192,8 @@ def quality_report(
         "n_real": len(real),
         "n_synthetic": len(synthetic),
         "fid": fid(f_syn, f_real),
+        # fewer samples than features: singular covariances, FID is biased upward; prefer KID then
+        "fid_rank_deficient": min(len(real), len(synthetic)) <= f_real.shape[1],
         # FID between two halves of the real set: the noise floor at this sample size
         "fid_real_split_half": fid(f_real[:half], f_real[half:]) if half >= 2 else None,
         "kid": kid(f_syn, f_real, kid_subsets, kid_subset_size, seed=seed),
@@ -249,15 +251,21 @@ def write_quality_report(report: dict, out_dir: str | Path) -> Path:
 
 
 def run_quality(real_manifest: str | Path, synthetic_manifest: str | Path, extractor: str | Path, out_dir: str | Path,
-                resolution: int, real_split: str | None = "test", overwrite: bool = False, progress: bool = False,
-                **options) -> Path:
+                resolution: int, real_split: str | None = "test", kept_only: bool = True, overwrite: bool = False,
+                progress: bool = False, **options) -> Path:
     """Load both manifests at ``resolution``, run :func:`quality_report` with the extractor named by ``extractor``
-    (see :func:`load_extractor`) and write ``quality.json``/``quality.md`` into ``out_dir``; ``options`` go to
-    :func:`quality_report` (``kid_subsets``, ``kid_subset_size``, ``msssim_pairs``, ``seed``)."""
+    (see :func:`load_extractor`) and write ``quality.json``/``quality.md`` into ``out_dir``.
+
+    Synthetic images are the ``origin: synthetic`` rows, only those the filter kept when ``kept_only`` (the
+    set that would be used for training); mask fidelity covers every synthetic row. ``options`` go to
+    :func:`quality_report` (``kid_subsets``, ``kid_subset_size``, ``msssim_pairs``, ``seed``).
+    """
     out_dir = ensure_new_dir(out_dir, overwrite=overwrite)
-    real, _ = manifest_arrays(real_manifest, resolution, real_split, progress)
-    synthetic, rows = manifest_arrays(synthetic_manifest, resolution, None, progress)
+    real, _ = manifest_arrays(real_manifest, resolution, real_split, progress=progress)
+    synthetic, _ = manifest_arrays(synthetic_manifest, resolution, origin="synthetic", kept_only=kept_only,
+                                   progress=progress)
+    rows = [s for s in read_manifest(synthetic_manifest) if s.origin == "synthetic"]
     report = quality_report(real, synthetic, load_extractor(extractor), samples=rows, **options)
     report["inputs"] = {"real_manifest": str(real_manifest), "real_split": real_split,
-                        "synthetic_manifest": str(synthetic_manifest)}
+                        "synthetic_manifest": str(synthetic_manifest), "synthetic_kept_only": kept_only}
     return write_quality_report(report, out_dir)

@@ -22,9 +22,9 @@ def confidence_scores(prob: np.ndarray) -> np.ndarray:
     """1 - mean binary entropy (bits) of ``prob`` (N, H, W): 1 = every pixel decided, 0 = all at 0.5."""
     p = np.clip(prob.astype(np.float64), 1e-6, 1 - 1e-6)
     entropy = -(p * np.log2(p) + (1 - p) * np.log2(1 - p))
-    return 1.0 - entropy.reshape(len(p), -1).mean(1)
+    return 1.0 - entropy.mean(axis=(1, 2))
 
 
 def foreground_fractions(prob: np.ndarray, cutoff: float = 0.5) -> np.ndarray:
     """Share of pixels predicted as lesion, per sample: float (N,) in [0, 1]."""
-    return (prob >= cutoff).reshape(len(prob), -1).mean(1)
+    return (prob >= cutoff).mean(axis=(1, 2))

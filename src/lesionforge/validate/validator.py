@@ -85,7 +85,7 @@ def load_validator(path: str | Path) -> Validator:
 def val_scores(validator: Validator, val: PairArrays) -> dict[str, Any]:
     """The validator on real ``val`` pairs: Dice per lesion image, predicted foreground per lesion-free one."""
     prob = validator.predict_arrays(val.images)
-    lesion = (val.masks > 0).reshape(len(val), -1).any(1)
+    lesion = (val.masks > 0).any(axis=(1, 2))
     return {
         "val_ids": [val.ids[i] for i in np.flatnonzero(lesion)],
         "val_dice": dice_scores(prob[lesion], val.masks[lesion]).tolist(),

@@ -1,0 +1,80 @@
+"""Cost and agreement of the single-step latent validator against the pixel-space one."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from lesionforge.data.arrays import image_to_tensor
+from lesionforge.validate.filter import auto_threshold, keep_decisions, score_pairs
+from lesionforge.validate.validator import Validator, load_validator
+
+
+def _ms_per_sample(fn: Callable[[torch.Tensor], torch.Tensor], inputs: torch.Tensor, batch_size: int,
+                   repeats: int) -> float:
+    """Best-of-``repeats`` wall time of ``fn`` over ``inputs`` in batches, in ms per sample (after a warm-up)."""
+    with torch.no_grad():
+        fn(inputs[:batch_size])
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            for i in range(0, len(inputs), batch_size):
+                fn(inputs[i : i + batch_size])
+            best = min(best, time.perf_counter() - start)
+    return 1000.0 * best / len(inputs)
+
+
+def timing(latent: Validator, pixel: Validator, images: np.ndarray, batch_size: int = 16,
+           repeats: int = 3) -> dict[str, float]:
+    """ms per sample of: the latent segmenter given latents (``latent_given_latents``), encode + latent
+    segmenter from pixels, decode + pixel segmenter from latents, and the pixel segmenter given pixels.
+    ``images`` uint8 (N, H, W, C) at the validators' resolution."""
+    x = image_to_tensor(images)
+    z = torch.cat([latent.codec.encode(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+    t = int(latent.info["eval_timestep"])
+    seg, codec, pix = latent.segmenter, latent.codec, pixel.segmenter
+    out = {
+        "latent_given_latents": _ms_per_sample(lambda b: seg.predict(b, t), z, batch_size, repeats),
+        "encode_plus_latent": _ms_per_sample(lambda b: seg.predict(codec.encode(b), t), x, batch_size, repeats),
+        "decode_plus_pixel": _ms_per_sample(lambda b: pix.predict(codec.decode(b)), z, batch_size, repeats),
+        "pixel_given_pixels": _ms_per_sample(pix.predict, x, batch_size, repeats),
+    }
+    out["ratio_decode_pixel_over_latent"] = out["decode_plus_pixel"] / out["latent_given_latents"]
+    return out
+
+
+def agreement(latent: Validator, pixel: Validator, images: np.ndarray, intended: np.ndarray,
+              threshold_latent: Literal["auto"] | float = "auto",
+              threshold_pixel: Literal["auto"] | float = "auto") -> dict[str, Any]:
+    """How often the two validators make the same keep/reject call on pairs ``images`` uint8 (N, H, W, C),
+    ``intended`` (N, H, W); plus the pixel validator's mean Dice on the samples the latent one kept/rejected."""
+    s_lat, s_pix = score_pairs(latent, images, intended), score_pairs(pixel, images, intended)
+    thr_lat = auto_threshold(latent)[0] if threshold_latent == "auto" else float(threshold_latent)
+    thr_pix = auto_threshold(pixel)[0] if threshold_pixel == "auto" else float(threshold_pixel)
+    k_lat, k_pix = keep_decisions(s_lat, thr_lat), keep_decisions(s_pix, thr_pix)
+
+    def pixel_dice(sel: np.ndarray) -> float | None:
+        return float(s_pix["dice"][sel].mean()) if sel.any() else None
+
+    return {
+        "n": len(images), "threshold_latent": thr_lat, "threshold_pixel": thr_pix,
+        "acceptance_latent": float(k_lat.mean()), "acceptance_pixel": float(k_pix.mean()),
+        "agreement": float((k_lat == k_pix).mean()),
+        "both_kept": int((k_lat & k_pix).sum()), "both_rejected": int((~k_lat & ~k_pix).sum()),
+        "pixel_dice_of_latent_kept": pixel_dice(k_lat), "pixel_dice_of_latent_rejected": pixel_dice(~k_lat),
+        "dice_correlation": float(np.corrcoef(s_lat["dice"], s_pix["dice"])[0, 1]) if len(images) > 2 else None,
+    }
+
+
+def measure_cost(latent_dir: str | Path, pixel_dir: str | Path, images: np.ndarray, intended: np.ndarray,
+                 batch_size: int = 16, repeats: int = 3) -> dict[str, Any]:
+    """Timing (:func:`timing`) and agreement (:func:`agreement`, automatic thresholds) of the validators in
+    ``latent_dir`` and ``pixel_dir`` on pairs ``images`` uint8 (N, H, W, C), ``intended`` (N, H, W)."""
+    latent, pixel = load_validator(latent_dir), load_validator(pixel_dir)
+    return {"ms_per_sample": timing(latent, pixel, images, batch_size, repeats),
+            "agreement": agreement(latent, pixel, images, intended), "torch_threads": torch.get_num_threads()}

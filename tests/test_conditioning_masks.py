@@ -1,0 +1,165 @@
+"""Mask sources, field of view, placement and cleaning of generated masks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lesionforge.conditioning.masks import (
+    RealJitterSource,
+    SizeControlledSource,
+    SizeSampler,
+    area_fractions,
+    clean_generated_mask,
+    field_of_view,
+    jitter_mask,
+    place_mask,
+    shape_bank_from_masks,
+    size_controlled_mask,
+)
+
+
+def _disk(size: int, cy: int, cx: int, r: float) -> np.ndarray:
+    yy, xx = np.mgrid[0:size, 0:size]
+    return (((yy - cy) ** 2 + (xx - cx) ** 2) <= r * r).astype(np.uint8)
+
+
+def test_jitter_keeps_area_in_bounds_and_changes_mask(demo_arrays):
+    rng = np.random.default_rng(0)
+    lesions = [m for m in demo_arrays.masks if m.any()][:12]
+    changed = 0
+    for mask in lesions:
+        for _ in range(3):
+            out = jitter_mask(mask, rng)
+            assert out.dtype == np.uint8 and out.shape == mask.shape and set(np.unique(out)) <= {0, 1}
+            # area scales by factor**2 with factor in (0.8, 1.2); a pixel or two of rounding on tiny lesions
+            assert 0.64 * mask.sum() - 2 <= out.sum() <= 1.44 * mask.sum() + 2
+            changed += not np.array_equal(out, mask)
+    assert changed >= 0.9 * 3 * len(lesions)
+    assert not jitter_mask(np.zeros((32, 32), np.uint8), rng).any()
+
+
+def test_jitter_stays_inside_image_and_is_deterministic():
+    corner = np.zeros((32, 32), np.uint8)
+    corner[:10, :10] = 1  # touches two image borders: shifting and scaling must not cut it off
+    a = jitter_mask(corner, np.random.default_rng(3), scale=(1.2, 1.2), max_shift=0.3)
+    b = jitter_mask(corner, np.random.default_rng(3), scale=(1.2, 1.2), max_shift=0.3)
+    np.testing.assert_array_equal(a, b)
+    assert abs(int(a.sum()) - round(100 * 1.44)) <= 4
+    one_pixel = np.zeros((32, 32), np.uint8)
+    one_pixel[5, 5] = 1
+    assert jitter_mask(one_pixel, np.random.default_rng(0), scale=(0.8, 0.8)).sum() >= 1
+
+
+@pytest.mark.parametrize("use_bank", [False, True])
+def test_size_controlled_mask_hits_target_area(demo_arrays, use_bank):
+    bank = shape_bank_from_masks(demo_arrays.masks) if use_bank else None
+    rng = np.random.default_rng(1)
+    for frac in (0.005, 0.02, 0.1, 0.3):
+        mask = size_controlled_mask(rng, 32, frac, bank)
+        assert mask.shape == (32, 32) and mask.dtype == np.uint8
+        assert abs(mask.sum() - frac * 1024) <= max(2, 0.1 * frac * 1024)
+    with pytest.raises(ValueError, match="area_frac"):
+        size_controlled_mask(rng, 32, 0.0)
+
+
+def test_size_controlled_mask_shrinks_a_shape_that_cannot_fit():
+    thin = [np.ones((2, 30), np.uint8)]  # at half the image's area it would be far wider than the image
+    mask = size_controlled_mask(np.random.default_rng(0), 32, 0.5, thin)
+    assert 0 < mask.sum() < 0.25 * 1024
+    ys, xs = np.nonzero(mask)
+    extents = sorted([np.ptp(ys) + 1, np.ptp(xs) + 1])
+    assert extents[1] > 4 * extents[0]  # still a thin, elongated lesion (possibly turned by 90 degrees)
+
+
+def test_size_sampler_oversamples_small_lesions(demo_arrays):
+    real = area_fractions(demo_arrays.masks)
+    assert len(real) == 32 and (real > 0).all()
+    rng = np.random.default_rng(2)
+    plain = SizeSampler(real, small_boost=1.0).sample(rng, 600)
+    boosted = SizeSampler(real, small_boost=4.0).sample(rng, 600)
+    assert (boosted < 0.05).mean() > (plain < 0.05).mean() + 0.15
+    assert plain.min() >= 0.002 and plain.max() < 0.4
+    no_data = SizeSampler(None, small_boost=1.0)
+    np.testing.assert_allclose(no_data.band_probs, [1 / 3] * 3)
+
+
+def test_sources_return_masks_with_provenance(demo_arrays):
+    rng = np.random.default_rng(4)
+    jitter = RealJitterSource(demo_arrays.masks, demo_arrays.ids)(rng, 3)
+    assert len(jitter) == 3
+    for mask, info in jitter:
+        assert mask.any() and info["mask_source"] == "jitter" and info["source_id"] in demo_arrays.ids
+    sampler = SizeSampler(area_fractions(demo_arrays.masks), small_boost=2.0)
+    sized = SizeControlledSource(shape_bank_from_masks(demo_arrays.masks), sampler, 32)(rng, 4)
+    for mask, info in sized:
+        assert info["mask_source"] == "size_controlled" and isinstance(info["shape_index"], int)
+        assert abs(mask.mean() - info["target_area_frac"]) <= max(2 / 1024, 0.1 * info["target_area_frac"])
+    with pytest.raises(ValueError, match="empty"):
+        RealJitterSource(np.zeros((2, 32, 32), np.uint8), ["a", "b"])
+
+
+def _endoscopy_frame(size: int = 64) -> np.ndarray:
+    """Pink octagon on black with a teal position box in the lower left, like a Kvasir frame."""
+    img = np.zeros((size, size, 3), np.uint8)
+    yy, xx = np.mgrid[0:size, 0:size]
+    inside = (np.abs(yy - size / 2) + np.abs(xx - size / 2)) < size * 0.68
+    img[inside] = (200, 110, 100)
+    img[44:60, 2:18] = (20, 150, 130)  # teal box
+    img[50:54, 6:14] = (0, 0, 0)  # a dark drawing inside the box
+    return img
+
+
+def test_field_of_view_excludes_borders_and_overlay():
+    img = _endoscopy_frame()
+    fov = field_of_view(img, margin=1)
+    assert fov.dtype == bool and 0.5 < fov.mean() < 0.9
+    assert not fov[:4, :4].any() and not fov[-4:, -4:].any()  # black corners
+    assert not fov[44:60, 2:18].any()  # the overlay box
+    assert fov[20:44, 20:44].all()
+    plain = field_of_view(np.full((32, 32, 3), 150, np.uint8), margin=2)
+    assert plain[2:30, 2:30].all() and not plain[:2].any()
+    grey = field_of_view(img.mean(-1).astype(np.uint8), margin=1)
+    assert not grey[:4, :4].any() and grey[20:44, 20:44].all()
+
+
+def test_field_of_view_keeps_speckled_dark_tissue_and_drops_border_text():
+    rng = np.random.default_rng(0)
+    us = rng.integers(60, 200, (64, 64)).astype(np.uint8)  # ultrasound-like speckle
+    us[40:, :] = np.where(rng.random((24, 64)) < 0.5, 0, 30)  # dark, speckled deep tissue at the bottom
+    us[:, 56:] = 0  # a uniform black padding band on the right
+    us[10:12, 58:62] = 255  # text written on the padding
+    fov = field_of_view(us, margin=0)
+    assert fov[44:60, 4:50].all()
+    assert not fov[:, 57:].any()
+
+
+def test_place_mask_keeps_lesion_inside_fov():
+    fov = field_of_view(_endoscopy_frame(), margin=1)
+    lesion = _disk(64, 5, 5, 4)  # starts in the black corner
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        placed = place_mask(lesion, fov, rng)
+        assert placed is not None and placed.sum() == lesion.sum()
+        assert not (placed.astype(bool) & ~fov).any()
+    assert place_mask(_disk(64, 32, 32, 40), fov, rng) is None
+
+
+def test_clean_generated_mask_removes_specks_and_fills():
+    lesion = _disk(32, 14, 14, 6).astype(bool)
+    prob = np.where(lesion, 0.9, 0.0).astype(np.float32)
+    prob[13:16, 13:16] = 0.1  # a hole in the lesion
+    prob[14, 20:28] = 0.6  # a one-pixel spur leaving the lesion
+    prob[2, 28] = 0.8  # specks
+    prob[28:30, 2:4] = 0.7
+    mask, info = clean_generated_mask(prob, threshold=0.5, opening_radius=1, min_area_frac=0.005)
+    assert mask.dtype == np.uint8 and set(np.unique(mask)) == {0, 1}
+    assert mask[13:16, 13:16].all() and info["filled_pixels"] == 9  # hole filled
+    assert not mask[14, 22:28].any()  # spur opened away
+    assert not mask[2, 28] and not mask[28:30, 2:4].any()  # specks gone
+    assert not (mask.astype(bool) & ~lesion).any() and mask.sum() >= lesion.sum() - 8  # lesion kept
+    assert info["threshold"] == 0.5 and info["opening"] == 1 and info["area_frac"] == mask.mean()
+    # without opening, the 1-px speck and 4-px block fall below 0.5 % of the image (5 px) and are removed
+    raw_cleaned, info0 = clean_generated_mask(prob, opening_radius=0, min_area_frac=0.005, fill_holes=False)
+    assert info0["removed_components"] == 2 and info0["filled_pixels"] == 0
+    assert raw_cleaned[14, 20:28].all() and not raw_cleaned[13:16, 13:16].any()

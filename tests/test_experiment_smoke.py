@@ -1,0 +1,54 @@
+"""End to end: `lesionforge experiment run` on the demo data with the real stages, then resume and report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from lesionforge.cli import app
+
+SMOKE = Path(__file__).resolve().parents[1] / "benchmarks" / "configs" / "smoke.yaml"
+
+
+@pytest.fixture()
+def one_thread():
+    # on a shared 2-core machine, 2 intra-op threads per process can be ~30x slower than 1 for tiny nets
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.slow
+def test_smoke_sweep_runs_resumes_and_reports(tmp_path, one_thread):
+    from lesionforge.data.demo import write_demo_dataset
+
+    other = write_demo_dataset(tmp_path / "other", n=10, size=32, seed=7)  # a "transfer" dataset
+    cfg = yaml.safe_load(SMOKE.read_text())
+    cfg.update(output="runs", results_dir="results", transfer=[{"name": "other", "root": "other/manifest.jsonl"}])
+    (tmp_path / "smoke.yaml").write_text(yaml.safe_dump(cfg))
+    runner = CliRunner()
+    out = runner.invoke(app, ["experiment", "run", str(tmp_path / "smoke.yaml")])
+    assert out.exit_code == 0, out.output
+    res = json.loads((tmp_path / "results" / "demo-n8-tiny.json").read_text())
+    assert set(res["arms"]) == {"baseline", "copy-paste", "synthetic"}
+    assert all(0 <= d <= 1 for a in res["arms"].values() for d in a["mdice"])
+    assert res["generators"]["inpaint"]["n_generated"] == 8  # n_per_real 1 x N 8
+    assert res["arms"]["synthetic"]["n_synthetic"] == res["generators"]["inpaint"]["n_kept"]
+    assert (tmp_path / "results" / "demo-n8-tiny.md").is_file()
+    transfer = res["transfer"]["other"]
+    assert set(transfer) == set(res["arms"]) and all(len(v["mdice"]) == 3 for v in transfer.values())
+    assert other.is_dir()
+    runs = sorted((tmp_path / "runs").glob("n8/*/seed*/run.json"))
+    assert len(runs) == 9
+    stamps = [p.stat().st_mtime_ns for p in runs]
+    again = runner.invoke(app, ["experiment", "run", str(tmp_path / "smoke.yaml"), "--no-report"])
+    assert again.exit_code == 0, again.output
+    assert [p.stat().st_mtime_ns for p in runs] == stamps  # finished runs were skipped, not redone
+    res2 = json.loads((tmp_path / "results" / "demo-n8-tiny.json").read_text())
+    assert res2["arms"] == res["arms"] and res2["paired_diff"] == res["paired_diff"]

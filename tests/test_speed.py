@@ -1,0 +1,45 @@
+"""The speed benchmark script, run in --quick mode at tiny size."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from lesionforge.errors import OverwriteError
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "speed.py"
+
+
+def _speed_module():
+    spec = importlib.util.spec_from_file_location("lesionforge_speed_benchmark", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_quick_speed_run_writes_expected_keys(tmp_path):
+    speed = _speed_module()
+    path = speed.run_speed_benchmark("tiny", quick=True, out_dir=tmp_path)
+    assert path.name == "speed-tiny-quick.json" and path.with_suffix(".md").is_file()
+    r = json.loads(path.read_text())
+    assert r["profile"] == "tiny" and r["resolution"] == 32 and r["quick"] is True
+    assert {"cpu_count", "torch_threads", "cpus_usable"} <= r["machine"].keys()
+    assert r["peak_matmul"]["flops_per_s"] > 0
+    workloads = [r["synthesis"]["ddim"], r["synthesis"]["dpm++"], r["synthesis"]["ddpm_1000"],
+                 r["validation"]["latent_single_step"], r["validation"]["decode_plus_pixel_segmenter"],
+                 r["segmentation"]["training"]]
+    for w in workloads:
+        assert w["images_per_s"] > 0 and w["flops_per_image"] > 0 and w["share_of_peak"] > 0
+    ddpm = r["synthesis"]["ddpm_1000"]
+    assert ddpm["steps"] == 1000 and ddpm["extrapolated_from_steps"] == 2
+    # 1000 steps cost 500x the FLOPs of 2 steps of the same network
+    assert ddpm["flops_per_image"] == pytest.approx(500 * r["synthesis"]["ddim"]["flops_per_image"])
+
+
+def test_speed_refuses_to_overwrite_results(tmp_path):
+    (tmp_path / "speed-tiny-quick.json").write_text("{}")
+    with pytest.raises(OverwriteError):
+        _speed_module().run_speed_benchmark("tiny", quick=True, out_dir=tmp_path)
