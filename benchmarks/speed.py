@@ -33,14 +33,22 @@ from lesionforge.generate.sampler import sample
 from lesionforge.segment.networks import build_network
 from lesionforge.utils import code_version, write_json_atomic, write_text_atomic
 from lesionforge.validate.latent_segmenter import LatentSegmenter
+from lesionforge.validate.pixel_segmenter import PixelSegmenter
 
 RESULTS = Path(__file__).resolve().parent / "results"
-FULL = {"generator": (32, 64, 128, 128), "autoencoder": (32, 64, 64), "latent_seg": (32, 64),
-        "segmenter": (16, 32, 64, 128, 256, 16), "sample_batch": 8, "val_batch": 16, "train_batch": 16,
-        "few_steps": 25, "ddpm_subset": 50, "train_steps": 10, "matmul_n": 2048, "repeats": 3, "warmup": True}
-QUICK = {"generator": (16, 32), "autoencoder": (16, 32), "latent_seg": (16, 32),
-         "segmenter": (8, 8, 16, 16, 32, 8), "sample_batch": 2, "val_batch": 2, "train_batch": 2,
-         "few_steps": 2, "ddpm_subset": 2, "train_steps": 2, "matmul_n": 256, "repeats": 1, "warmup": False}
+# network sizes of the cpu presets (configs/*-cpu.yaml), used at the profile's resolution
+FULL = {
+    "generator": (32, 64, 128, 128), "autoencoder": (32, 64, 64), "ae_groups": 16, "latent_seg": (32, 64, 128),
+    "pixel_validator": (16, 16, 32, 64, 128, 16), "segmenter": (16, 32, 64, 128, 256, 16),
+    "sample_batch": 8, "val_batch": 16, "train_batch": 16, "few_steps": 25, "ddpm_subset": 50, "train_steps": 10,
+    "matmul_n": 2048, "repeats": 3, "warmup": True,
+}
+QUICK = {
+    "generator": (16, 32), "autoencoder": (16, 32), "ae_groups": 8, "latent_seg": (16, 32),
+    "pixel_validator": (8, 8, 16, 16, 32, 8), "segmenter": (8, 8, 16, 16, 32, 8),
+    "sample_batch": 2, "val_batch": 2, "train_batch": 2, "few_steps": 2, "ddpm_subset": 2, "train_steps": 2,
+    "matmul_n": 256, "repeats": 1, "warmup": False,
+}
 
 
 def _sync(device: torch.device) -> None:
@@ -110,13 +118,14 @@ def bench_synthesis(res: int, s: dict, device: torch.device, peak: float) -> dic
 
 @torch.no_grad()
 def bench_validation(res: int, s: dict, device: torch.device, peak: float) -> dict:
-    """One forward of the latent segmenter vs decoding the latent and segmenting the pixels."""
-    ae_cfg = AutoencoderConfig(resolution=res, block_out_channels=tuple(s["autoencoder"]), norm_num_groups=8)
+    """One forward of the latent segmenter vs decoding the latent and running the pixel validator."""
+    ae_cfg = AutoencoderConfig(resolution=res, block_out_channels=tuple(s["autoencoder"]),
+                               norm_num_groups=s["ae_groups"])
     vae = build_autoencoder(ae_cfg).to(device).eval()
     f = 2 ** (len(s["autoencoder"]) - 1)
     latent_seg = LatentSegmenter(latent_channels=ae_cfg.latent_channels, downsample_factor=f,
                                  block_out_channels=tuple(s["latent_seg"])).to(device).eval()
-    pixel_seg = build_network("BasicUNet", 3, tuple(s["segmenter"]), res).to(device).eval()
+    pixel_seg = PixelSegmenter(image_channels=3, features=tuple(s["pixel_validator"])).to(device).eval()
     b = s["val_batch"]
     z = torch.randn(b, ae_cfg.latent_channels, res // f, res // f, device=device)
 
@@ -126,7 +135,8 @@ def bench_validation(res: int, s: dict, device: torch.device, peak: float) -> di
     def decode_then_segment() -> torch.Tensor:
         return pixel_seg(vae.decode(z).sample)
 
-    out = {"batch": b, "latent_grid": res // f}
+    out = {"batch": b, "latent_grid": res // f, "autoencoder": list(s["autoencoder"]),
+           "latent_segmenter": list(s["latent_seg"]), "pixel_validator": list(s["pixel_validator"])}
     for name, fn in (("latent_single_step", latent), ("decode_plus_pixel_segmenter", decode_then_segment)):
         sec = timed(fn, device, s["repeats"], s["warmup"])
         out[name] = _workload(b / sec, count_flops(fn) / b, peak)

@@ -10,6 +10,7 @@ from lesionforge.conditioning.masks import (
     SizeControlledSource,
     SizeSampler,
     area_fractions,
+    build_mask_source,
     clean_generated_mask,
     field_of_view,
     jitter_mask,
@@ -17,6 +18,7 @@ from lesionforge.conditioning.masks import (
     shape_bank_from_masks,
     size_controlled_mask,
 )
+from lesionforge.errors import ConfigError
 
 
 def _disk(size: int, cy: int, cx: int, r: float) -> np.ndarray:
@@ -63,6 +65,16 @@ def test_size_controlled_mask_hits_target_area(demo_arrays, use_bank):
         size_controlled_mask(rng, 32, 0.0)
 
 
+def test_size_controlled_mask_from_uncropped_square_is_exact():
+    square = np.zeros((64, 64), np.uint8)
+    square[10:20, 30:40] = 1  # a full-size mask as bank entry: cropped to its box first
+    for seed, frac in enumerate((0.003, 0.01, 0.05, 0.2)):
+        mask = size_controlled_mask(np.random.default_rng(seed), 32, frac, [square])
+        assert mask.sum() == round(frac * 1024)
+    with pytest.raises(ValueError, match="empty"):
+        size_controlled_mask(np.random.default_rng(0), 32, 0.05, [np.zeros((8, 8), np.uint8)])
+
+
 def test_size_controlled_mask_shrinks_a_shape_that_cannot_fit():
     thin = [np.ones((2, 30), np.uint8)]  # at half the image's area it would be far wider than the image
     mask = size_controlled_mask(np.random.default_rng(0), 32, 0.5, thin)
@@ -82,6 +94,10 @@ def test_size_sampler_oversamples_small_lesions(demo_arrays):
     assert plain.min() >= 0.002 and plain.max() < 0.4
     no_data = SizeSampler(None, small_boost=1.0)
     np.testing.assert_allclose(no_data.band_probs, [1 / 3] * 3)
+    tiny_only = SizeSampler(real, band_shares=(1, 0, 0)).sample(rng, 50)
+    assert (tiny_only < 0.01).all() and len(np.unique(tiny_only)) > 40
+    with pytest.raises(ValueError, match="band_shares"):
+        SizeSampler(real, band_shares=(0, 0, 0))
 
 
 def test_sources_return_masks_with_provenance(demo_arrays):
@@ -97,6 +113,19 @@ def test_sources_return_masks_with_provenance(demo_arrays):
         assert abs(mask.mean() - info["target_area_frac"]) <= max(2 / 1024, 0.1 * info["target_area_frac"])
     with pytest.raises(ValueError, match="empty"):
         RealJitterSource(np.zeros((2, 32, 32), np.uint8), ["a", "b"])
+
+
+def test_build_mask_source_by_name(demo_arrays):
+    rng = np.random.default_rng(5)
+    jitter = build_mask_source("jitter", demo_arrays.masks, demo_arrays.ids)
+    assert jitter(rng, 1)[0][1]["source_id"] in demo_arrays.ids[:32]  # the last 8 demo samples have no lesion
+    blobs = build_mask_source("size", np.zeros((0, 32, 32), np.uint8), [], size=48)
+    mask, info = blobs(rng, 1)[0]
+    assert mask.shape == (48, 48) and mask.any() and info["shape_index"] is None
+    with pytest.raises(ConfigError, match="needs real lesion"):
+        build_mask_source("jitter", np.zeros((2, 32, 32), np.uint8), ["a", "b"])
+    with pytest.raises(ConfigError, match="unknown mask source"):
+        build_mask_source("gan", demo_arrays.masks, demo_arrays.ids)
 
 
 def _endoscopy_frame(size: int = 64) -> np.ndarray:

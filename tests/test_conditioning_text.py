@@ -44,6 +44,19 @@ def test_deterministic_and_cached(encoder):
         encoder.encode("not a list")
 
 
+def test_cache_is_bounded(encoder):
+    encoder.max_cache = 3
+    try:
+        prompts = [f"polyp number {i}" for i in range(5)]
+        states, _ = encoder.encode(prompts)  # a request larger than the cache still answers in full
+        assert states.shape == (5, 32, 384)
+        encoder.encode(["a flat polyp"])
+        assert encoder.cache_size() == 3
+        assert torch.allclose(encoder.encode(["polyp number 4"])[0][0], states[4], atol=1e-5)
+    finally:
+        encoder.max_cache = 1024
+
+
 def test_builtin_prompts_fit_in_max_length(encoder):
     for domain in available_domains():
         lib = PromptLibrary.load(domain)

@@ -12,10 +12,11 @@ from lesionforge.data.arrays import PairArrays
 from lesionforge.data.io import write_image, write_mask
 from lesionforge.data.manifest import Provenance, Sample, write_manifest
 from lesionforge.errors import ConfigError, DataError, OverwriteError
+from lesionforge.experiment.budget import budget_of, segment_config_for
 from lesionforge.experiment.config import load_experiment_config
 from lesionforge.experiment.records import BANDS
 from lesionforge.experiment.report import load_result, readme_table, write_report
-from lesionforge.experiment.runner import budget_of, run_experiment, segment_config_for
+from lesionforge.experiment.runner import run_experiment
 from lesionforge.experiment.stages import ExperimentData, SplitIds, SyntheticSet
 
 CONFIGS = Path(__file__).resolve().parents[1] / "benchmarks" / "configs"
@@ -133,6 +134,20 @@ def test_arm_cannot_carry_its_own_budget(tmp_path):
     text = (CONFIGS / "smoke.yaml").read_text().replace("kind: baseline}", "kind: baseline, steps: 99}")
     (tmp_path / "bad.yaml").write_text(text)
     with pytest.raises(ConfigError, match="steps"):
+        load_experiment_config(tmp_path / "bad.yaml")
+
+
+@pytest.mark.parametrize(("old", "new", "message"), [
+    ("generator: inpaint, ratio: 1", "ratio: 1", "generator"),
+    ("mixing: ratio", "mixing: patch-merge", "edge-guided"),
+    ("  demo: {n: 40", "  root: data\n  demo: {n: 40", "exactly one"),
+    ("baseline, kind: baseline", "base, kind: baseline", "baseline_arm"),
+])
+def test_inconsistent_configs_are_refused(tmp_path, old, new, message):
+    text = (CONFIGS / "smoke.yaml").read_text()
+    assert old in text
+    (tmp_path / "bad.yaml").write_text(text.replace(old, new, 1))
+    with pytest.raises(ConfigError, match=message):
         load_experiment_config(tmp_path / "bad.yaml")
 
 

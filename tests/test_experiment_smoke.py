@@ -30,7 +30,8 @@ def test_smoke_sweep_runs_resumes_and_reports(tmp_path, one_thread):
 
     other = write_demo_dataset(tmp_path / "other", n=10, size=32, seed=7)  # a "transfer" dataset
     cfg = yaml.safe_load(SMOKE.read_text())
-    cfg.update(output="runs", results_dir="results", transfer=[{"name": "other", "root": "other/manifest.jsonl"}])
+    cfg.update(output="runs", results_dir="results", seeds=[0, 1],  # 2 seeds keep the test short
+               transfer=[{"name": "other", "root": "other/manifest.jsonl"}])
     (tmp_path / "smoke.yaml").write_text(yaml.safe_dump(cfg))
     runner = CliRunner()
     out = runner.invoke(app, ["experiment", "run", str(tmp_path / "smoke.yaml")])
@@ -40,12 +41,12 @@ def test_smoke_sweep_runs_resumes_and_reports(tmp_path, one_thread):
     assert all(0 <= d <= 1 for a in res["arms"].values() for d in a["mdice"])
     assert res["generators"]["inpaint"]["n_generated"] == 8  # n_per_real 1 x N 8
     assert res["arms"]["synthetic"]["n_synthetic"] == res["generators"]["inpaint"]["n_kept"]
-    assert (tmp_path / "results" / "demo-n8-tiny.md").is_file()
+    assert "## Transfer" in (tmp_path / "results" / "demo-n8-tiny.md").read_text()
     transfer = res["transfer"]["other"]
-    assert set(transfer) == set(res["arms"]) and all(len(v["mdice"]) == 3 for v in transfer.values())
+    assert set(transfer) == set(res["arms"]) and all(len(v["mdice"]) == 2 for v in transfer.values())
     assert other.is_dir()
     runs = sorted((tmp_path / "runs").glob("n8/*/seed*/run.json"))
-    assert len(runs) == 9
+    assert len(runs) == 6
     stamps = [p.stat().st_mtime_ns for p in runs]
     again = runner.invoke(app, ["experiment", "run", str(tmp_path / "smoke.yaml"), "--no-report"])
     assert again.exit_code == 0, again.output

@@ -138,3 +138,18 @@ def test_train_cli(demo_root, tmp_path):
     assert result.exit_code == 0, result.output
     assert (tmp_path / "run" / "best" / "model.safetensors").is_file()
     assert json.loads((tmp_path / "run" / "run.json").read_text())["steps"] == 2
+
+
+def test_clear_errors_on_bad_input(split, tmp_path):
+    from lesionforge.errors import CheckpointError, ConfigError, DataError, OverwriteError
+
+    train, val = split
+    with pytest.raises(DataError, match="resolution is 64"):
+        train_segmenter(_cfg(resolution=64), train, val, tmp_path / "a")
+    with pytest.raises(ConfigError, match="needs a synthetic set"):
+        train_segmenter(_cfg(mixing=MixConfig(mode="ratio")), train, val, tmp_path / "b")
+    train_segmenter(_cfg(steps=4), train, val, tmp_path / "c", stop_after=1)
+    with pytest.raises(CheckpointError, match="different settings"):
+        train_segmenter(_cfg(steps=4, lr=0.5), train, val, tmp_path / "c")
+    with pytest.raises(OverwriteError):
+        train_segmenter(_cfg(steps=4), train, val, tmp_path / "c", resume=False)

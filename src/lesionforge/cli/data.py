@@ -120,12 +120,16 @@ def fingerprint(
     multiclass: bool = MULTICLASS,
     workers: int = typer.Option(2, help="Decoding threads."),
     allow_missing_masks: bool = typer.Option(False, help="Keep images without masks as image-only samples."),
+    axis: int = AXIS,
+    min_area: int = MIN_AREA,
+    window: str | None = WINDOW,
 ) -> None:
     """Measure sizes, channels, intensities and lesion statistics; recommend a profile and channel count."""
     from lesionforge.data.fingerprint import fingerprint as measure
     from lesionforge.data.readers import read_dataset
 
-    samples = read_dataset(path, layout, multiclass=multiclass, allow_missing_masks=allow_missing_masks)
+    samples = read_dataset(path, layout, multiclass=multiclass, allow_missing_masks=allow_missing_masks,
+                           axis=axis, min_area=min_area, window=_window(window))
     with _progress("Fingerprinting") as update:
         fp = measure(samples, multiclass=multiclass, workers=workers, progress=update)
     if as_json:

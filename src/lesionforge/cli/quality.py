@@ -34,6 +34,7 @@ def register(app: typer.Typer) -> None:
         msssim_pairs: int = typer.Option(200, help="MS-SSIM: random image pairs per set."),
         seed: int = typer.Option(0, help="Random seed for subsets and pairs."),
         kept_only: bool = typer.Option(True, help="Score only synthetic samples the filter kept."),
+        device: str = typer.Option("cpu", help="torch device for the feature extractor, e.g. cuda."),
         overwrite: bool = typer.Option(False, help="Replace a non-empty output folder."),
     ) -> None:
         """FID, KID, MS-SSIM diversity and mask fidelity of synthetic samples against real images."""
@@ -43,8 +44,9 @@ def register(app: typer.Typer) -> None:
 
         with Console(stderr=True).status("Computing features and metrics"):
             path = run_quality(real, synthetic, extractor, out, _resolution(profile), real_split or None,
-                               kept_only=kept_only, overwrite=overwrite, progress=True, kid_subsets=kid_subsets,
-                               kid_subset_size=kid_subset_size, msssim_pairs=msssim_pairs, seed=seed)
+                               kept_only=kept_only, device=device, overwrite=overwrite, progress=True,
+                               kid_subsets=kid_subsets, kid_subset_size=kid_subset_size, msssim_pairs=msssim_pairs,
+                               seed=seed)
         typer.echo(path.with_suffix(".md").read_text())
 
     @app.command()
@@ -56,6 +58,7 @@ def register(app: typer.Typer) -> None:
         profile: str = typer.Option("cpu", help="Resolution profile: tiny, cpu, cpu128, gpu."),
         train_split: str = typer.Option("train", help="Use only training rows of this split ('' for all)."),
         percentile: float = typer.Option(1.0, help="Percentile of real-to-real NN distances that flags a sample."),
+        device: str = typer.Option("cpu", help="torch device for the feature extractor, e.g. cuda."),
         overwrite: bool = typer.Option(False, help="Replace a non-empty output folder."),
     ) -> None:
         """Nearest training image of every synthetic sample; flags near copies."""
@@ -65,7 +68,8 @@ def register(app: typer.Typer) -> None:
 
         with Console(stderr=True).status("Searching nearest training images"):
             path = run_memorization_audit(train, synthetic, extractor, out, _resolution(profile),
-                                          train_split or None, percentile, overwrite=overwrite, progress=True)
+                                          train_split or None, percentile, device=device, overwrite=overwrite,
+                                          progress=True)
         typer.echo(f"wrote {path}")
 
     @app.command("train-extractor")

@@ -14,6 +14,7 @@ from lesionforge.conditioning.masks import (
     SizeControlledSource,
     SizeSampler,
     area_fractions,
+    build_mask_source,
     clean_generated_mask,
     field_of_view,
     jitter_mask,
@@ -21,7 +22,13 @@ from lesionforge.conditioning.masks import (
     shape_bank_from_masks,
     size_controlled_mask,
 )
-from lesionforge.conditioning.prompts import PromptLibrary, available_domains, domain_for_dataset, expand_templates
+from lesionforge.conditioning.prompts import (
+    PromptLibrary,
+    available_domains,
+    domain_for_dataset,
+    expand_templates,
+    load_prompt_library,
+)
 from lesionforge.conditioning.text import NULL_PROMPT, TEXT_DIM, TextEncoder
 
 __all__ = [
@@ -34,6 +41,7 @@ __all__ = [
     "SizeSampler",
     "TextEncoder",
     "area_fractions",
+    "build_mask_source",
     "available_domains",
     "clean_generated_mask",
     "domain_for_dataset",
@@ -42,6 +50,7 @@ __all__ = [
     "expand_templates",
     "field_of_view",
     "jitter_mask",
+    "load_prompt_library",
     "place_mask",
     "shape_bank_from_masks",
     "size_controlled_mask",

@@ -20,6 +20,8 @@ from scipy import ndimage
 from scipy.signal import fftconvolve
 from skimage.morphology import disk, remove_small_objects
 
+from lesionforge.errors import ConfigError
+
 #: Upper edges of the small (< 1 %) and medium (1-5 %) lesion-size bands, as area share of the image.
 SIZE_BAND_EDGES = (0.01, 0.05)
 
@@ -59,10 +61,7 @@ def _tidy(mask: np.ndarray, min_pixels: int) -> np.ndarray:
     """Fill holes and drop specks below ``min_pixels``; keep the largest part if all are specks."""
     filled = ndimage.binary_fill_holes(mask)
     kept = remove_small_objects(filled, max_size=min_pixels - 1) if min_pixels > 1 else filled
-    if kept.any() or not filled.any():
-        return kept
-    labels, _ = ndimage.label(filled)
-    return labels == np.argmax(np.bincount(labels.ravel())[1:]) + 1
+    return kept if kept.any() else _largest(filled)
 
 
 def _seed(rng: np.random.Generator) -> int:
@@ -160,7 +159,9 @@ def _blob_score(rng: np.random.Generator, side: int) -> np.ndarray:
 
 def _shape_score(shape: np.ndarray, target: float, rng: np.random.Generator, size: int) -> np.ndarray:
     """A bank shape randomly flipped/rotated by 90 degrees and resized so its area is near ``target`` px."""
-    shape = np.rot90(shape, int(rng.integers(4)))
+    if not shape.any():
+        raise ValueError("shape bank entry is empty; build the bank with shape_bank_from_masks")
+    shape = np.rot90(_crop(shape), int(rng.integers(4)))
     if rng.random() < 0.5:
         shape = shape[:, ::-1]
     factor = np.sqrt(target / max(float(shape.sum()), 1.0))
@@ -169,7 +170,12 @@ def _shape_score(shape: np.ndarray, target: float, rng: np.random.Generator, siz
     h, w = (max(1, round(d * factor)) for d in shape.shape)
     padded = np.pad(shape.astype(np.float32), 1)
     resized = cv2.resize(padded, (w + 2, h + 2), interpolation=cv2.INTER_AREA if factor < 1 else cv2.INTER_LINEAR)
-    smooth = ndimage.gaussian_filter(resized, 0.5)
+    smooth = ndimage.gaussian_filter(resized.astype(np.float64), 0.5)
+    # flat interiors tie; a tiny pull towards the centre (and noise, for symmetric ties) breaks them, so
+    # top-k picks exactly k pixels and keeps the lesion compact
+    yy, xx = np.mgrid[0 : smooth.shape[0], 0 : smooth.shape[1]]
+    smooth -= 1e-4 * np.hypot(yy - (smooth.shape[0] - 1) / 2, xx - (smooth.shape[1] - 1) / 2) / max(smooth.shape)
+    smooth += 1e-6 * rng.random(smooth.shape)
     return np.where(smooth > 1e-3, smooth, -np.inf)  # only the shape and its blurred rim may be chosen
 
 
@@ -199,7 +205,7 @@ def _size_controlled(
     else:
         side = min(size, int(np.ceil(np.sqrt(target / np.pi) * 2.6)) + 3)
         score = _blob_score(rng, side)
-    canvas = np.full((size, size), -np.inf, np.float32)
+    canvas = np.full((size, size), -np.inf)  # float64: the tie-breaking noise is below float32 precision
     h, w = min(score.shape[0], size), min(score.shape[1], size)
     top, left = int(rng.integers(size - h + 1)), int(rng.integers(size - w + 1))
     canvas[top : top + h, left : left + w] = score[:h, :w]
@@ -218,9 +224,10 @@ class SizeSampler:
 
     The draw picks a size band (< 1 %, 1-5 %, > 5 %) with probability proportional to
     ``(real lesions in the band + 1) * boost``, ``boost = small_boost`` for the two small bands and 1 for
-    the large one, then takes a real area from that band with +-15 % log-normal jitter (kept in the band),
-    or a log-uniform area in the band when no real lesion falls in it. The +1 pseudo-count lets a dataset
-    without tiny lesions still get some. Without real areas every band counts as empty.
+    the large one (or with the given ``band_shares``), then takes a real area from that band with +-15 %
+    log-normal jitter (kept in the band), or a log-uniform area in the band when no real lesion falls in
+    it. The +1 pseudo-count lets a dataset without tiny lesions still get some. Without real areas every
+    band counts as empty.
 
     Example::
 
@@ -234,6 +241,7 @@ class SizeSampler:
         small_boost: float = 1.0,
         min_frac: float = 0.002,
         max_frac: float = 0.4,
+        band_shares: Sequence[float] | None = None,
     ):
         if small_boost <= 0:
             raise ValueError(f"small_boost must be > 0, got {small_boost}")
@@ -245,7 +253,10 @@ class SizeSampler:
         self.band_areas = [areas[band == b] for b in range(3)]
         boost = np.array([small_boost, small_boost, 1.0])
         counts = np.array([len(a) + 1 for a in self.band_areas], dtype=np.float64)
-        self.band_probs = counts * boost / (counts * boost).sum()
+        weights = counts * boost if band_shares is None else np.asarray(band_shares, dtype=np.float64)
+        if weights.shape != (3,) or (weights < 0).any() or weights.sum() <= 0:
+            raise ValueError(f"band_shares must be 3 non-negative numbers, not all 0; got {band_shares}")
+        self.band_probs = weights / weights.sum()
 
     def sample(self, rng: np.random.Generator, n: int) -> np.ndarray:
         """``n`` target area shares, float (n,) in [min_frac, max_frac]."""
@@ -278,9 +289,7 @@ def field_of_view(
     img = image[..., None] if image.ndim == 2 else image[..., :3]
     h, w = img.shape[:2]
     grey = img.max(axis=-1)
-    # opening keeps uniform black borders and drops speckled dark tissue (deep or shadowed ultrasound)
-    dark = ndimage.binary_opening(grey < dark_threshold, np.ones((5, 5), bool))
-    labels, _ = ndimage.label(dark)
+    labels, _ = ndimage.label(_uniform_dark(grey, dark_threshold))
     edge_labels = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
     visible = ndimage.binary_fill_holes(~np.isin(labels, edge_labels[edge_labels > 0]))
     if img.shape[-1] >= 3:
@@ -290,6 +299,16 @@ def field_of_view(
         visible = np.ones((h, w), bool)
     margin = max(1, round(0.02 * min(h, w))) if margin is None else margin
     return ndimage.binary_erosion(visible, disk(margin), border_value=0) if margin > 0 else visible
+
+
+def _uniform_dark(grey: np.ndarray, threshold: int) -> np.ndarray:
+    """Dark pixels in uniform patches: an opening drops speckled dark tissue (deep or shadowed ultrasound),
+    then a closing swallows small bright marks (text) written on black padding."""
+    pad = 3  # edge padding: morphology must not shrink regions away from the image border
+    dark = np.pad(grey < threshold, pad, mode="edge")
+    square = np.ones((5, 5), bool)
+    dark = ndimage.binary_closing(ndimage.binary_opening(dark, square), square)
+    return dark[pad:-pad, pad:-pad]
 
 
 def _overlay_boxes(rgb: np.ndarray, min_frac: float) -> np.ndarray:
@@ -430,16 +449,27 @@ def build_mask_source(
     kind: str,
     masks: Sequence[np.ndarray] | np.ndarray,
     ids: Sequence[str],
+    size: int | None = None,
     small_boost: float = 1.0,
     use_shapes: bool = True,
 ) -> MaskSource:
-    """A mask source from real training masks (N, H, W): ``kind`` is ``"jitter"`` (:class:`RealJitterSource`)
-    or ``"size"`` (:class:`SizeControlledSource` with the real area distribution boosted by ``small_boost``
-    and, if ``use_shapes``, the real lesion shapes; else random blobs)."""
+    """A mask source by name from real training masks (N, H, W), N may be 0.
+
+    ``"jitter"``: :class:`RealJitterSource` (needs at least one lesion). ``"size"``:
+    :class:`SizeControlledSource` with the real area distribution boosted by ``small_boost`` and, if
+    ``use_shapes``, the real lesion shapes; with no real lesions, random blobs and log-uniform sizes on
+    ``size`` x ``size`` images (``size`` defaults to the masks' size). Raises :class:`ConfigError`.
+    """
+    lesions = [i for i, m in enumerate(masks) if _binary(m).any()]
     if kind == "jitter":
-        return RealJitterSource(masks, ids)
+        if not lesions:
+            raise ConfigError("mask source 'jitter' needs real lesion masks; none of the masks has a lesion")
+        return RealJitterSource([masks[i] for i in lesions], [ids[i] for i in lesions])
     if kind == "size":
-        bank = shape_bank_from_masks(masks) if use_shapes else None
-        size = int(np.asarray(masks[0]).shape[0])
-        return SizeControlledSource(bank, SizeSampler(area_fractions(masks), small_boost=small_boost), size)
-    raise ValueError(f"unknown mask source {kind!r}; use 'jitter' or 'size'")
+        if size is None and len(masks) == 0:
+            raise ConfigError("mask source 'size' needs an image size when no real masks are given")
+        size = int(np.asarray(masks[0]).shape[0]) if size is None else size
+        bank = shape_bank_from_masks(masks) if use_shapes and lesions else None
+        sampler = SizeSampler(area_fractions(masks) if lesions else None, small_boost=small_boost)
+        return SizeControlledSource(bank, sampler, size)
+    raise ConfigError(f"unknown mask source {kind!r}; use 'jitter' or 'size'")

@@ -104,11 +104,11 @@ def expand_templates(templates: list[str], slots: dict[str, list[str]]) -> list[
         if len(out) + combos > MAX_EXPANSION:
             raise ValueError(f"template {template!r} expands to too many prompts (> {MAX_EXPANSION})")
         for values in itertools.product(*(slots[f] for f in fields)):
-            out[_tidy(template.format(**dict(zip(fields, values, strict=True))))] = None
+            out[_tidy_text(template.format(**dict(zip(fields, values, strict=True))))] = None
     return list(out)
 
 
-def _tidy(text: str) -> str:
+def _tidy_text(text: str) -> str:
     text = re.sub(r"\s+", " ", text)
     text = re.sub(r"\s+([,.;:])", r"\1", text)
     return re.sub(r"([,;:])(?:\s*[,;:])+", r"\1", text).strip(" ,;:")

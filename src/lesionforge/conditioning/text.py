@@ -66,7 +66,13 @@ class TextEncoder:
 
     dim: int = TEXT_DIM
 
-    def __init__(self, model_dir: str | Path | None = None, max_length: int = 32, device: str | torch.device = "cpu"):
+    def __init__(
+        self,
+        model_dir: str | Path | None = None,
+        max_length: int = 32,
+        device: str | torch.device = "cpu",
+        max_cache: int = 1024,
+    ):
         self.model_dir = Path(model_dir) if model_dir is not None else default_model_dir()
         if not (self.model_dir / "config.json").is_file():
             raise CheckpointError(f"{self.model_dir}: text encoder folder has no config.json")
@@ -79,6 +85,9 @@ class TextEncoder:
         self.max_length = max_length
         self.device = torch.device(device)
         self.model.to(self.device)
+        # prompt -> (states (L, 384), attention (L,), pooled (384,)); oldest dropped beyond max_cache
+        # (1024 prompts of 32 tokens hold about 50 MB)
+        self.max_cache = max_cache
         self._cache: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
     def to(self, device: str | torch.device) -> TextEncoder:
@@ -108,13 +117,20 @@ class TextEncoder:
         """Number of distinct prompts encoded so far."""
         return len(self._cache)
 
-    @torch.no_grad()
-    def _fill_cache(self, prompts: list[str]) -> None:
+    def _fill_cache(self, prompts: list[str], chunk: int = 256) -> None:
         if isinstance(prompts, str):
             raise TypeError("TextEncoder expects a list of prompts, not a single string")
         todo = sorted({p for p in prompts if p not in self._cache})
-        if not todo:
-            return
+        for start in range(0, len(todo), chunk):
+            self._encode_new(todo[start : start + chunk])
+        if len(self._cache) > self.max_cache:
+            wanted = set(prompts)
+            stale = [p for p in self._cache if p not in wanted][: len(self._cache) - self.max_cache]
+            for p in stale:
+                del self._cache[p]
+
+    @torch.no_grad()
+    def _encode_new(self, todo: list[str]) -> None:
         tok = self.tokenizer(
             todo, padding="max_length", truncation=True, max_length=self.max_length, return_tensors="pt"
         ).to(self.device)
@@ -124,4 +140,5 @@ class TextEncoder:
         mean = (states * weights).sum(1) / weights.sum(1).clamp(min=1.0)
         pooled = torch.nn.functional.normalize(mean, dim=-1)
         for i, p in enumerate(todo):
-            self._cache[p] = (states[i].float(), tok["attention_mask"][i], pooled[i].float())
+            # clones, so an evicted prompt frees its memory instead of pinning the whole batch
+            self._cache[p] = (states[i].float().clone(), tok["attention_mask"][i].clone(), pooled[i].float().clone())

@@ -24,12 +24,13 @@ from lesionforge.data.hashing import (
 )
 from lesionforge.data.io import image_from_array, is_grey, mask_from_array, read_array
 from lesionforge.data.manifest import Sample
-from lesionforge.data.readers import Layout, scan_folder
+from lesionforge.data.readers import FolderScan, Layout, scan_folder
 from lesionforge.data.splits import BenchmarkSplit, load_benchmark_split
 from lesionforge.errors import DataError, SizeMismatchError
 
 #: Problem kinds that make a dataset unusable as is (the ``kind`` of the matching error class).
-ERROR_KINDS = ("missing_mask", "orphan_mask", "size_mismatch", "corrupt_file", "channel_count", "non_binary_mask")
+ERROR_KINDS = ("missing_mask", "orphan_mask", "size_mismatch", "corrupt_file", "channel_count", "non_binary_mask",
+               "duplicate_id")
 
 
 class Issue(BaseModel):
@@ -154,21 +155,8 @@ def check_dataset(
     start = time.perf_counter()
     scan = scan_folder(root, layout, **volume_options)
     samples = scan.samples
-    with ThreadPoolExecutor(max(1, workers)) as pool:
-        results = []
-        for n, r in enumerate(pool.map(lambda s: inspect_sample(s, multiclass), samples), 1):
-            results.append(r)
-            if progress:
-                progress(n, len(samples))
-    errors: dict[str, list[Issue]] = {k: [] for k in ERROR_KINDS}
-    errors["missing_mask"] = [Issue(id=None, file=p, message="image has no mask") for p in scan.missing]
-    errors["orphan_mask"] = [Issue(id=None, file=p, message="mask has no matching image") for p in scan.orphans]
-    notices: dict[str, list[Issue]] = {"jpeg_noise_mask": []}
-    for r in results:
-        for kind, issue in r.issues:
-            errors.setdefault(kind, []).append(issue)
-        for kind, issue in r.notices:
-            notices.setdefault(kind, []).append(issue)
+    results = _inspect_all(samples, multiclass, workers, progress)
+    errors, notices = _collect_issues(scan, results)
     hashed = [(s.id, r) for s, r in zip(samples, results, strict=True) if r.phash is not None]
     ids = [i for i, _ in hashed]
     near = near_duplicate_groups(ids, [r.phash for _, r in hashed], near_duplicate_distance)
@@ -184,6 +172,38 @@ def check_dataset(
         split_leakage=split_leakage(near, splits) if splits is not None else [],
         seconds=round(time.perf_counter() - start, 2),
     )
+
+
+def _inspect_all(
+    samples: list[Sample], multiclass: bool, workers: int, progress: Callable[[int, int], None] | None
+) -> list[_Inspection]:
+    results = []
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        for n, r in enumerate(pool.map(lambda s: inspect_sample(s, multiclass), samples), 1):
+            results.append(r)
+            if progress:
+                progress(n, len(samples))
+    return results
+
+
+IssueMap = dict[str, list[Issue]]
+
+
+def _collect_issues(scan: FolderScan, results: list[_Inspection]) -> tuple[IssueMap, IssueMap]:
+    """``(errors, notices)`` by kind, from the folder scan and every sample's inspection."""
+    errors: dict[str, list[Issue]] = {k: [] for k in ERROR_KINDS}
+    id_of = {s.image: s.id for s in scan.samples}
+    errors["missing_mask"] = [Issue(id=id_of.get(p), file=p, message="image has no mask") for p in scan.missing]
+    errors["orphan_mask"] = [Issue(id=None, file=p, message="mask has no matching image") for p in scan.orphans]
+    for e in scan.problems:
+        errors.setdefault(e.kind, []).append(Issue(id=None, file=e.path, message=e.problem))
+    notices: dict[str, list[Issue]] = {"jpeg_noise_mask": []}
+    for r in results:
+        for kind, issue in r.issues:
+            errors.setdefault(kind, []).append(issue)
+        for kind, issue in r.notices:
+            notices.setdefault(kind, []).append(issue)
+    return errors, notices
 
 
 def split_leakage(groups: list[list[str]], splits: str | Path | BenchmarkSplit) -> list[dict[str, str]]:

@@ -20,8 +20,10 @@ from lesionforge.data.manifest import Sample
 AREA_BANDS = {"small": (0.0, 0.01), "medium": (0.01, 0.05), "large": (0.05, float("inf"))}
 #: A lesion needs about this many pixels at the working resolution to stay learnable (a 4x4 blob).
 MIN_LESION_PIXELS = 16
-#: Components smaller than this (full-size pixels) are annotation specks, e.g. JPEG-mask noise, not lesions.
+#: Components under this many full-size pixels *and* under SPECK_FRACTION of the image are annotation specks
+#: (e.g. JPEG-mask noise), not lesions; the fraction keeps real small lesions of tiny images.
 MIN_COMPONENT_PIXELS = 10
+SPECK_FRACTION = 1e-4
 _PIXELS_PER_IMAGE = 2048  # intensity percentiles use a seeded subsample: exact enough, constant memory
 
 
@@ -38,7 +40,7 @@ class Fingerprint(BaseModel):
     intensity_std: list[float]
     intensity_percentiles: dict[str, float]  # of luminance: p0.5, p50, p99.5
     lesion_free_share: float  # of labelled images
-    specks_ignored: int  # mask components under MIN_COMPONENT_PIXELS, left out of the lesion statistics
+    specks_ignored: int  # tiny mask components (see SPECK_FRACTION), left out of the lesion statistics
     lesions_per_image: dict[str, float]  # mean / median / max connected components per lesion image
     lesion_area_quantiles: dict[str, float]  # per lesion: q05, q25, q50, q75, q95
     lesion_area_bands: dict[str, float]  # share of lesions in < 1 %, 1-5 %, > 5 % of the image
@@ -57,7 +59,7 @@ class _ImageStats:
     std: np.ndarray
     pixels: np.ndarray  # luminance subsample
     lesion_areas: np.ndarray  # area share of each connected lesion
-    specks: int  # components below MIN_COMPONENT_PIXELS
+    specks: int  # components taken for specks
     labelled: bool
 
 
@@ -71,8 +73,9 @@ def image_stats(sample: Sample, multiclass: bool = False, seed: int = 0) -> _Ima
     pixels = picked.mean(1) if c == 1 else picked @ np.array([0.299, 0.587, 0.114])
     n, _, stats, _ = cv2.connectedComponentsWithStats((mask > 0).astype(np.uint8), connectivity=8)
     sizes = stats[1:n, cv2.CC_STAT_AREA]
-    areas = sizes[sizes >= MIN_COMPONENT_PIXELS] / float(h * w)
-    specks = int(np.sum(sizes < MIN_COMPONENT_PIXELS))
+    speck = sizes < min(MIN_COMPONENT_PIXELS, SPECK_FRACTION * h * w)
+    areas = sizes[~speck] / float(h * w)
+    specks = int(speck.sum())
     return _ImageStats((h, w, c), is_grey(image), mean.ravel(), std.ravel(), pixels, areas, specks, sample.has_mask)
 
 

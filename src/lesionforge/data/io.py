@@ -153,6 +153,8 @@ def mask_from_array(arr: np.ndarray, path: str | Path, multiclass: bool = False)
         if values.max() > 255:
             raise NonBinaryMaskError(path, f"label {values.max()} exceeds 255")
         return arr.astype(np.uint8), None
+    if len(values) == 2 and values[0] != 0:
+        raise NonBinaryMaskError(path, f"two levels {values[0]} and {values[1]}, neither is 0 (background)")
     if len(values) <= 2:
         return (arr > 0).astype(np.uint8), None
     top = int(values.max())

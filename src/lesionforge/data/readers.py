@@ -34,13 +34,15 @@ VOLUME_EXTS = (".nii", ".nii.gz", ".mha", ".mhd", ".nrrd")
 
 @dataclass
 class FolderScan:
-    """What a folder holds: ``samples`` found, plus ``missing`` image paths without a mask and ``orphans``
-    mask paths without an image (only in paired layouts). ``layout`` is the detected layout."""
+    """What a folder holds: ``samples`` found, plus ``missing`` image paths without a mask, ``orphans`` mask
+    paths without an image (only in labelled layouts) and other ``problems`` (duplicate ids, unreadable or
+    mismatched volumes), collected rather than raised. ``layout`` is the detected layout."""
 
     layout: str
     samples: list[Sample]
     missing: list[str] = field(default_factory=list)
     orphans: list[str] = field(default_factory=list)
+    problems: list[DataError] = field(default_factory=list)
 
 
 def read_dataset(
@@ -65,6 +67,8 @@ def read_dataset(
         return read_manifest(root)
     scan = scan_folder(root, layout, axis=axis, min_area=min_area, window=window, percentiles=percentiles,
                        multiclass=multiclass)
+    if scan.problems:
+        raise scan.problems[0]
     if scan.orphans:
         raise OrphanMaskError(scan.orphans[0], f"mask has no matching image ({len(scan.orphans)} orphan masks)")
     if scan.missing and not allow_missing_masks:
@@ -73,9 +77,11 @@ def read_dataset(
 
 
 def scan_folder(root: str | Path, layout: Layout = "auto", **volume_options) -> FolderScan:
-    """List a folder's samples without decoding any pixel; problems are collected, not raised.
+    """List a folder's samples; problems are collected in the result, not raised.
 
-    Images without masks become image-only samples and are also listed in ``missing``.
+    No 2D image is decoded (volumes are read to find the slices to keep). Images without masks become
+    image-only samples and are also listed in ``missing``. ``volume_options`` go to
+    :func:`lesionforge.data.volumes.scan_volumes` (ignored for 2D layouts).
     """
     root = Path(root)
     if not root.is_dir():
@@ -84,31 +90,34 @@ def scan_folder(root: str | Path, layout: Layout = "auto", **volume_options) -> 
     if layout == "volumes":
         from lesionforge.data.volumes import scan_volumes
 
-        return FolderScan("volumes", scan_volumes(root, **volume_options))
+        return scan_volumes(root, **volume_options)
     if layout == "pairs":
-        return _scan_pairs(_first_dir(root, IMAGE_DIRS), _first_dir(root, MASK_DIRS))
+        return _scan_pairs(first_dir(root, IMAGE_DIRS), first_dir(root, MASK_DIRS))
     if layout == "mixed":
         return _scan_mixed(root)
     if layout == "images":
-        image_dir = _first_dir(root, IMAGE_DIRS, required=False) or root
-        return FolderScan("images", [_sample(rid, p, []) for rid, p in sorted(_index_images(image_dir).items())])
+        image_dir = first_dir(root, IMAGE_DIRS, required=False) or root
+        problems: list[DataError] = []
+        images = _index_images(image_dir, problems)
+        return FolderScan("images", [_sample(rid, p, []) for rid, p in sorted(images.items())], problems=problems)
     raise DataError(root, f"unknown layout {layout!r}; use auto, pairs, mixed, images or volumes")
 
 
 def detect_layout(root: Path) -> str:
     """Guess the layout of ``root`` from its folder names and file kinds."""
-    image_dir = _first_dir(root, IMAGE_DIRS, required=False)
+    image_dir = first_dir(root, IMAGE_DIRS, required=False)
     if image_dir is not None:
-        if any(_is_volume(p) for p in image_dir.iterdir()):
+        if any(is_volume(p) for p in image_dir.iterdir()):
             return "volumes"
-        return "pairs" if _first_dir(root, MASK_DIRS, required=False) else "images"
+        return "pairs" if first_dir(root, MASK_DIRS, required=False) else "images"
     files = [p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTS]
     if not files:
         raise DataError(root, "no image files found (expected images/ + masks/, class folders or image files)")
     return "mixed" if any(MASK_SUFFIX.match(p.stem) for p in files) else "images"
 
 
-def _first_dir(root: Path, names: tuple[str, ...], required: bool = True) -> Path | None:
+def first_dir(root: Path, names: tuple[str, ...], required: bool = True) -> Path | None:
+    """The first of ``root/<name>`` that is a folder; a :class:`DataError` if none and ``required``."""
     for n in names:
         if (root / n).is_dir():
             return root / n
@@ -117,7 +126,8 @@ def _first_dir(root: Path, names: tuple[str, ...], required: bool = True) -> Pat
     return None
 
 
-def _is_volume(p: Path) -> bool:
+def is_volume(p: Path) -> bool:
+    """True for a NIfTI/MHA/NRRD file or a folder holding ``.dcm`` files (a DICOM series)."""
     name = p.name.lower()
     if p.is_dir():
         return any(c.suffix.lower() == ".dcm" for c in p.iterdir())
@@ -128,8 +138,8 @@ def _rel_stem(path: Path, base: Path) -> str:
     return path.relative_to(base).with_suffix("").as_posix()
 
 
-def _index_images(folder: Path, skip_masks: bool = False) -> dict[str, Path]:
-    """Map relative stem -> image file under ``folder``; two files with one stem is an error."""
+def _index_images(folder: Path, problems: list[DataError], skip_masks: bool = False) -> dict[str, Path]:
+    """Map relative stem -> image file under ``folder``; a second file with one stem is a problem."""
     out: dict[str, Path] = {}
     for p in sorted(folder.rglob("*")):
         if p.suffix.lower() not in IMAGE_EXTS or p.name.startswith(".") or not p.is_file():
@@ -138,7 +148,8 @@ def _index_images(folder: Path, skip_masks: bool = False) -> dict[str, Path]:
             continue
         rid = _rel_stem(p, folder)
         if rid in out:
-            raise DuplicateIdError(p, f"two image files share the id {rid!r} (also {out[rid].name})")
+            problems.append(DuplicateIdError(p, f"two image files share the id {rid!r} (also {out[rid].name})"))
+            continue
         out[rid] = p
     return out
 
@@ -160,7 +171,9 @@ def _sample(rid: str, image: Path, masks: list[tuple[int, Path]]) -> Sample:
     return Sample(id=rid, image=str(image), masks=paths, has_mask=bool(paths), **{"class": cls})
 
 
-def _assemble(images: dict[str, Path], mask_files: list[tuple[str, Path]], layout: str) -> FolderScan:
+def _assemble(
+    images: dict[str, Path], mask_files: list[tuple[str, Path]], layout: str, problems: list[DataError]
+) -> FolderScan:
     by_image: dict[str, list[tuple[int, Path]]] = {}
     orphans = []
     for rel, p in mask_files:
@@ -174,18 +187,20 @@ def _assemble(images: dict[str, Path], mask_files: list[tuple[str, Path]], layou
         samples.append(_sample(rid, img, by_image.get(rid, [])))
         if not samples[-1].has_mask:
             missing.append(str(img))
-    return FolderScan(layout, samples, missing, orphans)
+    return FolderScan(layout, samples, missing, orphans, problems)
 
 
 def _scan_pairs(image_dir: Path, mask_dir: Path) -> FolderScan:
-    images = _index_images(image_dir)
+    problems: list[DataError] = []
+    images = _index_images(image_dir, problems)
     masks = [(_rel_stem(p, mask_dir), p) for p in sorted(mask_dir.rglob("*"))
              if p.suffix.lower() in IMAGE_EXTS and p.is_file() and not p.name.startswith(".")]
-    return _assemble(images, masks, "pairs")
+    return _assemble(images, masks, "pairs", problems)
 
 
 def _scan_mixed(root: Path) -> FolderScan:
-    images = _index_images(root, skip_masks=True)
+    problems: list[DataError] = []
+    images = _index_images(root, problems, skip_masks=True)
     masks = [(_rel_stem(p, root), p) for p in sorted(root.rglob("*"))
              if p.suffix.lower() in IMAGE_EXTS and p.is_file() and MASK_SUFFIX.match(p.stem)]
-    return _assemble(images, masks, "mixed")
+    return _assemble(images, masks, "mixed", problems)

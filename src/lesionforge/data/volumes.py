@@ -11,13 +11,18 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from lesionforge.data.manifest import Sample, SliceRef
+
+if TYPE_CHECKING:
+    from lesionforge.data.readers import FolderScan
 from lesionforge.errors import (
     CorruptFileError,
     DataError,
+    DuplicateIdError,
     MissingDependencyError,
     NonBinaryMaskError,
     SizeMismatchError,
@@ -159,6 +164,22 @@ def read_slice(sample: Sample, channels: int | None = None, multiclass: bool = F
     return image, label.astype(np.uint8)
 
 
+def _index_volumes(folder: Path, problems: list[DataError]) -> dict[str, Path]:
+    """Map case name -> volume file or DICOM folder; a second volume with one case name is a problem."""
+    from lesionforge.data.readers import is_volume
+
+    out: dict[str, Path] = {}
+    for p in sorted(folder.iterdir()):
+        if not is_volume(p):
+            continue
+        case = volume_stem(p)
+        if case in out:
+            problems.append(DuplicateIdError(p, f"two volumes share the case name {case!r} (also {out[case].name})"))
+            continue
+        out[case] = p
+    return out
+
+
 def scan_volumes(
     root: str | Path,
     axis: int = 2,
@@ -166,19 +187,23 @@ def scan_volumes(
     window: tuple[float, float] | None = None,
     percentiles: tuple[float, float] = (0.5, 99.5),
     multiclass: bool = False,
-):
+) -> FolderScan:
     """Pair image volumes in ``images/`` (or ``imagesTr/``) with label volumes in ``labels/``/``labelsTr/``/
     ``masks/`` by case name and slice them; returns a :class:`~lesionforge.data.readers.FolderScan`."""
-    from lesionforge.data.readers import IMAGE_DIRS, MASK_DIRS, FolderScan, _first_dir, _is_volume
+    from lesionforge.data.readers import IMAGE_DIRS, MASK_DIRS, FolderScan, first_dir
 
     root = Path(root)
-    image_dir = _first_dir(root, IMAGE_DIRS)
-    label_dir = _first_dir(root, MASK_DIRS, required=False)
-    images = {volume_stem(p): p for p in sorted(image_dir.iterdir()) if _is_volume(p)}
-    labels = {volume_stem(p): p for p in sorted(label_dir.iterdir()) if _is_volume(p)} if label_dir else {}
+    image_dir = first_dir(root, IMAGE_DIRS)
+    label_dir = first_dir(root, MASK_DIRS, required=False)
+    problems: list[DataError] = []
+    images = _index_volumes(image_dir, problems)
+    labels = _index_volumes(label_dir, problems) if label_dir else {}
     samples: list[Sample] = []
     for case, path in images.items():
-        samples += volume_samples(path, labels.get(case), axis, min_area, window, percentiles, multiclass)
+        try:
+            samples += volume_samples(path, labels.get(case), axis, min_area, window, percentiles, multiclass)
+        except DataError as e:  # collected: the input check reports every bad volume at once
+            problems.append(e)
     missing = [str(p) for c, p in images.items() if label_dir and c not in labels]
     orphans = [str(p) for c, p in labels.items() if c not in images]
-    return FolderScan("volumes", samples, missing, orphans)
+    return FolderScan("volumes", samples, missing, orphans, problems)

@@ -56,7 +56,8 @@ class DatasetSettings(StrictModel):
 
 
 class TransferDataset(StrictModel):
-    """Another dataset the trained models are scored on, unchanged. ``ids``: optional split JSON + key."""
+    """Another dataset the trained models are scored on, unchanged. ``split``: optional id list (a split JSON
+    with ``split_key`` picking the list, or a text file with one id a line); default: every labelled image."""
 
     name: str
     root: Path
@@ -161,6 +162,7 @@ class ExperimentConfig(StrictModel):
     results_dir: Path = Path("results")
     transfer: list[TransferDataset] = Field(default_factory=list)
     grid_samples: int = 8  # synthetic and real pairs listed in the result for the report's sample grid
+    threads: int | None = None  # torch intra-op threads for the sweep (None: torch's default)
 
     @property
     def resolution(self) -> int:
@@ -176,6 +178,10 @@ class ExperimentConfig(StrictModel):
         for a in self.arms:
             if a.generator is not None and a.generator not in self.generators:
                 raise ValueError(f"arm {a.name!r}: unknown generator {a.generator!r}")
+            # patch merging swaps patches between a real image and its twin: only edge-guided samples keep
+            # the real image's anatomy, so only they are pixel-aligned twins
+            if a.generator and a.mixing == "patch-merge" and self.generators[a.generator].method != "edge-guided":
+                raise ValueError(f"arm {a.name!r}: mixing 'patch-merge' needs an edge-guided generator")
         if not self.n_labelled or not self.seeds:
             raise ValueError("n_labelled and seeds must not be empty")
         return self

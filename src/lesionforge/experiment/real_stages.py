@@ -16,7 +16,8 @@ from lesionforge.data.arrays import PairArrays, load_arrays
 from lesionforge.data.manifest import Sample, read_manifest
 from lesionforge.errors import ConfigError, DataError
 from lesionforge.experiment.config import GENERATOR_KIND, ArmSettings, ExperimentConfig, GeneratorSpec
-from lesionforge.experiment.runner import cache_key
+from lesionforge.experiment.keys import cache_key
+from lesionforge.experiment.records import BANDS
 from lesionforge.experiment.stages import ExperimentData, SplitIds, SyntheticSet
 
 
@@ -165,7 +166,7 @@ class LesionforgeStages:
     @staticmethod
     def _filter(cfg, spec: GeneratorSpec, labelled: PairArrays, data: ExperimentData, manifest: Path,
                 out_path: Path) -> dict[str, Any]:
-        from lesionforge.generate.autoencoder import train_autoencoder
+        from lesionforge.generate.autoencoder import LatentCodec, train_autoencoder
         from lesionforge.validate.filter import filter_manifest
         from lesionforge.validate.latent_segmenter import train_latent_segmenter
 
@@ -175,8 +176,6 @@ class LesionforgeStages:
         images = _concat([labelled, data.backgrounds, data.unlabelled(len(labelled)) if spec.use_unlabelled else None])
         ae_dir = cache / "autoencoders" / cache_key(ae_cfg.model_dump(mode="json"), images.ids)
         ae_path = Path(train_autoencoder(ae_cfg, images, ae_dir, val=data.val, resume=True))
-        from lesionforge.generate.autoencoder import LatentCodec
-
         codec = LatentCodec.from_pretrained(ae_path)
         seg_dir = cache / "validators" / cache_key(val_cfg.model_dump(mode="json"), labelled.ids, str(ae_dir))
         validator = Path(train_latent_segmenter(val_cfg, labelled, codec, seg_dir, val=data.val))
@@ -269,10 +268,19 @@ def _eval_fields(ev) -> dict[str, Any]:
     d = ev.to_dict()
     n = len(ev.ids)
     image = np.asarray(ev.lesions["image"], dtype=int)
+    missed = np.asarray(ev.lesions["missed"], dtype=float)
+    band = np.asarray(ev.lesions["band"], dtype=object)
+
+    def count(sel: np.ndarray, weights: np.ndarray | None = None) -> list[int]:
+        w = None if weights is None else weights[sel]
+        return np.bincount(image[sel], weights=w, minlength=n).astype(int).tolist()
+
+    everything = np.ones(len(image), bool)
     return {
         "ids": list(ev.ids), "dice": [float(x) for x in ev.dice], "iou": [float(x) for x in ev.iou],
-        "missed": np.bincount(image, weights=ev.lesions["missed"].astype(float), minlength=n).astype(int).tolist(),
-        "lesions": np.bincount(image, minlength=n).astype(int).tolist(),
+        "missed": count(everything, missed), "lesions": count(everything),
+        "band_missed": {b: count(band == b, missed) for b in BANDS},
+        "band_lesions": {b: count(band == b) for b in BANDS},
         "mdice": float(ev.mdice), "miou": float(ev.miou), "miss_rate": d["miss_rate"],
         "miss_rate_by_band": d["miss_rate_by_band"],
         "subsets": {k: _summary(v) for k, v in d["subsets"].items()},

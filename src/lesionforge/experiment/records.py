@@ -20,8 +20,9 @@ BANDS = ("small", "medium", "large")
 
 
 class RunRecord(BaseModel):
-    """One finished run. Per-image lists are aligned with ``ids``; ``missed``/``lesions`` are optional
-    per-image lesion counts (used to bootstrap the miss rate over images when present)."""
+    """One finished run. Per-image lists are aligned with ``ids``; ``missed``/``lesions`` (and per band
+    ``band_missed``/``band_lesions``) are optional per-image lesion counts, used to bootstrap miss rates over
+    images when present."""
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
     n_labelled: int
@@ -32,6 +33,8 @@ class RunRecord(BaseModel):
     iou: list[float]
     missed: list[int] | None = None
     lesions: list[int] | None = None
+    band_missed: dict[str, list[int]] | None = None  # per band: missed lesions per image
+    band_lesions: dict[str, list[int]] | None = None  # per band: lesions per image
     mdice: float
     miou: float
     miss_rate: float | None
@@ -49,6 +52,10 @@ class RunRecord(BaseModel):
             v = getattr(self, name)
             if v is not None and len(v) != n:
                 raise ValueError(f"{name} has {len(v)} values for {n} image ids")
+        for name in ("band_missed", "band_lesions"):
+            for band, v in (getattr(self, name) or {}).items():
+                if len(v) != n:
+                    raise ValueError(f"{name}[{band}] has {len(v)} values for {n} image ids")
         missing = [b for b in BANDS if b not in self.miss_rate_by_band]
         if missing:
             raise ValueError(f"miss_rate_by_band lacks bands {missing}")

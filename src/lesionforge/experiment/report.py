@@ -104,6 +104,17 @@ def diff_table(res: dict[str, Any]) -> str:
     return "\n".join([head, *rows])
 
 
+def groups_table(groups: dict[str, dict[str, dict[str, list]]]) -> str:
+    """Markdown table of per-seed metrics by group (a named subset or a transfer dataset) and arm."""
+    head = "| set | arm | mDice | mIoU | miss rate | miss small |\n|---|---|---|---|---|---|"
+    rows = [
+        f"| {g} | {arm} | {_pm(m.get('mdice', []))} | {_pm(m.get('miou', []))} | {_pm(m.get('miss_rate', []))} | "
+        f"{_pm(m.get('miss_rate_small', []))} |"
+        for g, arms in groups.items() for arm, m in arms.items()
+    ]
+    return "\n".join([head, *rows])
+
+
 def generators_table(res: dict[str, Any]) -> str:
     """Markdown table of each generator's synthetic set: size, filter acceptance and threshold, timings."""
     head = ("| generator | method | generated | kept | acceptance | threshold | validator Dice kept / rejected | "
@@ -252,6 +263,14 @@ def _markdown(res: dict[str, Any], name: str, vs_n: Path, bands: Path, grid: Pat
         "over seeds (paired by seed).", "", diff_table(res), "",
         f"![mDice vs N]({vs_n.name})", "", f"![miss rate by band]({bands.name})", "",
     ]
+    subsets: dict[str, dict[str, dict[str, list]]] = {}
+    for arm, a in res["arms"].items():
+        for g, m in a.get("subsets", {}).items():
+            subsets.setdefault(g, {})[arm] = m
+    if subsets:
+        lines += ["## Named test subsets (e.g. flat = Kvasir's sessile polyps)", "", groups_table(subsets), ""]
+    if res.get("transfer"):
+        lines += ["## Transfer (models scored unchanged on other datasets)", "", groups_table(res["transfer"]), ""]
     if grid is not None:
         lines += ["## Real and synthetic pairs (mask outline in green)", "", f"![samples]({grid.name})", ""]
     if res.get("generators"):

@@ -14,7 +14,9 @@ from typing import Any
 import numpy as np
 
 from lesionforge.experiment import stats
+from lesionforge.experiment.budget import budget_of, segment_config_for
 from lesionforge.experiment.config import ExperimentConfig
+from lesionforge.experiment.keys import cache_key
 from lesionforge.experiment.records import BANDS, RunRecord
 from lesionforge.experiment.stages import ExperimentData, SyntheticSet
 from lesionforge.utils import code_version
@@ -28,21 +30,21 @@ def result_path(cfg: ExperimentConfig, n: int) -> Path:
 
 
 def config_hash(cfg: ExperimentConfig) -> str:
-    from lesionforge.experiment.runner import cache_key
-
+    """Hash of every setting that shapes the numbers (not where outputs go)."""
     return cache_key(cfg.model_dump(mode="json", exclude={"output", "results_dir"}))
 
 
 def build_result(
     cfg: ExperimentConfig, n: int, records: list[RunRecord], synthetic: dict[str, SyntheticSet],
-    sources: dict[str, Any], grid: dict[str, list[dict[str, str]]],
+    sources: dict[str, Any], grid: dict[str, list[dict[str, str]]], subsets: dict[str, list[str]] | None = None,
 ) -> dict[str, Any]:
-    """Assemble the result dict of regime ``n`` from its run records (every arm x seed of the config)."""
+    """Assemble the result dict of regime ``n`` from its run records (every arm x seed of the config);
+    ``subsets`` (name -> test ids) get their own paired differences."""
     by_arm = {a.name: sorted((r for r in records if r.arm == a.name), key=lambda r: r.seed) for a in cfg.arms}
     arms = {name: _arm_summary(cfg, name, recs, synthetic) for name, recs in by_arm.items()}
     base = by_arm[cfg.baseline_arm]
     paired = {
-        name: paired_diff(recs, base, cfg.bootstrap_samples, cfg.bootstrap_seed)
+        name: paired_diff(recs, base, cfg.bootstrap_samples, cfg.bootstrap_seed, subsets)
         for name, recs in by_arm.items() if name != cfg.baseline_arm
     }
     seg = effective_segment_config(cfg)
@@ -69,8 +71,6 @@ def build_result(
 
 def effective_segment_config(cfg: ExperimentConfig) -> dict[str, Any]:
     """The shared ``SegmentConfig`` fields (every default filled in) without the per-run seed and arm options."""
-    from lesionforge.experiment.runner import budget_of, segment_config_for
-
     return budget_of(segment_config_for(cfg, cfg.arm(cfg.baseline_arm), cfg.seeds[0]))
 
 
@@ -111,54 +111,59 @@ def _arm_summary(
 
 
 def paired_diff(
-    arm: list[RunRecord], base: list[RunRecord], n_boot: int = 2000, seed: int = 0
-) -> dict[str, dict[str, Any]]:
-    """Paired differences ``arm − base`` for mdice, miou (bootstrap over images; over seeds when >= 3)
-    and miss_rate (over images when per-image lesion counts exist, over seeds when >= 3)."""
-    out: dict[str, dict[str, Any]] = {}
-    for metric, key in (("mdice", "dice"), ("miou", "iou")):
-        d = stats.bootstrap_paired(
-            stats.per_image_means([r.per_image(key) for r in arm]),
-            stats.per_image_means([r.per_image(key) for r in base]), n_boot, seed,
-        )
-        seeds = _seed_ci(arm, base, metric)
+    arm: list[RunRecord], base: list[RunRecord], n_boot: int = 2000, seed: int = 0,
+    subsets: dict[str, list[str]] | None = None,
+) -> dict[str, Any]:
+    """Paired differences ``arm − base``: mdice and miou bootstrapped over images; miss_rate overall and by
+    band as pooled lesion ratios bootstrapped over images (when per-image counts exist); each also over seeds
+    when >= 3; and the same over images restricted to each named subset (``subsets[name]`` = image ids)."""
+    out: dict[str, Any] = _diffs(arm, base, n_boot, seed)
+    for key, d in out.items():
+        seeds = _seed_ci(arm, base, key)
         if seeds is not None:
             d["over_seeds"] = seeds
-        out[metric] = d
-    miss: dict[str, Any] = {}
-    if all(r.missed is not None and r.lesions is not None for r in arm + base):
-        miss = stats.ratio_bootstrap_paired(_lesion_counts(arm), _lesion_counts(base), n_boot, seed)
-    seeds = _seed_ci(arm, base, "miss_rate")
-    if seeds is not None:
-        miss["over_seeds"] = seeds
-    if miss:
-        out["miss_rate"] = miss
-    for band in BANDS:  # per-image band counts are not kept, so bands are compared over seeds only
-        d = _band_diff(arm, base, band)
-        if d is not None:
-            out[f"miss_rate_{band}"] = d
+    if subsets:
+        out["subsets"] = {name: _diffs(arm, base, n_boot, seed, set(ids)) for name, ids in subsets.items()}
     return out
 
 
-def _band_diff(arm: list[RunRecord], base: list[RunRecord], band: str) -> dict[str, Any] | None:
-    a = [r.miss_rate_by_band.get(band) for r in arm]
-    b = [r.miss_rate_by_band.get(band) for r in base]
-    a_mean, _ = stats.mean_std([np.nan if v is None else v for v in a])
-    b_mean, _ = stats.mean_std([np.nan if v is None else v for v in b])
-    if not (np.isfinite(a_mean) and np.isfinite(b_mean)):
-        return None
-    out: dict[str, Any] = {"mean": a_mean - b_mean, "relative_pct": stats.relative_change(a_mean - b_mean, b_mean),
-                           "unit": "seed means"}
-    seeds = _seed_ci(arm, base, band)
-    if seeds is not None:
-        out["over_seeds"] = seeds
+def _diffs(
+    arm: list[RunRecord], base: list[RunRecord], n_boot: int, seed: int, ids: set[str] | None = None
+) -> dict[str, dict[str, Any]]:
+    return {**_overlap_diffs(arm, base, n_boot, seed, ids), **_miss_diffs(arm, base, n_boot, seed, ids)}
+
+
+def _overlap_diffs(
+    arm: list[RunRecord], base: list[RunRecord], n_boot: int, seed: int, ids: set[str] | None = None
+) -> dict[str, dict[str, Any]]:
+    def means(recs: list[RunRecord], key: str) -> dict[str, float]:
+        m = stats.per_image_means([r.per_image(key) for r in recs])
+        return m if ids is None else {i: v for i, v in m.items() if i in ids}
+
+    return {metric: stats.bootstrap_paired(means(arm, key), means(base, key), n_boot, seed)
+            for metric, key in (("mdice", "dice"), ("miou", "iou"))}
+
+
+def _miss_diffs(
+    arm: list[RunRecord], base: list[RunRecord], n_boot: int, seed: int, ids: set[str] | None = None
+) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for key, band in [("miss_rate", None), *((f"miss_rate_{b}", b) for b in BANDS)]:
+        a, b = _lesion_counts(arm, band, ids), _lesion_counts(base, band, ids)
+        if a is not None and b is not None:
+            d = stats.ratio_bootstrap_paired(a, b, n_boot, seed)
+            if d["n_images"] > 0:
+                out[key] = d
     return out
 
 
 def _seed_ci(arm: list[RunRecord], base: list[RunRecord], metric: str) -> dict | None:
-    """Per-seed paired interval; seeds are matched by value so a missing seed cannot shift the pairing."""
+    """Per-seed paired interval of ``mdice``, ``miou``, ``miss_rate`` or ``miss_rate_<band>``; seeds are
+    matched by value so a missing seed cannot shift the pairing."""
+    band = metric.removeprefix("miss_rate_")
+
     def value(r: RunRecord) -> float | None:
-        return r.miss_rate_by_band.get(metric) if metric in BANDS else getattr(r, metric)
+        return r.miss_rate_by_band.get(band) if band in BANDS else getattr(r, metric)
 
     b = {r.seed: value(r) for r in base}
     pairs = [(value(r), b[r.seed]) for r in arm if r.seed in b]
@@ -168,12 +173,20 @@ def _seed_ci(arm: list[RunRecord], base: list[RunRecord], metric: str) -> dict |
     return stats.seed_paired_ci([x for x, _ in pairs], [y for _, y in pairs])
 
 
-def _lesion_counts(recs: list[RunRecord]) -> dict[str, tuple[float, float]]:
+def _lesion_counts(
+    recs: list[RunRecord], band: str | None = None, ids: set[str] | None = None
+) -> dict[str, tuple[float, float]] | None:
+    """Per image id: (missed, lesions) summed over seeds, of one band or all; None without per-image counts."""
     out: dict[str, tuple[float, float]] = {}
     for r in recs:
-        for i, m, t in zip(r.ids, r.missed or [], r.lesions or [], strict=True):
-            a, b = out.get(i, (0.0, 0.0))
-            out[i] = (a + m, b + t)
+        missed = r.missed if band is None else (r.band_missed or {}).get(band)
+        total = r.lesions if band is None else (r.band_lesions or {}).get(band)
+        if missed is None or total is None:
+            return None
+        for i, m, t in zip(r.ids, missed, total, strict=True):
+            if ids is None or i in ids:
+                a, b = out.get(i, (0.0, 0.0))
+                out[i] = (a + m, b + t)
     return out
 
 

@@ -8,7 +8,6 @@ made once per (N, generator) and shared by every arm and seed.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import time
@@ -20,42 +19,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from lesionforge.config import save_config
 from lesionforge.errors import ConfigError, OverwriteError
+from lesionforge.experiment.budget import segment_config_for
 from lesionforge.experiment.config import ArmSettings, ExperimentConfig
+from lesionforge.experiment.keys import cache_key
 from lesionforge.experiment.records import RunRecord, read_record, record_path, run_dir, write_record
 from lesionforge.experiment.results import build_result, result_path, write_grid_samples
 from lesionforge.experiment.stages import ExperimentData, Stages, SyntheticSet
-from lesionforge.utils import seed_everything, write_json_atomic
-
-#: SegmentConfig fields an arm decides; everything else comes from the shared ``segment`` block.
-ARM_FIELDS = ("mixing", "copy_paste")
-
-
-def segment_config_for(cfg: ExperimentConfig, arm: ArmSettings, seed: int) -> dict[str, Any]:
-    """The segmentation settings of one run: the shared ``segment`` block plus the arm's data options only.
-
-    Arms differ in ``mixing`` (how synthetic pairs enter the batch) and whether ``copy_paste`` is on; network,
-    features, steps, batch size, lr, augmentation and validation interval are the same for every arm by
-    construction. The resolution comes from the profile.
-    """
-    out = cfg.segment.merged()
-    out.update(resolution=cfg.resolution, seed=seed)
-    if arm.kind == "synthetic":
-        out["mixing"] = {"mode": arm.mixing, "ratio": arm.ratio, "alpha": arm.alpha, "patch_size": arm.patch_size}
-    else:
-        out["mixing"] = {"mode": "none"}
-    out["copy_paste"] = {**out.get("copy_paste", {}), "enabled": arm.kind == "copy-paste", "prob": arm.copy_paste_p}
-    return out
-
-
-def budget_of(segment_config: dict[str, Any]) -> dict[str, Any]:
-    """The part of a run's settings that must be identical across arms (everything but the arm fields)."""
-    return {k: v for k, v in segment_config.items() if k not in ARM_FIELDS and k != "seed"}
-
-
-def cache_key(*parts: Any) -> str:
-    """Short stable hash of JSON-serialisable parts (config dicts, id lists, preset file contents)."""
-    h = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode())
-    return h.hexdigest()[:16]
+from lesionforge.utils import ensure_new_dir, seed_everything, write_json_atomic
 
 
 def synthetic_key(cfg: ExperimentConfig, name: str, n: int, data: ExperimentData) -> str:
@@ -118,6 +88,10 @@ def run_experiment(
 
         stages = LesionforgeStages()
     _prepare_output(cfg, resume, overwrite)
+    if cfg.threads is not None:
+        import torch
+
+        torch.set_num_threads(cfg.threads)
     data = stages.load_data(cfg)
     paths = []
     total = len(cfg.n_labelled) * len(cfg.seeds) * len(cfg.arms)
@@ -129,7 +103,7 @@ def run_experiment(
             records = _run_n(cfg, stages, data, n, cache, prog, task)
             synth = {name: s for name in _generators_used(cfg) if (s := cache.get(name, make=False)) is not None}
             grid = write_grid_samples(cfg, n, data, synth)
-            result = build_result(cfg, n, records, synth, data.sources, grid)
+            result = build_result(cfg, n, records, synth, data.sources, grid, data.subsets)
             paths.append(_write_result(cfg, n, result, overwrite))
     return paths
 
@@ -182,14 +156,10 @@ def _generators_used(cfg: ExperimentConfig) -> list[str]:
 
 
 def _prepare_output(cfg: ExperimentConfig, resume: bool, overwrite: bool) -> None:
-    out = cfg.output
-    if out.exists() and any(out.iterdir()):
-        if overwrite:
-            shutil.rmtree(out)
-        elif not resume:
-            raise OverwriteError(f"{out} exists and is not empty; resume it, or pass --overwrite to start over")
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
+    if overwrite and cfg.output.exists():
+        shutil.rmtree(cfg.output)  # --overwrite means start over: stale runs must not be resumed
+    ensure_new_dir(cfg.output, resume=resume)
+    save_config(cfg, cfg.output / "config.yaml")
 
 
 def _write_result(cfg: ExperimentConfig, n: int, result: dict, overwrite: bool) -> Path:

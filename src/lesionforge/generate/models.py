@@ -73,6 +73,14 @@ class Conditions:
         return Conditions(c(self.spatial, other.spatial), c(self.text, other.text),
                           c(self.text_mask, other.text_mask), c(self.class_labels, other.class_labels))
 
+    def rows(self, index: torch.Tensor) -> Conditions:
+        """The conditions of batch rows ``index`` (long (n,), repeats allowed)."""
+
+        def r(a: torch.Tensor | None) -> torch.Tensor | None:
+            return None if a is None else a[index.to(a.device)]
+
+        return Conditions(r(self.spatial), r(self.text), r(self.text_mask), r(self.class_labels))
+
     def to(self, device: torch.device | str) -> Conditions:
         def m(a: torch.Tensor | None) -> torch.Tensor | None:
             return None if a is None else a.to(device)
@@ -81,7 +89,9 @@ class Conditions:
 
     def nulled(self, null_text: torch.Tensor | None, null_mask: torch.Tensor | None, null_class: int) -> Conditions:
         """The unconditional twin: prompt "" states and the null class; spatial conditions stay."""
-        b = len(self.spatial if self.spatial is not None else self.text if self.text is not None else self.class_labels)
+        if self.text is None and self.class_labels is None:
+            return self
+        b = len(self.text if self.text is not None else self.class_labels)
         text = None if self.text is None else null_text.expand(b, *null_text.shape[1:])
         mask = None if self.text_mask is None else null_mask.expand(b, *null_mask.shape[1:])
         labels = None if self.class_labels is None else torch.full_like(self.class_labels, null_class)
@@ -121,8 +131,12 @@ class LesionGenerator(nn.Module):
         """``x_t`` (B, x, H, W), ``t`` (B,) long -> prediction (B, x, H, W)."""
         labels = cond.class_labels if self.num_classes else None
         if self.controlnet is not None:
-            down, mid = self.controlnet(x_t, t, encoder_hidden_states=cond.text, controlnet_cond=cond.spatial,
-                                        class_labels=labels, encoder_attention_mask=cond.text_mask, return_dict=False)
+            # ControlNetModel.forward neither applies its text projection nor takes a cross-attention mask:
+            # it gets the UNet's projected MiniLM states and attends to the padding tokens too
+            proj = self.unet.encoder_hid_proj
+            ctx = cond.text if proj is None else proj(cond.text)
+            down, mid = self.controlnet(x_t, t, encoder_hidden_states=ctx, controlnet_cond=cond.spatial,
+                                        class_labels=labels, return_dict=False)
             return self.unet(x_t, t, encoder_hidden_states=cond.text, class_labels=labels,
                              encoder_attention_mask=cond.text_mask, down_block_additional_residuals=down,
                              mid_block_additional_residual=mid).sample

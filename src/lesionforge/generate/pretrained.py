@@ -55,6 +55,8 @@ def generator_from_base(cfg: GeneratorConfig, layout: ChannelLayout) -> LesionGe
         controlnet = ControlNetModel.from_unet(unet, conditioning_channels=layout.spatial,
                                                conditioning_embedding_out_channels=CONTROLNET_EMBED)
         unet.requires_grad_(False)
+        if controlnet.encoder_hid_proj is not None:  # unused: the ControlNet reads the UNet's projected states
+            controlnet.encoder_hid_proj.requires_grad_(False)
         for name in _new_modules(base, cfg):  # modules the base never learnt must train even when it is frozen
             getattr(unet, name).requires_grad_(True)
     return LesionGenerator(cfg, unet, layout, controlnet)

@@ -24,6 +24,7 @@ from diffusers.optimization import get_cosine_schedule_with_warmup
 from monai.losses import DiceCELoss
 from safetensors.torch import load_model
 from torch import nn
+from torch.optim.lr_scheduler import LRScheduler
 
 from lesionforge.config import save_config
 from lesionforge.data.arrays import PairArrays, image_to_tensor, mask_to_tensor
@@ -127,7 +128,10 @@ def _check_inputs(cfg: SegmentConfig, train: PairArrays, val: PairArrays, synthe
 class _Loop:
     """One optimizer step: draw a batch, copy-paste, augment, forward (merging for patch-merge), update."""
 
-    def __init__(self, cfg, model: nn.Module, train: PairArrays, synthetic: PairArrays | None, twins, device):
+    def __init__(
+        self, cfg: SegmentConfig, model: nn.Module, train: PairArrays, synthetic: PairArrays | None,
+        twins: dict[str, list[int]] | None, device: torch.device,
+    ):
         self.cfg, self.model, self.train, self.device = cfg, model, train, device
         self.synthetic = synthetic
         n_syn = 0 if synthetic is None else len(synthetic)
@@ -189,7 +193,9 @@ def val_mdice(model: nn.Module, val: PairArrays, batch_size: int = 32) -> float:
     return float(overlap_scores((prob[:, 0] >= THRESHOLD).numpy(), val.masks > 0)["dice"].mean())
 
 
-def _validate(cfg, model, val, channels, state: _State, lr: float, out: Path) -> None:
+def _validate(
+    cfg: SegmentConfig, model: nn.Module, val: PairArrays, channels: int, state: _State, lr: float, out: Path
+) -> None:
     score = val_mdice(model, val, cfg.eval_batch_size)
     state.history.append({"step": state.step, "loss": _mean(state.pending_losses), "lr": lr, "val_mdice": score})
     state.pending_losses = []
@@ -202,7 +208,10 @@ def _mean(values: list[float]) -> float | None:
     return float(np.mean(values)) if values else None
 
 
-def _save_last(out: Path, cfg, model, opt, sched, state: _State, channels: int) -> None:
+def _save_last(
+    out: Path, cfg: SegmentConfig, model: nn.Module, opt: torch.optim.Optimizer, sched: LRScheduler,
+    state: _State, channels: int,
+) -> None:
     folder = out / _last_name(state.step)
     save_segmenter(model, cfg, channels, folder, step=state.step)
     blob = {
@@ -227,7 +236,9 @@ def _last_folder(out: Path) -> Path | None:
     return out / json.loads(pointer.read_text())["folder"] if pointer.is_file() else None
 
 
-def _load_last(out: Path, cfg: SegmentConfig, model, opt, sched) -> _State:
+def _load_last(
+    out: Path, cfg: SegmentConfig, model: nn.Module, opt: torch.optim.Optimizer, sched: LRScheduler
+) -> _State:
     folder = _last_folder(out)
     if folder is None:
         return _State()

@@ -40,16 +40,23 @@ class FeatureExtractor:
     """A frozen network mapping images to fixed-size feature vectors.
 
     ``net`` maps float (B, C, H, W) in [-1, 1] to (B, D); ``channels`` is the channel count it expects
-    (grey images are repeated to 3 channels, and RGB averaged to grey, as needed).
+    (grey images are repeated to 3 channels, and RGB averaged to grey, as needed). ``to(device)`` moves it.
     """
 
     def __init__(self, net: nn.Module, name: str, checkpoint_hash: str | None, channels: int = 3,
                  batch_size: int = 32):
         self.net = net.eval()
+        self.device = torch.device("cpu")
         self.name = name
         self.checkpoint_hash = checkpoint_hash
         self.channels = channels
         self.batch_size = batch_size
+
+    def to(self, device: str | torch.device) -> FeatureExtractor:
+        """Run on ``device`` (e.g. ``cuda``); features still come back as NumPy arrays."""
+        self.device = torch.device(device)
+        self.net.to(self.device)
+        return self
 
     def describe(self) -> dict:
         """What to record next to every number computed with these features."""
@@ -63,7 +70,7 @@ class FeatureExtractor:
         out = []
         for start in range(0, len(images), self.batch_size):
             x = _match_channels(image_to_tensor(images[start : start + self.batch_size]), self.channels)
-            out.append(self.net(x).double().numpy())
+            out.append(self.net(x.to(self.device)).double().cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, 0))
 
 

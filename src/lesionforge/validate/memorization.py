@@ -168,11 +168,12 @@ def write_memorization_report(report: MemorizationReport, train: PairArrays, syn
 
 def run_memorization_audit(train_manifest: str | Path, synthetic_manifest: str | Path, extractor: str | Path,
                            out_dir: str | Path, resolution: int, train_split: str | None = "train",
-                           percentile: float = 1.0, overwrite: bool = False, progress: bool = False) -> Path:
+                           percentile: float = 1.0, device: str = "cpu", overwrite: bool = False,
+                           progress: bool = False) -> Path:
     """Audit every ``origin: synthetic`` row (kept or rejected) of ``synthetic_manifest`` against the real
     rows of ``train_split`` in ``train_manifest`` at ``resolution``; writes the JSON (and figure) into ``out_dir``."""
     out_dir = ensure_new_dir(out_dir, overwrite=overwrite)
     train, _ = manifest_arrays(train_manifest, resolution, train_split, origin="real", progress=progress)
     synthetic, _ = manifest_arrays(synthetic_manifest, resolution, origin="synthetic", progress=progress)
-    report = memorization_audit(train, synthetic, load_extractor(extractor), percentile)
+    report = memorization_audit(train, synthetic, load_extractor(extractor).to(device), percentile)
     return write_memorization_report(report, train, synthetic, out_dir)

@@ -251,8 +251,8 @@ def write_quality_report(report: dict, out_dir: str | Path) -> Path:
 
 
 def run_quality(real_manifest: str | Path, synthetic_manifest: str | Path, extractor: str | Path, out_dir: str | Path,
-                resolution: int, real_split: str | None = "test", kept_only: bool = True, overwrite: bool = False,
-                progress: bool = False, **options) -> Path:
+                resolution: int, real_split: str | None = "test", kept_only: bool = True, device: str = "cpu",
+                overwrite: bool = False, progress: bool = False, **options) -> Path:
     """Load both manifests at ``resolution``, run :func:`quality_report` with the extractor named by ``extractor``
     (see :func:`load_extractor`) and write ``quality.json``/``quality.md`` into ``out_dir``.
 
@@ -265,7 +265,7 @@ def run_quality(real_manifest: str | Path, synthetic_manifest: str | Path, extra
     synthetic, _ = manifest_arrays(synthetic_manifest, resolution, origin="synthetic", kept_only=kept_only,
                                    progress=progress)
     rows = [s for s in read_manifest(synthetic_manifest) if s.origin == "synthetic"]
-    report = quality_report(real, synthetic, load_extractor(extractor), samples=rows, **options)
+    report = quality_report(real, synthetic, load_extractor(extractor).to(device), samples=rows, **options)
     report["inputs"] = {"real_manifest": str(real_manifest), "real_split": real_split,
                         "synthetic_manifest": str(synthetic_manifest), "synthetic_kept_only": kept_only}
     return write_quality_report(report, out_dir)
