@@ -130,10 +130,27 @@ def test_check_reports_bad_volume_and_checks_slices(tmp_path):
     from lesionforge.data.checks import check_dataset
 
     image, label = _volume()
-    _write_nifti(tmp_path / "images" / "good.nii.gz", image)
+    same_slices = np.repeat(np.random.default_rng(0).normal(size=SHAPE[:2] + (1,)), SHAPE[2], axis=2)
+    _write_nifti(tmp_path / "images" / "good.nii.gz", same_slices.astype(np.float32))
     _write_nifti(tmp_path / "labels" / "good.nii.gz", label)
     _write_nifti(tmp_path / "images" / "bad.nii.gz", image)
     _write_nifti(tmp_path / "labels" / "bad.nii.gz", label[:, :, :4])
     report = check_dataset(tmp_path)
     assert report.layout == "volumes" and report.n_images == 6  # the good volume's slices
     assert [i.file.split("/")[-1] for i in report.errors["size_mismatch"]] == ["bad.nii.gz"]
+    assert report.near_duplicates == [] and report.exact_duplicates == []  # alike slices, but of one volume
+
+
+def test_user_split_keeps_each_volume_in_one_split(tmp_path):
+    from lesionforge.data.splits import make_user_splits
+
+    _, label = _volume()
+    rng = np.random.default_rng(0)
+    for case in ("a", "b", "c", "d", "e"):  # different noise volumes: no near-duplicates across cases
+        _write_nifti(tmp_path / "images" / f"{case}.nii.gz", rng.normal(size=SHAPE).astype(np.float32))
+        _write_nifti(tmp_path / "labels" / f"{case}.nii.gz", label)
+    split = make_user_splits(tmp_path, (0.6, 0.2, 0.2), seed=0)
+    where = split.split_of()
+    for case in "abcde":
+        assert len({where[f"{case}/2_{z:04d}"] for z in range(2, SHAPE[2])}) == 1
+    assert {len(split.train), len(split.val), len(split.test)} == {18, 6}  # 3 / 1 / 1 volumes of 6 slices

@@ -38,7 +38,8 @@ class FakeStages:
         ids = list(d.ids)
         split = SplitIds(ids[:16], ids[16:22], ids[22:32], {4: ids[:4], 8: ids[:8]}, ids[32:])
         return ExperimentData(split, arrays.select_ids(split.train), arrays.select_ids(split.val),
-                              arrays.select_ids(split.test), backgrounds=arrays.select_ids(ids[32:]))
+                              arrays.select_ids(split.test), backgrounds=arrays.select_ids(ids[32:]),
+                              subsets={"flat": ids[22:27]})
 
     def prepare_synthetic(self, cfg, name, spec, n, data, work_dir: Path) -> SyntheticSet:
         self.synth_calls.append((n, name))
@@ -63,8 +64,11 @@ class FakeStages:
         noise = np.random.default_rng([seed, n]).normal(0, 0.01, len(ids))
         dice = [float(0.5 + 0.01 * k % 0.3 + GAIN[arm.name] + e) for k, e in enumerate(noise)]
         miss = {"small": 0.5 - GAIN[arm.name], "medium": 0.2, "large": None}
-        return {"ids": ids, "dice": dice, "iou": [x * 0.8 for x in dice], "missed": [1] * len(ids),
-                "lesions": [2] * len(ids), "mdice": float(np.mean(dice)), "miou": float(np.mean(dice)) * 0.8,
+        small_missed = 0 if arm.name == "synthetic" else 1  # of 2 small lesions per image
+        bands = {"band_missed": {"small": [small_missed] * len(ids), "medium": [0] * len(ids), "large": [0] * len(ids)},
+                 "band_lesions": {"small": [2] * len(ids), "medium": [1] * len(ids), "large": [0] * len(ids)}}
+        return {"ids": ids, "dice": dice, "iou": [x * 0.8 for x in dice], "missed": [small_missed] * len(ids),
+                "lesions": [3] * len(ids), **bands, "mdice": float(np.mean(dice)), "miou": float(np.mean(dice)) * 0.8,
                 "miss_rate": 0.5, "miss_rate_by_band": miss, "best_val_mdice": 0.6, "timings": {"train_s": 1.0}}
 
 
@@ -96,6 +100,12 @@ def test_result_json_follows_protocol_schema(cfg, demo_arrays):
     assert d["mean"] == pytest.approx(0.06, abs=1e-9)  # the fake's exact paired gain
     assert d["ci95"][0] <= 0.06 <= d["ci95"][1]
     assert "over_seeds" in d and "miss_rate" in res["paired_diff"]["synthetic"]
+    assert res["test_lesions_by_band"] == {"small": 20, "medium": 10, "large": 0}
+    small = res["paired_diff"]["synthetic"]["miss_rate_small"]
+    assert small["mean"] == pytest.approx(-0.5) and small["relative_pct"] == pytest.approx(-100.0)
+    assert "miss_rate_large" not in res["paired_diff"]["synthetic"]  # no large lesions: no difference to state
+    flat = res["paired_diff"]["synthetic"]["subsets"]["flat"]
+    assert flat["mdice"]["n_images"] == 5 and flat["mdice"]["mean"] == pytest.approx(0.06)
     assert res["generators"]["inpaint"]["n_kept"] == 2
 
 
@@ -169,6 +179,7 @@ def test_report_is_rebuilt_from_the_json_alone(cfg, demo_arrays, tmp_path):
         assert name in text
     res = load_result(paths[1])
     assert f"{np.mean(res['arms']['synthetic']['mdice']):.3f}" in text
+    assert "| flat | synthetic | +0.060 [+0.060, +0.060]" in text  # the subset's own paired difference
     table = readme_table(paths)
     assert table.count("\n") == 2 + 2 * 3 - 1
     assert "demo-n4-tiny.json" in table and f"{res['paired_diff']['synthetic']['mdice']['mean']:+.3f}" in table

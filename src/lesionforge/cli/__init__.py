@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import typer
 
-from lesionforge.cli import data, demo, experiment, generate, segment, validate
+from lesionforge.cli import conditioning, data, demo, experiment, generate, segment, validate
 
 app = typer.Typer(
     name="lesionforge",
@@ -16,6 +16,9 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 app.add_typer(data.app, name="data", help="Read, check, fingerprint and split a dataset.")
+app.add_typer(
+    conditioning.app, name="conditioning", help="Preview prompts, draw new lesion masks, write edge maps."
+)
 app.add_typer(segment.app, name="segment", help="Train and evaluate segmentation models.")
 app.add_typer(experiment.app, name="experiment", help="Run benchmark sweeps (the protocol as code).")
 generate.register(app)  # train-generator, synthesize

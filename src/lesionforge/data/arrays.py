@@ -25,7 +25,10 @@ from lesionforge.data.io import read_image, union_masks
 from lesionforge.data.manifest import Sample
 from lesionforge.utils import atomic_path
 
-DEFAULT_CACHE = Path(os.environ.get("LESIONFORGE_CACHE", Path.home() / ".cache" / "lesionforge"))
+
+def default_cache_dir() -> Path:
+    """``$LESIONFORGE_CACHE`` or ``~/.cache/lesionforge`` (read at call time, so tests can redirect it)."""
+    return Path(os.environ.get("LESIONFORGE_CACHE", Path.home() / ".cache" / "lesionforge"))
 
 
 @dataclass
@@ -118,7 +121,7 @@ def load_arrays(
     channels: int | None = 3,
     aspect: Literal["stretch", "pad"] = "stretch",
     multiclass: bool = False,
-    cache_dir: str | Path | None = DEFAULT_CACHE,
+    cache_dir: str | Path | None | Literal["default"] = "default",
     progress: bool = False,
 ) -> PairArrays:
     """Decode, merge and resize ``samples`` into a :class:`PairArrays`; cached as ``.npz`` keyed by the
@@ -127,6 +130,8 @@ def load_arrays(
     if not samples:
         raise ValueError("load_arrays: no samples given")
     cache_file = None
+    if cache_dir == "default":
+        cache_dir = default_cache_dir()
     if cache_dir is not None:
         cache_file = Path(cache_dir) / f"arrays-{_cache_key(samples, resolution, channels, aspect, multiclass)}.npz"
         if cache_file.is_file():

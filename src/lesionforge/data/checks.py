@@ -159,7 +159,8 @@ def check_dataset(
     errors, notices = _collect_issues(scan, results)
     hashed = [(s.id, r) for s, r in zip(samples, results, strict=True) if r.phash is not None]
     ids = [i for i, _ in hashed]
-    near = near_duplicate_groups(ids, [r.phash for _, r in hashed], near_duplicate_distance)
+    file_of = {s.id: s.image for s in samples}
+    near = _across_files(near_duplicate_groups(ids, [r.phash for _, r in hashed], near_duplicate_distance), file_of)
     return CheckReport(
         root=str(root), layout=scan.layout, n_images=len(samples),
         n_mask_files=sum(len(s.masks) for s in samples), n_image_only=sum(not s.has_mask for s in samples),
@@ -167,11 +168,16 @@ def check_dataset(
         merged_multi_mask=[s.id for s in samples if len(s.masks) > 1],
         lesion_free=[s.id for s, r in zip(samples, results, strict=True) if r.lesion_free],
         errors=errors, notices=notices,
-        exact_duplicates=exact_duplicate_groups(ids, [r.digest for _, r in hashed]),
+        exact_duplicates=_across_files(exact_duplicate_groups(ids, [r.digest for _, r in hashed]), file_of),
         near_duplicates=near, near_duplicate_distance=near_duplicate_distance,
         split_leakage=split_leakage(near, splits) if splits is not None else [],
         seconds=round(time.perf_counter() - start, 2),
     )
+
+
+def _across_files(groups: list[list[str]], file_of: dict[str, str]) -> list[list[str]]:
+    """Groups spanning more than one file: neighbouring slices of one volume are alike by nature."""
+    return [g for g in groups if len({file_of[i] for i in g}) > 1]
 
 
 def _inspect_all(

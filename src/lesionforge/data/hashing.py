@@ -67,13 +67,19 @@ def near_duplicate_groups(
         r, c = np.nonzero(dist <= max_distance)
         rows.append(r + start)
         cols.append(c)
-    r, c = np.concatenate(rows), np.concatenate(cols)
-    graph = coo_matrix((np.ones(len(r), np.int8), (r, c)), shape=(len(ids), len(ids)))
+    groups = connected_groups(ids, np.concatenate(rows), np.concatenate(cols))
+    return sorted((sorted(g) for g in groups if len(g) > 1), key=lambda g: g[0])
+
+
+def connected_groups(ids: list[str], rows: np.ndarray, cols: np.ndarray) -> list[list[str]]:
+    """Partition ``ids`` into groups linked, transitively, by the index pairs ``(rows[k], cols[k])``; every id
+    lands in exactly one group (singletons included), ids in their given order."""
+    graph = coo_matrix((np.ones(len(rows), np.int8), (rows, cols)), shape=(len(ids), len(ids)))
     _, labels = connected_components(graph, directed=False)
     groups: dict[int, list[str]] = {}
-    for i, lab in enumerate(labels):
-        groups.setdefault(int(lab), []).append(ids[i])
-    return sorted((sorted(g) for g in groups.values() if len(g) > 1), key=lambda g: g[0])
+    for i, lab in zip(ids, labels, strict=True):
+        groups.setdefault(int(lab), []).append(i)
+    return list(groups.values())
 
 
 def exact_duplicate_groups(ids: list[str], digests: list[str]) -> list[list[str]]:

@@ -14,9 +14,8 @@ from pathlib import Path
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 
+from lesionforge.data.hashing import connected_groups
 from lesionforge.data.manifest import Sample
 from lesionforge.errors import DataError
 from lesionforge.utils import write_json_atomic
@@ -136,17 +135,12 @@ def make_splits(
 def _units(ids: list[str], groups: list[list[str]]) -> list[list[str]]:
     """Partition ``ids`` into indivisible units: overlapping groups are merged, the rest are singletons."""
     pos = {i: k for k, i in enumerate(ids)}
-    edges = [(k, k) for k in range(len(ids))]
+    pairs = []
     for g in groups:
         members = [pos[i] for i in g if i in pos]
-        edges += [(members[0], m) for m in members[1:]]
-    r, c = np.array(edges, int).reshape(-1, 2).T
-    graph = coo_matrix((np.ones(len(r), np.int8), (r, c)), shape=(len(ids), len(ids)))
-    _, labels = connected_components(graph, directed=False)
-    units: dict[int, list[str]] = {}
-    for i, lab in zip(ids, labels, strict=True):
-        units.setdefault(int(lab), []).append(i)
-    return list(units.values())
+        pairs += [(members[0], m) for m in members[1:]]
+    rows, cols = np.array(pairs, int).reshape(-1, 2).T
+    return connected_groups(ids, rows, cols)
 
 
 def make_user_splits(
@@ -158,7 +152,8 @@ def make_user_splits(
     max_distance: int | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> BenchmarkSplit:
-    """Read a dataset folder, group its near-duplicate images by perceptual hash, and :func:`make_splits`."""
+    """Read a dataset folder, group its near-duplicate images (perceptual hash) and the slices of each volume,
+    and :func:`make_splits`."""
     from lesionforge.data.hashing import NEAR_DUPLICATE_DISTANCE, hash_samples, near_duplicate_groups
     from lesionforge.data.readers import read_dataset
 
@@ -166,7 +161,16 @@ def make_user_splits(
     hashes = hash_samples(samples, progress=progress)
     distance = NEAR_DUPLICATE_DISTANCE if max_distance is None else max_distance
     groups = near_duplicate_groups([s.id for s in samples], hashes, distance)
-    return make_splits(samples, fractions, seed, groups, dataset=Path(root).name)
+    return make_splits(samples, fractions, seed, groups + volume_groups(samples), dataset=Path(root).name)
+
+
+def volume_groups(samples: Sequence[Sample]) -> list[list[str]]:
+    """Slices of one volume, as groups: a patient's slices must never straddle splits."""
+    by_volume: dict[str, list[str]] = {}
+    for s in samples:
+        if s.slice is not None:
+            by_volume.setdefault(s.image, []).append(s.id)
+    return [g for g in by_volume.values() if len(g) > 1]
 
 
 def assign_splits(samples: Sequence[Sample], split: BenchmarkSplit) -> list[Sample]:

@@ -91,16 +91,24 @@ def arms_table(res: dict[str, Any]) -> str:
 
 def diff_table(res: dict[str, Any]) -> str:
     """Markdown table of paired differences (arm − baseline) with 95 % CIs over images (and over seeds)."""
-    head = ("| arm − baseline | ΔmDice [95 % CI] | ΔmIoU [95 % CI] | Δmiss rate [95 % CI] | ΔmDice over seeds | "
-            "Δmiss small (seeds) |\n|---|---|---|---|---|---|")
+    head = ("| arm − baseline | ΔmDice [95 % CI] | ΔmIoU [95 % CI] | Δmiss rate [95 % CI] | Δmiss small [95 % CI] | "
+            "ΔmDice over seeds |\n|---|---|---|---|---|---|")
     rows = []
     for name, d in res["paired_diff"].items():
-        seeds = d.get("mdice", {}).get("over_seeds")
         small = d.get("miss_rate_small")
-        small_s = (_ci({**small, "ci95": small["over_seeds"]["ci95"]}) if small and small.get("over_seeds")
-                   else _rel(small))
+        small_s = _ci(small) if small and "ci95" in small else _rel(small)
         rows.append(f"| {name} | {_ci(d.get('mdice'))} | {_ci(d.get('miou'))} | {_ci(d.get('miss_rate'))} | "
-                    f"{_ci(seeds)} | {small_s} |")
+                    f"{small_s} | {_ci(d.get('mdice', {}).get('over_seeds'))} |")
+    return "\n".join([head, *rows])
+
+
+def subset_diff_table(res: dict[str, Any]) -> str:
+    """Markdown table of paired differences restricted to each named test subset (bootstrap over its images)."""
+    head = "| subset | arm − baseline | ΔmDice [95 % CI] | Δmiss rate [95 % CI] |\n|---|---|---|---|"
+    rows = [
+        f"| {sub} | {name} | {_ci(d.get('mdice'))} | {_ci(d.get('miss_rate'))} |"
+        for name, arm in res["paired_diff"].items() for sub, d in arm.get("subsets", {}).items()
+    ]
     return "\n".join([head, *rows])
 
 
@@ -254,21 +262,17 @@ def _markdown(res: dict[str, Any], name: str, vs_n: Path, bands: Path, grid: Pat
         "",
         f"Generated from `{name}` (code `{res['code_version']}`), seeds {res['seeds']}, "
         f"{res.get('n_test_images', '?')} test images. Segmentation (identical for every arm): {seg}. "
-        f"Lesion miss fraction {res.get('miss_fraction', 0.1)}. Unlabelled images used: "
+        f"Lesion miss fraction {res.get('miss_fraction', 0.1)}; test lesions by band "
+        f"{res.get('test_lesions_by_band') or 'n/a'}. Unlabelled images used: "
         f"{'yes' if res.get('unlabelled_images_used') else 'no'}.",
         "", "## Test metrics (mean ± std over seeds)", "", arms_table(res), "",
         "## Paired difference against the baseline", "",
-        "Bootstrap over test images (paired by image id, seeds averaged per image first; "
-        f"{res.get('bootstrap', {}).get('samples', '?')} resamples); the last column is a Student-t interval "
-        "over seeds (paired by seed).", "", diff_table(res), "",
+        "Bootstrap over test images (paired by image id, seeds averaged per image first; miss rates as pooled "
+        f"lesion ratios; {res.get('bootstrap', {}).get('samples', '?')} resamples); the last column is a "
+        "Student-t interval over seeds (paired by seed).", "", diff_table(res), "",
         f"![mDice vs N]({vs_n.name})", "", f"![miss rate by band]({bands.name})", "",
     ]
-    subsets: dict[str, dict[str, dict[str, list]]] = {}
-    for arm, a in res["arms"].items():
-        for g, m in a.get("subsets", {}).items():
-            subsets.setdefault(g, {})[arm] = m
-    if subsets:
-        lines += ["## Named test subsets (e.g. flat = Kvasir's sessile polyps)", "", groups_table(subsets), ""]
+    lines += _subset_lines(res)
     if res.get("transfer"):
         lines += ["## Transfer (models scored unchanged on other datasets)", "", groups_table(res["transfer"]), ""]
     if grid is not None:
@@ -276,3 +280,20 @@ def _markdown(res: dict[str, Any], name: str, vs_n: Path, bands: Path, grid: Pat
     if res.get("generators"):
         lines += ["## Synthetic sets", "", generators_table(res), ""]
     return "\n".join(lines)
+
+
+def _subset_lines(res: dict[str, Any]) -> list[str]:
+    """The named-subset section: per-seed metrics by arm and the subset's own paired differences."""
+    subsets: dict[str, dict[str, dict[str, list]]] = {}
+    for arm, a in res["arms"].items():
+        for g, m in a.get("subsets", {}).items():
+            subsets.setdefault(g, {})[arm] = m
+    has_diffs = any(d.get("subsets") for d in res["paired_diff"].values())
+    if not (subsets or has_diffs):
+        return []
+    lines = ["## Named test subsets (e.g. flat = Kvasir's sessile polyps)", ""]
+    if subsets:
+        lines += [groups_table(subsets), ""]
+    if has_diffs:
+        lines += [subset_diff_table(res), ""]
+    return lines

@@ -57,6 +57,7 @@ def build_result(
         "bootstrap": {"samples": cfg.bootstrap_samples, "seed": cfg.bootstrap_seed,
                       "unit": "test images, paired by id, seeds averaged per image first"},
         "baseline_arm": cfg.baseline_arm, "n_test_images": len(base[0].ids) if base else 0,
+        "test_lesions_by_band": _lesions_by_band(base[0]) if base else None,
         "arms": arms, "paired_diff": paired,
         "transfer": _transfer_summary(by_arm),
         "generators": {k: _generator_summary(cfg, k, s) for k, s in synthetic.items()},
@@ -67,6 +68,13 @@ def build_result(
         "data": sources, "samples": grid, "config_hash": config_hash(cfg),
         "config": cfg.model_dump(mode="json"), "schema_version": SCHEMA_VERSION,
     }
+
+
+def _lesions_by_band(rec: RunRecord) -> dict[str, int] | None:
+    """Ground-truth lesion counts of the test set per band (the same for every run)."""
+    if rec.band_lesions is None:
+        return None
+    return {b: int(sum(rec.band_lesions.get(b, []))) for b in BANDS}
 
 
 def effective_segment_config(cfg: ExperimentConfig) -> dict[str, Any]:

@@ -1,0 +1,116 @@
+"""Latent segmenter and filter on demo data with tiny models: correct masks kept, corrupted ones rejected."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from lesionforge.data.arrays import PairArrays
+from lesionforge.data.io import write_image, write_mask
+from lesionforge.data.manifest import Provenance, Sample, read_manifest, write_manifest
+from lesionforge.errors import OverwriteError
+from lesionforge.generate.autoencoder import AutoencoderConfig, LatentCodec, build_autoencoder, latent_scale
+from lesionforge.validate.filter import filter_manifest, list_rejected
+from lesionforge.validate.latent_segmenter import LatentSegmenter, LatentSegmenterConfig, train_latent_segmenter
+from lesionforge.validate.pixel_segmenter import PixelSegmenterConfig, train_pixel_segmenter
+from lesionforge.validate.validator import load_validator
+
+N_TRAIN = 24  # demo pairs 0..23 train the validators, 24..31 are real val, 32..39 are lesion-free
+
+
+def _pairs(demo, idx) -> PairArrays:
+    idx = list(idx)
+    return PairArrays(demo.images[idx], demo.masks[idx], np.ones(len(idx), bool), [demo.ids[i] for i in idx],
+                      [None] * len(idx))
+
+
+@pytest.fixture(scope="module")
+def validators(demo_arrays, tmp_path_factory):
+    """A latent validator on an untrained tiny codec (its latents still carry position) and a pixel one."""
+    root = tmp_path_factory.mktemp("validators")
+    train, val = _pairs(demo_arrays, range(N_TRAIN)), _pairs(demo_arrays, range(N_TRAIN, 40))
+    torch.manual_seed(0)
+    codec = LatentCodec(build_autoencoder(AutoencoderConfig(
+        resolution=32, block_out_channels=(8, 16, 16), norm_num_groups=8, mid_block_attention=False)))
+    codec.vae.register_to_config(scaling_factor=latent_scale(codec, train.images))
+    cfg = LatentSegmenterConfig(resolution=32, block_out_channels=(16, 32), max_timestep=50, steps=120,
+                                batch_size=8, lr=3e-3, checkpoint_every=60)
+    latent = train_latent_segmenter(cfg, train, codec, root / "latent", val=val)
+    pcfg = PixelSegmenterConfig(resolution=32, features=(8, 8, 16, 16, 32, 8), steps=40, batch_size=8, lr=3e-3)
+    pixel = train_pixel_segmenter(pcfg, train, root / "pixel", val=val)
+    return latent, pixel
+
+
+@pytest.fixture(scope="module")
+def synthetic_manifest(demo_arrays, tmp_path_factory):
+    """Real demo images posing as synthetic samples: correct, shifted and swapped masks, and lesion-free."""
+    root = tmp_path_factory.mktemp("synthetic")
+    rows = []
+    lesion_ids = range(N_TRAIN, 32)
+    for i in lesion_ids:
+        img, m = demo_arrays.images[i], demo_arrays.masks[i]
+        variants = {"ok": m, "shift": np.roll(m, (16, 16), axis=(0, 1)),
+                    "swap": demo_arrays.masks[N_TRAIN + (i - N_TRAIN + 3) % 8]}
+        write_image(root / "images" / f"{i}.png", img)
+        for name, mask in variants.items():
+            write_mask(root / "masks" / f"{i}_{name}.png", mask)
+            rows.append(Sample(id=f"{name}_{i}", image=f"images/{i}.png", masks=[f"masks/{i}_{name}.png"],
+                               origin="synthetic", provenance=Provenance(generator="test", seed=i)))
+    for i in range(32, 36):
+        write_image(root / "images" / f"{i}.png", demo_arrays.images[i])
+        rows.append(Sample(id=f"free_{i}", image=f"images/{i}.png", has_mask=False, origin="synthetic"))
+    rows.append(Sample(id="real_0", image="images/24.png", masks=["masks/24_ok.png"]))
+    return write_manifest(root / "synthetic.jsonl", rows)
+
+
+def _validation(path) -> dict[str, dict]:
+    return {s.id: s.provenance.validation for s in read_manifest(path) if s.origin == "synthetic"}
+
+
+def test_latent_segmenter_is_one_forward_pass(validators):
+    seg = load_validator(validators[0]).segmenter
+    assert isinstance(seg, LatentSegmenter)
+    calls = []
+    seg.unet.register_forward_hook(lambda *a: calls.append(1))
+    z = torch.randn(2, 4, 8, 8)
+    prob = seg.predict(z, torch.tensor([0, 40]))
+    assert prob.shape == (2, 1, 32, 32) and 0 <= prob.min() and prob.max() <= 1
+    assert len(calls) == 1
+    assert torch.allclose(seg.predict(z, 0), seg.predict(z, torch.tensor([0, 0])))
+
+
+def test_filter_keeps_matching_rejects_corrupted(validators, synthetic_manifest, tmp_path):
+    before = {p: p.read_bytes() for p in synthetic_manifest.parent.rglob("*") if p.is_file()}
+    out = tmp_path / "filtered.jsonl"
+    report = filter_manifest(synthetic_manifest, validators[0], out)
+    v = _validation(out)
+    groups = {g: [x for k, x in v.items() if k.startswith(g)] for g in ("ok", "shift", "swap", "free")}
+    dice = {g: np.mean([x["dice"] for x in groups[g]]) for g in ("ok", "shift", "swap")}
+    kept = {g: np.mean([x["kept"] for x in xs]) for g, xs in groups.items()}
+    assert dice["ok"] > dice["shift"] + 0.2 and dice["ok"] > dice["swap"] + 0.2
+    assert kept["ok"] > kept["shift"] and kept["ok"] > kept["swap"]
+    assert kept["ok"] >= 0.5
+    # lesion-free samples are scored by predicted foreground, not Dice
+    assert all(x["dice"] is None and 0 <= x["foreground_fraction"] <= 1 for x in groups["free"])
+    # the automatic threshold is reported, nothing is deleted or changed, the input manifest stays as it was
+    assert report.threshold_rule.startswith("auto: 10th percentile") and report.n_scored == 28
+    assert all(x["threshold_rule"] == report.threshold_rule and x["validator_kind"] == "latent" for x in v.values())
+    assert {p: p.read_bytes() for p in synthetic_manifest.parent.rglob("*") if p.is_file()} == before
+    assert json.loads(out.with_suffix(".filter.json").read_text())["n_kept"] == report.n_kept
+    assert sorted(s.id for s in list_rejected(out)) == sorted(report.rejected_ids)
+    assert next(s for s in read_manifest(out) if s.id == "real_0").provenance is None
+
+
+def test_filter_fixed_threshold_pixel_validator_and_overwrite_rules(validators, synthetic_manifest, tmp_path):
+    out = tmp_path / "pixel.jsonl"
+    report = filter_manifest(synthetic_manifest, validators[1], out, threshold=0.99)
+    assert report.validator_kind == "pixel" and report.threshold == 0.99
+    assert report.threshold_rule == "given: Dice >= 0.99"
+    assert all(x["validator_kind"] == "pixel" for x in _validation(out).values())
+    with pytest.raises(OverwriteError):
+        filter_manifest(synthetic_manifest, validators[1], out)
+    with pytest.raises(OverwriteError, match="in_place"):
+        filter_manifest(synthetic_manifest, validators[1], synthetic_manifest)
