@@ -68,4 +68,4 @@ def evaluate(
 
 
 def _fmt(v: float | None) -> str:
-    return "-" if v is None else f"{v:.4f}"
+    return "-" if v is None else f"{v:.3f}"

@@ -72,8 +72,13 @@ def _rel(d: dict | None) -> str:
 def _arm_label(name: str, arm: dict) -> str:
     if arm.get("kind") != "synthetic":
         return name
+    mixing = {
+        "ratio": f"{arm.get('ratio')}:1 synthetic:real",
+        "alpha": f"alpha {arm.get('alpha')}",
+        "patch-merge": f"patch-merge alpha {arm.get('alpha')}, {arm.get('patch_size')} px",
+    }.get(arm.get("mixing"), arm.get("mixing"))
     filt = "filtered" if arm.get("filtered") else "unfiltered"
-    return f"{name} ({arm.get('method')}, {arm.get('mixing')} r={arm.get('ratio')}, {filt})"
+    return f"{name} ({arm.get('method')}, {mixing}, {filt})"
 
 
 def arms_table(res: dict[str, Any]) -> str:

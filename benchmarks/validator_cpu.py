@@ -1,0 +1,168 @@
+"""Validator benchmark (issue 4) on Kvasir-SEG at the cpu profile.
+
+    python benchmarks/validator_cpu.py            # the real measurement (64 px; run on an otherwise idle machine)
+    python benchmarks/validator_cpu.py --quick    # smoke test: 32 px, a handful of images, a few steps
+
+Autoencoder on all ``train`` images, latent and pixel validators on the N=64 labelled subset, automatic
+thresholds from ``val``. The candidates are ``test`` images with their true mask, the mask shifted by a
+quarter of the image, and another image's mask (stand-ins for good and failed generations), or the
+synthetic samples of ``--manifest``. Reports reconstruction PSNR/SSIM, acceptance rates, the pixel
+validator's Dice of samples the latent filter kept vs rejected, agreement, and ms per sample.
+Writes ``benchmarks/results/validator-kvasir-seg-<profile>[-quick].json`` and ``.md``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import typer
+
+from lesionforge.config import load_config
+from lesionforge.data.arrays import PairArrays, load_arrays
+from lesionforge.data.io import write_image, write_mask
+from lesionforge.data.manifest import Sample, write_manifest
+from lesionforge.data.readers import read_dataset
+from lesionforge.data.splits import load_benchmark_split
+from lesionforge.generate.autoencoder import AutoencoderConfig, LatentCodec, train_autoencoder
+from lesionforge.utils import code_version, write_json_atomic, write_text_atomic
+from lesionforge.validate.cost import agreement, timing
+from lesionforge.validate.filter import filter_manifest
+from lesionforge.validate.inputs import load_validator_config
+from lesionforge.validate.latent_segmenter import train_latent_segmenter
+from lesionforge.validate.pixel_segmenter import train_pixel_segmenter
+from lesionforge.validate.validator import load_validator
+
+ROOT = Path(__file__).resolve().parents[1]
+DATASETS = ROOT.parent / "shared" / "datasets"
+QUICK = {"n_train": 16, "n_labelled": 8, "n_val": 8, "n_candidates": 6, "resolution": 32,
+         "ae": {"steps": 4, "batch_size": 4, "checkpoint_every": 2}, "seg": {"steps": 6, "batch_size": 4}}
+
+
+def _configs(quick: bool) -> tuple[AutoencoderConfig, object, object]:
+    configs = ROOT / "configs"
+    if quick:
+        ae = load_config(configs / "autoencoder-tiny.yaml", AutoencoderConfig, QUICK["ae"])
+        lat = load_validator_config(configs / "validator-tiny.yaml", QUICK["seg"])
+        pix = load_validator_config(configs / "validator-pixel-cpu.yaml",
+                                    {**QUICK["seg"], "resolution": 32, "features": [8, 8, 16, 16, 32, 8]})
+        return ae, lat, pix
+    return (load_config(configs / "autoencoder-cpu.yaml", AutoencoderConfig),
+            load_validator_config(configs / "validator-cpu.yaml"),
+            load_validator_config(configs / "validator-pixel-cpu.yaml"))
+
+
+def _load(dataset: Path, split_name: str, quick: bool, resolution: int) -> dict[str, PairArrays]:
+    split = load_benchmark_split(split_name)
+    by_id = {s.id: s for s in read_dataset(dataset)}
+    ids = {"train": split.train, "labelled": split.low_data(64), "val": split.val, "test": split.test}
+    if quick:
+        ids = {"train": split.train[: QUICK["n_train"]], "labelled": split.low_data(64)[: QUICK["n_labelled"]],
+               "val": split.val[: QUICK["n_val"]], "test": split.test[: QUICK["n_candidates"]]}
+    return {k: load_arrays([by_id[i] for i in v], resolution, 3, progress=not quick) for k, v in ids.items()}
+
+
+def _candidates(test: PairArrays, folder: Path) -> Path:
+    """Test images as synthetic stand-ins: true mask, mask shifted by a quarter image, another image's mask."""
+    rows, n, side = [], len(test), test.masks.shape[1]
+    for i in range(n):
+        write_image(folder / "images" / f"{i}.png", test.images[i])
+        variants = {"true": test.masks[i], "shifted": np.roll(test.masks[i], (side // 4, side // 4), axis=(0, 1)),
+                    "swapped": test.masks[(i + n // 2) % n]}
+        for name, mask in variants.items():
+            write_mask(folder / "masks" / f"{i}_{name}.png", mask)
+            rows.append(Sample(id=f"{name}_{test.ids[i]}", image=f"images/{i}.png",
+                               masks=[f"masks/{i}_{name}.png"], origin="synthetic"))
+    return write_manifest(folder / "candidates.jsonl", rows)
+
+
+def _group_acceptance(report_manifest: Path) -> dict[str, float]:
+    from lesionforge.data.manifest import read_manifest
+
+    groups: dict[str, list[bool]] = {}
+    for s in read_manifest(report_manifest):
+        if s.origin == "synthetic":
+            groups.setdefault(s.id.split("_", 1)[0], []).append(s.provenance.validation["kept"])
+    return {g: float(np.mean(k)) for g, k in groups.items()}
+
+
+def run(quick: bool = False, work: Path = ROOT / "runs" / "validator-bench", results: Path = ROOT / "benchmarks"
+        / "results", dataset: Path = DATASETS / "kvasir-seg", split: str = "kvasir-seg",
+        manifest: Path | None = None) -> dict:
+    """Run the benchmark (resuming any finished training in ``work``); return and write the result dict."""
+    torch.manual_seed(0)
+    ae_cfg, lat_cfg, pix_cfg = _configs(quick)
+    data = _load(dataset, split, quick, ae_cfg.resolution)
+    ae_dir = train_autoencoder(ae_cfg, data["train"], work / "autoencoder", val=data["val"], progress=not quick)
+    codec = LatentCodec.from_pretrained(ae_dir)
+    lat_dir = train_latent_segmenter(lat_cfg, data["labelled"], codec, work / "latent", val=data["val"],
+                                     progress=not quick)
+    pix_dir = train_pixel_segmenter(pix_cfg, data["labelled"], work / "pixel", val=data["val"], progress=not quick)
+    cands = manifest or _candidates(data["test"], work / "candidates")
+    reports = {k: filter_manifest(cands, d, work / f"filtered-{k}.jsonl", overwrite=True)
+               for k, d in (("latent", lat_dir), ("pixel", pix_dir))}
+    latent, pixel = load_validator(lat_dir), load_validator(pix_dir)
+    result = {
+        "dataset": "kvasir-seg", "profile": "tiny" if quick else "cpu", "resolution": ae_cfg.resolution,
+        "quick": quick, "code_version": code_version(), "seed": 0, "torch_threads": torch.get_num_threads(),
+        "n_autoencoder_train": len(data["train"]), "n_labelled": len(data["labelled"]), "n_val": len(data["val"]),
+        "candidates": str(cands) if manifest else "test images with true / shifted / swapped masks",
+        "reconstruction_val": _json(ae_dir / "metrics.json")["val"],
+        "filter": {k: {**r.to_dict(), "acceptance_by_group": _group_acceptance(Path(r.manifest))}
+                   for k, r in reports.items()},
+        "agreement": agreement(latent, pixel, data["test"].images, data["test"].masks),
+        "ms_per_sample": timing(latent, pixel, data["test"].images),
+    }
+    for r in result["filter"].values():
+        r.pop("rejected_ids")
+    name = f"validator-kvasir-seg-{result['profile']}{'-quick' if quick else ''}"
+    write_json_atomic(results / f"{name}.json", result)
+    write_text_atomic(results / f"{name}.md", _markdown(result))
+    return result
+
+
+def _json(path: Path) -> dict:
+    import json
+
+    return json.loads(path.read_text())
+
+
+def _markdown(r: dict) -> str:
+    ms, lat, pix = r["ms_per_sample"], r["filter"]["latent"], r["filter"]["pixel"]
+    lines = [
+        f"# Validator benchmark: Kvasir-SEG, {r['profile']} profile ({r['resolution']} px)",
+        "", f"Code {r['code_version']}, {r['torch_threads']} torch threads, quick={r['quick']}. "
+        f"Autoencoder on {r['n_autoencoder_train']} train images; validators on {r['n_labelled']} labelled; "
+        f"thresholds from {r['n_val']} val images. Candidates: {r['candidates']}.", "",
+        f"Reconstruction on val: PSNR {r['reconstruction_val']['psnr']:.2f} dB, "
+        f"SSIM {r['reconstruction_val']['ssim']:.3f}.", "",
+        "| validator | threshold (rule) | acceptance | by group |", "|---|---|---|---|",
+    ]
+    for k, f in (("latent", lat), ("pixel", pix)):
+        groups = ", ".join(f"{g} {v:.0%}" for g, v in f["acceptance_by_group"].items())
+        lines.append(f"| {k} | {f['threshold']:.3f} ({f['threshold_rule']}) | {f['acceptance_rate']:.1%} | {groups} |")
+    a = r["agreement"]
+    lines += [
+        "", f"Agreement latent vs pixel (keep/reject) on true-mask test pairs: {a['agreement']:.1%}; pixel Dice "
+        f"of latent-kept {a['pixel_dice_of_latent_kept']} vs latent-rejected {a['pixel_dice_of_latent_rejected']}.",
+        "", "| ms per sample | |", "|---|---|",
+        *(f"| {k} | {v:.3f} |" for k, v in ms.items()), "",
+    ]
+    return "\n".join(lines)
+
+
+def main(
+    quick: bool = typer.Option(False, help="Smoke test: 32 px, a few images and steps."),
+    work: Path = typer.Option(ROOT / "runs" / "validator-bench", help="Checkpoints (resumed if present)."),
+    results: Path = typer.Option(ROOT / "benchmarks" / "results", help="Where the JSON and Markdown go."),
+    dataset: Path = typer.Option(DATASETS / "kvasir-seg", help="Kvasir-SEG folder."),
+    split: str = typer.Option("kvasir-seg", help="Split name or JSON path."),
+    manifest: Path | None = typer.Option(None, help="Score these synthetic samples instead of the stand-ins."),
+) -> None:
+    r = run(quick, work, results, dataset, split, manifest)
+    typer.echo(_markdown(r))
+
+
+if __name__ == "__main__":
+    typer.run(main)

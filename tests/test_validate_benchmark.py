@@ -1,0 +1,29 @@
+"""The validator benchmark script runs end to end in --quick mode on Kvasir-SEG (skips without the data)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+from conftest import need_dataset
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "validator_cpu.py"
+
+
+def test_validator_benchmark_quick(tmp_path):
+    root = need_dataset("kvasir-seg")
+    spec = importlib.util.spec_from_file_location("validator_cpu", SCRIPT)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    bench.run(quick=True, work=tmp_path / "work", results=tmp_path / "results", dataset=root)
+    result = json.loads((tmp_path / "results" / "validator-kvasir-seg-tiny-quick.json").read_text())
+    assert result["resolution"] == 32 and result["n_labelled"] == 8
+    assert result["reconstruction_val"]["psnr"] > 0
+    for kind in ("latent", "pixel"):
+        f = result["filter"][kind]
+        assert f["n_scored"] == 18 and 0 <= f["acceptance_rate"] <= 1
+        assert set(f["acceptance_by_group"]) == {"true", "shifted", "swapped"}
+    assert all(v > 0 for v in result["ms_per_sample"].values())
+    assert 0 <= result["agreement"]["agreement"] <= 1
+    assert "Validator benchmark" in (tmp_path / "results" / "validator-kvasir-seg-tiny-quick.md").read_text()
