@@ -126,3 +126,23 @@ def test_inpaint_guide_blends_known_region():
     cond = Conditions(torch.cat([known * (1 - region), region * 2 - 1], 1))
     x0 = sample(gen, cond, [1], sampler="ddim", steps=3, inpaint=InpaintGuide(known, region))
     torch.testing.assert_close(x0 * (1 - region), known * (1 - region))  # last step sets the known region
+
+
+def test_missing_conditions_are_clear_errors(demo_arrays, tmp_path):
+    gen_dir = _saved("inpaint", tmp_path / "g")
+    with pytest.raises(ConfigError, match="needs masks_from"):
+        synthesize(gen_dir, tmp_path / "s", 1, backgrounds=normals(demo_arrays), progress=False)
+    source = make_mask_source("size", None, 32)
+    with pytest.raises(ConfigError, match="lesion-free backgrounds"):
+        synthesize(gen_dir, tmp_path / "s", 1, masks_from=source, progress=False)
+
+
+def test_resume_refuses_a_different_run(demo_arrays, tmp_path):
+    from lesionforge.errors import OverwriteError
+
+    gen_dir = _saved("joint", tmp_path / "g")
+    synthesize(gen_dir, tmp_path / "s", 1, steps=2, progress=False)
+    with pytest.raises(OverwriteError, match="seed"):
+        synthesize(gen_dir, tmp_path / "s", 2, steps=2, seed=1, progress=False)
+    assert len(synthesize(gen_dir, tmp_path / "s", 2, steps=2, seed=1, resume=False, overwrite=True,
+                          progress=False)) == 2

@@ -55,12 +55,16 @@ def test_resume_after_kill_gives_identical_weights(demo_arrays, tmp_path, monkey
     assert all(torch.equal(raw_a[k], raw_b[k]) for k in raw_a)
     assert json.loads((resumed / "checkpoint-6" / "state.json").read_text())["losses"] == \
         json.loads((straight / "checkpoint-6" / "state.json").read_text())["losses"]
+    from lesionforge.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="lr changed"):  # resuming under other settings is refused
+        train_generator(tiny_cfg("inpaint", steps=6, lr=1e-2), data, resumed, backgrounds=bg, progress=False)
 
 
 def test_latent_inpaint_end_to_end(demo_arrays, tmp_path):
     codec = TinyCodec()
     cfg = tiny_cfg("inpaint", space="latent", autoencoder="unused-codec-passed-directly", steps=2,
-                   checkpoint_every=2, block_out_channels=[16, 16])
+                   checkpoint_every=2, block_out_channels=[16, 16], prediction_type="v_prediction")
     gen_dir = train_generator(cfg, pairs(demo_arrays, lesion_only=True), tmp_path / "g", codec=codec,
                               backgrounds=normals(demo_arrays), progress=False)
     gen = LesionGenerator.from_pretrained(gen_dir)
@@ -75,3 +79,29 @@ def test_latent_inpaint_end_to_end(demo_arrays, tmp_path):
         img, m = read_image(tmp_path / "s" / s.image), read_mask(tmp_path / "s" / s.masks[0])
         ref = bg.images[bg.ids.index(s.provenance.background_id)]
         assert m.any() and np.array_equal(img[m == 0], ref[m == 0])  # exact pixel paste-back after decoding
+
+
+@pytest.mark.parametrize("kind", ["joint", "edge-text"])
+def test_other_kinds_train(kind, demo_arrays, tmp_path):
+    extra = dict(text=True, classes=["a", "b"], dataset="busi", guidance_scale=2.0) if kind == "edge-text" else {}
+    data = pairs(demo_arrays)
+    data.classes = ["a", "b"] * (len(data) // 2)
+    out = train_generator(tiny_cfg(kind, steps=2, checkpoint_every=2, **extra), data, tmp_path / "g", progress=False)
+    meta = json.loads((out / "lesionforge.json").read_text())
+    assert meta["kind"] == kind and meta["scheduler"]["num_train_timesteps"] == 1000
+    assert (out / "samples" / "final.png").is_file()
+
+
+def test_bad_inputs_are_clear_errors(demo_arrays, tmp_path):
+    from lesionforge.errors import ConfigError, OverwriteError
+
+    with pytest.raises(ConfigError, match="resolution is 64"):
+        train_generator(tiny_cfg("mask2image", resolution=64), pairs(demo_arrays), tmp_path / "a", progress=False)
+    grey = normals(demo_arrays)
+    grey.images = grey.images[..., :1]
+    with pytest.raises(ConfigError, match="backgrounds: images have 1 channels"):
+        train_generator(tiny_cfg("inpaint"), pairs(demo_arrays), tmp_path / "b", backgrounds=grey, progress=False)
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "x.txt").write_text("user file")
+    with pytest.raises(OverwriteError):
+        train_generator(tiny_cfg("mask2image"), pairs(demo_arrays), tmp_path / "c", resume=False, progress=False)

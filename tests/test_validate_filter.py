@@ -114,3 +114,24 @@ def test_filter_fixed_threshold_pixel_validator_and_overwrite_rules(validators, 
         filter_manifest(synthetic_manifest, validators[1], out)
     with pytest.raises(OverwriteError, match="in_place"):
         filter_manifest(synthetic_manifest, validators[1], synthetic_manifest)
+
+
+def test_cli_filter_and_list_rejected(validators, synthetic_manifest, tmp_path):
+    import typer
+    from typer.testing import CliRunner
+
+    from lesionforge.cli import validate as cli_validate
+
+    app = typer.Typer()
+    cli_validate.register(app)
+    out = tmp_path / "cli.jsonl"
+    res = CliRunner().invoke(app, ["filter", str(synthetic_manifest), "--validator", str(validators[0]),
+                                   "--out", str(out), "--threshold", "0.3"])
+    assert res.exit_code == 0, res.output
+    assert "kept" in res.output and "given: Dice >= 0.3" in res.output
+    rejected = [s.id for s in list_rejected(out)]
+    listed = CliRunner().invoke(app, ["filter", str(out), "--list-rejected"])
+    assert listed.exit_code == 0 and all(r in listed.output for r in rejected)
+    bad = CliRunner().invoke(app, ["filter", str(synthetic_manifest), "--validator", str(validators[0]),
+                                   "--threshold", "high"])
+    assert bad.exit_code != 0

@@ -44,7 +44,7 @@ def register(app: typer.Typer) -> None:
         steps: int = typer.Option(25, help="Sampling steps."),
         guidance_scale: float = typer.Option(None, help="Classifier-free guidance scale (default: generator's)."),
         batch_size: int = typer.Option(16, help="Samples per batch."),
-        repaint_jumps: int = typer.Option(0, help="RePaint resampling rounds per step (inpaint, ddim/ddpm)."),
+        repaint_jumps: int = typer.Option(None, help="RePaint resampling rounds per step (inpaint, ddim/ddpm)."),
         prompts: Path = typer.Option(None, help="User prompt file (YAML or CSV)."),
         resume: bool = typer.Option(True, help="Skip samples already in the manifest."),
         overwrite: bool = typer.Option(False, help="Start over in a non-empty --out."),

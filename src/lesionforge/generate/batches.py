@@ -45,6 +45,11 @@ def latent_mask(mask: torch.Tensor, factor: int) -> torch.Tensor:
     return mask if factor == 1 else F.max_pool2d(mask, factor)
 
 
+def encode(codec: Codec, x: torch.Tensor) -> torch.Tensor:
+    """Latents of ``x`` on the device of ``x`` (the codec may live on the GPU; conditions are built on CPU)."""
+    return codec.encode(x).to(x.device)
+
+
 def build_inputs(
     kind: str, images: np.ndarray, masks: np.ndarray, codec: Codec | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -55,7 +60,7 @@ def build_inputs(
     """
     x = image_to_tensor(images)
     m = mask_to_tensor(masks)
-    x0 = x if codec is None else codec.encode(x)
+    x0 = x if codec is None else encode(codec, x)
     if kind == "joint":
         return torch.cat([x0, to_signed(m)], dim=1), None
     return x0, build_spatial(kind, x, m, codec)
@@ -77,7 +82,7 @@ def build_spatial(kind: str, images: torch.Tensor, masks: torch.Tensor, codec: C
         return torch.cat([to_signed(grid(edge_maps(images, masks))), to_signed(grid(masks))], dim=1)
     if kind == "inpaint":
         masked = images * (1 - masks)  # zeros (mid grey) inside the mask: the model must not see the lesion
-        masked = masked if codec is None else codec.encode(masked)
+        masked = masked if codec is None else encode(codec, masked)
         return torch.cat([masked, to_signed(latent_mask(masks, factor))], dim=1)
     raise ValueError(f"kind {kind!r} has no spatial conditions")
 

@@ -32,9 +32,10 @@ def load_pairs(path: str | Path, resolution: int, channels: int, ids: list[str] 
 
 
 def training_inputs(data: str | Path, resolution: int, channels: int, split: str | Path | None = None,
-                    labelled: int | None = None) -> tuple[PairArrays, PairArrays | None]:
+                    labelled: int | None = None, with_unlabelled: bool = True) -> tuple[PairArrays, PairArrays | None]:
     """``(labelled pairs, unlabelled images)``: with a ``split``, the labelled set is its ``labelled``-image
-    low-data subset (all of ``train`` when None) and the rest of ``train`` comes back image-only."""
+    low-data subset (all of ``train`` when None) and the rest of ``train`` comes back image-only (when
+    ``with_unlabelled``; else None)."""
     if split is None:
         if labelled is not None:
             raise ConfigError("--labelled needs --split (the low-data subsets are defined by the split)")
@@ -45,7 +46,7 @@ def training_inputs(data: str | Path, resolution: int, channels: int, split: str
     ids = sp.low_data(labelled) if labelled is not None else list(sp.train)
     rest = sorted(set(sp.train) - set(ids))
     train = load_pairs(data, resolution, channels, ids)
-    unlabelled = load_pairs(data, resolution, channels, rest, image_only=True) if rest else None
+    unlabelled = load_pairs(data, resolution, channels, rest, image_only=True) if rest and with_unlabelled else None
     return train, unlabelled
 
 

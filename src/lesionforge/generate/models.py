@@ -164,6 +164,7 @@ class LesionGenerator(nn.Module):
             "image_channels": self.cfg.image_channels, "resolution": self.cfg.resolution, "space": self.cfg.space,
             "prediction_type": self.cfg.prediction_type, "text": self.has_text, "classes": self.cfg.classes,
             "unet_class": type(self.unet).__name__, "controlnet": self.controlnet is not None,
+            "scheduler": {k: v for k, v in self.noise_scheduler().config.items() if not k.startswith("_")},
             "config": self.cfg.model_dump(mode="json"), **(extra or {}),
         }
         write_json_atomic(out_dir / META_FILE, meta)

@@ -21,7 +21,7 @@ def save_sample_grid(path: Path, gen: LesionGenerator, maker) -> Path:
     x0 = sample(gen, p.cond, [sample_seed(0, i) for i in range(len(p.images))], sampler=gen.cfg.sampler,
                 steps=gen.cfg.sample_steps, guidance_scale=gen.cfg.guidance_scale, uncond=p.uncond, inpaint=p.guide,
                 grid=p.grid)
-    images, mask = decode_samples(gen.cfg.kind, x0.cpu(), maker.codec)
+    images, mask = decode_samples(gen.cfg.kind, x0, maker.codec)
     fake = tensor_to_image(images)
     cols = [_rgb(p.images), _rgb(p.masks[..., None] * 255), _rgb(fake)]
     if mask is not None:

@@ -34,11 +34,12 @@ def train_from_files(config: str | Path, data: str | Path, out: str | Path, *, s
     if autoencoder is not None:
         overrides.update(space="latent", autoencoder=str(autoencoder))
     cfg = load_generator_config(config, overrides)
-    train, unlabelled = training_inputs(data, cfg.resolution, cfg.image_channels, split, labelled)
+    # only inpainting learns from unlabelled images (self-supervised): others skip loading them
+    train, unlabelled = training_inputs(data, cfg.resolution, cfg.image_channels, split, labelled,
+                                        with_unlabelled=cfg.kind == "inpaint")
     bg = load_backgrounds(backgrounds, cfg.resolution, cfg.image_channels, split) if backgrounds else None
     start = time.perf_counter()
-    out = train_generator(cfg, train, out, unlabelled=unlabelled if cfg.kind == "inpaint" else None,
-                          backgrounds=bg, prompts=prompts, resume=resume)
+    out = train_generator(cfg, train, out, unlabelled=unlabelled, backgrounds=bg, prompts=prompts, resume=resume)
     info = {"config": str(config), "data": str(data), "split": split, "labelled": labelled,
             "backgrounds": None if backgrounds is None else str(backgrounds), "n_labelled": len(train),
             "n_unlabelled": 0 if unlabelled is None else len(unlabelled), "n_backgrounds": 0 if bg is None else len(bg),
@@ -56,7 +57,7 @@ def synthesize_from_files(generator: str | Path, out: str | Path, n: int, *, dat
     ``options`` are passed to :func:`~lesionforge.generate.synthesize.synthesize`."""
     meta = read_meta(generator)
     res, channels, kind = meta["resolution"], meta["image_channels"], meta["kind"]
-    real = training_inputs(data, res, channels, split, labelled)[0] if data is not None else None
+    real = training_inputs(data, res, channels, split, labelled, with_unlabelled=False)[0] if data is not None else None
     if kind in ("mask2image", "inpaint") and real is None and mask_source == "jitter":
         raise ConfigError(f"kind {kind!r} with mask source 'jitter' needs --data (real masks to jitter)")
     masks_from = make_mask_source(mask_source, real, res) if kind in ("mask2image", "inpaint") else None

@@ -20,14 +20,15 @@ from rich.progress import Progress
 from lesionforge.data.arrays import PairArrays, image_to_tensor, mask_to_tensor, tensor_to_image
 from lesionforge.data.io import write_image, write_mask
 from lesionforge.data.manifest import Provenance, Sample, append_manifest, read_manifest
-from lesionforge.errors import ConfigError
-from lesionforge.generate.batches import build_spatial, decode_samples, dilate_masks, latent_mask
+from lesionforge.errors import ConfigError, OverwriteError
+from lesionforge.generate.batches import build_spatial, decode_samples, dilate_masks, encode, latent_mask
 from lesionforge.generate.models import Conditions, LesionGenerator, read_meta
 from lesionforge.generate.sampler import InpaintGuide, sample, sample_seed
 from lesionforge.generate.textcond import TextConditioner
-from lesionforge.utils import code_version, dir_hash, ensure_new_dir
+from lesionforge.utils import code_version, dir_hash, ensure_new_dir, write_json_atomic
 
 MANIFEST = "manifest.jsonl"
+RUN_FILE = "synthesis.json"
 MAX_PLACEMENT_TRIES = 50
 
 
@@ -58,7 +59,7 @@ def synthesize(
     steps: int = 25,
     guidance_scale: float | None = None,
     batch_size: int = 16,
-    repaint_jumps: int = 0,
+    repaint_jumps: int | None = None,
     prompts=None,
     resume: bool = True,
     overwrite: bool = False,
@@ -72,25 +73,32 @@ def synthesize(
     ``(rng, n) -> [(mask uint8 (H, W), info)]``); ``inpaint`` paints into lesion-free ``backgrounds``
     (mask placed inside the field of view; pixels outside the mask are the background's, bit for bit);
     ``edge-text`` cycles over ``real`` pairs (their masks are the labels); ``joint`` needs nothing.
-    ``guidance_scale`` None uses the generator's default. Returns every sample of the manifest.
+    ``guidance_scale`` / ``repaint_jumps`` None use the generator's defaults. Returns every sample of the
+    manifest (the real ``real`` pairs also give the class of a jittered mask's source sample).
     """
     gen_dir = Path(generator_dir)
     meta = read_meta(gen_dir)
-    gen = LesionGenerator.from_pretrained(gen_dir)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    gen = LesionGenerator.from_pretrained(gen_dir).to(device)
     if codec is None and meta["space"] == "latent":
         from lesionforge.generate.autoencoder import LatentCodec
 
-        codec = LatentCodec.from_pretrained(meta["autoencoder"])
+        codec = LatentCodec.from_pretrained(meta["autoencoder"], device=device)
+    kind, scale = gen.cfg.kind, gen.cfg.guidance_scale if guidance_scale is None else guidance_scale
+    repaint_jumps = gen.cfg.repaint_jumps if repaint_jumps is None else repaint_jumps
+    _check_inputs(kind, masks_from, backgrounds, real)
     out_dir = ensure_new_dir(out_dir, overwrite=overwrite, resume=resume)
     if overwrite and not resume:
         _clear(out_dir)
-    kind, scale = gen.cfg.kind, gen.cfg.guidance_scale if guidance_scale is None else guidance_scale
-    _check_inputs(kind, masks_from, backgrounds, real)
+    common = {"generator": kind, "checkpoint": str(gen_dir.resolve()), "checkpoint_hash": _weights_hash(gen_dir),
+              "sampler": sampler, "steps": steps, "guidance_scale": scale}
+    _check_same_run(out_dir, {**common, "seed": seed, "repaint_jumps": repaint_jumps})
+    common["code_version"] = code_version()
+    if kind == "inpaint":
+        common.update(repaint_jumps=repaint_jumps, inpaint_dilate=gen.cfg.inpaint_dilate)
     text = TextConditioner(gen.cfg, prompts, text_encoder)
     done = {s.id for s in read_manifest(out_dir / MANIFEST)} if (out_dir / MANIFEST).is_file() else set()
     todo = [i for i in range(n) if _sample_id(kind, seed, i) not in done]
-    common = {"generator": kind, "checkpoint": str(gen_dir.resolve()), "checkpoint_hash": _weights_hash(gen_dir),
-              "sampler": sampler, "steps": steps, "guidance_scale": scale, "code_version": code_version()}
     with Progress(disable=not progress) as bar:
         task = bar.add_task(f"synthesizing ({kind})", total=n, completed=n - len(todo))
         for start in range(0, len(todo), batch_size):
@@ -111,8 +119,22 @@ def _weights_hash(gen_dir: Path) -> str:
     return parts[0] if len(parts) == 1 else "-".join(parts)
 
 
+def _check_same_run(out_dir: Path, settings: dict) -> None:
+    """A resumed run must continue the same run: refuse other weights, sampler or seed in the same folder."""
+    path = out_dir / RUN_FILE
+    if path.is_file():
+        before = json.loads(path.read_text())
+        changed = sorted(k for k in settings if before.get(k) != settings[k])
+        if changed:
+            raise OverwriteError(f"{out_dir} holds a synthesis run with other {', '.join(changed)}; "
+                                 "use another --out or --overwrite")
+    else:
+        write_json_atomic(path, settings)
+
+
 def _clear(out_dir: Path) -> None:
     (out_dir / MANIFEST).unlink(missing_ok=True)
+    (out_dir / RUN_FILE).unlink(missing_ok=True)
     for d in ("images", "masks"):
         shutil.rmtree(out_dir / d, ignore_errors=True)
 
@@ -139,12 +161,12 @@ def _plan(kind: str, seed: int, i: int, masks_from, backgrounds: PairArrays | No
         info = {"mask_source": "real", "source_id": real.ids[j]}
     elif kind == "mask2image":
         mask, minfo = masks_from(rng, 1)[0]
-        label_class, info = minfo.get("label_class"), _mask_info(minfo)
+        label_class, info = _class_of(minfo, real), _mask_info(minfo)
     elif kind == "inpaint":
         j = int(rng.integers(len(backgrounds)))
         image = backgrounds.images[j]
         mask, minfo = _placed_mask(masks_from, field_of_view_of(image), rng)
-        label_class, info = minfo.get("label_class"), {**_mask_info(minfo), "background_id": backgrounds.ids[j]}
+        label_class, info = _class_of(minfo, real), {**_mask_info(minfo), "background_id": backgrounds.ids[j]}
     area = np.zeros((1, 1, 1)) if mask is None else mask[None]
     sid = _sample_id(kind, seed, i)
     prompt = text.prompts([sid], [label_class], area, rng)[0]
@@ -170,6 +192,13 @@ def _placed_mask(masks_from, fov: np.ndarray, rng: np.random.Generator) -> tuple
     raise ConfigError(f"no mask fitted inside a background's field of view in {MAX_PLACEMENT_TRIES} draws")
 
 
+def _class_of(info: dict, real: PairArrays | None) -> str | None:
+    """Class of a drawn mask: given by the source, else that of the real sample it was derived from."""
+    if info.get("label_class") is not None or real is None or info.get("source_id") not in real.ids:
+        return info.get("label_class")
+    return real.classes[real.ids.index(info["source_id"])]
+
+
 def _mask_info(info: dict) -> dict:
     """Mask-source info as provenance fields (plain JSON types)."""
     plain = json.loads(json.dumps(info, default=lambda o: o.item() if isinstance(o, np.generic) else str(o)))
@@ -191,7 +220,7 @@ def _conditions(gen: LesionGenerator, plans: list[Plan], text: TextConditioner, 
         with torch.no_grad():
             spatial = build_spatial(kind, images, m, codec)
         if kind == "inpaint":
-            known = images if codec is None else codec.encode(images)
+            known = images if codec is None else encode(codec, images)
             factor = 1 if codec is None else codec.downsample_factor
             guide = InpaintGuide(known=known, region=latent_mask(m, factor))
     cond = Conditions(spatial, t, tm, labels)
@@ -205,7 +234,7 @@ def _generate(gen, plans: list[Plan], text, codec, sampler, steps, scale, jumps,
     x0 = sample(gen, cond, [sample_seed(seed, p.index) for p in plans], sampler=sampler, steps=steps,
                 guidance_scale=scale, uncond=uncond, inpaint=guide, repaint_jumps=jumps, grid=grid)
     with torch.no_grad():
-        images, prob = decode_samples(gen.cfg.kind, x0.cpu(), codec)
+        images, prob = decode_samples(gen.cfg.kind, x0, codec)
     images = tensor_to_image(images)
     rows = []
     for k, p in enumerate(plans):
@@ -216,7 +245,7 @@ def _generate(gen, plans: list[Plan], text, codec, sampler, steps, scale, jumps,
         if gen.cfg.kind == "joint":
             from lesionforge.conditioning.masks import clean_generated_mask
 
-            mask, cleaning = clean_generated_mask(prob[k, 0].numpy())
+            mask, cleaning = clean_generated_mask(prob[k, 0].cpu().numpy())
             extra = {"mask_source": "joint", "mask_cleaning": cleaning}
         write_image(out_dir / "images" / f"{p.id}.png", img)
         write_mask(out_dir / "masks" / f"{p.id}.png", mask)

@@ -58,7 +58,8 @@ def train_generator(
     the final EMA model (``unet/``, ``scheduler/``, ``lesionforge.json``); returns ``out_dir``.
     """
     out_dir = ensure_new_dir(out_dir, resume=resume)
-    _check_data(cfg, train)
+    for what, arrays in (("training set", train), ("unlabelled set", unlabelled), ("backgrounds", backgrounds)):
+        _check_data(cfg, arrays, what)
     codec = codec or load_codec(cfg)
     accel = Accelerator(cpu=not torch.cuda.is_available(),
                         mixed_precision="fp16" if torch.cuda.is_available() and cfg.mixed_precision else "no")
@@ -75,6 +76,8 @@ def train_generator(
         start, losses = _load_checkpoint(latest, gen, opt, lr_sched, ema)
     gen, opt, lr_sched = accel.prepare(gen, opt, lr_sched)
     ema.to(accel.device)
+    if codec is not None and hasattr(codec, "to"):
+        codec.to(accel.device)
     save_config(cfg, out_dir / "config.yaml")
     maker = BatchMaker(cfg, train, unlabelled, backgrounds, codec, text_encoder, prompts, mask_source)
     noise_sched = accel.unwrap_model(gen).noise_scheduler()
@@ -94,14 +97,16 @@ def train_generator(
     return out_dir
 
 
-def _check_data(cfg: GeneratorConfig, train: PairArrays) -> None:
-    if len(train) == 0:
-        raise ConfigError("train_generator: the training set is empty")
-    h, w = train.images.shape[1:3]
+def _check_data(cfg: GeneratorConfig, arrays: PairArrays | None, what: str) -> None:
+    if arrays is None:
+        return
+    if len(arrays) == 0:
+        raise ConfigError(f"train_generator: the {what} is empty")
+    h, w, c = arrays.images.shape[1:]
     if (h, w) != (cfg.resolution, cfg.resolution):
-        raise ConfigError(f"training images are {w}x{h} but the config resolution is {cfg.resolution}")
-    if train.images.shape[-1] != cfg.image_channels:
-        raise ConfigError(f"training images have {train.images.shape[-1]} channels, config says {cfg.image_channels}")
+        raise ConfigError(f"{what}: images are {w}x{h} but the config resolution is {cfg.resolution}")
+    if c != cfg.image_channels:
+        raise ConfigError(f"{what}: images have {c} channels, the config says image_channels: {cfg.image_channels}")
 
 
 def load_codec(cfg: GeneratorConfig) -> Codec | None:
@@ -170,9 +175,18 @@ def _prune(out_dir: Path, keep: int) -> None:
         shutil.rmtree(out_dir / f"{CHECKPOINT_PREFIX}{s}", ignore_errors=True)
 
 
+#: Settings that may change between a run and its resumption (they do not change the model or the data).
+RESUMABLE_CHANGES = {"steps", "checkpoint_every", "sample_every", "keep_checkpoints"}
+
+
 def _load_checkpoint(path: Path, gen: LesionGenerator, opt, lr_sched, ema: EMAModel) -> tuple[int, list[float]]:
+    saved = LesionGenerator.from_pretrained(path / "model")
+    before, now = saved.cfg.model_dump(), gen.cfg.model_dump()
+    changed = sorted(k for k in now if before.get(k) != now[k] and k not in RESUMABLE_CHANGES)
+    if changed:
+        raise ConfigError(f"{path}: cannot resume with a different config ({', '.join(changed)} changed); "
+                          "use another output folder")
     try:
-        saved = LesionGenerator.from_pretrained(path / "model")
         gen.load_state_dict(saved.state_dict())
         ema.load_state_dict(torch.load(path / "ema.pt", weights_only=True))
         opt.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
