@@ -179,18 +179,33 @@ def machine_info(device: torch.device) -> dict:
 
 
 def run_speed_benchmark(profile: str = "cpu", quick: bool = False, device: str = "cpu",
-                        out_dir: str | Path = RESULTS, overwrite: bool = False, seed: int = 0) -> Path:
-    """Run every workload and write ``speed-<profile>[-quick].json`` and ``.md`` to ``out_dir``; returns the JSON."""
-    res = PROFILE_RESOLUTION[profile]
+                        out_dir: str | Path = RESULTS, overwrite: bool = False, seed: int = 0,
+                        threads: int | None = None) -> Path:
+    """Run every workload and write ``speed-<profile>[-quick].json`` and ``.md`` to ``out_dir``; returns the JSON.
+
+    ``threads`` sets torch's CPU thread count for the run (restored afterwards); ``None`` keeps the current one.
+    """
     stem = f"speed-{profile}{'-quick' if quick else ''}"
     out_json = Path(out_dir) / f"{stem}.json"
     if out_json.exists() and not overwrite:
         raise OverwriteError(f"{out_json} exists; pass --overwrite to replace it")
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads or previous)
+    try:
+        result = _measure(profile, quick, torch.device(device), seed)
+    finally:
+        torch.set_num_threads(previous)
+    write_json_atomic(out_json, result)
+    write_text_atomic(out_json.with_suffix(".md"), speed_markdown(result))
+    return out_json
+
+
+def _measure(profile: str, quick: bool, dev: torch.device, seed: int) -> dict:
+    res = PROFILE_RESOLUTION[profile]
     torch.manual_seed(seed)
-    dev = torch.device(device)
     s = QUICK if quick else FULL
     peak = peak_matmul(s["matmul_n"], dev, s["repeats"])
-    result = {
+    return {
         "profile": profile, "resolution": res, "quick": quick, "precision": "fp32", "seed": seed,
         "code_version": code_version(), "machine": machine_info(dev), "peak_matmul": peak,
         "synthesis": bench_synthesis(res, s, dev, peak["flops_per_s"]),
@@ -198,9 +213,6 @@ def run_speed_benchmark(profile: str = "cpu", quick: bool = False, device: str =
         "segmentation": bench_segmentation(res, s, dev, peak["flops_per_s"]),
         "notes": "ddpm_1000 is extrapolated from a timed k-step DDPM run (k = extrapolated_from_steps) x 1000/k.",
     }
-    write_json_atomic(out_json, result)
-    write_text_atomic(out_json.with_suffix(".md"), speed_markdown(result))
-    return out_json
 
 
 def speed_markdown(r: dict) -> str:
@@ -233,11 +245,12 @@ def main(
     device: str = typer.Option("cpu", help="torch device, e.g. cpu or cuda."),
     out_dir: Path = typer.Option(RESULTS, help="Folder for speed-<profile>.json and .md."),
     overwrite: bool = typer.Option(False, help="Replace an existing result file."),
+    threads: int = typer.Option(0, help="torch CPU threads for the run (0: torch's default, usually the cores)."),
 ) -> None:
     """Measure images/s, FLOPs per image and share of peak for synthesis, validation and segmentation training."""
     if profile not in PROFILE_RESOLUTION:
         raise typer.BadParameter(f"unknown profile {profile!r}; choose one of {', '.join(PROFILE_RESOLUTION)}")
-    path = run_speed_benchmark(profile, quick, device, out_dir, overwrite)
+    path = run_speed_benchmark(profile, quick, device, out_dir, overwrite, threads=threads or None)
     typer.echo(f"wrote {path} and {path.with_suffix('.md')}")
 
 

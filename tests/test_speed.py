@@ -22,11 +22,13 @@ def _speed_module():
 
 def test_quick_speed_run_writes_expected_keys(tmp_path):
     speed = _speed_module()
-    path = speed.run_speed_benchmark("tiny", quick=True, out_dir=tmp_path)
+    # one thread: two OpenMP threads on a shared, busy CPU spin-wait and make this tiny run 30x slower
+    path = speed.run_speed_benchmark("tiny", quick=True, out_dir=tmp_path, threads=1)
     assert path.name == "speed-tiny-quick.json" and path.with_suffix(".md").is_file()
     r = json.loads(path.read_text())
     assert r["profile"] == "tiny" and r["resolution"] == 32 and r["quick"] is True
     assert {"cpu_count", "torch_threads", "cpus_usable"} <= r["machine"].keys()
+    assert r["machine"]["torch_threads"] == 1
     assert r["peak_matmul"]["flops_per_s"] > 0
     workloads = [r["synthesis"]["ddim"], r["synthesis"]["dpm++"], r["synthesis"]["ddpm_1000"],
                  r["validation"]["latent_single_step"], r["validation"]["decode_plus_pixel_segmenter"],

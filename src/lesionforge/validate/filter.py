@@ -2,8 +2,8 @@
 where the intended mask says, and write the scores into a new manifest. Files are never deleted.
 
 Lesion samples are kept when Dice(predicted, intended) >= threshold. The automatic threshold is the 10th
-percentile of the validator's Dice on real ``val`` images: a synthetic pair is kept when the validator
-finds its lesion at least as well as it finds the lesion in 90 % of real images. Lesion-free samples
+percentile of the validator's Dice on real ``val`` images (at least ``AUTO_FLOOR``): a synthetic pair is kept
+when the validator finds its lesion at least as well as it finds the lesion in 90 % of real images. Lesion-free samples
 (empty intended mask) are kept when the predicted foreground fraction is at most ``empty_fraction_max``.
 """
 
@@ -23,6 +23,8 @@ from lesionforge.validate.scores import confidence_scores, dice_scores, foregrou
 from lesionforge.validate.validator import Validator, load_validator, val_scores
 
 AUTO_PERCENTILE = 10.0
+#: The automatic threshold never drops below this: a pair whose lesion the validator misses is never kept.
+AUTO_FLOOR = 0.1
 DEFAULT_EMPTY_FRACTION_MAX = 0.01
 
 
@@ -51,10 +53,10 @@ class FilterReport:
         return {**asdict(self), "acceptance_rate": self.acceptance_rate}
 
 
-def auto_threshold(validator: Validator, val: PairArrays | None = None,
-                   percentile: float = AUTO_PERCENTILE) -> tuple[float, str]:
+def auto_threshold(validator: Validator, val: PairArrays | None = None, percentile: float = AUTO_PERCENTILE,
+                   floor: float = AUTO_FLOOR) -> tuple[float, str]:
     """The ``percentile`` of the validator's Dice on real lesion images of ``val`` (or, without ``val``,
-    of the scores stored at training time). Returns (threshold, rule stated in words)."""
+    of the scores stored at training time), at least ``floor``. Returns (threshold, rule stated in words)."""
     if val is not None:
         dice, source = val_scores(validator, val)["val_dice"], f"{len(val)} real val pairs given"
     else:
@@ -63,8 +65,9 @@ def auto_threshold(validator: Validator, val: PairArrays | None = None,
         raise ConfigError(
             f"{validator.path}: no real val Dice to choose the threshold from; pass val data or a threshold"
         )
-    value = float(np.percentile(np.asarray(dice), percentile))
-    return value, f"auto: {percentile:g}th percentile of validator Dice on real val lesion images ({source})"
+    value = max(float(np.percentile(np.asarray(dice), percentile)), floor)
+    return value, (f"auto: {percentile:g}th percentile of validator Dice on real val lesion images, at least "
+                   f"{floor:g} ({source})")
 
 
 def score_pairs(validator: Validator, images: np.ndarray, intended: np.ndarray) -> dict[str, np.ndarray]:
