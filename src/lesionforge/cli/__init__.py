@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import typer
 
-from lesionforge.cli import conditioning, data, demo, experiment, generate, segment, validate
+from lesionforge.cli import conditioning, data, demo, experiment, generate, quality, segment, validate
 
 app = typer.Typer(
     name="lesionforge",
@@ -22,7 +22,8 @@ app.add_typer(
 app.add_typer(segment.app, name="segment", help="Train and evaluate segmentation models.")
 app.add_typer(experiment.app, name="experiment", help="Run benchmark sweeps (the protocol as code).")
 generate.register(app)  # train-generator, synthesize
-validate.register(app)  # train-autoencoder, train-validator, filter, quality
+validate.register(app)  # train-autoencoder, train-validator, filter
+quality.register(app)  # quality, memorization, train-extractor
 demo.register(app)
 
 
