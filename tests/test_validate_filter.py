@@ -52,8 +52,9 @@ def synthetic_manifest(demo_arrays, tmp_path_factory):
     lesion_ids = range(N_TRAIN, 32)
     for i in lesion_ids:
         img, m = demo_arrays.images[i], demo_arrays.masks[i]
-        variants = {"ok": m, "shift": np.roll(m, (16, 16), axis=(0, 1)),
-                    "swap": demo_arrays.masks[N_TRAIN + (i - N_TRAIN + 3) % 8]}
+        # the other sample's mask that overlaps this lesion least: a wrong label, not a lucky near-copy
+        other = min((j for j in lesion_ids if j != i), key=lambda j: (demo_arrays.masks[j] & m).sum())
+        variants = {"ok": m, "shift": np.roll(m, (16, 16), axis=(0, 1)), "swap": demo_arrays.masks[other]}
         write_image(root / "images" / f"{i}.png", img)
         for name, mask in variants.items():
             write_mask(root / "masks" / f"{i}_{name}.png", mask)

@@ -215,7 +215,10 @@ def _load_state(out_dir: Path, vae, disc, opt, opt_d) -> int:
     state = out_dir / TRAIN_STATE
     if not (state / "step.json").is_file():
         return 0
-    vae.load_state_dict(load_file(str(state / "vae.safetensors")))
+    try:
+        vae.load_state_dict(load_file(str(state / "vae.safetensors")))
+    except RuntimeError as e:  # a run with another architecture in the same folder
+        raise CheckpointError(f"{state}: checkpoint does not match the config ({e}); use a new --out") from e
     optim = torch.load(state / "optim.pt", weights_only=True)
     opt.load_state_dict(optim["opt"])
     if disc is not None and optim["disc"] is not None:

@@ -11,6 +11,7 @@ import torch
 from monai.losses import DiceCELoss
 from safetensors.torch import load_file, save_file
 
+from lesionforge.errors import CheckpointError
 from lesionforge.utils import atomic_path, write_json_atomic
 
 TRAIN_STATE = "train_state"
@@ -36,7 +37,7 @@ def train_loop(
     ``forward(model, batch)`` returns logits of the same shape. State goes to ``out_dir/train_state``.
     """
     loss_fn = DiceCELoss(sigmoid=True, squared_pred=False, smooth_nr=1e-5, smooth_dr=1e-5)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4, foreach=True)
     start = _load_state(out_dir, model, opt) if resume else 0
     rng = np.random.default_rng([seed, start])  # a resumed run continues with fresh, reproducible batches
     model.train()
@@ -72,7 +73,10 @@ def _load_state(out_dir: Path, model: torch.nn.Module, opt: torch.optim.Optimize
     state = out_dir / TRAIN_STATE
     if not (state / "step.json").is_file():
         return 0
-    model.load_state_dict(load_file(str(state / "model.safetensors")))
+    try:
+        model.load_state_dict(load_file(str(state / "model.safetensors")))
+    except RuntimeError as e:  # a run with another architecture in the same folder
+        raise CheckpointError(f"{state}: checkpoint does not match the config ({e}); use a new output") from e
     opt.load_state_dict(torch.load(state / "optim.pt", weights_only=True))
     return int(json.loads((state / "step.json").read_text())["step"])
 
