@@ -54,4 +54,5 @@ def test_mask2image_samples_follow_their_masks(demo_arrays, tmp_path):
     shuffled = float(dice(pred, masks.roll(1, dims=0)).mean())
     on_real = float(dice(real_pred, masks).mean())
     assert on_real > 0.6  # the segmenter itself works
-    assert own > shuffled + 0.2 and own > 0.3, (own, shuffled, on_real)  # measured: 0.40 vs 0.07 (real 0.68)
+    # measured: own 0.53, shuffled 0.06 (the segmenter scores 0.68 on the real held-out images)
+    assert own > shuffled + 0.2 and own > 0.3, (own, shuffled, on_real)

@@ -144,5 +144,4 @@ def test_resume_refuses_a_different_run(demo_arrays, tmp_path):
     synthesize(gen_dir, tmp_path / "s", 1, steps=2, progress=False)
     with pytest.raises(OverwriteError, match="seed"):
         synthesize(gen_dir, tmp_path / "s", 2, steps=2, seed=1, progress=False)
-    assert len(synthesize(gen_dir, tmp_path / "s", 2, steps=2, seed=1, resume=False, overwrite=True,
-                          progress=False)) == 2
+    assert len(synthesize(gen_dir, tmp_path / "s", 2, steps=2, seed=1, overwrite=True, progress=False)) == 2

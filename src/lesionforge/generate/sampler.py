@@ -29,14 +29,22 @@ def sample_seed(seed: int, index: int) -> int:
 
 
 def make_scheduler(name: str, gen: LesionGenerator, steps: int):
-    """A fresh diffusers scheduler ``name`` built from the generator's training schedule, with ``steps`` set."""
+    """A fresh diffusers scheduler ``name`` built from the generator's training schedule, with ``steps`` set.
+
+    Timesteps are "leading" (the first one below 1000): at t = 999 the cosine schedule leaves almost no
+    signal, and the data prediction of a few-step solver there amplifies any error ~1000 fold. In pixel
+    space the predicted clean image is also clipped to [-1, 1] (thresholding for DPM-Solver++).
+    """
     base = gen.noise_scheduler().config
+    pixel = gen.cfg.space == "pixel"
+    spacing = {"timestep_spacing": "leading", "steps_offset": 1}
     if name == "ddim":
-        sched = DDIMScheduler.from_config(base, clip_sample=False, set_alpha_to_one=True)
+        sched = DDIMScheduler.from_config(base, clip_sample=pixel, set_alpha_to_one=True, **spacing)
     elif name == "dpm++":
-        sched = DPMSolverMultistepScheduler.from_config(base, algorithm_type="dpmsolver++", solver_order=2)
+        sched = DPMSolverMultistepScheduler.from_config(base, algorithm_type="dpmsolver++", solver_order=2,
+                                                        thresholding=pixel, sample_max_value=1.0, **spacing)
     elif name == "ddpm":
-        sched = DDPMScheduler.from_config(base)
+        sched = DDPMScheduler.from_config(base, clip_sample=pixel)
     else:
         raise ConfigError(f"unknown sampler {name!r}; choose one of {SAMPLERS}")
     sched.set_timesteps(steps)

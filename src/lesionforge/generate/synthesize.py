@@ -88,7 +88,7 @@ def synthesize(
     repaint_jumps = gen.cfg.repaint_jumps if repaint_jumps is None else repaint_jumps
     _check_inputs(kind, masks_from, backgrounds, real)
     out_dir = ensure_new_dir(out_dir, overwrite=overwrite, resume=resume)
-    if overwrite and not resume:
+    if overwrite:  # start over: drop this command's earlier outputs (other files in the folder stay)
         _clear(out_dir)
     common = {"generator": kind, "checkpoint": str(gen_dir.resolve()), "checkpoint_hash": _weights_hash(gen_dir),
               "sampler": sampler, "steps": steps, "guidance_scale": scale}
