@@ -11,7 +11,7 @@ import torch
 from lesionforge.data.arrays import PairArrays
 from lesionforge.data.io import write_image, write_mask
 from lesionforge.data.manifest import Provenance, Sample, read_manifest, write_manifest
-from lesionforge.errors import OverwriteError
+from lesionforge.errors import ConfigError, OverwriteError
 from lesionforge.generate.autoencoder import AutoencoderConfig, LatentCodec, build_autoencoder, latent_scale
 from lesionforge.validate.filter import filter_manifest, list_rejected
 from lesionforge.validate.latent_segmenter import LatentSegmenter, LatentSegmenterConfig, train_latent_segmenter
@@ -114,6 +114,8 @@ def test_filter_fixed_threshold_pixel_validator_and_overwrite_rules(validators, 
         filter_manifest(synthetic_manifest, validators[1], out)
     with pytest.raises(OverwriteError, match="in_place"):
         filter_manifest(synthetic_manifest, validators[1], synthetic_manifest)
+    with pytest.raises(ConfigError, match=r"\[0, 1\]"):
+        filter_manifest(synthetic_manifest, validators[1], tmp_path / "x.jsonl", threshold=1.5)
 
 
 def test_cli_filter_and_list_rejected(validators, synthetic_manifest, tmp_path):

@@ -104,8 +104,10 @@ def filter_manifest(
     validator = load_validator(validator_dir)
     if threshold == "auto":
         thr, rule = auto_threshold(validator, val)
-    else:
+    elif 0.0 <= float(threshold) <= 1.0:
         thr, rule = float(threshold), f"given: Dice >= {float(threshold):g}"
+    else:
+        raise ConfigError(f"threshold must be 'auto' or a Dice value in [0, 1], got {threshold!r}")
     rows = read_manifest(manifest_path, resolve=out.parent.resolve() != manifest_path.parent.resolve())
     synthetic = [i for i, s in enumerate(rows) if s.origin == "synthetic"]
     if not synthetic:
