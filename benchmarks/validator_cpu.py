@@ -125,7 +125,7 @@ def run(quick: bool = False, work: Path = ROOT / "runs" / "validator-bench", res
 def _json(path: Path) -> dict:
     import json
 
-    return json.loads(path.read_text())
+    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def _markdown(r: dict) -> str:

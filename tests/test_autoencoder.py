@@ -39,7 +39,7 @@ def test_round_trip_shapes_and_range(demo_arrays):
 def test_train_stores_scale_and_resumes(demo_arrays, tmp_path):
     train, val = _pairs(demo_arrays, range(8)), _pairs(demo_arrays, range(8, 12))
     out = train_autoencoder(AutoencoderConfig(**TINY, steps=2, checkpoint_every=1), train, tmp_path / "ae", val=val)
-    metrics = json.loads((out / "metrics.json").read_text())
+    metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     assert metrics["val"]["psnr"] > 0 and 0 < metrics["val"]["ssim"] <= 1 and metrics["val"]["n"] == 4
     codec = LatentCodec.from_pretrained(out)
     assert codec.scaling_factor == pytest.approx(metrics["scaling_factor"]) and codec.scaling_factor != 1.0
@@ -47,7 +47,7 @@ def test_train_stores_scale_and_resumes(demo_arrays, tmp_path):
     assert float(z.std()) == pytest.approx(1.0, rel=1e-3)  # unit variance on the training latents
     # resume: a longer run continues from the stored step instead of starting over
     train_autoencoder(AutoencoderConfig(**TINY, steps=3, checkpoint_every=1), train, out, resume=True)
-    assert json.loads((out / "train_state" / "step.json").read_text())["step"] == 3
+    assert json.loads((out / "train_state" / "step.json").read_text(encoding="utf-8"))["step"] == 3
 
 
 def test_loads_pretrained_vae_folder(tmp_path, demo_arrays):

@@ -26,7 +26,7 @@ def test_masks_command_writes_masks_and_record(demo_root, tmp_path):
             "--resolution", "32", "--source", "size", "--seed", "7"]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
-    rows = [json.loads(line) for line in (out / "masks.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (out / "masks.jsonl").read_text(encoding="utf-8").splitlines()]
     assert len(rows) == 3 and all(r["mask_source"] == "size_controlled" for r in rows)
     for row in rows:
         mask = read_mask(out / row["file"])
@@ -43,6 +43,6 @@ def test_edges_command_writes_one_map_per_sample(demo_root, tmp_path):
     result = runner.invoke(app, ["edges", "--manifest", str(demo_root / "manifest.jsonl"), "--out", str(out),
                                  "--resolution", "32"])
     assert result.exit_code == 0, result.output
-    rows = [json.loads(line) for line in (out / "edges.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (out / "edges.jsonl").read_text(encoding="utf-8").splitlines()]
     assert len(rows) == 40 and all((out / r["file"]).is_file() for r in rows)
     assert all(r["edge_frac"] > 0 for r in rows if r["id"] in {"demo_0000", "demo_0001"})

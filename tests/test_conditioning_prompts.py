@@ -59,7 +59,7 @@ def test_prompt_for_is_deterministic_given_seed():
 
 def test_user_csv_keyed_by_id_falls_back(tmp_path):
     path = tmp_path / "prompts.csv"
-    path.write_text("id,prompt\ncase1,a red polyp\ncase1,a reddish polyp\ncase2,a pale polyp\n")
+    path.write_text("id,prompt\ncase1,a red polyp\ncase1,a reddish polyp\ncase2,a pale polyp\n", encoding="utf-8")
     base = PromptLibrary.load("colon-polyp")
     lib = PromptLibrary.from_file(path, fallback=base)
     rng = np.random.default_rng(0)
@@ -98,7 +98,7 @@ def test_user_yaml_keyed_by_class_with_slots(tmp_path):
 )
 def test_bad_prompt_files_name_the_file(tmp_path, name, text, message):
     path = tmp_path / name
-    path.write_text(text)
+    path.write_text(text, encoding="utf-8")
     with pytest.raises(PromptFileError, match=message) as err:
         PromptLibrary.from_file(path)
     assert err.value.path == str(path)

@@ -21,7 +21,7 @@ SPLIT = {
 
 def test_split_file_reading(tmp_path):
     path = tmp_path / "toy.json"
-    path.write_text(json.dumps(SPLIT))
+    path.write_text(json.dumps(SPLIT), encoding="utf-8")
     split = load_benchmark_split(path)
     assert split.low_data(2) == ["a", "b"] and split.low_data(3) == ["a", "b", "c"]
     assert split.split_of()["f"] == "test" and split.split_of()["n1"] == "normal_backgrounds"
@@ -33,13 +33,13 @@ def test_split_file_reading(tmp_path):
                                     {"low_data_subsets": {"2": ["a", "b"], "3": ["a", "c", "d"]}}])
 def test_inconsistent_split_file_names_the_file(tmp_path, change):
     path = tmp_path / "bad.json"
-    path.write_text(json.dumps(SPLIT | change))
+    path.write_text(json.dumps(SPLIT | change), encoding="utf-8")
     with pytest.raises(DataError, match="bad.json"):
         load_benchmark_split(path)
 
 
 def test_split_by_name_searches_env_dir(tmp_path, monkeypatch):
-    (tmp_path / "toy.json").write_text(json.dumps(SPLIT))
+    (tmp_path / "toy.json").write_text(json.dumps(SPLIT), encoding="utf-8")
     monkeypatch.setenv("LESIONFORGE_SPLITS", str(tmp_path))
     assert load_benchmark_split("toy").dataset == "toy"
     with pytest.raises(DataError, match="not found"):
@@ -68,7 +68,7 @@ def test_assign_splits_and_save_round_trip(tmp_path):
     samples = [Sample(id=i, image=f"{i}.png") for i in ("a", "e", "zz")]
     split = load_benchmark_split(save_split(make_splits(samples, seed=0), tmp_path / "s.json"))
     path = tmp_path / "toy.json"
-    path.write_text(json.dumps(SPLIT))
+    path.write_text(json.dumps(SPLIT), encoding="utf-8")
     assigned = assign_splits(samples, load_benchmark_split(path))
     assert [s.split for s in assigned] == ["train", "val", None]
     assert sorted(split.train + split.val + split.test) == ["a", "e", "zz"]

@@ -81,7 +81,7 @@ def cfg(tmp_path):
 def test_result_json_follows_protocol_schema(cfg, demo_arrays):
     paths = run_experiment(cfg, FakeStages(demo_arrays), progress=False)
     assert [p.name for p in paths] == ["demo-n4-tiny.json", "demo-n8-tiny.json"]
-    res = json.loads(paths[0].read_text())
+    res = json.loads(paths[0].read_text(encoding="utf-8"))
     for key, typ in [("dataset", str), ("n_labelled", int), ("profile", str), ("resolution", int),
                      ("code_version", str), ("steps", int), ("seeds", list), ("arms", dict), ("paired_diff", dict)]:
         assert isinstance(res[key], typ), key
@@ -141,8 +141,8 @@ def test_every_arm_gets_the_same_budget(cfg, demo_arrays):
 
 
 def test_arm_cannot_carry_its_own_budget(tmp_path):
-    text = (CONFIGS / "smoke.yaml").read_text().replace("kind: baseline}", "kind: baseline, steps: 99}")
-    (tmp_path / "bad.yaml").write_text(text)
+    text = (CONFIGS / "smoke.yaml").read_text(encoding="utf-8").replace("kind: baseline}", "kind: baseline, steps: 99}")
+    (tmp_path / "bad.yaml").write_text(text, encoding="utf-8")
     with pytest.raises(ConfigError, match="steps"):
         load_experiment_config(tmp_path / "bad.yaml")
 
@@ -154,9 +154,9 @@ def test_arm_cannot_carry_its_own_budget(tmp_path):
     ("baseline, kind: baseline", "base, kind: baseline", "baseline_arm"),
 ])
 def test_inconsistent_configs_are_refused(tmp_path, old, new, message):
-    text = (CONFIGS / "smoke.yaml").read_text()
+    text = (CONFIGS / "smoke.yaml").read_text(encoding="utf-8")
     assert old in text
-    (tmp_path / "bad.yaml").write_text(text.replace(old, new, 1))
+    (tmp_path / "bad.yaml").write_text(text.replace(old, new, 1), encoding="utf-8")
     with pytest.raises(ConfigError, match=message):
         load_experiment_config(tmp_path / "bad.yaml")
 
@@ -173,7 +173,7 @@ def test_changed_settings_are_not_mixed_into_a_resumed_sweep(cfg, demo_arrays):
 def test_report_is_rebuilt_from_the_json_alone(cfg, demo_arrays, tmp_path):
     paths = run_experiment(cfg, FakeStages(demo_arrays), progress=False)
     md = write_report(paths[1], tmp_path / "report")
-    text = md.read_text()
+    text = md.read_text(encoding="utf-8")
     for name in ("demo-n8-tiny-mdice-vs-n.png", "demo-n8-tiny-miss-by-band.png", "demo-n8-tiny-samples.png"):
         assert (tmp_path / "report" / name).stat().st_size > 1000
         assert name in text
@@ -187,7 +187,7 @@ def test_report_is_rebuilt_from_the_json_alone(cfg, demo_arrays, tmp_path):
 
 def test_bad_result_file_is_named(tmp_path):
     bad = tmp_path / "x.json"
-    bad.write_text('{"dataset": "demo"}')
+    bad.write_text('{"dataset": "demo"}', encoding="utf-8")
     with pytest.raises(DataError, match="x.json"):
         load_result(bad)
 

@@ -29,19 +29,19 @@ def test_smoke_sweep_runs_resumes_and_reports(tmp_path, one_thread):
     from lesionforge.data.demo import write_demo_dataset
 
     other = write_demo_dataset(tmp_path / "other", n=10, size=32, seed=7)  # a "transfer" dataset
-    cfg = yaml.safe_load(SMOKE.read_text())
+    cfg = yaml.safe_load(SMOKE.read_text(encoding="utf-8"))
     cfg.update(output="runs", results_dir="results", seeds=[0, 1],  # 2 seeds keep the test short
                transfer=[{"name": "other", "root": "other/manifest.jsonl"}])
-    (tmp_path / "smoke.yaml").write_text(yaml.safe_dump(cfg))
+    (tmp_path / "smoke.yaml").write_text(yaml.safe_dump(cfg), encoding="utf-8")
     runner = CliRunner()
     out = runner.invoke(app, ["experiment", "run", str(tmp_path / "smoke.yaml")])
     assert out.exit_code == 0, out.output
-    res = json.loads((tmp_path / "results" / "demo-n8-tiny.json").read_text())
+    res = json.loads((tmp_path / "results" / "demo-n8-tiny.json").read_text(encoding="utf-8"))
     assert set(res["arms"]) == {"baseline", "copy-paste", "synthetic"}
     assert all(0 <= d <= 1 for a in res["arms"].values() for d in a["mdice"])
     assert res["generators"]["inpaint"]["n_generated"] == 8  # n_per_real 1 x N 8
     assert res["arms"]["synthetic"]["n_synthetic"] == res["generators"]["inpaint"]["n_kept"]
-    assert "## Transfer" in (tmp_path / "results" / "demo-n8-tiny.md").read_text()
+    assert "## Transfer" in (tmp_path / "results" / "demo-n8-tiny.md").read_text(encoding="utf-8")
     transfer = res["transfer"]["other"]
     assert set(transfer) == set(res["arms"]) and all(len(v["mdice"]) == 2 for v in transfer.values())
     assert other.is_dir()
@@ -51,5 +51,5 @@ def test_smoke_sweep_runs_resumes_and_reports(tmp_path, one_thread):
     again = runner.invoke(app, ["experiment", "run", str(tmp_path / "smoke.yaml"), "--no-report"])
     assert again.exit_code == 0, again.output
     assert [p.stat().st_mtime_ns for p in runs] == stamps  # finished runs were skipped, not redone
-    res2 = json.loads((tmp_path / "results" / "demo-n8-tiny.json").read_text())
+    res2 = json.loads((tmp_path / "results" / "demo-n8-tiny.json").read_text(encoding="utf-8"))
     assert res2["arms"] == res["arms"] and res2["paired_diff"] == res["paired_diff"]

@@ -58,7 +58,7 @@ def test_save_load_round_trip(tmp_path):
     torch.manual_seed(0)
     gen = build_generator(tiny_cfg("edge-text", text=True)).eval()
     gen.save_pretrained(tmp_path)
-    meta = json.loads((tmp_path / "lesionforge.json").read_text())
+    meta = json.loads((tmp_path / "lesionforge.json").read_text(encoding="utf-8"))
     assert meta["kind"] == "edge-text" and meta["x_channels"] == 3 and meta["spatial_channels"] == 2
     assert (tmp_path / "unet" / "diffusion_pytorch_model.safetensors").is_file()
     assert isinstance(UNet2DConditionModel.from_pretrained(tmp_path / "unet"), UNet2DConditionModel)

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.usefixtures(one_thread.__name__)
 def test_training_loss_falls(demo_arrays, tmp_path):
     cfg = tiny_cfg("mask2image", steps=40, batch_size=4, lr=2e-3, checkpoint_every=40)
     out = train_generator(cfg, pairs(demo_arrays), tmp_path / "g", progress=False)
-    losses = json.loads((out / "checkpoint-40" / "state.json").read_text())["losses"]
+    losses = json.loads((out / "checkpoint-40" / "state.json").read_text(encoding="utf-8"))["losses"]
     assert len(losses) == 40
     assert np.mean(losses[-10:]) < 0.7 * np.mean(losses[:5])
     assert (out / "loss.png").stat().st_size > 0 and (out / "samples" / "final.png").is_file()
@@ -53,8 +53,8 @@ def test_resume_after_kill_gives_identical_weights(demo_arrays, tmp_path, monkey
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     raw_a, raw_b = _weights(straight / "checkpoint-6" / "model"), _weights(resumed / "checkpoint-6" / "model")
     assert all(torch.equal(raw_a[k], raw_b[k]) for k in raw_a)
-    assert json.loads((resumed / "checkpoint-6" / "state.json").read_text())["losses"] == \
-        json.loads((straight / "checkpoint-6" / "state.json").read_text())["losses"]
+    assert json.loads((resumed / "checkpoint-6" / "state.json").read_text(encoding="utf-8"))["losses"] == \
+        json.loads((straight / "checkpoint-6" / "state.json").read_text(encoding="utf-8"))["losses"]
     from lesionforge.errors import ConfigError
 
     with pytest.raises(ConfigError, match="lr changed"):  # resuming under other settings is refused
@@ -87,7 +87,7 @@ def test_other_kinds_train(kind, demo_arrays, tmp_path):
     data = pairs(demo_arrays)
     data.classes = ["a", "b"] * (len(data) // 2)
     out = train_generator(tiny_cfg(kind, steps=2, checkpoint_every=2, **extra), data, tmp_path / "g", progress=False)
-    meta = json.loads((out / "lesionforge.json").read_text())
+    meta = json.loads((out / "lesionforge.json").read_text(encoding="utf-8"))
     assert meta["kind"] == kind and meta["scheduler"]["num_train_timesteps"] == 1000
     assert (out / "samples" / "final.png").is_file()
 
@@ -102,6 +102,6 @@ def test_bad_inputs_are_clear_errors(demo_arrays, tmp_path):
     with pytest.raises(ConfigError, match="backgrounds: images have 1 channels"):
         train_generator(tiny_cfg("inpaint"), pairs(demo_arrays), tmp_path / "b", backgrounds=grey, progress=False)
     (tmp_path / "c").mkdir()
-    (tmp_path / "c" / "x.txt").write_text("user file")
+    (tmp_path / "c" / "x.txt").write_text("user file", encoding="utf-8")
     with pytest.raises(OverwriteError):
         train_generator(tiny_cfg("mask2image"), pairs(demo_arrays), tmp_path / "c", resume=False, progress=False)

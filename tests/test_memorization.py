@@ -37,7 +37,7 @@ def test_audit_flags_planted_copies_and_not_fresh_samples(tmp_path):
     assert report.pixel.threshold < report.pixel.real_nn_median
 
     path = write_memorization_report(report, train, synthetic, tmp_path)
-    saved = json.loads(path.read_text())
+    saved = json.loads(path.read_text(encoding="utf-8"))
     assert [m["pixel_nearest_id"] for m in saved["flagged"]] == ["train7", "train50"]
     assert saved["extractor"]["name"] == "pixels-8"
     assert (tmp_path / "memorization_flagged.png").stat().st_size > 1000

@@ -91,5 +91,5 @@ def test_quality_report_names_its_extractor_and_is_written(demo_arrays, tmp_path
     assert report["fid"] >= 0 and report["kid"]["subset_size"] == 20
     assert 0 < report["ms_ssim"]["synthetic"]["mean"] < 1
     path = write_quality_report(report, tmp_path)
-    assert json.loads(path.read_text())["fid"] == pytest.approx(report["fid"])
-    assert "pixels-4" in (tmp_path / "quality.md").read_text()
+    assert json.loads(path.read_text(encoding="utf-8"))["fid"] == pytest.approx(report["fid"])
+    assert "pixels-4" in (tmp_path / "quality.md").read_text(encoding="utf-8")

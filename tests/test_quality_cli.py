@@ -39,7 +39,7 @@ def test_quality_command_scores_kept_synthetic_rows(app, demo_root, synthetic_ma
         "--extractor", "pixels:4", "--out", str(out), "--profile", "tiny", "--real-split", "",
         "--kid-subsets", "5", "--msssim-pairs", "10"])
     assert res.exit_code == 0, res.output
-    report = json.loads((out / "quality.json").read_text())
+    report = json.loads((out / "quality.json").read_text(encoding="utf-8"))
     assert report["n_synthetic"] == 7 and report["n_real"] == 40 and report["resolution"] == 32
     assert report["mask_fidelity"]["acceptance_rate"] == pytest.approx(0.7)
     assert report["mask_fidelity"]["dice_rejected"]["mean"] == pytest.approx(0.1)
@@ -52,7 +52,7 @@ def test_memorization_command_flags_copies(app, demo_root, synthetic_manifest, t
         "memorization", "--train", str(demo_root / "manifest.jsonl"), "--synthetic", str(synthetic_manifest),
         "--extractor", "pixels", "--out", str(out), "--profile", "tiny", "--train-split", ""])
     assert res.exit_code == 0, res.output
-    report = json.loads((out / "memorization.json").read_text())
+    report = json.loads((out / "memorization.json").read_text(encoding="utf-8"))
     assert report["n_synthetic"] == 10 and report["flagged_share"] == 1.0  # every row copies a training file
     assert (out / "memorization_flagged.png").is_file()
 

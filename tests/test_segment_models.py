@@ -95,7 +95,7 @@ def test_resume_gives_identical_weights(split, tmp_path):
     b = load_file(tmp_path / "resumed" / "last-0000006" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert [h["val_mdice"] for h in first.history + second.history if "val_mdice" in h] == [
-        h["val_mdice"] for h in json.loads((tmp_path / "straight" / "run.json").read_text())["history"]
+        h["val_mdice"] for h in json.loads((tmp_path / "straight" / "run.json").read_text(encoding="utf-8"))["history"]
     ]
 
 
@@ -118,7 +118,7 @@ def test_evaluate_cli_on_a_folder(trained, demo_root, tmp_path):
     result = CliRunner().invoke(app, ["segment", "evaluate", str(out / "best"), str(demo_root),
                                       "--out", str(tmp_path / "eval.json")])
     assert result.exit_code == 0, result.output
-    d = json.loads((tmp_path / "eval.json").read_text())
+    d = json.loads((tmp_path / "eval.json").read_text(encoding="utf-8"))
     assert d["n_images"] == 32  # the demo folder's lesion images; the 8 image-only normals are not scored
     assert 0 < d["mdice"] <= 1 and d["n_lesions"] >= 32
     assert set(d["miss_rate_by_band"]) == {"small", "medium", "large"}
@@ -128,16 +128,18 @@ def test_train_cli(demo_root, tmp_path):
     from lesionforge.cli import app
 
     ids = sorted(p.stem for p in (demo_root / "images").iterdir())
-    (tmp_path / "train.txt").write_text("\n".join(ids[:24]))
-    (tmp_path / "val.json").write_text(json.dumps({"val": ids[24:]}))
+    (tmp_path / "train.txt").write_text("\n".join(ids[:24]), encoding="utf-8")
+    (tmp_path / "val.json").write_text(json.dumps({"val": ids[24:]}), encoding="utf-8")
     cfg = tmp_path / "seg.yaml"
-    cfg.write_text("features: [8, 8, 16, 16, 32, 8]\nresolution: 32\nsteps: 2\nbatch_size: 2\nval_interval: 2\n")
+    cfg.write_text(
+        "features: [8, 8, 16, 16, 32, 8]\nresolution: 32\nsteps: 2\nbatch_size: 2\nval_interval: 2\n", encoding="utf-8"
+    )
     args = ["segment", "train", str(cfg), str(demo_root), "--out", str(tmp_path / "run"),
             "--train-ids", str(tmp_path / "train.txt"), "--val-ids", f"{tmp_path / 'val.json'}:val"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert (tmp_path / "run" / "best" / "model.safetensors").is_file()
-    assert json.loads((tmp_path / "run" / "run.json").read_text())["steps"] == 2
+    assert json.loads((tmp_path / "run" / "run.json").read_text(encoding="utf-8"))["steps"] == 2
 
 
 def test_clear_errors_on_bad_input(split, tmp_path):

@@ -25,7 +25,7 @@ def test_quick_speed_run_writes_expected_keys(tmp_path):
     # one thread: two OpenMP threads on a shared, busy CPU spin-wait and make this tiny run 30x slower
     path = speed.run_speed_benchmark("tiny", quick=True, out_dir=tmp_path, threads=1)
     assert path.name == "speed-tiny-quick.json" and path.with_suffix(".md").is_file()
-    r = json.loads(path.read_text())
+    r = json.loads(path.read_text(encoding="utf-8"))
     assert r["profile"] == "tiny" and r["resolution"] == 32 and r["quick"] is True
     assert {"cpu_count", "torch_threads", "cpus_usable"} <= r["machine"].keys()
     assert r["machine"]["torch_threads"] == 1
@@ -42,6 +42,6 @@ def test_quick_speed_run_writes_expected_keys(tmp_path):
 
 
 def test_speed_refuses_to_overwrite_results(tmp_path):
-    (tmp_path / "speed-tiny-quick.json").write_text("{}")
+    (tmp_path / "speed-tiny-quick.json").write_text("{}", encoding="utf-8")
     with pytest.raises(OverwriteError):
         _speed_module().run_speed_benchmark("tiny", quick=True, out_dir=tmp_path)

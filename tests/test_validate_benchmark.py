@@ -17,7 +17,7 @@ def test_validator_benchmark_quick(tmp_path):
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     bench.run(quick=True, work=tmp_path / "work", results=tmp_path / "results", dataset=root)
-    result = json.loads((tmp_path / "results" / "validator-kvasir-seg-tiny-quick.json").read_text())
+    result = json.loads((tmp_path / "results" / "validator-kvasir-seg-tiny-quick.json").read_text(encoding="utf-8"))
     assert result["resolution"] == 32 and result["n_labelled"] == 8
     assert result["reconstruction_val"]["psnr"] > 0
     for kind in ("latent", "pixel"):
@@ -26,4 +26,5 @@ def test_validator_benchmark_quick(tmp_path):
         assert set(f["acceptance_by_group"]) == {"true", "shifted", "swapped"}
     assert all(v > 0 for v in result["ms_per_sample"].values())
     assert 0 <= result["agreement"]["agreement"] <= 1
-    assert "Validator benchmark" in (tmp_path / "results" / "validator-kvasir-seg-tiny-quick.md").read_text()
+    report = tmp_path / "results" / "validator-kvasir-seg-tiny-quick.md"
+    assert "Validator benchmark" in report.read_text(encoding="utf-8")

@@ -99,7 +99,7 @@ def test_filter_keeps_matching_rejects_corrupted(validators, synthetic_manifest,
     assert report.threshold_rule.startswith("auto: 10th percentile") and report.n_scored == 28
     assert all(x["threshold_rule"] == report.threshold_rule and x["validator_kind"] == "latent" for x in v.values())
     assert {p: p.read_bytes() for p in synthetic_manifest.parent.rglob("*") if p.is_file()} == before
-    assert json.loads(out.with_suffix(".filter.json").read_text())["n_kept"] == report.n_kept
+    assert json.loads(out.with_suffix(".filter.json").read_text(encoding="utf-8"))["n_kept"] == report.n_kept
     assert sorted(s.id for s in list_rejected(out)) == sorted(report.rejected_ids)
     assert next(s for s in read_manifest(out) if s.id == "real_0").provenance is None
 

@@ -44,8 +44,9 @@ def run_demo(out: str | Path, overwrite: bool = False, seed: int = 0, resume: bo
     if not (data_root / "manifest.jsonl").is_file():
         write_demo_dataset(data_root, demo.n, demo.size, demo.normal_fraction, demo.seed)
     console.rule("[bold]1. input checks")
-    report = check_dataset(data_root)
-    console.print(report.counts())
+    report = check_dataset(data_root)  # the lesion pairs (images/ + masks/)
+    normals = check_dataset(data_root / "normal", layout="images")  # the lesion-free backgrounds
+    console.print({"pairs": report.counts(), "backgrounds": normals.counts()})
     console.rule("[bold]2. dataset fingerprint")
     fp = fingerprint(read_dataset(data_root / "manifest.jsonl"))
     console.print(fp.model_dump(mode="json") if hasattr(fp, "model_dump") else fp)
@@ -56,7 +57,9 @@ def run_demo(out: str | Path, overwrite: bool = False, seed: int = 0, resume: bo
     console.rule("[bold]4. result")
     console.print(table)
     summary = {
-        "data": str(data_root), "check": report.counts(), "results": [str(p) for p in results],
+        "data": str(data_root),
+        "check": {"pairs": report.counts(), "backgrounds": normals.counts()},
+        "results": [str(p) for p in results],
         "reports": reports, "table": table,
     }
     write_json_atomic(out / "summary.json", summary)

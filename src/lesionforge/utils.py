@@ -36,7 +36,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
 def write_text_atomic(path: str | Path, text: str) -> None:
     with atomic_path(path) as tmp:
-        tmp.write_text(text)
+        tmp.write_text(text, encoding="utf-8")
 
 
 def write_json_atomic(path: str | Path, obj: Any) -> None:

@@ -47,7 +47,7 @@ def register(app: typer.Typer) -> None:
                                kept_only=kept_only, device=device, overwrite=overwrite, progress=True,
                                kid_subsets=kid_subsets, kid_subset_size=kid_subset_size, msssim_pairs=msssim_pairs,
                                seed=seed)
-        typer.echo(path.with_suffix(".md").read_text())
+        typer.echo(path.with_suffix(".md").read_text(encoding="utf-8"))
 
     @app.command()
     def memorization(

@@ -149,7 +149,7 @@ class PromptLibrary:
         if domain not in available_domains():
             raise ConfigError(f"no built-in prompt library {domain!r}; available: {available_domains()}")
         ref = resources.files("lesionforge.conditioning") / "prompts" / f"{domain}.yaml"
-        return cls(_parse_yaml(ref.read_text(), str(ref)), source=str(ref))
+        return cls(_parse_yaml(ref.read_text(encoding="utf-8"), str(ref)), source=str(ref))
 
     @classmethod
     def from_file(cls, path: str | Path, fallback: PromptLibrary | None = None) -> PromptLibrary:
@@ -162,7 +162,7 @@ class PromptLibrary:
             raise PromptFileError(path, "prompt file not found")
         suffix = path.suffix.lower()
         if suffix in (".yaml", ".yml"):
-            spec = _parse_yaml(path.read_text(), path)
+            spec = _parse_yaml(path.read_text(encoding="utf-8"), path)
         elif suffix == ".csv":
             spec = _parse_csv(path)
         else:

@@ -73,7 +73,7 @@ def write_manifest(path: str | Path, samples: Iterable[Sample]) -> Path:
     """Write samples as JSONL atomically. Ids must be unique."""
     path = Path(path)
     seen: set[str] = set()
-    with atomic_path(path) as tmp, open(tmp, "w") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         for s in samples:
             if s.id in seen:
                 raise DuplicateIdError(path, f"sample id {s.id!r} appears twice")
@@ -86,7 +86,7 @@ def append_manifest(path: str | Path, samples: Iterable[Sample]) -> None:
     """Append rows (used by resumable jobs: each finished sample is appended and flushed)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
+    with open(path, "a", encoding="utf-8") as f:
         for s in samples:
             f.write(json.dumps(s.to_row()) + "\n")
         f.flush()
@@ -98,7 +98,7 @@ def read_manifest(path: str | Path, resolve: bool = True) -> list[Sample]:
     if not path.is_file():
         raise DataError(path, "manifest not found")
     out: list[Sample] = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
             continue
         try:

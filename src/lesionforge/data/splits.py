@@ -83,7 +83,7 @@ def load_benchmark_split(path_or_name: str | Path) -> BenchmarkSplit:
             raise DataError(path, f"split file not found (looked in {', '.join(str(c.parent) for c in candidates)})")
         path = found[0]
     try:
-        return BenchmarkSplit.model_validate(json.loads(path.read_text()))
+        return BenchmarkSplit.model_validate(json.loads(path.read_text(encoding="utf-8")))
     except (json.JSONDecodeError, ValidationError) as e:
         raise DataError(path, f"not a valid split file ({e})") from e
 

@@ -83,6 +83,6 @@ def write_record(path: Path, record: RunRecord) -> None:
 def read_record(path: Path) -> RunRecord:
     """Read a run record; a corrupt or foreign file is a :class:`DataError` naming it."""
     try:
-        return RunRecord.model_validate(json.loads(Path(path).read_text()))
+        return RunRecord.model_validate(json.loads(Path(path).read_text(encoding="utf-8")))
     except (json.JSONDecodeError, ValidationError) as e:
         raise DataError(path, f"not a valid experiment run record ({e}); delete it to rerun that run") from e

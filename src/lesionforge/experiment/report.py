@@ -27,7 +27,7 @@ def load_result(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise DataError(path, "result file not found")
     try:
-        res = json.loads(path.read_text())
+        res = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise DataError(path, f"not valid JSON ({e})") from e
     missing = [k for k in REQUIRED_KEYS if k not in res]

@@ -34,7 +34,7 @@ def synthetic_key(cfg: ExperimentConfig, name: str, n: int, data: ExperimentData
     presets = [spec.config]
     if spec.filter is not None:
         presets += [spec.filter.autoencoder_config, spec.filter.validator_config]
-    contents = [Path(p).read_text() if p is not None and Path(p).is_file() else None for p in presets]
+    contents = [Path(p).read_text(encoding="utf-8") if p is not None and Path(p).is_file() else None for p in presets]
     return cache_key(
         cfg.dataset.name, cfg.resolution, spec.model_dump(mode="json"), contents, data.split.low_data(n),
         data.background_ids() if spec.method == "inpaint-normal" else None,
@@ -57,7 +57,7 @@ class _SyntheticCache:
             return self.sets[name]
         marker = self.work_dir(name) / "synthetic.json"
         if marker.is_file():
-            self.sets[name] = SyntheticSet.from_dict(json.loads(marker.read_text()))
+            self.sets[name] = SyntheticSet.from_dict(json.loads(marker.read_text(encoding="utf-8")))
         elif make:
             t0 = time.perf_counter()
             seed_everything(self.cfg.generators[name].seed)
@@ -165,7 +165,7 @@ def _prepare_output(cfg: ExperimentConfig, resume: bool, overwrite: bool) -> Non
 def _write_result(cfg: ExperimentConfig, n: int, result: dict, overwrite: bool) -> Path:
     path = result_path(cfg, n)
     if path.is_file() and not overwrite:
-        old = json.loads(path.read_text())
+        old = json.loads(path.read_text(encoding="utf-8"))
         if old.get("config_hash") != result["config_hash"]:
             raise OverwriteError(
                 f"{path} holds results of a different config; pass --overwrite to replace it"

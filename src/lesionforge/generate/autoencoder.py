@@ -224,7 +224,7 @@ def _load_state(out_dir: Path, vae, disc, opt, opt_d) -> int:
     if disc is not None and optim["disc"] is not None:
         disc.load_state_dict(optim["disc"])
         opt_d.load_state_dict(optim["opt_d"])
-    return int(json.loads((state / "step.json").read_text())["step"])
+    return int(json.loads((state / "step.json").read_text(encoding="utf-8"))["step"])
 
 
 def _check_images(images: PairArrays, cfg: AutoencoderConfig, what: str) -> None:

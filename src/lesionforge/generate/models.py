@@ -189,7 +189,7 @@ def read_meta(path: str | Path) -> dict:
     if not f.is_file():
         raise CheckpointError(f"{path}: not a generator folder (no {META_FILE})")
     try:
-        return json.loads(f.read_text())
+        return json.loads(f.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{f}: unreadable ({e})") from e
 

@@ -123,7 +123,7 @@ def _check_same_run(out_dir: Path, settings: dict) -> None:
     """A resumed run must continue the same run: refuse other weights, sampler or seed in the same folder."""
     path = out_dir / RUN_FILE
     if path.is_file():
-        before = json.loads(path.read_text())
+        before = json.loads(path.read_text(encoding="utf-8"))
         changed = sorted(k for k in settings if before.get(k) != settings[k])
         if changed:
             raise OverwriteError(f"{out_dir} holds a synthesis run with other {', '.join(changed)}; "

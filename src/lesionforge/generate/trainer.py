@@ -192,7 +192,7 @@ def _load_checkpoint(path: Path, gen: LesionGenerator, opt, lr_sched, ema: EMAMo
         opt.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
         lr_sched.load_state_dict(torch.load(path / "lr_scheduler.pt", weights_only=True))
         torch.set_rng_state(torch.load(path / "rng.pt", weights_only=True)["torch"])
-        state = json.loads((path / "state.json").read_text())
+        state = json.loads((path / "state.json").read_text(encoding="utf-8"))
     except (OSError, RuntimeError, KeyError, ValueError) as e:
         raise CheckpointError(f"{path}: cannot resume from this checkpoint ({e})") from e
     return int(state["step"]), list(state["losses"])

@@ -38,8 +38,8 @@ def read_id_list(path: str | Path, key: str | None = None) -> list[str]:
     if not path.is_file():
         raise DataError(path, "id list not found")
     if path.suffix.lower() != ".json":
-        return [line.strip() for line in path.read_text().splitlines() if line.strip()]
-    obj = json.loads(path.read_text())
+        return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    obj = json.loads(path.read_text(encoding="utf-8"))
     for part in key.split(".") if key else []:
         if not isinstance(obj, dict) or part not in obj:
             raise DataError(path, f"no key {part!r} (from {key!r})")

@@ -35,7 +35,7 @@ def read_segmenter_meta(path: str | Path) -> dict:
     meta_path = Path(path) / META
     if not meta_path.is_file() or not (Path(path) / WEIGHTS).is_file():
         raise CheckpointError(f"{path}: not a segmenter checkpoint (needs {WEIGHTS} and {META})")
-    return json.loads(meta_path.read_text())
+    return json.loads(meta_path.read_text(encoding="utf-8"))
 
 
 def load_segmenter(path: str | Path, device: str = "cpu") -> nn.Module:

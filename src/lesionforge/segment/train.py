@@ -233,7 +233,7 @@ def _last_name(step: int) -> str:
 
 def _last_folder(out: Path) -> Path | None:
     pointer = out / "last.json"
-    return out / json.loads(pointer.read_text())["folder"] if pointer.is_file() else None
+    return out / json.loads(pointer.read_text(encoding="utf-8"))["folder"] if pointer.is_file() else None
 
 
 def _load_last(
@@ -242,7 +242,7 @@ def _load_last(
     folder = _last_folder(out)
     if folder is None:
         return _State()
-    saved = SegmentConfig.model_validate(json.loads((folder / "segmenter.json").read_text())["config"])
+    saved = SegmentConfig.model_validate(json.loads((folder / "segmenter.json").read_text(encoding="utf-8"))["config"])
     if saved.model_copy(update={"device": cfg.device}) != cfg:  # the same run may resume on another device
         raise CheckpointError(f"{out}: holds a run with different settings; use another folder or --overwrite")
     load_model(model, str(folder / WEIGHTS))

@@ -140,7 +140,7 @@ def seg_encoder_extractor(folder: str | Path) -> FeatureExtractor:
     if not cfg_path.is_file() or not w_path.is_file():
         needs = f"{SEG_ENCODER_CONFIG} and {SEG_ENCODER_WEIGHTS}"
         raise CheckpointError(f"{folder}: not a seg-encoder folder (needs {needs})")
-    cfg = json.loads(cfg_path.read_text())
+    cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
     unet = _build_unet(cfg)
     try:
         unet.load_state_dict(load_file(w_path))

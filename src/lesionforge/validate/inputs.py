@@ -32,7 +32,8 @@ def load_validator_config(path: str | Path, overrides: dict | None = None) -> Va
     """Read a ``configs/validator-*.yaml``; its ``kind`` (latent / pixel) picks the settings model."""
     path = Path(path)
     try:
-        kind = (yaml.safe_load(path.read_text()) or {}).get("kind", "latent") if path.is_file() else None
+        text = path.read_text(encoding="utf-8") if path.is_file() else None
+        kind = (yaml.safe_load(text) or {}).get("kind", "latent") if text is not None else None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from e
     kind = (overrides or {}).get("kind", kind)

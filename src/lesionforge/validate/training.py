@@ -78,7 +78,7 @@ def _load_state(out_dir: Path, model: torch.nn.Module, opt: torch.optim.Optimize
     except RuntimeError as e:  # a run with another architecture in the same folder
         raise CheckpointError(f"{state}: checkpoint does not match the config ({e}); use a new output") from e
     opt.load_state_dict(torch.load(state / "optim.pt", weights_only=True))
-    return int(json.loads((state / "step.json").read_text())["step"])
+    return int(json.loads((state / "step.json").read_text(encoding="utf-8"))["step"])
 
 
 def flip_batch(x: torch.Tensor, m: torch.Tensor, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
