@@ -7,7 +7,6 @@ import sys
 import nibabel as nib
 import numpy as np
 import pytest
-import SimpleITK as sitk
 
 from lesionforge.data.arrays import load_arrays, load_sample
 from lesionforge.data.readers import detect_layout, read_dataset
@@ -75,6 +74,7 @@ def test_other_axis_and_mha_label_via_simpleitk(tmp_path):
     image, label = _volume()
     _write_nifti(tmp_path / "images" / "c1.nii", image)
     (tmp_path / "labels").mkdir()
+    sitk = pytest.importorskip("SimpleITK", reason="DICOM/MHA support is the optional [dicom] extra")
     sitk.WriteImage(sitk.GetImageFromArray(label.T.copy()), str(tmp_path / "labels" / "c1_seg.mha"))
     samples = read_dataset(tmp_path, axis=0, min_area=1)
     assert all(s.slice.axis == 0 for s in samples)
@@ -97,6 +97,7 @@ def test_volume_errors(tmp_path):
 
 def _write_dicom_series(folder, volume_zyx: np.ndarray) -> None:
     """One DICOM file per z slice, with the tags a series reader needs to stack them in order."""
+    sitk = pytest.importorskip("SimpleITK", reason="DICOM/MHA support is the optional [dicom] extra")
     folder.mkdir(parents=True)
     image = sitk.GetImageFromArray(volume_zyx)
     writer = sitk.ImageFileWriter()
