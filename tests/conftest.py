@@ -7,12 +7,22 @@ from pathlib import Path
 import pytest
 import torch
 
-# Tiny test models run faster (and steadier) on one thread than with OpenMP threads waiting on each other.
-torch.set_num_threads(1)
-
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 DATASETS = SHARED / "datasets"
 SPLITS = SHARED / "benchmark" / "splits"
+
+
+torch.set_num_threads(1)  # also for session/module fixtures, which are set up before the per-test one below
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One torch thread per test (restored after it, as some stages set their own count): the tiny test
+    models run faster and steadier so than with two OpenMP threads waiting on each other."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(autouse=True)

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 from typer.testing import CliRunner
 
@@ -15,17 +14,8 @@ from lesionforge.cli import app
 SMOKE = Path(__file__).resolve().parents[1] / "benchmarks" / "configs" / "smoke.yaml"
 
 
-@pytest.fixture()
-def one_thread():
-    # on a shared 2-core machine, 2 intra-op threads per process can be ~30x slower than 1 for tiny nets
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.mark.slow
-def test_smoke_sweep_runs_resumes_and_reports(tmp_path, one_thread):
+def test_smoke_sweep_runs_resumes_and_reports(tmp_path):
     from lesionforge.data.demo import write_demo_dataset
 
     other = write_demo_dataset(tmp_path / "other", n=10, size=32, seed=7)  # a "transfer" dataset

@@ -3,21 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import torch
 
 from lesionforge.data.arrays import PairArrays
 from lesionforge.generate.config import GeneratorConfig
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread while a generator test runs: on a shared, busy CPU two spinning threads per process
-    made each training step ten times slower. Restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def tiny_cfg(kind: str, **kw) -> GeneratorConfig:

@@ -7,13 +7,11 @@ import json
 import pytest
 import torch
 from diffusers import UNet2DConditionModel, UNet2DModel
-from test_generate_common import one_thread, tiny_cfg
+from test_generate_common import tiny_cfg
 
 from lesionforge.errors import ConfigError
 from lesionforge.generate.models import Conditions, LesionGenerator, build_generator, channel_layout
 from lesionforge.generate.sampler import guided_prediction
-
-pytestmark = pytest.mark.usefixtures(one_thread.__name__)
 
 
 @pytest.mark.parametrize(("kind", "x", "spatial"), [("mask2image", 3, 1), ("joint", 4, 0), ("edge-text", 3, 2),

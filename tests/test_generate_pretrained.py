@@ -6,13 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 from diffusers import UNet2DConditionModel
-from test_generate_common import one_thread, pairs, tiny_cfg
+from test_generate_common import pairs, tiny_cfg
 
 from lesionforge.errors import CheckpointError
 from lesionforge.generate.models import Conditions, LesionGenerator, build_generator
 from lesionforge.generate.trainer import train_generator
-
-pytestmark = pytest.mark.usefixtures(one_thread.__name__)
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import torch
 from monai.losses import DiceLoss
 from monai.metrics import DiceMetric
 from monai.networks.nets import BasicUNet
-from test_generate_common import one_thread, pairs, tiny_cfg
+from test_generate_common import pairs, tiny_cfg
 
 from lesionforge.data.arrays import image_to_tensor, mask_to_tensor
 from lesionforge.data.demo import make_demo_arrays
@@ -18,7 +18,7 @@ from lesionforge.generate.models import Conditions, LesionGenerator
 from lesionforge.generate.sampler import sample, sample_seed
 from lesionforge.generate.trainer import train_generator
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures(one_thread.__name__)]
+pytestmark = pytest.mark.slow
 
 
 def _segmenter(images: np.ndarray, masks: np.ndarray, steps: int = 120) -> BasicUNet:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from test_generate_common import normals, one_thread, pairs, tiny_cfg
+from test_generate_common import normals, pairs, tiny_cfg
 
 from lesionforge.data.io import read_image, read_mask
 from lesionforge.data.manifest import read_manifest
@@ -16,8 +16,6 @@ from lesionforge.generate.models import Conditions, build_generator
 from lesionforge.generate.sampler import InpaintGuide, sample, sample_seed
 from lesionforge.generate.synthesize import synthesize
 from lesionforge.generate.trainbatch import make_mask_source
-
-pytestmark = pytest.mark.usefixtures(one_thread.__name__)
 
 
 def _saved(kind: str, path, **kw):

@@ -8,15 +8,13 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_generate_common import TinyCodec, normals, one_thread, pairs, tiny_cfg
+from test_generate_common import TinyCodec, normals, pairs, tiny_cfg
 
 from lesionforge.generate import trainer
 from lesionforge.generate.models import LesionGenerator
 from lesionforge.generate.synthesize import synthesize
 from lesionforge.generate.trainbatch import make_mask_source
 from lesionforge.generate.trainer import train_generator
-
-pytestmark = pytest.mark.usefixtures(one_thread.__name__)
 
 
 def test_training_loss_falls(demo_arrays, tmp_path):

@@ -14,16 +14,6 @@ from lesionforge.validate.inception import FIDInceptionV3
 TINY = (8, 8, 16, 16, 32, 8)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # these tiny convolutions gain nothing from threads, and on a busy shared CPU two OpenMP threads spin-wait
-    # (a 2-step training went from 2 s to 50 s); results do not depend on the thread count
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def _pairs(demo, n: int) -> PairArrays:
     return PairArrays(demo.images[:n], demo.masks[:n], demo.masks[:n].any((1, 2)), list(demo.ids[:n]), [None] * n)
 

@@ -25,15 +25,6 @@ TINY_KWARGS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny convolutions on a shared 2-core machine ran >10x slower with 2 threads than with 1
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def split(demo_arrays):
     a = PairArrays(demo_arrays.images, demo_arrays.masks, np.ones(len(demo_arrays.ids), bool), demo_arrays.ids,
@@ -58,7 +49,6 @@ def test_every_network_builds_and_runs_at_32px(name):
 
 @pytest.fixture(scope="module")
 def trained(split, tmp_path_factory):
-    torch.set_num_threads(1)
     train, val = split
     out = tmp_path_factory.mktemp("seg") / "run"
     return train_segmenter(_cfg(augment=AugmentConfig(enabled=False)), train, val, out), out

@@ -37,7 +37,7 @@ def _steps(items: range | list, description: str, progress: bool):
 def write_masks(
     source: MaskSource, n: int, out_dir: str | Path, seed: int = 0, overwrite: bool = False, progress: bool = False
 ) -> Path:
-    """Draw ``n`` masks from ``source`` and write ``out_dir/masks/mask_XXXXX.png`` (0/255) and
+    """Draw ``n`` masks from ``source`` and write ``out_dir/masks/mask_<k>.png`` (0/255) and
     ``out_dir/masks.jsonl`` (one row per mask: file, seed, code version and the source's info).
 
     Mask ``k`` is drawn with ``numpy.random.default_rng([seed, k])``, so any one mask can be remade alone.
