@@ -100,25 +100,14 @@ class BatchMaker:
 
 
 def make_mask_source(name: str, real: PairArrays | None, size: int):
-    """A mask source by name: ``jitter`` (real masks deformed) or ``size`` (size-controlled, small lesions
-    over-sampled; shapes and the size distribution from ``real`` masks when given, else random blobs)."""
-    from lesionforge.conditioning.masks import (
-        RealJitterSource,
-        SizeControlledSource,
-        SizeSampler,
-        area_fractions,
-        shape_bank_from_masks,
-    )
+    """A mask source by name (``jitter`` or ``size``) from the lesion masks of ``real`` (may be None):
+    :func:`lesionforge.conditioning.masks.build_mask_source` on a :class:`PairArrays`."""
+    from lesionforge.conditioning.masks import build_mask_source
 
-    masks = real.masks[real.has_mask] if real is not None else np.zeros((0, size, size), np.uint8)
-    if name == "jitter":
-        if not masks.any():
-            raise ConfigError("mask source 'jitter' needs real lesion masks")
-        return RealJitterSource(masks, [i for i, h in zip(real.ids, real.has_mask, strict=True) if h])
-    if name == "size":
-        bank = shape_bank_from_masks(masks) if masks.any() else None
-        return SizeControlledSource(bank, SizeSampler(area_fractions(masks) if masks.any() else None), size)
-    raise ConfigError(f"unknown mask source {name!r}; choose 'jitter' or 'size'")
+    if real is None:
+        return build_mask_source(name, np.zeros((0, size, size), np.uint8), [], size=size)
+    ids = [i for i, h in zip(real.ids, real.has_mask, strict=True) if h]
+    return build_mask_source(name, real.masks[real.has_mask], ids, size=size)
 
 
 def _concat(parts: list[PairArrays | None]) -> PairArrays:
