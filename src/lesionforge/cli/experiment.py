@@ -17,13 +17,20 @@ def run(
     overwrite: bool = typer.Option(False, "--overwrite", help="Delete the output folder and start over."),
     resume: bool = typer.Option(True, "--resume/--no-resume", help="Skip finished runs, continue unfinished ones."),
     report: bool = typer.Option(True, "--report/--no-report", help="Write the Markdown report of each result."),
+    threads: int = typer.Option(None, "--threads", help="torch threads of this worker (overrides the config)."),
 ) -> None:
-    """Run every N x seed x arm of CONFIG and write one result JSON per N (plus its report)."""
+    """Run every N x seed x arm of CONFIG and write one result JSON per N (plus its report).
+
+    Start it several times on the same CONFIG to share the sweep between workers (e.g. two workers with
+    `--threads 1` on two cores): each run is claimed by one worker; the others skip it and wait for it.
+    """
     from lesionforge.experiment.config import load_experiment_config
     from lesionforge.experiment.report import write_report
     from lesionforge.experiment.runner import run_experiment
 
     cfg = load_experiment_config(config)
+    if threads is not None:
+        cfg = cfg.model_copy(update={"threads": threads})
     for path in run_experiment(cfg, resume=resume, overwrite=overwrite):
         console.print(f"[green]result[/] {path}")
         if report:

@@ -30,8 +30,8 @@ def result_path(cfg: ExperimentConfig, n: int) -> Path:
 
 
 def config_hash(cfg: ExperimentConfig) -> str:
-    """Hash of every setting that shapes the numbers (not where outputs go)."""
-    return cache_key(cfg.model_dump(mode="json", exclude={"output", "results_dir"}))
+    """Hash of every setting that shapes the numbers (not where outputs go, nor a worker's thread count)."""
+    return cache_key(cfg.model_dump(mode="json", exclude={"output", "results_dir", "threads"}))
 
 
 def build_result(

@@ -4,6 +4,11 @@ Resumable at two levels: a finished run leaves ``run.json`` and is skipped; an u
 its own checkpoint (the segmentation stage checkpoints in the run folder). Synthetic sets are cached under
 ``<output>/cache`` by a hash of the generator settings, preset contents and the labelled ids, so they are
 made once per (N, generator) and shared by every arm and seed.
+
+Several workers may run the same sweep at once (``lesionforge experiment run CONFIG`` started twice, e.g. one
+process per core): each run and each synthetic set is claimed with a lock file (``locks.py``), a worker skips
+what another one is doing and waits for it at the end, and the result JSON is written by whichever worker
+sees every run finished.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from lesionforge.errors import ConfigError, OverwriteError
 from lesionforge.experiment.budget import segment_config_for
 from lesionforge.experiment.config import ArmSettings, ExperimentConfig
 from lesionforge.experiment.keys import cache_key
+from lesionforge.experiment.locks import Busy, claim, release
 from lesionforge.experiment.records import RunRecord, read_record, record_path, run_dir, write_record
 from lesionforge.experiment.results import build_result, result_path, write_grid_samples
 from lesionforge.experiment.stages import ExperimentData, Stages, SyntheticSet
@@ -59,15 +65,26 @@ class _SyntheticCache:
         if marker.is_file():
             self.sets[name] = SyntheticSet.from_dict(json.loads(marker.read_text(encoding="utf-8")))
         elif make:
-            t0 = time.perf_counter()
-            seed_everything(self.cfg.generators[name].seed)
-            s = self.stages.prepare_synthetic(
-                self.cfg, name, self.cfg.generators[name], self.n, self.data, self.work_dir(name)
-            )
-            s.info.setdefault("timings", {})["prepare_s"] = round(time.perf_counter() - t0, 3)
-            write_json_atomic(marker, s.to_dict())
-            self.sets[name] = s
+            lock = self.work_dir(name).with_name(self.work_dir(name).name + ".lock")
+            if not claim(lock):
+                raise Busy(f"synthetic set {name!r} (N={self.n}) is being made by another worker")
+            try:
+                if marker.is_file():  # finished by another worker between our check and our claim
+                    return self.get(name, make=False)
+                self._make(name, marker)
+            finally:
+                release(lock)
         return self.sets.get(name)
+
+    def _make(self, name: str, marker: Path) -> None:
+        t0 = time.perf_counter()
+        seed_everything(self.cfg.generators[name].seed)
+        s = self.stages.prepare_synthetic(
+            self.cfg, name, self.cfg.generators[name], self.n, self.data, self.work_dir(name)
+        )
+        s.info.setdefault("timings", {})["prepare_s"] = round(time.perf_counter() - t0, 3)
+        write_json_atomic(marker, s.to_dict())
+        self.sets[name] = s
 
 
 def run_experiment(
@@ -77,6 +94,7 @@ def run_experiment(
     resume: bool = True,
     overwrite: bool = False,
     progress: bool = True,
+    poll_s: float = 30.0,
 ) -> list[Path]:
     """Run the whole sweep of ``cfg``; returns the result JSON paths (one per N).
 
@@ -100,7 +118,7 @@ def run_experiment(
         task = prog.add_task("runs", total=total) if prog is not None else None
         for n in cfg.n_labelled:
             cache = _SyntheticCache(cfg, stages, data, n)
-            records = _run_n(cfg, stages, data, n, cache, prog, task)
+            records = _run_n(cfg, stages, data, n, cache, prog, task, poll_s)
             synth = {name: s for name in _generators_used(cfg) if (s := cache.get(name, make=False)) is not None}
             grid = write_grid_samples(cfg, n, data, synth)
             result = build_result(cfg, n, records, synth, data.sources, grid, data.subsets)
@@ -109,29 +127,48 @@ def run_experiment(
 
 
 def _run_n(
-    cfg: ExperimentConfig, stages: Stages, data: ExperimentData, n: int, cache: _SyntheticCache, prog, task
+    cfg: ExperimentConfig, stages: Stages, data: ExperimentData, n: int, cache: _SyntheticCache, prog, task,
+    poll_s: float = 30.0,
 ) -> list[RunRecord]:
-    records = []
-    for seed in cfg.seeds:
-        for arm in cfg.arms:
+    """Every (seed, arm) run of N, in order. Runs claimed by another worker are passed over and waited for."""
+    order = [(seed, arm) for seed in cfg.seeds for arm in cfg.arms]
+    done: dict[tuple[int, str], RunRecord] = {}
+    pending = order
+    while pending:
+        deferred = []
+        for seed, arm in pending:
             seg_cfg = segment_config_for(cfg, arm, seed)
             path = record_path(cfg.output, n, arm.name, seed)
             if prog is not None:
                 prog.update(task, description=f"N={n} seed={seed} {arm.name}")
-            if path.is_file():
-                rec = read_record(path)
-                if rec.segment_config != seg_cfg:
-                    raise ConfigError(
-                        f"{path}: finished with different segmentation settings than the config asks; "
-                        "use a new output folder or --overwrite"
-                    )
-            else:
-                rec = _run_one(cfg, stages, data, n, arm, seed, seg_cfg, cache)
-                write_record(path, rec)
-            records.append(rec)
+            if not path.is_file():
+                lock = run_dir(cfg.output, n, arm.name, seed) / "run.lock"
+                if not claim(lock):
+                    deferred.append((seed, arm))
+                    continue
+                try:
+                    if not path.is_file():  # another worker may have finished it since our check
+                        write_record(path, _run_one(cfg, stages, data, n, arm, seed, seg_cfg, cache))
+                except Busy:
+                    deferred.append((seed, arm))
+                    continue
+                finally:
+                    release(lock)
+            rec = read_record(path)
+            if rec.segment_config != seg_cfg:
+                raise ConfigError(
+                    f"{path}: finished with different segmentation settings than the config asks; "
+                    "use a new output folder or --overwrite"
+                )
+            done[(seed, arm.name)] = rec
             if prog is not None:
                 prog.advance(task)
-    return records
+        if len(deferred) == len(pending):  # nothing this worker can do: the others hold every remaining run
+            if prog is not None:
+                prog.update(task, description=f"N={n}: waiting for {len(deferred)} runs of other workers")
+            time.sleep(poll_s)
+        pending = deferred
+    return [done[(seed, arm.name)] for seed, arm in order]
 
 
 def _run_one(
