@@ -2,13 +2,16 @@
 
     python benchmarks/validator_cpu.py            # the real measurement (64 px; run on an otherwise idle machine)
     python benchmarks/validator_cpu.py --quick    # smoke test: 32 px, a handful of images, a few steps
+    python benchmarks/validator_cpu.py --manifest SYNTH/manifest.jsonl --name validator-kvasir-seg-cpu-inpaint
+                                                  # score a generator's real samples with the same validators
 
 Autoencoder on all ``train`` images, latent and pixel validators on the N=64 labelled subset, automatic
-thresholds from ``val``. The candidates are ``test`` images with their true mask, the mask shifted by a
+thresholds from ``val`` (the default ``contrast`` rule; the ``percentile`` rule is reported beside it for
+the latent validator). The candidates are ``test`` images with their true mask, the mask shifted by a
 quarter of the image, and another image's mask (stand-ins for good and failed generations), or the
 synthetic samples of ``--manifest``. Reports reconstruction PSNR/SSIM, acceptance rates, the pixel
 validator's Dice of samples the latent filter kept vs rejected, agreement, and ms per sample.
-Writes ``benchmarks/results/validator-kvasir-seg-<profile>[-quick].json`` and ``.md``.
+Writes ``benchmarks/results/<name>.json`` and ``.md`` (default name ``validator-kvasir-seg-<profile>[-quick]``).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import typer
 from lesionforge.config import load_config
 from lesionforge.data.arrays import PairArrays, load_arrays
 from lesionforge.data.io import write_image, write_mask
-from lesionforge.data.manifest import Sample, write_manifest
+from lesionforge.data.manifest import Sample, read_manifest, write_manifest
 from lesionforge.data.readers import read_dataset
 from lesionforge.data.splits import load_benchmark_split
 from lesionforge.generate.autoencoder import AutoencoderConfig, LatentCodec, train_autoencoder
@@ -78,8 +81,6 @@ def _candidates(test: PairArrays, folder: Path) -> Path:
 
 
 def _group_acceptance(report_manifest: Path) -> dict[str, float]:
-    from lesionforge.data.manifest import read_manifest
-
     groups: dict[str, list[bool]] = {}
     for s in read_manifest(report_manifest):
         if s.origin == "synthetic":
@@ -87,9 +88,22 @@ def _group_acceptance(report_manifest: Path) -> dict[str, float]:
     return {g: float(np.mean(k)) for g, k in groups.items()}
 
 
+def _cross(latent_manifest: Path, pixel_manifest: Path) -> dict:
+    """On the candidates: the pixel validator's Dice of the samples the latent filter kept vs rejected, and
+    how often the two filters make the same call."""
+    lat = {s.id: s.provenance.validation for s in read_manifest(latent_manifest) if s.origin == "synthetic"}
+    pix = {s.id: s.provenance.validation for s in read_manifest(pixel_manifest) if s.origin == "synthetic"}
+    ids = [i for i in lat if lat[i].get("dice") is not None]
+    kept = np.array([lat[i]["kept"] for i in ids], bool)
+    dice = np.array([pix[i]["dice"] for i in ids], float)
+    return {"n": len(ids), "agreement": float(np.mean([lat[i]["kept"] == pix[i]["kept"] for i in ids])),
+            "pixel_dice_of_latent_kept": float(dice[kept].mean()) if kept.any() else None,
+            "pixel_dice_of_latent_rejected": float(dice[~kept].mean()) if (~kept).any() else None}
+
+
 def run(quick: bool = False, work: Path = ROOT / "runs" / "validator-bench", results: Path = ROOT / "benchmarks"
         / "results", dataset: Path = DATASETS / "kvasir-seg", split: str = "kvasir-seg",
-        manifest: Path | None = None) -> dict:
+        manifest: Path | None = None, name: str | None = None) -> dict:
     """Run the benchmark (resuming any finished training in ``work``); return and write the result dict."""
     torch.manual_seed(0)
     ae_cfg, lat_cfg, pix_cfg = _configs(quick)
@@ -100,8 +114,12 @@ def run(quick: bool = False, work: Path = ROOT / "runs" / "validator-bench", res
                                      progress=not quick)
     pix_dir = train_pixel_segmenter(pix_cfg, data["labelled"], work / "pixel", val=data["val"], progress=not quick)
     cands = manifest or _candidates(data["test"], work / "candidates")
-    reports = {k: filter_manifest(cands, d, work / f"filtered-{k}.jsonl", overwrite=True)
+    tag = "" if manifest is None else "-" + (name or "samples")
+    out = {k: work / f"filtered{tag}-{k}.jsonl" for k in ("latent", "pixel", "latent-percentile")}
+    reports = {k: filter_manifest(cands, d, out[k], overwrite=True, val=data["val"])
                for k, d in (("latent", lat_dir), ("pixel", pix_dir))}
+    reports["latent-percentile"] = filter_manifest(cands, lat_dir, out["latent-percentile"], overwrite=True,
+                                                   val=data["val"], auto_rule="percentile")
     latent, pixel = load_validator(lat_dir), load_validator(pix_dir)
     result = {
         "dataset": "kvasir-seg", "profile": "tiny" if quick else "cpu", "resolution": ae_cfg.resolution,
@@ -111,12 +129,14 @@ def run(quick: bool = False, work: Path = ROOT / "runs" / "validator-bench", res
         "reconstruction_val": _json(ae_dir / "metrics.json")["val"],
         "filter": {k: {**r.to_dict(), "acceptance_by_group": _group_acceptance(Path(r.manifest))}
                    for k, r in reports.items()},
-        "agreement": agreement(latent, pixel, data["test"].images, data["test"].masks),
+        "candidates_cross": _cross(out["latent"], out["pixel"]),
+        "agreement": agreement(latent, pixel, data["test"].images, data["test"].masks,
+                               reports["latent"].threshold, reports["pixel"].threshold),
         "ms_per_sample": timing(latent, pixel, data["test"].images),
     }
     for r in result["filter"].values():
         r.pop("rejected_ids")
-    name = f"validator-kvasir-seg-{result['profile']}{'-quick' if quick else ''}"
+    name = name or f"validator-kvasir-seg-{result['profile']}{'-quick' if quick else ''}"
     write_json_atomic(results / f"{name}.json", result)
     write_text_atomic(results / f"{name}.md", _markdown(result))
     return result
@@ -129,7 +149,7 @@ def _json(path: Path) -> dict:
 
 
 def _markdown(r: dict) -> str:
-    ms, lat, pix = r["ms_per_sample"], r["filter"]["latent"], r["filter"]["pixel"]
+    ms, c = r["ms_per_sample"], r["candidates_cross"]
     lines = [
         f"# Validator benchmark: Kvasir-SEG, {r['profile']} profile ({r['resolution']} px)",
         "", f"Code {r['code_version']}, {r['torch_threads']} torch threads, quick={r['quick']}. "
@@ -139,13 +159,20 @@ def _markdown(r: dict) -> str:
         f"SSIM {r['reconstruction_val']['ssim']:.3f}.", "",
         "| validator | threshold (rule) | acceptance | by group |", "|---|---|---|---|",
     ]
-    for k, f in (("latent", lat), ("pixel", pix)):
+    for k, f in r["filter"].items():
         groups = ", ".join(f"{g} {v:.0%}" for g, v in f["acceptance_by_group"].items())
         lines.append(f"| {k} | {f['threshold']:.3f} ({f['threshold_rule']}) | {f['acceptance_rate']:.1%} | {groups} |")
     a = r["agreement"]
+
+    def num(x: float | None) -> str:
+        return "n/a" if x is None else f"{x:.3f}"
+
     lines += [
-        "", f"Agreement latent vs pixel (keep/reject) on true-mask test pairs: {a['agreement']:.1%}; pixel Dice "
-        f"of latent-kept {a['pixel_dice_of_latent_kept']} vs latent-rejected {a['pixel_dice_of_latent_rejected']}.",
+        "", f"On the candidates ({c['n']} lesion samples): latent and pixel filters agree on {c['agreement']:.1%}; "
+        f"pixel-validator Dice of latent-kept {num(c['pixel_dice_of_latent_kept'])} vs latent-rejected "
+        f"{num(c['pixel_dice_of_latent_rejected'])}.",
+        "", f"On true-mask test pairs: agreement {a['agreement']:.1%}; pixel Dice of latent-kept "
+        f"{num(a['pixel_dice_of_latent_kept'])} vs latent-rejected {num(a['pixel_dice_of_latent_rejected'])}.",
         "", "| ms per sample | |", "|---|---|",
         *(f"| {k} | {v:.3f} |" for k, v in ms.items()), "",
     ]
@@ -159,8 +186,9 @@ def main(
     dataset: Path = typer.Option(DATASETS / "kvasir-seg", help="Kvasir-SEG folder."),
     split: str = typer.Option("kvasir-seg", help="Split name or JSON path."),
     manifest: Path | None = typer.Option(None, help="Score these synthetic samples instead of the stand-ins."),
+    name: str | None = typer.Option(None, help="Result file name (default validator-kvasir-seg-<profile>)."),
 ) -> None:
-    r = run(quick, work, results, dataset, split, manifest)
+    r = run(quick, work, results, dataset, split, manifest, name)
     typer.echo(_markdown(r))
 
 

@@ -24,6 +24,8 @@ def test_validator_benchmark_quick(tmp_path):
         f = result["filter"][kind]
         assert f["n_scored"] == 18 and 0 <= f["acceptance_rate"] <= 1
         assert set(f["acceptance_by_group"]) == {"true", "shifted", "swapped"}
+    assert result["filter"]["latent-percentile"]["threshold_rule"].startswith("auto: 10th percentile")
+    assert result["candidates_cross"]["n"] == 18 and 0 <= result["candidates_cross"]["agreement"] <= 1
     assert all(v > 0 for v in result["ms_per_sample"].values())
     assert 0 <= result["agreement"]["agreement"] <= 1
     report = tmp_path / "results" / "validator-kvasir-seg-tiny-quick.md"

@@ -13,7 +13,7 @@ from lesionforge.data.io import write_image, write_mask
 from lesionforge.data.manifest import Provenance, Sample, read_manifest, write_manifest
 from lesionforge.errors import ConfigError, OverwriteError
 from lesionforge.generate.autoencoder import AutoencoderConfig, LatentCodec, build_autoencoder, latent_scale
-from lesionforge.validate.filter import filter_manifest, list_rejected
+from lesionforge.validate.filter import auto_threshold, contrast_threshold, filter_manifest, list_rejected
 from lesionforge.validate.latent_segmenter import LatentSegmenter, LatentSegmenterConfig, train_latent_segmenter
 from lesionforge.validate.pixel_segmenter import PixelSegmenterConfig, train_pixel_segmenter
 from lesionforge.validate.validator import load_validator
@@ -96,12 +96,37 @@ def test_filter_keeps_matching_rejects_corrupted(validators, synthetic_manifest,
     # lesion-free samples are scored by predicted foreground, not Dice
     assert all(x["dice"] is None and 0 <= x["foreground_fraction"] <= 1 for x in groups["free"])
     # the automatic threshold is reported, nothing is deleted or changed, the input manifest stays as it was
-    assert report.threshold_rule.startswith("auto: 10th percentile") and report.n_scored == 28
+    assert report.threshold_rule.startswith("auto: Dice threshold that best separates") and report.n_scored == 28
     assert all(x["threshold_rule"] == report.threshold_rule and x["validator_kind"] == "latent" for x in v.values())
     assert {p: p.read_bytes() for p in synthetic_manifest.parent.rglob("*") if p.is_file()} == before
     assert json.loads(out.with_suffix(".filter.json").read_text(encoding="utf-8"))["n_kept"] == report.n_kept
     assert sorted(s.id for s in list_rejected(out)) == sorted(report.rejected_ids)
     assert next(s for s in read_manifest(out) if s.id == "real_0").provenance is None
+
+
+def test_contrast_threshold_maximises_true_minus_wrong_keep_rate():
+    true, wrong = np.array([0.8, 0.7, 0.6, 0.2]), np.array([0.1, 0.3, 0.65, 0.0])
+    # candidates: the floor and the true scores. Keep-rate differences: t=0.15 -> 1-.5, 0.2 -> 1-.5,
+    # 0.6 -> .75-.25, 0.7 -> .5-0, 0.8 -> .25-0; ties go to the lowest t
+    assert contrast_threshold(true, wrong, floor=0.15) == (0.15, 1.0, 0.5)
+    assert contrast_threshold(true, wrong, floor=0.5) == (0.5, 0.75, 0.25)
+    assert contrast_threshold(np.array([0.9, 0.8]), np.array([0.85, 0.82]), floor=0.1) == (0.9, 0.5, 0.0)
+    assert contrast_threshold(np.array([0.05, 0.02]), np.array([0.0]), floor=0.1)[0] == 0.1  # never below floor
+
+
+def test_auto_rules_from_stored_scores_and_from_given_val(validators, demo_arrays):
+    v = load_validator(validators[0])
+    assert len(v.info["val_dice_mismatched"]) == 2 * len(v.info["val_dice"])  # stored at training time
+    stored, rule = auto_threshold(v)
+    given, _ = auto_threshold(v, _pairs(demo_arrays, range(N_TRAIN, 40)))
+    assert stored == pytest.approx(given) and "wrong masks" in rule and 0.1 <= stored <= 1
+    pct, pct_rule = auto_threshold(v, rule="percentile")
+    assert pct == max(float(np.percentile(v.info["val_dice"], 10)), 0.1) and "10th percentile" in pct_rule
+    with pytest.raises(ConfigError, match="contrast"):
+        auto_threshold(v, rule="median")
+    v.info.pop("val_dice_mismatched")  # a validator trained before the contrast rule existed
+    with pytest.raises(ConfigError, match="wrong masks"):
+        auto_threshold(v)
 
 
 def test_filter_fixed_threshold_pixel_validator_and_overwrite_rules(validators, synthetic_manifest, tmp_path):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-THRESHOLD_HELP = "'auto' (10th percentile of validator Dice on real val images) or a Dice value in [0, 1]."
+THRESHOLD_HELP = "'auto' (chosen on real val pairs by --auto-rule) or a Dice value in [0, 1]."
 
 
 def register(app: typer.Typer) -> None:
@@ -82,6 +82,9 @@ def filter_cmd(
     overwrite: bool = typer.Option(False, help="Replace an existing output manifest."),
     empty_fraction_max: float = typer.Option(0.01, help="Lesion-free samples: max predicted foreground share."),
     list_rejected: bool = typer.Option(False, "--list-rejected", help="Only list samples a filter run rejected."),
+    auto_rule: str = typer.Option(
+        "contrast", help="'contrast': the threshold best separating real val pairs from val images with wrong "
+        "masks; 'percentile': 10th percentile of Dice on real val pairs."),
 ) -> None:
     """Score synthetic samples with the validator; mark kept/rejected in a new manifest (deletes nothing)."""
     from rich import print as rprint
@@ -104,7 +107,7 @@ def filter_cmd(
         v = load_validator(validator)
         val_arrays = manifest_arrays(val, v.resolution, v.image_channels, progress=True)
     report = vfilter.filter_manifest(manifest, validator, out, thr, val_arrays, in_place, overwrite,
-                                     empty_fraction_max)
+                                     empty_fraction_max, auto_rule)
     rprint(f"threshold {report.threshold:.3f} ({report.threshold_rule})")
     rprint(f"kept {report.n_kept}/{report.n_scored} ({report.acceptance_rate:.1%}); manifest: {report.manifest}")
 

@@ -101,6 +101,7 @@ class FilterSettings(StrictModel):
     """Latent-validator filter: an autoencoder + latent segmenter trained on the labelled subset."""
 
     threshold: float | Literal["auto"] = "auto"
+    auto_rule: Literal["contrast", "percentile"] = "contrast"  # how "auto" picks it (validate/filter.py)
     autoencoder_config: Path | None = None  # AutoencoderConfig YAML (default: its defaults)
     autoencoder_overrides: dict = Field(default_factory=dict)
     validator_config: Path | None = None  # LatentSegmenterConfig YAML (default: its defaults)

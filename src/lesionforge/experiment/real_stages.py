@@ -181,7 +181,7 @@ class LesionforgeStages:
         validator = Path(train_latent_segmenter(val_cfg, labelled, codec, seg_dir, val=data.val))
         # out_path is this cache's own intermediate file: a rerun after a crash rewrites it identically
         report = filter_manifest(manifest, validator, out_path, threshold=spec.filter.threshold, val=data.val,
-                                 overwrite=True).to_dict()
+                                 overwrite=True, auto_rule=spec.filter.auto_rule).to_dict()
         report["n_rejected"] = len(report.pop("rejected_ids"))  # the ids stay listed in the filtered manifest
         return report
 

@@ -71,7 +71,7 @@ def agreement(latent: Validator, pixel: Validator, images: np.ndarray, intended:
         "agreement": float((k_lat == k_pix).mean()),
         "both_kept": int((k_lat & k_pix).sum()), "both_rejected": int((~k_lat & ~k_pix).sum()),
         "pixel_dice_of_latent_kept": pixel_dice(k_lat), "pixel_dice_of_latent_rejected": pixel_dice(~k_lat),
-        "dice_correlation": float(np.corrcoef(s_lat["dice"], s_pix["dice"])[0, 1]) if len(images) > 2 else None,
+        "dice_correlation": _correlation(s_lat["dice"], s_pix["dice"]),
     }
 
 
@@ -82,3 +82,10 @@ def measure_cost(latent_dir: str | Path, pixel_dir: str | Path, images: np.ndarr
     latent, pixel = load_validator(latent_dir), load_validator(pixel_dir)
     return {"ms_per_sample": timing(latent, pixel, images, batch_size, repeats),
             "agreement": agreement(latent, pixel, images, intended), "torch_threads": torch.get_num_threads()}
+
+
+def _correlation(a: np.ndarray, b: np.ndarray) -> float | None:
+    """Pearson correlation; None when undefined (fewer than 3 values or a constant series)."""
+    if len(a) < 3 or np.std(a) == 0 or np.std(b) == 0:
+        return None
+    return float(np.corrcoef(a, b)[0, 1])

@@ -1,10 +1,19 @@
 """The synthetic-sample filter: score every synthetic pair with a validator, keep those whose lesion lands
 where the intended mask says, and write the scores into a new manifest. Files are never deleted.
 
-Lesion samples are kept when Dice(predicted, intended) >= threshold. The automatic threshold is the 10th
-percentile of the validator's Dice on real ``val`` images (at least ``AUTO_FLOOR``): a synthetic pair is kept
-when the validator finds its lesion at least as well as it finds the lesion in 90 % of real images. Lesion-free samples
-(empty intended mask) are kept when the predicted foreground fraction is at most ``empty_fraction_max``.
+Lesion samples are kept when Dice(predicted, intended) >= threshold. Automatic thresholds, chosen on real
+``val`` pairs only and never below ``AUTO_FLOOR``:
+
+- ``contrast`` (default): the threshold that best separates real val images scored against their own masks
+  from the same images scored against wrong masks (another image's mask; their own mask shifted a quarter
+  image), i.e. the maximum of Youden's J = keep rate of true pairs - keep rate of wrong pairs. It is what the
+  filter is for: telling a pair whose lesion is where the mask says from one whose lesion is not.
+- ``percentile``: the 10th percentile of the validator's Dice on real val images (a synthetic pair is kept
+  when its lesion is found at least as well as in 90 % of real images). It ignores how high a wrong mask
+  scores, so a weak validator gets a threshold that keeps most wrong pairs too.
+
+Lesion-free samples (empty intended mask) are kept when the predicted foreground fraction is at most
+``empty_fraction_max``.
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ from lesionforge.utils import write_json_atomic
 from lesionforge.validate.scores import confidence_scores, dice_scores, foreground_fractions
 from lesionforge.validate.validator import Validator, load_validator, val_scores
 
+AutoRule = Literal["contrast", "percentile"]
 AUTO_PERCENTILE = 10.0
 #: The automatic threshold never drops below this: a pair whose lesion the validator misses is never kept.
 AUTO_FLOOR = 0.1
@@ -53,21 +63,46 @@ class FilterReport:
         return {**asdict(self), "acceptance_rate": self.acceptance_rate}
 
 
-def auto_threshold(validator: Validator, val: PairArrays | None = None, percentile: float = AUTO_PERCENTILE,
-                   floor: float = AUTO_FLOOR) -> tuple[float, str]:
-    """The ``percentile`` of the validator's Dice on real lesion images of ``val`` (or, without ``val``,
-    of the scores stored at training time), at least ``floor``. Returns (threshold, rule stated in words)."""
+def auto_threshold(validator: Validator, val: PairArrays | None = None, rule: AutoRule = "contrast",
+                   percentile: float = AUTO_PERCENTILE, floor: float = AUTO_FLOOR) -> tuple[float, str]:
+    """The automatic threshold by ``rule`` (module docstring) from real ``val`` pairs, or without ``val`` from
+    the val scores stored when the validator was trained. Returns (threshold, rule stated in words)."""
     if val is not None:
-        dice, source = val_scores(validator, val)["val_dice"], f"{len(val)} real val pairs given"
+        scores, source = val_scores(validator, val), f"{len(val)} real val pairs given"
     else:
-        dice, source = validator.info.get("val_dice"), f"real val scores stored in {validator.path}"
+        scores, source = validator.info, f"real val scores stored in {validator.path}"
+    dice, wrong = scores.get("val_dice"), scores.get("val_dice_mismatched")
     if not dice:
         raise ConfigError(
             f"{validator.path}: no real val Dice to choose the threshold from; pass val data or a threshold"
         )
-    value = max(float(np.percentile(np.asarray(dice), percentile)), floor)
-    return value, (f"auto: {percentile:g}th percentile of validator Dice on real val lesion images, at least "
-                   f"{floor:g} ({source})")
+    if rule == "percentile":
+        value = max(float(np.percentile(np.asarray(dice), percentile)), floor)
+        return value, (f"auto: {percentile:g}th percentile of validator Dice on real val lesion images, at least "
+                       f"{floor:g} ({source})")
+    if rule != "contrast":
+        raise ConfigError(f"unknown automatic threshold rule {rule!r}; use 'contrast' or 'percentile'")
+    if not wrong:
+        raise ConfigError(
+            f"{validator.path}: the contrast rule needs val images scored against wrong masks; pass val data "
+            "(at least 2 lesion images) or use the percentile rule"
+        )
+    value, keep_true, keep_wrong = contrast_threshold(np.asarray(dice), np.asarray(wrong), floor)
+    return value, (f"auto: Dice threshold that best separates real val images with their own masks from the "
+                   f"same images with wrong masks (max keep-rate difference: keeps {keep_true:.0%} of true and "
+                   f"{keep_wrong:.0%} of wrong val pairs), at least {floor:g} ({source})")
+
+
+def contrast_threshold(true_dice: np.ndarray, wrong_dice: np.ndarray, floor: float = AUTO_FLOOR
+                       ) -> tuple[float, float, float]:
+    """The threshold t >= floor maximising mean(true >= t) - mean(wrong >= t) (the lowest such t: when two
+    thresholds separate equally well, keep more). Returns (t, keep rate of true, keep rate of wrong)."""
+    cands = np.unique(np.concatenate([true_dice, [floor]]))
+    cands = cands[cands >= floor]
+    keep_true = (true_dice[None, :] >= cands[:, None]).mean(axis=1)
+    keep_wrong = (wrong_dice[None, :] >= cands[:, None]).mean(axis=1)
+    best = int(np.argmax(keep_true - keep_wrong))
+    return float(cands[best]), float(keep_true[best]), float(keep_wrong[best])
 
 
 def score_pairs(validator: Validator, images: np.ndarray, intended: np.ndarray) -> dict[str, np.ndarray]:
@@ -91,19 +126,19 @@ def keep_decisions(scores: dict[str, np.ndarray], threshold: float,
 def filter_manifest(
     manifest_path: str | Path, validator_dir: str | Path, out_path: str | Path | None = None,
     threshold: Literal["auto"] | float = "auto", val: PairArrays | None = None, in_place: bool = False,
-    overwrite: bool = False, empty_fraction_max: float = DEFAULT_EMPTY_FRACTION_MAX,
+    overwrite: bool = False, empty_fraction_max: float = DEFAULT_EMPTY_FRACTION_MAX, auto_rule: AutoRule = "contrast",
 ) -> FilterReport:
     """Score the synthetic samples of a manifest and write ``Provenance.validation`` for each.
 
     Writes a new manifest at ``out_path`` (default ``<name>.filtered.jsonl`` beside the input), or rewrites
     the input when ``in_place``; real rows are copied unchanged; no image or mask file is touched.
-    ``threshold``: ``"auto"`` (see :func:`auto_threshold`) or a Dice value in [0, 1].
+    ``threshold``: ``"auto"`` (by ``auto_rule``, see :func:`auto_threshold`) or a Dice value in [0, 1].
     """
     manifest_path = Path(manifest_path)
     out = _output_path(manifest_path, out_path, in_place, overwrite)
     validator = load_validator(validator_dir)
     if threshold == "auto":
-        thr, rule = auto_threshold(validator, val)
+        thr, rule = auto_threshold(validator, val, auto_rule)
     elif 0.0 <= float(threshold) <= 1.0:
         thr, rule = float(threshold), f"given: Dice >= {float(threshold):g}"
     else:

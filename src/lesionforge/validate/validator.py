@@ -82,12 +82,24 @@ def load_validator(path: str | Path) -> Validator:
     return Validator(info["kind"], path, info, seg.eval(), codec, dir_hash(path / SEGMENTER_DIR))
 
 
+def mismatched_masks(masks: np.ndarray) -> np.ndarray:
+    """Wrong labels for real images, the negatives of the automatic threshold: each lesion mask (K, H, W)
+    replaced by the next image's mask, then by its own mask shifted a quarter image down and right (2K, H, W)."""
+    side_h, side_w = masks.shape[1] // 4, masks.shape[2] // 4
+    return np.concatenate([np.roll(masks, 1, axis=0), np.roll(masks, (side_h, side_w), axis=(1, 2))])
+
+
 def val_scores(validator: Validator, val: PairArrays) -> dict[str, Any]:
-    """The validator on real ``val`` pairs: Dice per lesion image, predicted foreground per lesion-free one."""
+    """The validator on real ``val`` pairs: Dice per lesion image with its own mask (``val_dice``) and with a
+    mismatched mask (``val_dice_mismatched``, see :func:`mismatched_masks`), and predicted foreground per
+    lesion-free image."""
     prob = validator.predict_arrays(val.images)
     lesion = (val.masks > 0).any(axis=(1, 2))
+    masks = val.masks[lesion]
+    wrong = dice_scores(np.concatenate([prob[lesion]] * 2), mismatched_masks(masks)) if len(masks) > 1 else []
     return {
         "val_ids": [val.ids[i] for i in np.flatnonzero(lesion)],
-        "val_dice": dice_scores(prob[lesion], val.masks[lesion]).tolist(),
+        "val_dice": dice_scores(prob[lesion], masks).tolist(),
+        "val_dice_mismatched": np.asarray(wrong, dtype=float).tolist(),
         "val_foreground_fraction_lesion_free": foreground_fractions(prob[~lesion]).tolist(),
     }
