@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from test_generate_common import TinyCodec, normals, pairs, tiny_cfg
 
 from lesionforge.generate import trainer
-from lesionforge.generate.models import LesionGenerator
+from lesionforge.generate.models import LesionGenerator, read_meta
 from lesionforge.generate.synthesize import synthesize
 from lesionforge.generate.trainbatch import make_mask_source
 from lesionforge.generate.trainer import train_generator
@@ -24,6 +24,8 @@ def test_training_loss_falls(demo_arrays, tmp_path):
     assert len(losses) == 40
     assert np.mean(losses[-10:]) < 0.7 * np.mean(losses[:5])
     assert (out / "loss.png").stat().st_size > 0 and (out / "samples" / "final.png").is_file()
+    meta = read_meta(out)  # training wall time and threads travel with the model
+    assert meta["train_seconds"] > 0 and meta["torch_threads"] == torch.get_num_threads()
 
 
 def _weights(folder):

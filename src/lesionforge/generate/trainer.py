@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -70,10 +71,11 @@ def train_generator(
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     lr_sched = get_cosine_schedule_with_warmup(opt, cfg.warmup_steps, cfg.steps)
     ema = EMAModel(params, decay=cfg.ema_decay, use_ema_warmup=True, power=0.75)
-    start, losses = 0, []
+    start, losses, seconds_before = 0, [], 0.0
     latest = latest_checkpoint(out_dir) if resume else None
     if latest is not None:
-        start, losses = _load_checkpoint(latest, gen, opt, lr_sched, ema)
+        start, losses, seconds_before = _load_checkpoint(latest, gen, opt, lr_sched, ema)
+    t0 = time.perf_counter()
     gen, opt, lr_sched = accel.prepare(gen, opt, lr_sched)
     ema.to(accel.device)
     if codec is not None and hasattr(codec, "to"):
@@ -89,11 +91,12 @@ def train_generator(
             bar.update(task, advance=1, description=f"training {cfg.kind} loss {np.mean(losses[-50:]):.4f}")
             done = step + 1
             if accel.is_main_process and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
-                save_checkpoint(out_dir, done, accel.unwrap_model(gen), opt, lr_sched, ema, losses)
+                save_checkpoint(out_dir, done, accel.unwrap_model(gen), opt, lr_sched, ema, losses,
+                                seconds_before + time.perf_counter() - t0)
             if accel.is_main_process and cfg.sample_every and done % cfg.sample_every == 0:
                 _sample_grid(out_dir, done, accel.unwrap_model(gen), ema, maker)
     if accel.is_main_process:
-        _finish(out_dir, accel.unwrap_model(gen), ema, maker, losses, cfg)
+        _finish(out_dir, accel.unwrap_model(gen), ema, maker, losses, cfg, seconds_before + time.perf_counter() - t0)
     return out_dir
 
 
@@ -151,7 +154,7 @@ def latest_checkpoint(out_dir: str | Path) -> Path | None:
 
 
 def save_checkpoint(out_dir: Path, step: int, gen: LesionGenerator, opt, lr_sched, ema: EMAModel,
-                    losses: list[float]) -> Path:
+                    losses: list[float], train_seconds: float = 0.0) -> Path:
     """Write ``checkpoint-<step>/`` atomically (temp folder, then rename) and prune old ones."""
     final = out_dir / f"{CHECKPOINT_PREFIX}{step}"
     tmp = out_dir / f".tmp-{CHECKPOINT_PREFIX}{step}"
@@ -161,7 +164,7 @@ def save_checkpoint(out_dir: Path, step: int, gen: LesionGenerator, opt, lr_sche
     torch.save(opt.state_dict(), tmp / "optimizer.pt")
     torch.save(lr_sched.state_dict(), tmp / "lr_scheduler.pt")
     torch.save({"torch": torch.get_rng_state()}, tmp / "rng.pt")
-    write_json_atomic(tmp / "state.json", {"step": step, "losses": losses})
+    write_json_atomic(tmp / "state.json", {"step": step, "losses": losses, "train_seconds": train_seconds})
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
     _prune(out_dir, gen.cfg.keep_checkpoints)
@@ -179,7 +182,9 @@ def _prune(out_dir: Path, keep: int) -> None:
 RESUMABLE_CHANGES = {"steps", "checkpoint_every", "sample_every", "keep_checkpoints"}
 
 
-def _load_checkpoint(path: Path, gen: LesionGenerator, opt, lr_sched, ema: EMAModel) -> tuple[int, list[float]]:
+def _load_checkpoint(path: Path, gen: LesionGenerator, opt, lr_sched, ema: EMAModel
+                     ) -> tuple[int, list[float], float]:
+    """Restore a checkpoint; returns (step, losses so far, training seconds so far)."""
     saved = LesionGenerator.from_pretrained(path / "model")
     before, now = saved.cfg.model_dump(), gen.cfg.model_dump()
     changed = sorted(k for k in now if before.get(k) != now[k] and k not in RESUMABLE_CHANGES)
@@ -195,7 +200,7 @@ def _load_checkpoint(path: Path, gen: LesionGenerator, opt, lr_sched, ema: EMAMo
         state = json.loads((path / "state.json").read_text(encoding="utf-8"))
     except (OSError, RuntimeError, KeyError, ValueError) as e:
         raise CheckpointError(f"{path}: cannot resume from this checkpoint ({e})") from e
-    return int(state["step"]), list(state["losses"])
+    return int(state["step"]), list(state["losses"]), float(state.get("train_seconds", 0.0))
 
 
 def _sample_grid(out_dir: Path, step: int, gen: LesionGenerator, ema: EMAModel, maker: BatchMaker) -> None:
@@ -210,11 +215,13 @@ def _sample_grid(out_dir: Path, step: int, gen: LesionGenerator, ema: EMAModel, 
 
 
 def _finish(out_dir: Path, gen: LesionGenerator, ema: EMAModel, maker: BatchMaker, losses: list[float],
-            cfg: GeneratorConfig) -> None:
-    """Save the EMA weights as the final model, a last sample grid and the loss curve."""
+            cfg: GeneratorConfig, train_seconds: float) -> None:
+    """Save the EMA weights as the final model (with the training wall time, summed over resumed sessions,
+    and the thread count of this last session), a last sample grid and the loss curve."""
     ema.copy_to(gen.trainable_parameters())
     gen.eval().save_pretrained(out_dir, extra={"steps": cfg.steps, "code_version": code_version(),
-                                               "autoencoder": cfg.autoencoder})
+                                               "autoencoder": cfg.autoencoder, "train_seconds": round(train_seconds, 1),
+                                               "torch_threads": torch.get_num_threads()})
     save_sample_grid(out_dir / "samples" / "final.png", gen, maker)
     save_loss_curve(out_dir / "loss.png", losses)
 

@@ -1,0 +1,193 @@
+"""Generator gallery (issue 3): train one generator kind at the cpu profile on a benchmark dataset, sample it,
+and commit a grid of its samples beside the real images they came from, with the training time and command.
+
+    python benchmarks/generator_gallery.py --dataset kvasir-seg --kind mask2image
+    python benchmarks/generator_gallery.py --dataset busi --kind inpaint --steps 2000 --batch-size 8
+    python benchmarks/generator_gallery.py --dataset kvasir-seg --kind inpaint --n 32 \
+        --generator benchmarks/runs/kvasir-seg-cpu/cache/generators/inpaint-...   # render a trained one
+
+Data as in the headline configs (``benchmarks/configs/<dataset>-cpu.yaml``): the N labelled pairs of the
+split's low-data subset; ``inpaint`` also learns, self-supervised, from the unlabelled rest of ``train`` and
+the lesion-free backgrounds (colon-normal for Kvasir-SEG, BUSI's ``normal_backgrounds``). Training resumes
+from ``--work``. Writes ``docs/generators/<dataset>-<kind>.png`` (top row: the real image or background each
+sample was made from, with its mask outline if it has one; bottom row: the sample with its label outline),
+``docs/generators/<dataset>-<kind>-loss.png``, ``benchmarks/results/generator-<dataset>-<kind>-cpu.json``,
+and rebuilds ``docs/generator-gallery.md`` from every such JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import typer
+
+from lesionforge.data.arrays import PairArrays
+from lesionforge.data.io import read_image, read_mask, write_image
+from lesionforge.data.manifest import read_manifest
+from lesionforge.experiment.config import load_experiment_config
+from lesionforge.experiment.real_stages import LesionforgeStages
+from lesionforge.generate.config import load_generator_config
+from lesionforge.generate.models import read_meta
+from lesionforge.generate.synthesize import synthesize
+from lesionforge.generate.trainbatch import make_mask_source
+from lesionforge.generate.trainer import train_generator
+from lesionforge.utils import code_version, write_json_atomic, write_text_atomic
+
+ROOT = Path(__file__).resolve().parents[1]
+PRESET_NAME = {"kvasir-seg": "kvasir", "busi": "busi"}
+KINDS = ("mask2image", "joint", "edge-text", "inpaint")
+N_SAMPLES = 8
+
+
+def outline(image: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    """RGB copy of ``image`` with the inner boundary of ``mask`` drawn in green."""
+    from skimage.segmentation import find_boundaries
+
+    rgb = image if image.shape[-1] == 3 else np.repeat(image, 3, axis=-1)
+    rgb = rgb.copy()
+    if mask is not None and mask.any():
+        rgb[find_boundaries(mask > 0, mode="inner")] = (0, 255, 0)
+    return rgb
+
+
+def grid_image(top: list[np.ndarray], bottom: list[np.ndarray], scale: int = 2, gap: int = 2) -> np.ndarray:
+    """Two rows of equally sized RGB tiles, upscaled ``scale``x (nearest) with white gaps."""
+    tiles = [[np.kron(t, np.ones((scale, scale, 1), np.uint8)) for t in row] for row in (top, bottom)]
+    h, w = tiles[0][0].shape[:2]
+    out = np.full((2 * h + 3 * gap, len(top) * (w + gap) + gap, 3), 255, np.uint8)
+    for r, row in enumerate(tiles):
+        for c, t in enumerate(row):
+            y, x = gap + r * (h + gap), gap + c * (w + gap)
+            out[y:y + h, x:x + w] = t
+    return out
+
+
+def _source_tiles(samples, labelled: PairArrays, backgrounds: PairArrays | None, res: int) -> list[np.ndarray]:
+    """Per sample: the background it was painted into, or the real pair its condition came from."""
+    tiles = []
+    for s in samples:
+        p = s.provenance
+        if p.background_id is not None and backgrounds is not None:
+            i = backgrounds.ids.index(p.background_id)
+            tiles.append(outline(backgrounds.images[i], None))
+        elif p.source_id is not None and p.source_id in labelled.ids:
+            i = labelled.ids.index(p.source_id)
+            tiles.append(outline(labelled.images[i], labelled.masks[i]))
+        else:  # joint: nothing conditions the sample; show a real pair for reference
+            i = len(tiles) % len(labelled)
+            tiles.append(outline(labelled.images[i], labelled.masks[i]))
+    return tiles
+
+
+def run(dataset: str, kind: str, n: int = 64, steps: int | None = None, batch_size: int | None = None,
+        generator: Path | None = None, work: Path = ROOT / "runs" / "gallery", docs: Path = ROOT / "docs",
+        results: Path = ROOT / "benchmarks" / "results", command: str | None = None,
+        sample_steps: int | None = None) -> dict:
+    """Train (or load) the generator, sample it, write the grid, the result JSON and the gallery page."""
+    cfg = load_experiment_config(ROOT / "benchmarks" / "configs" / f"{dataset}-cpu.yaml",
+                                 {"n_labelled": [n], "output": str(work / f"{dataset}-data")})
+    data = LesionforgeStages().load_data(cfg)
+    labelled = data.labelled(n)
+    inpaint = kind == "inpaint"
+    unlabelled, backgrounds = (data.unlabelled(n), data.backgrounds) if inpaint else (None, None)
+    preset = ROOT / "configs" / f"generator-{kind}-{PRESET_NAME[dataset]}-cpu.yaml"
+    over = {k: v for k, v in {"steps": steps, "batch_size": batch_size}.items() if v is not None}
+    gcfg = load_generator_config(preset, over)
+    t0 = time.perf_counter()
+    if generator is None:
+        generator = work / f"{dataset}-{kind}-n{n}"
+        train_generator(gcfg, labelled, generator, unlabelled=unlabelled, backgrounds=backgrounds, resume=True)
+    meta = read_meta(generator)
+    synth_dir = work / f"{dataset}-{kind}-n{n}-samples"
+    shutil.rmtree(synth_dir, ignore_errors=True)  # scratch output of this script, remade each time
+    masks_from = make_mask_source("jitter", labelled, cfg.resolution) if kind in ("mask2image", "inpaint") else None
+    t1 = time.perf_counter()
+    samples = synthesize(generator, synth_dir, N_SAMPLES, masks_from=masks_from, backgrounds=backgrounds,
+                         real=labelled, seed=0, sampler=gcfg.sampler, steps=sample_steps or gcfg.sample_steps,
+                         guidance_scale=gcfg.guidance_scale, resume=False, progress=False)
+    synth_s = time.perf_counter() - t1
+    rows = read_manifest(synth_dir / "manifest.jsonl")
+    top = _source_tiles(rows, labelled, backgrounds, cfg.resolution)
+    bottom = [outline(read_image(s.image, channels=cfg.dataset.channels), read_mask(s.masks[0])) for s in rows]
+    stem = f"{dataset}-{kind}"
+    write_image(docs / "generators" / f"{stem}.png", grid_image(top, bottom))
+    if (generator / "loss.png").is_file():
+        shutil.copyfile(generator / "loss.png", docs / "generators" / f"{stem}-loss.png")
+    state = json.loads(max(generator.glob("checkpoint-*/state.json"), key=lambda p: p.stat().st_mtime)
+                       .read_text(encoding="utf-8")) if any(generator.glob("checkpoint-*/state.json")) else {}
+    losses = state.get("losses", [])
+    result = {
+        "dataset": dataset, "kind": kind, "profile": "cpu", "resolution": cfg.resolution, "n_labelled": n,
+        "unlabelled_used": unlabelled is not None, "n_unlabelled": 0 if unlabelled is None else len(unlabelled),
+        "n_backgrounds": 0 if backgrounds is None else len(backgrounds),
+        "steps": meta.get("steps"), "batch_size": meta.get("config", {}).get("batch_size", gcfg.batch_size),
+        "train_seconds": meta.get("train_seconds"), "torch_threads": meta.get("torch_threads"),
+        "loss_first_100": float(np.mean(losses[:100])) if losses else None,
+        "loss_last_100": float(np.mean(losses[-100:])) if losses else None,
+        "generator": str(generator), "generator_code_version": meta.get("code_version"),
+        "sampler": samples[0].provenance.sampler, "sampling_steps": samples[0].provenance.steps,
+        "guidance_scale": samples[0].provenance.guidance_scale, "n_samples": len(samples),
+        "synthesis_seconds": round(synth_s, 2), "wall_seconds_this_call": round(time.perf_counter() - t0, 1),
+        "prompts": [s.provenance.prompt for s in rows], "grid": f"generators/{stem}.png",
+        "code_version": code_version(), "command": command,
+    }
+    write_json_atomic(results / f"generator-{stem}-cpu.json", result)
+    write_gallery(results, docs)
+    return result
+
+
+def write_gallery(results: Path, docs: Path) -> Path:
+    """``docs/generator-gallery.md`` from every ``generator-*-cpu.json`` in ``results``."""
+    lines = ["# Generator gallery (cpu profile, 64 px)", "",
+             "Written by `benchmarks/generator_gallery.py` from `benchmarks/results/generator-*-cpu.json`; every "
+             "number below comes from those files. Top row of each grid: the real image (green: its mask) or "
+             "the lesion-free background each sample was made from; bottom row: the sample, green = the label it "
+             "comes with. 8 samples, seed 0, no cherry-picking.", ""]
+    for f in sorted(results.glob("generator-*-cpu.json")):
+        r = json.loads(f.read_text(encoding="utf-8"))
+        secs = r.get("train_seconds")
+        trained = f"{secs / 60:.0f} min with {r['torch_threads']} torch thread(s)" if secs else "time not recorded"
+        data = f"{r['n_labelled']} labelled pairs"
+        if r["unlabelled_used"]:
+            data += f" + {r['n_unlabelled']} unlabelled images"
+        if r["n_backgrounds"]:
+            data += f" + {r['n_backgrounds']} lesion-free backgrounds"
+        loss = (f"; loss (mean of 100 steps) {r['loss_first_100']:.3f} first, {r['loss_last_100']:.3f} last"
+                if r.get("loss_last_100") is not None else "")
+        lines += [f"## {r['dataset']} / {r['kind']}", "",
+                  f"![{r['dataset']} {r['kind']}]({r['grid']})", "",
+                  f"- trained on {data}: {r['steps']} steps of batch {r['batch_size']}, {trained}{loss}",
+                  f"- sampled with {r['sampler']}, {r['sampling_steps']} steps, guidance {r['guidance_scale']}"
+                  f" ({r['synthesis_seconds']:.1f} s for {r['n_samples']} samples)",
+                  f"- command: `{r['command']}` (code {r['code_version'][:7]})", ""]
+    return write_text_atomic(docs / "generator-gallery.md", "\n".join(lines))
+
+
+def main(
+    dataset: str = typer.Option(..., help="kvasir-seg or busi."),
+    kind: str = typer.Option(..., help="mask2image, joint, edge-text or inpaint."),
+    n: int = typer.Option(64, help="Labelled pairs (a low-data subset of the split)."),
+    steps: int | None = typer.Option(None, help="Training steps (default: the preset's)."),
+    batch_size: int | None = typer.Option(None, help="Batch size (default: the preset's)."),
+    generator: Path | None = typer.Option(None, help="An already trained generator folder to render instead."),
+    work: Path = typer.Option(ROOT / "runs" / "gallery", help="Checkpoints (resumed if present)."),
+    threads: int | None = typer.Option(None, help="torch threads."),
+) -> None:
+    if dataset not in PRESET_NAME or kind not in KINDS:
+        raise typer.BadParameter(f"dataset in {sorted(PRESET_NAME)}, kind in {KINDS}")
+    if threads:
+        torch.set_num_threads(threads)
+    command = "python benchmarks/generator_gallery.py " + shlex.join(sys.argv[1:])
+    r = run(dataset, kind, n, steps, batch_size, generator, work, command=command)
+    typer.echo(json.dumps({k: r[k] for k in ("train_seconds", "loss_last_100", "grid")}))
+
+
+if __name__ == "__main__":
+    typer.run(main)
