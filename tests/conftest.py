@@ -51,3 +51,14 @@ def need_dataset(name: str) -> Path:
     if not path.is_dir():
         pytest.skip(f"shared dataset {name!r} not found at {path} (../shared/datasets is absent)")
     return path
+
+
+def load_benchmark(name: str):
+    """A script of ``benchmarks/`` (not a package) imported as a module, e.g. ``load_benchmark("speed")``."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"lesionforge_benchmark_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -2,27 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
-from conftest import need_dataset
+from conftest import load_benchmark, need_dataset
 
 from lesionforge.data.io import read_image
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "generator_gallery.py"
-
-
-def _bench():
-    spec = importlib.util.spec_from_file_location("generator_gallery", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
 
 def test_grid_image_layout():
-    g = _bench()
+    g = load_benchmark("generator_gallery")
     tiles = [np.zeros((4, 4, 3), np.uint8)] * 3
     out = g.grid_image(tiles, tiles, scale=2, gap=1)
     assert out.shape == (2 * 8 + 3, 3 * 9 + 1, 3)
@@ -35,7 +24,7 @@ def test_grid_image_layout():
 def test_inpaint_gallery_on_kvasir(tmp_path):
     need_dataset("kvasir-seg")
     need_dataset("colon-normal")
-    g = _bench()
+    g = load_benchmark("generator_gallery")
     docs, results = tmp_path / "docs", tmp_path / "results"
     r = g.run("kvasir-seg", "inpaint", n=16, steps=2, batch_size=2, work=tmp_path / "work", docs=docs,
               results=results, command="test", sample_steps=2)

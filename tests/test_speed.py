@@ -2,26 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
+from conftest import load_benchmark
 
 from lesionforge.errors import OverwriteError
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "speed.py"
-
-
-def _speed_module():
-    spec = importlib.util.spec_from_file_location("lesionforge_speed_benchmark", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 def test_quick_speed_run_writes_expected_keys(tmp_path):
-    speed = _speed_module()
+    speed = load_benchmark("speed")
     # one thread: two OpenMP threads on a shared, busy CPU spin-wait and make this tiny run 30x slower
     path = speed.run_speed_benchmark("tiny", quick=True, out_dir=tmp_path, threads=1)
     assert path.name == "speed-tiny-quick.json" and path.with_suffix(".md").is_file()
@@ -44,4 +34,4 @@ def test_quick_speed_run_writes_expected_keys(tmp_path):
 def test_speed_refuses_to_overwrite_results(tmp_path):
     (tmp_path / "speed-tiny-quick.json").write_text("{}", encoding="utf-8")
     with pytest.raises(OverwriteError):
-        _speed_module().run_speed_benchmark("tiny", quick=True, out_dir=tmp_path)
+        load_benchmark("speed").run_speed_benchmark("tiny", quick=True, out_dir=tmp_path)

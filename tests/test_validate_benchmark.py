@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
-from conftest import need_dataset
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "validator_cpu.py"
+from conftest import load_benchmark, need_dataset
 
 
 def test_validator_benchmark_quick(tmp_path):
     root = need_dataset("kvasir-seg")
-    spec = importlib.util.spec_from_file_location("validator_cpu", SCRIPT)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("validator_cpu")
     bench.run(quick=True, work=tmp_path / "work", results=tmp_path / "results", dataset=root)
     result = json.loads((tmp_path / "results" / "validator-kvasir-seg-tiny-quick.json").read_text(encoding="utf-8"))
     assert result["resolution"] == 32 and result["n_labelled"] == 8
