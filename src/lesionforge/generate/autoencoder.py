@@ -8,7 +8,6 @@ holds ``scaling_factor``, so a pretrained Stable Diffusion ``vae/`` folder loads
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -21,10 +20,10 @@ from pytorch_msssim import ssim
 from lesionforge.config import StrictModel
 from lesionforge.data.arrays import PairArrays, image_to_tensor
 from lesionforge.errors import CheckpointError
+from lesionforge.train_state import load_train_state, save_train_state
 from lesionforge.utils import code_version, ensure_new_dir, seed_everything, write_json_atomic
 
 AE_CONFIG = "config.json"
-TRAIN_STATE = "train_state"
 
 
 class LatentCodec:
@@ -194,37 +193,19 @@ def _train_step(vae, disc, opt, opt_d, x: torch.Tensor, cfg: AutoencoderConfig, 
 
 
 def _save_state(out_dir: Path, vae, disc, opt, opt_d, step: int) -> None:
-    from safetensors.torch import save_file
-
-    from lesionforge.utils import atomic_path
-
-    state = out_dir / TRAIN_STATE
-    state.mkdir(exist_ok=True)
-    with atomic_path(state / "vae.safetensors") as tmp:
-        save_file({k: v.contiguous() for k, v in vae.state_dict().items()}, str(tmp))
     optim = {"opt": opt.state_dict(), "disc": disc.state_dict() if disc else None,
              "opt_d": opt_d.state_dict() if opt_d else None}
-    with atomic_path(state / "optim.pt") as tmp:
-        torch.save(optim, tmp)
-    write_json_atomic(state / "step.json", {"step": step})
+    save_train_state(out_dir, "vae", vae, optim, step)
 
 
 def _load_state(out_dir: Path, vae, disc, opt, opt_d) -> int:
-    from safetensors.torch import load_file
-
-    state = out_dir / TRAIN_STATE
-    if not (state / "step.json").is_file():
-        return 0
-    try:
-        vae.load_state_dict(load_file(str(state / "vae.safetensors")))
-    except RuntimeError as e:  # a run with another architecture in the same folder
-        raise CheckpointError(f"{state}: checkpoint does not match the config ({e}); use a new --out") from e
-    optim = torch.load(state / "optim.pt", weights_only=True)
-    opt.load_state_dict(optim["opt"])
-    if disc is not None and optim["disc"] is not None:
-        disc.load_state_dict(optim["disc"])
-        opt_d.load_state_dict(optim["opt_d"])
-    return int(json.loads((state / "step.json").read_text(encoding="utf-8"))["step"])
+    step, optim = load_train_state(out_dir, "vae", vae)
+    if optim is not None:
+        opt.load_state_dict(optim["opt"])
+        if disc is not None and optim["disc"] is not None:
+            disc.load_state_dict(optim["disc"])
+            opt_d.load_state_dict(optim["opt_d"])
+    return step
 
 
 def _check_images(images: PairArrays, cfg: AutoencoderConfig, what: str) -> None:

@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 from monai.losses import DiceCELoss
-from safetensors.torch import load_file, save_file
 
-from lesionforge.errors import CheckpointError
-from lesionforge.utils import atomic_path, write_json_atomic
+from lesionforge.train_state import load_train_state, save_train_state
 
-TRAIN_STATE = "train_state"
 Batch = tuple[torch.Tensor, ...]
 
 
@@ -38,7 +34,9 @@ def train_loop(
     """
     loss_fn = DiceCELoss(sigmoid=True, squared_pred=False, smooth_nr=1e-5, smooth_dr=1e-5)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4, foreach=True)
-    start = _load_state(out_dir, model, opt) if resume else 0
+    start, optim = load_train_state(out_dir, "model", model) if resume else (0, None)
+    if optim is not None:
+        opt.load_state_dict(optim)
     rng = np.random.default_rng([seed, start])  # a resumed run continues with fresh, reproducible batches
     model.train()
     loss = torch.zeros(())
@@ -54,31 +52,9 @@ def train_loop(
         loss.backward()
         opt.step()
         if (step + 1) % checkpoint_every == 0 or step + 1 == steps:
-            _save_state(out_dir, model, opt, step + 1)
+            save_train_state(out_dir, "model", model, opt.state_dict(), step + 1)
     model.eval()
     return float(loss.detach())
-
-
-def _save_state(out_dir: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, step: int) -> None:
-    state = out_dir / TRAIN_STATE
-    state.mkdir(parents=True, exist_ok=True)
-    with atomic_path(state / "model.safetensors") as tmp:
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
-    with atomic_path(state / "optim.pt") as tmp:
-        torch.save(opt.state_dict(), tmp)
-    write_json_atomic(state / "step.json", {"step": step})
-
-
-def _load_state(out_dir: Path, model: torch.nn.Module, opt: torch.optim.Optimizer) -> int:
-    state = out_dir / TRAIN_STATE
-    if not (state / "step.json").is_file():
-        return 0
-    try:
-        model.load_state_dict(load_file(str(state / "model.safetensors")))
-    except RuntimeError as e:  # a run with another architecture in the same folder
-        raise CheckpointError(f"{state}: checkpoint does not match the config ({e}); use a new output") from e
-    opt.load_state_dict(torch.load(state / "optim.pt", weights_only=True))
-    return int(json.loads((state / "step.json").read_text(encoding="utf-8"))["step"])
 
 
 def flip_batch(x: torch.Tensor, m: torch.Tensor, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
