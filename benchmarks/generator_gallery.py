@@ -128,7 +128,7 @@ def run(dataset: str, kind: str, n: int = 64, steps: int | None = None, batch_si
         "unlabelled_used": unlabelled is not None, "n_unlabelled": 0 if unlabelled is None else len(unlabelled),
         "n_backgrounds": 0 if backgrounds is None else len(backgrounds),
         "steps": meta.get("steps"), "batch_size": meta.get("config", {}).get("batch_size", gcfg.batch_size),
-        "train_seconds": meta.get("train_seconds"), "torch_threads": meta.get("torch_threads"),
+        **_train_time(generator, meta),
         "loss_first_100": float(np.mean(losses[:100])) if losses else None,
         "loss_last_100": float(np.mean(losses[-100:])) if losses else None,
         "generator": str(generator), "generator_code_version": meta.get("code_version"),
@@ -143,6 +143,18 @@ def run(dataset: str, kind: str, n: int = 64, steps: int | None = None, batch_si
     return result
 
 
+def _train_time(generator: Path, meta: dict) -> dict:
+    """Training wall time as the trainer recorded it; for generators trained before it did, the time between
+    the trainer's first write (``config.yaml``) and its last (``lesionforge.json``), said so."""
+    if meta.get("train_seconds") is not None:
+        return {"train_seconds": meta["train_seconds"], "torch_threads": meta.get("torch_threads"),
+                "train_time_source": "recorded by the trainer"}
+    start, end = generator / "config.yaml", generator / "lesionforge.json"
+    secs = end.stat().st_mtime - start.stat().st_mtime if start.is_file() and end.is_file() else None
+    return {"train_seconds": secs, "torch_threads": None,
+            "train_time_source": "file times (config.yaml to lesionforge.json); threads not recorded"}
+
+
 def write_gallery(results: Path, docs: Path) -> Path:
     """``docs/generator-gallery.md`` from every ``generator-*-cpu.json`` in ``results``."""
     lines = ["# Generator gallery (cpu profile, 64 px)", "",
@@ -153,7 +165,8 @@ def write_gallery(results: Path, docs: Path) -> Path:
     for f in sorted(results.glob("generator-*-cpu.json")):
         r = json.loads(f.read_text(encoding="utf-8"))
         secs = r.get("train_seconds")
-        trained = f"{secs / 60:.0f} min with {r['torch_threads']} torch thread(s)" if secs else "time not recorded"
+        threads = f"{r['torch_threads']} torch thread(s)" if r.get("torch_threads") else "threads not recorded"
+        trained = f"{secs / 60:.0f} min ({threads}; {r['train_time_source']})" if secs else "time not recorded"
         data = f"{r['n_labelled']} labelled pairs"
         if r["unlabelled_used"]:
             data += f" + {r['n_unlabelled']} unlabelled images"
