@@ -132,8 +132,10 @@ def _run_n(
 ) -> list[RunRecord]:
     """Every (seed, arm) run of N, in order. Runs claimed by another worker are passed over and waited for."""
     order = [(seed, arm) for seed in cfg.seeds for arm in cfg.arms]
+    # Synthetic arms first: the first one trains the generator, the long pole of a sweep, so that the other
+    # workers fill the real-data runs meanwhile instead of waiting for it at the end.
+    pending = sorted(order, key=lambda sa: (sa[0], sa[1].generator is None))
     done: dict[tuple[int, str], RunRecord] = {}
-    pending = order
     while pending:
         deferred = []
         for seed, arm in pending:
