@@ -8,8 +8,9 @@
 Autoencoder on all ``train`` images, latent and pixel validators on the N=64 labelled subset, automatic
 thresholds from ``val`` (the default ``contrast`` rule; the ``percentile`` rule is reported beside it for
 the latent validator). The candidates are ``test`` images with their true mask, the mask shifted by a
-quarter of the image, and another image's mask (stand-ins for good and failed generations), or the
-synthetic samples of ``--manifest``. Reports reconstruction PSNR/SSIM, acceptance rates, the pixel
+quarter of the image, another image's mask, and a lesion-free colon-normal frame with a test mask ("blank":
+an inpainting that painted nothing) as stand-ins for good and failed generations, or the synthetic samples
+of ``--manifest``. Reports reconstruction PSNR/SSIM, acceptance rates, the pixel
 validator's Dice of samples the latent filter kept vs rejected, agreement, and ms per sample.
 Writes ``benchmarks/results/<name>.json`` and ``.md`` (default name ``validator-kvasir-seg-<profile>[-quick]``).
 """
@@ -56,18 +57,25 @@ def _configs(quick: bool) -> tuple[AutoencoderConfig, object, object]:
             load_validator_config(configs / "validator-pixel-cpu.yaml"))
 
 
-def _load(dataset: Path, split_name: str, quick: bool, resolution: int) -> dict[str, PairArrays]:
+def _load(dataset: Path, split_name: str, quick: bool, resolution: int, backgrounds: Path | None = None
+          ) -> dict[str, PairArrays]:
     split = load_benchmark_split(split_name)
     by_id = {s.id: s for s in read_dataset(dataset)}
     ids = {"train": split.train, "labelled": split.low_data(64), "val": split.val, "test": split.test}
     if quick:
         ids = {"train": split.train[: QUICK["n_train"]], "labelled": split.low_data(64)[: QUICK["n_labelled"]],
                "val": split.val[: QUICK["n_val"]], "test": split.test[: QUICK["n_candidates"]]}
-    return {k: load_arrays([by_id[i] for i in v], resolution, 3, progress=not quick) for k, v in ids.items()}
+    data = {k: load_arrays([by_id[i] for i in v], resolution, 3, progress=not quick) for k, v in ids.items()}
+    if backgrounds is not None and backgrounds.is_dir():
+        frames = read_dataset(backgrounds)[: QUICK["n_candidates"] if quick else None]
+        data["blanks"] = load_arrays(frames, resolution, 3, progress=not quick)
+    return data
 
 
-def _candidates(test: PairArrays, folder: Path) -> Path:
-    """Test images as synthetic stand-ins: true mask, mask shifted by a quarter image, another image's mask."""
+def _candidates(test: PairArrays, folder: Path, blanks: PairArrays | None = None) -> Path:
+    """Test images as synthetic stand-ins: true mask, mask shifted by a quarter image, another image's mask;
+    and, given lesion-free ``blanks``, a blank frame with a test mask ("blank": an inpainting that painted
+    nothing, the failure the filter must catch for lesions painted onto normal images)."""
     rows, n, side = [], len(test), test.masks.shape[1]
     for i in range(n):
         write_image(folder / "images" / f"{i}.png", test.images[i])
@@ -77,6 +85,10 @@ def _candidates(test: PairArrays, folder: Path) -> Path:
             write_mask(folder / "masks" / f"{i}_{name}.png", mask)
             rows.append(Sample(id=f"{name}_{test.ids[i]}", image=f"images/{i}.png",
                                masks=[f"masks/{i}_{name}.png"], origin="synthetic"))
+        if blanks is not None and len(blanks):
+            write_image(folder / "images" / f"{i}_blank.png", blanks.images[i % len(blanks)])
+            rows.append(Sample(id=f"blank_{test.ids[i]}", image=f"images/{i}_blank.png",
+                               masks=[f"masks/{i}_true.png"], origin="synthetic"))
     return write_manifest(folder / "candidates.jsonl", rows)
 
 
@@ -103,17 +115,18 @@ def _cross(latent_manifest: Path, pixel_manifest: Path) -> dict:
 
 def run(quick: bool = False, work: Path = ROOT / "runs" / "validator-bench", results: Path = ROOT / "benchmarks"
         / "results", dataset: Path = DATASETS / "kvasir-seg", split: str = "kvasir-seg",
-        manifest: Path | None = None, name: str | None = None) -> dict:
+        manifest: Path | None = None, name: str | None = None,
+        backgrounds: Path | None = DATASETS / "colon-normal") -> dict:
     """Run the benchmark (resuming any finished training in ``work``); return and write the result dict."""
     torch.manual_seed(0)
     ae_cfg, lat_cfg, pix_cfg = _configs(quick)
-    data = _load(dataset, split, quick, ae_cfg.resolution)
+    data = _load(dataset, split, quick, ae_cfg.resolution, backgrounds)
     ae_dir = train_autoencoder(ae_cfg, data["train"], work / "autoencoder", val=data["val"], progress=not quick)
     codec = LatentCodec.from_pretrained(ae_dir)
     lat_dir = train_latent_segmenter(lat_cfg, data["labelled"], codec, work / "latent", val=data["val"],
                                      progress=not quick)
     pix_dir = train_pixel_segmenter(pix_cfg, data["labelled"], work / "pixel", val=data["val"], progress=not quick)
-    cands = manifest or _candidates(data["test"], work / "candidates")
+    cands = manifest or _candidates(data["test"], work / "candidates", data.get("blanks"))
     tag = "" if manifest is None else "-" + (name or "samples")
     out = {k: work / f"filtered{tag}-{k}.jsonl" for k in ("latent", "pixel", "latent-percentile")}
     reports = {k: filter_manifest(cands, d, out[k], overwrite=True, val=data["val"])
@@ -125,7 +138,8 @@ def run(quick: bool = False, work: Path = ROOT / "runs" / "validator-bench", res
         "dataset": "kvasir-seg", "profile": "tiny" if quick else "cpu", "resolution": ae_cfg.resolution,
         "quick": quick, "code_version": code_version(), "seed": 0, "torch_threads": torch.get_num_threads(),
         "n_autoencoder_train": len(data["train"]), "n_labelled": len(data["labelled"]), "n_val": len(data["val"]),
-        "candidates": str(cands) if manifest else "test images with true / shifted / swapped masks",
+        "candidates": str(cands) if manifest else "test images with true / shifted / swapped masks"
+        + (", lesion-free colon-normal frames with a test mask (blank)" if "blanks" in data else ""),
         "reconstruction_val": _json(ae_dir / "metrics.json")["val"],
         "filter": {k: {**r.to_dict(), "acceptance_by_group": _group_acceptance(Path(r.manifest))}
                    for k, r in reports.items()},
@@ -187,8 +201,9 @@ def main(
     split: str = typer.Option("kvasir-seg", help="Split name or JSON path."),
     manifest: Path | None = typer.Option(None, help="Score these synthetic samples instead of the stand-ins."),
     name: str | None = typer.Option(None, help="Result file name (default validator-kvasir-seg-<profile>)."),
+    backgrounds: Path = typer.Option(DATASETS / "colon-normal", help="Lesion-free frames for the 'blank' group."),
 ) -> None:
-    r = run(quick, work, results, dataset, split, manifest, name)
+    r = run(quick, work, results, dataset, split, manifest, name, backgrounds)
     typer.echo(_markdown(r))
 
 

@@ -205,3 +205,20 @@ def test_benchmark_configs_validate(name):
         assert cfg.resolution == 64 and cfg.segment.steps == 2000 and cfg.segment.batch_size == 16
         assert cfg.segment.features == [16, 32, 64, 128, 256, 16]
         assert {a.kind for a in cfg.arms} == {"baseline", "copy-paste", "synthetic"}
+
+
+def test_one_regime_at_a_time_gives_the_whole_sweeps_results(cfg, demo_arrays):
+    whole = run_experiment(cfg, FakeStages(demo_arrays), progress=False)
+    whole_res = [json.loads(p.read_text(encoding="utf-8")) for p in whole]
+    again = cfg.model_copy(update={"output": cfg.output.parent / "again", "results_dir": cfg.results_dir.parent / "r2"})
+    stages = FakeStages(demo_arrays)
+    first = run_experiment(again, stages, progress=False, only_n=[8])
+    assert [p.name for p in first] == ["demo-n8-tiny.json"]
+    assert {n for n, *_ in stages.run_calls} == {8} and stages.synth_calls == [(8, "inpaint")]
+    second = run_experiment(again, FakeStages(demo_arrays), progress=False, only_n=[4])
+    for p, res in zip(sorted(second + first), whole_res, strict=True):
+        part = json.loads(p.read_text(encoding="utf-8"))
+        assert part["config_hash"] == res["config_hash"]
+        assert part["paired_diff"]["synthetic"]["mdice"]["mean"] == res["paired_diff"]["synthetic"]["mdice"]["mean"]
+    with pytest.raises(ConfigError, match=r"N = \[16\]"):
+        run_experiment(again, FakeStages(demo_arrays), progress=False, only_n=[16])

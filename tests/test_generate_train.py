@@ -105,3 +105,23 @@ def test_bad_inputs_are_clear_errors(demo_arrays, tmp_path):
     (tmp_path / "c" / "x.txt").write_text("user file", encoding="utf-8")
     with pytest.raises(OverwriteError):
         train_generator(tiny_cfg("mask2image"), pairs(demo_arrays), tmp_path / "c", resume=False, progress=False)
+
+
+def test_inpaint_loss_counts_the_regenerated_region_only():
+    from lesionforge.generate.models import Conditions
+
+    region = torch.zeros(2, 1, 8, 8)
+    region[:, :, 2:5, 2:5] = 1
+    cond = Conditions(spatial=torch.cat([torch.zeros(2, 3, 8, 8), region * 2 - 1], dim=1))
+    target = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    pred = target.clone()
+    pred[region.expand_as(pred) == 0] += 5.0  # wrong everywhere outside the region, exact inside
+    region_only = tiny_cfg("inpaint")
+    assert region_only.outside_loss_weight == 0.0
+    assert trainer.diffusion_loss(pred, target, cond, region_only).item() == 0.0
+    full = region_only.model_copy(update={"outside_loss_weight": 1.0})
+    assert trainer.diffusion_loss(pred, target, cond, full).item() == pytest.approx(25.0 * (1 - 9 / 64))
+    pred_in = target + 1.0 * region  # an error of 1 inside: the mean over the region's pixels
+    assert trainer.diffusion_loss(pred_in, target, cond, region_only).item() == pytest.approx(1.0)
+    other = tiny_cfg("mask2image")  # other kinds: the plain MSE over every pixel
+    assert trainer.diffusion_loss(pred, target, cond, other).item() == pytest.approx(25.0 * (1 - 9 / 64))

@@ -18,6 +18,7 @@ def run(
     resume: bool = typer.Option(True, "--resume/--no-resume", help="Skip finished runs, continue unfinished ones."),
     report: bool = typer.Option(True, "--report/--no-report", help="Write the Markdown report of each result."),
     threads: int = typer.Option(None, "--threads", help="torch threads of this worker (overrides the config)."),
+    only_n: list[int] = typer.Option(None, "--n", help="Run only this N of the config (repeatable)."),
 ) -> None:
     """Run every N x seed x arm of CONFIG and write one result JSON per N (plus its report).
 
@@ -31,7 +32,7 @@ def run(
     cfg = load_experiment_config(config)
     if threads is not None:
         cfg = cfg.model_copy(update={"threads": threads})
-    for path in run_experiment(cfg, resume=resume, overwrite=overwrite):
+    for path in run_experiment(cfg, resume=resume, overwrite=overwrite, only_n=only_n):
         console.print(f"[green]result[/] {path}")
         if report:
             console.print(f"[green]report[/] {write_report(path)}")

@@ -95,12 +95,16 @@ def run_experiment(
     overwrite: bool = False,
     progress: bool = True,
     poll_s: float = 30.0,
+    only_n: list[int] | None = None,
 ) -> list[Path]:
     """Run the whole sweep of ``cfg``; returns the result JSON paths (one per N).
 
     ``resume`` (default) skips finished runs and continues unfinished ones from their checkpoints; without it
     an existing non-empty output folder is an error unless ``overwrite`` (which deletes it first).
+    ``only_n``: run just these regimes of ``cfg.n_labelled`` (the config and its hash stay the whole sweep's,
+    so a sweep can be finished one N at a time, e.g. one N per session).
     """
+    n_values = _selected_n(cfg, only_n)
     if stages is None:
         from lesionforge.experiment.real_stages import LesionforgeStages
 
@@ -112,11 +116,11 @@ def run_experiment(
         torch.set_num_threads(cfg.threads)
     data = stages.load_data(cfg)
     paths = []
-    total = len(cfg.n_labelled) * len(cfg.seeds) * len(cfg.arms)
+    total = len(n_values) * len(cfg.seeds) * len(cfg.arms)
     bar = _progress() if progress else nullcontext()
     with bar as prog:
         task = prog.add_task("runs", total=total) if prog is not None else None
-        for n in cfg.n_labelled:
+        for n in n_values:
             cache = _SyntheticCache(cfg, stages, data, n)
             records = _run_n(cfg, stages, data, n, cache, prog, task, poll_s)
             synth = {name: s for name in _generators_used(cfg) if (s := cache.get(name, make=False)) is not None}
@@ -188,6 +192,15 @@ def _run_one(
         n_labelled=n, arm=arm.name, seed=seed, segment_config=seg_cfg,
         timings={**out.pop("timings", {}), "run_s": elapsed}, **out,
     )
+
+
+def _selected_n(cfg: ExperimentConfig, only_n: list[int] | None) -> list[int]:
+    if not only_n:
+        return list(cfg.n_labelled)
+    unknown = sorted(set(only_n) - set(cfg.n_labelled))
+    if unknown:
+        raise ConfigError(f"N = {unknown} is not among the config's n_labelled {cfg.n_labelled}")
+    return [n for n in cfg.n_labelled if n in only_n]
 
 
 def _generators_used(cfg: ExperimentConfig) -> list[str]:

@@ -59,6 +59,10 @@ class GeneratorConfig(StrictModel):
     flip: bool = True  # random horizontal/vertical flips (conditions follow)
     inpaint_dilate: int = 2  # pixels the lesion mask is dilated by when it is re-generated (inpaint)
     self_supervised_fraction: float = 0.5  # inpaint: share of a batch drawn from unlabelled/normal images
+    # inpaint: loss weight of the pixels outside the re-generated region. The sampler replaces them by the
+    # background at every step, so their prediction is never used; with the full-image loss they are ~80 % of
+    # the loss and the region itself stays under-trained (speckled samples). 0 = learn the region only.
+    outside_loss_weight: float = 0.0
     checkpoint_every: int = 500
     keep_checkpoints: int = 2
     sample_every: int = 500
@@ -80,6 +84,8 @@ class GeneratorConfig(StrictModel):
             raise ConfigError("a pretrained base is supported for kinds edge-text and inpaint")
         if self.attention_levels is not None and len(self.attention_levels) != len(self.block_out_channels):
             raise ConfigError("attention_levels needs one entry per block_out_channels entry")
+        if not 0.0 <= self.outside_loss_weight <= 1.0:
+            raise ConfigError("outside_loss_weight must be in [0, 1]")
         if any(c % self.norm_num_groups for c in self.block_out_channels):
             raise ConfigError("every block_out_channels entry must be divisible by norm_num_groups")
         return self

@@ -135,7 +135,7 @@ def _train_step(gen, opt, lr_sched, ema, noise_sched, maker: BatchMaker, accel, 
     target = noise if cfg.prediction_type == "epsilon" else noise_sched.get_velocity(x0, noise, t)
     with accel.autocast():
         pred = gen(x_t, t, cond)
-    loss = F.mse_loss(pred.float(), target)
+    loss = diffusion_loss(pred.float(), target, cond, cfg)
     accel.backward(loss)
     if accel.sync_gradients:
         accel.clip_grad_norm_(accel.unwrap_model(gen).trainable_parameters(), cfg.grad_clip)
@@ -144,6 +144,16 @@ def _train_step(gen, opt, lr_sched, ema, noise_sched, maker: BatchMaker, accel, 
     opt.zero_grad(set_to_none=True)
     ema.step(accel.unwrap_model(gen).trainable_parameters())
     return float(loss.detach())
+
+
+def diffusion_loss(pred: torch.Tensor, target: torch.Tensor, cond, cfg: GeneratorConfig) -> torch.Tensor:
+    """MSE of the prediction (B, x, h, w); for ``inpaint`` weighted by region: pixels inside the re-generated
+    region weigh 1, those outside ``cfg.outside_loss_weight`` (the region is the last spatial channel, +1 in)."""
+    if cfg.kind != "inpaint" or cfg.outside_loss_weight == 1.0 or cond.spatial is None:
+        return F.mse_loss(pred, target)
+    region = (cond.spatial[:, -1:] > 0).to(pred.dtype)
+    weight = (region + cfg.outside_loss_weight * (1 - region)).expand_as(pred)
+    return ((pred - target) ** 2 * weight).sum() / weight.sum().clamp(min=1.0)
 
 
 def latest_checkpoint(out_dir: str | Path) -> Path | None:
