@@ -59,9 +59,14 @@ def outline(image: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
 
 def grid_image(top: list[np.ndarray], bottom: list[np.ndarray], scale: int = 2, gap: int = 2) -> np.ndarray:
     """Two rows of equally sized RGB tiles, upscaled ``scale``x (nearest) with white gaps."""
-    tiles = [[np.kron(t, np.ones((scale, scale, 1), np.uint8)) for t in row] for row in (top, bottom)]
+    return grid_rows_image([top, bottom], scale, gap)
+
+
+def grid_rows_image(rows: list[list[np.ndarray]], scale: int = 2, gap: int = 2) -> np.ndarray:
+    """Rows of equally sized RGB tiles, upscaled ``scale``x (nearest) with white gaps."""
+    tiles = [[np.kron(t, np.ones((scale, scale, 1), np.uint8)) for t in row] for row in rows]
     h, w = tiles[0][0].shape[:2]
-    out = np.full((2 * h + 3 * gap, len(top) * (w + gap) + gap, 3), 255, np.uint8)
+    out = np.full((len(rows) * h + (len(rows) + 1) * gap, len(rows[0]) * (w + gap) + gap, 3), 255, np.uint8)
     for r, row in enumerate(tiles):
         for c, t in enumerate(row):
             y, x = gap + r * (h + gap), gap + c * (w + gap)
@@ -86,11 +91,29 @@ def _source_tiles(samples, labelled: PairArrays, backgrounds: PairArrays | None,
     return tiles
 
 
+def speckle(images: np.ndarray, masks: np.ndarray) -> float:
+    """Mean absolute Laplacian of the grey image inside the masks (uint8 (N, H, W, C), (N, H, W)): high-frequency
+    energy of the lesion region, on the 0-255 scale. Real lesions give the reference; a sampler that leaves
+    pixel noise in the region scores far above it."""
+    from scipy.ndimage import laplace
+
+    grey = images.astype(np.float64).mean(axis=-1)
+    lap = np.abs(np.stack([laplace(g) for g in grey]))
+    inside = masks > 0
+    return float(lap[inside].mean()) if inside.any() else float("nan")
+
+
 def run(dataset: str, kind: str, n: int = 64, steps: int | None = None, batch_size: int | None = None,
         generator: Path | None = None, work: Path = ROOT / "runs" / "gallery", docs: Path = ROOT / "docs",
         results: Path = ROOT / "benchmarks" / "results", command: str | None = None,
-        sample_steps: int | None = None) -> dict:
-    """Train (or load) the generator, sample it, write the grid, the result JSON and the gallery page."""
+        sample_steps: int | None = None, sampler: str | None = None, guidance_scale: float | None = None,
+        compare: list[tuple[str, int, float]] | None = None) -> dict:
+    """Train (or load) the generator, sample it, write the grid, the result JSON and the gallery page.
+
+    ``sampler`` / ``sample_steps`` / ``guidance_scale``: how the grid is sampled (default: the preset's).
+    ``compare``: (sampler, steps, guidance) settings drawn on the same conditions and seed into a second grid,
+    ``docs/generators/<dataset>-<kind>-samplers.png`` (one row each under the sources), with the
+    :func:`speckle` of each and of the real labelled lesions in the result JSON."""
     cfg = load_experiment_config(ROOT / "benchmarks" / "configs" / f"{dataset}-cpu.yaml",
                                  {"n_labelled": [n], "output": str(work / f"{dataset}-data")})
     data = LesionforgeStages().load_data(cfg)
@@ -106,18 +129,37 @@ def run(dataset: str, kind: str, n: int = 64, steps: int | None = None, batch_si
         train_generator(gcfg, labelled, generator, unlabelled=unlabelled, backgrounds=backgrounds, resume=True)
     meta = read_meta(generator)
     synth_dir = work / f"{dataset}-{kind}-n{n}-samples"
-    shutil.rmtree(synth_dir, ignore_errors=True)  # scratch output of this script, remade each time
     masks_from = make_mask_source("jitter", labelled, cfg.resolution) if kind in ("mask2image", "inpaint") else None
-    t1 = time.perf_counter()
-    samples = synthesize(generator, synth_dir, N_SAMPLES, masks_from=masks_from, backgrounds=backgrounds,
-                         real=labelled, seed=0, sampler=gcfg.sampler, steps=sample_steps or gcfg.sample_steps,
-                         guidance_scale=gcfg.guidance_scale, resume=False, progress=False)
-    synth_s = time.perf_counter() - t1
-    rows = read_manifest(synth_dir / "manifest.jsonl")
+
+    def draw(folder: Path, how: tuple[str, int, float]) -> tuple[list, float]:
+        shutil.rmtree(folder, ignore_errors=True)  # scratch output of this script, remade each time
+        t = time.perf_counter()
+        synthesize(generator, folder, N_SAMPLES, masks_from=masks_from, backgrounds=backgrounds, real=labelled,
+                   seed=0, sampler=how[0], steps=how[1], guidance_scale=how[2], resume=False, progress=False)
+        return read_manifest(folder / "manifest.jsonl"), time.perf_counter() - t
+
+    def tiles(rows) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+        imgs = np.stack([read_image(s.image, channels=cfg.dataset.channels) for s in rows])
+        msks = np.stack([read_mask(s.masks[0]) for s in rows])
+        return [outline(i, m) for i, m in zip(imgs, msks, strict=True)], imgs, msks
+
+    how = (sampler or gcfg.sampler, sample_steps or gcfg.sample_steps,
+           gcfg.guidance_scale if guidance_scale is None else guidance_scale)
+    rows, synth_s = draw(synth_dir, how)
     top = _source_tiles(rows, labelled, backgrounds, cfg.resolution)
-    bottom = [outline(read_image(s.image, channels=cfg.dataset.channels), read_mask(s.masks[0])) for s in rows]
+    bottom, _, _ = tiles(rows)
     stem = f"{dataset}-{kind}"
     write_image(docs / "generators" / f"{stem}.png", grid_image(top, bottom))
+    compared = []
+    if compare:
+        grid_rows = [top]
+        for k, setting in enumerate(compare):
+            c_rows, secs = draw(work / f"{dataset}-{kind}-n{n}-compare-{k}", setting)
+            row, imgs, msks = tiles(c_rows)
+            grid_rows.append(row)
+            compared.append({"sampler": setting[0], "steps": setting[1], "guidance_scale": setting[2],
+                             "speckle": speckle(imgs, msks), "seconds": round(secs, 2)})
+        write_image(docs / "generators" / f"{stem}-samplers.png", grid_rows_image(grid_rows))
     if (generator / "loss.png").is_file():
         shutil.copyfile(generator / "loss.png", docs / "generators" / f"{stem}-loss.png")
     state = json.loads(max(generator.glob("checkpoint-*/state.json"), key=lambda p: p.stat().st_mtime)
@@ -132,10 +174,12 @@ def run(dataset: str, kind: str, n: int = 64, steps: int | None = None, batch_si
         "loss_first_100": float(np.mean(losses[:100])) if losses else None,
         "loss_last_100": float(np.mean(losses[-100:])) if losses else None,
         "generator": str(generator), "generator_code_version": meta.get("code_version"),
-        "sampler": samples[0].provenance.sampler, "sampling_steps": samples[0].provenance.steps,
-        "guidance_scale": samples[0].provenance.guidance_scale, "n_samples": len(samples),
+        "sampler": rows[0].provenance.sampler, "sampling_steps": rows[0].provenance.steps,
+        "guidance_scale": rows[0].provenance.guidance_scale, "n_samples": len(rows),
         "synthesis_seconds": round(synth_s, 2), "wall_seconds_this_call": round(time.perf_counter() - t0, 1),
         "prompts": [s.provenance.prompt for s in rows], "grid": f"generators/{stem}.png",
+        "sampler_comparison": {"real_speckle": speckle(labelled.images, labelled.masks), "settings": compared,
+                               "grid": f"generators/{stem}-samplers.png"} if compared else None,
         "code_version": code_version(), "command": command,
     }
     write_json_atomic(results / f"generator-{stem}-cpu.json", result)
@@ -180,7 +224,24 @@ def write_gallery(results: Path, docs: Path) -> Path:
                   f"- sampled with {r['sampler']}, {r['sampling_steps']} steps, guidance {r['guidance_scale']}"
                   f" ({r['synthesis_seconds']:.1f} s for {r['n_samples']} samples)",
                   f"- command: `{r['command']}` (code {r['code_version'][:7]})", ""]
+        comp = r.get("sampler_comparison")
+        if comp:
+            lines += [f"Samplers on the same conditions and seeds (rows under the sources, in this order); speckle ="
+                      f" mean |Laplacian| inside the mask, real labelled lesions {comp['real_speckle']:.1f}:", "",
+                      f"![{r['dataset']} {r['kind']} samplers]({comp['grid']})", "",
+                      "| sampler | steps | guidance | speckle | seconds for 8 |", "|---|---|---|---|---|",
+                      *(f"| {c['sampler']} | {c['steps']} | {c['guidance_scale']:g} | {c['speckle']:.1f} | "
+                        f"{c['seconds']:.1f} |" for c in comp["settings"]), ""]
     return write_text_atomic(docs / "generator-gallery.md", "\n".join(lines))
+
+
+def parse_setting(text: str) -> tuple[str, int, float]:
+    """'ddpm:100:1' -> ('ddpm', 100, 1.0)."""
+    try:
+        name, steps, scale = text.strip().split(":")
+        return name, int(steps), float(scale)
+    except ValueError as e:
+        raise typer.BadParameter(f"{text!r}: expected sampler:steps:guidance, e.g. ddpm:100:1") from e
 
 
 def main(
@@ -192,13 +253,20 @@ def main(
     generator: Path | None = typer.Option(None, help="An already trained generator folder to render instead."),
     work: Path = typer.Option(ROOT / "runs" / "gallery", help="Checkpoints (resumed if present)."),
     threads: int | None = typer.Option(None, help="torch threads."),
+    sampler: str | None = typer.Option(None, help="Sampler of the grid: ddim, dpm++ or ddpm (default: preset's)."),
+    sample_steps: int | None = typer.Option(None, help="Sampling steps of the grid (default: the preset's)."),
+    guidance: float | None = typer.Option(None, help="Guidance scale of the grid (default: the preset's)."),
+    compare: str | None = typer.Option(None, help="Also draw these samplers on the same conditions, e.g. "
+                                       "'dpm++:25:2,ddim:25:1,ddpm:100:1' (sampler:steps:guidance)."),
 ) -> None:
     if dataset not in PRESET_NAME or kind not in KINDS:
         raise typer.BadParameter(f"dataset in {sorted(PRESET_NAME)}, kind in {KINDS}")
     if threads:
         torch.set_num_threads(threads)
     command = "python benchmarks/generator_gallery.py " + shlex.join(sys.argv[1:])
-    r = run(dataset, kind, n, steps, batch_size, generator, work, command=command)
+    settings = [parse_setting(c) for c in compare.split(",")] if compare else None
+    r = run(dataset, kind, n, steps, batch_size, generator, work, command=command, sample_steps=sample_steps,
+            sampler=sampler, guidance_scale=guidance, compare=settings)
     typer.echo(json.dumps({k: r[k] for k in ("train_seconds", "loss_last_100", "grid")}))
 
 

@@ -27,7 +27,7 @@ def test_inpaint_gallery_on_kvasir(tmp_path):
     g = load_benchmark("generator_gallery")
     docs, results = tmp_path / "docs", tmp_path / "results"
     r = g.run("kvasir-seg", "inpaint", n=16, steps=2, batch_size=2, work=tmp_path / "work", docs=docs,
-              results=results, command="test", sample_steps=2)
+              results=results, command="test", sample_steps=2, compare=[("ddim", 2, 1.0), ("ddpm", 3, 1.0)])
     assert (r["steps"], r["batch_size"], r["n_labelled"], r["n_backgrounds"]) == (2, 2, 16, 125)
     assert r["unlabelled_used"] and r["n_unlabelled"] == 700 - 16 and r["train_seconds"] > 0
     grid = read_image(docs / r["grid"], channels=3)
@@ -36,3 +36,19 @@ def test_inpaint_gallery_on_kvasir(tmp_path):
     assert saved["kind"] == "inpaint" and len(saved["prompts"]) == 8
     page = (docs / "generator-gallery.md").read_text(encoding="utf-8")
     assert "kvasir-seg / inpaint" in page and "generators/kvasir-seg-inpaint.png" in page
+    comp = saved["sampler_comparison"]
+    assert [(c["sampler"], c["steps"]) for c in comp["settings"]] == [("ddim", 2), ("ddpm", 3)]
+    assert comp["real_speckle"] > 0 and all(c["speckle"] > 0 for c in comp["settings"])
+    assert read_image(docs / comp["grid"], channels=3).shape == (3 * 128 + 8, 8 * 130 + 2, 3)
+    assert "| ddpm | 3 | 1 |" in page
+
+
+def test_speckle_rises_with_pixel_noise():
+    g = load_benchmark("generator_gallery")
+    rng = np.random.default_rng(0)
+    smooth = np.full((2, 16, 16, 3), 120, np.uint8)
+    noisy = np.clip(smooth + rng.normal(0, 30, smooth.shape), 0, 255).astype(np.uint8)
+    masks = np.zeros((2, 16, 16), np.uint8)
+    masks[:, 4:12, 4:12] = 1
+    assert g.speckle(smooth, masks) == 0.0 and g.speckle(noisy, masks) > 20
+    assert g.parse_setting("ddpm:100:1") == ("ddpm", 100, 1.0)
