@@ -92,11 +92,13 @@ def _candidates(test: PairArrays, folder: Path, blanks: PairArrays | None = None
     return write_manifest(folder / "candidates.jsonl", rows)
 
 
-def _group_acceptance(report_manifest: Path) -> dict[str, float]:
+def _group_acceptance(report_manifest: Path, stand_ins: bool = True) -> dict[str, float]:
+    """Keep rate per stand-in group (the id prefix before '_'), or of all samples of a generator manifest."""
     groups: dict[str, list[bool]] = {}
     for s in read_manifest(report_manifest):
         if s.origin == "synthetic":
-            groups.setdefault(s.id.split("_", 1)[0], []).append(s.provenance.validation["kept"])
+            group = s.id.split("_", 1)[0] if stand_ins else "samples"
+            groups.setdefault(group, []).append(s.provenance.validation["kept"])
     return {g: float(np.mean(k)) for g, k in groups.items()}
 
 
@@ -141,7 +143,7 @@ def run(quick: bool = False, work: Path = ROOT / "runs" / "validator-bench", res
         "candidates": str(cands) if manifest else "test images with true / shifted / swapped masks"
         + (", lesion-free colon-normal frames with a test mask (blank)" if "blanks" in data else ""),
         "reconstruction_val": _json(ae_dir / "metrics.json")["val"],
-        "filter": {k: {**r.to_dict(), "acceptance_by_group": _group_acceptance(Path(r.manifest))}
+        "filter": {k: {**r.to_dict(), "acceptance_by_group": _group_acceptance(Path(r.manifest), manifest is None)}
                    for k, r in reports.items()},
         "candidates_cross": _cross(out["latent"], out["pixel"]),
         "agreement": agreement(latent, pixel, data["test"].images, data["test"].masks,
