@@ -154,7 +154,8 @@ def run(dataset: str, kind: str, n: int = 64, steps: int | None = None, batch_si
     if compare:
         grid_rows = [top]
         for k, setting in enumerate(compare):
-            c_rows, secs = draw(work / f"{dataset}-{kind}-n{n}-compare-{k}", setting)
+            same = tuple(setting) == how  # the grid's own setting: reuse its samples instead of drawing twice
+            c_rows, secs = (rows, synth_s) if same else draw(work / f"{dataset}-{kind}-n{n}-compare-{k}", setting)
             row, imgs, msks = tiles(c_rows)
             grid_rows.append(row)
             compared.append({"sampler": setting[0], "steps": setting[1], "guidance_scale": setting[2],
