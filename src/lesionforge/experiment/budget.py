@@ -27,7 +27,7 @@ def segment_config_for(cfg: ExperimentConfig, arm: ArmSettings, seed: int) -> di
         out["mixing"] = {"mode": arm.mixing, "ratio": arm.ratio, "alpha": arm.alpha, "patch_size": arm.patch_size}
     else:
         out["mixing"] = {"mode": "none"}
-    out["copy_paste"] = {**out.get("copy_paste", {}), "enabled": arm.kind == "copy-paste", "prob": arm.copy_paste_p}
+    out["copy_paste"] = {**out.get("copy_paste", {}), "enabled": arm.uses_copy_paste, "prob": arm.copy_paste_p}
     return out
 
 

@@ -137,12 +137,21 @@ class ArmSettings(StrictModel):
     patch_size: int = 16
     filtered: bool = True
     copy_paste_p: float = 0.5
+    # synthetic arms: also copy-paste lesions onto the real images of each batch (are the two complementary?)
+    copy_paste: bool = False
 
     @model_validator(mode="after")
     def _generator_for_synthetic(self) -> ArmSettings:
         if (self.kind == "synthetic") != (self.generator is not None):
             raise ValueError(f"arm {self.name!r}: `generator` is required for synthetic arms and only for them")
+        if self.copy_paste and self.kind != "synthetic":
+            raise ValueError(f"arm {self.name!r}: `copy_paste: true` is for synthetic arms; "
+                             "use kind 'copy-paste' for real data with copy-paste")
         return self
+
+    @property
+    def uses_copy_paste(self) -> bool:
+        return self.kind == "copy-paste" or self.copy_paste
 
 
 class ExperimentConfig(StrictModel):

@@ -78,7 +78,8 @@ def _arm_label(name: str, arm: dict) -> str:
         "patch-merge": f"patch-merge alpha {arm.get('alpha')}, {arm.get('patch_size')} px",
     }.get(arm.get("mixing"), arm.get("mixing"))
     filt = "filtered" if arm.get("filtered") else "unfiltered"
-    return f"{name} ({arm.get('method')}, {mixing}, {filt})"
+    paste = f", + copy-paste p {arm['copy_paste_p']}" if arm.get("copy_paste_p") is not None else ""
+    return f"{name} ({arm.get('method')}, {mixing}, {filt}{paste})"
 
 
 def arms_table(res: dict[str, Any]) -> str:

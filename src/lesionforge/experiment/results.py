@@ -99,7 +99,7 @@ def _arm_summary(
     subsets = sorted({k for r in recs for k in r.subsets})
     if subsets:
         out["subsets"] = {k: _metric_lists([r.subsets.get(k, {}) for r in recs]) for k in subsets}
-    if arm.kind == "copy-paste":
+    if arm.uses_copy_paste:
         out["copy_paste_p"] = arm.copy_paste_p
     if arm.kind == "synthetic":
         spec = cfg.generators[arm.generator]
