@@ -98,14 +98,25 @@ class SegmentSettings(StrictModel):
 
 
 class FilterSettings(StrictModel):
-    """Latent-validator filter: an autoencoder + latent segmenter trained on the labelled subset."""
+    """The synthetic-pair filter: a validator trained on the labelled subset scores every sample.
 
+    ``validator: latent`` (default): an autoencoder + latent segmenter (scores the latents, cheap per sample);
+    ``pixel``: a small pixel-space segmenter (no autoencoder; the more discriminative of the two in
+    ``benchmarks/results/validator-kvasir-seg-cpu.json``)."""
+
+    validator: Literal["latent", "pixel"] = "latent"
     threshold: float | Literal["auto"] = "auto"
     auto_rule: Literal["contrast", "percentile"] = "contrast"  # how "auto" picks it (validate/filter.py)
-    autoencoder_config: Path | None = None  # AutoencoderConfig YAML (default: its defaults)
+    autoencoder_config: Path | None = None  # AutoencoderConfig YAML (default: its defaults), latent only
     autoencoder_overrides: dict = Field(default_factory=dict)
-    validator_config: Path | None = None  # LatentSegmenterConfig YAML (default: its defaults)
+    validator_config: Path | None = None  # LatentSegmenterConfig / PixelSegmenterConfig YAML (default: defaults)
     validator_overrides: dict = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _autoencoder_for_latent_only(self) -> FilterSettings:
+        if self.validator == "pixel" and (self.autoencoder_config is not None or self.autoencoder_overrides):
+            raise ValueError("filter: autoencoder settings are for `validator: latent` only")
+        return self
 
 
 class GeneratorSpec(StrictModel):

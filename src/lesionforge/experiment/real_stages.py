@@ -166,19 +166,13 @@ class LesionforgeStages:
     @staticmethod
     def _filter(cfg, spec: GeneratorSpec, labelled: PairArrays, data: ExperimentData, manifest: Path,
                 out_path: Path) -> dict[str, Any]:
-        from lesionforge.generate.autoencoder import LatentCodec, train_autoencoder
         from lesionforge.validate.filter import filter_manifest
-        from lesionforge.validate.latent_segmenter import train_latent_segmenter
 
-        ae_cfg, val_cfg = _validator_configs(cfg, spec)
         cache = cfg.output / "cache"
-        # the autoencoder learns from every image it may see (labelled, lesion-free, unlabelled if allowed)
-        images = _concat([labelled, data.backgrounds, data.unlabelled(len(labelled)) if spec.use_unlabelled else None])
-        ae_dir = cache / "autoencoders" / cache_key(ae_cfg.model_dump(mode="json"), images.ids)
-        ae_path = Path(train_autoencoder(ae_cfg, images, ae_dir, val=data.val, resume=True))
-        codec = LatentCodec.from_pretrained(ae_path)
-        seg_dir = cache / "validators" / cache_key(val_cfg.model_dump(mode="json"), labelled.ids, str(ae_dir))
-        validator = Path(train_latent_segmenter(val_cfg, labelled, codec, seg_dir, val=data.val))
+        if spec.filter.validator == "pixel":
+            validator = _pixel_validator(cfg, spec, labelled, data, cache)
+        else:
+            validator = _latent_validator(cfg, spec, labelled, data, cache)
         # out_path is this cache's own intermediate file: a rerun after a crash rewrites it identically
         report = filter_manifest(manifest, validator, out_path, threshold=spec.filter.threshold, val=data.val,
                                  overwrite=True, auto_rule=spec.filter.auto_rule).to_dict()
@@ -219,6 +213,36 @@ def _concat(parts: list[PairArrays | None]) -> PairArrays:
         np.concatenate([p.has_mask for p in parts]), [i for p in parts for i in p.ids],
         [c for p in parts for c in p.classes],
     )
+
+
+def _latent_validator(cfg: ExperimentConfig, spec: GeneratorSpec, labelled: PairArrays, data: ExperimentData,
+                      cache: Path) -> Path:
+    """Train (cached) the autoencoder and the latent segmenter of the latent filter; returns the validator."""
+    from lesionforge.generate.autoencoder import LatentCodec, train_autoencoder
+    from lesionforge.validate.latent_segmenter import train_latent_segmenter
+
+    ae_cfg, val_cfg = _validator_configs(cfg, spec)
+    # the autoencoder learns from every image it may see (labelled, lesion-free, unlabelled if allowed)
+    images = _concat([labelled, data.backgrounds, data.unlabelled(len(labelled)) if spec.use_unlabelled else None])
+    ae_dir = cache / "autoencoders" / cache_key(ae_cfg.model_dump(mode="json"), images.ids)
+    ae_path = Path(train_autoencoder(ae_cfg, images, ae_dir, val=data.val, resume=True))
+    codec = LatentCodec.from_pretrained(ae_path)
+    seg_dir = cache / "validators" / cache_key(val_cfg.model_dump(mode="json"), labelled.ids, str(ae_dir))
+    return Path(train_latent_segmenter(val_cfg, labelled, codec, seg_dir, val=data.val))
+
+
+def _pixel_validator(cfg: ExperimentConfig, spec: GeneratorSpec, labelled: PairArrays, data: ExperimentData,
+                     cache: Path) -> Path:
+    """Train (cached) the pixel segmenter of the pixel filter on the labelled pairs; returns the validator."""
+    from lesionforge.config import load_config
+    from lesionforge.validate.pixel_segmenter import PixelSegmenterConfig, train_pixel_segmenter
+
+    f = spec.filter
+    over = {"resolution": cfg.resolution, "image_channels": cfg.dataset.channels, **f.validator_overrides}
+    val_cfg = (load_config(f.validator_config, PixelSegmenterConfig, over) if f.validator_config is not None
+               else PixelSegmenterConfig.model_validate(over))
+    seg_dir = cache / "validators" / f"pixel-{cache_key(val_cfg.model_dump(mode='json'), labelled.ids)}"
+    return Path(train_pixel_segmenter(val_cfg, labelled, seg_dir, val=data.val, resume=True))
 
 
 def _validator_configs(cfg: ExperimentConfig, spec: GeneratorSpec):

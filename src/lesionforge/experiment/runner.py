@@ -34,17 +34,28 @@ from lesionforge.experiment.stages import ExperimentData, Stages, SyntheticSet
 from lesionforge.utils import ensure_new_dir, seed_everything, write_json_atomic
 
 
+def _contents(paths: list[Path | None]) -> list[str | None]:
+    return [Path(p).read_text(encoding="utf-8") if p is not None and Path(p).is_file() else None for p in paths]
+
+
 def synthetic_key(cfg: ExperimentConfig, name: str, n: int, data: ExperimentData) -> str:
-    """Cache key of one (N, generator) synthetic set: settings, preset file contents and data ids."""
+    """Cache key of one (N, generator) synthetic set: generator and sampling settings, preset file contents
+    and data ids. The filter is not part of it (see :func:`filter_key`): adding or changing a filter re-scores
+    the same samples instead of drawing them again."""
     spec = cfg.generators[name]
-    presets = [spec.config]
-    if spec.filter is not None:
-        presets += [spec.filter.autoencoder_config, spec.filter.validator_config]
-    contents = [Path(p).read_text(encoding="utf-8") if p is not None and Path(p).is_file() else None for p in presets]
     return cache_key(
-        cfg.dataset.name, cfg.resolution, spec.model_dump(mode="json"), contents, data.split.low_data(n),
+        cfg.dataset.name, cfg.resolution, spec.model_copy(update={"filter": None}).model_dump(mode="json"),
+        _contents([spec.config]), data.split.low_data(n),
         data.background_ids() if spec.method == "inpaint-normal" else None,
     )
+
+
+def filter_key(cfg: ExperimentConfig, name: str) -> str | None:
+    """Key of a generator's filter settings (with their preset files); None without a filter."""
+    f = cfg.generators[name].filter
+    if f is None:
+        return None
+    return cache_key(f.model_dump(mode="json"), _contents([f.autoencoder_config, f.validator_config]))
 
 
 class _SyntheticCache:
@@ -62,19 +73,26 @@ class _SyntheticCache:
         if name in self.sets:
             return self.sets[name]
         marker = self.work_dir(name) / "synthetic.json"
-        if marker.is_file():
+        if self._current(name, marker):
             self.sets[name] = SyntheticSet.from_dict(json.loads(marker.read_text(encoding="utf-8")))
         elif make:
             lock = self.work_dir(name).with_name(self.work_dir(name).name + ".lock")
             if not claim(lock):
                 raise Busy(f"synthetic set {name!r} (N={self.n}) is being made by another worker")
             try:
-                if marker.is_file():  # finished by another worker between our check and our claim
+                if self._current(name, marker):  # finished by another worker between our check and our claim
                     return self.get(name, make=False)
-                self._make(name, marker)
+                self._make(name, marker)  # samples already drawn are resumed, not redrawn
             finally:
                 release(lock)
         return self.sets.get(name)
+
+    def _current(self, name: str, marker: Path) -> bool:
+        """The set is made and was filtered with the filter the config names now (or none)."""
+        if not marker.is_file():
+            return False
+        info = json.loads(marker.read_text(encoding="utf-8")).get("info", {})
+        return info.get("filter_key") == filter_key(self.cfg, name)
 
     def _make(self, name: str, marker: Path) -> None:
         t0 = time.perf_counter()
@@ -83,6 +101,7 @@ class _SyntheticCache:
             self.cfg, name, self.cfg.generators[name], self.n, self.data, self.work_dir(name)
         )
         s.info.setdefault("timings", {})["prepare_s"] = round(time.perf_counter() - t0, 3)
+        s.info["filter_key"] = filter_key(self.cfg, name)
         write_json_atomic(marker, s.to_dict())
         self.sets[name] = s
 

@@ -1,0 +1,112 @@
+"""The experiment's filter stage: the pixel validator option, and re-filtering without re-drawing samples."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lesionforge.data.io import write_image, write_mask
+from lesionforge.data.manifest import Provenance, Sample, read_manifest, write_manifest
+from lesionforge.errors import ConfigError
+from lesionforge.experiment.config import FilterSettings, load_experiment_config
+from lesionforge.experiment.real_stages import LesionforgeStages
+from lesionforge.experiment.runner import filter_key, run_experiment, synthetic_key
+
+CONFIGS = Path(__file__).resolve().parents[1] / "benchmarks" / "configs"
+
+
+def _cfg(tmp_path: Path, filter_: dict | None):
+    cfg = load_experiment_config(CONFIGS / "smoke.yaml", {"output": str(tmp_path / "runs"),
+                                                          "results_dir": str(tmp_path / "results")})
+    spec = cfg.generators["inpaint"]
+    f = None if filter_ is None else FilterSettings.model_validate(filter_)
+    return cfg.model_copy(update={"generators": {"inpaint": spec.model_copy(update={"filter": f})}})
+
+
+def test_pixel_filter_settings_refuse_autoencoder_options():
+    with pytest.raises(ValueError, match="latent"):
+        FilterSettings.model_validate({"validator": "pixel", "autoencoder_overrides": {"steps": 4}})
+
+
+def test_filter_changes_are_not_part_of_the_synthesis_key(tmp_path):
+    stages = LesionforgeStages()
+    plain, pixel = _cfg(tmp_path, None), _cfg(tmp_path, {"validator": "pixel"})
+    data = stages.load_data(plain)
+    assert synthetic_key(plain, "inpaint", 8, data) == synthetic_key(pixel, "inpaint", 8, data)
+    assert filter_key(plain, "inpaint") is None
+    assert filter_key(pixel, "inpaint") != filter_key(_cfg(tmp_path, {"validator": "latent"}), "inpaint")
+
+
+def test_pixel_filter_keeps_true_pairs_and_rejects_shifted_ones(tmp_path):
+    """The real filter stage with ``validator: pixel`` on demo pairs: their own masks (true) vs masks rolled
+    half an image away (wrong); the report says which validator ran."""
+    cfg = _cfg(tmp_path, {"validator": "pixel", "threshold": "auto",
+                          "validator_overrides": {"features": [8, 8, 16, 32, 64, 8], "steps": 150,
+                                                  "batch_size": 8, "lr": 5e-3, "checkpoint_every": 150}})
+    stages = LesionforgeStages()
+    data = stages.load_data(cfg)
+    labelled = data.labelled(8)
+    rows = []
+    for i in range(len(labelled)):
+        for wrong in (False, True):
+            mask = np.roll(labelled.masks[i], 16, axis=(0, 1)) if wrong else labelled.masks[i]
+            img, msk = tmp_path / f"s{i}-{wrong}.png", tmp_path / f"s{i}-{wrong}_mask.png"
+            write_image(img, labelled.images[i])
+            write_mask(msk, mask)
+            rows.append(Sample(id=f"s{i}-{'wrong' if wrong else 'true'}", image=str(img), masks=[str(msk)],
+                               origin="synthetic", provenance=Provenance(source_id=labelled.ids[i])))
+    write_manifest(tmp_path / "manifest.jsonl", rows)
+    report = stages._filter(cfg, cfg.generators["inpaint"], labelled, data, tmp_path / "manifest.jsonl",
+                            tmp_path / "filtered.jsonl")
+    assert report["validator_kind"] == "pixel" and report["n_scored"] == 16
+    assert any(p.name.startswith("pixel-") for p in (cfg.output / "cache" / "validators").iterdir())
+    kept = {s.id: s.provenance.validation["kept"] for s in read_manifest(tmp_path / "filtered.jsonl")}
+    true_kept = sum(kept[k] for k in kept if k.endswith("true"))
+    wrong_kept = sum(kept[k] for k in kept if k.endswith("wrong"))
+    assert true_kept > wrong_kept
+
+
+def test_adding_a_filter_rescores_the_same_samples(tmp_path, monkeypatch):
+    """A sweep made unfiltered, then given a filter and a filtered arm: the synthetic set is re-prepared in the
+    same folder (the samples resume there, none is drawn again) and its marker records the new filter."""
+    calls: list[Path] = []
+    real = LesionforgeStages.prepare_synthetic
+
+    def counting(self, cfg, name, spec, n, data, work_dir):
+        calls.append(work_dir)
+        return real(self, cfg, name, spec, n, data, work_dir)
+
+    monkeypatch.setattr(LesionforgeStages, "prepare_synthetic", counting)
+    plain = _cfg(tmp_path, None)
+    syn = plain.arm("synthetic").model_copy(update={"filtered": False})
+    plain = plain.model_copy(update={"seeds": [0], "arms": [plain.arm("baseline"), syn]})
+    run_experiment(plain, LesionforgeStages(), progress=False)
+    assert len(calls) == 1
+    images = sorted((calls[0] / "synthetic" / "images").iterdir())
+    stamps = [p.stat().st_mtime_ns for p in images]
+    filtered_arm = syn.model_copy(update={"name": "synthetic-filtered", "filtered": True})
+    latent = plain.model_copy(update={"generators": _cfg(tmp_path, {"threshold": 0.0, **_tiny_latent()}).generators,
+                                      "arms": [*plain.arms, filtered_arm],
+                                      "results_dir": tmp_path / "results-filtered"})
+    run_experiment(latent, LesionforgeStages(), progress=False)
+    assert calls[1] == calls[0] and len(calls) == 2
+    assert [p.stat().st_mtime_ns for p in images] == stamps  # the samples were not drawn again
+    marker = json.loads((calls[0] / "synthetic.json").read_text(encoding="utf-8"))
+    assert marker["info"]["filter_key"] == filter_key(latent, "inpaint") and marker["filtered_manifest"]
+    res = json.loads(next((tmp_path / "results-filtered").glob("*.json")).read_text(encoding="utf-8"))
+    assert res["arms"]["synthetic-filtered"]["filtered"] and not res["arms"]["synthetic"]["filtered"]
+
+
+def _tiny_latent() -> dict:
+    smoke = load_experiment_config(CONFIGS / "smoke.yaml").generators["inpaint"].filter
+    return {"autoencoder_overrides": smoke.autoencoder_overrides, "validator_overrides": smoke.validator_overrides}
+
+
+def test_unknown_filter_validator_is_refused(tmp_path):
+    text = (CONFIGS / "smoke.yaml").read_text(encoding="utf-8").replace("threshold: 0.0", "validator: pixels")
+    (tmp_path / "bad.yaml").write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError, match="validator"):
+        load_experiment_config(tmp_path / "bad.yaml")
