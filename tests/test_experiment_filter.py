@@ -71,7 +71,8 @@ def test_pixel_filter_keeps_true_pairs_and_rejects_shifted_ones(tmp_path):
 
 def test_adding_a_filter_rescores_the_same_samples(tmp_path, monkeypatch):
     """A sweep made unfiltered, then given a filter and a filtered arm: the synthetic set is re-prepared in the
-    same folder (the samples resume there, none is drawn again) and its marker records the new filter."""
+    same folder (the samples resume there, none is drawn again, with the generator that drew them, not a
+    retrained one) and its marker records the new filter."""
     calls: list[Path] = []
     real = LesionforgeStages.prepare_synthetic
 
@@ -87,6 +88,11 @@ def test_adding_a_filter_rescores_the_same_samples(tmp_path, monkeypatch):
     assert len(calls) == 1
     images = sorted((calls[0] / "synthetic" / "images").iterdir())
     stamps = [p.stat().st_mtime_ns for p in images]
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a re-filtered set must keep the generator that drew it")
+
+    monkeypatch.setattr(LesionforgeStages, "_generator", staticmethod(no_training))
     filtered_arm = syn.model_copy(update={"name": "synthetic-filtered", "filtered": True})
     latent = plain.model_copy(update={"generators": _cfg(tmp_path, {"threshold": 0.0, **_tiny_latent()}).generators,
                                       "arms": [*plain.arms, filtered_arm],

@@ -125,3 +125,42 @@ def test_inpaint_loss_counts_the_regenerated_region_only():
     assert trainer.diffusion_loss(pred_in, target, cond, region_only).item() == pytest.approx(1.0)
     other = tiny_cfg("mask2image")  # other kinds: the plain MSE over every pixel
     assert trainer.diffusion_loss(pred, target, cond, other).item() == pytest.approx(25.0 * (1 - 9 / 64))
+
+
+class _RecordingEncoder:
+    """Stands in for MiniLM: records the prompts it is asked to encode."""
+
+    def __init__(self):
+        self.seen: list[str] = []
+
+    def encode(self, prompts):
+        self.seen += list(prompts)
+        return torch.zeros(len(prompts), 4, 16), torch.ones(len(prompts), 4, dtype=torch.bool)
+
+
+@pytest.mark.parametrize("as_known", [True, False])
+def test_inpaint_fills_are_prompted_as_what_they_are(demo_arrays, as_known):
+    """Lesion re-generation gets lesion prompts; a fill of a lesion-free background the domain's "normal"
+    prompt; a fill of an unlabelled image (content unknown) the null prompt. Without the option every fill
+    gets a lesion prompt."""
+    from lesionforge.conditioning.prompts import PromptLibrary, domain_for_dataset
+    from lesionforge.generate.trainbatch import BatchMaker
+
+    cfg = tiny_cfg("inpaint", text=True, dataset="kvasir-seg", batch_size=64, cond_dropout=0.0,
+                   prompt_fills_as_known=as_known)
+    lesions, backgrounds = pairs(demo_arrays, lesion_only=True), normals(demo_arrays)
+    unlabelled = lesions.subset(np.arange(len(lesions)))
+    unlabelled = type(unlabelled)(unlabelled.images, unlabelled.masks, np.zeros(len(unlabelled), bool),
+                                  [f"u-{i}" for i in unlabelled.ids], unlabelled.classes)
+    enc = _RecordingEncoder()
+    maker = BatchMaker(cfg, lesions, unlabelled=unlabelled, backgrounds=backgrounds, text_encoder=enc)
+    maker.make(np.random.default_rng(0))
+    normal = set(PromptLibrary.load(domain_for_dataset("kvasir-seg")).prompts("normal"))
+    assert normal and len(enc.seen) == 64
+    lesion_prompts = [p for p in enc.seen if p and p not in normal]
+    if as_known:
+        assert {p in normal for p in enc.seen if p} == {True, False} and "" in enc.seen
+        assert all("polyp" in p and "no polyp" not in p for p in lesion_prompts)
+    else:
+        assert not any(p in normal for p in enc.seen) and "" not in enc.seen
+        assert len(lesion_prompts) == 64

@@ -6,6 +6,7 @@ on, so a generator, autoencoder or validator is trained once and reused by every
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -113,7 +114,10 @@ class LesionforgeStages:
         if spec.method == "inpaint-normal" and backgrounds is None:
             raise ConfigError(f"generator {name!r}: inpaint-normal needs lesion-free backgrounds in the dataset")
         t0 = time.perf_counter()
-        gen_dir = self._generator(cfg, gcfg, labelled, unlabelled, backgrounds)
+        made = _made_with(work_dir)
+        # a set made before is only re-filtered: its samples keep the generator that drew them, even when the
+        # code's generator key has moved on since (a retrained generator would mix two models in one set)
+        gen_dir = made if made is not None else self._generator(cfg, gcfg, labelled, unlabelled, backgrounds)
         t1 = time.perf_counter()
         synth_dir = work_dir / "synthetic"
         masks_from = make_mask_source(spec.mask_source, labelled, cfg.resolution) if gcfg.kind in (
@@ -213,6 +217,15 @@ def _concat(parts: list[PairArrays | None]) -> PairArrays:
         np.concatenate([p.has_mask for p in parts]), [i for p in parts for i in p.ids],
         [c for p in parts for c in p.classes],
     )
+
+
+def _made_with(work_dir: Path) -> Path | None:
+    """The generator folder a finished synthetic set in ``work_dir`` was drawn with, if there is one."""
+    marker = work_dir / "synthetic.json"
+    if not marker.is_file():
+        return None
+    gen = json.loads(marker.read_text(encoding="utf-8")).get("info", {}).get("generator_dir")
+    return Path(gen) if gen and (Path(gen) / "lesionforge.json").is_file() else None
 
 
 def _latent_validator(cfg: ExperimentConfig, spec: GeneratorSpec, labelled: PairArrays, data: ExperimentData,

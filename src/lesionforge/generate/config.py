@@ -59,6 +59,11 @@ class GeneratorConfig(StrictModel):
     flip: bool = True  # random horizontal/vertical flips (conditions follow)
     inpaint_dilate: int = 2  # pixels the lesion mask is dilated by when it is re-generated (inpaint)
     self_supervised_fraction: float = 0.5  # inpaint: share of a batch drawn from unlabelled/normal images
+    # inpaint: prompt each self-supervised fill as what it is: a lesion-free image with the domain's "normal"
+    # prompt, an unlabelled one (which may hold a lesion) with the null prompt. False: every fill gets a lesion
+    # prompt, which teaches "lesion prompt -> paint tissue" on half the batches (samples then often show no
+    # lesion inside the mask; see docs/generators.md).
+    prompt_fills_as_known: bool = True
     # inpaint: loss weight of the pixels outside the re-generated region. The sampler replaces them by the
     # background at every step, so their prediction is never used; with the full-image loss they are ~80 % of
     # the loss and the region itself stays under-trained (speckled samples). 0 = learn the region only.

@@ -19,6 +19,9 @@ from lesionforge.generate.models import Conditions
 from lesionforge.generate.sampler import InpaintGuide
 from lesionforge.generate.textcond import TextConditioner
 
+#: Prompt class of lesion-free fills; every built-in prompt library has a ``by_class`` entry for it.
+NORMAL_CLASS = "normal"
+
 
 @dataclass
 class Preview:
@@ -44,9 +47,12 @@ class BatchMaker:
         labelled = train.subset(np.flatnonzero(train.has_mask))
         lesion = labelled.masks.reshape(len(labelled), -1).any(1) if len(labelled) else np.zeros(0, bool)
         self.pool = labelled.subset(np.flatnonzero(lesion)) if cfg.kind == "inpaint" else labelled
-        image_only = [train.subset(np.flatnonzero(~train.has_mask)), labelled.subset(np.flatnonzero(~lesion)),
-                      unlabelled, backgrounds]
-        self.self_sup = _concat(image_only) if cfg.kind == "inpaint" else None
+        # (images, known to be lesion-free?): lesion-free fills are prompted "normal", the others get no prompt
+        image_only = [(train.subset(np.flatnonzero(~train.has_mask)), False),
+                      (labelled.subset(np.flatnonzero(~lesion)), True), (unlabelled, False), (backgrounds, True)]
+        self.self_sup = _concat([p for p, _ in image_only]) if cfg.kind == "inpaint" else None
+        self.fill_normal = np.concatenate([np.zeros(0, bool)] + [np.full(len(p), free) for p, free in image_only
+                                                                 if p is not None])
         if len(self.pool) == 0 and (self.self_sup is None or len(self.self_sup) == 0):
             raise ConfigError(f"no usable training samples for kind {cfg.kind!r} (labelled pairs needed)")
         self.mask_source = mask_source
@@ -60,14 +66,17 @@ class BatchMaker:
         if self.self_sup is not None and len(self.self_sup):
             n_self = b if len(self.pool) == 0 else int(rng.binomial(b, self.cfg.self_supervised_fraction))
         parts = []
+        fill = np.zeros(b, np.int8)  # 0: a lesion re-generated, 1: fill of an unlabelled image, 2: lesion-free
         if b - n_self:
             parts.append(self.pool.subset(rng.integers(len(self.pool), size=b - n_self)))
         if n_self:
-            parts.append(self._random_masks(self.self_sup.subset(rng.integers(len(self.self_sup), size=n_self)), rng))
+            idx = rng.integers(len(self.self_sup), size=n_self)
+            parts.append(self._random_masks(self.self_sup.subset(idx), rng))
+            fill[b - n_self:] = np.where(self.fill_normal[idx], 2, 1)
         data = _concat(parts)
         images, masks = flip_pairs(data.images, data.masks, rng) if self.cfg.flip else (data.images, data.masks)
         drop = rng.random(b) < self.cfg.cond_dropout
-        return self._inputs(images, masks, data.ids, data.classes, rng, drop)
+        return self._inputs(images, masks, data.ids, data.classes, rng, drop, fill)
 
     def _random_masks(self, data: PairArrays, rng: np.random.Generator) -> PairArrays:
         drawn = self.mask_source(rng, len(data))
@@ -75,8 +84,16 @@ class BatchMaker:
         return PairArrays(data.images, masks, np.ones(len(data), bool), data.ids, [None] * len(data))
 
     def _inputs(self, images: np.ndarray, masks: np.ndarray, ids: list[str], classes: list[str | None],
-                rng: np.random.Generator, drop: np.ndarray) -> tuple[torch.Tensor, Conditions]:
-        prompts = self.text.prompts(ids, classes, masks, rng)
+                rng: np.random.Generator, drop: np.ndarray, fill: np.ndarray | None = None,
+                ) -> tuple[torch.Tensor, Conditions]:
+        if fill is not None and self.cfg.prompt_fills_as_known:
+            # lesion-free fills are prompted as the "normal" class; unlabelled ones get the null prompt
+            # (their content is unknown), the same condition as a dropped one
+            prompt_classes = [NORMAL_CLASS if f == 2 else c for c, f in zip(classes, fill, strict=True)]
+            prompts = self.text.prompts(ids, prompt_classes, masks, rng)
+            drop = drop | (fill == 1)
+        else:
+            prompts = self.text.prompts(ids, classes, masks, rng)
         region = dilate_masks(masks, self.cfg.inpaint_dilate) if self.cfg.kind == "inpaint" else masks
         with torch.no_grad():  # the codec and edge extractor are fixed: no gradients through them
             x0, spatial = build_inputs(self.cfg.kind, images, region, self.codec)
