@@ -88,6 +88,8 @@ def test_adding_a_filter_rescores_the_same_samples(tmp_path, monkeypatch):
     assert len(calls) == 1
     images = sorted((calls[0] / "synthetic" / "images").iterdir())
     stamps = [p.stat().st_mtime_ns for p in images]
+    first = json.loads((calls[0] / "synthetic.json").read_text(encoding="utf-8"))["info"]["timings"]
+    assert first["generator_train_s"] is not None
 
     def no_training(*args, **kwargs):
         raise AssertionError("a re-filtered set must keep the generator that drew it")
@@ -102,6 +104,8 @@ def test_adding_a_filter_rescores_the_same_samples(tmp_path, monkeypatch):
     assert [p.stat().st_mtime_ns for p in images] == stamps  # the samples were not drawn again
     marker = json.loads((calls[0] / "synthetic.json").read_text(encoding="utf-8"))
     assert marker["info"]["filter_key"] == filter_key(latent, "inpaint") and marker["filtered_manifest"]
+    timings = marker["info"]["timings"]  # the drawing's timings are kept, the re-filtering's added
+    assert {k: timings[k] for k in first} == first and timings["refilter_s"] > 0
     res = json.loads(next((tmp_path / "results-filtered").glob("*.json")).read_text(encoding="utf-8"))
     assert res["arms"]["synthetic-filtered"]["filtered"] and not res["arms"]["synthetic"]["filtered"]
 

@@ -104,6 +104,7 @@ class LesionforgeStages:
         self, cfg: ExperimentConfig, name: str, spec: GeneratorSpec, n: int, data: ExperimentData, work_dir: Path
     ) -> SyntheticSet:
         """Train (cached) the generator on the N labelled pairs, synthesize ``n_per_real`` per pair, filter."""
+        from lesionforge.generate.models import read_meta
         from lesionforge.generate.synthesize import synthesize
         from lesionforge.generate.trainbatch import make_mask_source
 
@@ -133,7 +134,10 @@ class LesionforgeStages:
         info: dict[str, Any] = {
             "generator_dir": str(gen_dir), "generator_config": gcfg.model_dump(mode="json"),
             "n_generated": len(samples), "unlabelled_used": unlabelled is not None,
-            "timings": {"train_generator_s": round(t1 - t0, 3), "synthesize_s": round(t2 - t1, 3),
+            "timings": {"train_generator_s": round(t1 - t0, 3),
+                        # the trainer's own total over every resumed session (the wall time above is this call's)
+                        "generator_train_s": read_meta(gen_dir).get("train_seconds"),
+                        "synthesize_s": round(t2 - t1, 3),
                         "synthesis_images_per_s": round(len(samples) / max(t2 - t1, 1e-9), 3)},
         }
         manifest = synth_dir / "manifest.jsonl"

@@ -144,7 +144,8 @@ def generators_table(res: dict[str, Any]) -> str:
             f"| {name} | {g.get('settings', {}).get('method')} | {g.get('n_generated')} | {g.get('n_kept', '—')} | "
             f"{num(f.get('acceptance_rate'), '.1%')} | {f.get('threshold_rule', '—')} | "
             f"{num(f.get('mean_dice_kept'))} / {num(f.get('mean_dice_rejected'))} | "
-            f"{num(t.get('train_generator_s'), '.0f')} | {num(t.get('synthesis_images_per_s'), '.2f')} |"
+            f"{num(t.get('generator_train_s') or t.get('train_generator_s'), '.0f')} | "
+            f"{num(t.get('synthesis_images_per_s'), '.2f')} |"
         )
     return "\n".join([head, *rows])
 
