@@ -144,7 +144,7 @@ def test_inpaint_fills_are_prompted_as_what_they_are(demo_arrays, as_known):
     prompt; a fill of an unlabelled image (content unknown) the null prompt. Without the option every fill
     gets a lesion prompt."""
     from lesionforge.conditioning.prompts import PromptLibrary, domain_for_dataset
-    from lesionforge.generate.trainbatch import BatchMaker
+    from lesionforge.generate.trainbatch import NORMAL_CLASS, BatchMaker
 
     cfg = tiny_cfg("inpaint", text=True, dataset="kvasir-seg", batch_size=64, cond_dropout=0.0,
                    prompt_fills_as_known=as_known)
@@ -155,7 +155,9 @@ def test_inpaint_fills_are_prompted_as_what_they_are(demo_arrays, as_known):
     enc = _RecordingEncoder()
     maker = BatchMaker(cfg, lesions, unlabelled=unlabelled, backgrounds=backgrounds, text_encoder=enc)
     maker.make(np.random.default_rng(0))
-    normal = set(PromptLibrary.load(domain_for_dataset("kvasir-seg")).prompts("normal"))
+    for domain in ("colon-polyp", "breast-ultrasound", "generic"):  # every built-in library names the class
+        assert NORMAL_CLASS in PromptLibrary.load(domain).spec.by_class, domain
+    normal = set(PromptLibrary.load(domain_for_dataset("kvasir-seg")).prompts(NORMAL_CLASS))
     assert normal and len(enc.seen) == 64
     lesion_prompts = [p for p in enc.seen if p and p not in normal]
     if as_known:

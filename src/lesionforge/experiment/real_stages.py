@@ -115,12 +115,12 @@ class LesionforgeStages:
         if spec.method == "inpaint-normal" and backgrounds is None:
             raise ConfigError(f"generator {name!r}: inpaint-normal needs lesion-free backgrounds in the dataset")
         t0 = time.perf_counter()
-        made = _made_with(work_dir)
-        # a set made before is only re-filtered: its samples keep the generator that drew them, even when the
-        # code's generator key has moved on since (a retrained generator would mix two models in one set)
-        gen_dir = made if made is not None else self._generator(cfg, gcfg, labelled, unlabelled, backgrounds)
-        t1 = time.perf_counter()
         synth_dir = work_dir / "synthetic"
+        drawn_with = _drawn_with(synth_dir)
+        # samples already drawn here (a set re-filtered, or a synthesis resumed) continue with the generator that
+        # drew them, even when the code's generator key has moved on since: synthesize refuses other weights
+        gen_dir = drawn_with or self._generator(cfg, gcfg, labelled, unlabelled, backgrounds)
+        t1 = time.perf_counter()
         masks_from = make_mask_source(spec.mask_source, labelled, cfg.resolution) if gcfg.kind in (
             "mask2image", "inpaint") else None
         samples = synthesize(
@@ -223,12 +223,14 @@ def _concat(parts: list[PairArrays | None]) -> PairArrays:
     )
 
 
-def _made_with(work_dir: Path) -> Path | None:
-    """The generator folder a finished synthetic set in ``work_dir`` was drawn with, if there is one."""
-    marker = work_dir / "synthetic.json"
-    if not marker.is_file():
+def _drawn_with(synth_dir: Path) -> Path | None:
+    """The generator folder the samples in ``synth_dir`` were drawn with (synthesize's run record), if any."""
+    from lesionforge.generate.synthesize import RUN_FILE
+
+    run = synth_dir / RUN_FILE
+    if not run.is_file():
         return None
-    gen = json.loads(marker.read_text(encoding="utf-8")).get("info", {}).get("generator_dir")
+    gen = json.loads(run.read_text(encoding="utf-8")).get("checkpoint")
     return Path(gen) if gen and (Path(gen) / "lesionforge.json").is_file() else None
 
 

@@ -73,31 +73,31 @@ class _SyntheticCache:
         if name in self.sets:
             return self.sets[name]
         marker = self.work_dir(name) / "synthetic.json"
-        if self._current(name, marker):
-            self.sets[name] = SyntheticSet.from_dict(json.loads(marker.read_text(encoding="utf-8")))
+        made = self._current(name, marker)
+        if made is not None:
+            self.sets[name] = made
         elif make:
             lock = self.work_dir(name).with_name(self.work_dir(name).name + ".lock")
             if not claim(lock):
                 raise Busy(f"synthetic set {name!r} (N={self.n}) is being made by another worker")
             try:
-                if self._current(name, marker):  # finished by another worker between our check and our claim
-                    return self.get(name, make=False)
-                self._make(name, marker)  # samples already drawn are resumed, not redrawn
+                made = self._current(name, marker)  # finished by another worker between our check and our claim
+                self.sets[name] = made if made is not None else self._make(name, marker)
             finally:
                 release(lock)
         return self.sets.get(name)
 
-    def _current(self, name: str, marker: Path) -> bool:
-        """The set is made and was filtered with the filter the config names now (or none)."""
+    def _current(self, name: str, marker: Path) -> SyntheticSet | None:
+        """The set, if it is made and was filtered with the filter the config names now (or none)."""
         if not marker.is_file():
-            return False
-        info = json.loads(marker.read_text(encoding="utf-8")).get("info", {})
-        return info.get("filter_key") == filter_key(self.cfg, name)
+            return None
+        s = SyntheticSet.from_dict(json.loads(marker.read_text(encoding="utf-8")))
+        return s if s.info.get("filter_key") == filter_key(self.cfg, name) else None
 
-    def _make(self, name: str, marker: Path) -> None:
-        # a set made before is only re-filtered now: keep the timings of its training and drawing
-        before = json.loads(marker.read_text(encoding="utf-8")).get("info", {}).get("timings") if marker.is_file() \
-            else None
+    def _make(self, name: str, marker: Path) -> SyntheticSet:
+        """Make the set; one made before under another filter is re-filtered (samples already drawn are
+        resumed, not redrawn) and keeps the timings of its training and drawing."""
+        before = json.loads(marker.read_text(encoding="utf-8"))["info"].get("timings") if marker.is_file() else None
         t0 = time.perf_counter()
         seed_everything(self.cfg.generators[name].seed)
         s = self.stages.prepare_synthetic(
@@ -108,7 +108,7 @@ class _SyntheticCache:
             s.info["timings"] = {**before, "refilter_s": s.info["timings"]["prepare_s"]}
         s.info["filter_key"] = filter_key(self.cfg, name)
         write_json_atomic(marker, s.to_dict())
-        self.sets[name] = s
+        return s
 
 
 def run_experiment(

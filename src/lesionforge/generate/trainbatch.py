@@ -50,9 +50,11 @@ class BatchMaker:
         # (images, known to be lesion-free?): lesion-free fills are prompted "normal", the others get no prompt
         image_only = [(train.subset(np.flatnonzero(~train.has_mask)), False),
                       (labelled.subset(np.flatnonzero(~lesion)), True), (unlabelled, False), (backgrounds, True)]
-        self.self_sup = _concat([p for p, _ in image_only]) if cfg.kind == "inpaint" else None
-        self.fill_normal = np.concatenate([np.zeros(0, bool)] + [np.full(len(p), free) for p, free in image_only
-                                                                 if p is not None])
+        self.self_sup = self.fill_normal = None
+        if cfg.kind == "inpaint":
+            self.self_sup = _concat([p for p, _ in image_only])
+            self.fill_normal = np.concatenate([np.zeros(0, bool)] + [np.full(len(p), free) for p, free in image_only
+                                                                     if p is not None])
         if len(self.pool) == 0 and (self.self_sup is None or len(self.self_sup) == 0):
             raise ConfigError(f"no usable training samples for kind {cfg.kind!r} (labelled pairs needed)")
         self.mask_source = mask_source
