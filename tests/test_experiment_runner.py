@@ -107,6 +107,11 @@ def test_result_json_follows_protocol_schema(cfg, demo_arrays):
     flat = res["paired_diff"]["synthetic"]["subsets"]["flat"]
     assert flat["mdice"]["n_images"] == 5 and flat["mdice"]["mean"] == pytest.approx(0.06)
     assert res["generators"]["inpaint"]["n_kept"] == 2
+    # the synthetic arm is also compared, paired by image, with the copy-paste arm it must beat
+    assert set(res["paired_vs_copy_paste"]) == {"copy-paste"}
+    vs_cp = res["paired_vs_copy_paste"]["copy-paste"]
+    assert set(vs_cp) == {"synthetic"}
+    assert vs_cp["synthetic"]["mdice"]["mean"] == pytest.approx(GAIN["synthetic"] - GAIN["copy-paste"], abs=1e-9)
 
 
 def test_interrupted_sweep_resumes_without_redoing_finished_runs(cfg, demo_arrays):
@@ -196,9 +201,11 @@ def test_report_is_rebuilt_from_the_json_alone(cfg, demo_arrays, tmp_path):
     res = load_result(paths[1])
     assert f"{np.mean(res['arms']['synthetic']['mdice']):.3f}" in text
     assert "| flat | synthetic | +0.060 [+0.060, +0.060]" in text  # the subset's own paired difference
+    assert "| arm − copy-paste |" in text and "| synthetic | +0.040 [+0.040, +0.040]" in text
     table = readme_table(paths)
     assert table.count("\n") == 2 + 2 * 3 - 1
     assert "demo-n4-tiny.json" in table and f"{res['paired_diff']['synthetic']['mdice']['mean']:+.3f}" in table
+    assert "| +0.040 [+0.040, +0.040] (+" in table  # the synthetic arm against copy-paste
 
 
 def test_bad_result_file_is_named(tmp_path):

@@ -95,12 +95,12 @@ def arms_table(res: dict[str, Any]) -> str:
     return "\n".join([head, *rows])
 
 
-def diff_table(res: dict[str, Any]) -> str:
-    """Markdown table of paired differences (arm − baseline) with 95 % CIs over images (and over seeds)."""
-    head = ("| arm − baseline | ΔmDice [95 % CI] | ΔmIoU [95 % CI] | Δmiss rate [95 % CI] | Δmiss small [95 % CI] | "
+def diff_table(diffs: dict[str, Any], ref: str = "baseline") -> str:
+    """Markdown table of paired differences (arm − ``ref``) with 95 % CIs over images (and over seeds)."""
+    head = (f"| arm − {ref} | ΔmDice [95 % CI] | ΔmIoU [95 % CI] | Δmiss rate [95 % CI] | Δmiss small [95 % CI] | "
             "ΔmDice over seeds |\n|---|---|---|---|---|---|")
     rows = []
-    for name, d in res["paired_diff"].items():
+    for name, d in diffs.items():
         small = d.get("miss_rate_small")
         small_s = _ci(small) if small and "ci95" in small else _rel(small)
         rows.append(f"| {name} | {_ci(d.get('mdice'))} | {_ci(d.get('miou'))} | {_ci(d.get('miss_rate'))} | "
@@ -152,15 +152,19 @@ def generators_table(res: dict[str, Any]) -> str:
 
 def readme_table(paths: list[str | Path]) -> str:
     """The headline Markdown table the README quotes, rendered from result files (never typed by hand)."""
-    head = ("| dataset | N | profile | arm | mDice (mean ± std) | ΔmDice vs baseline [95 % CI] | file |\n"
-            "|---|---|---|---|---|---|---|")
+    head = ("| dataset | N | profile | arm | mDice (mean ± std) | ΔmDice vs baseline [95 % CI] | "
+            "ΔmDice vs copy-paste [95 % CI] | file |\n|---|---|---|---|---|---|---|---|")
     rows = []
     for p in paths:
         res = load_result(p)
+        # results written before the copy-paste comparison existed say so instead of leaving a blank
+        vs_cp = next(iter(res["paired_vs_copy_paste"].values()), {}) if "paired_vs_copy_paste" in res else None
         for name, a in res["arms"].items():
             d = res["paired_diff"].get(name, {}).get("mdice")
+            c = (vs_cp or {}).get(name, {}).get("mdice")
+            c_s = _ci(c) if c else ("n/a (older file)" if vs_cp is None and a.get("kind") == "synthetic" else "—")
             rows.append(f"| {res['dataset']} | {res['n_labelled']} | {res['profile']} | {_arm_label(name, a)} | "
-                        f"{_pm(a['mdice'])} | {_ci(d) if d else '—'} | `{Path(p).name}` |")
+                        f"{_pm(a['mdice'])} | {_ci(d) if d else '—'} | {c_s} | `{Path(p).name}` |")
     return "\n".join([head, *rows])
 
 
@@ -276,9 +280,12 @@ def _markdown(res: dict[str, Any], name: str, vs_n: Path, bands: Path, grid: Pat
         "## Paired difference against the baseline", "",
         "Bootstrap over test images (paired by image id, seeds averaged per image first; miss rates as pooled "
         f"lesion ratios; {res.get('bootstrap', {}).get('samples', '?')} resamples); the last column is a "
-        "Student-t interval over seeds (paired by seed).", "", diff_table(res), "",
-        f"![mDice vs N]({vs_n.name})", "", f"![miss rate by band]({bands.name})", "",
+        "Student-t interval over seeds (paired by seed).", "", diff_table(res["paired_diff"]), "",
     ]
+    for ref, diffs in res.get("paired_vs_copy_paste", {}).items():
+        lines += [f"Synthetic arms against `{ref}`, the non-diffusion reference they must also beat (same "
+                  "pairing):", "", diff_table(diffs, ref), ""]
+    lines += [f"![mDice vs N]({vs_n.name})", "", f"![miss rate by band]({bands.name})", ""]
     lines += _subset_lines(res)
     if res.get("transfer"):
         lines += ["## Transfer (models scored unchanged on other datasets)", "", groups_table(res["transfer"]), ""]

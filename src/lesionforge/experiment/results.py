@@ -1,8 +1,9 @@
 """The result file of one (dataset, N, profile): PROTOCOL.md's schema, built from the run records.
 
 ``benchmarks/results/<dataset>-n<N>-<profile>.json`` holds the protocol settings, code version, seeds, every
-arm's per-seed metrics, the paired differences against the baseline with 95 % CIs, the generator/filter
-settings, timings, and the paths of a few sample pairs for the report's grid.
+arm's per-seed metrics, the paired differences against the baseline with 95 % CIs (and of every synthetic arm
+against every copy-paste arm, the non-diffusion reference it must also beat), the generator/filter settings,
+timings, and the paths of a few sample pairs for the report's grid.
 """
 
 from __future__ import annotations
@@ -48,6 +49,11 @@ def build_result(
         for name, recs in by_arm.items() if name != cfg.baseline_arm
     }
     seg = effective_segment_config(cfg)
+    versus_copy_paste = {
+        ref.name: {a.name: paired_diff(by_arm[a.name], by_arm[ref.name], cfg.bootstrap_samples, cfg.bootstrap_seed)
+                   for a in cfg.arms if a.kind == "synthetic"}
+        for ref in cfg.arms if ref.kind == "copy-paste" and ref.name != cfg.baseline_arm
+    }
     return {
         "dataset": cfg.dataset.name, "n_labelled": n, "profile": cfg.profile, "resolution": cfg.resolution,
         "code_version": code_version(), "steps": seg["steps"], "batch_size": seg["batch_size"],
@@ -59,6 +65,7 @@ def build_result(
         "baseline_arm": cfg.baseline_arm, "n_test_images": len(base[0].ids) if base else 0,
         "test_lesions_by_band": _lesions_by_band(base[0]) if base else None,
         "arms": arms, "paired_diff": paired,
+        "paired_vs_copy_paste": {k: v for k, v in versus_copy_paste.items() if v},
         "transfer": _transfer_summary(by_arm),
         "generators": {k: _generator_summary(cfg, k, s) for k, s in synthetic.items()},
         "unlabelled_images_used": any(
