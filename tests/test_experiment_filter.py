@@ -40,6 +40,21 @@ def test_filter_changes_are_not_part_of_the_synthesis_key(tmp_path):
     assert filter_key(pixel, "inpaint") != filter_key(_cfg(tmp_path, {"validator": "latent"}), "inpaint")
 
 
+def test_a_set_drawn_by_a_differently_trained_generator_is_not_reused(tmp_path, monkeypatch):
+    """Code defaults of the generator (not only its preset file) are part of the synthesis key: after an
+    upgrade that changes how the generator trains, the runner draws a new set instead of reusing the old."""
+    import lesionforge.experiment.runner as runner
+    from lesionforge.experiment.config import resolved_generator_config
+
+    cfg = _cfg(tmp_path, None)
+    data = LesionforgeStages().load_data(cfg)
+    before = synthetic_key(cfg, "inpaint", 8, data)
+    gcfg = resolved_generator_config(cfg, cfg.generators["inpaint"])
+    changed = gcfg.model_copy(update={"prompt_fills_as_known": not gcfg.prompt_fills_as_known})
+    monkeypatch.setattr(runner, "resolved_generator_config", lambda c, s: changed)  # a changed code default
+    assert synthetic_key(cfg, "inpaint", 8, data) != before
+
+
 def test_pixel_filter_keeps_true_pairs_and_rejects_shifted_ones(tmp_path):
     """The real filter stage with ``validator: pixel`` on demo pairs: their own masks (true) vs masks rolled
     half an image away (wrong); the report says which validator ran."""

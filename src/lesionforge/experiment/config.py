@@ -254,3 +254,19 @@ def resolve_paths(cfg: ExperimentConfig, base: Path) -> ExperimentConfig:
         "output": _resolve(cfg.output, base) or cfg.output,
         "results_dir": _resolve(cfg.results_dir, base) or cfg.results_dir,
     })
+
+
+def resolved_generator_config(cfg: ExperimentConfig, spec: GeneratorSpec):
+    """The ``GeneratorConfig`` a generator entry trains with: its preset (or the kind's defaults) with the
+    sweep's resolution, channels and dataset and the entry's overrides, every code default filled in."""
+    from lesionforge.generate.config import GeneratorConfig, load_generator_config
+
+    over = {"resolution": cfg.resolution, "image_channels": cfg.dataset.channels, "dataset": cfg.dataset.name,
+            **spec.overrides}
+    if spec.config is None:
+        gcfg = GeneratorConfig.model_validate({"kind": GENERATOR_KIND[spec.method], **over})
+    else:
+        gcfg = load_generator_config(spec.config, over)
+    if gcfg.kind != GENERATOR_KIND[spec.method]:
+        raise ConfigError(f"{spec.config}: kind {gcfg.kind!r} does not fit method {spec.method!r}")
+    return gcfg

@@ -16,7 +16,12 @@ import numpy as np
 from lesionforge.data.arrays import PairArrays, load_arrays
 from lesionforge.data.manifest import Sample, read_manifest
 from lesionforge.errors import ConfigError, DataError
-from lesionforge.experiment.config import GENERATOR_KIND, ArmSettings, ExperimentConfig, GeneratorSpec
+from lesionforge.experiment.config import (
+    ArmSettings,
+    ExperimentConfig,
+    GeneratorSpec,
+    resolved_generator_config,
+)
 from lesionforge.experiment.keys import cache_key
 from lesionforge.experiment.records import BANDS
 from lesionforge.experiment.stages import ExperimentData, SplitIds, SyntheticSet
@@ -109,7 +114,7 @@ class LesionforgeStages:
         from lesionforge.generate.trainbatch import make_mask_source
 
         labelled = data.labelled(n)
-        gcfg = self._generator_config(cfg, spec)
+        gcfg = resolved_generator_config(cfg, spec)
         unlabelled = data.unlabelled(n) if spec.use_unlabelled else None
         backgrounds = data.backgrounds if spec.method == "inpaint-normal" else None
         if spec.method == "inpaint-normal" and backgrounds is None:
@@ -147,20 +152,6 @@ class LesionforgeStages:
             info["filter"] = self._filter(cfg, spec, labelled, data, manifest, filtered)
             info["n_kept"] = info["filter"].get("n_kept")
         return SyntheticSet(manifest, filtered, info)
-
-    @staticmethod
-    def _generator_config(cfg: ExperimentConfig, spec: GeneratorSpec):
-        from lesionforge.generate.config import GeneratorConfig, load_generator_config
-
-        over = {"resolution": cfg.resolution, "image_channels": cfg.dataset.channels, "dataset": cfg.dataset.name,
-                **spec.overrides}
-        if spec.config is None:
-            gcfg = GeneratorConfig.model_validate({"kind": GENERATOR_KIND[spec.method], **over})
-        else:
-            gcfg = load_generator_config(spec.config, over)
-        if gcfg.kind != GENERATOR_KIND[spec.method]:
-            raise ConfigError(f"{spec.config}: kind {gcfg.kind!r} does not fit method {spec.method!r}")
-        return gcfg
 
     @staticmethod
     def _generator(cfg, gcfg, labelled: PairArrays, unlabelled, backgrounds) -> Path:

@@ -25,7 +25,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from lesionforge.config import save_config
 from lesionforge.errors import ConfigError, OverwriteError
 from lesionforge.experiment.budget import segment_config_for
-from lesionforge.experiment.config import ArmSettings, ExperimentConfig
+from lesionforge.experiment.config import ArmSettings, ExperimentConfig, resolved_generator_config
 from lesionforge.experiment.keys import cache_key
 from lesionforge.experiment.locks import Busy, claim, release
 from lesionforge.experiment.records import RunRecord, read_record, record_path, run_dir, write_record
@@ -39,13 +39,14 @@ def _contents(paths: list[Path | None]) -> list[str | None]:
 
 
 def synthetic_key(cfg: ExperimentConfig, name: str, n: int, data: ExperimentData) -> str:
-    """Cache key of one (N, generator) synthetic set: generator and sampling settings, preset file contents
-    and data ids. The filter is not part of it (see :func:`filter_key`): adding or changing a filter re-scores
-    the same samples instead of drawing them again."""
+    """Cache key of one (N, generator) synthetic set: generator and sampling settings, the generator's
+    effective config (preset contents and code defaults: a set drawn by an older generator is not reused after
+    an upgrade changed how the generator trains) and data ids. The filter is not part of it (see
+    :func:`filter_key`): adding or changing a filter re-scores the same samples instead of drawing them again."""
     spec = cfg.generators[name]
     return cache_key(
         cfg.dataset.name, cfg.resolution, spec.model_copy(update={"filter": None}).model_dump(mode="json"),
-        _contents([spec.config]), data.split.low_data(n),
+        resolved_generator_config(cfg, spec).model_dump(mode="json"), data.split.low_data(n),
         data.background_ids() if spec.method == "inpaint-normal" else None,
     )
 
