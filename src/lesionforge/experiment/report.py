@@ -157,7 +157,8 @@ def readme_table(paths: list[str | Path]) -> str:
     rows = []
     for p in paths:
         res = load_result(p)
-        # results written before the copy-paste comparison existed say so instead of leaving a blank
+        # the first copy-paste arm is the column's reference (the headline configs have one); results written
+        # before the comparison existed say so instead of leaving a blank
         vs_cp = next(iter(res["paired_vs_copy_paste"].values()), {}) if "paired_vs_copy_paste" in res else None
         for name, a in res["arms"].items():
             d = res["paired_diff"].get(name, {}).get("mdice")

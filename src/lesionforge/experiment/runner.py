@@ -65,10 +65,14 @@ class _SyntheticCache:
     def __init__(self, cfg: ExperimentConfig, stages: Stages, data: ExperimentData, n: int):
         self.cfg, self.stages, self.data, self.n = cfg, stages, data, n
         self.sets: dict[str, SyntheticSet] = {}
+        self._dirs: dict[str, Path] = {}
 
     def work_dir(self, name: str) -> Path:
-        key = synthetic_key(self.cfg, name, self.n, self.data)
-        return self.cfg.output / "cache" / f"synthetic-n{self.n}-{name}-{key}"
+        # the key reads the generator preset: computed once per set, not at every poll of a waiting worker
+        if name not in self._dirs:
+            key = synthetic_key(self.cfg, name, self.n, self.data)
+            self._dirs[name] = self.cfg.output / "cache" / f"synthetic-n{self.n}-{name}-{key}"
+        return self._dirs[name]
 
     def get(self, name: str, make: bool = True) -> SyntheticSet | None:
         if name in self.sets:
@@ -78,7 +82,8 @@ class _SyntheticCache:
         if made is not None:
             self.sets[name] = made
         elif make:
-            lock = self.work_dir(name).with_name(self.work_dir(name).name + ".lock")
+            work = self.work_dir(name)
+            lock = work.with_name(work.name + ".lock")
             if not claim(lock):
                 raise Busy(f"synthetic set {name!r} (N={self.n}) is being made by another worker")
             try:
