@@ -9,9 +9,10 @@ and commit a grid of its samples beside the real images they came from, with the
 Data as in the headline configs (``benchmarks/configs/<dataset>-cpu.yaml``): the N labelled pairs of the
 split's low-data subset; ``inpaint`` also learns, self-supervised, from the unlabelled rest of ``train`` and
 the lesion-free backgrounds (colon-normal for Kvasir-SEG, BUSI's ``normal_backgrounds``). Training resumes
-from ``--work``. Writes ``docs/generators/<dataset>-<kind>.png`` (top row: the real image or background each
+from ``--work``. Writes ``docs/generators/<stem>.png``, stem ``<dataset>-<kind>`` (``-n<N>`` added when N is
+not 64, so a low-N entry sits beside the N = 64 one) (top row: the real image or background each
 sample was made from, with its mask outline if it has one; bottom row: the sample with its label outline),
-``docs/generators/<dataset>-<kind>-loss.png``, ``benchmarks/results/generator-<dataset>-<kind>-cpu.json``,
+``docs/generators/<stem>-loss.png``, ``benchmarks/results/generator-<stem>-cpu.json``,
 and rebuilds ``docs/generator-gallery.md`` from every such JSON.
 """
 
@@ -103,6 +104,19 @@ def speckle(images: np.ndarray, masks: np.ndarray) -> float:
     return float(lap[inside].mean()) if inside.any() else float("nan")
 
 
+def mask_stats(masks: np.ndarray) -> dict:
+    """Shape summary of binary masks (N, H, W): how many are empty, mean lesion area (fraction of the image) and
+    mean connected components per non-empty mask. For ``joint``, whose masks are generated, set beside the real
+    labelled masks it shows whether the model draws lesions of a plausible size and count."""
+    from scipy.ndimage import label
+
+    fg = masks > 0
+    areas = fg.reshape(len(fg), -1).mean(axis=1)
+    comps = [label(m)[1] for m in fg if m.any()]
+    return {"n": len(fg), "empty": int((areas == 0).sum()), "area_frac_mean": float(areas.mean()),
+            "components_mean": float(np.mean(comps)) if comps else 0.0}
+
+
 def run(dataset: str, kind: str, n: int = 64, steps: int | None = None, batch_size: int | None = None,
         generator: Path | None = None, work: Path = ROOT / "runs" / "gallery", docs: Path = ROOT / "docs",
         results: Path = ROOT / "benchmarks" / "results", command: str | None = None,
@@ -147,8 +161,8 @@ def run(dataset: str, kind: str, n: int = 64, steps: int | None = None, batch_si
            gcfg.guidance_scale if guidance_scale is None else guidance_scale)
     rows, synth_s = draw(synth_dir, how)
     top = _source_tiles(rows, labelled, backgrounds, cfg.resolution)
-    bottom, _, _ = tiles(rows)
-    stem = f"{dataset}-{kind}"
+    bottom, _, grid_masks = tiles(rows)
+    stem = f"{dataset}-{kind}" + ("" if n == 64 else f"-n{n}")  # the issue's N = 64 keeps the plain name
     write_image(docs / "generators" / f"{stem}.png", grid_image(top, bottom))
     compared = []
     if compare:
@@ -159,7 +173,8 @@ def run(dataset: str, kind: str, n: int = 64, steps: int | None = None, batch_si
             row, imgs, msks = tiles(c_rows)
             grid_rows.append(row)
             compared.append({"sampler": setting[0], "steps": setting[1], "guidance_scale": setting[2],
-                             "speckle": speckle(imgs, msks), "seconds": round(secs, 2)})
+                             "speckle": speckle(imgs, msks), "seconds": round(secs, 2),
+                             **({"masks": mask_stats(msks)} if kind == "joint" else {})})
         write_image(docs / "generators" / f"{stem}-samplers.png", grid_rows_image(grid_rows))
     if (generator / "loss.png").is_file():
         shutil.copyfile(generator / "loss.png", docs / "generators" / f"{stem}-loss.png")
@@ -179,6 +194,8 @@ def run(dataset: str, kind: str, n: int = 64, steps: int | None = None, batch_si
         "guidance_scale": rows[0].provenance.guidance_scale, "n_samples": len(rows),
         "synthesis_seconds": round(synth_s, 2), "wall_seconds_this_call": round(time.perf_counter() - t0, 1),
         "prompts": [s.provenance.prompt for s in rows], "grid": f"generators/{stem}.png",
+        "generated_masks": {"samples": mask_stats(grid_masks), "real_labelled": mask_stats(labelled.masks)}
+        if kind == "joint" else None,
         "sampler_comparison": {"real_speckle": speckle(labelled.images, labelled.masks), "settings": compared,
                                "grid": f"generators/{stem}-samplers.png"} if compared else None,
         "code_version": code_version(), "command": command,
@@ -206,7 +223,8 @@ def write_gallery(results: Path, docs: Path) -> Path:
              "Written by `benchmarks/generator_gallery.py` from `benchmarks/results/generator-*-cpu.json`; every "
              "number below comes from those files. Top row of each grid: the real image (green: its mask) or "
              "the lesion-free background each sample was made from; bottom row: the sample, green = the label it "
-             "comes with. 8 samples, seed 0, no cherry-picking.", ""]
+             "comes with. 8 samples, seed 0, no cherry-picking. What each grid shows, in words: "
+             "[results.md](results.md#generator-gallery-cpu-profile-64-px).", ""]
     for f in sorted(results.glob("generator-*-cpu.json")):
         r = json.loads(f.read_text(encoding="utf-8"))
         secs = r.get("train_seconds")
@@ -219,21 +237,40 @@ def write_gallery(results: Path, docs: Path) -> Path:
             data += f" + {r['n_backgrounds']} lesion-free backgrounds"
         loss = (f"; loss (mean of 100 steps) {r['loss_first_100']:.3f} first, {r['loss_last_100']:.3f} last"
                 if r.get("loss_last_100") is not None else "")
-        lines += [f"## {r['dataset']} / {r['kind']}", "",
+        lines += [f"## {r['dataset']} / {r['kind']} (N = {r['n_labelled']})", "",
                   f"![{r['dataset']} {r['kind']}]({r['grid']})", "",
                   f"- trained on {data}: {r['steps']} steps of batch {r['batch_size']}, {trained}{loss}",
                   f"- sampled with {r['sampler']}, {r['sampling_steps']} steps, guidance {r['guidance_scale']}"
                   f" ({r['synthesis_seconds']:.1f} s for {r['n_samples']} samples)",
                   f"- command: `{r['command']}` (code {r['code_version'][:7]})", ""]
+        gm = r.get("generated_masks")
+        if gm:
+            g, real = gm["samples"], gm["real_labelled"]
+            lines[-1:-1] = [f"- generated masks (after cleaning): {g['empty']} of {g['n']} empty; mean area "
+                            f"{100 * g['area_frac_mean']:.1f} % of the image (real labelled "
+                            f"{100 * real['area_frac_mean']:.1f} %); {g['components_mean']:.1f} components per "
+                            f"non-empty mask (real {real['components_mean']:.1f})"]
         comp = r.get("sampler_comparison")
         if comp:
             lines += [f"Samplers on the same conditions and seeds (rows under the sources, in this order); speckle ="
                       f" mean |Laplacian| inside the mask, real labelled lesions {comp['real_speckle']:.1f}:", "",
                       f"![{r['dataset']} {r['kind']} samplers]({comp['grid']})", "",
-                      "| sampler | steps | guidance | speckle | seconds for 8 |", "|---|---|---|---|---|",
-                      *(f"| {c['sampler']} | {c['steps']} | {c['guidance_scale']:g} | {c['speckle']:.1f} | "
-                        f"{c['seconds']:.1f} |" for c in comp["settings"]), ""]
+                      *_comparison_table(comp["settings"]), ""]
     return write_text_atomic(docs / "generator-gallery.md", "\n".join(lines))
+
+
+def _comparison_table(settings: list[dict]) -> list[str]:
+    """The sampler comparison as markdown rows; ``joint`` entries add their generated masks' shape."""
+    joint = all("masks" in c for c in settings)
+    head = "| sampler | steps | guidance | speckle | seconds for 8 |" + (" empty masks | mean area |" if joint else "")
+    rows = [head, "|---" * head.count(" | ") + "|---|"]
+    for c in settings:
+        row = f"| {c['sampler']} | {c['steps']} | {c['guidance_scale']:g} | {c['speckle']:.1f} | {c['seconds']:.1f} |"
+        if joint:
+            m = c["masks"]
+            row += f" {m['empty']} of {m['n']} | {100 * m['area_frac_mean']:.1f} % |"
+        rows.append(row)
+    return rows
 
 
 def parse_setting(text: str) -> tuple[str, int, float]:
