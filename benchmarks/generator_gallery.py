@@ -242,14 +242,14 @@ def write_gallery(results: Path, docs: Path) -> Path:
                   f"- trained on {data}: {r['steps']} steps of batch {r['batch_size']}, {trained}{loss}",
                   f"- sampled with {r['sampler']}, {r['sampling_steps']} steps, guidance {r['guidance_scale']}"
                   f" ({r['synthesis_seconds']:.1f} s for {r['n_samples']} samples)",
-                  f"- command: `{r['command']}` (code {r['code_version'][:7]})", ""]
-        gm = r.get("generated_masks")
-        if gm:
+                  f"- command: `{r['command']}` (code {r['code_version'][:7]})"]
+        if gm := r.get("generated_masks"):
             g, real = gm["samples"], gm["real_labelled"]
-            lines[-1:-1] = [f"- generated masks (after cleaning): {g['empty']} of {g['n']} empty; mean area "
-                            f"{100 * g['area_frac_mean']:.1f} % of the image (real labelled "
-                            f"{100 * real['area_frac_mean']:.1f} %); {g['components_mean']:.1f} components per "
-                            f"non-empty mask (real {real['components_mean']:.1f})"]
+            lines.append(f"- generated masks (after cleaning): {g['empty']} of {g['n']} empty; mean area "
+                         f"{100 * g['area_frac_mean']:.1f} % of the image (real labelled "
+                         f"{100 * real['area_frac_mean']:.1f} %); {g['components_mean']:.1f} components per "
+                         f"non-empty mask (real {real['components_mean']:.1f})")
+        lines.append("")
         comp = r.get("sampler_comparison")
         if comp:
             lines += [f"Samplers on the same conditions and seeds (rows under the sources, in this order); speckle ="
@@ -263,7 +263,7 @@ def _comparison_table(settings: list[dict]) -> list[str]:
     """The sampler comparison as markdown rows; ``joint`` entries add their generated masks' shape."""
     joint = all("masks" in c for c in settings)
     head = "| sampler | steps | guidance | speckle | seconds for 8 |" + (" empty masks | mean area |" if joint else "")
-    rows = [head, "|---" * head.count(" | ") + "|---|"]
+    rows = [head, "|" + "---|" * (head.count("|") - 1)]
     for c in settings:
         row = f"| {c['sampler']} | {c['steps']} | {c['guidance_scale']:g} | {c['speckle']:.1f} | {c['seconds']:.1f} |"
         if joint:

@@ -28,8 +28,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from generator_gallery import KINDS, PRESET_NAME  # noqa: E402
 
 from lesionforge.config import load_config  # noqa: E402
-from lesionforge.data.arrays import PairArrays  # noqa: E402
-from lesionforge.data.io import read_image, read_mask  # noqa: E402
+from lesionforge.data.arrays import PairArrays, load_arrays  # noqa: E402
 from lesionforge.data.manifest import read_manifest  # noqa: E402
 from lesionforge.experiment.config import load_experiment_config  # noqa: E402
 from lesionforge.experiment.real_stages import LesionforgeStages  # noqa: E402
@@ -49,21 +48,14 @@ def own_vs_shuffled(model, synthetic: PairArrays) -> dict:
     pred = (predict(model, synthetic.images)[:, 0] >= 0.5).numpy()
     own = score_masks(pred, synthetic.masks > 0, synthetic.ids)
     control = score_masks(pred, np.roll(synthetic.masks, 1, axis=0) > 0, synthetic.ids)
-    d_own, d_ctl = dict(zip(own.ids, own.dice.tolist(), strict=True)), dict(zip(own.ids, control.dice.tolist(),
-                                                                             strict=True))
+    d_own = dict(zip(own.ids, own.dice.tolist(), strict=True))
+    d_ctl = dict(zip(own.ids, control.dice.tolist(), strict=True))
     return {"n_samples": len(synthetic), "mdice_own_mask": own.mdice, "mdice_shuffled_mask": control.mdice,
             "own_minus_shuffled": bootstrap_paired(d_own, d_ctl), "miss_rate": own.summary()["miss_rate"]}
 
 
 def _rel(path: Path) -> str:
     return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
-
-
-def _read_set(folder: Path, channels: int) -> PairArrays:
-    rows = read_manifest(folder / "manifest.jsonl")
-    images = np.stack([read_image(s.image, channels=channels) for s in rows])
-    masks = np.stack([read_mask(s.masks[0]) for s in rows])
-    return PairArrays(images, masks, np.ones(len(rows), bool), [s.id for s in rows], [None] * len(rows))
 
 
 def run(dataset: str, n: int = 64, n_samples: int = 64, work: Path = ROOT / "runs" / "gallery",
@@ -94,7 +86,9 @@ def run(dataset: str, n: int = 64, n_samples: int = 64, work: Path = ROOT / "run
             synthesize(generator, folder, n_samples, real=labelled, masks_from=jitter, seed=0, sampler="ddpm",
                        steps=sample_steps, guidance_scale=1.0, resume=True, progress=False,
                        backgrounds=data.backgrounds if kind == "inpaint" else None)
-        scores = own_vs_shuffled(model, _read_set(folder, cfg.dataset.channels))
+        synthetic = load_arrays(read_manifest(folder / "manifest.jsonl"), cfg.resolution, cfg.dataset.channels,
+                                cache_dir=None)  # scratch set, remade per run: no array cache
+        scores = own_vs_shuffled(model, synthetic)
         out["generators"][kind] = {"generator": _rel(generator), "sampler": "ddpm", "steps": sample_steps,
                                    "guidance_scale": 1.0, **scores, "seconds": round(time.perf_counter() - t, 1)}
         typer.echo(f"{dataset} {kind}: own {scores['mdice_own_mask']:.3f} shuffled "
