@@ -9,7 +9,8 @@ from pathlib import Path
 
 from rich.console import Console
 
-from lesionforge.utils import ensure_new_dir, write_json_atomic
+from lesionforge.outputs import claim_output
+from lesionforge.utils import write_json_atomic
 
 console = Console()
 
@@ -29,12 +30,7 @@ def run_demo(out: str | Path, overwrite: bool = False, seed: int = 0, resume: bo
     from lesionforge.experiment.report import readme_table, write_report
     from lesionforge.experiment.runner import run_experiment
 
-    out = Path(out).resolve()
-    if overwrite and out.exists():
-        import shutil
-
-        shutil.rmtree(out)
-    ensure_new_dir(out, resume=resume)
+    out = claim_output(Path(out).resolve(), "demo", overwrite=overwrite, resume=resume)
     cfg = load_experiment_config(
         demo_config_path(),
         {"output": str(out), "results_dir": str(out / "results"), "dataset": {"demo": {"seed": seed}}},

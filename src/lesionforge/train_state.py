@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from lesionforge.errors import CheckpointError
+from lesionforge.outputs import announce_resume
 from lesionforge.utils import atomic_path, write_json_atomic
 
 TRAIN_STATE = "train_state"
@@ -44,4 +45,6 @@ def load_train_state(out_dir: Path, weights_name: str, model: torch.nn.Module) -
     except RuntimeError as e:  # a run with another architecture in the same folder
         raise CheckpointError(f"{state}: checkpoint does not match the config ({e}); use a new output folder") from e
     optim = torch.load(state / "optim.pt", weights_only=True)
-    return int(json.loads((state / "step.json").read_text(encoding="utf-8"))["step"]), optim
+    step = int(json.loads((state / "step.json").read_text(encoding="utf-8"))["step"])
+    announce_resume(out_dir, f"step {step} ({TRAIN_STATE}/)")
+    return step, optim

@@ -15,8 +15,6 @@ from typing import Any
 
 import numpy as np
 
-from lesionforge.errors import OverwriteError
-
 
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
@@ -24,6 +22,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix or ".tmp", dir=path.parent)
+    os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a written file gets what the user's umask gives
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -32,6 +31,20 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where Linux tells it (``os.umask`` sets it to read it,
+    which races with other threads creating files)."""
+    try:
+        for line in Path("/proc/self/status").read_text(encoding="ascii").splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
@@ -51,15 +64,6 @@ def _json_default(o: Any) -> Any:
     if isinstance(o, Path):
         return str(o)
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
-
-
-def ensure_new_dir(path: str | Path, overwrite: bool = False, resume: bool = False) -> Path:
-    """Create an output folder; refuse a non-empty existing one unless ``overwrite`` or ``resume``."""
-    path = Path(path)
-    if path.exists() and any(path.iterdir()) and not (overwrite or resume):
-        raise OverwriteError(f"{path} exists and is not empty; pass --overwrite or --resume")
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def seed_everything(seed: int) -> None:
@@ -99,9 +103,11 @@ def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
 
 def dir_hash(path: str | Path) -> str:
     """Short content hash of every file under a folder (names + bytes): identifies a checkpoint."""
+    from lesionforge.outputs import MARKER
+
     h = hashlib.sha256()
     for p in sorted(Path(path).rglob("*")):
-        if p.is_file():
+        if p.is_file() and p.name != MARKER:  # the output marker names the code version, not the content
             h.update(str(p.relative_to(path)).encode())
             h.update(file_sha256(p).encode())
     return h.hexdigest()[:16]

@@ -21,6 +21,19 @@ app.add_typer(
 )
 app.add_typer(segment.app, name="segment", help="Train and evaluate segmentation models.")
 app.add_typer(experiment.app, name="experiment", help="Run benchmark sweeps (the protocol as code).")
+
+
+@app.callback()
+def _options(
+    allow_outside_paths: bool = typer.Option(
+        False, "--allow-outside-paths", help="Read manifests whose rows name files outside the manifest's folder."
+    ),
+) -> None:
+    from lesionforge.data.manifest import allow_outside_paths as allow
+
+    allow(allow_outside_paths)
+
+
 generate.register(app)  # train-generator, synthesize
 validate.register(app)  # train-autoencoder, train-validator, filter
 quality.register(app)  # quality, memorization, train-extractor

@@ -13,7 +13,8 @@ from lesionforge.data.arrays import PairArrays, load_arrays
 from lesionforge.data.io import write_image, write_mask
 from lesionforge.data.manifest import read_manifest
 from lesionforge.errors import DataError
-from lesionforge.utils import code_version, ensure_new_dir, write_text_atomic
+from lesionforge.outputs import claim_output
+from lesionforge.utils import code_version, write_text_atomic
 
 
 def load_manifest_arrays(manifest: str | Path, resolution: int, labelled_only: bool = False) -> PairArrays:
@@ -43,7 +44,7 @@ def write_masks(
     Mask ``k`` is drawn with ``numpy.random.default_rng([seed, k])``, so any one mask can be remade alone.
     Refuses a non-empty ``out_dir`` unless ``overwrite``. Returns the JSONL path.
     """
-    out = ensure_new_dir(out_dir, overwrite=overwrite)
+    out = claim_output(out_dir, "mask export", overwrite=overwrite)
     version = code_version()
     rows = []
     for k in _steps(range(n), "Drawing masks", progress):
@@ -62,7 +63,7 @@ def write_edge_maps(
     """Write the edge map (:func:`edge_map`, image edges + mask boundary) of every sample as
     ``out_dir/edges/<id>.png`` (0/255) and ``out_dir/edges.jsonl`` (id, file, edge pixel share).
     Returns the JSONL path."""
-    out = ensure_new_dir(out_dir, overwrite=overwrite)
+    out = claim_output(out_dir, "edge-map export", overwrite=overwrite)
     rows = []
     for i in _steps(list(range(len(arrays))), "Edge maps", progress):
         mask = arrays.masks[i] if arrays.has_mask[i] else None

@@ -7,6 +7,8 @@ synthetic ones are written by ``lesionforge synthesize`` with their provenance f
 from __future__ import annotations
 
 import json
+import logging
+import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
@@ -14,7 +16,20 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from lesionforge.errors import DataError, DuplicateIdError
+from lesionforge.outputs import is_inside
 from lesionforge.utils import atomic_path
+
+log = logging.getLogger(__name__)
+
+#: Default of ``read_manifest(allow_outside=None)``; the CLI's ``--allow-outside-paths`` sets it.
+_allow_outside = False
+
+
+def allow_outside_paths(allow: bool = True) -> None:
+    """Let every manifest read in this process name files outside its folder (the CLI's
+    ``--allow-outside-paths``); by default such rows are refused."""
+    global _allow_outside
+    _allow_outside = allow
 
 
 class SliceRef(BaseModel):
@@ -83,18 +98,46 @@ def write_manifest(path: str | Path, samples: Iterable[Sample]) -> Path:
 
 
 def append_manifest(path: str | Path, samples: Iterable[Sample]) -> None:
-    """Append rows (used by resumable jobs: each finished sample is appended and flushed)."""
+    """Append rows in one ``write`` and fsync them (resumable jobs append each finished batch): a kill leaves
+    at most one torn last line, which :func:`drop_torn_tail` removes on resume."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as f:
-        for s in samples:
-            f.write(json.dumps(s.to_row()) + "\n")
-        f.flush()
+    data = "".join(json.dumps(s.to_row()) + "\n" for s in samples).encode("utf-8")
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        view = memoryview(data)
+        while view:  # one call unless the kernel writes less (signals, full disk): finish the rest
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
-def read_manifest(path: str | Path, resolve: bool = True) -> list[Sample]:
-    """Read a JSONL manifest. Relative paths are resolved against its folder when ``resolve``."""
+def drop_torn_tail(path: str | Path) -> int:
+    """Cut a partial last row (no final newline: an append cut short by a kill) off an appended manifest,
+    with a warning naming the file; returns the number of bytes dropped."""
     path = Path(path)
+    with open(path, "rb+") as f:
+        data = f.read()
+        if not data or data.endswith(b"\n"):
+            return 0
+        keep = data.rfind(b"\n") + 1
+        f.truncate(keep)
+        f.flush()
+        os.fsync(f.fileno())
+    log.warning("%s: dropped a torn last row (%d bytes, an append cut short); its samples are drawn again",
+                path, len(data) - keep)
+    return len(data) - keep
+
+
+def read_manifest(path: str | Path, resolve: bool = True, allow_outside: bool | None = None) -> list[Sample]:
+    """Read a JSONL manifest. Relative paths are resolved against its folder when ``resolve``.
+
+    Every file a row names must lie inside the manifest's folder (a relative path without a way out, or an
+    absolute path into that folder); other rows are a :class:`DataError` naming the manifest and line unless
+    ``allow_outside`` (None: the process default, see :func:`allow_outside_paths`)."""
+    path = Path(path)
+    allow = _allow_outside if allow_outside is None else allow_outside
     if not path.is_file():
         raise DataError(path, "manifest not found")
     out: list[Sample] = []
@@ -105,10 +148,20 @@ def read_manifest(path: str | Path, resolve: bool = True) -> list[Sample]:
             s = Sample.model_validate(json.loads(line))
         except Exception as e:  # noqa: BLE001 - any parse problem is reported with its line
             raise DataError(path, f"line {n}: not a valid manifest row ({e})") from e
+        if not allow:
+            _check_inside(s, path, n)
         if resolve:
             s = _resolved(s, path.parent)
         out.append(s)
     return out
+
+
+def _check_inside(s: Sample, path: Path, line: int) -> None:
+    files = [s.image, *s.masks, *([s.slice.label] if s.slice is not None and s.slice.label else [])]
+    for f in files:
+        if not is_inside(Path(path.parent, f), path.parent):
+            raise DataError(path, f"line {line} (id {s.id!r}): {f} is outside the manifest's folder; move the "
+                                  "files in, or pass --allow-outside-paths (allow_outside=True) if you trust it")
 
 
 def _resolved(s: Sample, root: Path) -> Sample:

@@ -54,8 +54,10 @@ def read_dataset(
     min_area: int = 1,
     window: tuple[float, float] | None = None,
     percentiles: tuple[float, float] = (0.5, 99.5),
+    allow_outside: bool | None = None,
 ) -> list[Sample]:
-    """Read a dataset folder (or a ``.jsonl`` manifest) into samples, sorted by id.
+    """Read a dataset folder (or a ``.jsonl`` manifest, see :func:`read_manifest` for ``allow_outside``) into
+    samples, sorted by id.
 
     Raises :class:`MissingMaskError` for an image without a mask in a labelled layout (unless
     ``allow_missing_masks``: it becomes an image-only sample) and :class:`OrphanMaskError` for a mask without
@@ -64,7 +66,7 @@ def read_dataset(
     """
     root = Path(root)
     if root.is_file() and root.name.endswith(".jsonl"):
-        return read_manifest(root)
+        return read_manifest(root, allow_outside=allow_outside)
     scan = scan_folder(root, layout, axis=axis, min_area=min_area, window=window, percentiles=percentiles,
                        multiclass=multiclass)
     if scan.problems:

@@ -15,7 +15,7 @@ import numpy as np
 
 from lesionforge.data.arrays import PairArrays, load_arrays
 from lesionforge.data.manifest import Sample, read_manifest
-from lesionforge.errors import ConfigError, DataError
+from lesionforge.errors import CheckpointError, ConfigError, DataError
 from lesionforge.experiment.config import (
     ArmSettings,
     ExperimentConfig,
@@ -25,6 +25,7 @@ from lesionforge.experiment.config import (
 from lesionforge.experiment.keys import cache_key
 from lesionforge.experiment.records import BANDS
 from lesionforge.experiment.stages import ExperimentData, SplitIds, SyntheticSet
+from lesionforge.outputs import is_inside
 
 
 def demo_split(samples: list[Sample], sizes: list[int]) -> SplitIds:
@@ -121,7 +122,7 @@ class LesionforgeStages:
             raise ConfigError(f"generator {name!r}: inpaint-normal needs lesion-free backgrounds in the dataset")
         t0 = time.perf_counter()
         synth_dir = work_dir / "synthetic"
-        drawn_with = _drawn_with(synth_dir)
+        drawn_with = _drawn_with(synth_dir, cfg.output)
         # samples already drawn here (a set re-filtered, or a synthesis resumed) continue with the generator that
         # drew them, even when the code's generator key has moved on since: synthesize refuses other weights
         gen_dir = drawn_with or self._generator(cfg, gcfg, labelled, unlabelled, backgrounds)
@@ -214,14 +215,18 @@ def _concat(parts: list[PairArrays | None]) -> PairArrays:
     )
 
 
-def _drawn_with(synth_dir: Path) -> Path | None:
-    """The generator folder the samples in ``synth_dir`` were drawn with (synthesize's run record), if any."""
+def _drawn_with(synth_dir: Path, output: Path) -> Path | None:
+    """The generator folder the samples in ``synth_dir`` were drawn with (synthesize's run record), if any;
+    it must be one of the sweep's own (under ``output``): a record naming another folder is refused."""
     from lesionforge.generate.synthesize import RUN_FILE
 
     run = synth_dir / RUN_FILE
     if not run.is_file():
         return None
     gen = json.loads(run.read_text(encoding="utf-8")).get("checkpoint")
+    if gen and not is_inside(Path(gen).resolve(), Path(output).resolve()):
+        raise CheckpointError(f"{run}: names the generator {gen}, which is not inside the sweep folder {output}; "
+                              "the file is damaged or was edited: use a new output folder")
     return Path(gen) if gen and (Path(gen) / "lesionforge.json").is_file() else None
 
 

@@ -14,7 +14,6 @@ sees every run finished.
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -23,7 +22,7 @@ from typing import Any
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from lesionforge.config import save_config
-from lesionforge.errors import ConfigError, OverwriteError
+from lesionforge.errors import CheckpointError, ConfigError, OverwriteError
 from lesionforge.experiment.budget import segment_config_for
 from lesionforge.experiment.config import ArmSettings, ExperimentConfig, resolved_generator_config
 from lesionforge.experiment.keys import cache_key
@@ -31,7 +30,8 @@ from lesionforge.experiment.locks import Busy, claim, release
 from lesionforge.experiment.records import RunRecord, read_record, record_path, run_dir, write_record
 from lesionforge.experiment.results import build_result, result_path, write_grid_samples
 from lesionforge.experiment.stages import ExperimentData, Stages, SyntheticSet
-from lesionforge.utils import ensure_new_dir, seed_everything, write_json_atomic
+from lesionforge.outputs import claim_output, is_inside
+from lesionforge.utils import seed_everything, write_json_atomic
 
 
 def _contents(paths: list[Path | None]) -> list[str | None]:
@@ -98,6 +98,10 @@ class _SyntheticCache:
         if not marker.is_file():
             return None
         s = SyntheticSet.from_dict(json.loads(marker.read_text(encoding="utf-8")))
+        for path in (s.manifest, s.filtered_manifest):  # a crafted record must not point the sweep elsewhere
+            if path is not None and not is_inside(path, marker.parent):
+                raise CheckpointError(f"{marker}: names {path}, which is not inside {marker.parent}; the file is "
+                                      "damaged or was edited: use a new output folder")
         return s if s.info.get("filter_key") == filter_key(self.cfg, name) else None
 
     def _make(self, name: str, marker: Path) -> SyntheticSet:
@@ -130,7 +134,8 @@ def run_experiment(
     """Run the whole sweep of ``cfg``; returns the result JSON paths (one per N).
 
     ``resume`` (default) skips finished runs and continues unfinished ones from their checkpoints; without it
-    an existing non-empty output folder is an error unless ``overwrite`` (which deletes it first).
+    an existing non-empty output folder is an error unless ``overwrite`` (which deletes it first, when it is a
+    sweep folder: any other non-empty folder is refused, see :func:`lesionforge.outputs.claim_output`).
     ``only_n``: run just these regimes of ``cfg.n_labelled`` (the config and its hash stay the whole sweep's,
     so a sweep can be finished one N at a time, e.g. one N per session).
     """
@@ -238,9 +243,9 @@ def _generators_used(cfg: ExperimentConfig) -> list[str]:
 
 
 def _prepare_output(cfg: ExperimentConfig, resume: bool, overwrite: bool) -> None:
-    if overwrite and cfg.output.exists():
-        shutil.rmtree(cfg.output)  # --overwrite means start over: stale runs must not be resumed
-    ensure_new_dir(cfg.output, resume=resume)
+    # --overwrite means start over (stale runs must not be resumed), but only in a sweep folder of our own;
+    # the demo runs its sweep in its own folder
+    claim_output(cfg.output, "experiment sweep", overwrite=overwrite, resume=resume, accept=("demo",))
     save_config(cfg, cfg.output / "config.yaml")
 
 

@@ -20,8 +20,9 @@ from pytorch_msssim import ssim
 from lesionforge.config import StrictModel
 from lesionforge.data.arrays import PairArrays, image_to_tensor
 from lesionforge.errors import CheckpointError
+from lesionforge.outputs import claim_output
 from lesionforge.train_state import load_train_state, save_train_state
-from lesionforge.utils import code_version, ensure_new_dir, seed_everything, write_json_atomic
+from lesionforge.utils import code_version, seed_everything, write_json_atomic
 
 AE_CONFIG = "config.json"
 
@@ -230,7 +231,7 @@ def train_autoencoder(
     from lesionforge.config import save_config
 
     _check_images(images, cfg, "training")
-    out_dir = ensure_new_dir(out_dir, overwrite=overwrite, resume=resume)
+    out_dir = claim_output(out_dir, "autoencoder run", overwrite=overwrite, resume=resume)
     seed_everything(cfg.seed)
     save_config(cfg, out_dir / "autoencoder.yaml")
     vae = build_autoencoder(cfg).train()

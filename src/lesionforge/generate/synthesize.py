@@ -2,14 +2,14 @@
 
 Per sample ``i`` (run seed ``s``) every choice (mask, background, real image, prompt) comes from
 ``numpy.random.default_rng([s, i])`` and all diffusion noise from ``sample_seed(s, i)``: the same seed gives
-the same bytes, whatever the batch size, and a killed run resumes where it stopped (each finished
-sample's manifest row is appended after its files are written; ids already in the manifest are skipped).
+the same bytes, whatever the batch size, and a killed run resumes where it stopped (each finished batch's
+manifest rows are appended in one write, after its files are written; ids already in the manifest are
+skipped, and a torn last row left by a kill is dropped and its samples drawn again).
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,13 +19,14 @@ from rich.progress import Progress
 
 from lesionforge.data.arrays import PairArrays, image_to_tensor, mask_to_tensor, tensor_to_image
 from lesionforge.data.io import write_image, write_mask
-from lesionforge.data.manifest import Provenance, Sample, append_manifest, read_manifest
+from lesionforge.data.manifest import Provenance, Sample, append_manifest, drop_torn_tail, read_manifest
 from lesionforge.errors import ConfigError, OverwriteError
 from lesionforge.generate.batches import build_spatial, decode_samples, dilate_masks, encode, latent_mask
 from lesionforge.generate.models import Conditions, LesionGenerator, read_meta
 from lesionforge.generate.sampler import InpaintGuide, sample, sample_seed
 from lesionforge.generate.textcond import TextConditioner
-from lesionforge.utils import code_version, dir_hash, ensure_new_dir, write_json_atomic
+from lesionforge.outputs import announce_resume, claim_output
+from lesionforge.utils import code_version, dir_hash, write_json_atomic
 
 MANIFEST = "manifest.jsonl"
 RUN_FILE = "synthesis.json"
@@ -87,9 +88,7 @@ def synthesize(
     kind, scale = gen.cfg.kind, gen.cfg.guidance_scale if guidance_scale is None else guidance_scale
     repaint_jumps = gen.cfg.repaint_jumps if repaint_jumps is None else repaint_jumps
     _check_inputs(kind, masks_from, backgrounds, real)
-    out_dir = ensure_new_dir(out_dir, overwrite=overwrite, resume=resume)
-    if overwrite:  # start over: drop this command's earlier outputs (other files in the folder stay)
-        _clear(out_dir)
+    out_dir = claim_output(out_dir, "synthetic set", overwrite=overwrite, resume=resume)
     common = {"generator": kind, "checkpoint": str(gen_dir.resolve()), "checkpoint_hash": _weights_hash(gen_dir),
               "sampler": sampler, "steps": steps, "guidance_scale": scale}
     _check_same_run(out_dir, {**common, "seed": seed, "repaint_jumps": repaint_jumps})
@@ -97,8 +96,13 @@ def synthesize(
     if kind == "inpaint":
         common.update(repaint_jumps=repaint_jumps, inpaint_dilate=gen.cfg.inpaint_dilate)
     text = TextConditioner(gen.cfg, prompts, text_encoder)
-    done = {s.id for s in read_manifest(out_dir / MANIFEST)} if (out_dir / MANIFEST).is_file() else set()
+    done: set[str] = set()
+    if (out_dir / MANIFEST).is_file():
+        drop_torn_tail(out_dir / MANIFEST)
+        done = {s.id for s in read_manifest(out_dir / MANIFEST, resolve=False)}
     todo = [i for i in range(n) if _sample_id(kind, seed, i) not in done]
+    if done and todo:
+        announce_resume(out_dir, f"sample {todo[0]} ({n - len(todo)} of {n} already in {MANIFEST})")
     with Progress(disable=not progress) as bar:
         task = bar.add_task(f"synthesizing ({kind})", total=n, completed=n - len(todo))
         for start in range(0, len(todo), batch_size):
@@ -130,13 +134,6 @@ def _check_same_run(out_dir: Path, settings: dict) -> None:
                                  "use another --out or --overwrite")
     else:
         write_json_atomic(path, settings)
-
-
-def _clear(out_dir: Path) -> None:
-    (out_dir / MANIFEST).unlink(missing_ok=True)
-    (out_dir / RUN_FILE).unlink(missing_ok=True)
-    for d in ("images", "masks"):
-        shutil.rmtree(out_dir / d, ignore_errors=True)
 
 
 def _check_inputs(kind: str, masks_from, backgrounds: PairArrays | None, real: PairArrays | None) -> None:

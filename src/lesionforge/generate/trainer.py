@@ -30,7 +30,8 @@ from lesionforge.generate.config import GeneratorConfig
 from lesionforge.generate.models import LesionGenerator, build_generator
 from lesionforge.generate.report import save_loss_curve, save_sample_grid
 from lesionforge.generate.trainbatch import BatchMaker
-from lesionforge.utils import code_version, ensure_new_dir, seed_everything, write_json_atomic
+from lesionforge.outputs import announce_resume, claim_output
+from lesionforge.utils import code_version, seed_everything, write_json_atomic
 
 CHECKPOINT_PREFIX = "checkpoint-"
 
@@ -58,7 +59,7 @@ def train_generator(
     Writes ``checkpoint-<step>/`` every ``cfg.checkpoint_every`` steps, ``samples/``, ``loss.png`` and
     the final EMA model (``unet/``, ``scheduler/``, ``lesionforge.json``); returns ``out_dir``.
     """
-    out_dir = ensure_new_dir(out_dir, resume=resume)
+    out_dir = claim_output(out_dir, "generator run", resume=resume)
     for what, arrays in (("training set", train), ("unlabelled set", unlabelled), ("backgrounds", backgrounds)):
         _check_data(cfg, arrays, what)
     codec = codec or load_codec(cfg)
@@ -75,6 +76,7 @@ def train_generator(
     latest = latest_checkpoint(out_dir) if resume else None
     if latest is not None:
         start, losses, seconds_before = _load_checkpoint(latest, gen, opt, lr_sched, ema)
+        announce_resume(out_dir, f"step {start} of {cfg.steps} ({latest.name})")
     t0 = time.perf_counter()
     gen, opt, lr_sched = accel.prepare(gen, opt, lr_sched)
     ema.to(accel.device)

@@ -30,13 +30,14 @@ from lesionforge.config import save_config
 from lesionforge.data.arrays import PairArrays, image_to_tensor, mask_to_tensor
 from lesionforge.data.augment import augment_batch, build_augmentation
 from lesionforge.errors import CheckpointError, ConfigError, DataError
+from lesionforge.outputs import announce_resume, child_path, claim_output
 from lesionforge.segment.config import SegmentConfig
 from lesionforge.segment.copypaste import CopyPaster
 from lesionforge.segment.metrics import THRESHOLD, overlap_scores
 from lesionforge.segment.mixing import BatchPlan, BatchSampler, merge_mask, merge_pairs, step_rng
 from lesionforge.segment.model_io import WEIGHTS, predict, save_segmenter
 from lesionforge.segment.networks import build_network
-from lesionforge.utils import ensure_new_dir, seed_everything, write_json_atomic
+from lesionforge.utils import seed_everything, write_json_atomic
 
 STREAM_COPY_PASTE, STREAM_AUGMENT, STREAM_MERGE = 1, 2, 3
 
@@ -79,7 +80,7 @@ def train_segmenter(
     # image-only samples (has_mask False) have no ground truth: neither trained on as lesion-free nor scored
     train, val = (a.subset(np.flatnonzero(a.has_mask)) for a in (train, val))
     _check_inputs(cfg, train, val, synthetic)
-    out = ensure_new_dir(out_dir, overwrite=overwrite, resume=resume)
+    out = claim_output(out_dir, "segmentation run", overwrite=overwrite, resume=resume)
     seed_everything(cfg.seed)
     device = torch.device(cfg.device)
     channels = train.images.shape[-1]
@@ -232,8 +233,17 @@ def _last_name(step: int) -> str:
 
 
 def _last_folder(out: Path) -> Path | None:
+    """The folder ``last.json`` names: a ``last-<step>`` child of ``out`` (it is replaced and deleted later,
+    so a crafted pointer must not reach anything else)."""
     pointer = out / "last.json"
-    return out / json.loads(pointer.read_text(encoding="utf-8"))["folder"] if pointer.is_file() else None
+    if not pointer.is_file():
+        return None
+    name = json.loads(pointer.read_text(encoding="utf-8")).get("folder")
+    folder = child_path(out, name if isinstance(name, str) else "", pointer)
+    if folder.parent != out or not name.startswith("last-"):
+        raise CheckpointError(f"{pointer}: names {name!r}, not a last-<step> folder of {out}; the state file is "
+                              "damaged or was edited: use a new output folder")
+    return folder
 
 
 def _load_last(
@@ -250,7 +260,9 @@ def _load_last(
     opt.load_state_dict(blob["optimizer"])
     sched.load_state_dict(blob["scheduler"])
     torch.set_rng_state(blob["torch_rng"])
-    return _State(**blob["state"])
+    state = _State(**blob["state"])
+    announce_resume(out, f"step {state.step} of {cfg.steps} ({folder.name})")
+    return state
 
 
 def _finish(out: Path, state: _State, cfg: SegmentConfig) -> SegmentRun:

@@ -28,7 +28,8 @@ from torch import nn
 from lesionforge.data.arrays import PairArrays, image_to_tensor, load_arrays, mask_to_tensor
 from lesionforge.data.manifest import Sample, read_manifest
 from lesionforge.errors import CheckpointError, DataError
-from lesionforge.utils import atomic_path, dir_hash, ensure_new_dir, file_sha256, seed_everything, write_json_atomic
+from lesionforge.outputs import announce_resume, claim_output
+from lesionforge.utils import atomic_path, dir_hash, file_sha256, seed_everything, write_json_atomic
 from lesionforge.validate.inception import FIDInceptionV3
 
 SEG_ENCODER_CONFIG = "extractor_config.json"
@@ -171,7 +172,7 @@ def train_segmentation_encoder(
     labelled = train.subset(np.flatnonzero(train.has_mask))
     if len(labelled) < 2:
         raise ValueError("train_segmentation_encoder needs at least 2 labelled samples")
-    out_dir = ensure_new_dir(out_dir, overwrite=overwrite, resume=resume)
+    out_dir = claim_output(out_dir, "extractor run", overwrite=overwrite, resume=resume)
     seed_everything(seed)
     cfg = {"kind": "seg-encoder", "features": list(features), "in_channels": int(train.images.shape[-1]),
            "resolution": int(train.images.shape[1]), "steps": steps, "batch_size": batch_size, "lr": lr,
@@ -181,6 +182,8 @@ def train_segmentation_encoder(
     gen = torch.Generator().manual_seed(seed)
     state_path = out_dir / SEG_ENCODER_STATE
     start = _load_train_state(state_path, cfg, unet, opt, gen) if resume and state_path.is_file() else 0
+    if start:
+        announce_resume(out_dir, f"step {start} of {steps}")
     loss = _train_steps(unet, opt, gen, labelled, cfg, start, checkpoint_every, state_path)
     cfg["final_loss"] = loss
     with atomic_path(out_dir / SEG_ENCODER_WEIGHTS) as tmp:

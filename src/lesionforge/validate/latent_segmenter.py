@@ -21,7 +21,8 @@ from torch import nn
 from lesionforge.config import StrictModel
 from lesionforge.data.arrays import PairArrays, image_to_tensor, mask_to_tensor
 from lesionforge.generate.autoencoder import LatentCodec
-from lesionforge.utils import code_version, ensure_new_dir, seed_everything
+from lesionforge.outputs import claim_output
+from lesionforge.utils import code_version, seed_everything
 from lesionforge.validate.training import train_loop
 from lesionforge.validate.validator import SEGMENTER_DIR, save_validator_info, val_scores
 
@@ -107,7 +108,7 @@ def train_latent_segmenter(
     folder: ``segmenter/`` (config + safetensors), ``codec/``, ``scheduler/`` and ``validator.json``
     (with per-image Dice on real ``val`` images, used for the automatic filter threshold). Returns it.
     """
-    out_dir = ensure_new_dir(out_dir, overwrite=overwrite, resume=resume)
+    out_dir = claim_output(out_dir, "validator run", overwrite=overwrite, resume=resume)
     seed_everything(cfg.seed)
     labelled = train.subset(np.flatnonzero(train.has_mask))
     z_all, m_all = encode_flipped(codec, labelled)

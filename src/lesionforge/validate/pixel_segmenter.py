@@ -13,7 +13,8 @@ from monai.networks.nets import BasicUNet
 
 from lesionforge.config import StrictModel
 from lesionforge.data.arrays import PairArrays, image_to_tensor, mask_to_tensor
-from lesionforge.utils import code_version, ensure_new_dir, seed_everything
+from lesionforge.outputs import claim_output
+from lesionforge.utils import code_version, seed_everything
 from lesionforge.validate.training import flip_batch, train_loop
 from lesionforge.validate.validator import SEGMENTER_DIR, load_validator, save_validator_info, val_scores
 
@@ -55,7 +56,7 @@ def train_pixel_segmenter(
 ) -> Path:
     """Train a :class:`PixelSegmenter` (Dice + BCE, random flips) on the labelled images of ``train``;
     write a validator folder (``segmenter/`` + ``validator.json`` with real-``val`` scores). Returns it."""
-    out_dir = ensure_new_dir(out_dir, overwrite=overwrite, resume=resume)
+    out_dir = claim_output(out_dir, "validator run", overwrite=overwrite, resume=resume)
     seed_everything(cfg.seed)
     labelled = train.subset(np.flatnonzero(train.has_mask))
     x_all = image_to_tensor(labelled.images)

@@ -17,7 +17,8 @@ from scipy import linalg
 
 from lesionforge.data.arrays import PairArrays
 from lesionforge.data.manifest import Sample, read_manifest
-from lesionforge.utils import code_version, ensure_new_dir, write_json_atomic, write_text_atomic
+from lesionforge.outputs import claim_output
+from lesionforge.utils import code_version, write_json_atomic, write_text_atomic
 from lesionforge.validate.features import FeatureExtractor, load_extractor, manifest_arrays
 
 #: MS-SSIM's five standard scale weights (Wang et al. 2003), used at every resolution.
@@ -260,7 +261,7 @@ def run_quality(real_manifest: str | Path, synthetic_manifest: str | Path, extra
     set that would be used for training); mask fidelity covers every synthetic row. ``options`` go to
     :func:`quality_report` (``kid_subsets``, ``kid_subset_size``, ``msssim_pairs``, ``seed``).
     """
-    out_dir = ensure_new_dir(out_dir, overwrite=overwrite)
+    out_dir = claim_output(out_dir, "quality report", overwrite=overwrite)
     real, _ = manifest_arrays(real_manifest, resolution, real_split, progress=progress)
     synthetic, _ = manifest_arrays(synthetic_manifest, resolution, origin="synthetic", kept_only=kept_only,
                                    progress=progress)

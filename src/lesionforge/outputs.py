@@ -1,0 +1,148 @@
+"""Output folders a command owns, and paths read from files that must stay inside a folder.
+
+Every command that writes a folder claims it with :func:`claim_output`: a new or empty folder gets a marker
+file (``.lesionforge-output.json``: kind, folder name, code version). Writing, resuming and ``--overwrite``
+then act only on a folder holding the same kind's marker; any other non-empty folder (a dataset, a user's
+files, another command's output) is refused with a one-line :class:`OverwriteError`, ``--overwrite``
+included, and ``--overwrite`` of an own folder deletes that folder only. A folder written by an older
+lesionforge (no marker) is adopted when it holds its kind's own state file and nothing this kind does not
+write. No library does this ownership bookkeeping, so it is written here, once.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from lesionforge.errors import CheckpointError, OverwriteError
+
+MARKER = ".lesionforge-output.json"
+
+
+@dataclass(frozen=True)
+class Kind:
+    """An output kind: the command that writes it, whether it resumes, and how an older run is recognised:
+    ``signature`` (name patterns, one must be present: the kind's own state files) and ``contents`` (every
+    top-level name pattern such a folder may hold)."""
+
+    command: str
+    resumable: bool
+    signature: tuple[str, ...]
+    contents: tuple[str, ...]
+
+
+_EXPERIMENT = ("config.yaml", "cache", "n[0-9]*")
+KINDS: dict[str, Kind] = {
+    "generator run": Kind(
+        "train-generator", True, ("config.yaml", "checkpoint-*", "lesionforge.json"),
+        ("config.yaml", "checkpoint-*", ".tmp-checkpoint-*", "samples", "unet", "controlnet", "scheduler",
+         "lesionforge.json", "loss.png", "train_info.json")),
+    "synthetic set": Kind(
+        "synthesize", True, ("synthesis.json",),
+        ("synthesis.json", "manifest*.jsonl", "manifest*.json", "images", "masks")),
+    "segmentation run": Kind(
+        "segment train", True, ("last.json", "run.json"),
+        ("config.yaml", "best", "last-*", "last.json", "run.json")),
+    "autoencoder run": Kind(
+        "train-autoencoder", True, ("autoencoder.yaml",),
+        ("autoencoder.yaml", "train_state", "metrics.json", "config.json", "*.safetensors")),
+    "validator run": Kind(
+        "train-validator", True, ("validator.json", "train_state"),
+        ("validator.json", "train_state", "segmenter", "codec", "scheduler")),
+    "extractor run": Kind(
+        "train-extractor", True, ("extractor_config.json", "train_state.pt"),
+        ("extractor_config.json", "train_state.pt", "model.safetensors")),
+    "mask export": Kind("conditioning masks", False, ("masks.jsonl",), ("masks.jsonl", "masks")),
+    "edge-map export": Kind("conditioning edges", False, ("edges.jsonl",), ("edges.jsonl", "edges")),
+    "quality report": Kind("quality", False, ("quality.json",), ("quality.json", "quality.md")),
+    "memorization audit": Kind(
+        "memorization", False, ("memorization.json",), ("memorization.json", "memorization_flagged.png")),
+    "experiment sweep": Kind("experiment run", True, ("config.yaml",), _EXPERIMENT),
+    "demo": Kind("demo", True, ("summary.json", "data"), (*_EXPERIMENT, "data", "results", "summary.json")),
+}
+
+
+def claim_output(path: str | Path, kind: str, *, overwrite: bool = False, resume: bool = False,
+                 accept: tuple[str, ...] = ()) -> Path:
+    """Create or re-open the output folder ``path`` of ``kind`` (a key of :data:`KINDS`); returns it.
+
+    A new or empty folder is created and marked. A folder holding this kind's marker (or, to continue only,
+    one of ``accept``: the demo folder for its sweep) is continued with ``resume``, emptied and re-marked
+    with ``overwrite``, refused otherwise. Any other non-empty folder is refused, whatever the flags."""
+    path, spec = Path(path), KINDS[kind]
+    if path.exists() and not path.is_dir():
+        raise OverwriteError(f"{path}: is a file, not a folder; choose a folder for the {kind}")
+    entries = [e.name for e in path.iterdir() if e.name != MARKER] if path.is_dir() else []
+    if not entries:
+        return _mark(path, kind)
+    owner = _owner(path, kind, entries)
+    if owner != kind and (overwrite or owner not in accept):
+        raise OverwriteError(f"{path}: holds a {owner} (written by `lesionforge {KINDS[owner].command}`), not a "
+                             f"{kind}; nothing was {'deleted' if overwrite else 'written'}: choose another folder")
+    if overwrite:
+        shutil.rmtree(path)  # an own folder, identified by its marker: start over
+        return _mark(path, kind)
+    if not resume:
+        how = "pass --overwrite to start over" + (" or --resume to continue it" if spec.resumable else "")
+        raise OverwriteError(f"{path}: holds an earlier {owner}; {how}")
+    return path
+
+
+def _owner(path: Path, kind: str, entries: list[str]) -> str:
+    """The kind named by the folder's marker; an unmarked folder is adopted when it is recognisably an older
+    run of ``kind``, else refused with what to do."""
+    marker = path / MARKER
+    if marker.is_file():
+        try:
+            owner = json.loads(marker.read_text(encoding="utf-8"))["kind"]
+        except (ValueError, KeyError, TypeError) as e:
+            raise OverwriteError(f"{marker}: unreadable output marker ({e}); choose another folder") from e
+        if owner not in KINDS:
+            raise OverwriteError(f"{marker}: unknown output kind {owner!r}; choose another folder")
+        return owner
+    spec = KINDS[kind]
+    foreign = [e for e in sorted(entries) if not any(fnmatch.fnmatchcase(e, p) for p in spec.contents)]
+    own_state = any(fnmatch.fnmatchcase(e, p) for e in entries for p in spec.signature)
+    if own_state and not foreign:
+        _mark(path, kind)  # an older lesionforge's run of this kind: adopt it
+        return kind
+    why = f"holds {foreign[0]!r}, which `lesionforge {spec.command}` does not write" if foreign else \
+        f"holds none of the files of a {kind}"
+    raise OverwriteError(f"{path}: not empty and not a {kind} ({why}); nothing was written or deleted: "
+                         f"use a new or empty folder")
+
+
+def _mark(path: Path, kind: str) -> Path:
+    from lesionforge.utils import code_version, write_json_atomic
+
+    path.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(path / MARKER, {"kind": kind, "name": path.name, "code_version": code_version()})
+    return path
+
+
+def child_path(folder: str | Path, name: str, source: str | Path) -> Path:
+    """``folder / name`` for a ``name`` read from the state file ``source``: a relative path without ``..``
+    (a crafted state file must not make a command read, replace or delete anything outside its folder)."""
+    p = Path(name)
+    if not name or p.is_absolute() or ".." in p.parts or p.drive:
+        raise CheckpointError(f"{source}: names {name!r}, which is not inside {folder}; "
+                              "the state file is damaged or was edited: use a new output folder")
+    return Path(folder) / p
+
+
+def is_inside(path: str | Path, root: str | Path) -> bool:
+    """Whether ``path`` lies in ``root`` (compared lexically on absolute paths: symlinks are not followed,
+    so a dataset folder of symlinked files stays readable)."""
+    p, r = os.path.abspath(path), os.path.abspath(root)
+    return os.path.commonpath([p, r]) == r
+
+
+def announce_resume(folder: str | Path, where: str) -> None:
+    """One console line (stderr) saying that a run continues and from where."""
+    from rich.console import Console
+
+    Console(stderr=True, highlight=False).print(f"resuming {folder} from {where}")
