@@ -61,7 +61,7 @@ KINDS: dict[str, Kind] = {
     "quality report": Kind("quality", False, ("quality.json",), ("quality.json", "quality.md")),
     "memorization audit": Kind(
         "memorization", False, ("memorization.json",), ("memorization.json", "memorization_flagged.png")),
-    "experiment sweep": Kind("experiment run", True, ("config.yaml",), _EXPERIMENT),
+    "experiment sweep": Kind("experiment run", True, ("config.yaml", "n[0-9]*"), _EXPERIMENT),
     "demo": Kind("demo", True, ("summary.json", "data"), (*_EXPERIMENT, "data", "results", "summary.json")),
 }
 
@@ -81,8 +81,8 @@ def claim_output(path: str | Path, kind: str, *, overwrite: bool = False, resume
         return _mark(path, kind)
     owner = _owner(path, kind, entries)
     if owner != kind and (overwrite or owner not in accept):
-        raise OverwriteError(f"{path}: holds a {owner} (written by `lesionforge {KINDS[owner].command}`), not a "
-                             f"{kind}; nothing was {'deleted' if overwrite else 'written'}: choose another folder")
+        raise OverwriteError(f"{path}: holds {_a(owner)} (written by `lesionforge {KINDS[owner].command}`), not "
+                             f"{_a(kind)}; nothing was {'deleted' if overwrite else 'written'}: choose another folder")
     if overwrite:
         shutil.rmtree(path)  # an own folder, identified by its marker: start over
         return _mark(path, kind)
@@ -111,9 +111,13 @@ def _owner(path: Path, kind: str, entries: list[str]) -> str:
         _mark(path, kind)  # an older lesionforge's run of this kind: adopt it
         return kind
     why = f"holds {foreign[0]!r}, which `lesionforge {spec.command}` does not write" if foreign else \
-        f"holds none of the files of a {kind}"
-    raise OverwriteError(f"{path}: not empty and not a {kind} ({why}); nothing was written or deleted: "
+        f"holds none of the files of {_a(kind)}"
+    raise OverwriteError(f"{path}: not empty and not {_a(kind)} ({why}); nothing was written or deleted: "
                          f"use a new or empty folder")
+
+
+def _a(kind: str) -> str:
+    return ("an " if kind[0] in "aeiou" else "a ") + kind
 
 
 def _mark(path: Path, kind: str) -> Path:
@@ -145,4 +149,4 @@ def announce_resume(folder: str | Path, where: str) -> None:
     """One console line (stderr) saying that a run continues and from where."""
     from rich.console import Console
 
-    Console(stderr=True, highlight=False).print(f"resuming {folder} from {where}")
+    Console(stderr=True, highlight=False, soft_wrap=True).print(f"resuming {folder} from {where}")
