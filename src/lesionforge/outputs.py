@@ -35,7 +35,7 @@ class Kind:
     contents: tuple[str, ...]
 
 
-_EXPERIMENT = ("config.yaml", "cache", "n[0-9]*")
+_EXPERIMENT = ("config.yaml", "cache", "data", "n[0-9]*")
 KINDS: dict[str, Kind] = {
     "generator run": Kind(
         "train-generator", True, ("config.yaml", "checkpoint-*", "lesionforge.json"),
