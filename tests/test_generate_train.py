@@ -32,7 +32,7 @@ def _weights(folder):
     return load_file(folder / "unet" / "diffusion_pytorch_model.safetensors")
 
 
-def test_resume_after_kill_gives_identical_weights(demo_arrays, tmp_path, monkeypatch):
+def test_resume_after_kill_gives_identical_weights(demo_arrays, tmp_path, monkeypatch, capsys):
     cfg = tiny_cfg("inpaint", steps=6, checkpoint_every=3, flip=True)
     data, bg = pairs(demo_arrays, lesion_only=True), normals(demo_arrays)
     straight = train_generator(cfg, data, tmp_path / "straight", backgrounds=bg, progress=False)
@@ -48,7 +48,9 @@ def test_resume_after_kill_gives_identical_weights(demo_arrays, tmp_path, monkey
         train_generator(cfg, data, tmp_path / "killed", backgrounds=bg, progress=False)
     assert (tmp_path / "killed" / "checkpoint-3").is_dir() and not (tmp_path / "killed" / "unet").exists()
     monkeypatch.setattr(trainer, "save_checkpoint", real_save)
+    capsys.readouterr()
     resumed = train_generator(cfg, data, tmp_path / "killed", backgrounds=bg, progress=False)
+    assert "from step 3 of 6 (checkpoint-3)" in capsys.readouterr().err  # the resumed run says from where
     a, b = _weights(straight), _weights(resumed)  # final (EMA) weights
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     raw_a, raw_b = _weights(straight / "checkpoint-6" / "model"), _weights(resumed / "checkpoint-6" / "model")

@@ -110,10 +110,14 @@ def _owner(path: Path, kind: str, entries: list[str]) -> str:
     if own_state and not foreign:
         _mark(path, kind)  # an older lesionforge's run of this kind: adopt it
         return kind
+    if own_state:  # an older run with something else beside it: only the user can tell
+        raise OverwriteError(f"{path}: holds {foreign[0]!r}, which `lesionforge {spec.command}` does not write; "
+                             f"nothing was written or deleted: if this is {_a(kind)} of an older lesionforge, move "
+                             "that out to continue it, else use a new or empty folder")
     why = f"holds {foreign[0]!r}, which `lesionforge {spec.command}` does not write" if foreign else \
         f"holds none of the files of {_a(kind)}"
     raise OverwriteError(f"{path}: not empty and not {_a(kind)} ({why}); nothing was written or deleted: "
-                         f"use a new or empty folder")
+                         "use a new or empty folder")
 
 
 def _a(kind: str) -> str:

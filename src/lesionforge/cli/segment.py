@@ -23,7 +23,7 @@ def train(
     seed: int = typer.Option(None, help="Override the config's seed."),
     channels: int = typer.Option(3, help="Image channels to read (1 or 3)."),
     resume: bool = typer.Option(True, help="Continue a run found in --out."),
-    overwrite: bool = typer.Option(False, help="Allow writing into a non-empty --out without resuming."),
+    overwrite: bool = typer.Option(False, help="Start over: delete the earlier run in --out (only a run folder)."),
 ) -> None:
     """Train a segmentation network for a fixed number of steps; keep the best-validation checkpoint."""
     from rich import print as rprint

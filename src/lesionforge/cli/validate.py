@@ -23,7 +23,7 @@ def train_autoencoder_cmd(
     val: Path | None = typer.Option(None, help="Manifest of val images for PSNR/SSIM (default: --data's val split)."),
     split: str | None = typer.Option(None, help="Use only this split of --data."),
     resume: bool = typer.Option(True, help="Continue from out/train_state if present."),
-    overwrite: bool = typer.Option(False, help="Allow a non-empty output folder."),
+    overwrite: bool = typer.Option(False, help="Start over: delete the earlier run in --out (only a run folder)."),
 ) -> None:
     """Train the latent autoencoder and report reconstruction PSNR/SSIM."""
     from rich import print as rprint
@@ -48,7 +48,7 @@ def train_validator_cmd(
     val: Path | None = typer.Option(None, help="Manifest of real val pairs (sets the automatic threshold)."),
     split: str | None = typer.Option(None, help="Use only this split of --data."),
     resume: bool = typer.Option(True, help="Continue from out/train_state if present."),
-    overwrite: bool = typer.Option(False, help="Allow a non-empty output folder."),
+    overwrite: bool = typer.Option(False, help="Start over: delete the earlier run in --out (only a run folder)."),
 ) -> None:
     """Train the single-step latent segmenter (or the pixel-space one) used by `lesionforge filter`."""
     from rich import print as rprint
