@@ -126,6 +126,7 @@ def test_a_run_of_an_older_version_is_adopted_only_when_recognisable(tmp_path):
     (old / "images").mkdir(parents=True)
     (old / "synthesis.json").write_text("{}", encoding="utf-8")
     (old / "manifest.jsonl").write_text("", encoding="utf-8")
+    (old / ".manifest.jsonl.k2x9.jsonl").write_text("", encoding="utf-8")  # an atomic write cut short by a kill
     assert claim_output(old, "synthetic set", resume=True) == old  # its own state file and nothing else
     assert json.loads((old / MARKER).read_text(encoding="utf-8"))["kind"] == "synthetic set"
     (tmp_path / "mixed").mkdir()

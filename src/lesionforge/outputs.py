@@ -76,7 +76,9 @@ def claim_output(path: str | Path, kind: str, *, overwrite: bool = False, resume
     path, spec = Path(path), KINDS[kind]
     if path.exists() and not path.is_dir():
         raise OverwriteError(f"{path}: is a file, not a folder; choose a folder for the {kind}")
-    entries = [e.name for e in path.iterdir() if e.name != MARKER] if path.is_dir() else []
+    # the marker's own temporary file (atomic write in progress by a second worker) does not make it non-empty
+    entries = [e.name for e in path.iterdir() if not e.name.startswith((MARKER, f".{MARKER}."))] \
+        if path.is_dir() else []
     if not entries:
         return _mark(path, kind)
     owner = _owner(path, kind, entries)
@@ -105,7 +107,9 @@ def _owner(path: Path, kind: str, entries: list[str]) -> str:
             raise OverwriteError(f"{marker}: unknown output kind {owner!r}; choose another folder")
         return owner
     spec = KINDS[kind]
-    foreign = [e for e in sorted(entries) if not any(fnmatch.fnmatchcase(e, p) for p in spec.contents)]
+    # ``.<name>.<random>`` files are temporaries of atomic writes a killed run left behind
+    foreign = [e for e in sorted(entries)
+               if not any(fnmatch.fnmatchcase(e, p) or fnmatch.fnmatchcase(e, f".{p}.*") for p in spec.contents)]
     own_state = any(fnmatch.fnmatchcase(e, p) for e in entries for p in spec.signature)
     if own_state and not foreign:
         _mark(path, kind)  # an older lesionforge's run of this kind: adopt it
