@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from lesionforge.experiment.config import load_experiment_config
+from lesionforge.experiment.locks import holder
 from lesionforge.experiment.records import read_run_log
 from lesionforge.experiment.runner import run_experiment
 
@@ -71,15 +72,18 @@ def test_a_worker_killed_at_random_points_leaves_every_run_done_once_with_one_wo
         cfg = _config(tmp_path, f"trial{trial}")
         logs = [tmp_path / f"trial{trial}-worker{i}.log" for i in range(2)]
         procs = [_worker(cfg, log) for log in logs]
-        victim = rng.randrange(2)
+        victim, delay = rng.randrange(2), rng.uniform(0.0, 0.6) * ref_s
+        out = load_experiment_config(cfg).output
         try:
-            runs_log = tmp_path / f"trial{trial}" / "runs" / "runs.log"
-            while not runs_log.is_file():  # the workers have imported, loaded the data and begun
+            while not (out / "cache").is_dir():  # the workers have imported, loaded the data and begun
                 assert all(p.poll() is None for p in procs), [log.read_text() for log in logs]
                 time.sleep(0.05)
-            time.sleep(rng.uniform(0.0, 0.6) * ref_s)  # a random point of the sweep
+            time.sleep(delay)  # a random point of the sweep
             assert procs[victim].poll() is None, "the victim finished before its kill: the sweep was too quick"
+            held = [str(p.parent.relative_to(out)) for p in out.rglob("*.lock") if (h := holder(p))
+                    and h.pid == procs[victim].pid]
             os.kill(procs[victim].pid, signal.SIGKILL)
+            print(f"trial {trial}: killed worker {victim} {delay:.1f} s in, holding {held or 'nothing'}")
             survivor = procs[1 - victim]
             assert survivor.wait(timeout=600) == 0, logs[1 - victim].read_text()
         finally:
@@ -88,7 +92,6 @@ def test_a_worker_killed_at_random_points_leaves_every_run_done_once_with_one_wo
                     p.kill()
                 p.wait()
         assert procs[victim].returncode == -signal.SIGKILL
-        out = load_experiment_config(cfg).output
         events = read_run_log(out)
         done = Counter((e["n_labelled"], e["arm"], e["seed"]) for e in events if e["event"] == "done")
         assert len(done) == 6 and set(done.values()) == {1}, done  # every run done, none twice

@@ -12,7 +12,7 @@ import threading
 import time
 
 import pytest
-from test_experiment_runner import FakeStages, cfg  # noqa: F401  (fixture)
+from test_experiment_runner import CONFIGS, FakeStages, cfg  # noqa: F401  (fixture)
 
 from lesionforge.errors import WaitTimeoutError
 from lesionforge.experiment.locks import STALE_AFTER_S, claim, holder, release
@@ -182,3 +182,30 @@ def test_the_run_log_tells_each_run_started_and_done_once(cfg, demo_arrays):  # 
     assert {e["pid"] for e in events} == {os.getpid()}
     run_experiment(cfg, FakeStages(demo_arrays), progress=False)  # all finished: nothing started again
     assert read_run_log(cfg.output) == events
+
+
+def test_experiment_run_gives_up_waiting_after_wait_timeout_with_one_line(tmp_path, monkeypatch, capsys):
+    import yaml
+
+    from lesionforge.cli import main
+    from lesionforge.experiment.config import load_experiment_config
+
+    raw = yaml.safe_load((CONFIGS / "smoke.yaml").read_text(encoding="utf-8"))
+    raw.update(output="runs", results_dir="results", seeds=[0])
+    path = tmp_path / "smoke.yaml"
+    path.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    out = load_experiment_config(path).output
+    locks = [run_dir(out, 8, arm, 0) / "run.lock" for arm in ("baseline", "copy-paste", "synthetic")]
+    assert all(claim(lock) for lock in locks)  # another worker holds every run
+    monkeypatch.setattr(sys, "argv", ["lesionforge", "experiment", "run", str(path), "--wait-timeout", "0.005"])
+    try:
+        with pytest.raises(SystemExit) as ended:
+            main()
+    finally:
+        for lock in locks:
+            release(lock)
+    assert ended.value.code != 0
+    said = capsys.readouterr()
+    assert "N=8: waiting for seed 0 / synthetic and 2 more (held by" in said.out  # above the progress bar
+    err = " ".join(said.err.split())  # Rich wraps the line at the console width
+    assert err.startswith("error:") and "gave up after" in err and "--wait-timeout" in err

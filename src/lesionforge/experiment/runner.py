@@ -239,11 +239,11 @@ class _Wait:
         line = f"N={self.n}: waiting for {what}{more} (held by {who or 'another worker'})"
         waited = now - self.since
         if waited > self.timeout_s:
-            seen = f", who last touched its claim {_duration(who.age_s)} ago" if who else ""
+            seen = f", last seen {_duration(who.age_s)} ago" if who else ""
             raise WaitTimeoutError(
-                f"{self.output}: gave up after {_duration(waited)} waiting for N={self.n} {what}{more}, held by "
-                f"{who or 'another worker'}{seen} ({lock}); that worker still finishes it and writes the result "
-                "- or, if it hangs, stop it and run again (--wait-timeout sets how long to wait)"
+                f"{lock}: gave up after {_duration(waited)} waiting for N={self.n} {what}{more} (held by "
+                f"{who or 'another worker'}{seen}); that worker still finishes and writes the result; if it hangs, "
+                "stop it and run again (--wait-timeout sets the wait)"
             )
         if self.prog is not None:
             self.prog.update(self.task, description=f"{line} for {_duration(waited)}")
