@@ -68,22 +68,27 @@ def test_a_worker_killed_at_random_points_leaves_every_run_done_once_with_one_wo
     assert len(ref_runs) == 6
 
     rng = random.Random(18)  # fixed kill points: a failure reruns the same way
-    for trial in range(3):
+    # whom to kill: the worker making the synthetic set (generator, sampling, filter), the other one (real-data
+    # runs), or either
+    for trial, whom in enumerate(("maker", "other", "either")):
         cfg = _config(tmp_path, f"trial{trial}")
         logs = [tmp_path / f"trial{trial}-worker{i}.log" for i in range(2)]
         procs = [_worker(cfg, log) for log in logs]
-        victim, delay = rng.randrange(2), rng.uniform(0.0, 0.6) * ref_s
+        delay, pick = rng.uniform(0.0, 0.6) * ref_s, rng.randrange(2)
         out = load_experiment_config(cfg).output
         try:
             while not (out / "cache").is_dir():  # the workers have imported, loaded the data and begun
                 assert all(p.poll() is None for p in procs), [log.read_text() for log in logs]
                 time.sleep(0.05)
             time.sleep(delay)  # a random point of the sweep
+            maker = [i for i, p in enumerate(procs) for lock in (out / "cache").glob("synthetic-*.lock")
+                     if (h := holder(lock)) and h.pid == p.pid]
+            victim = pick if whom == "either" or not maker else maker[0] if whom == "maker" else 1 - maker[0]
             assert procs[victim].poll() is None, "the victim finished before its kill: the sweep was too quick"
             held = [str(p.parent.relative_to(out)) for p in out.rglob("*.lock") if (h := holder(p))
                     and h.pid == procs[victim].pid]
             os.kill(procs[victim].pid, signal.SIGKILL)
-            print(f"trial {trial}: killed worker {victim} {delay:.1f} s in, holding {held or 'nothing'}")
+            print(f"trial {trial}: killed worker {victim} ({whom}) {delay:.1f} s in, holding {held or 'nothing'}")
             survivor = procs[1 - victim]
             assert survivor.wait(timeout=600) == 0, logs[1 - victim].read_text()
         finally:

@@ -22,6 +22,9 @@ unreadable claim file under a free flock is stale (on one host its writer cannot
 the flock). Two hosts on a file system without shared locks can still both take over one *stale* claim at
 the same moment; the read-back narrows that to a few milliseconds, and two live hosts never share a claim.
 
+The lock belongs to the open file, so a child forked (without exec) while a claim is held would keep it
+until the child exits; lesionforge's stages fork no such children.
+
 ``release`` removes only this process's own claim: a file at the path that is not ours (e.g. taken over
 after our heartbeat lapsed) is left alone.
 """

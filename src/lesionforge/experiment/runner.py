@@ -89,7 +89,7 @@ class _SyntheticCache:
             work = self.work_dir(name)
             lock = work.with_name(work.name + ".lock")
             if not claim(lock):
-                raise Busy(f"synthetic set {name!r} (N={self.n})", lock)
+                raise Busy(f"synthetic set {name!r}", lock)
             try:
                 made = self._current(name, marker)  # finished by another worker between our check and our claim
                 self.sets[name] = made if made is not None else self._make(name, marker)
@@ -177,7 +177,7 @@ def _run_n(
     # workers fill the real-data runs meanwhile instead of waiting for it at the end.
     pending = sorted(order, key=lambda sa: (sa[0], sa[1].generator is None))
     done: dict[tuple[int, str], RunRecord] = {}
-    wait = _Wait(cfg.output, n, prog, task, poll_s, wait_timeout_s)
+    wait = _Wait(n, prog, task, poll_s, wait_timeout_s)
     while pending:
         deferred = []  # (seed, arm, what it waits on, that claim's file)
         for seed, arm in pending:
@@ -219,8 +219,8 @@ def _run_n(
 class _Wait:
     """A worker's wait for runs other workers hold: says on what and for how long, gives up after a while."""
 
-    def __init__(self, output: Path, n: int, prog, task, poll_s: float, timeout_s: float):
-        self.output, self.n, self.prog, self.task = output, n, prog, task
+    def __init__(self, n: int, prog, task, poll_s: float, timeout_s: float):
+        self.n, self.prog, self.task = n, prog, task
         self.poll_s, self.timeout_s = poll_s, timeout_s
         self.since: float | None = None
         self.told: str | None = None
