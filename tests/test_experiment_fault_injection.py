@@ -85,7 +85,7 @@ def test_a_worker_killed_at_random_points_leaves_every_run_done_once_with_one_wo
                      if (h := holder(lock)) and h.pid == p.pid]
             victim = pick if whom == "either" or not maker else maker[0] if whom == "maker" else 1 - maker[0]
             assert procs[victim].poll() is None, "the victim finished before its kill: the sweep was too quick"
-            held = [str(p.parent.relative_to(out)) for p in out.rglob("*.lock") if (h := holder(p))
+            held = [str(p.relative_to(out)) for p in out.rglob("*.lock") if (h := holder(p))
                     and h.pid == procs[victim].pid]
             os.kill(procs[victim].pid, signal.SIGKILL)
             print(f"trial {trial}: killed worker {victim} ({whom}) {delay:.1f} s in, holding {held or 'nothing'}")

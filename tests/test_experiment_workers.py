@@ -14,7 +14,7 @@ import time
 import pytest
 from test_experiment_runner import CONFIGS, FakeStages, cfg  # noqa: F401  (fixture)
 
-from lesionforge.errors import WaitTimeoutError
+from lesionforge.errors import ConfigError, WaitTimeoutError
 from lesionforge.experiment.locks import STALE_AFTER_S, claim, holder, release
 from lesionforge.experiment.records import read_run_log, run_dir
 from lesionforge.experiment.runner import run_experiment
@@ -77,6 +77,18 @@ def test_release_leaves_a_claim_this_process_does_not_hold(tmp_path):
     os.replace(theirs, mine)
     assert not release(mine)
     assert mine.read_text(encoding="utf-8") == "otherhost 99 cafe\n"
+
+
+def test_a_file_system_without_locks_is_a_clear_error(tmp_path, monkeypatch):
+    import errno
+    import fcntl
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with pytest.raises(ConfigError, match="does not support file locks"):
+        claim(tmp_path / "run.lock")
 
 
 def test_an_empty_claim_file_is_stale(tmp_path):

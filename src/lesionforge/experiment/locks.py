@@ -40,6 +40,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from lesionforge.errors import ConfigError
+
 HEARTBEAT_S = 60.0  # how often a holder touches its claims
 STALE_AFTER_S = 15 * 60.0  # another host's claim untouched this long is stale
 # how long a worker with nothing left to do waits for runs others hold: longer than any one run or synthetic set
@@ -90,6 +92,12 @@ def claim(lock: Path, stale_after_s: float = STALE_AFTER_S) -> bool:
         except BlockingIOError:
             os.close(fd)
             return False
+        except OSError as e:  # ENOLCK, EOPNOTSUPP: a file system without locks; no claim would be safe there
+            os.close(fd)
+            raise ConfigError(
+                f"{lock}: this file system does not support file locks ({e.strerror}); "
+                "put the sweep's output folder on a local disk"
+            ) from None
         try:
             ino = os.fstat(fd).st_ino
             if _inode(lock) != ino:  # unlinked by its releasing holder after we opened it: try the new file
