@@ -64,6 +64,22 @@ def test_exactly_one_of_many_processes_wins_a_stale_claim(tmp_path, trial):
     assert sum(wins) == 1
 
 
+def test_a_held_claim_is_kept_fresh_by_its_heartbeat(tmp_path, monkeypatch):
+    from lesionforge.experiment import locks
+
+    monkeypatch.setattr(locks, "HEARTBEAT_S", 0.1)
+    lock = tmp_path / "run.lock"
+    assert claim(lock)
+    old = time.time() - STALE_AFTER_S - 60
+    os.utime(lock, (old, old))
+    deadline, fresh = time.time() + 10, False
+    while not fresh and time.time() < deadline:
+        time.sleep(0.05)
+        fresh = time.time() - lock.stat().st_mtime < 60  # touched again: another host sees it held
+    release(lock)
+    assert fresh
+
+
 def test_release_leaves_a_claim_this_process_does_not_hold(tmp_path):
     lock = tmp_path / "run.lock"
     lock.write_text("otherhost 1234 feedbeef\n", encoding="utf-8")  # another worker's claim

@@ -191,12 +191,26 @@ def _start_heartbeat() -> None:
 
 
 def _beat() -> None:
-    """Touch every held claim so another host sees it as fresh (see :data:`STALE_AFTER_S`)."""
+    """Touch every held claim every :data:`HEARTBEAT_S` so another host sees it as fresh."""
+    last = time.monotonic()
     while True:
-        time.sleep(HEARTBEAT_S)
+        time.sleep(min(HEARTBEAT_S, 1.0))
+        if time.monotonic() - last < HEARTBEAT_S:
+            continue
+        last = time.monotonic()
         with _held_guard:  # under the guard: a released claim's fd is popped before it is closed
             for c in _held.values():
                 try:
                     os.utime(c.fd)
                 except OSError:
                     pass  # a full or read-only disk: the next beat tries again
+
+
+def _forget_after_fork() -> None:
+    """A forked child holds none of its parent's claims (it must not release them), and must not inherit
+    the guard locked by the parent's heartbeat thread at the moment of the fork."""
+    global _held, _held_guard, _heartbeat
+    _held, _held_guard, _heartbeat = {}, threading.Lock(), None
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)
