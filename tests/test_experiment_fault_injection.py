@@ -74,7 +74,7 @@ def test_a_worker_killed_at_random_points_leaves_every_run_done_once_with_one_wo
         cfg = _config(tmp_path, f"trial{trial}")
         logs = [tmp_path / f"trial{trial}-worker{i}.log" for i in range(2)]
         procs = [_worker(cfg, log) for log in logs]
-        delay, pick = rng.uniform(0.0, 0.6) * ref_s, rng.randrange(2)
+        delay, pick = rng.uniform(0.05, 0.5) * ref_s, rng.randrange(2)
         out = load_experiment_config(cfg).output
         try:
             while not (out / "cache").is_dir():  # the workers have imported, loaded the data and begun
