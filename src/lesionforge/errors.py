@@ -72,3 +72,7 @@ class PromptFileError(DataError):
 
 class MissingDependencyError(LesionforgeError):
     """An optional package needed for this input (e.g. SimpleITK for DICOM) is not installed."""
+
+
+class WaitTimeoutError(LesionforgeError):
+    """A sweep worker waited longer than its timeout for runs that other workers hold."""

@@ -7,6 +7,8 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from lesionforge.experiment.locks import WAIT_TIMEOUT_S
+
 app = typer.Typer(no_args_is_help=True)
 console = Console()
 
@@ -19,11 +21,17 @@ def run(
     report: bool = typer.Option(True, "--report/--no-report", help="Write the Markdown report of each result."),
     threads: int = typer.Option(None, "--threads", help="torch threads of this worker (overrides the config)."),
     only_n: list[int] = typer.Option(None, "--n", help="Run only this N of the config (repeatable)."),
+    wait_timeout: float = typer.Option(
+        WAIT_TIMEOUT_S / 60, "--wait-timeout", min=0.0,
+        help="Minutes to wait for runs other workers hold, with nothing else left to do, before giving up.",
+    ),
 ) -> None:
     """Run every N x seed x arm of CONFIG and write one result JSON per N (plus its report).
 
     Start it several times on the same CONFIG to share the sweep between workers (e.g. two workers with
-    `--threads 1` on two cores): each run is claimed by one worker; the others skip it and wait for it.
+    `--threads 1` on two cores): each run is claimed by one worker; the others skip it and wait for it
+    (saying on what; a killed worker's runs are taken over). Every start and end of a run goes to
+    `<output>/runs.log`.
     """
     from lesionforge.experiment.config import load_experiment_config
     from lesionforge.experiment.report import write_report
@@ -32,7 +40,8 @@ def run(
     cfg = load_experiment_config(config)
     if threads is not None:
         cfg = cfg.model_copy(update={"threads": threads})
-    for path in run_experiment(cfg, resume=resume, overwrite=overwrite, only_n=only_n):
+    runs = run_experiment(cfg, resume=resume, overwrite=overwrite, only_n=only_n, wait_timeout_s=wait_timeout * 60)
+    for path in runs:
         console.print(f"[green]result[/] {path}")
         if report:
             console.print(f"[green]report[/] {write_report(path)}")

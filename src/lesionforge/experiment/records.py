@@ -3,11 +3,18 @@
 A run record holds the per-image test metrics (for pairing by image id), the aggregated metrics, the
 segmentation settings it was trained with, and timings. It is written atomically to
 ``<output>/n<N>/<arm>/seed<S>/run.json`` only when the run has finished, so its presence means "done".
+
+The run log ``<output>/runs.log`` (JSON lines) tells every start and end of a run by any worker: which host
+and process, when. A run resumed after a killed worker shows two starts and one "done"; a run done twice
+would show two "done" lines.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -86,3 +93,35 @@ def read_record(path: Path) -> RunRecord:
         return RunRecord.model_validate(json.loads(Path(path).read_text(encoding="utf-8")))
     except (json.JSONDecodeError, ValidationError) as e:
         raise DataError(path, f"not a valid experiment run record ({e}); delete it to rerun that run") from e
+
+
+def run_log_path(output: Path) -> Path:
+    return Path(output) / "runs.log"
+
+
+def append_run_log(output: Path, event: str, n: int, arm: str, seed: int) -> None:
+    """Append one event line to the sweep's run log: one ``O_APPEND`` write (lines of concurrent workers
+    never interleave) and an fsync."""
+    line = json.dumps({"event": event, "n_labelled": n, "arm": arm, "seed": seed, "host": socket.gethostname(),
+                       "pid": os.getpid(), "time": round(time.time(), 3)}) + "\n"
+    fd = os.open(run_log_path(output), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        os.write(fd, line.encode("utf-8"))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_run_log(output: Path) -> list[dict[str, Any]]:
+    """The run log's events, oldest first (none when there is no log). A torn last line (a worker killed
+    mid-write) is skipped."""
+    path = run_log_path(output)
+    if not path.is_file():
+        return []
+    events = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            events.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return events

@@ -7,8 +7,9 @@ made once per (N, generator) and shared by every arm and seed.
 
 Several workers may run the same sweep at once (``lesionforge experiment run CONFIG`` started twice, e.g. one
 process per core): each run and each synthetic set is claimed with a lock file (``locks.py``), a worker skips
-what another one is doing and waits for it at the end, and the result JSON is written by whichever worker
-sees every run finished.
+what another one is doing and waits for it at the end (saying on what, and giving up after ``wait_timeout_s``),
+and the result JSON is written by whichever worker sees every run finished. Every start and end of a run is
+appended to ``<output>/runs.log`` (``records.py``): the record that each run was done exactly once.
 """
 
 from __future__ import annotations
@@ -19,19 +20,22 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
+from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from lesionforge.config import save_config
-from lesionforge.errors import CheckpointError, ConfigError, OverwriteError
+from lesionforge.errors import CheckpointError, ConfigError, OverwriteError, WaitTimeoutError
 from lesionforge.experiment.budget import segment_config_for
 from lesionforge.experiment.config import ArmSettings, ExperimentConfig, resolved_generator_config
 from lesionforge.experiment.keys import cache_key
-from lesionforge.experiment.locks import Busy, claim, release
-from lesionforge.experiment.records import RunRecord, read_record, record_path, run_dir, write_record
+from lesionforge.experiment.locks import WAIT_TIMEOUT_S, Busy, claim, holder, release
+from lesionforge.experiment.records import RunRecord, append_run_log, read_record, record_path, run_dir, write_record
 from lesionforge.experiment.results import build_result, result_path, write_grid_samples
 from lesionforge.experiment.stages import ExperimentData, Stages, SyntheticSet
 from lesionforge.outputs import claim_output, is_inside
 from lesionforge.utils import seed_everything, write_json_atomic
+
+_console = Console(stderr=True)
 
 
 def _contents(paths: list[Path | None]) -> list[str | None]:
@@ -85,7 +89,7 @@ class _SyntheticCache:
             work = self.work_dir(name)
             lock = work.with_name(work.name + ".lock")
             if not claim(lock):
-                raise Busy(f"synthetic set {name!r} (N={self.n}) is being made by another worker")
+                raise Busy(f"synthetic set {name!r}", lock)
             try:
                 made = self._current(name, marker)  # finished by another worker between our check and our claim
                 self.sets[name] = made if made is not None else self._make(name, marker)
@@ -130,6 +134,7 @@ def run_experiment(
     progress: bool = True,
     poll_s: float = 30.0,
     only_n: list[int] | None = None,
+    wait_timeout_s: float = WAIT_TIMEOUT_S,
 ) -> list[Path]:
     """Run the whole sweep of ``cfg``; returns the result JSON paths (one per N).
 
@@ -138,6 +143,8 @@ def run_experiment(
     sweep folder: any other non-empty folder is refused, see :func:`lesionforge.outputs.claim_output`).
     ``only_n``: run just these regimes of ``cfg.n_labelled`` (the config and its hash stay the whole sweep's,
     so a sweep can be finished one N at a time, e.g. one N per session).
+    ``poll_s``/``wait_timeout_s``: when every remaining run is held by other workers, look again every
+    ``poll_s`` seconds and stop with :class:`WaitTimeoutError` after ``wait_timeout_s`` without progress.
     """
     n_values = _selected_n(cfg, only_n)
     if stages is None:
@@ -157,7 +164,7 @@ def run_experiment(
         task = prog.add_task("runs", total=total) if prog is not None else None
         for n in n_values:
             cache = _SyntheticCache(cfg, stages, data, n)
-            records = _run_n(cfg, stages, data, n, cache, prog, task, poll_s)
+            records = _run_n(cfg, stages, data, n, cache, prog, task, poll_s, wait_timeout_s)
             synth = {name: s for name in _generators_used(cfg) if (s := cache.get(name, make=False)) is not None}
             grid = write_grid_samples(cfg, n, data, synth)
             result = build_result(cfg, n, records, synth, data.sources, grid, data.subsets)
@@ -167,7 +174,7 @@ def run_experiment(
 
 def _run_n(
     cfg: ExperimentConfig, stages: Stages, data: ExperimentData, n: int, cache: _SyntheticCache, prog, task,
-    poll_s: float = 30.0,
+    poll_s: float = 30.0, wait_timeout_s: float = WAIT_TIMEOUT_S,
 ) -> list[RunRecord]:
     """Every (seed, arm) run of N, in order. Runs claimed by another worker are passed over and waited for."""
     order = [(seed, arm) for seed in cfg.seeds for arm in cfg.arms]
@@ -175,8 +182,9 @@ def _run_n(
     # workers fill the real-data runs meanwhile instead of waiting for it at the end.
     pending = sorted(order, key=lambda sa: (sa[0], sa[1].generator is None))
     done: dict[tuple[int, str], RunRecord] = {}
+    wait = _Wait(n, prog, task, poll_s, wait_timeout_s)
     while pending:
-        deferred = []
+        deferred = []  # (seed, arm, what it waits on, that claim's file)
         for seed, arm in pending:
             seg_cfg = segment_config_for(cfg, arm, seed)
             path = record_path(cfg.output, n, arm.name, seed)
@@ -185,13 +193,14 @@ def _run_n(
             if not path.is_file():
                 lock = run_dir(cfg.output, n, arm.name, seed) / "run.lock"
                 if not claim(lock):
-                    deferred.append((seed, arm))
+                    deferred.append((seed, arm, f"seed {seed} / {arm.name}", lock))
                     continue
                 try:
                     if not path.is_file():  # another worker may have finished it since our check
                         write_record(path, _run_one(cfg, stages, data, n, arm, seed, seg_cfg, cache))
-                except Busy:
-                    deferred.append((seed, arm))
+                        append_run_log(cfg.output, "done", n, arm.name, seed)
+                except Busy as busy:
+                    deferred.append((seed, arm, str(busy), busy.lock))
                     continue
                 finally:
                     release(lock)
@@ -204,12 +213,54 @@ def _run_n(
             done[(seed, arm.name)] = rec
             if prog is not None:
                 prog.advance(task)
-        if len(deferred) == len(pending):  # nothing this worker can do: the others hold every remaining run
-            if prog is not None:
-                prog.update(task, description=f"N={n}: waiting for {len(deferred)} runs of other workers")
-            time.sleep(poll_s)
-        pending = deferred
+        if deferred and len(deferred) == len(pending):  # the others hold every remaining run: wait for them
+            time.sleep(wait.tick([(what, lock) for _, _, what, lock in deferred]))
+        else:
+            wait.reset()
+        pending = [(seed, arm) for seed, arm, _, _ in deferred]
     return [done[(seed, arm.name)] for seed, arm in order]
+
+
+class _Wait:
+    """A worker's wait for runs other workers hold: says on what and for how long, gives up after a while."""
+
+    def __init__(self, n: int, prog, task, poll_s: float, timeout_s: float):
+        self.n, self.prog, self.task = n, prog, task
+        self.poll_s, self.timeout_s = poll_s, timeout_s
+        self.since: float | None = None
+        self.told: str | None = None
+
+    def reset(self) -> None:
+        """Some run finished: the clock starts again at the next wait."""
+        self.since, self.told = None, None
+
+    def tick(self, held: list[tuple[str, Path]]) -> float:
+        """Note one more look at the held runs; returns how long to sleep before the next one."""
+        now = time.monotonic()
+        self.since = now if self.since is None else self.since
+        what, lock = held[0]
+        who = holder(lock)
+        more = f" and {len(held) - 1} more" if len(held) > 1 else ""
+        line = f"N={self.n}: waiting for {what}{more} (held by {who or 'another worker'})"
+        waited = now - self.since
+        if waited > self.timeout_s:
+            seen = f", last seen {_duration(who.age_s)} ago" if who else ""
+            raise WaitTimeoutError(
+                f"{lock}: gave up after {_duration(waited)} waiting for N={self.n} {what}{more} (held by "
+                f"{who or 'another worker'}{seen}); that worker still finishes and writes the result; if it hangs, "
+                "stop it and run again (--wait-timeout sets the wait)"
+            )
+        if self.prog is not None:
+            self.prog.update(self.task, description=f"{line} for {_duration(waited)}")
+        if line != self.told:  # once per wait and whenever what it waits on changes
+            (self.prog.console if self.prog is not None else _console).print(line)
+            self.told = line
+        # soon at first (a worker killed just now is taken over within seconds), then every poll_s
+        return min(self.poll_s, 1.0 + waited / 10)
+
+
+def _duration(s: float) -> str:
+    return f"{s:.0f} s" if s < 120 else f"{s / 60:.0f} min" if s < 7200 else f"{s / 3600:.1f} h"
 
 
 def _run_one(
@@ -219,6 +270,7 @@ def _run_one(
     synthetic = cache.get(arm.generator) if arm.generator is not None else None
     folder = run_dir(cfg.output, n, arm.name, seed)
     folder.mkdir(parents=True, exist_ok=True)
+    append_run_log(cfg.output, "start", n, arm.name, seed)
     seed_everything(seed)
     t0 = time.perf_counter()
     out = stages.run_arm(cfg, arm, seg_cfg, n, data, synthetic, folder)
