@@ -46,7 +46,7 @@ def _progress(label: str) -> Iterator[Callable[[int, int], None]]:
 @app.command()
 def manifest(
     path: Path = typer.Argument(..., help="Dataset folder."),
-    output: Path = typer.Option(..., "-o", "--output", help="Manifest to write (JSONL)."),
+    out: Path = typer.Option(..., "-o", "--out", "--output", help="Manifest to write (JSONL)."),
     layout: str = LAYOUT,
     multiclass: bool = MULTICLASS,
     allow_missing_masks: bool = typer.Option(False, help="Keep images without masks as image-only samples."),
@@ -60,12 +60,12 @@ def manifest(
     from lesionforge.data.readers import read_dataset
     from lesionforge.errors import OverwriteError
 
-    if output.exists() and not overwrite:
-        raise OverwriteError(f"{output} exists; pass --overwrite")
+    if out.exists() and not overwrite:
+        raise OverwriteError(f"{out} exists; pass --overwrite")
     samples = read_dataset(path, layout, multiclass=multiclass, allow_missing_masks=allow_missing_masks,
                            axis=axis, min_area=min_area, window=_window(window))
-    write_manifest(output, samples)
-    console.print(f"{len(samples)} samples ({sum(s.has_mask for s in samples)} with masks) -> {output}")
+    write_manifest(out, samples)
+    console.print(f"{len(samples)} samples ({sum(s.has_mask for s in samples)} with masks) -> {out}")
 
 
 @app.command()
@@ -146,7 +146,7 @@ def fingerprint(
 @app.command()
 def split(
     path: Path = typer.Argument(..., help="Dataset folder or manifest."),
-    output: Path = typer.Option(..., "-o", "--output", help="Split file to write (JSON)."),
+    out: Path = typer.Option(..., "-o", "--out", "--output", help="Split file to write (JSON)."),
     fractions: str = typer.Option("0.7,0.1,0.2", help="train,val,test fractions."),
     seed: int = typer.Option(0, help="Random seed."),
     layout: str = LAYOUT,
@@ -158,8 +158,8 @@ def split(
     from lesionforge.data.splits import make_user_splits, save_split
     from lesionforge.errors import OverwriteError
 
-    if output.exists() and not overwrite:
-        raise OverwriteError(f"{output} exists; pass --overwrite")
+    if out.exists() and not overwrite:
+        raise OverwriteError(f"{out} exists; pass --overwrite")
     try:
         fr = tuple(float(v) for v in fractions.split(","))
     except ValueError as e:
@@ -167,6 +167,6 @@ def split(
     with _progress("Hashing") as update:
         result = make_user_splits(path, fr, seed, layout=layout, allow_missing_masks=allow_missing_masks,
                                   progress=update)
-    save_split(result, output)
+    save_split(result, out)
     console.print(f"train {len(result.train)} / val {len(result.val)} / test {len(result.test)}, "
-                  f"{len(result.near_duplicate_groups)} near-duplicate groups kept together -> {output}")
+                  f"{len(result.near_duplicate_groups)} near-duplicate groups kept together -> {out}")

@@ -41,7 +41,7 @@ def run(
 @app.command("report")
 def report(
     result_json: Path = typer.Argument(..., help="A result JSON written by `experiment run`."),
-    out_dir: Path = typer.Option(None, "--out", "-o", help="Folder for the .md and PNGs (default: beside the JSON)."),
+    out_dir: Path = typer.Option(None, "-o", "--out", help="Folder for the .md and PNGs (default: beside the JSON)."),
 ) -> None:
     """Rebuild the Markdown + PNG report of RESULT_JSON from the JSON alone."""
     from lesionforge.experiment.report import write_report

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from lesionforge.config import describe_validation_error
 from lesionforge.data.hashing import connected_groups
 from lesionforge.data.manifest import Sample
 from lesionforge.errors import DataError
@@ -84,8 +85,10 @@ def load_benchmark_split(path_or_name: str | Path) -> BenchmarkSplit:
         path = found[0]
     try:
         return BenchmarkSplit.model_validate(json.loads(path.read_text(encoding="utf-8")))
-    except (json.JSONDecodeError, ValidationError) as e:
+    except json.JSONDecodeError as e:
         raise DataError(path, f"not a valid split file ({e})") from e
+    except ValidationError as e:
+        raise DataError(path, f"not a valid split file ({describe_validation_error(e, BenchmarkSplit)})") from e
 
 
 def save_split(split: BenchmarkSplit, path: str | Path) -> Path:
