@@ -9,6 +9,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import Progress
 from rich.table import Table
 
@@ -30,6 +31,11 @@ def _window(text: str | None) -> tuple[float, float] | None:
     except ValueError as e:
         raise typer.BadParameter(f"window must be 'low,high', got {text!r}") from e
     return lo, hi
+
+
+def _warn(kind: str, message: str) -> None:
+    """A named warning on stderr, one line: the command goes on."""
+    Console(stderr=True, soft_wrap=True, highlight=False).print(f"[yellow]warning ({kind}):[/] {escape(message)}")
 
 
 @contextmanager
@@ -108,6 +114,7 @@ def _print_report(report) -> None:
         else:
             examples = ", ".join(str(g) for g in groups.get(name, [])[:3])
         style = "red" if count and (name in report.errors or name == "split_leakage_groups") else ""
+        style = "yellow" if count and name in report.notices else style
         table.add_row(name, f"[{style}]{count}[/]" if style else str(count), examples)
     console.print(table)
 
@@ -127,9 +134,12 @@ def fingerprint(
     """Measure sizes, channels, intensities and lesion statistics; recommend a profile and channel count."""
     from lesionforge.data.fingerprint import fingerprint as measure
     from lesionforge.data.readers import read_dataset
+    from lesionforge.errors import DataError
 
     samples = read_dataset(path, layout, multiclass=multiclass, allow_missing_masks=allow_missing_masks,
                            axis=axis, min_area=min_area, window=_window(window))
+    if not samples:
+        raise DataError(path, "no images to fingerprint")
     with _progress("Fingerprinting") as update:
         fp = measure(samples, multiclass=multiclass, workers=workers, progress=update)
     if as_json:
@@ -162,11 +172,17 @@ def split(
         raise OverwriteError(f"{out} exists; pass --overwrite")
     try:
         fr = tuple(float(v) for v in fractions.split(","))
-    except ValueError as e:
-        raise typer.BadParameter(f"fractions must be 'train,val,test', got {fractions!r}") from e
+    except ValueError:
+        fr = ()
+    if len(fr) != 3:
+        raise typer.BadParameter(f"fractions must be 'train,val,test', got {fractions!r}", param_hint="--fractions")
     with _progress("Hashing") as update:
         result = make_user_splits(path, fr, seed, layout=layout, allow_missing_masks=allow_missing_masks,
                                   progress=update)
     save_split(result, out)
     console.print(f"train {len(result.train)} / val {len(result.val)} / test {len(result.test)}, "
                   f"{len(result.near_duplicate_groups)} near-duplicate groups kept together -> {out}")
+    for name in ("val", "test"):
+        if not getattr(result, name):
+            _warn("empty_split", f"the {name} split is empty ({len(result.train)} train images, fractions "
+                                 f"{fractions}): segment train needs a validation set, evaluation a test set")

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 app = typer.Typer(no_args_is_help=True)
 console = Console()
@@ -51,7 +52,21 @@ def report(
 
 @app.command("table")
 def table(result_jsons: list[Path] = typer.Argument(..., help="Result JSONs, in the order of the rows.")) -> None:
-    """Print the README's headline Markdown table rendered from result JSONs."""
-    from lesionforge.experiment.report import readme_table
+    """Print the README's headline Markdown table rendered from result JSONs.
 
-    print(readme_table(result_jsons))
+    Files that are not sweep results (a shell glob may also match a gallery or benchmark JSON) are skipped
+    with a note on stderr; it is an error only when none is left."""
+    from lesionforge.errors import DataError
+    from lesionforge.experiment.report import load_result, readme_table
+
+    kept = []
+    for path in result_jsons:
+        try:
+            load_result(path)
+        except DataError as e:
+            Console(stderr=True, soft_wrap=True, highlight=False).print(f"note: skipped {escape(str(e))}")
+            continue
+        kept.append(path)
+    if not kept:
+        raise DataError(result_jsons[0], "no experiment result file among the arguments")
+    print(readme_table(kept))
