@@ -10,8 +10,9 @@ from pathlib import Path
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import Progress
 from rich.table import Table
+
+from lesionforge.progress import StageProgress
 
 app = typer.Typer(no_args_is_help=True)
 console = Console()
@@ -40,7 +41,7 @@ def _warn(kind: str, message: str) -> None:
 
 @contextmanager
 def _progress(label: str) -> Iterator[Callable[[int, int], None]]:
-    with Progress(console=Console(stderr=True), transient=True) as bar:
+    with StageProgress(console=Console(stderr=True), transient=True) as bar:
         task = bar.add_task(label, total=None)
 
         def update(done: int, total: int) -> None:

@@ -20,7 +20,7 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
 from lesionforge.config import save_config
 from lesionforge.errors import ConfigError, OverwriteError
@@ -31,6 +31,7 @@ from lesionforge.experiment.locks import Busy, claim, release
 from lesionforge.experiment.records import RunRecord, read_record, record_path, run_dir, write_record
 from lesionforge.experiment.results import build_result, result_path, write_grid_samples
 from lesionforge.experiment.stages import ExperimentData, Stages, SyntheticSet
+from lesionforge.progress import StageProgress, progress_label
 from lesionforge.utils import ensure_new_dir, seed_everything, write_json_atomic
 
 
@@ -106,9 +107,10 @@ class _SyntheticCache:
         before = json.loads(marker.read_text(encoding="utf-8"))["info"].get("timings") if marker.is_file() else None
         t0 = time.perf_counter()
         seed_everything(self.cfg.generators[name].seed)
-        s = self.stages.prepare_synthetic(
-            self.cfg, name, self.cfg.generators[name], self.n, self.data, self.work_dir(name)
-        )
+        with progress_label(f"N={self.n} generator {name}"):
+            s = self.stages.prepare_synthetic(
+                self.cfg, name, self.cfg.generators[name], self.n, self.data, self.work_dir(name)
+            )
         s.info.setdefault("timings", {})["prepare_s"] = round(time.perf_counter() - t0, 3)
         if before:
             s.info["timings"] = {**before, "refilter_s": s.info["timings"]["prepare_s"]}
@@ -216,7 +218,8 @@ def _run_one(
     folder.mkdir(parents=True, exist_ok=True)
     seed_everything(seed)
     t0 = time.perf_counter()
-    out = stages.run_arm(cfg, arm, seg_cfg, n, data, synthetic, folder)
+    with progress_label(f"N={n} seed={seed} {arm.name}"):  # names the arm on the stage's own bars
+        out = stages.run_arm(cfg, arm, seg_cfg, n, data, synthetic, folder)
     elapsed = round(time.perf_counter() - t0, 3)
     return RunRecord(
         n_labelled=n, arm=arm.name, seed=seed, segment_config=seg_cfg,
@@ -256,7 +259,8 @@ def _write_result(cfg: ExperimentConfig, n: int, result: dict, overwrite: bool) 
     return path
 
 
-def _progress() -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+def _progress() -> StageProgress:
+    # line_share 0: off a terminal, one line per finished run
+    return StageProgress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), line_share=0,
     )

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from rich.progress import Progress
 
 from lesionforge.data.arrays import PairArrays, image_to_tensor, mask_to_tensor, tensor_to_image
 from lesionforge.data.io import write_image, write_mask
@@ -25,6 +24,7 @@ from lesionforge.generate.batches import build_spatial, decode_samples, dilate_m
 from lesionforge.generate.models import Conditions, LesionGenerator, read_meta
 from lesionforge.generate.sampler import InpaintGuide, sample, sample_seed
 from lesionforge.generate.textcond import TextConditioner
+from lesionforge.progress import StageProgress
 from lesionforge.utils import code_version, dir_hash, ensure_new_dir, write_json_atomic
 
 MANIFEST = "manifest.jsonl"
@@ -99,7 +99,7 @@ def synthesize(
     text = TextConditioner(gen.cfg, prompts, text_encoder)
     done = {s.id for s in read_manifest(out_dir / MANIFEST)} if (out_dir / MANIFEST).is_file() else set()
     todo = [i for i in range(n) if _sample_id(kind, seed, i) not in done]
-    with Progress(disable=not progress) as bar:
+    with StageProgress(disable=not progress) as bar:
         task = bar.add_task(f"synthesizing ({kind})", total=n, completed=n - len(todo))
         for start in range(0, len(todo), batch_size):
             plans = [_plan(kind, seed, i, masks_from, backgrounds, real, text) for i in todo[start:start + batch_size]]
