@@ -85,7 +85,7 @@ def load_benchmark_split(path_or_name: str | Path) -> BenchmarkSplit:
         if not found and (path.suffix == ".json" or len(path.parts) > 1):
             raise DataError(path, "split file not found")
         if not found:
-            raise DataError(path, f"no split named {str(path_or_name)!r}: give the path of its JSON file, or set "
+            raise DataError(path, f"split {str(path_or_name)!r} not found: give the path of its JSON file, or set "
                                   f"LESIONFORGE_SPLITS to the folder holding {path.name}.json (looked in "
                                   f"{', '.join(str(c.parent) for c in candidates)})")
         path = found[0]
