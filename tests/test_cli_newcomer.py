@@ -104,7 +104,7 @@ def test_progress_names_its_arm_and_prints_plain_lines_off_a_terminal():
     assert 10 <= len(lines) <= 12 and lines[-1].startswith("N=16 seed=0 baseline | segment loss 0.050: 20/20 (100 %)")
 
 
-def test_sweep_labels_each_stage_bar_with_its_arm(cfg, demo_arrays):  # noqa: F811
+def test_sweep_labels_each_stage_bar_with_its_arm(cfg, demo_arrays, capsys):  # noqa: F811
     seen: list[str] = []
 
     class Recording(FakeStages):
@@ -115,9 +115,14 @@ def test_sweep_labels_each_stage_bar_with_its_arm(cfg, demo_arrays):  # noqa: F8
             return super().run_arm(cfg, arm, segment_config, n, data, synthetic, run_dir)
 
     cfg = cfg.model_copy(update={"n_labelled": [4]})
-    run_experiment(cfg, Recording(demo_arrays), progress=False)
+    run_experiment(cfg, Recording(demo_arrays), progress=True)
     assert seen[0].startswith("N=4 seed=") and seen[0].endswith(" | segment")
     assert {s.split(" | ")[0].split(" ", 2)[2] for s in seen} == {a.name for a in cfg.arms}
+    # the sweep's own bar, off a terminal: a line when each run starts and one when it is done
+    lines = capsys.readouterr().out.splitlines()
+    runs = len(cfg.seeds) * len(cfg.arms)
+    assert lines[-1].startswith("N=4 seed=") and f": {runs}/{runs} (100 %)" in lines[-1]
+    assert len([line for line in lines if f"/{runs} (" in line]) == 1 + 2 * runs
 
 
 def test_demo_prints_its_table_unwrapped_and_says_numbers_vary(tmp_path, monkeypatch):

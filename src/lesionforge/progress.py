@@ -37,15 +37,17 @@ def progress_label(label: str) -> Iterator[None]:
 class StageProgress(Progress):
     """A :class:`rich.progress.Progress` whose tasks carry the current label and which, when its console is
     not a terminal, prints a plain line whenever a task passes another ``line_share`` of its total (0: at
-    every step) instead of drawing a live bar. Arguments are Rich's."""
+    every step), and with ``line_on_description`` whenever its description changes, instead of drawing a live
+    bar. Other arguments are Rich's."""
 
-    def __init__(self, *columns: Any, line_share: float = 0.1, **kwargs: Any):
+    def __init__(self, *columns: Any, line_share: float = 0.1, line_on_description: bool = False, **kwargs: Any):
         super().__init__(*columns, **kwargs)
         self._lines = not self.disable and not self.console.is_terminal
         if self._lines:
             self.disable = True  # no live display: the plain lines replace it
         self._line_share = line_share
-        self._printed: dict[TaskID, int] = {}
+        self._line_on_description = line_on_description
+        self._printed: dict[TaskID, tuple[int, str]] = {}
         self._label = _LABEL.get()
 
     def _with_label(self, description: str) -> str:
@@ -76,9 +78,10 @@ class StageProgress(Progress):
             return
         step = max(1, math.ceil(total * self._line_share))
         mark = int(done // step) + (done >= total)  # completing always prints
-        if mark <= self._printed.get(task_id, -1):
+        last_mark, last_description = self._printed.get(task_id, (-1, ""))
+        if mark <= last_mark and not (self._line_on_description and task.description != last_description):
             return
-        self._printed[task_id] = mark
+        self._printed[task_id] = (mark, task.description)
         elapsed = f", {task.elapsed:.0f} s" if task.elapsed else ""
         self.console.print(f"{task.description}: {done:g}/{total:g} ({100 * done / total:.0f} %){elapsed}",
                            markup=False, highlight=False, soft_wrap=True)

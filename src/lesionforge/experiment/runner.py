@@ -260,7 +260,8 @@ def _write_result(cfg: ExperimentConfig, n: int, result: dict, overwrite: bool) 
 
 
 def _progress() -> StageProgress:
-    # line_share 0: off a terminal, one line per finished run
+    # off a terminal: one line when a run starts (or the worker waits) and one when it is done
     return StageProgress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), line_share=0,
+        line_on_description=True,
     )
