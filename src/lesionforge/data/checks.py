@@ -155,13 +155,16 @@ def check_dataset(
     duplicate groups whose members sit in different splits. ``progress(done, total)`` is called per sample.
     """
     start = time.perf_counter()
+    split_name = None if splits is None or isinstance(splits, BenchmarkSplit) else str(splits)
+    if split_name is not None:
+        splits = load_benchmark_split(split_name)  # a bad split file is said before the long pass, not after
     scan = scan_folder(root, layout, **volume_options)
     samples = scan.samples
     results = _inspect_all(samples, multiclass, workers, progress)
     errors, notices = _collect_issues(scan, results)
     _dataset_level_issues(Path(root), samples, errors, notices)
     if splits is not None:
-        notices |= split_problems({s.id for s in samples}, splits)
+        notices |= split_problems({s.id for s in samples}, splits, split_name)
     hashed = [(s.id, r) for s, r in zip(samples, results, strict=True) if r.phash is not None]
     ids = [i for i, _ in hashed]
     file_of = {s.id: s.image for s in samples}
@@ -237,12 +240,12 @@ def _dataset_level_issues(root: Path, samples: list[Sample], errors: IssueMap, n
                     Issue(id=s.id, file=str(p), message=f"symbolic link leads outside the dataset, to {target}"))
 
 
-def split_problems(ids: set[str], splits: str | Path | BenchmarkSplit) -> IssueMap:
+def split_problems(ids: set[str], splits: str | Path | BenchmarkSplit, name: str | None = None) -> IssueMap:
     """Named warnings about a split against the dataset's ``ids``: an empty ``val``/``test`` list
     (``empty_split``) and ids the split lists that the dataset lacks (``split_ids_missing``, one issue per
     split)."""
     split = splits if isinstance(splits, BenchmarkSplit) else load_benchmark_split(splits)
-    where = str(splits) if not isinstance(splits, BenchmarkSplit) else split.dataset
+    where = name or (split.dataset if isinstance(splits, BenchmarkSplit) else str(splits))
     out: IssueMap = {"empty_split": [], "split_ids_missing": []}
     for name in ("val", "test"):
         if not getattr(split, name):

@@ -172,6 +172,8 @@ def make_user_splits(
 
     _check_fractions(fractions)  # before the slow part
     samples = read_dataset(root, layout, allow_missing_masks=allow_missing_masks)
+    if not samples:
+        raise DataError(root, "no images found: nothing to split")
     if not any(s.has_mask for s in samples):
         raise DataError(root, f"nothing to split: {len(samples)} images, none with a mask (splits hold labelled "
                               "images; image-only folders are lesion-free backgrounds)")
