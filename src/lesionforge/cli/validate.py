@@ -34,7 +34,7 @@ def train_autoencoder_cmd(
     from lesionforge.generate.autoencoder import AutoencoderConfig, train_autoencoder
     from lesionforge.validate.inputs import manifest_arrays
 
-    cfg = load_config(config, AutoencoderConfig)
+    cfg = load_config(_preset(config), AutoencoderConfig)
     images = manifest_arrays(data, cfg.resolution, cfg.image_channels, split, progress=True)
     val_arrays = manifest_arrays(val, cfg.resolution, cfg.image_channels, progress=True) if val else None
     path = train_autoencoder(cfg, images, out, val=val_arrays, resume=resume, overwrite=overwrite, progress=True)
@@ -61,7 +61,7 @@ def train_validator_cmd(
     from lesionforge.validate.latent_segmenter import train_latent_segmenter
     from lesionforge.validate.pixel_segmenter import train_pixel_segmenter
 
-    cfg = load_validator_config(config, {"kind": kind} if kind else None)
+    cfg = load_validator_config(_preset(config), {"kind": kind} if kind else None)
     train = manifest_arrays(data, cfg.resolution, cfg.image_channels, split, progress=True)
     val_arrays = manifest_arrays(val, cfg.resolution, cfg.image_channels, progress=True) if val else None
     opts = {"val": val_arrays, "resume": resume, "overwrite": overwrite, "progress": True}
@@ -112,6 +112,17 @@ def filter_cmd(
                                      empty_fraction_max, auto_rule)
     rprint(f"threshold {report.threshold:.3f} ({report.threshold_rule})")
     rprint(f"kept {report.n_kept}/{report.n_scored} ({report.acceptance_rate:.1%}); manifest: {report.manifest}")
+
+
+def _preset(path: Path) -> Path:
+    """The config file; the default presets are relative to a source checkout, so outside one say how to
+    point at a preset instead of only "not found"."""
+    from lesionforge.errors import ConfigError
+
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found; pass --config FILE (the presets are in the configs/ "
+                          "folder of the lesionforge source checkout)")
+    return path
 
 
 def _parse_threshold(text: str) -> float:
