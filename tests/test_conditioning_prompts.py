@@ -87,7 +87,7 @@ def test_user_yaml_keyed_by_class_with_slots(tmp_path):
     ("name", "text", "message"),
     [
         ("a.yaml", "templates: ['{size} polyp']\n", "no values"),
-        ("b.yaml", "templates: [a polyp]\ncolour: red\n", "Extra inputs"),
+        ("b.yaml", "templates: [a polyp]\ncolour: red\n", "unknown key 'colour'"),
         ("c.yaml", "- just a list\n", "mapping"),
         ("d.yaml", "templates: [a: b: c\n", "not valid YAML"),
         ("e.csv", "sample,text\n1,a polyp\n", "header"),

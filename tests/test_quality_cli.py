@@ -18,7 +18,7 @@ from lesionforge.errors import DataError
 @pytest.fixture(scope="module")
 def app() -> typer.Typer:
     app = typer.Typer()
-    quality_cli.register(app)
+    quality_cli.register(app, app)  # the train group's commands land beside the others here
     return app
 
 

@@ -151,7 +151,7 @@ def test_cli_filter_and_list_rejected(validators, synthetic_manifest, tmp_path):
     from lesionforge.cli import validate as cli_validate
 
     app = typer.Typer()
-    cli_validate.register(app)
+    cli_validate.register(app, app)
     out = tmp_path / "cli.jsonl"
     res = CliRunner().invoke(app, ["filter", str(synthetic_manifest), "--validator", str(validators[0]),
                                    "--out", str(out), "--threshold", "0.3"])

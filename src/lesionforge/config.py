@@ -6,8 +6,10 @@ Each stage defines its own settings model (``GeneratorConfig``, ``SegmentConfig`
 
 from __future__ import annotations
 
+import difflib
+import types
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -41,10 +43,67 @@ def load_config(path: str | Path, model: type[M], overrides: dict | None = None)
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping")
     data = _deep_merge(data, overrides or {})
+    return validate_config(model, data, str(path))
+
+
+def validate_config(model: type[M], data: Any, where: str) -> M:
+    """``model.model_validate(data)``; a failure becomes one :class:`ConfigError` line starting with ``where``
+    (a file, or the config block the data came from). Every config loader goes through here."""
     try:
         return model.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(f"{path}: {e}") from e
+        raise ConfigError(f"{where}: {describe_validation_error(e, model)}") from None
+
+
+def describe_validation_error(e: ValidationError, model: type[BaseModel]) -> str:
+    """Pydantic's errors in plain words, ``; ``-joined on one line: an unknown key is named with its dotted
+    path and the closest valid key (a typo is the usual cause); other errors keep pydantic's message."""
+    out = []
+    for err in e.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            valid = _valid_keys(model, err["loc"][:-1])
+            close = difflib.get_close_matches(str(err["loc"][-1]), valid, n=1, cutoff=0.6)
+            hint = f"did you mean {close[0]!r}?" if close else f"valid keys: {', '.join(valid)}"
+            out.append(f"unknown key {loc!r} ({hint})")
+        elif err["type"] == "missing":
+            out.append(f"missing key {loc!r}")
+        else:
+            value = "" if isinstance(err.get("input"), dict) else f" (got {err.get('input')!r})"
+            out.append(f"{loc + ': ' if loc else ''}{err['msg']}{value}")
+    return "; ".join(out)
+
+
+def _valid_keys(model: type[BaseModel], loc: tuple) -> list[str]:
+    """Field names (and aliases) of the model found at ``loc`` inside ``model``; ``[]`` if unknown."""
+    types_at: list[Any] = [model]
+    for part in loc:
+        nxt: list[Any] = []
+        for t in _flatten(types_at):
+            if isinstance(t, type) and issubclass(t, BaseModel) and isinstance(part, str) and part in t.model_fields:
+                nxt.append(t.model_fields[part].annotation)
+            elif get_origin(t) in (list, tuple, set) and isinstance(part, int):
+                nxt.extend(get_args(t)[:1])
+            elif get_origin(t) is dict:
+                nxt.extend(get_args(t)[1:2])
+        types_at = nxt
+    keys: list[str] = []
+    for t in _flatten(types_at):
+        if isinstance(t, type) and issubclass(t, BaseModel):
+            for name, f in t.model_fields.items():
+                keys += [name] + ([f.alias] if f.alias and f.alias != name else [])
+    return list(dict.fromkeys(keys))
+
+
+def _flatten(annotations: list[Any]) -> list[Any]:
+    """Unwrap ``X | None`` and other unions into their members."""
+    out = []
+    for t in annotations:
+        if get_origin(t) in (Union, types.UnionType):
+            out += _flatten(list(get_args(t)))
+        else:
+            out.append(t)
+    return out
 
 
 def save_config(cfg: StrictModel, path: str | Path) -> None:

@@ -14,6 +14,15 @@ from lesionforge.utils import write_json_atomic
 
 console = Console()
 
+#: Printed under the result table: a user comparing with the README (or with a colleague's run) must not
+#: mistake run-to-run spread for a bug or for an effect.
+VARIATION_NOTE = (
+    "Note: these numbers vary from run to run (thread count, CPU and library versions change floating-point "
+    "sums, so the trained models differ a little) and the demo has 16 test images and 2 seeds: read the "
+    "confidence intervals, not the means. The demo shows that the pipeline works; it is not a benchmark "
+    "(see docs/results.md)."
+)
+
 
 def demo_config_path() -> Path:
     """The packaged demo preset (``lesionforge/presets/demo.yaml``)."""
@@ -51,7 +60,8 @@ def run_demo(out: str | Path, overwrite: bool = False, seed: int = 0, resume: bo
     reports = [str(write_report(p)) for p in results]
     table = readme_table(results)
     console.rule("[bold]4. result")
-    console.print(table)
+    console.print(table, soft_wrap=True, markup=False, highlight=False)  # a Markdown table: never wrapped
+    console.print(VARIATION_NOTE, soft_wrap=True)
     summary = {
         "data": str(data_root),
         "check": {"pairs": report.counts(), "backgrounds": normals.counts()},

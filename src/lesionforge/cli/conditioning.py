@@ -34,7 +34,7 @@ def prompts(
 @app.command()
 def masks(
     manifest: Path = typer.Option(..., help="JSONL manifest of the real training data."),
-    out: Path = typer.Option(..., help="Output folder (masks/*.png + masks.jsonl)."),
+    out: Path = typer.Option(..., "-o", "--out", help="Output folder (masks/*.png + masks.jsonl)."),
     source: str = typer.Option("jitter", help="jitter: deformed real masks; size: size-controlled lesions."),
     n: int = typer.Option(16, help="How many masks."),
     small_boost: float = typer.Option(2.0, help="Over-sampling factor of lesions < 5 % of the image (size)."),
@@ -55,7 +55,7 @@ def masks(
 @app.command()
 def edges(
     manifest: Path = typer.Option(..., help="JSONL manifest of the data."),
-    out: Path = typer.Option(..., help="Output folder (edges/<id>.png + edges.jsonl)."),
+    out: Path = typer.Option(..., "-o", "--out", help="Output folder (edges/<id>.png + edges.jsonl)."),
     resolution: int = typer.Option(64, help="Edge map size in pixels."),
     overwrite: bool = typer.Option(False, help="Replace an existing output folder."),
 ) -> None:

@@ -9,8 +9,10 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
-from rich.progress import Progress
+from rich.markup import escape
 from rich.table import Table
+
+from lesionforge.progress import StageProgress
 
 app = typer.Typer(no_args_is_help=True)
 console = Console()
@@ -32,9 +34,14 @@ def _window(text: str | None) -> tuple[float, float] | None:
     return lo, hi
 
 
+def _warn(kind: str, message: str) -> None:
+    """A named warning on stderr, one line: the command goes on."""
+    Console(stderr=True, soft_wrap=True, highlight=False).print(f"[yellow]warning ({kind}):[/] {escape(message)}")
+
+
 @contextmanager
 def _progress(label: str) -> Iterator[Callable[[int, int], None]]:
-    with Progress(console=Console(stderr=True), transient=True) as bar:
+    with StageProgress(console=Console(stderr=True), transient=True) as bar:
         task = bar.add_task(label, total=None)
 
         def update(done: int, total: int) -> None:
@@ -46,7 +53,7 @@ def _progress(label: str) -> Iterator[Callable[[int, int], None]]:
 @app.command()
 def manifest(
     path: Path = typer.Argument(..., help="Dataset folder."),
-    output: Path = typer.Option(..., "-o", "--output", help="Manifest to write (JSONL)."),
+    out: Path = typer.Option(..., "-o", "--out", "--output", help="Manifest to write (JSONL)."),
     layout: str = LAYOUT,
     multiclass: bool = MULTICLASS,
     allow_missing_masks: bool = typer.Option(False, help="Keep images without masks as image-only samples."),
@@ -60,12 +67,12 @@ def manifest(
     from lesionforge.data.readers import read_dataset
     from lesionforge.errors import OverwriteError
 
-    if output.exists() and not overwrite:
-        raise OverwriteError(f"{output} exists; pass --overwrite")
+    if out.exists() and not overwrite:
+        raise OverwriteError(f"{out} exists; pass --overwrite")
     samples = read_dataset(path, layout, multiclass=multiclass, allow_missing_masks=allow_missing_masks,
                            axis=axis, min_area=min_area, window=_window(window))
-    write_manifest(output, samples)
-    console.print(f"{len(samples)} samples ({sum(s.has_mask for s in samples)} with masks) -> {output}")
+    write_manifest(out, samples)
+    console.print(f"{len(samples)} samples ({sum(s.has_mask for s in samples)} with masks) -> {out}")
 
 
 @app.command()
@@ -108,6 +115,7 @@ def _print_report(report) -> None:
         else:
             examples = ", ".join(str(g) for g in groups.get(name, [])[:3])
         style = "red" if count and (name in report.errors or name == "split_leakage_groups") else ""
+        style = "yellow" if count and name in report.notices else style
         table.add_row(name, f"[{style}]{count}[/]" if style else str(count), examples)
     console.print(table)
 
@@ -127,9 +135,12 @@ def fingerprint(
     """Measure sizes, channels, intensities and lesion statistics; recommend a profile and channel count."""
     from lesionforge.data.fingerprint import fingerprint as measure
     from lesionforge.data.readers import read_dataset
+    from lesionforge.errors import DataError
 
     samples = read_dataset(path, layout, multiclass=multiclass, allow_missing_masks=allow_missing_masks,
                            axis=axis, min_area=min_area, window=_window(window))
+    if not samples:
+        raise DataError(path, "no images to fingerprint")
     with _progress("Fingerprinting") as update:
         fp = measure(samples, multiclass=multiclass, workers=workers, progress=update)
     if as_json:
@@ -146,7 +157,7 @@ def fingerprint(
 @app.command()
 def split(
     path: Path = typer.Argument(..., help="Dataset folder or manifest."),
-    output: Path = typer.Option(..., "-o", "--output", help="Split file to write (JSON)."),
+    out: Path = typer.Option(..., "-o", "--out", "--output", help="Split file to write (JSON)."),
     fractions: str = typer.Option("0.7,0.1,0.2", help="train,val,test fractions."),
     seed: int = typer.Option(0, help="Random seed."),
     layout: str = LAYOUT,
@@ -158,15 +169,21 @@ def split(
     from lesionforge.data.splits import make_user_splits, save_split
     from lesionforge.errors import OverwriteError
 
-    if output.exists() and not overwrite:
-        raise OverwriteError(f"{output} exists; pass --overwrite")
+    if out.exists() and not overwrite:
+        raise OverwriteError(f"{out} exists; pass --overwrite")
     try:
         fr = tuple(float(v) for v in fractions.split(","))
-    except ValueError as e:
-        raise typer.BadParameter(f"fractions must be 'train,val,test', got {fractions!r}") from e
+    except ValueError:
+        fr = ()
+    if len(fr) != 3:
+        raise typer.BadParameter(f"fractions must be 'train,val,test', got {fractions!r}", param_hint="--fractions")
     with _progress("Hashing") as update:
         result = make_user_splits(path, fr, seed, layout=layout, allow_missing_masks=allow_missing_masks,
                                   progress=update)
-    save_split(result, output)
+    save_split(result, out)
     console.print(f"train {len(result.train)} / val {len(result.val)} / test {len(result.test)}, "
-                  f"{len(result.near_duplicate_groups)} near-duplicate groups kept together -> {output}")
+                  f"{len(result.near_duplicate_groups)} near-duplicate groups kept together -> {out}")
+    for name in ("val", "test"):
+        if not getattr(result, name):
+            _warn("empty_split", f"the {name} split is empty ({len(result.train)} train images, fractions "
+                                 f"{fractions}): segment train needs a validation set, evaluation a test set")

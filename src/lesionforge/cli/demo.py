@@ -10,7 +10,7 @@ import typer
 def register(app: typer.Typer) -> None:
     @app.command()
     def demo(
-        out: Path = typer.Option(Path("runs/demo"), help="Output folder."),
+        out: Path = typer.Option(Path("runs/demo"), "-o", "--out", help="Output folder."),
         overwrite: bool = typer.Option(False, help="Delete an existing output folder first."),
         resume: bool = typer.Option(False, help="Continue an interrupted demo in OUT."),
         seed: int = typer.Option(0, help="Seed of the procedural data."),

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from lesionforge.experiment.locks import WAIT_TIMEOUT_S
 
@@ -50,7 +51,7 @@ def run(
 @app.command("report")
 def report(
     result_json: Path = typer.Argument(..., help="A result JSON written by `experiment run`."),
-    out_dir: Path = typer.Option(None, "--out", "-o", help="Folder for the .md and PNGs (default: beside the JSON)."),
+    out_dir: Path = typer.Option(None, "-o", "--out", help="Folder for the .md and PNGs (default: beside the JSON)."),
 ) -> None:
     """Rebuild the Markdown + PNG report of RESULT_JSON from the JSON alone."""
     from lesionforge.experiment.report import write_report
@@ -60,7 +61,21 @@ def report(
 
 @app.command("table")
 def table(result_jsons: list[Path] = typer.Argument(..., help="Result JSONs, in the order of the rows.")) -> None:
-    """Print the README's headline Markdown table rendered from result JSONs."""
-    from lesionforge.experiment.report import readme_table
+    """Print the README's headline Markdown table rendered from result JSONs.
 
-    print(readme_table(result_jsons))
+    Files that are not sweep results (a shell glob may also match a gallery or benchmark JSON) are skipped
+    with a note on stderr; it is an error only when none is left."""
+    from lesionforge.errors import DataError
+    from lesionforge.experiment.report import load_result, readme_table
+
+    kept = []
+    for path in result_jsons:
+        try:
+            load_result(path)
+        except DataError as e:
+            Console(stderr=True, soft_wrap=True, highlight=False).print(f"note: skipped {escape(str(e))}")
+            continue
+        kept.append(path)
+    if not kept:
+        raise DataError(result_jsons[0], "no experiment result file among the arguments")
+    print(readme_table(kept))

@@ -1,4 +1,4 @@
-"""Top-level commands of the generate stage: ``train-generator`` and ``synthesize``."""
+"""Commands of the generate stage: ``train generator`` and ``synthesize``."""
 
 from __future__ import annotations
 
@@ -7,14 +7,14 @@ from pathlib import Path
 import typer
 
 
-def register(app: typer.Typer) -> None:
-    """Add this stage's commands to the main app."""
+def register(app: typer.Typer, train_app: typer.Typer) -> None:
+    """Add this stage's commands: ``train generator`` (old spelling ``train-generator`` kept, hidden) and
+    ``synthesize``."""
 
-    @app.command("train-generator")
     def train_generator_cmd(
         config: Path = typer.Argument(..., help="Generator preset, e.g. configs/generator-mask2image-kvasir-cpu.yaml."),
         data: Path = typer.Option(..., help="Labelled dataset folder or manifest.jsonl."),
-        out: Path = typer.Option(..., help="Output folder (checkpoints, samples, final model)."),
+        out: Path = typer.Option(..., "-o", "--out", help="Output folder (checkpoints, samples, final model)."),
         split: str = typer.Option(None, help="Benchmark split file or name; selects train ids."),
         labelled: int = typer.Option(None, help="Use the N-image low-data subset of the split as labelled set."),
         backgrounds: Path = typer.Option(None, help="Lesion-free images (inpaint self-supervision)."),
@@ -29,10 +29,13 @@ def register(app: typer.Typer) -> None:
         train_from_files(config, data, out, split=split, labelled=labelled, backgrounds=backgrounds,
                          prompts=prompts, steps=steps, autoencoder=autoencoder, resume=resume)
 
+    train_app.command("generator")(train_generator_cmd)
+    app.command("train-generator", hidden=True)(train_generator_cmd)
+
     @app.command("synthesize")
     def synthesize_cmd(
         generator: Path = typer.Argument(..., help="Trained generator folder."),
-        out: Path = typer.Option(..., help="Output folder: images/, masks/, manifest.jsonl."),
+        out: Path = typer.Option(..., "-o", "--out", help="Output folder: images/, masks/, manifest.jsonl."),
         n: int = typer.Option(..., help="Number of samples."),
         data: Path = typer.Option(None, help="Real labelled pairs: mask source / edge-text conditions."),
         split: str = typer.Option(None, help="Benchmark split: restrict --data to its (low-data) train ids."),

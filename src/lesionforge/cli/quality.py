@@ -1,4 +1,4 @@
-"""Commands ``quality``, ``memorization`` and ``train-extractor``: generation quality and the memorization audit."""
+"""Commands ``quality``, ``memorization`` and ``train extractor``: generation quality and the memorization audit."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-EXTRACTOR_HELP = ("Feature extractor: 'pixels' / 'pixels:<size>', a seg-encoder folder (train-extractor), "
+EXTRACTOR_HELP = ("Feature extractor: 'pixels' / 'pixels:<size>', a seg-encoder folder (train extractor), "
                   "or a local pytorch-fid Inception weights file (.pth or .safetensors).")
 
 
@@ -18,15 +18,16 @@ def _resolution(profile: str) -> int:
     return PROFILE_RESOLUTION[profile]
 
 
-def register(app: typer.Typer) -> None:
-    """Add this module's commands to the main app."""
+def register(app: typer.Typer, train_app: typer.Typer) -> None:
+    """Add this module's commands: ``quality``, ``memorization`` and ``train extractor`` (old spelling
+    ``train-extractor`` kept, hidden)."""
 
     @app.command()
     def quality(
         real: Path = typer.Option(..., help="Manifest of the real images (JSONL)."),
         synthetic: Path = typer.Option(..., help="Manifest of the synthetic samples (JSONL)."),
         extractor: str = typer.Option(..., help=EXTRACTOR_HELP),
-        out: Path = typer.Option(..., help="Output folder for quality.json and quality.md."),
+        out: Path = typer.Option(..., "-o", "--out", help="Output folder for quality.json and quality.md."),
         profile: str = typer.Option("cpu", help="Resolution profile: tiny, cpu, cpu128, gpu."),
         real_split: str = typer.Option("test", help="Use only real rows of this split ('' for all)."),
         kid_subsets: int = typer.Option(100, help="KID: number of random subsets."),
@@ -54,7 +55,8 @@ def register(app: typer.Typer) -> None:
         train: Path = typer.Option(..., help="Manifest of the real training images (JSONL)."),
         synthetic: Path = typer.Option(..., help="Manifest of the synthetic samples (JSONL)."),
         extractor: str = typer.Option(..., help=EXTRACTOR_HELP),
-        out: Path = typer.Option(..., help="Output folder for memorization.json and the flagged-pairs figure."),
+        out: Path = typer.Option(..., "-o", "--out",
+                                 help="Output folder for memorization.json and the flagged-pairs figure."),
         profile: str = typer.Option("cpu", help="Resolution profile: tiny, cpu, cpu128, gpu."),
         train_split: str = typer.Option("train", help="Use only training rows of this split ('' for all)."),
         percentile: float = typer.Option(1.0, help="Percentile of real-to-real NN distances that flags a sample."),
@@ -72,10 +74,9 @@ def register(app: typer.Typer) -> None:
                                           progress=True)
         typer.echo(f"wrote {path}")
 
-    @app.command("train-extractor")
     def train_extractor(
         train: Path = typer.Option(..., help="Manifest of the real labelled training pairs (JSONL)."),
-        out: Path = typer.Option(..., help="Output folder of the seg-encoder extractor."),
+        out: Path = typer.Option(..., "-o", "--out", help="Output folder of the seg-encoder extractor."),
         profile: str = typer.Option("cpu", help="Resolution profile: tiny, cpu, cpu128, gpu."),
         split: str = typer.Option("train", help="Use only rows of this split ('' for all)."),
         steps: int = typer.Option(300, help="Optimizer steps."),
@@ -93,3 +94,6 @@ def register(app: typer.Typer) -> None:
             path = train_segmentation_encoder(arrays, out, steps=steps, seed=seed, overwrite=overwrite,
                                               resume=resume)
         typer.echo(f"wrote {path}")
+
+    train_app.command("extractor")(train_extractor)
+    app.command("train-extractor", hidden=True)(train_extractor)

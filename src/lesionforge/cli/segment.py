@@ -13,7 +13,7 @@ app = typer.Typer(no_args_is_help=True)
 def train(
     config: Path = typer.Argument(..., help="SegmentConfig YAML, e.g. configs/segment-cpu.yaml."),
     data: Path = typer.Argument(..., help="Training dataset folder or JSONL manifest."),
-    out: Path = typer.Option(..., "--out", "-o", help="Run folder (checkpoints, history)."),
+    out: Path = typer.Option(..., "-o", "--out", help="Run folder (checkpoints, history)."),
     train_ids: str = typer.Option(None, help="Training ids: FILE (one a line) or FILE.json:KEY."),
     val_data: Path = typer.Option(None, help="Validation folder or manifest (default: DATA)."),
     val_ids: str = typer.Option(None, help="Validation ids: FILE or FILE.json:KEY (e.g. splits.json:val)."),
@@ -46,7 +46,7 @@ def evaluate(
     ids: str = typer.Option(None, help="Score only these ids: FILE or FILE.json:KEY (e.g. splits.json:test)."),
     subset: list[str] = typer.Option(None, help="Named id subset NAME=FILE[.json:KEY], repeatable."),
     miss_fraction: float = typer.Option(0.1, help="A lesion is missed below this predicted coverage."),
-    out: Path = typer.Option(None, "--out", "-o", help="Write the full result JSON here."),
+    out: Path = typer.Option(None, "-o", "--out", help="Write the full result JSON here."),
 ) -> None:
     """Score a model: mDice, mIoU, precision, recall, HD95, lesion miss rate by size band and subset."""
     from rich.console import Console

@@ -1,4 +1,4 @@
-"""Top-level commands of the validate stage: train-autoencoder, train-validator, filter."""
+"""Commands of the validate stage: train autoencoder, train validator, filter."""
 
 from __future__ import annotations
 
@@ -9,17 +9,19 @@ import typer
 THRESHOLD_HELP = "'auto' (chosen on real val pairs by --auto-rule) or a Dice value in [0, 1]."
 
 
-def register(app: typer.Typer) -> None:
-    """Add this stage's commands to the main app."""
-    app.command("train-autoencoder")(train_autoencoder_cmd)
-    app.command("train-validator")(train_validator_cmd)
+def register(app: typer.Typer, train_app: typer.Typer) -> None:
+    """Add this stage's commands: ``train autoencoder``, ``train validator`` (old ``train-*`` spellings kept,
+    hidden) and ``filter``."""
+    for name, cmd in (("autoencoder", train_autoencoder_cmd), ("validator", train_validator_cmd)):
+        train_app.command(name)(cmd)
+        app.command(f"train-{name}", hidden=True)(cmd)
     app.command("filter")(filter_cmd)
 
 
 def train_autoencoder_cmd(
     data: Path = typer.Option(..., help="Manifest of all training images (labelled, unlabelled, lesion-free)."),
     config: Path = typer.Option(Path("configs/autoencoder-cpu.yaml"), help="Autoencoder config YAML."),
-    out: Path = typer.Option(..., help="Output folder (a diffusers AutoencoderKL folder)."),
+    out: Path = typer.Option(..., "-o", "--out", help="Output folder (a diffusers AutoencoderKL folder)."),
     val: Path | None = typer.Option(None, help="Manifest of val images for PSNR/SSIM (default: --data's val split)."),
     split: str | None = typer.Option(None, help="Use only this split of --data."),
     resume: bool = typer.Option(True, help="Continue from out/train_state if present."),
@@ -32,7 +34,7 @@ def train_autoencoder_cmd(
     from lesionforge.generate.autoencoder import AutoencoderConfig, train_autoencoder
     from lesionforge.validate.inputs import manifest_arrays
 
-    cfg = load_config(config, AutoencoderConfig)
+    cfg = load_config(_preset(config), AutoencoderConfig)
     images = manifest_arrays(data, cfg.resolution, cfg.image_channels, split, progress=True)
     val_arrays = manifest_arrays(val, cfg.resolution, cfg.image_channels, progress=True) if val else None
     path = train_autoencoder(cfg, images, out, val=val_arrays, resume=resume, overwrite=overwrite, progress=True)
@@ -42,7 +44,7 @@ def train_autoencoder_cmd(
 def train_validator_cmd(
     data: Path = typer.Option(..., help="Manifest of real labelled training pairs."),
     config: Path = typer.Option(Path("configs/validator-cpu.yaml"), help="Validator config YAML (kind: latent|pixel)."),
-    out: Path = typer.Option(..., help="Output validator folder."),
+    out: Path = typer.Option(..., "-o", "--out", help="Output validator folder."),
     codec: Path | None = typer.Option(None, help="Autoencoder folder (needed for kind latent)."),
     kind: str | None = typer.Option(None, help="Override the config's kind: latent or pixel."),
     val: Path | None = typer.Option(None, help="Manifest of real val pairs (sets the automatic threshold)."),
@@ -59,13 +61,13 @@ def train_validator_cmd(
     from lesionforge.validate.latent_segmenter import train_latent_segmenter
     from lesionforge.validate.pixel_segmenter import train_pixel_segmenter
 
-    cfg = load_validator_config(config, {"kind": kind} if kind else None)
+    cfg = load_validator_config(_preset(config), {"kind": kind} if kind else None)
     train = manifest_arrays(data, cfg.resolution, cfg.image_channels, split, progress=True)
     val_arrays = manifest_arrays(val, cfg.resolution, cfg.image_channels, progress=True) if val else None
     opts = {"val": val_arrays, "resume": resume, "overwrite": overwrite, "progress": True}
     if cfg.kind == "latent":
         if codec is None:
-            raise ConfigError("kind latent needs --codec (an autoencoder folder from train-autoencoder)")
+            raise ConfigError("kind latent needs --codec (an autoencoder folder from `lesionforge train autoencoder`)")
         path = train_latent_segmenter(cfg, train, LatentCodec.from_pretrained(codec), out, **opts)
     else:
         path = train_pixel_segmenter(cfg, train, out, **opts)
@@ -74,8 +76,8 @@ def train_validator_cmd(
 
 def filter_cmd(
     manifest: Path = typer.Argument(..., help="Manifest with synthetic samples (from synthesize)."),
-    validator: Path | None = typer.Option(None, help="Validator folder from train-validator (latent or pixel)."),
-    out: Path | None = typer.Option(None, help="Output manifest (default <name>.filtered.jsonl)."),
+    validator: Path | None = typer.Option(None, help="Validator folder from `train validator` (latent or pixel)."),
+    out: Path | None = typer.Option(None, "-o", "--out", help="Output manifest (default <name>.filtered.jsonl)."),
     threshold: str = typer.Option("auto", help=THRESHOLD_HELP),
     val: Path | None = typer.Option(None, help="Real val manifest for the auto threshold (default: stored scores)."),
     in_place: bool = typer.Option(False, help="Rewrite the input manifest instead of writing a new one."),
@@ -110,6 +112,17 @@ def filter_cmd(
                                      empty_fraction_max, auto_rule)
     rprint(f"threshold {report.threshold:.3f} ({report.threshold_rule})")
     rprint(f"kept {report.n_kept}/{report.n_scored} ({report.acceptance_rate:.1%}); manifest: {report.manifest}")
+
+
+def _preset(path: Path) -> Path:
+    """The config file; the default presets are relative to a source checkout, so outside one say how to
+    point at a preset instead of only "not found"."""
+    from lesionforge.errors import ConfigError
+
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found; pass --config FILE (the presets are in the configs/ "
+                          "folder of the lesionforge source checkout)")
+    return path
 
 
 def _parse_threshold(text: str) -> float:

@@ -30,7 +30,7 @@ def load_manifest_arrays(manifest: str | Path, resolution: int, labelled_only: b
 def _steps(items: range | list, description: str, progress: bool):
     if not progress:
         return items
-    from rich.progress import track
+    from lesionforge.progress import track
 
     return track(items, description=description)
 

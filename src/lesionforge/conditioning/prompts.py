@@ -31,6 +31,7 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from lesionforge.config import describe_validation_error
 from lesionforge.errors import ConfigError, PromptFileError
 
 #: Expansions larger than this are refused: a library with that many prompts is a mistake in the file.
@@ -280,7 +281,7 @@ def _parse_yaml(text: str, source: str | Path) -> PromptSpec:
     try:
         return PromptSpec.model_validate(data)
     except ValidationError as e:
-        raise PromptFileError(source, f"invalid prompt library: {e}") from e
+        raise PromptFileError(source, f"invalid prompt library: {describe_validation_error(e, PromptSpec)}") from e
 
 
 def _parse_csv(path: Path) -> PromptSpec:

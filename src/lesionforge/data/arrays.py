@@ -143,7 +143,7 @@ def load_arrays(
     imgs, msks = [], []
     it = samples
     if progress:
-        from rich.progress import track
+        from lesionforge.progress import track
 
         it = track(samples, description=f"Preprocessing to {resolution}px")
     for s in it:

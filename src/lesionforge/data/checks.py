@@ -29,8 +29,10 @@ from lesionforge.data.splits import BenchmarkSplit, load_benchmark_split
 from lesionforge.errors import DataError, SizeMismatchError
 
 #: Problem kinds that make a dataset unusable as is (the ``kind`` of the matching error class).
-ERROR_KINDS = ("missing_mask", "orphan_mask", "size_mismatch", "corrupt_file", "channel_count", "non_binary_mask",
-               "duplicate_id")
+ERROR_KINDS = ("no_images", "missing_mask", "orphan_mask", "size_mismatch", "corrupt_file", "channel_count",
+               "non_binary_mask", "duplicate_id")
+#: Named warnings: the data is usable, but maybe not as the user thinks (``split_*`` only with ``splits``).
+NOTICE_KINDS = ("no_masks", "link_outside_folder", "jpeg_noise_mask")
 
 
 class Issue(BaseModel):
@@ -153,10 +155,16 @@ def check_dataset(
     duplicate groups whose members sit in different splits. ``progress(done, total)`` is called per sample.
     """
     start = time.perf_counter()
+    split_name = None if splits is None or isinstance(splits, BenchmarkSplit) else str(splits)
+    if split_name is not None:
+        splits = load_benchmark_split(split_name)  # a bad split file is said before the long pass, not after
     scan = scan_folder(root, layout, **volume_options)
     samples = scan.samples
     results = _inspect_all(samples, multiclass, workers, progress)
     errors, notices = _collect_issues(scan, results)
+    _dataset_level_issues(Path(root), samples, errors, notices)
+    if splits is not None:
+        notices |= split_problems({s.id for s in samples}, splits, split_name)
     hashed = [(s.id, r) for s, r in zip(samples, results, strict=True) if r.phash is not None]
     ids = [i for i, _ in hashed]
     file_of = {s.id: s.image for s in samples}
@@ -203,13 +211,53 @@ def _collect_issues(scan: FolderScan, results: list[_Inspection]) -> tuple[Issue
     errors["orphan_mask"] = [Issue(id=None, file=p, message="mask has no matching image") for p in scan.orphans]
     for e in scan.problems:
         errors.setdefault(e.kind, []).append(Issue(id=None, file=e.path, message=e.problem))
-    notices: dict[str, list[Issue]] = {"jpeg_noise_mask": []}
+    notices: dict[str, list[Issue]] = {k: [] for k in NOTICE_KINDS}
     for r in results:
         for kind, issue in r.issues:
             errors.setdefault(kind, []).append(issue)
         for kind, issue in r.notices:
             notices.setdefault(kind, []).append(issue)
     return errors, notices
+
+
+def _dataset_level_issues(root: Path, samples: list[Sample], errors: IssueMap, notices: IssueMap) -> None:
+    """Problems of the folder as a whole: no images, images but no masks at all, files reached through a
+    symbolic link that leads outside the folder (the dataset is then not self-contained, and a later change
+    there changes it)."""
+    if not samples:
+        errors["no_images"].append(Issue(id=None, file=str(root), message="no images found"))
+    elif not any(s.has_mask for s in samples):
+        notices["no_masks"].append(Issue(
+            id=None, file=str(root),
+            message=f"{len(samples)} images and no masks: fine as lesion-free backgrounds or unlabelled images; "
+                    "segmentation and generator training need masks (images/ + masks/)"))
+    inside = root.resolve()
+    for s in samples:
+        for p in [s.image, *s.masks]:
+            target = Path(p).resolve()
+            if not target.is_relative_to(inside):
+                notices["link_outside_folder"].append(
+                    Issue(id=s.id, file=str(p), message=f"symbolic link leads outside the dataset, to {target}"))
+
+
+def split_problems(ids: set[str], splits: str | Path | BenchmarkSplit, name: str | None = None) -> IssueMap:
+    """Named warnings about a split against the dataset's ``ids``: an empty ``val``/``test`` list
+    (``empty_split``) and ids the split lists that the dataset lacks (``split_ids_missing``, one issue per
+    split)."""
+    split = splits if isinstance(splits, BenchmarkSplit) else load_benchmark_split(splits)
+    where = name or (split.dataset if isinstance(splits, BenchmarkSplit) else str(splits))
+    out: IssueMap = {"empty_split": [], "split_ids_missing": []}
+    for name in ("val", "test"):
+        if not getattr(split, name):
+            out["empty_split"].append(Issue(id=None, file=where, message=f"the {name} split is empty"))
+    for name in ("train", "val", "test"):
+        listed = getattr(split, name)
+        missing = [i for i in listed if i not in ids]
+        if missing:
+            out["split_ids_missing"].append(Issue(
+                id=None, file=where,
+                message=f"{len(missing)} of {len(listed)} {name} ids are not in the dataset, e.g. {missing[:3]}"))
+    return out
 
 
 def split_leakage(groups: list[list[str]], splits: str | Path | BenchmarkSplit) -> list[dict[str, str]]:

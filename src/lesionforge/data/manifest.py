@@ -13,8 +13,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from lesionforge.config import describe_validation_error
 from lesionforge.errors import DataError, DuplicateIdError
 from lesionforge.outputs import is_inside
 from lesionforge.utils import atomic_path
@@ -146,6 +147,8 @@ def read_manifest(path: str | Path, resolve: bool = True, allow_outside: bool | 
             continue
         try:
             s = Sample.model_validate(json.loads(line))
+        except ValidationError as e:
+            raise DataError(path, f"line {n}: not a valid manifest row ({describe_validation_error(e, Sample)})") from e
         except Exception as e:  # noqa: BLE001 - any parse problem is reported with its line
             raise DataError(path, f"line {n}: not a valid manifest row ({e})") from e
         if not allow:

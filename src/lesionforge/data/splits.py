@@ -15,9 +15,10 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from lesionforge.config import describe_validation_error
 from lesionforge.data.hashing import connected_groups
 from lesionforge.data.manifest import Sample
-from lesionforge.errors import DataError
+from lesionforge.errors import ConfigError, DataError
 from lesionforge.utils import write_json_atomic
 
 SPLIT_NAMES = ("train", "val", "test")
@@ -65,12 +66,14 @@ class BenchmarkSplit(BaseModel):
 
 
 def split_search_dirs() -> list[Path]:
-    """Where split names are looked up: ``$LESIONFORGE_SPLITS``, the repo's ``benchmarks/splits``, and the
-    shared benchmark folder beside the checkout (``../shared/benchmark/splits``)."""
-    repo = Path(__file__).resolve().parents[3]
-    dirs = [repo / "benchmarks" / "splits", repo.parent / "shared" / "benchmark" / "splits"]
+    """Where split names are looked up: ``$LESIONFORGE_SPLITS``, ``benchmarks/splits`` and
+    ``../shared/benchmark/splits`` of the current folder, then of the source checkout (an installed package
+    has none, hence the current folder and the variable)."""
     env = os.environ.get("LESIONFORGE_SPLITS")
-    return ([Path(env)] if env else []) + dirs
+    dirs = [Path(env)] if env else []
+    for base in (Path.cwd(), Path(__file__).resolve().parents[3]):
+        dirs += [base / "benchmarks" / "splits", base.parent / "shared" / "benchmark" / "splits"]
+    return list(dict.fromkeys(dirs))
 
 
 def load_benchmark_split(path_or_name: str | Path) -> BenchmarkSplit:
@@ -79,13 +82,19 @@ def load_benchmark_split(path_or_name: str | Path) -> BenchmarkSplit:
     if not path.is_file():
         candidates = [d / f"{path_or_name}.json" for d in split_search_dirs()]
         found = [c for c in candidates if c.is_file()]
+        if not found and (path.suffix == ".json" or len(path.parts) > 1):
+            raise DataError(path, "split file not found")
         if not found:
-            raise DataError(path, f"split file not found (looked in {', '.join(str(c.parent) for c in candidates)})")
+            raise DataError(path, f"split {str(path_or_name)!r} not found: give the path of its JSON file, or set "
+                                  f"LESIONFORGE_SPLITS to the folder holding {path.name}.json (looked in "
+                                  f"{', '.join(str(c.parent) for c in candidates)})")
         path = found[0]
     try:
         return BenchmarkSplit.model_validate(json.loads(path.read_text(encoding="utf-8")))
-    except (json.JSONDecodeError, ValidationError) as e:
+    except json.JSONDecodeError as e:
         raise DataError(path, f"not a valid split file ({e})") from e
+    except ValidationError as e:
+        raise DataError(path, f"not a valid split file ({describe_validation_error(e, BenchmarkSplit)})") from e
 
 
 def save_split(split: BenchmarkSplit, path: str | Path) -> Path:
@@ -108,8 +117,7 @@ def make_splits(
     Image-only samples (``has_mask=False``) become ``normal_backgrounds``. Low-data subsets are nested
     prefixes of a seeded shuffle of ``train`` (sizes larger than ``train`` are skipped).
     """
-    if len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1) > 1e-6:
-        raise ValueError(f"fractions must be three non-negative numbers summing to 1, got {fractions}")
+    _check_fractions(fractions)
     labelled = [s.id for s in samples if s.has_mask]
     units = _units(labelled, groups or [])
     rng = np.random.default_rng(seed)
@@ -130,6 +138,11 @@ def make_splits(
         normal_backgrounds=sorted(s.id for s in samples if not s.has_mask), low_data_subsets=subsets,
         near_duplicate_groups=group_list, seed=seed,
     )
+
+
+def _check_fractions(fractions: Sequence[float]) -> None:
+    if len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1) > 1e-6:
+        raise ConfigError(f"fractions must be three non-negative numbers summing to 1, got {tuple(fractions)}")
 
 
 def _units(ids: list[str], groups: list[list[str]]) -> list[list[str]]:
@@ -157,7 +170,13 @@ def make_user_splits(
     from lesionforge.data.hashing import NEAR_DUPLICATE_DISTANCE, hash_samples, near_duplicate_groups
     from lesionforge.data.readers import read_dataset
 
+    _check_fractions(fractions)  # before the slow part
     samples = read_dataset(root, layout, allow_missing_masks=allow_missing_masks)
+    if not samples:
+        raise DataError(root, "no images found: nothing to split")
+    if not any(s.has_mask for s in samples):
+        raise DataError(root, f"nothing to split: {len(samples)} images, none with a mask (splits hold labelled "
+                              "images; image-only folders are lesion-free backgrounds)")
     hashes = hash_samples(samples, progress=progress)
     distance = NEAR_DUPLICATE_DISTANCE if max_distance is None else max_distance
     groups = near_duplicate_groups([s.id for s in samples], hashes, distance)

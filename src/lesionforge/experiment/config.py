@@ -10,9 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
-from lesionforge.config import PROFILE_RESOLUTION, ProfileName, StrictModel, load_config
+from lesionforge.config import PROFILE_RESOLUTION, ProfileName, StrictModel, load_config, validate_config
 from lesionforge.errors import ConfigError
 
 ArmKind = Literal["baseline", "copy-paste", "synthetic"]
@@ -91,10 +91,7 @@ class SegmentSettings(StrictModel):
         over = {**self.model_dump(exclude={"preset", "extra"}, exclude_none=True), **self.extra}
         if self.preset is not None:
             return load_config(self.preset, SegmentConfig, over).model_dump(mode="json")
-        try:
-            return SegmentConfig.model_validate(over).model_dump(mode="json")
-        except ValidationError as e:
-            raise ConfigError(f"segment: {e}") from e
+        return validate_config(SegmentConfig, over, "segment").model_dump(mode="json")
 
 
 class FilterSettings(StrictModel):
@@ -264,7 +261,7 @@ def resolved_generator_config(cfg: ExperimentConfig, spec: GeneratorSpec):
     over = {"resolution": cfg.resolution, "image_channels": cfg.dataset.channels, "dataset": cfg.dataset.name,
             **spec.overrides}
     if spec.config is None:
-        gcfg = GeneratorConfig.model_validate({"kind": GENERATOR_KIND[spec.method], **over})
+        gcfg = validate_config(GeneratorConfig, {"kind": GENERATOR_KIND[spec.method], **over}, "generators.overrides")
     else:
         gcfg = load_generator_config(spec.config, over)
     if gcfg.kind != GENERATOR_KIND[spec.method]:

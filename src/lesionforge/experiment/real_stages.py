@@ -184,11 +184,12 @@ class LesionforgeStages:
         data: ExperimentData, synthetic: SyntheticSet | None, run_dir: Path,
     ) -> dict[str, Any]:
         """Train one segmenter (resuming from ``run_dir``), pick the best-val checkpoint, score test once."""
+        from lesionforge.config import validate_config
         from lesionforge.segment.config import SegmentConfig
         from lesionforge.segment.metrics import evaluate
         from lesionforge.segment.train import train_segmenter
 
-        scfg = SegmentConfig.model_validate(segment_config)
+        scfg = validate_config(SegmentConfig, segment_config, "segment")
         synth, twins = (None, None) if synthetic is None else _synthetic_arrays(cfg, synthetic, arm.filtered)
         t0 = time.perf_counter()
         run = train_segmenter(scfg, data.labelled(n), data.val, run_dir / "segmenter", synthetic=synth, twins=twins,
@@ -249,20 +250,20 @@ def _latent_validator(cfg: ExperimentConfig, spec: GeneratorSpec, labelled: Pair
 def _pixel_validator(cfg: ExperimentConfig, spec: GeneratorSpec, labelled: PairArrays, data: ExperimentData,
                      cache: Path) -> Path:
     """Train (cached) the pixel segmenter of the pixel filter on the labelled pairs; returns the validator."""
-    from lesionforge.config import load_config
+    from lesionforge.config import load_config, validate_config
     from lesionforge.validate.pixel_segmenter import PixelSegmenterConfig, train_pixel_segmenter
 
     f = spec.filter
     over = {"resolution": cfg.resolution, "image_channels": cfg.dataset.channels, **f.validator_overrides}
     val_cfg = (load_config(f.validator_config, PixelSegmenterConfig, over) if f.validator_config is not None
-               else PixelSegmenterConfig.model_validate(over))
+               else validate_config(PixelSegmenterConfig, over, "filter.validator_overrides"))
     seg_dir = cache / "validators" / f"pixel-{cache_key(val_cfg.model_dump(mode='json'), labelled.ids)}"
     return Path(train_pixel_segmenter(val_cfg, labelled, seg_dir, val=data.val, resume=True))
 
 
 def _validator_configs(cfg: ExperimentConfig, spec: GeneratorSpec):
     """Autoencoder and latent-segmenter settings: preset (or defaults) + overrides, at the profile's size."""
-    from lesionforge.config import load_config
+    from lesionforge.config import load_config, validate_config
     from lesionforge.generate.autoencoder import AutoencoderConfig
     from lesionforge.validate.latent_segmenter import LatentSegmenterConfig
 
@@ -271,12 +272,12 @@ def _validator_configs(cfg: ExperimentConfig, spec: GeneratorSpec):
     if f.autoencoder_config is not None:
         ae = load_config(f.autoencoder_config, AutoencoderConfig, ae_over)
     else:
-        ae = AutoencoderConfig.model_validate(ae_over)
+        ae = validate_config(AutoencoderConfig, ae_over, "filter.autoencoder_overrides")
     val_over = {"resolution": cfg.resolution, "image_channels": cfg.dataset.channels, **f.validator_overrides}
     if f.validator_config is not None:
         val = load_config(f.validator_config, LatentSegmenterConfig, val_over)
     else:
-        val = LatentSegmenterConfig.model_validate(val_over)
+        val = validate_config(LatentSegmenterConfig, val_over, "filter.validator_overrides")
     return ae, val
 
 

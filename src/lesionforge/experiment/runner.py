@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
 from lesionforge.config import save_config
 from lesionforge.errors import CheckpointError, ConfigError, OverwriteError, WaitTimeoutError
@@ -33,6 +33,7 @@ from lesionforge.experiment.records import RunRecord, append_run_log, read_recor
 from lesionforge.experiment.results import build_result, result_path, write_grid_samples
 from lesionforge.experiment.stages import ExperimentData, Stages, SyntheticSet
 from lesionforge.outputs import claim_output, is_inside
+from lesionforge.progress import StageProgress, progress_label
 from lesionforge.utils import seed_everything, write_json_atomic
 
 _console = Console(stderr=True)
@@ -114,9 +115,10 @@ class _SyntheticCache:
         before = json.loads(marker.read_text(encoding="utf-8"))["info"].get("timings") if marker.is_file() else None
         t0 = time.perf_counter()
         seed_everything(self.cfg.generators[name].seed)
-        s = self.stages.prepare_synthetic(
-            self.cfg, name, self.cfg.generators[name], self.n, self.data, self.work_dir(name)
-        )
+        with progress_label(f"N={self.n} generator {name}"):
+            s = self.stages.prepare_synthetic(
+                self.cfg, name, self.cfg.generators[name], self.n, self.data, self.work_dir(name)
+            )
         s.info.setdefault("timings", {})["prepare_s"] = round(time.perf_counter() - t0, 3)
         if before:
             s.info["timings"] = {**before, "refilter_s": s.info["timings"]["prepare_s"]}
@@ -273,7 +275,8 @@ def _run_one(
     append_run_log(cfg.output, "start", n, arm.name, seed)
     seed_everything(seed)
     t0 = time.perf_counter()
-    out = stages.run_arm(cfg, arm, seg_cfg, n, data, synthetic, folder)
+    with progress_label(f"N={n} seed={seed} {arm.name}"):  # names the arm on the stage's own bars
+        out = stages.run_arm(cfg, arm, seg_cfg, n, data, synthetic, folder)
     elapsed = round(time.perf_counter() - t0, 3)
     return RunRecord(
         n_labelled=n, arm=arm.name, seed=seed, segment_config=seg_cfg,
@@ -313,7 +316,9 @@ def _write_result(cfg: ExperimentConfig, n: int, result: dict, overwrite: bool) 
     return path
 
 
-def _progress() -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+def _progress() -> StageProgress:
+    # off a terminal: one line when a run starts (or the worker waits) and one when it is done
+    return StageProgress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), line_share=0,
+        line_on_description=True,
     )

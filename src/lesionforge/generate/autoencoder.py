@@ -262,7 +262,7 @@ def train_autoencoder(
 def _progress(it, show: bool, description: str):
     if not show:
         return it
-    from rich.progress import track
+    from lesionforge.progress import track
 
     return track(it, description=description)
 

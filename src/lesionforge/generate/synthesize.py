@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from rich.progress import Progress
 
 from lesionforge.data.arrays import PairArrays, image_to_tensor, mask_to_tensor, tensor_to_image
 from lesionforge.data.io import write_image, write_mask
@@ -26,6 +25,7 @@ from lesionforge.generate.models import Conditions, LesionGenerator, read_meta
 from lesionforge.generate.sampler import InpaintGuide, sample, sample_seed
 from lesionforge.generate.textcond import TextConditioner
 from lesionforge.outputs import announce_resume, claim_output
+from lesionforge.progress import StageProgress
 from lesionforge.utils import code_version, dir_hash, write_json_atomic
 
 MANIFEST = "manifest.jsonl"
@@ -103,7 +103,7 @@ def synthesize(
     todo = [i for i in range(n) if _sample_id(kind, seed, i) not in done]
     if done and todo:
         announce_resume(out_dir, f"sample {todo[0]} ({n - len(todo)} of {n} already in {MANIFEST})")
-    with Progress(disable=not progress) as bar:
+    with StageProgress(disable=not progress) as bar:
         task = bar.add_task(f"synthesizing ({kind})", total=n, completed=n - len(todo))
         for start in range(0, len(todo), batch_size):
             plans = [_plan(kind, seed, i, masks_from, backgrounds, real, text) for i in todo[start:start + batch_size]]

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from diffusers.optimization import get_cosine_schedule_with_warmup
 from diffusers.training_utils import EMAModel
-from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, TextColumn, TimeRemainingColumn
 
 from lesionforge.config import save_config
 from lesionforge.data.arrays import PairArrays
@@ -31,6 +31,7 @@ from lesionforge.generate.models import LesionGenerator, build_generator
 from lesionforge.generate.report import save_loss_curve, save_sample_grid
 from lesionforge.generate.trainbatch import BatchMaker
 from lesionforge.outputs import announce_resume, claim_output
+from lesionforge.progress import StageProgress
 from lesionforge.utils import code_version, seed_everything, write_json_atomic
 
 CHECKPOINT_PREFIX = "checkpoint-"
@@ -238,6 +239,6 @@ def _finish(out_dir: Path, gen: LesionGenerator, ema: EMAModel, maker: BatchMake
     save_loss_curve(out_dir / "loss.png", losses)
 
 
-def _progress(show: bool) -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+def _progress(show: bool) -> StageProgress:
+    return StageProgress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                     TimeRemainingColumn(), disable=not show)

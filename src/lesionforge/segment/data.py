@@ -25,6 +25,9 @@ def read_samples(path: str | Path, ids: list[str] | None = None, labelled_only: 
             raise DataError(path, f"{len(missing)} requested ids not found, e.g. {missing[:3]}")
         samples = [by_id[i] for i in ids]
     if labelled_only:
+        if samples and not any(s.has_mask for s in samples):
+            raise DataError(path, f"no masks: {len(samples)} images, none with a mask (a labelled dataset is "
+                                  "images/ + masks/ or a manifest whose rows have masks)")
         samples = [s for s in samples if s.has_mask]
     if not samples:
         raise DataError(path, "no labelled samples")

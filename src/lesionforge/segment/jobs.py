@@ -27,9 +27,9 @@ def train_from_files(
     (default: ``data``) and needs one of the two. ``synthetic`` is a manifest of synthetic pairs; ``kept_only``
     keeps the samples the validator accepted."""
     cfg = load_config(config, SegmentConfig, overrides)
-    if val_data is None and val_ids is None:
-        raise ConfigError("a validation set is needed: give val_ids (--val-ids) or val_data (--val-data)")
     train = load_pairs(data, cfg.resolution, channels, read_id_spec(train_ids) if train_ids else None)
+    if val_data is None and val_ids is None:  # checked after the data, so that "no masks" is said first
+        raise ConfigError("a validation set is needed: give val_ids (--val-ids) or val_data (--val-data)")
     val = load_pairs(val_data or data, cfg.resolution, channels, read_id_spec(val_ids) if val_ids else None)
     syn_arrays, twins = None, None
     if synthetic is not None:

@@ -280,9 +280,9 @@ def _finish(out: Path, state: _State, cfg: SegmentConfig) -> SegmentRun:
 def _progress(enabled: bool, start: int, end: int):
     if not enabled:
         return None
-    from rich.progress import Progress
+    from lesionforge.progress import StageProgress
 
-    bar = Progress()
+    bar = StageProgress()
     task = bar.add_task("segment", total=end, completed=start)
     bar.start()
     return bar, task

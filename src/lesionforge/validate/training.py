@@ -42,7 +42,7 @@ def train_loop(
     loss = torch.zeros(())
     steps_iter = range(start, steps)
     if progress:
-        from rich.progress import track
+        from lesionforge.progress import track
 
         steps_iter = track(steps_iter, description=description)
     for step in steps_iter:

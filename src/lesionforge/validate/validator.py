@@ -66,7 +66,7 @@ def load_validator(path: str | Path) -> Validator:
     path = Path(path)
     info_file = path / INFO_FILE
     if not info_file.is_file():
-        raise CheckpointError(f"{path}: no {INFO_FILE}; not a validator folder (run train-validator)")
+        raise CheckpointError(f"{path}: no {INFO_FILE}; not a validator folder (run `lesionforge train validator`)")
     info = json.loads(info_file.read_text(encoding="utf-8"))
     if info.get("kind") == "latent":
         from lesionforge.generate.autoencoder import LatentCodec
