@@ -54,19 +54,23 @@ def read_dataset(
     min_area: int = 1,
     window: tuple[float, float] | None = None,
     percentiles: tuple[float, float] = (0.5, 99.5),
+    normalise: str = "auto",
+    negatives: bool = False,
 ) -> list[Sample]:
     """Read a dataset folder (or a ``.jsonl`` manifest) into samples, sorted by id.
 
     Raises :class:`MissingMaskError` for an image without a mask in a labelled layout (unless
     ``allow_missing_masks``: it becomes an image-only sample) and :class:`OrphanMaskError` for a mask without
     an image. ``multiclass``: volume slices are kept when any single label reaches ``min_area`` (else the
-    union of labels). ``axis``, ``min_area`` (pixels), ``window`` and ``percentiles`` apply to volumes.
+    union of labels). ``axis``, ``min_area`` (pixels), ``window``, ``percentiles``, ``normalise`` (``auto``,
+    ``window``, ``zscore``) and ``negatives`` (keep foreground-free slices) apply to volumes
+    (:mod:`lesionforge.data.volumes`).
     """
     root = Path(root)
     if root.is_file() and root.name.endswith(".jsonl"):
         return read_manifest(root)
     scan = scan_folder(root, layout, axis=axis, min_area=min_area, window=window, percentiles=percentiles,
-                       multiclass=multiclass)
+                       multiclass=multiclass, normalise=normalise, negatives=negatives)
     if scan.problems:
         raise scan.problems[0]
     if scan.orphans:
