@@ -40,8 +40,8 @@ class VolumeSettings(StrictModel):
     Training and validation use the slices with foreground; ``negative_share`` adds foreground-free slices of the
     same cases to the training set as negatives, that share of each case's slices (0: none; capped at the ones a
     case has). The test set holds every slice of each test case: per-slice metrics are scored on the slices with
-    foreground, the 3D Dice on the whole reassembled volume. ``labels``: the binary union of all labels is the
-    task (multi-label files are read as their union)."""
+    foreground, the 3D Dice on the whole reassembled volume. The task is the binary union of all foreground
+    labels (multi-label files, e.g. anterior/posterior hippocampus, are read as their union)."""
 
     axis: Literal[0, 1, 2] = 2
     min_area: int = 1  # a slice is a positive when its foreground covers at least this many pixels
