@@ -165,3 +165,49 @@ def test_reading_msd_hippocampus_gives_slices_carrying_case_ids():
     assert set(split.train) | set(split.val) | set(split.test) == cases
     four = expand_cases(split.low_data(4), samples)
     assert {case_of(i) for i in four} == set(split.low_data(4)) and len(four) > 4 * 10
+
+
+def test_volume_split_gives_training_negatives_val_positives_and_whole_test_volumes(tmp_path):
+    from lesionforge.experiment.real_stages import volume_split
+    from lesionforge.experiment.stages import SplitIds
+
+    samples = read_dataset(_volume_root(tmp_path), negatives=True)
+    split = volume_split(SplitIds(["c1", "c2", "c3"], ["c4"], ["c5"], {1: ["c2"], 2: ["c1", "c2"]}), samples, 0.2)
+    assert len(split.low_data(1)) == 5 and len(split.low_data(2)) == 10 and len(split.train) == 15
+    assert set(split.low_data(1)) <= set(split.low_data(2)) <= set(split.train)  # still nested
+    assert split.val == [f"c4/2_{z:04d}" for z in range(2, 6)]
+    assert split.test == [f"c5/2_{z:04d}" for z in range(SHAPE[2])]
+    backgrounds = {case_of(i) for i in split.normal_backgrounds}
+    assert len(split.normal_backgrounds) == 3 * 4 and backgrounds == {"c1", "c2", "c3"}  # train cases' negatives
+
+
+@pytest.mark.slow
+def test_volume_experiment_writes_3d_dice_per_case_beside_per_slice(tmp_path):
+    import yaml
+    from typer.testing import CliRunner
+
+    from lesionforge.cli import app
+
+    cases = [f"c{k}" for k in range(1, 7)]
+    root = _volume_root(tmp_path / "data", cases=tuple(cases))
+    split = {"dataset": "toy", "unit": "case", "train": cases[:3], "val": cases[3:4], "test": cases[4:],
+             "low_data_subsets": {"2": cases[:2]}}
+    (tmp_path / "split.json").write_text(json.dumps(split))
+    cfg = {"dataset": {"name": "toy", "root": str(root), "split": str(tmp_path / "split.json"), "channels": 1,
+                       "volumes": {"negative_share": 0.2}},
+           "profile": "tiny", "n_labelled": [2], "seeds": [0, 1],
+           "segment": {"network": "BasicUNet", "features": [8, 8, 16, 16, 32, 8], "steps": 4, "batch_size": 4,
+                       "warmup_steps": 0, "val_interval": 2},
+           "arms": [{"name": "baseline", "kind": "baseline"}, {"name": "copy-paste", "kind": "copy-paste"}],
+           "bootstrap_samples": 50, "output": "runs", "results_dir": "results"}
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    out = CliRunner().invoke(app, ["experiment", "run", str(tmp_path / "cfg.yaml"), "--threads", "1"])
+    assert out.exit_code == 0, out.output
+    res = json.loads((tmp_path / "results" / "toy-n2-tiny.json").read_text())
+    assert res["test_cases"] == ["c5", "c6"] and res["n_test_images"] == 2 * 4  # slices with foreground
+    assert res["data"]["volumes"]["normalisation"] == "zscore" and res["data"]["volumes"]["n_test_slices"] == 16
+    assert [len(a["mdice3d"]) for a in res["arms"].values()] == [2, 2]  # one mean 3D Dice per seed
+    assert all(0 <= d <= 1 for a in res["arms"].values() for d in a["mdice3d"])
+    d = res["paired_diff"]["copy-paste"]["mdice3d"]
+    assert d["unit"] == "cases" and d["n_images"] == 2
+    assert "mDice 3D" in (tmp_path / "results" / "toy-n2-tiny.md").read_text()
