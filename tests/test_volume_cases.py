@@ -37,7 +37,7 @@ def _volume_root(tmp_path, cases=("c1", "c2", "c3", "c4", "c5"), modality="MRI")
         _write(tmp_path / "imagesTr" / f"{case}.nii.gz", rng.normal(500, 100, SHAPE).astype(np.float32))
         _write(tmp_path / "labelsTr" / f"{case}.nii.gz", _label())
     meta = {"name": "toy", "modality": {"0": modality}, "labels": {"0": "background", "1": "A", "2": "B"}}
-    (tmp_path / "dataset.json").write_text(json.dumps(meta))
+    (tmp_path / "dataset.json").write_text(json.dumps(meta), encoding="utf-8")
     return tmp_path
 
 
@@ -192,7 +192,7 @@ def test_volume_experiment_writes_3d_dice_per_case_beside_per_slice(tmp_path):
     root = _volume_root(tmp_path / "data", cases=tuple(cases))
     split = {"dataset": "toy", "unit": "case", "train": cases[:3], "val": cases[3:4], "test": cases[4:],
              "low_data_subsets": {"2": cases[:2]}}
-    (tmp_path / "split.json").write_text(json.dumps(split))
+    (tmp_path / "split.json").write_text(json.dumps(split), encoding="utf-8")
     cfg = {"dataset": {"name": "toy", "root": str(root), "split": str(tmp_path / "split.json"), "channels": 1,
                        "volumes": {"negative_share": 0.2}},
            "profile": "tiny", "n_labelled": [2], "seeds": [0, 1],
@@ -200,14 +200,14 @@ def test_volume_experiment_writes_3d_dice_per_case_beside_per_slice(tmp_path):
                        "warmup_steps": 0, "val_interval": 2},
            "arms": [{"name": "baseline", "kind": "baseline"}, {"name": "copy-paste", "kind": "copy-paste"}],
            "bootstrap_samples": 50, "output": "runs", "results_dir": "results"}
-    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg), encoding="utf-8")
     out = CliRunner().invoke(app, ["experiment", "run", str(tmp_path / "cfg.yaml"), "--threads", "1"])
     assert out.exit_code == 0, out.output
-    res = json.loads((tmp_path / "results" / "toy-n2-tiny.json").read_text())
+    res = json.loads((tmp_path / "results" / "toy-n2-tiny.json").read_text(encoding="utf-8"))
     assert res["test_cases"] == ["c5", "c6"] and res["n_test_images"] == 2 * 4  # slices with foreground
     assert res["data"]["volumes"]["normalisation"] == "zscore" and res["data"]["volumes"]["n_test_slices"] == 16
     assert [len(a["mdice3d"]) for a in res["arms"].values()] == [2, 2]  # one mean 3D Dice per seed
     assert all(0 <= d <= 1 for a in res["arms"].values() for d in a["mdice3d"])
     d = res["paired_diff"]["copy-paste"]["mdice3d"]
     assert d["unit"] == "cases" and d["n_images"] == 2
-    assert "mDice 3D" in (tmp_path / "results" / "toy-n2-tiny.md").read_text()
+    assert "mDice 3D" in (tmp_path / "results" / "toy-n2-tiny.md").read_text(encoding="utf-8")
