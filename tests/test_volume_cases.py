@@ -211,3 +211,20 @@ def test_volume_experiment_writes_3d_dice_per_case_beside_per_slice(tmp_path):
     d = res["paired_diff"]["copy-paste"]["mdice3d"]
     assert d["unit"] == "cases" and d["n_images"] == 2
     assert "mDice 3D" in (tmp_path / "results" / "toy-n2-tiny.md").read_text(encoding="utf-8")
+
+
+def test_hippocampus_configs_share_runs_and_read_volumes_by_case():
+    from pathlib import Path
+
+    from lesionforge.experiment.budget import segment_config_for
+    from lesionforge.experiment.config import load_experiment_config, resolved_generator_config
+
+    configs = Path(__file__).resolve().parents[1] / "benchmarks" / "configs"
+    full = load_experiment_config(configs / "msd-hippocampus-cpu.yaml")
+    refs = load_experiment_config(configs / "msd-hippocampus-cpu-references.yaml")
+    assert full.n_labelled == [4, 8] and len(full.seeds) == 5 and refs.output == full.output
+    assert full.dataset.volumes == refs.dataset.volumes and full.dataset.volumes.negative_share == 0.2
+    for arm in ("baseline", "copy-paste"):  # the full sweep reuses the references' finished runs
+        assert segment_config_for(full, full.arm(arm), 3) == segment_config_for(refs, refs.arm(arm), 3)
+    gen = resolved_generator_config(full, full.generators["mask2image"])
+    assert gen.kind == "mask2image" and gen.image_channels == 1 and gen.resolution == 64
