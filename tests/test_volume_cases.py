@@ -177,6 +177,8 @@ def test_volume_split_gives_training_negatives_val_positives_and_whole_test_volu
     assert set(split.low_data(1)) <= set(split.low_data(2)) <= set(split.train)  # still nested
     assert split.val == [f"c4/2_{z:04d}" for z in range(2, 6)]
     assert split.test == [f"c5/2_{z:04d}" for z in range(SHAPE[2])]
+    by_slice = volume_split(SplitIds(split.train, split.val, ["c5/2_0003", "c5/2_0004"], {}), samples, 0.2)
+    assert by_slice.test == split.test  # a split listing slices still scores whole test volumes
     backgrounds = {case_of(i) for i in split.normal_backgrounds}
     assert len(split.normal_backgrounds) == 3 * 4 and backgrounds == {"c1", "c2", "c3"}  # train cases' negatives
 

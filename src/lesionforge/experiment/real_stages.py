@@ -53,17 +53,20 @@ def benchmark_split(name_or_path: str) -> SplitIds:
 def volume_split(split: SplitIds, samples: list[Sample], negative_share: float) -> SplitIds:
     """A split by case made a split by slice: train and the low-data subsets get each case's foreground slices
     plus ``negative_share`` negatives, val its foreground slices, test every slice (whole volumes, for the 3D
-    Dice); the inpainting backgrounds are the foreground-free slices of the train cases (known empty from their
+    Dice; a split listing slices, as ``lesionforge data split`` writes, gets the whole volumes of its test
+    slices); the inpainting backgrounds are the foreground-free slices of the train cases (known empty from their
     labels, as a 2D set's normal images are), unless the split lists its own."""
     from lesionforge.data.splits import expand_cases
+    from lesionforge.data.volumes import case_of
 
     def expand(ids: list[str], share: float) -> list[str]:
         return expand_cases(ids, samples, share)
 
+    test_cases = list(dict.fromkeys(case_of(i) or i for i in split.test))
     train_all = expand(split.train, 1.0)
     positives = set(expand(split.train, 0.0))
     return SplitIds(
-        expand(split.train, negative_share), expand(split.val, 0.0), expand(split.test, 1.0),
+        expand(split.train, negative_share), expand(split.val, 0.0), expand(test_cases, 1.0),
         {n: expand(ids, negative_share) for n, ids in split.low_data_subsets.items()},
         expand(split.normal_backgrounds, 1.0) or [i for i in train_all if i not in positives],
     )
