@@ -65,6 +65,8 @@ def evaluate(
         values = [s["mdice"], s["miou"], s["mhd95"], s["miss_rate"], *s["miss_rate_by_band"].values()]
         table.add_row(name, str(s["n_images"]), *(_fmt(v) for v in values))
     Console().print(table)
+    if d.get("per_case"):
+        Console().print(f"3D Dice over {d['n_cases']} volumes (slices reassembled per case): {_fmt(d['mdice3d'])}")
 
 
 def _fmt(v: float | None) -> str:

@@ -261,9 +261,16 @@ def split_problems(ids: set[str], splits: str | Path | BenchmarkSplit, name: str
 
 
 def split_leakage(groups: list[list[str]], splits: str | Path | BenchmarkSplit) -> list[dict[str, str]]:
-    """Near-duplicate groups whose ids fall in more than one split, as ``{id: split}`` maps."""
+    """Near-duplicate groups whose ids fall in more than one split, as ``{id: split}`` maps. A volume slice
+    not listed itself is placed by its case (split files of volume datasets list cases)."""
+    from lesionforge.data.volumes import case_of
+
     split = splits if isinstance(splits, BenchmarkSplit) else load_benchmark_split(splits)
     where = split.split_of()
+    for i in {i for g in groups for i in g} - set(where):
+        case = case_of(i)
+        if case in where:
+            where[i] = where[case]
     out = []
     for g in groups:
         placed = {i: where[i] for i in g if i in where}

@@ -41,6 +41,8 @@ class SliceRef(BaseModel):
     index: int
     label: str | None = None  # label volume path, if any
     window: tuple[float, float] | None = None  # intensity clip range used
+    zscore: tuple[float, float] | None = None  # (mean, std) of the clipped volume when z-score normalised
+    area: int | None = None  # foreground pixels of this slice (0: a foreground-free slice, a negative)
 
 
 class Provenance(BaseModel):

@@ -55,6 +55,8 @@ def read_dataset(
     window: tuple[float, float] | None = None,
     percentiles: tuple[float, float] = (0.5, 99.5),
     allow_outside: bool | None = None,
+    normalise: str = "auto",
+    negatives: bool = False,
 ) -> list[Sample]:
     """Read a dataset folder (or a ``.jsonl`` manifest, see :func:`read_manifest` for ``allow_outside``) into
     samples, sorted by id.
@@ -62,13 +64,15 @@ def read_dataset(
     Raises :class:`MissingMaskError` for an image without a mask in a labelled layout (unless
     ``allow_missing_masks``: it becomes an image-only sample) and :class:`OrphanMaskError` for a mask without
     an image. ``multiclass``: volume slices are kept when any single label reaches ``min_area`` (else the
-    union of labels). ``axis``, ``min_area`` (pixels), ``window`` and ``percentiles`` apply to volumes.
+    union of labels). ``axis``, ``min_area`` (pixels), ``window``, ``percentiles``, ``normalise`` (``auto``,
+    ``window``, ``zscore``) and ``negatives`` (keep foreground-free slices) apply to volumes
+    (:mod:`lesionforge.data.volumes`).
     """
     root = Path(root)
     if root.is_file() and root.name.endswith(".jsonl"):
         return read_manifest(root, allow_outside=allow_outside)
     scan = scan_folder(root, layout, axis=axis, min_area=min_area, window=window, percentiles=percentiles,
-                       multiclass=multiclass)
+                       multiclass=multiclass, normalise=normalise, negatives=negatives)
     if scan.problems:
         raise scan.problems[0]
     if scan.orphans:

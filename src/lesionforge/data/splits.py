@@ -3,6 +3,10 @@
 A split file is JSON with ``train``/``val``/``test`` id lists, nested ``low_data_subsets`` (``{"16": [...]}``,
 each drawn from ``train`` and contained in the next larger one), optional ``normal_backgrounds`` (lesion-free
 images for inpainting) and ``near_duplicate_groups`` (a count or the groups themselves).
+
+A split of a volume dataset may list cases instead of slices (``"unit": "case ..."``, e.g. msd-hippocampus):
+:func:`expand_cases` turns each case id into the ids of its slices, so a low-data subset of N counts N volumes and
+no volume can straddle two splits.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ class BenchmarkSplit(BaseModel):
     low_data_subsets: dict[int, list[str]] = Field(default_factory=dict)
     near_duplicate_groups: int | list[list[str]] = 0
     seed: int | None = None
+    unit: str | None = None  # what an id names, e.g. "case (3D volume)"; free text, for people
 
     @model_validator(mode="after")
     def _consistent(self) -> BenchmarkSplit:
@@ -190,6 +195,38 @@ def volume_groups(samples: Sequence[Sample]) -> list[list[str]]:
         if s.slice is not None:
             by_volume.setdefault(s.image, []).append(s.id)
     return [g for g in by_volume.values() if len(g) > 1]
+
+
+def expand_cases(ids: Sequence[str], samples: Sequence[Sample], negative_share: float = 0.0) -> list[str]:
+    """Sample ids of a split list: a case id (a volume whose slices are among ``samples``) becomes its slices, any
+    other id stays as it is (an id in neither is left for the caller to report).
+
+    A case gives, in slice order, every slice with foreground and the foreground-free slices (``SliceRef.area ==
+    0``, read with ``negatives=True``) that make up ``negative_share`` of its slices as far as it has them (0: none,
+    0.5: as many as it has foreground slices, 1: all), evenly spaced along the volume: deterministic and per case,
+    so nested case subsets stay nested."""
+    from lesionforge.data.volumes import case_of, slice_order
+
+    if not 0.0 <= negative_share <= 1.0:
+        raise ValueError(f"negative_share must lie in [0, 1], got {negative_share}")
+    by_case: dict[str, list[Sample]] = {}
+    for s in samples:
+        case = case_of(s.id) if s.slice is not None else None
+        if case is not None:
+            by_case.setdefault(case, []).append(s)
+    out: list[str] = []
+    for i in ids:
+        slices = sorted(by_case.get(i, []), key=lambda s: slice_order(s.id))
+        if not slices:
+            out.append(i)
+            continue
+        empty = [s.id for s in slices if s.slice.area == 0]
+        fg = [s.id for s in slices if s.slice.area != 0]
+        want = len(empty) if negative_share >= 1 else round(negative_share * len(fg) / (1 - negative_share))
+        pick = np.unique(np.linspace(0, len(empty) - 1, min(want, len(empty))).round().astype(int)) if empty else []
+        chosen = {empty[k] for k in pick}
+        out += [s.id for s in slices if s.id in chosen or s.slice.area != 0]
+    return out
 
 
 def assign_splits(samples: Sequence[Sample], split: BenchmarkSplit) -> list[Sample]:

@@ -2,8 +2,18 @@
 
 Volumes are held in index order ``(X, Y, Z)`` (nibabel's order; SimpleITK arrays are transposed to match).
 A 2D slice is ``volume.take(index, axis)`` transposed, so for ``axis=2`` rows run along Y and columns along X.
-Intensities are clipped to a window (given, or the volume's 0.5-99.5 percentiles) and scaled to uint8; the
-window is stored in the sample's :class:`SliceRef` so every slice of a volume shares it.
+Intensities are normalised per volume and stored in the sample's :class:`SliceRef`, so every slice of a volume
+shares them. ``window`` (CT): clip to a window (given, or the volume's 0.5-99.5 percentiles) and scale it to
+uint8 0..255. ``zscore`` (MRI, as nnU-Net): clip to the 0.5-99.5 percentiles, subtract the clipped volume's mean,
+divide by its std, and map z = -3..3 linearly to uint8 0..255 (the pipeline's tensors then hold z / 3 in [-1, 1];
+the rare voxels beyond 3 std saturate). ``auto`` picks ``zscore`` when the dataset's ``dataset.json`` names an MRI
+modality (:mod:`lesionforge.data.decathlon`).
+
+Slice ids are ``<case>/<axis>_<index>`` (``hippocampus_001/2_0012``): :func:`case_of` recovers the case, so a
+split file may list cases and select every slice of each (:func:`lesionforge.data.splits.expand_cases`).
+Slices without foreground are dropped unless ``negatives``: then they are labelled samples with an empty mask
+(``SliceRef.area == 0``), usable as negatives in training and as inpainting backgrounds, and needed to
+reassemble a whole volume for its 3D Dice.
 """
 
 from __future__ import annotations
@@ -11,10 +21,11 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
+from lesionforge.data.decathlon import Normalisation, default_normalisation
 from lesionforge.data.manifest import Sample, SliceRef
 
 if TYPE_CHECKING:
@@ -28,6 +39,9 @@ from lesionforge.errors import (
     SizeMismatchError,
 )
 
+#: ``z`` of the z-score normalisation mapped to uint8 0 and 255
+Z_RANGE = 3.0
+_SLICE_ID = re.compile(r"^(?P<case>.+)/(?P<axis>[012])_(?P<index>\d{4,})$")
 _VOLUME_SUFFIX = re.compile(r"(\.nii\.gz|\.nii|\.mha|\.mhd|\.nrrd)$", re.IGNORECASE)
 #: nnU-Net names image channels ``<case>_0000``; a mask may carry ``_mask``/``_seg``/``_label``.
 _CASE_SUFFIX = re.compile(r"(_0000|_(mask|seg|label|labels|gt))$", re.IGNORECASE)
@@ -38,8 +52,30 @@ def volume_stem(path: str | Path) -> str:
     return _CASE_SUFFIX.sub("", _VOLUME_SUFFIX.sub("", Path(path).name))
 
 
+def slice_id(case: str, axis: int, index: int) -> str:
+    """Sample id of a volume slice: ``<case>/<axis>_<index:04d>``."""
+    return f"{case}/{axis}_{int(index):04d}"
+
+
+def case_of(sample_id: str) -> str | None:
+    """The case (volume) of a slice id, or None for an id that is not a volume slice."""
+    m = _SLICE_ID.match(sample_id)
+    return m["case"] if m else None
+
+
+def slice_order(sample_id: str) -> tuple[int, int]:
+    """``(axis, index)`` of a slice id (for stacking slices back into their volume)."""
+    m = _SLICE_ID.match(sample_id)
+    if m is None:
+        raise ValueError(f"{sample_id!r} is not a volume slice id")
+    return int(m["axis"]), int(m["index"])
+
+
 def read_volume(path: str | Path) -> np.ndarray:
-    """Read a 3D volume in ``(X, Y, Z)`` index order, native dtype. DICOM: a folder of ``.dcm`` files."""
+    """Read a 3D volume in ``(X, Y, Z)`` index order, native dtype. DICOM: a folder of ``.dcm`` files.
+
+    A volume that is not 3D after dropping singleton axes (a 4D series, a multi-channel file) or that holds NaN or
+    infinite voxels is a :class:`CorruptFileError` naming the file."""
     path = Path(path)
     if not path.exists():
         raise CorruptFileError(path, "volume not found")
@@ -54,7 +90,11 @@ def read_volume(path: str | Path) -> np.ndarray:
         arr = _read_sitk(path)
     arr = np.squeeze(arr)
     if arr.ndim != 3:
-        raise CorruptFileError(path, f"expected a 3D volume, got shape {arr.shape}")
+        raise CorruptFileError(path, f"expected a 3D volume, got {arr.ndim}D shape {arr.shape}")
+    if np.issubdtype(arr.dtype, np.floating):
+        bad = int(np.count_nonzero(~np.isfinite(arr)))
+        if bad:
+            raise CorruptFileError(path, f"{bad} NaN or infinite voxels (of {arr.size})")
     return arr
 
 
@@ -99,6 +139,18 @@ def window_to_uint8(image: np.ndarray, window: tuple[float, float]) -> np.ndarra
     return (np.clip(scaled, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
+def zscore_stats(volume: np.ndarray, window: tuple[float, float]) -> tuple[float, float]:
+    """``(mean, std)`` of the volume clipped to ``window`` (std floored so a flat volume cannot divide by 0)."""
+    clipped = np.clip(volume.astype(np.float32), *window)
+    return float(clipped.mean()), max(float(clipped.std()), 1e-6)
+
+
+def zscore_to_uint8(image: np.ndarray, window: tuple[float, float], stats: tuple[float, float]) -> np.ndarray:
+    """Clip to ``window``, z-score with ``stats`` = (mean, std), map z = -Z_RANGE..Z_RANGE to uint8 0..255."""
+    z = (np.clip(image.astype(np.float32), *window) - stats[0]) / stats[1]
+    return (np.clip((z + Z_RANGE) / (2 * Z_RANGE), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
 def slice_areas(label: np.ndarray, axis: int, multiclass: bool = False) -> np.ndarray:
     """Foreground pixels per slice along ``axis``, shape (n_slices,). ``multiclass``: the largest single label."""
     other = tuple(a for a in range(3) if a != axis)
@@ -118,26 +170,36 @@ def volume_samples(
     window: tuple[float, float] | None = None,
     percentiles: tuple[float, float] = (0.5, 99.5),
     multiclass: bool = False,
+    normalise: Normalisation = "window",
+    negatives: bool = False,
 ) -> list[Sample]:
-    """One sample per kept slice of a volume: slices whose structure covers at least ``min_area`` pixels
-    (every slice, image-only, when there is no label). Ids are ``<case>/<axis>_<index>``."""
+    """One sample per kept slice of a volume: slices whose structure covers at least ``min_area`` pixels, and with
+    ``negatives`` also those without any foreground (every slice, image-only, when there is no label). Ids are
+    ``<case>/<axis>_<index>``; ``normalise`` is ``window`` or ``zscore`` (module docstring)."""
     if axis not in (0, 1, 2):
         raise DataError(image_path, f"axis must be 0, 1 or 2, got {axis}")
+    if normalise not in ("window", "zscore"):
+        raise DataError(image_path, f"normalise must be 'window' or 'zscore', got {normalise!r}")
     image = read_volume(image_path)
     window = window or intensity_window(image, percentiles)
+    stats = zscore_stats(image, window) if normalise == "zscore" else None
     case = volume_stem(image_path)
+    areas: np.ndarray | None = None
     if label_path is None:
         keep = range(image.shape[axis])
     else:
         label = read_volume(label_path)
         if label.shape != image.shape:
             raise SizeMismatchError(label_path, f"label shape {label.shape} != image shape {image.shape}")
-        keep = np.flatnonzero(slice_areas(label, axis, multiclass) >= min_area)
+        areas = slice_areas(label, axis, multiclass)
+        union = slice_areas(label, axis) if multiclass else areas
+        keep = np.flatnonzero((areas >= min_area) | ((union == 0) if negatives else False))
     return [
         Sample(
-            id=f"{case}/{axis}_{int(i):04d}", image=str(image_path),
+            id=slice_id(case, axis, i), image=str(image_path),
             masks=[str(label_path)] if label_path else [], has_mask=label_path is not None,
-            slice=SliceRef(axis=axis, index=int(i), label=str(label_path) if label_path else None, window=window),
+            slice=SliceRef(axis=axis, index=int(i), label=str(label_path) if label_path else None, window=window,
+                           zscore=stats, area=None if areas is None else int(areas[i])),
         )
         for i in keep
     ]
@@ -151,7 +213,8 @@ def read_slice(sample: Sample, channels: int | None = None, multiclass: bool = F
         raise DataError(sample.image, f"sample {sample.id!r} is not a volume slice")
     volume = _cached_volume(sample.image)
     window = ref.window or intensity_window(volume)
-    image = window_to_uint8(np.take(volume, ref.index, axis=ref.axis).T, window)[..., None]
+    plane = np.take(volume, ref.index, axis=ref.axis).T
+    image = (zscore_to_uint8(plane, window, ref.zscore) if ref.zscore else window_to_uint8(plane, window))[..., None]
     if channels == 3:
         image = np.repeat(image, 3, axis=-1)
     if ref.label is None:
@@ -187,12 +250,17 @@ def scan_volumes(
     window: tuple[float, float] | None = None,
     percentiles: tuple[float, float] = (0.5, 99.5),
     multiclass: bool = False,
+    normalise: Normalisation | Literal["auto"] = "auto",
+    negatives: bool = False,
 ) -> FolderScan:
     """Pair image volumes in ``images/`` (or ``imagesTr/``) with label volumes in ``labels/``/``labelsTr/``/
-    ``masks/`` by case name and slice them; returns a :class:`~lesionforge.data.readers.FolderScan`."""
+    ``masks/`` by case name and slice them; returns a :class:`~lesionforge.data.readers.FolderScan`.
+    ``normalise="auto"``: ``zscore`` when ``root/dataset.json`` names an MRI modality, else ``window``."""
     from lesionforge.data.readers import IMAGE_DIRS, MASK_DIRS, FolderScan, first_dir
 
     root = Path(root)
+    if normalise == "auto":
+        normalise = default_normalisation(root)
     image_dir = first_dir(root, IMAGE_DIRS)
     label_dir = first_dir(root, MASK_DIRS, required=False)
     problems: list[DataError] = []
@@ -201,7 +269,8 @@ def scan_volumes(
     samples: list[Sample] = []
     for case, path in images.items():
         try:
-            samples += volume_samples(path, labels.get(case), axis, min_area, window, percentiles, multiclass)
+            samples += volume_samples(path, labels.get(case), axis, min_area, window, percentiles, multiclass,
+                                      normalise, negatives)
         except DataError as e:  # collected: the input check reports every bad volume at once
             problems.append(e)
     missing = [str(p) for c, p in images.items() if label_dir and c not in labels]

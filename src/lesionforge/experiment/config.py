@@ -33,6 +33,26 @@ class DemoData(StrictModel):
     normal_fraction: float = 0.2
 
 
+class VolumeSettings(StrictModel):
+    """How a volume dataset (NIfTI / DICOM, :mod:`lesionforge.data.volumes`) becomes 2D samples. The split file
+    may list cases: N labelled then counts volumes, and every slice of a case goes where the case goes.
+
+    Training and validation use the slices with foreground; ``negative_share`` adds foreground-free slices of the
+    same cases to the training set as negatives, that share of each case's slices (0: none; capped at the ones a
+    case has). The test set holds every slice of each test case: per-slice metrics are scored on the slices with
+    foreground, the 3D Dice on the whole reassembled volume. The task is the binary union of all foreground
+    labels (multi-label files, e.g. anterior/posterior hippocampus, are read as their union)."""
+
+    axis: Literal[0, 1, 2] = 2
+    min_area: int = 1  # a slice is a positive when its foreground covers at least this many pixels
+    normalise: Literal["auto", "window", "zscore"] = "auto"  # auto: zscore for MRI per dataset.json
+    negative_share: float = Field(0.0, ge=0.0, lt=1.0)
+
+    def read_options(self) -> dict:
+        """Keyword arguments of :func:`lesionforge.data.readers.read_dataset` (negatives always read)."""
+        return {"axis": self.axis, "min_area": self.min_area, "normalise": self.normalise, "negatives": True}
+
+
 class DatasetSettings(StrictModel):
     """Where the data and its fixed split are. ``split`` is a split JSON path or a benchmark split name."""
 
@@ -45,6 +65,8 @@ class DatasetSettings(StrictModel):
     backgrounds_root: Path | None = None
     #: ids of a named subset scored separately, e.g. Kvasir's sessile (flat) polyps: a text file, one id a line
     subsets: dict[str, Path] = Field(default_factory=dict)
+    #: a volume dataset: slicing, normalisation, negatives (None: a 2D dataset)
+    volumes: VolumeSettings | None = None
 
     @model_validator(mode="after")
     def _root_or_demo(self) -> DatasetSettings:
@@ -52,6 +74,8 @@ class DatasetSettings(StrictModel):
             raise ValueError("dataset: give exactly one of `root` (with `split`) or `demo`")
         if self.root is not None and self.split is None:
             raise ValueError("dataset: `split` is required with `root`")
+        if self.volumes is not None and self.demo is not None:
+            raise ValueError("dataset: `volumes` needs a `root` of volumes, not the demo data")
         return self
 
 

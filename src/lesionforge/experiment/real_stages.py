@@ -51,6 +51,47 @@ def benchmark_split(name_or_path: str) -> SplitIds:
     return SplitIds(list(sp.train), list(sp.val), list(sp.test), subsets, list(sp.normal_backgrounds or []))
 
 
+def volume_split(split: SplitIds, samples: list[Sample], negative_share: float) -> SplitIds:
+    """A split by case made a split by slice: train and the low-data subsets get each case's foreground slices
+    plus ``negative_share`` negatives, val its foreground slices, test every slice (whole volumes, for the 3D
+    Dice; a split listing slices, as ``lesionforge data split`` writes, gets the whole volumes of its test
+    slices); the inpainting backgrounds are the foreground-free slices of the train cases (known empty from their
+    labels, as a 2D set's normal images are), unless the split lists its own."""
+    from lesionforge.data.splits import expand_cases
+    from lesionforge.data.volumes import case_of
+
+    def expand(ids: list[str], share: float) -> list[str]:
+        return expand_cases(ids, samples, share)
+
+    test_cases = list(dict.fromkeys(case_of(i) or i for i in split.test))
+    train_all = expand(split.train, 1.0)
+    positives = set(expand(split.train, 0.0))
+    return SplitIds(
+        expand(split.train, negative_share), expand(split.val, 0.0), expand(test_cases, 1.0),
+        {n: expand(ids, negative_share) for n, ids in split.low_data_subsets.items()},
+        expand(split.normal_backgrounds, 1.0) or [i for i in train_all if i not in positives],
+    )
+
+
+def _volume_sources(root, samples: list[Sample], split: SplitIds) -> dict[str, Any]:
+    """What the result file says about a volume dataset: dataset.json's labels and modality, slice counts."""
+    from lesionforge.data.decathlon import read_decathlon_info
+    from lesionforge.data.volumes import case_of
+
+    info = read_decathlon_info(root)
+    first = samples[0].slice if samples else None
+    test = [i for i in split.test if case_of(i) is not None]
+    return {
+        "labels": None if info is None else {str(k): v for k, v in info.labels.items()},
+        "modality": None if info is None else info.modality,
+        "task": "binary union of every foreground label",
+        "axis": None if first is None else first.axis,
+        "normalisation": None if first is None else ("zscore" if first.zscore else "window"),
+        "n_test_cases": len({case_of(i) for i in test}), "n_test_slices": len(test),
+        "n_train_slices": len(split.train), "n_backgrounds": len(split.normal_backgrounds),
+    }
+
+
 def _select(samples: dict[str, Sample], ids: list[str], where: str) -> list[Sample]:
     missing = [i for i in ids if i not in samples]
     if missing:
@@ -75,6 +116,9 @@ class LesionforgeStages:
                 write_demo_dataset(root, ds.demo.n, ds.demo.size, ds.demo.normal_fraction, ds.demo.seed)
             samples = read_dataset(root / "manifest.jsonl")
             split, where = demo_split(samples, cfg.n_labelled), str(root)
+        elif ds.volumes is not None:
+            samples = read_dataset(ds.root, **ds.volumes.read_options())
+            split, where = volume_split(benchmark_split(ds.split), samples, ds.volumes.negative_share), ds.split
         else:
             samples = read_dataset(ds.root)
             split, where = benchmark_split(ds.split), ds.split
@@ -96,7 +140,8 @@ class LesionforgeStages:
             transfer={t.name: self._transfer(t, res, ds.channels) for t in cfg.transfer}, subsets=subsets,
             sources={"root": str(ds.root or where), "split": str(ds.split or "demo"),
                      "backgrounds": None if backgrounds is None else len(backgrounds),
-                     "subsets": {k: len(v) for k, v in subsets.items()}},
+                     "subsets": {k: len(v) for k, v in subsets.items()},
+                     **({"volumes": _volume_sources(ds.root, samples, split)} if ds.volumes is not None else {})},
         )
 
     @staticmethod
@@ -324,4 +369,6 @@ def _eval_fields(ev) -> dict[str, Any]:
         "mdice": float(ev.mdice), "miou": float(ev.miou), "miss_rate": d["miss_rate"],
         "miss_rate_by_band": d["miss_rate_by_band"],
         "subsets": {k: _summary(v) for k, v in d["subsets"].items()},
+        **({"cases": list(ev.cases), "dice3d": [float(x) for x in ev.dice3d], "mdice3d": float(ev.mdice3d)}
+           if ev.cases else {}),
     }

@@ -46,6 +46,9 @@ class RunRecord(BaseModel):
     miou: float
     miss_rate: float | None
     miss_rate_by_band: dict[str, float | None]
+    cases: list[str] | None = None  # volume datasets: test case ids, aligned with ``dice3d``
+    dice3d: list[float] | None = None  # per case: 3D Dice of the volume reassembled from its slice predictions
+    mdice3d: float | None = None
     subsets: dict[str, dict[str, Any]] = Field(default_factory=dict)
     transfer: dict[str, dict[str, Any]] = Field(default_factory=dict)
     best_val_mdice: float | None = None
@@ -63,13 +66,17 @@ class RunRecord(BaseModel):
             for band, v in (getattr(self, name) or {}).items():
                 if len(v) != n:
                     raise ValueError(f"{name}[{band}] has {len(v)} values for {n} image ids")
+        if (self.cases is None) != (self.dice3d is None) or len(self.cases or []) != len(self.dice3d or []):
+            raise ValueError("cases and dice3d must be given together, one value per case")
         missing = [b for b in BANDS if b not in self.miss_rate_by_band]
         if missing:
             raise ValueError(f"miss_rate_by_band lacks bands {missing}")
         return self
 
     def per_image(self, metric: str) -> dict[str, float]:
-        """``{image id: value}`` of ``dice`` or ``iou``."""
+        """``{image id: value}`` of ``dice`` or ``iou``; ``{case id: value}`` of ``dice3d``."""
+        if metric == "dice3d":
+            return dict(zip(self.cases or [], self.dice3d or [], strict=True))
         return dict(zip(self.ids, getattr(self, metric), strict=True))
 
 

@@ -84,27 +84,33 @@ def _arm_label(name: str, arm: dict) -> str:
 
 def arms_table(res: dict[str, Any]) -> str:
     """Markdown table: per arm, mean ± std over seeds of mDice, mIoU, miss rate (overall and by band)."""
-    head = "| arm | mDice | mIoU | miss rate | miss small | miss medium | miss large |\n|---|---|---|---|---|---|---|"
+    vol = any("mdice3d" in a for a in res["arms"].values())  # a volume dataset: 3D Dice per case beside
+    head = ("| arm | mDice | mIoU | miss rate | miss small | miss medium | miss large |"
+            + (" mDice 3D |" if vol else "") + "\n" + "|---" * (8 if vol else 7) + "|")
     rows = []
     for name, a in res["arms"].items():
         bands = a.get("miss_rate_by_band", {})
         rows.append(
             f"| {_arm_label(name, a)} | {_pm(a['mdice'])} | {_pm(a['miou'])} | {_pm(a['miss_rate'])} | "
             + " | ".join(_pm(bands.get(b, [])) for b in BANDS) + " |"
+            + (f" {_pm(a.get('mdice3d', []))} |" if vol else "")
         )
     return "\n".join([head, *rows])
 
 
 def diff_table(diffs: dict[str, Any], ref: str = "baseline") -> str:
     """Markdown table of paired differences (arm − ``ref``) with 95 % CIs over images (and over seeds)."""
+    vol = any("mdice3d" in d for d in diffs.values())  # volumes: 3D Dice bootstrapped over test cases
     head = (f"| arm − {ref} | ΔmDice [95 % CI] | ΔmIoU [95 % CI] | Δmiss rate [95 % CI] | Δmiss small [95 % CI] | "
-            "ΔmDice over seeds |\n|---|---|---|---|---|---|")
+            "ΔmDice over seeds |" + (" ΔmDice 3D over cases [95 % CI] |" if vol else "")
+            + "\n" + "|---" * (7 if vol else 6) + "|")
     rows = []
     for name, d in diffs.items():
         small = d.get("miss_rate_small")
         small_s = _ci(small) if small and "ci95" in small else _rel(small)
         rows.append(f"| {name} | {_ci(d.get('mdice'))} | {_ci(d.get('miou'))} | {_ci(d.get('miss_rate'))} | "
-                    f"{small_s} | {_ci(d.get('mdice', {}).get('over_seeds'))} |")
+                    f"{small_s} | {_ci(d.get('mdice', {}).get('over_seeds'))} |"
+                    + (f" {_ci(d.get('mdice3d'))} |" if vol else ""))
     return "\n".join([head, *rows])
 
 
@@ -273,7 +279,10 @@ def _markdown(res: dict[str, Any], name: str, vs_n: Path, bands: Path, grid: Pat
         f"# {res['dataset']}, N = {res['n_labelled']} labelled, profile {res['profile']} ({res['resolution']} px)",
         "",
         f"Generated from `{name}` (code `{res['code_version']}`), seeds {res['seeds']}, "
-        f"{res.get('n_test_images', '?')} test images. Segmentation (identical for every arm): {seg}. "
+        f"{res.get('n_test_images', '?')} test images"
+        + (f" (slices with foreground of {res['n_test_cases']} test volumes; the 3D Dice reassembles every slice "
+           "of each volume and is bootstrapped over cases)" if res.get("n_test_cases") else "")
+        + f". Segmentation (identical for every arm): {seg}. "
         f"Lesion miss fraction {res.get('miss_fraction', 0.1)}; test lesions by band "
         f"{res.get('test_lesions_by_band') or 'n/a'}. Unlabelled images used: "
         f"{'yes' if res.get('unlabelled_images_used') else 'no'}.",

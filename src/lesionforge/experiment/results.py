@@ -44,6 +44,7 @@ def build_result(
     by_arm = {a.name: sorted((r for r in records if r.arm == a.name), key=lambda r: r.seed) for a in cfg.arms}
     arms = {name: _arm_summary(cfg, name, recs, synthetic) for name, recs in by_arm.items()}
     base = by_arm[cfg.baseline_arm]
+    volumetric = bool(base) and base[0].cases is not None
     paired = {
         name: paired_diff(recs, base, cfg.bootstrap_samples, cfg.bootstrap_seed, subsets)
         for name, recs in by_arm.items() if name != cfg.baseline_arm
@@ -61,8 +62,13 @@ def build_result(
         "segment_config": seg,
         "selection": "best val mDice checkpoint", "miss_fraction": cfg.miss_fraction,
         "bootstrap": {"samples": cfg.bootstrap_samples, "seed": cfg.bootstrap_seed,
-                      "unit": "test images, paired by id, seeds averaged per image first"},
+                      "unit": "test images, paired by id, seeds averaged per image first",
+                      **({"unit_mdice3d": "test cases (volumes), paired by case id, seeds averaged per case first"}
+                         if volumetric else {})},
         "baseline_arm": cfg.baseline_arm, "n_test_images": len(base[0].ids) if base else 0,
+        **({"n_test_cases": len(base[0].cases), "test_cases": list(base[0].cases),
+            "per_slice_scope": "test slices with foreground; mdice3d: every slice of each test case"}
+           if volumetric else {}),
         "test_lesions_by_band": _lesions_by_band(base[0]) if base else None,
         "arms": arms, "paired_diff": paired,
         "paired_vs_copy_paste": {k: v for k, v in versus_copy_paste.items() if v},
@@ -100,7 +106,11 @@ def _arm_summary(
         "miss_rate_by_band": {b: [r.miss_rate_by_band.get(b) for r in recs] for b in BANDS},
         "best_val_mdice": [r.best_val_mdice for r in recs],
     }
-    for key in ("mdice", "miou", "miss_rate"):
+    if any(r.cases is not None for r in recs):
+        out["mdice3d"] = [r.mdice3d for r in recs]
+    for key in ("mdice", "miou", "miss_rate", "mdice3d"):
+        if key not in out:
+            continue
         m, s = stats.mean_std([np.nan if v is None else v for v in out[key]])
         out[f"{key}_mean"], out[f"{key}_std"] = _num(m), _num(s)
     subsets = sorted({k for r in recs for k in r.subsets})
@@ -130,9 +140,13 @@ def paired_diff(
     subsets: dict[str, list[str]] | None = None,
 ) -> dict[str, Any]:
     """Paired differences ``arm − base``: mdice and miou bootstrapped over images; miss_rate overall and by
-    band as pooled lesion ratios bootstrapped over images (when per-image counts exist); each also over seeds
-    when >= 3; and the same over images restricted to each named subset (``subsets[name]`` = image ids)."""
+    band as pooled lesion ratios bootstrapped over images (when per-image counts exist); mdice3d (volumes)
+    bootstrapped over test cases; each also over seeds when >= 3; and the same over images restricted to each
+    named subset (``subsets[name]`` = image ids)."""
     out: dict[str, Any] = _diffs(arm, base, n_boot, seed)
+    if all(r.cases is not None for r in [*arm, *base]) and arm and base:
+        per_case = [stats.per_image_means([r.per_image("dice3d") for r in recs]) for recs in (arm, base)]
+        out["mdice3d"] = {**stats.bootstrap_paired(*per_case, n_boot, seed), "unit": "cases"}
     for key, d in out.items():
         seeds = _seed_ci(arm, base, key)
         if seeds is not None:

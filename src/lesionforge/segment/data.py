@@ -11,14 +11,20 @@ from lesionforge.data.readers import read_dataset
 from lesionforge.errors import DataError
 
 
-def read_samples(path: str | Path, ids: list[str] | None = None, labelled_only: bool = True) -> list[Sample]:
+def read_samples(
+    path: str | Path, ids: list[str] | None = None, labelled_only: bool = True, whole_volumes: bool = False
+) -> list[Sample]:
     """Samples of a dataset folder (any layout :func:`read_dataset` knows) or of a JSONL manifest file.
 
-    ``ids`` keeps those ids in that order (each must exist); ``labelled_only`` drops image-only samples, which
-    carry no ground truth to train or score on."""
+    ``ids`` keeps those ids in that order (each must exist; a volume's case id stands for its slices);
+    ``labelled_only`` drops image-only samples, which carry no ground truth to train or score on;
+    ``whole_volumes`` keeps the foreground-free slices of volumes too (for 3D metrics)."""
+    from lesionforge.data.splits import expand_cases
+
     path = Path(path)
-    samples = read_manifest(path) if path.is_file() else read_dataset(path)
+    samples = read_manifest(path) if path.is_file() else read_dataset(path, negatives=whole_volumes)
     if ids is not None:
+        ids = expand_cases(ids, samples, negative_share=1.0 if whole_volumes else 0.0)
         by_id = {s.id: s for s in samples}
         missing = [i for i in ids if i not in by_id]
         if missing:
@@ -59,10 +65,12 @@ def read_id_spec(spec: str) -> list[str]:
 
 
 def load_pairs(
-    path: str | Path, resolution: int, channels: int | None = 3, ids: list[str] | None = None
+    path: str | Path, resolution: int, channels: int | None = 3, ids: list[str] | None = None,
+    whole_volumes: bool = False,
 ) -> PairArrays:
-    """Labelled pairs of a folder or manifest, preprocessed to ``resolution`` (cached on disk)."""
-    return load_arrays(read_samples(path, ids), resolution, channels)
+    """Labelled pairs of a folder or manifest, preprocessed to ``resolution`` (cached on disk);
+    ``whole_volumes``: see :func:`read_samples`."""
+    return load_arrays(read_samples(path, ids, whole_volumes=whole_volumes), resolution, channels)
 
 
 def kept_samples(samples: list[Sample]) -> list[Sample]:

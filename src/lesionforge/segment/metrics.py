@@ -12,6 +12,11 @@ Definitions, exactly as computed here (binary masks, prediction = probability >=
 - Lesions: 8-connected components of the ground truth. A lesion is missed when the prediction covers less than
   ``miss_fraction`` of its pixels. Band by lesion area as a fraction of the image: small < 1 %, medium 1-5 %
   (both ends included), large > 5 %. Miss rate = missed lesions / lesions, pooled over images.
+- Volumes (every id a slice id ``<case>/<axis>_<index>``, :func:`lesionforge.data.volumes.case_of`): ``dice3d``
+  per case = Dice of the case's slices stacked in slice order (voxel counts pooled over its slices, at the
+  resolution the slices were scored at; 1 when the case has no foreground and none is predicted). It counts every
+  slice given, so pass whole volumes (read with ``negatives=True``). The per-slice metrics above are then over the
+  slices with foreground only, as for 2D sets where every image shows the structure.
 """
 
 from __future__ import annotations
@@ -129,6 +134,34 @@ def miss_rates(lesions: dict[str, np.ndarray], images: np.ndarray | None = None)
 THRESHOLD = 0.5  # probability at or above which a pixel is predicted lesion
 
 
+def is_volumetric(ids: list[str]) -> bool:
+    """True when every id names a volume slice (``<case>/<axis>_<index>``)."""
+    from lesionforge.data.volumes import case_of
+
+    return bool(ids) and all(case_of(i) is not None for i in ids)
+
+
+def volume_dice(pred: np.ndarray, gt: np.ndarray, ids: list[str]) -> tuple[list[str], np.ndarray]:
+    """3D Dice per case: ``(cases, dice3d)``, cases sorted, dice float64. ``pred``/``gt`` are binary slices
+    (N, H, W) aligned with slice ``ids``; each case's slices are stacked in slice order (a stack's Dice pools the
+    voxel counts of its slices, so the order only matters for the record)."""
+    from lesionforge.data.volumes import case_of, slice_order
+
+    p, g = _as_bool(pred), _as_bool(gt)
+    by_case: dict[str, list[int]] = {}
+    for k, i in enumerate(ids):
+        by_case.setdefault(case_of(i), []).append(k)
+    cases = sorted(c for c in by_case if c is not None)
+    out = np.empty(len(cases))
+    for n, c in enumerate(cases):
+        order = sorted(by_case[c], key=lambda k: slice_order(ids[k]))
+        vp, vg = p[order], g[order]  # (slices, H, W): the volume reassembled
+        tp = float((vp & vg).sum())
+        denom = 2 * tp + float((vp & ~vg).sum()) + float((~vp & vg).sum())
+        out[n] = 1.0 if denom == 0 else 2 * tp / denom
+    return cases, out
+
+
 @dataclass
 class EvalResult:
     """Scores of one model on one set. Per-image arrays are float64 (N,) aligned with ``ids``; ``lesions`` is
@@ -143,6 +176,12 @@ class EvalResult:
     lesions: dict[str, np.ndarray]
     miss_fraction: float
     subsets: dict[str, np.ndarray] = field(default_factory=dict)
+    cases: list[str] = field(default_factory=list)  # volumes only: case ids, aligned with ``dice3d``
+    dice3d: np.ndarray = field(default_factory=lambda: np.zeros(0))
+
+    @property
+    def mdice3d(self) -> float:
+        return float(np.mean(self.dice3d)) if len(self.dice3d) else float("nan")
 
     @property
     def mdice(self) -> float:
@@ -175,6 +214,9 @@ class EvalResult:
             "ids": list(self.ids),
             **{k: getattr(self, k).tolist() for k in ("dice", "iou", "precision", "recall", "hd95")},
         }
+        if self.cases:
+            out |= {"mdice3d": self.mdice3d, "n_cases": len(self.cases),
+                    "per_case": {"cases": list(self.cases), "dice3d": self.dice3d.tolist()}}
         return _nan_to_none(out)
 
 
@@ -194,13 +236,20 @@ def score_masks(
 ) -> EvalResult:
     """All metrics of binary predictions ``pred`` against ``gt`` (both (N, H, W) or (N, 1, H, W)).
 
-    ``subsets``: named id lists (e.g. ``{"flat": sessile_ids}``); ids not in ``ids`` are ignored."""
+    ``subsets``: named id lists (e.g. ``{"flat": sessile_ids}``); ids not in ``ids`` are ignored. Volume slices
+    also get their cases' 3D Dice, and their per-slice metrics cover the slices with foreground (module doc)."""
+    cases, dice3d = [], np.zeros(0)
+    if is_volumetric(list(ids)):
+        cases, dice3d = volume_dice(pred, gt, list(ids))
+        fg = np.flatnonzero(_as_bool(gt).any(axis=(1, 2)))
+        pred, gt, ids = _as_bool(pred)[fg], _as_bool(gt)[fg], [ids[k] for k in fg]
     pos = {s: i for i, s in enumerate(ids)}
     sub = {name: np.array(sorted(pos[s] for s in set(members) if s in pos), dtype=int)
            for name, members in (subsets or {}).items()}
     return EvalResult(
         list(ids), **overlap_scores(pred, gt), hd95=hd95(pred, gt),
         lesions=lesion_table(pred, gt, miss_fraction), miss_fraction=miss_fraction, subsets=sub,
+        cases=cases, dice3d=dice3d,
     )
 
 
@@ -225,10 +274,11 @@ def evaluate_path(
     subsets: dict[str, list[str]] | None = None, miss_fraction: float = 0.1, batch_size: int = 32,
 ) -> EvalResult:
     """Score a checkpoint on any dataset folder or manifest (transfer included), preprocessed at the model's
-    resolution and channel count."""
+    resolution and channel count. Volumes are read whole (foreground-free slices too) for their 3D Dice; ``ids``
+    may name cases."""
     from lesionforge.segment.data import load_pairs
     from lesionforge.segment.model_io import load_segmenter
 
     model = load_segmenter(model_path)
-    arrays = load_pairs(data_path, model.segment_config.resolution, model.in_channels, ids)
+    arrays = load_pairs(data_path, model.segment_config.resolution, model.in_channels, ids, whole_volumes=True)
     return evaluate(model, arrays, subsets=subsets, miss_fraction=miss_fraction, batch_size=batch_size)

@@ -1,0 +1,232 @@
+"""Volumes as first-class data: splits, subsets and leakage by case, bad volumes, MRI z-score, 3D Dice per case."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+from conftest import SPLITS, need_dataset
+
+from lesionforge.data.readers import read_dataset
+from lesionforge.data.splits import BenchmarkSplit, expand_cases
+from lesionforge.data.volumes import case_of
+from lesionforge.errors import CorruptFileError, DataError, SizeMismatchError
+from lesionforge.segment.metrics import score_masks, volume_dice
+
+SHAPE = (12, 10, 8)  # (X, Y, Z): slices along z are 10 x 12
+
+
+def _write(path, array) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(array, np.eye(4)), str(path))
+
+
+def _label() -> np.ndarray:
+    """Foreground (labels 1 and 2) on slices z = 2..5; z = 0, 1, 6, 7 are foreground-free."""
+    label = np.zeros(SHAPE, np.uint8)
+    label[3:7, 2:5, 2:6] = 1
+    label[3:7, 5:8, 2:6] = 2
+    return label
+
+
+def _volume_root(tmp_path, cases=("c1", "c2", "c3", "c4", "c5"), modality="MRI"):
+    rng = np.random.default_rng(0)
+    for case in cases:
+        _write(tmp_path / "imagesTr" / f"{case}.nii.gz", rng.normal(500, 100, SHAPE).astype(np.float32))
+        _write(tmp_path / "labelsTr" / f"{case}.nii.gz", _label())
+    meta = {"name": "toy", "modality": {"0": modality}, "labels": {"0": "background", "1": "A", "2": "B"}}
+    (tmp_path / "dataset.json").write_text(json.dumps(meta), encoding="utf-8")
+    return tmp_path
+
+
+def test_split_by_case_never_puts_slices_of_one_volume_in_two_splits(tmp_path):
+    samples = read_dataset(_volume_root(tmp_path), negatives=True)
+    split = BenchmarkSplit(train=["c1", "c2", "c3"], val=["c4"], test=["c5"], low_data_subsets={1: ["c2"]},
+                           unit="case")
+    where: dict[str, set[str]] = {}
+    for name, ids, share in (("train", split.train, 0.5), ("val", split.val, 0.0), ("test", split.test, 1.0)):
+        for sid in expand_cases(ids, samples, share):
+            where.setdefault(case_of(sid), set()).add(name)
+    assert where == {"c1": {"train"}, "c2": {"train"}, "c3": {"train"}, "c4": {"val"}, "c5": {"test"}}
+    # the test case comes whole (every slice, in slice order) for its 3D Dice; val brings foreground slices only
+    assert expand_cases(["c5"], samples, 1.0) == [f"c5/2_{z:04d}" for z in range(SHAPE[2])]
+    assert expand_cases(["c4"], samples) == [f"c4/2_{z:04d}" for z in range(2, 6)]
+    # share 0.5: as many negatives as foreground slices (4 of the 4 foreground-free ones)
+    assert len(expand_cases(split.low_data(1), samples, 0.5)) == 8
+    assert len(expand_cases(split.low_data(1), samples, 0.2)) == 5  # one negative: 1 / 5 of the slices
+
+
+def test_leakage_check_places_slices_by_their_case(tmp_path):
+    from lesionforge.data.checks import check_dataset
+
+    root = _volume_root(tmp_path, cases=("a", "b"))
+    same = nib.load(str(root / "imagesTr" / "a.nii.gz")).get_fdata().astype(np.float32)
+    _write(root / "imagesTr" / "twin.nii.gz", same)  # the same scan under a second case name
+    _write(root / "labelsTr" / "twin.nii.gz", _label())
+    split = BenchmarkSplit(train=["a"], val=["b"], test=["twin"])
+    report = check_dataset(root, splits=split, workers=1)
+    assert report.split_leakage, "slices of a case and of its twin in another split must be flagged"
+    assert all({case_of(i) for i in g} == {"a", "twin"} for g in report.split_leakage)
+
+
+@pytest.mark.parametrize("problem", ["label shape", "NaN voxels", "4D file"])
+def test_bad_volume_gets_a_one_line_error_naming_the_file(tmp_path, problem):
+    image = np.random.default_rng(1).normal(size=SHAPE).astype(np.float32)
+    label, bad = _label(), "bad.nii.gz"
+    expected: type[DataError] = CorruptFileError
+    if problem == "label shape":
+        label, expected = label[:, :, :5], SizeMismatchError
+    elif problem == "NaN voxels":
+        image[2, 3, 4] = np.nan
+    else:
+        image = np.stack([image, image], axis=-1)  # (X, Y, Z, 2): a 4D series
+    _write(tmp_path / "imagesTr" / bad, image)
+    _write(tmp_path / "labelsTr" / bad, label)
+    with pytest.raises(expected) as e:
+        read_dataset(tmp_path)
+    message = str(e.value)
+    assert isinstance(e.value, DataError) and bad in message and "\n" not in message
+    assert {"label shape": "!= image shape", "NaN voxels": "1 NaN", "4D file": "4D shape"}[problem] in message
+
+
+def test_mri_dataset_json_selects_zscore_so_scanner_scale_does_not_matter(tmp_path):
+    root = _volume_root(tmp_path, cases=("c1",))
+    image = nib.load(str(root / "imagesTr" / "c1.nii.gz")).get_fdata().astype(np.float32)
+    _write(root / "imagesTr" / "c2.nii.gz", image * 7.5 + 300)  # same scan, other scanner units
+    _write(root / "labelsTr" / "c2.nii.gz", _label())
+    from lesionforge.data.volumes import read_slice
+
+    by_case = {case_of(s.id): s for s in read_dataset(root) if s.slice.index == 3}
+    assert by_case["c1"].slice.zscore is not None
+    a, b = (read_slice(by_case[c])[0].astype(int) for c in ("c1", "c2"))
+    assert np.abs(a - b).max() <= 1  # z-scored per volume: the same uint8 slice
+    assert abs(a.mean() - 127.5) < 10  # z = 0 maps to the middle of 0..255
+    ct = _volume_root(tmp_path / "ct", cases=("c1",), modality="CT")
+    assert read_dataset(ct)[0].slice.zscore is None  # CT keeps the intensity window
+
+
+def test_dice3d_of_a_known_toy_volume():
+    gt = np.zeros((4, 6, 6), bool)  # case "v": 4 slices, foreground on slices 1 and 2 (8 voxels)
+    gt[1, 1:3, 1:3] = gt[2, 1:3, 1:3] = True
+    pred = np.zeros_like(gt)
+    pred[1, 1:3, 1:3] = True  # 4 voxels found on slice 1
+    pred[3, 0, 0:2] = True  # 2 false voxels on a foreground-free slice
+    ids = [f"v/2_{z:04d}" for z in (2, 0, 3, 1)]  # out of order: reassembly sorts by slice index
+    order = [2, 0, 3, 1]
+    cases, d3 = volume_dice(pred[order], gt[order], ids)
+    assert cases == ["v"] and d3[0] == pytest.approx(2 * 4 / (2 * 4 + 2 + 4))  # 0.571
+    empty = np.zeros((2, 6, 6), bool)
+    ev = score_masks(np.concatenate([pred[order], empty]), np.concatenate([gt[order], empty]),
+                     ids + ["w/2_0000", "w/2_0001"])
+    assert ev.cases == ["v", "w"] and ev.dice3d[1] == 1.0  # nothing there, nothing claimed
+    # per-slice metrics cover the slices with foreground only: slice 1 (Dice 1) and slice 2 (Dice 0)
+    assert sorted(ev.ids) == ["v/2_0001", "v/2_0002"] and ev.mdice == pytest.approx(0.5)
+    assert ev.to_dict()["per_case"]["dice3d"] == pytest.approx([d3[0], 1.0])
+    assert score_masks(pred, gt, ["a", "b", "c", "d"]).cases == []  # 2D images: no 3D Dice
+
+
+def test_paired_mdice3d_over_cases_in_results_and_report():
+    from lesionforge.experiment.records import RunRecord
+    from lesionforge.experiment.report import arms_table, diff_table
+    from lesionforge.experiment.results import paired_diff
+
+    def rec(arm: str, seed: int, d3: list[float]) -> RunRecord:
+        return RunRecord(n_labelled=4, arm=arm, seed=seed, ids=["c1/2_0001"], dice=[0.5], iou=[0.4], mdice=0.5,
+                         miou=0.4, miss_rate=None, miss_rate_by_band={"small": None, "medium": None, "large": None},
+                         cases=["c1", "c2", "c3"], dice3d=d3, mdice3d=float(np.mean(d3)))
+
+    base = [rec("baseline", s, [0.5, 0.6, 0.7]) for s in range(3)]
+    arm = [rec("cp", s, [0.6, 0.7, 0.8 + 0.01 * s]) for s in range(3)]
+    d = paired_diff(arm, base, n_boot=200)["mdice3d"]
+    assert d["unit"] == "cases" and d["n_images"] == 3 and d["mean"] == pytest.approx(0.1033, abs=1e-3)
+    assert d["ci95"][0] > 0 and d["over_seeds"]["n_seeds"] == 3
+    table = arms_table({"arms": {"baseline": {"mdice": [0.5], "miou": [0.4], "miss_rate": [None],
+                                              "mdice3d": [0.6]}}})
+    assert "mDice 3D" in table and "0.600" in table
+    assert "ΔmDice 3D over cases" in diff_table({"cp": {"mdice3d": d}})
+
+
+def test_reading_msd_hippocampus_gives_slices_carrying_case_ids():
+    root = need_dataset("msd-hippocampus")
+    from lesionforge.data.decathlon import read_decathlon_info
+    from lesionforge.data.splits import load_benchmark_split
+
+    info = read_decathlon_info(root)
+    assert info.is_mri and info.foreground_labels == {1: "Anterior", 2: "Posterior"}
+    samples = read_dataset(root, negatives=True)
+    cases = {case_of(s.id) for s in samples}
+    assert len(cases) == 260 and all(s.slice.zscore is not None for s in samples)
+    assert samples[0].id.startswith("hippocampus_001/2_")
+    if not (SPLITS / "msd-hippocampus.json").is_file():
+        pytest.skip("benchmark split msd-hippocampus.json absent")
+    split = load_benchmark_split(SPLITS / "msd-hippocampus.json")
+    assert set(split.train) | set(split.val) | set(split.test) == cases
+    four = expand_cases(split.low_data(4), samples)
+    assert {case_of(i) for i in four} == set(split.low_data(4)) and len(four) > 4 * 10
+
+
+def test_volume_split_gives_training_negatives_val_positives_and_whole_test_volumes(tmp_path):
+    from lesionforge.experiment.real_stages import volume_split
+    from lesionforge.experiment.stages import SplitIds
+
+    samples = read_dataset(_volume_root(tmp_path), negatives=True)
+    split = volume_split(SplitIds(["c1", "c2", "c3"], ["c4"], ["c5"], {1: ["c2"], 2: ["c1", "c2"]}), samples, 0.2)
+    assert len(split.low_data(1)) == 5 and len(split.low_data(2)) == 10 and len(split.train) == 15
+    assert set(split.low_data(1)) <= set(split.low_data(2)) <= set(split.train)  # still nested
+    assert split.val == [f"c4/2_{z:04d}" for z in range(2, 6)]
+    assert split.test == [f"c5/2_{z:04d}" for z in range(SHAPE[2])]
+    by_slice = volume_split(SplitIds(split.train, split.val, ["c5/2_0003", "c5/2_0004"], {}), samples, 0.2)
+    assert by_slice.test == split.test  # a split listing slices still scores whole test volumes
+    backgrounds = {case_of(i) for i in split.normal_backgrounds}
+    assert len(split.normal_backgrounds) == 3 * 4 and backgrounds == {"c1", "c2", "c3"}  # train cases' negatives
+
+
+@pytest.mark.slow
+def test_volume_experiment_writes_3d_dice_per_case_beside_per_slice(tmp_path):
+    import yaml
+    from typer.testing import CliRunner
+
+    from lesionforge.cli import app
+
+    cases = [f"c{k}" for k in range(1, 7)]
+    root = _volume_root(tmp_path / "data", cases=tuple(cases))
+    split = {"dataset": "toy", "unit": "case", "train": cases[:3], "val": cases[3:4], "test": cases[4:],
+             "low_data_subsets": {"2": cases[:2]}}
+    (tmp_path / "split.json").write_text(json.dumps(split), encoding="utf-8")
+    cfg = {"dataset": {"name": "toy", "root": str(root), "split": str(tmp_path / "split.json"), "channels": 1,
+                       "volumes": {"negative_share": 0.2}},
+           "profile": "tiny", "n_labelled": [2], "seeds": [0, 1],
+           "segment": {"network": "BasicUNet", "features": [8, 8, 16, 16, 32, 8], "steps": 4, "batch_size": 4,
+                       "warmup_steps": 0, "val_interval": 2},
+           "arms": [{"name": "baseline", "kind": "baseline"}, {"name": "copy-paste", "kind": "copy-paste"}],
+           "bootstrap_samples": 50, "output": "runs", "results_dir": "results"}
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    out = CliRunner().invoke(app, ["experiment", "run", str(tmp_path / "cfg.yaml"), "--threads", "1"])
+    assert out.exit_code == 0, out.output
+    res = json.loads((tmp_path / "results" / "toy-n2-tiny.json").read_text(encoding="utf-8"))
+    assert res["test_cases"] == ["c5", "c6"] and res["n_test_images"] == 2 * 4  # slices with foreground
+    assert res["data"]["volumes"]["normalisation"] == "zscore" and res["data"]["volumes"]["n_test_slices"] == 16
+    assert [len(a["mdice3d"]) for a in res["arms"].values()] == [2, 2]  # one mean 3D Dice per seed
+    assert all(0 <= d <= 1 for a in res["arms"].values() for d in a["mdice3d"])
+    d = res["paired_diff"]["copy-paste"]["mdice3d"]
+    assert d["unit"] == "cases" and d["n_images"] == 2
+    assert "mDice 3D" in (tmp_path / "results" / "toy-n2-tiny.md").read_text(encoding="utf-8")
+
+
+def test_hippocampus_configs_share_runs_and_read_volumes_by_case():
+    from pathlib import Path
+
+    from lesionforge.experiment.budget import segment_config_for
+    from lesionforge.experiment.config import load_experiment_config, resolved_generator_config
+
+    configs = Path(__file__).resolve().parents[1] / "benchmarks" / "configs"
+    full = load_experiment_config(configs / "msd-hippocampus-cpu.yaml")
+    refs = load_experiment_config(configs / "msd-hippocampus-cpu-references.yaml")
+    assert full.n_labelled == [4, 8] and len(full.seeds) == 5 and refs.output == full.output
+    assert full.dataset.volumes == refs.dataset.volumes and full.dataset.volumes.negative_share == 0.2
+    for arm in ("baseline", "copy-paste"):  # the full sweep reuses the references' finished runs
+        assert segment_config_for(full, full.arm(arm), 3) == segment_config_for(refs, refs.arm(arm), 3)
+    gen = resolved_generator_config(full, full.generators["mask2image"])
+    assert gen.kind == "mask2image" and gen.image_channels == 1 and gen.resolution == 64
