@@ -1,0 +1,124 @@
+"""Review web application over HTTP (FastAPI's TestClient): decisions land in the manifest per reviewer,
+undo restores, the blinded test hides everything but tokens and scores raters, and the security rules hold."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from review_data import COPY_ID, make_review_set
+
+pytest.importorskip("httpx", reason="httpx (dev extra) is needed for FastAPI's TestClient")
+from fastapi.testclient import TestClient  # noqa: E402
+
+from lesionforge.data.manifest import read_manifest  # noqa: E402
+from lesionforge.review.app import TOKEN_HEADER, create_app  # noqa: E402
+from lesionforge.review.blinded import BlindedSession  # noqa: E402
+from lesionforge.review.store import ReviewSet  # noqa: E402
+
+BASE = "http://127.0.0.1:8765"
+
+
+@pytest.fixture
+def review_set(tmp_path):
+    return make_review_set(tmp_path)
+
+
+@pytest.fixture
+def client(review_set):
+    set_dir, real = review_set
+    rs = ReviewSet.open(set_dir, real=real)
+    app = create_app(rs, BlindedSession.create(rs, n_per_origin=4, seed=3), token="tok")
+    return TestClient(app, base_url=BASE)
+
+
+def _post(client, url, body, **headers):
+    return client.post(url, json=body, headers={TOKEN_HEADER: "tok", "Origin": BASE, **headers})
+
+
+def _reviews(set_dir) -> dict:
+    return {s.id: {r: e["decision"] for r, e in (s.provenance.reviews or {}).items()}
+            for s in read_manifest(set_dir / "manifest.filtered.jsonl")}
+
+
+def test_grid_shows_scores_filter_and_nearest_real(client):
+    rows = {r["id"]: r for r in client.get("/api/grid", params={"reviewer": "alice"}).json()["rows"]}
+    assert len(rows) == 6 and rows["syn0"]["dice"] == 0.9 and rows["syn4"]["kept"] is False
+    assert [s for s, r in rows.items() if r["flagged"]] == [COPY_ID]  # the fixture's planted copy only
+    assert rows[COPY_ID]["nearest_id"] == "demo_0003" and rows[COPY_ID]["nearest_distance"] == 0.0
+    page = client.get("/")
+    assert page.status_code == 200 and "Content-Security-Policy" in page.headers
+    assert "http" not in page.text.replace(BASE, "")  # no external resource in the page
+    assert client.get(f"/overlay/{COPY_ID}").content[:4] == b"\x89PNG"
+    assert client.get("/real/demo_0003").status_code == 200 and client.get("/real/nope").status_code == 404
+
+
+def test_decisions_written_per_reviewer_and_undo(client, review_set):
+    set_dir, _ = review_set
+    assert _post(client, "/api/decision", {"reviewer": "alice", "id": "syn0", "decision": "accepted"}).status_code == 200
+    _post(client, "/api/decision", {"reviewer": "alice", "id": "syn1", "decision": "rejected"})
+    _post(client, "/api/decision", {"reviewer": "bob", "id": "syn0", "decision": "rejected"})
+    assert _reviews(set_dir)["syn0"] == {"alice": "accepted", "bob": "rejected"}
+    assert _reviews(set_dir)["syn1"] == {"alice": "rejected"}
+    _post(client, "/api/decision", {"reviewer": "alice", "id": "syn1", "decision": "accepted"})
+    assert _post(client, "/api/undo", {"reviewer": "alice"}).json() == {"id": "syn1"}
+    assert _reviews(set_dir)["syn1"] == {"alice": "rejected"}  # back to the decision before
+    _post(client, "/api/undo", {"reviewer": "alice"})
+    assert _reviews(set_dir)["syn1"] == {}
+    rows = {r["id"]: r for r in client.get("/api/grid", params={"reviewer": "bob"}).json()["rows"]}
+    assert rows["syn0"]["decision"] == "rejected" and rows["syn0"]["n_other_reviews"] == 1
+    assert _post(client, "/api/decision", {"reviewer": "a/../b", "id": "syn0", "decision": "accepted"}).status_code == 400
+    assert _post(client, "/api/decision", {"reviewer": "al", "id": "nope", "decision": "accepted"}).status_code == 404
+    assert not list(set_dir.glob(".manifest.filtered.jsonl.*.jsonl"))  # no temporary file left behind
+
+
+@pytest.mark.parametrize("path", ["/file/..%2F..%2Freal%2Fmanifest.jsonl", "/file/../real/manifest.jsonl",
+                                  "/file/%2Fetc%2Fpasswd", "/file/images/..%2F..%2F..%2Freal%2Fimages%2Fdemo_0000.png",
+                                  "/file/link/manifest.jsonl"])
+def test_path_traversal_refused(client, review_set, path):
+    set_dir, _ = review_set
+    (set_dir / "link").symlink_to(set_dir.parent / "real")  # a link out of the set is refused too
+    r = client.get(path)
+    assert r.status_code in (403, 404) and b"demo_0000" not in r.content and b"root:" not in r.content
+    assert client.get("/file/images/syn0.png").status_code == 200  # a file under the set is served
+
+
+def test_cross_origin_and_tokenless_writes_refused(client, review_set):
+    set_dir, _ = review_set
+    body = {"reviewer": "mallory", "id": "syn0", "decision": "rejected"}
+    assert _post(client, "/api/decision", body, Origin="http://evil.example").status_code == 403
+    assert _post(client, "/api/decision", body, **{"Sec-Fetch-Site": "cross-site"}).status_code == 403
+    assert client.post("/api/decision", json=body, headers={"Origin": BASE}).status_code == 403  # no token
+    assert _post(client, "/api/decision", body, **{TOKEN_HEADER: "guess"}).status_code == 403
+    assert client.get("/api/grid", headers={"Host": "evil.example"}).status_code == 400  # DNS rebinding
+    assert _reviews(set_dir)["syn0"] == {}
+
+
+def test_blinded_two_raters_accuracy_and_kappa(client, review_set):
+    set_dir, _ = review_set
+    items = client.get("/api/blind/items", params={"rater": "r1"}).json()["items"]
+    assert len(items) == 8 and set(items[0]) == {"token", "call", "mask"}  # tokens only: no id, origin or path
+    listing = json.dumps(items)
+    assert "syn" not in listing and "demo" not in listing and ".png" not in listing
+    session: BlindedSession = client.app.state.blinded
+    truth = {it.token: it.origin for it in session.items}
+    tokens = [it["token"] for it in items]
+    again = BlindedSession.create(ReviewSet.open(set_dir, real=set_dir.parent / "real" / "manifest.jsonl"), 4, 3)
+    assert [it.key for it in again.items] == [it.key for it in session.items]  # same seed: same images, same order
+    # r1 is always right; r2 is wrong on one real and one synthetic image
+    wrong = {next(t for t in tokens if truth[t] == "real"), next(t for t in tokens if truth[t] == "synthetic")}
+    flip = {"real": "synthetic", "synthetic": "real"}
+    for t in tokens:
+        assert _post(client, "/api/blind/rate", {"rater": "r1", "token": t, "call": truth[t], "mask": 4}).status_code == 200
+        _post(client, "/api/blind/rate", {"rater": "r2", "token": t, "call": flip[truth[t]] if t in wrong else truth[t]})
+    s = client.get("/api/blind/summary").json()
+    assert s["raters"]["r1"]["accuracy"] == 1.0 and s["raters"]["r2"]["accuracy"] == 0.75
+    lo, hi = s["raters"]["r2"]["ci95"]
+    assert lo == pytest.approx(0.4093, abs=1e-3) and hi == pytest.approx(0.9285, abs=1e-3)  # Wilson, 6 of 8
+    assert s["raters"]["r1"]["mask_score_synthetic"] == 4.0
+    # observed agreement 6/8, chance agreement 1/2 (both raters call 4 real, 4 synthetic): kappa = 0.5
+    assert s["pairs"][0]["cohen_kappa"] == pytest.approx(0.5)
+    assert _post(client, "/api/blind/rate", {"rater": "r1", "token": "nope", "call": "real"}).status_code == 404
+    assert _post(client, "/api/blind/rate", {"rater": "r1", "token": tokens[0], "call": "maybe"}).status_code == 400
+    saved = json.loads((set_dir / "review" / "blinded-seed3.json").read_text())
+    assert len(saved["ratings"]["r2"]) == 8
