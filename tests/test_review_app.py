@@ -36,6 +36,14 @@ def _post(client, url, body, **headers):
     return client.post(url, json=body, headers={TOKEN_HEADER: "tok", "Origin": BASE, **headers})
 
 
+def _decide(client, reviewer: str, sid: str, decision: str | None) -> int:
+    return _post(client, "/api/decision", {"reviewer": reviewer, "id": sid, "decision": decision}).status_code
+
+
+def _rate(client, rater: str, token: str, call: str, **extra) -> int:
+    return _post(client, "/api/blind/rate", {"rater": rater, "token": token, "call": call, **extra}).status_code
+
+
 def _reviews(set_dir) -> dict:
     return {s.id: {r: e["decision"] for r, e in (s.provenance.reviews or {}).items()}
             for s in read_manifest(set_dir / "manifest.filtered.jsonl")}
@@ -55,20 +63,20 @@ def test_grid_shows_scores_filter_and_nearest_real(client):
 
 def test_decisions_written_per_reviewer_and_undo(client, review_set):
     set_dir, _ = review_set
-    assert _post(client, "/api/decision", {"reviewer": "alice", "id": "syn0", "decision": "accepted"}).status_code == 200
-    _post(client, "/api/decision", {"reviewer": "alice", "id": "syn1", "decision": "rejected"})
-    _post(client, "/api/decision", {"reviewer": "bob", "id": "syn0", "decision": "rejected"})
+    assert _decide(client, "alice", "syn0", "accepted") == 200
+    _decide(client, "alice", "syn1", "rejected")
+    _decide(client, "bob", "syn0", "rejected")
     assert _reviews(set_dir)["syn0"] == {"alice": "accepted", "bob": "rejected"}
     assert _reviews(set_dir)["syn1"] == {"alice": "rejected"}
-    _post(client, "/api/decision", {"reviewer": "alice", "id": "syn1", "decision": "accepted"})
+    _decide(client, "alice", "syn1", "accepted")
     assert _post(client, "/api/undo", {"reviewer": "alice"}).json() == {"id": "syn1"}
     assert _reviews(set_dir)["syn1"] == {"alice": "rejected"}  # back to the decision before
     _post(client, "/api/undo", {"reviewer": "alice"})
     assert _reviews(set_dir)["syn1"] == {}
     rows = {r["id"]: r for r in client.get("/api/grid", params={"reviewer": "bob"}).json()["rows"]}
     assert rows["syn0"]["decision"] == "rejected" and rows["syn0"]["n_other_reviews"] == 1
-    assert _post(client, "/api/decision", {"reviewer": "a/../b", "id": "syn0", "decision": "accepted"}).status_code == 400
-    assert _post(client, "/api/decision", {"reviewer": "al", "id": "nope", "decision": "accepted"}).status_code == 404
+    assert _decide(client, "a/../b", "syn0", "accepted") == 400
+    assert _decide(client, "al", "nope", "accepted") == 404
     assert not list(set_dir.glob(".manifest.filtered.jsonl.*.jsonl"))  # no temporary file left behind
 
 
@@ -109,8 +117,8 @@ def test_blinded_two_raters_accuracy_and_kappa(client, review_set):
     wrong = {next(t for t in tokens if truth[t] == "real"), next(t for t in tokens if truth[t] == "synthetic")}
     flip = {"real": "synthetic", "synthetic": "real"}
     for t in tokens:
-        assert _post(client, "/api/blind/rate", {"rater": "r1", "token": t, "call": truth[t], "mask": 4}).status_code == 200
-        _post(client, "/api/blind/rate", {"rater": "r2", "token": t, "call": flip[truth[t]] if t in wrong else truth[t]})
+        assert _rate(client, "r1", t, truth[t], mask=4) == 200
+        _rate(client, "r2", t, flip[truth[t]] if t in wrong else truth[t])
     s = client.get("/api/blind/summary").json()
     assert s["raters"]["r1"]["accuracy"] == 1.0 and s["raters"]["r2"]["accuracy"] == 0.75
     lo, hi = s["raters"]["r2"]["ci95"]
@@ -118,7 +126,7 @@ def test_blinded_two_raters_accuracy_and_kappa(client, review_set):
     assert s["raters"]["r1"]["mask_score_synthetic"] == 4.0
     # observed agreement 6/8, chance agreement 1/2 (both raters call 4 real, 4 synthetic): kappa = 0.5
     assert s["pairs"][0]["cohen_kappa"] == pytest.approx(0.5)
-    assert _post(client, "/api/blind/rate", {"rater": "r1", "token": "nope", "call": "real"}).status_code == 404
-    assert _post(client, "/api/blind/rate", {"rater": "r1", "token": tokens[0], "call": "maybe"}).status_code == 400
+    assert _rate(client, "r1", "nope", "real") == 404 and _rate(client, "r1", tokens[0], "maybe") == 400
+    assert _rate(client, "r1", tokens[0], "real", mask=9) == 422
     saved = json.loads((set_dir / "review" / "blinded-seed3.json").read_text())
     assert len(saved["ratings"]["r2"]) == 8

@@ -39,14 +39,17 @@ class BlindedSession:
 
     @classmethod
     def create(cls, rs: ReviewSet, n_per_origin: int = 20, seed: int = 0) -> BlindedSession:
-        """Up to ``n_per_origin`` real (from the real manifest) and synthetic samples, chosen and shuffled
-        with ``seed`` (the same seed gives the same items in the same order, so a rater can resume)."""
-        if not rs.real:
-            raise DataError(rs.root, "the blinded test needs real images: pass the real manifest (--real)")
+        """As many real (from the real manifest) as synthetic samples, at most ``n_per_origin`` each (equal
+        numbers: chance accuracy is then 0.5), chosen and shuffled with ``seed`` (the same seed gives the same
+        items in the same order, so a rater can resume)."""
+        if not rs.real or not rs.synthetic:
+            raise DataError(rs.root, "the blinded test needs real images (pass the real manifest, --real) and "
+                                     "synthetic ones")
         rng = np.random.default_rng(seed)
+        k = min(n_per_origin, len(rs.real), len(rs.synthetic))
         items = []
         for origin, pool in (("real", rs.real), ("synthetic", rs.synthetic)):
-            pick = rng.choice(len(pool), size=min(n_per_origin, len(pool)), replace=False)
+            pick = rng.choice(len(pool), size=k, replace=False)
             items += [BlindItem(f"{origin}:{pool[i].id}", origin, pool[i]) for i in sorted(pick)]
         order = rng.permutation(len(items))
         return cls([items[i] for i in order], rs.root / "review" / f"blinded-seed{seed}.json", seed)

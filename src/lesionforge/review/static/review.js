@@ -35,7 +35,8 @@ function card(row, i) {
       loading: "lazy"}), el("figcaption", {}, "nearest real " + row.nearest_id + " (d=" + fmt(row.nearest_distance) + ")"))
     : el("figure", {}, el("div", {class: "none"}, row.nearest_id ? "nearest: " + row.nearest_id : "no audit"),
       el("figcaption", {}, "nearest real training image"));
-  const meta = el("div", {class: "meta"}, el("b", {}, row.id), "Dice " + fmt(row.dice), "conf " + fmt(row.confidence));
+  const meta = el("div", {class: "meta"}, el("b", {}, row.id),
+    el("span", {}, "Dice " + fmt(row.dice)), el("span", {}, "conf " + fmt(row.confidence)));
   if (row.kept === true) { meta.append(el("span", {class: "badge kept"}, "filter: kept")); }
   if (row.kept === false) { meta.append(el("span", {class: "badge dropped"}, "filter: rejected")); }
   if (row.flagged) { meta.append(el("span", {class: "badge flag"}, "near copy")); }
