@@ -130,3 +130,37 @@ def test_blinded_two_raters_accuracy_and_kappa(client, review_set):
     assert _rate(client, "r1", tokens[0], "real", mask=9) == 422
     saved = json.loads((set_dir / "review" / "blinded-seed3.json").read_text())
     assert len(saved["ratings"]["r2"]) == 8
+
+
+def test_two_servers_on_one_set_keep_every_decision(review_set):
+    """Two reviewers' servers (two ReviewSet objects, as two processes would have) writing at the same time:
+    each write re-reads the manifest under the lock, so no decision is lost."""
+    import threading
+
+    set_dir, real = review_set
+    servers = {name: ReviewSet.open(set_dir, real=real) for name in ("alice", "bob")}
+
+    def work(name: str) -> None:
+        for k in range(3):
+            for i in range(6):
+                servers[name].decide(name, f"syn{i}", ("accepted", "rejected")[(i + k) % 2])
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in servers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    last = {f"syn{i}": ("accepted", "rejected")[i % 2] for i in range(6)}  # the k = 2 round
+    assert _reviews(set_dir) == {s: {"alice": d, "bob": d} for s, d in last.items()}
+
+
+def test_manifest_row_outside_the_set_is_refused(review_set):
+    from lesionforge.data.manifest import write_manifest
+    from lesionforge.errors import DataError
+
+    set_dir, _ = review_set
+    rows = read_manifest(set_dir / "manifest.filtered.jsonl", resolve=False)
+    rows[0] = rows[0].model_copy(update={"image": "../real/images/demo_0000.png"})
+    write_manifest(set_dir / "manifest.filtered.jsonl", rows)
+    with pytest.raises(DataError, match="outside the set folder"):
+        ReviewSet.open(set_dir)
