@@ -63,7 +63,9 @@ def test_grid_shows_scores_filter_and_nearest_real(client):
 
 def test_decisions_written_per_reviewer_and_undo(client, review_set):
     set_dir, _ = review_set
+    (set_dir / "manifest.filtered.jsonl").chmod(0o644)
     assert _decide(client, "alice", "syn0", "accepted") == 200
+    assert (set_dir / "manifest.filtered.jsonl").stat().st_mode & 0o777 == 0o644  # the user's mode is kept
     _decide(client, "alice", "syn1", "rejected")
     _decide(client, "bob", "syn0", "rejected")
     assert _reviews(set_dir)["syn0"] == {"alice": "accepted", "bob": "rejected"}

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import fcntl
 import json
+import os
+import stat
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -102,10 +104,13 @@ class ReviewSet:
         return [s for s in self.samples if s.origin == "synthetic"]
 
     def sample(self, sid: str) -> Sample | None:
-        return next((s for s in self.samples if s.id == sid), None)
+        return self._by_id.get(("set", sid))
 
     def real_sample(self, sid: str) -> Sample | None:
-        return next((s for s in self.real if s.id == sid), None)
+        return self._by_id.get(("real", sid))
+
+    def __post_init__(self) -> None:
+        self._by_id = {("set", s.id): s for s in self.samples} | {("real", s.id): s for s in self.real}
 
     def rows(self, reviewer: str) -> list[dict]:
         """What the grid shows of each synthetic sample, with ``reviewer``'s own decision only."""
@@ -163,7 +168,9 @@ class ReviewSet:
             if entry is not None:
                 reviews[reviewer] = entry
             rows[i] = rows[i].model_copy(update={"provenance": prov.model_copy(update={"reviews": reviews or None})})
+            mode = self.manifest.stat().st_mode
             write_manifest(self.manifest, rows)
+            os.chmod(self.manifest, stat.S_IMODE(mode))  # the temporary file was private (0600): keep the user's mode
         return before
 
     def _locked(self):
