@@ -53,7 +53,7 @@ def review_cmd(
 
 def export_cmd(
     set_dir: Path = typer.Argument(..., help="Reviewed synthetic set folder."),
-    out: Path = typer.Option(..., help="Output folder (plain/, nnunet/, datasheet.md, export.json)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder (plain/, nnunet/, datasheet.md, export.json)."),
     real: Path | None = typer.Option(None, help="Real manifest whose pairs are exported beside the synthetic ones."),
     real_split: str = typer.Option("train", help="Use only real rows of this split ('' for all)."),
     manifest: Path | None = typer.Option(None, help="Manifest inside the set (default as for review)."),
