@@ -75,3 +75,22 @@ def test_export_passes_nnunet_integrity_check(reviewed, tmp_path):
     set_dir, real = reviewed
     export_set(ReviewSet.open(set_dir, real=real), tmp_path / "out", dataset_id=8, name="Check")
     verify_dataset_integrity(str(tmp_path / "out" / "nnunet" / "Dataset008_Check"), num_processes=1)
+
+
+def test_export_gives_every_case_one_channel_count(reviewed, tmp_path):
+    """nnU-Net needs one channel count: a grey image among colour ones is written as RGB; an all-grey set
+    stays one channel."""
+    from lesionforge.data.io import write_image
+
+    set_dir, real = reviewed
+    write_image(set_dir / "images" / "syn0.png", read_image(set_dir / "images" / "syn0.png", channels=1))
+    summary = export_set(ReviewSet.open(set_dir, real=real), tmp_path / "mixed")
+    folder = tmp_path / "mixed" / "nnunet" / "Dataset501_Lesionforge" / "imagesTr"
+    assert summary["channels"] == 3 and {read_image(p).shape[-1] for p in folder.glob("*.png")} == {3}
+    assert np.ptp(read_image(folder / "syn-syn0_0000.png").astype(int), axis=-1).max() == 0  # grey content, RGB
+
+    rs = ReviewSet.open(set_dir)  # no real pairs; carol accepted only the grey syn0
+    rs.decide("carol", "syn0", "accepted")
+    assert export_set(rs, tmp_path / "grey", reviewer="carol")["channels"] == 1
+    ds = json.loads((tmp_path / "grey" / "nnunet" / "Dataset501_Lesionforge" / "dataset.json").read_text())
+    assert ds["channel_names"] == {"0": "grey"} and ds["numTraining"] == 1

@@ -69,7 +69,7 @@ def export_cmd(
     from lesionforge.review.store import ReviewSet
 
     rs = ReviewSet.open(set_dir, manifest, audit, real, real_split or None)
-    summary = export_set(rs, out, dataset_id, name, include_flagged, reviewer, overwrite)
+    summary = export_set(rs, out, dataset_id, name, include_flagged, reviewer, overwrite, progress=True)
     n = summary["counts"]
     typer.echo(f"exported {n['exported_synthetic']} synthetic + {n['exported_real']} real pairs to {out} "
                f"({n.get('accepted_flagged_left_out', 0)} flagged near copies left out); see {out / 'datasheet.md'}")

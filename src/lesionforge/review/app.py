@@ -113,14 +113,14 @@ def create_app(rs: ReviewSet, blinded: BlindedSession | None = None, host: str =
     def undo(u: Undo) -> dict:
         return {"id": rs.undo(_name(u.reviewer))}
 
-    @app.get("/overlay/{sid}")
+    @app.get("/overlay/{sid:path}")
     def overlay(sid: str) -> Response:
         s = rs.sample(sid)
         if s is None:
             raise HTTPException(404)
         return png(sample_png(s))
 
-    @app.get("/real/{sid}")
+    @app.get("/real/{sid:path}")
     def real(sid: str) -> Response:
         s = rs.real_sample(sid)  # only images listed in the real manifest the user named
         if s is None:

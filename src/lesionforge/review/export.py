@@ -13,6 +13,7 @@ none rejected it; with ``reviewer`` only that person's decisions count.
 from __future__ import annotations
 
 import re
+import shutil
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from lesionforge.data.arrays import load_sample
-from lesionforge.data.io import is_grey, write_image, write_mask
+from lesionforge.data.io import is_grey, read_image, write_image, write_mask
 from lesionforge.data.manifest import Sample, write_manifest
 from lesionforge.errors import ConfigError
 from lesionforge.review.store import ReviewSet, flagged
@@ -86,7 +87,8 @@ def select(rs: ReviewSet, include_flagged: bool = False, reviewer: str | None = 
 
 
 def export_set(rs: ReviewSet, out: str | Path, dataset_id: int = 501, name: str = "Lesionforge",
-               include_flagged: bool = False, reviewer: str | None = None, overwrite: bool = False) -> dict:
+               include_flagged: bool = False, reviewer: str | None = None, overwrite: bool = False,
+               progress: bool = False) -> dict:
     """Write the export (module docstring) into ``out``; returns the summary also written as export.json."""
     if not 1 <= dataset_id <= 999:
         raise ConfigError(f"nnU-Net dataset ids are 1-999, got {dataset_id}")
@@ -97,18 +99,27 @@ def export_set(rs: ReviewSet, out: str | Path, dataset_id: int = 501, name: str 
         raise ConfigError(f"{rs.manifest}: nothing to export (no accepted synthetic pair and no real manifest)")
     out = ensure_new_dir(out, overwrite=overwrite)
     nn = out / "nnunet" / f"Dataset{dataset_id:03d}_{name}"
-    channels = 1 if all(is_grey(load_sample(c.sample)[0]) for c in cases) else 3
-    rows = []
-    for c in cases:
-        image, mask = load_sample(c.sample, channels=channels)
+    (nn / "imagesTr").mkdir(parents=True, exist_ok=True)
+    rows, grey = [], []
+    for c in _track(cases, progress):  # one read per case: grey images (identical channels too) kept as 1 channel
+        image, mask = load_sample(c.sample)
+        if is_grey(image):
+            image = image[..., :1]
+            grey.append(c.case)
         label = (mask > 0).astype(np.uint8)
         write_image(out / "plain" / "images" / f"{c.case}.png", image)
         write_mask(out / "plain" / "masks" / f"{c.case}.png", label)
-        write_image(nn / "imagesTr" / f"{c.case}_0000.png", image)
+        shutil.copyfile(out / "plain" / "images" / f"{c.case}.png", nn / "imagesTr" / f"{c.case}_0000.png")
         write_image(nn / "labelsTr" / f"{c.case}.png", label)  # nnU-Net wants the label values 0/1 themselves
         rows.append(c.sample.model_copy(update={"id": c.case, "image": f"images/{c.case}.png",
                                                 "masks": [f"masks/{c.case}.png"], "has_mask": True,
                                                 "slice": None, "split": "train"}))
+    channels = 1 if len(grey) == len(cases) else 3
+    if channels == 3:  # a mixed set: nnU-Net needs one channel count, so the grey images become RGB
+        for case in grey:
+            image = read_image(out / "plain" / "images" / f"{case}.png", channels=3)
+            write_image(out / "plain" / "images" / f"{case}.png", image)
+            write_image(nn / "imagesTr" / f"{case}_0000.png", image)
     write_manifest(out / "plain" / "manifest.jsonl", rows)
     (nn / "imagesTs").mkdir(parents=True, exist_ok=True)
     dataset_json = {
@@ -124,6 +135,14 @@ def export_set(rs: ReviewSet, out: str | Path, dataset_id: int = 501, name: str 
     write_json_atomic(out / "export.json", summary)
     write_text_atomic(out / "datasheet.md", datasheet(rs, summary, cases))
     return summary
+
+
+def _track(cases: list[Case], progress: bool):
+    if not progress:
+        return cases
+    from rich.progress import track
+
+    return track(cases, description="Exporting", transient=True)
 
 
 def datasheet(rs: ReviewSet, summary: dict, cases: list[Case]) -> str:

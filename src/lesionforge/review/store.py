@@ -171,6 +171,11 @@ class ReviewSet:
             mode = self.manifest.stat().st_mode
             write_manifest(self.manifest, rows)
             os.chmod(self.manifest, stat.S_IMODE(mode))  # the temporary file was private (0600): keep the user's mode
+            k = next(k for k, s in enumerate(self.samples) if s.id == sid)  # the copy in memory follows the file
+            mine = self.samples[k].provenance or Provenance()
+            self.samples[k] = self.samples[k].model_copy(update={"provenance": mine.model_copy(update={
+                "reviews": reviews or None})})
+            self._by_id[("set", sid)] = self.samples[k]
         return before
 
     def _locked(self):
