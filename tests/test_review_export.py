@@ -52,6 +52,7 @@ def test_export_plain_nnunet_and_datasheet(reviewed, tmp_path):
     assert np.array_equal(read_image(rows[-1].image), read_image(out / "plain" / "images" / f"{rows[-1].id}.png"))
     sheet = (out / "datasheet.md").read_text()
     assert "| accepted but flagged, left out | 1 |" in sheet and COPY_ID in sheet and "alice, bob" in sheet
+    assert "pixels-8 features, 12 training images" in sheet and str(real) in sheet
     with pytest.raises(OverwriteError):
         export_set(ReviewSet.open(set_dir, real=real), out)
 

@@ -137,6 +137,12 @@ def export_set(rs: ReviewSet, out: str | Path, dataset_id: int = 501, name: str 
     return summary
 
 
+def _audit_line(info: dict) -> str:
+    return (f"`{info.get('file')}` ({info.get('extractor')} features, {info.get('n_train')} training images); a "
+            f"sample is flagged when it is as close to a training image as the closest {info.get('percentile')} % "
+            "of real-to-real nearest-neighbour pairs (docs/quality.md)")
+
+
 def _track(cases: list[Case], progress: bool):
     if not progress:
         return cases
@@ -162,7 +168,8 @@ def datasheet(rs: ReviewSet, summary: dict, cases: list[Case]) -> str:
         f"- synthetic set: `{summary['set']}` (manifest `{Path(summary['manifest']).name}`)",
         f"- generators: {', '.join(f'{g} ({k})' for g, k in sorted(gens.items())) or 'none exported'}",
         f"- generator checkpoints: {', '.join(f'`{c}`' for c in ckpts) or 'none exported'}",
-        f"- real pairs: {n.get('exported_real', 0)} from the real manifest given to the export",
+        f"- real pairs: {n.get('exported_real', 0)} from `{rs.real_manifest}`" if rs.real_manifest else
+        "- real pairs: none (no real manifest given)",
         f"- written by lesionforge {summary['code_version']}", "",
         "## Counts",
         "| | n |", "|---|---:|",
@@ -181,8 +188,7 @@ def datasheet(rs: ReviewSet, summary: dict, cases: list[Case]) -> str:
         f"| **exported real pairs** | {n.get('exported_real', 0)} |", "",
         "## Decisions",
         f"- review rule: {rule}; reviewers in the manifest: {', '.join(reviewers) or 'none'}",
-        "- memorization audit: " + ("given; a sample is flagged when it is as close to a training image as the "
-                                    "closest 1 % of real-to-real pairs (docs/quality.md)" if summary["audit"]
+        "- memorization audit: " + (_audit_line(rs.audit_info) if summary["audit"]
                                     else "**none found**: near copies could not be checked"),
         f"- flagged samples: {', '.join(flagged_ids) or 'none'}", "",
         "## Layout",

@@ -50,19 +50,23 @@ def inside(root: Path, path: str | Path) -> Path | None:
     return full if full.is_relative_to(root) else None
 
 
-def load_audit(set_dir: Path, audit: Path | None) -> dict[str, dict]:
-    """The memorization audit's match per synthetic id (``{}`` when none is given or found beside the set)."""
+def load_audit(set_dir: Path, audit: Path | None) -> tuple[dict[str, dict], dict]:
+    """The memorization audit's match per synthetic id and its settings (file, percentile, extractor, n_train);
+    ``({}, {})`` when none is given or found beside the set."""
     if audit is None:
         audit = next((set_dir / n for n in AUDIT_NAMES if (set_dir / n).is_file()), None)
         if audit is None:
-            return {}
+            return {}, {}
     if not audit.is_file():
         raise DataError(audit, "memorization audit not found")
     try:
         report = json.loads(audit.read_text(encoding="utf-8"))
-        return {m["id"]: m for m in report["matches"]}
-    except (ValueError, KeyError, TypeError) as e:
+        matches = {m["id"]: m for m in report["matches"]}
+        info = {"file": str(audit), "percentile": report.get("percentile"), "n_train": report.get("n_train"),
+                "extractor": (report.get("extractor") or {}).get("name")}
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise DataError(audit, f"not a memorization audit (memorization.json): {e}") from e
+    return matches, info
 
 
 def flagged(match: dict | None) -> bool:
@@ -78,6 +82,8 @@ class ReviewSet:
     samples: list[Sample]  # paths resolved
     audit: dict[str, dict] = field(default_factory=dict)
     real: list[Sample] = field(default_factory=list)  # paths resolved
+    audit_info: dict = field(default_factory=dict)
+    real_manifest: Path | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _undo: dict[str, list[tuple[str, dict | None]]] = field(default_factory=dict, repr=False)
 
@@ -97,7 +103,8 @@ class ReviewSet:
                     raise DataError(path, f"sample {s.id!r}: {p} lies outside the set folder {root}")
         real_rows = [s for s in read_manifest(real) if s.origin == "real" and real_split in (None, s.split)] \
             if real is not None else []
-        return cls(root, path, samples, load_audit(root, audit), real_rows)
+        matches, info = load_audit(root, audit)
+        return cls(root, path, samples, matches, real_rows, info, real)
 
     @property
     def synthetic(self) -> list[Sample]:
