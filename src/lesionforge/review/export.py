@@ -100,12 +100,12 @@ def export_set(rs: ReviewSet, out: str | Path, dataset_id: int = 501, name: str 
     out = ensure_new_dir(out, overwrite=overwrite)
     nn = out / "nnunet" / f"Dataset{dataset_id:03d}_{name}"
     (nn / "imagesTr").mkdir(parents=True, exist_ok=True)
-    rows, grey = [], []
-    for c in _track(cases, progress):  # one read per case: grey images (identical channels too) kept as 1 channel
-        image, mask = load_sample(c.sample)
-        if is_grey(image):
-            image = image[..., :1]
-            grey.append(c.case)
+    # nnU-Net needs one channel count: grey (also RGB with identical channels) only when every image is grey.
+    # Decided before writing: decoding is cheap, PNG encoding is not, so nothing is written twice.
+    channels = 1 if all(is_grey(_image(c.sample)) for c in _track(cases, progress, "Reading")) else 3
+    rows = []
+    for c in _track(cases, progress, "Writing"):
+        image, mask = load_sample(c.sample, channels=channels)
         label = (mask > 0).astype(np.uint8)
         write_image(out / "plain" / "images" / f"{c.case}.png", image)
         write_mask(out / "plain" / "masks" / f"{c.case}.png", label)
@@ -114,12 +114,6 @@ def export_set(rs: ReviewSet, out: str | Path, dataset_id: int = 501, name: str 
         rows.append(c.sample.model_copy(update={"id": c.case, "image": f"images/{c.case}.png",
                                                 "masks": [f"masks/{c.case}.png"], "has_mask": True,
                                                 "slice": None, "split": "train"}))
-    channels = 1 if len(grey) == len(cases) else 3
-    if channels == 3:  # a mixed set: nnU-Net needs one channel count, so the grey images become RGB
-        for case in grey:
-            image = read_image(out / "plain" / "images" / f"{case}.png", channels=3)
-            write_image(out / "plain" / "images" / f"{case}.png", image)
-            write_image(nn / "imagesTr" / f"{case}_0000.png", image)
     write_manifest(out / "plain" / "manifest.jsonl", rows)
     (nn / "imagesTs").mkdir(parents=True, exist_ok=True)
     dataset_json = {
@@ -143,12 +137,16 @@ def _audit_line(info: dict) -> str:
             "of real-to-real nearest-neighbour pairs (docs/quality.md)")
 
 
-def _track(cases: list[Case], progress: bool):
+def _image(sample: Sample) -> np.ndarray:
+    return load_sample(sample)[0] if sample.slice is not None else read_image(sample.image)
+
+
+def _track(cases: list[Case], progress: bool, what: str):
     if not progress:
         return cases
     from rich.progress import track
 
-    return track(cases, description="Exporting", transient=True)
+    return track(cases, description=what, transient=True)
 
 
 def datasheet(rs: ReviewSet, summary: dict, cases: list[Case]) -> str:
