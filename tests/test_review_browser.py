@@ -70,6 +70,8 @@ def test_review_grid_keyboard_writes_manifest(served, browser):
     page.goto(f"{url}/?reviewer=alice")
     _settle(page)
     assert page.locator(".card").count() == 6 and page.locator(".badge.flag").count() == 1
+    raw = page.locator('.card[data-id="syn0"] a').get_attribute("href")
+    assert raw == "/file/images/syn0.png" and page.request.get(url + raw).body()[:4] == b"\x89PNG"
     for key in ("a", "r", "a", "u"):  # syn0 accepted, syn1 rejected, syn2 accepted then undone
         page.keyboard.press(key)
     _settle(page)

@@ -28,8 +28,10 @@ function el(tag, attrs, ...kids) {
 }
 
 function card(row, i) {
-  const syn = el("figure", {}, el("img", {src: "/overlay/" + encodeURIComponent(row.id), alt: "synthetic " + row.id,
-    loading: "lazy"}), el("figcaption", {}, "synthetic + mask outline"));
+  const raw = "/file/" + row.image.split("/").map(encodeURIComponent).join("/");  // the file itself, full size
+  const syn = el("figure", {}, el("a", {href: raw, target: "_blank", rel: "noopener"}, el("img", {
+    src: "/overlay/" + encodeURIComponent(row.id), alt: "synthetic " + row.id, loading: "lazy"})),
+  el("figcaption", {}, "synthetic + mask outline"));
   const near = row.nearest_shown
     ? el("figure", {}, el("img", {src: "/real/" + encodeURIComponent(row.nearest_id), alt: "nearest real",
       loading: "lazy"}), el("figcaption", {}, "nearest real " + row.nearest_id + " (d=" + fmt(row.nearest_distance) + ")"))
