@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import typer
 
-from lesionforge.cli import conditioning, data, demo, experiment, generate, quality, segment, validate
+from lesionforge.cli import conditioning, data, demo, experiment, generate, quality, review, segment, validate
 
 app = typer.Typer(
     name="lesionforge",
@@ -26,6 +26,7 @@ app.add_typer(experiment.app, name="experiment", help="Run benchmark sweeps (the
 generate.register(app, train_app)  # train generator, synthesize
 validate.register(app, train_app)  # train autoencoder, train validator, filter
 quality.register(app, train_app)  # quality, memorization, train extractor
+review.register(app)  # review, export
 demo.register(app)
 
 

@@ -61,7 +61,9 @@ class Provenance(BaseModel):
     source_id: str | None = None  # real sample the condition came from
     background_id: str | None = None
     validation: dict[str, Any] | None = None  # filter scores: dice, confidence, kept, threshold
-    review: str | None = None  # accepted / rejected by a person
+    review: str | None = None  # accepted / rejected by a person (single-reviewer form)
+    # per-reviewer decisions written by ``lesionforge review``: {reviewer: {"decision": ..., "at": ISO time}}
+    reviews: dict[str, dict[str, str]] | None = None
     code_version: str | None = None
 
 
