@@ -38,7 +38,7 @@ class Kind:
 _EXPERIMENT = ("config.yaml", "cache", "data", "n[0-9]*")
 KINDS: dict[str, Kind] = {
     "generator run": Kind(
-        "train-generator", True, ("config.yaml", "checkpoint-*", "lesionforge.json"),
+        "train generator", True, ("config.yaml", "checkpoint-*", "lesionforge.json"),
         ("config.yaml", "checkpoint-*", ".tmp-checkpoint-*", "samples", "unet", "controlnet", "scheduler",
          "lesionforge.json", "loss.png", "train_info.json")),
     "synthetic set": Kind(
@@ -48,19 +48,20 @@ KINDS: dict[str, Kind] = {
         "segment train", True, ("last.json", "run.json"),
         ("config.yaml", "best", "last-*", "last.json", "run.json")),
     "autoencoder run": Kind(
-        "train-autoencoder", True, ("autoencoder.yaml",),
+        "train autoencoder", True, ("autoencoder.yaml",),
         ("autoencoder.yaml", "train_state", "metrics.json", "config.json", "*.safetensors")),
     "validator run": Kind(
-        "train-validator", True, ("validator.json", "train_state"),
+        "train validator", True, ("validator.json", "train_state"),
         ("validator.json", "train_state", "segmenter", "codec", "scheduler")),
     "extractor run": Kind(
-        "train-extractor", True, ("extractor_config.json", "train_state.pt"),
+        "train extractor", True, ("extractor_config.json", "train_state.pt"),
         ("extractor_config.json", "train_state.pt", "model.safetensors")),
     "mask export": Kind("conditioning masks", False, ("masks.jsonl",), ("masks.jsonl", "masks")),
     "edge-map export": Kind("conditioning edges", False, ("edges.jsonl",), ("edges.jsonl", "edges")),
     "quality report": Kind("quality", False, ("quality.json",), ("quality.json", "quality.md")),
     "memorization audit": Kind(
         "memorization", False, ("memorization.json",), ("memorization.json", "memorization_flagged.png")),
+    "export": Kind("export", False, ("export.json",), ("export.json", "datasheet.md", "plain", "nnunet")),
     "experiment sweep": Kind("experiment run", True, ("config.yaml", "n[0-9]*"), _EXPERIMENT),
     "demo": Kind("demo", True, ("summary.json", "data"), (*_EXPERIMENT, "data", "results", "summary.json")),
 }

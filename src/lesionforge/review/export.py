@@ -24,8 +24,9 @@ from lesionforge.data.arrays import load_sample
 from lesionforge.data.io import is_grey, read_image, write_image, write_mask
 from lesionforge.data.manifest import Sample, write_manifest
 from lesionforge.errors import ConfigError
+from lesionforge.outputs import claim_output
 from lesionforge.review.store import ReviewSet, flagged
-from lesionforge.utils import code_version, ensure_new_dir, write_json_atomic, write_text_atomic
+from lesionforge.utils import code_version, write_json_atomic, write_text_atomic
 
 CASE_CHARS = re.compile(r"[^A-Za-z0-9-]+")
 
@@ -97,7 +98,7 @@ def export_set(rs: ReviewSet, out: str | Path, dataset_id: int = 501, name: str 
     cases, counts = select(rs, include_flagged, reviewer)
     if not cases:
         raise ConfigError(f"{rs.manifest}: nothing to export (no accepted synthetic pair and no real manifest)")
-    out = ensure_new_dir(out, overwrite=overwrite)
+    out = claim_output(out, "export", overwrite=overwrite)
     nn = out / "nnunet" / f"Dataset{dataset_id:03d}_{name}"
     (nn / "imagesTr").mkdir(parents=True, exist_ok=True)
     # nnU-Net needs one channel count: grey (also RGB with identical channels) only when every image is grey.
