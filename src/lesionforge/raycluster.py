@@ -11,6 +11,7 @@ driver as the one-line error it is; a task given such a failure as an input pass
 
 from __future__ import annotations
 
+import glob
 import os
 import signal
 import threading
@@ -23,11 +24,11 @@ from typing import Any
 from lesionforge.errors import ConfigError, LesionforgeError
 
 MAX_RETRIES = 3
-#: Fault injection for tests: ``"<part of a task name>@<seconds>"`` SIGKILLs the worker running the first task
-#: whose name contains that part, that many seconds after it started (once per marker folder
-#: ``LESIONFORGE_RAY_FAULT_DIR``): a worker lost mid-task.
-FAULT_ENV, FAULT_DIR_ENV = "LESIONFORGE_RAY_FAULT", "LESIONFORGE_RAY_FAULT_DIR"
-
+#: Fault injection (for tests): in the folder this variable names (it must be set before Ray starts its workers),
+#: a file ``fault`` holding ``<part of a task name>`` and a path glob on two lines makes the first task whose
+#: name holds that part SIGKILL its own worker once a file matches the glob (e.g. a mid-way checkpoint): a worker
+#: lost mid-task. The file is renamed ``fault-fired`` (``<task> pid <pid>``), so the fault happens once.
+FAULT_DIR_ENV = "LESIONFORGE_RAY_FAULT_DIR"
 
 @dataclass(frozen=True)
 class TaskResources:
@@ -86,11 +87,14 @@ def unit(name: str, threads: int, fn: Callable[..., Any], *args: Any) -> Any:
     import torch
 
     torch.set_num_threads(threads)
-    _fault_hook(name)
+    done = threading.Event()
+    _fault_hook(name, done)
     try:
         return fn(*args)
     except LesionforgeError as e:
         return Failure(e)
+    finally:
+        done.set()
 
 
 def submit(ray, name: str, resources: TaskResources, max_retries: int, fn: Callable[..., Any], *args: Any):
@@ -113,22 +117,25 @@ def value(ray, refs):
     return out
 
 
-def _fault_hook(name: str) -> None:
-    spec, marks = os.environ.get(FAULT_ENV), os.environ.get(FAULT_DIR_ENV)
-    if not spec or not marks or "@" not in spec:
+def _fault_hook(name: str, done: threading.Event) -> None:
+    folder = os.environ.get(FAULT_DIR_ENV)
+    spec = Path(folder) / "fault" if folder else None
+    if spec is None or not spec.is_file():
         return
-    part, seconds = spec.rsplit("@", 1)
-    if part not in name:
+    part, pattern = (spec.read_text(encoding="utf-8").splitlines() + ["", ""])[:2]
+    if not part or part not in name:
         return
-    try:  # the first such task claims the fault; its retry (and every later task) runs clean
-        fd = os.open(Path(marks) / "fault-fired", os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    except FileExistsError:
+    fired = spec.with_name("fault-fired")
+    try:  # one rename wins: the first such task takes the fault, its retry (and every other task) runs clean
+        os.rename(spec, fired)
+    except FileNotFoundError:
         return
-    os.write(fd, f"{name} pid {os.getpid()}\n".encode())
-    os.close(fd)
+    fired.write_text(f"{name} pid {os.getpid()}\n", encoding="utf-8")
 
     def kill() -> None:
-        time.sleep(float(seconds))
-        os.kill(os.getpid(), signal.SIGKILL)
+        while not done.is_set():
+            if glob.glob(pattern):
+                os.kill(os.getpid(), signal.SIGKILL)
+            time.sleep(0.01)
 
     threading.Thread(target=kill, daemon=True).start()

@@ -182,6 +182,15 @@ class LesionforgeStages:
         return _latent_validator(cfg, spec, labelled, data, cache)
 
     @staticmethod
+    def _generator(cfg, gcfg, labelled: PairArrays, unlabelled, backgrounds) -> Path:
+        from lesionforge.generate.trainer import train_generator
+
+        key = cache_key(gcfg.model_dump(mode="json"), labelled.ids, None if unlabelled is None else unlabelled.ids,
+                        None if backgrounds is None else backgrounds.ids)
+        out = cfg.output / "cache" / "generators" / f"{gcfg.kind}-{key}"
+        return Path(train_generator(gcfg, labelled, out, unlabelled=unlabelled, backgrounds=backgrounds, resume=True))
+
+    @staticmethod
     def _filter(cfg, spec: GeneratorSpec, labelled: PairArrays, data: ExperimentData, manifest: Path,
                 out_path: Path) -> dict[str, Any]:
         from lesionforge.validate.filter import filter_manifest

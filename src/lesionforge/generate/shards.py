@@ -95,3 +95,37 @@ def _merge_run_file(out_dir: Path, parts: list[Path]) -> None:
                                  "use another --out or --overwrite")
     else:
         write_json_atomic(path, settings[0])
+
+
+def synthesize_on_ray(
+    generator_dir: str | Path, out_dir: str | Path, n: int, *, shards: int | None = None, address: str | None = None,
+    resources=None, max_retries: int | None = None, resume: bool = True, overwrite: bool = False, **options,
+) -> list[Sample]:
+    """:func:`~lesionforge.generate.synthesize.synthesize` split into ``shards`` Ray tasks by sample index
+    (default: one per CPU of the cluster), then merged: the same files as one process. ``options`` are
+    synthesize's (conditions, sampler, seed, ...); a killed shard is rerun by Ray and resumes its part."""
+    from lesionforge.generate.synthesize import clear_outputs
+    from lesionforge.raycluster import MAX_RETRIES, TaskResources, connect, submit, value
+    from lesionforge.utils import ensure_new_dir
+
+    ray = connect(address)
+    resources = (resources or TaskResources()).resolved(ray)
+    out_dir = ensure_new_dir(out_dir, overwrite=overwrite, resume=resume)
+    if overwrite:
+        clear_outputs(out_dir)
+        shutil.rmtree(out_dir / PARTS, ignore_errors=True)
+    merge_parts(out_dir)  # parts of an interrupted run count as drawn
+    parts = split_indices(todo_indices(out_dir, n), shards or max(1, int(ray.cluster_resources().get("CPU", 1))))
+    shared = ray.put(options)  # the conditions (backgrounds, real pairs) go to each node once
+    refs = [submit(ray, f"synthesis shard {k}", resources, MAX_RETRIES if max_retries is None else max_retries,
+                   _draw_part, str(generator_dir), str(part_dir(out_dir, k)), n, part, shared)
+            for k, part in enumerate(parts)]
+    value(ray, refs)
+    return merge_parts(out_dir)
+
+
+def _draw_part(generator_dir: str, part: str, n: int, indices: list[int], options: dict) -> int:
+    from lesionforge.generate.synthesize import synthesize
+
+    synthesize(generator_dir, part, n, indices=indices, resume=True, progress=False, **options)
+    return len(indices)

@@ -93,7 +93,7 @@ def synthesize(
     _check_inputs(kind, masks_from, backgrounds, real)
     out_dir = ensure_new_dir(out_dir, overwrite=overwrite, resume=resume)
     if overwrite:  # start over: drop this command's earlier outputs (other files in the folder stay)
-        _clear(out_dir)
+        clear_outputs(out_dir)
     common = {"generator": kind, "checkpoint": str(gen_dir.resolve()), "checkpoint_hash": _weights_hash(gen_dir),
               "sampler": sampler, "steps": steps, "guidance_scale": scale}
     _check_same_run(out_dir, {**common, "seed": seed, "repaint_jumps": repaint_jumps})
@@ -137,7 +137,8 @@ def _check_same_run(out_dir: Path, settings: dict) -> None:
         write_json_atomic(path, settings)
 
 
-def _clear(out_dir: Path) -> None:
+def clear_outputs(out_dir: Path) -> None:
+    """Remove this command's outputs from ``out_dir`` (other files in it stay)."""
     (out_dir / MANIFEST).unlink(missing_ok=True)
     (out_dir / RUN_FILE).unlink(missing_ok=True)
     for d in ("images", "masks"):
