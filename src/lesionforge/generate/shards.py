@@ -116,6 +116,7 @@ def synthesize_on_ray(
         shutil.rmtree(out_dir / PARTS, ignore_errors=True)
     merge_parts(out_dir)  # parts of an interrupted run count as drawn
     parts = split_indices(todo_indices(out_dir, n), shards or max(1, int(ray.cluster_resources().get("CPU", 1))))
+    options.pop("progress", None)
     shared = ray.put(options)  # the conditions (backgrounds, real pairs) go to each node once
     refs = [submit(ray, f"synthesis shard {k}", resources, MAX_RETRIES if max_retries is None else max_retries,
                    _draw_part, str(generator_dir), str(part_dir(out_dir, k)), n, part, shared)
