@@ -50,6 +50,19 @@ def benchmark_split(name_or_path: str) -> SplitIds:
     return SplitIds(list(sp.train), list(sp.val), list(sp.test), subsets, list(sp.normal_backgrounds or []))
 
 
+def _packed(path: Path | None) -> bool:
+    return path is not None and Path(path).suffix == ".npz"
+
+
+def _read_packed(path: Path, res: int) -> PairArrays:
+    from lesionforge.data.packed import load_packed
+
+    arrays = load_packed(path)
+    if arrays.images.shape[1:3] != (res, res):
+        raise DataError(path, f"packed at {arrays.images.shape[2]} px, the profile needs {res} px")
+    return arrays
+
+
 def _select(samples: dict[str, Sample], ids: list[str], where: str) -> list[Sample]:
     missing = [i for i in ids if i not in samples]
     if missing:
@@ -66,6 +79,7 @@ class LesionforgeStages:
         from lesionforge.segment.data import read_id_list
 
         ds, res = cfg.dataset, cfg.resolution
+        packed = None
         if ds.demo is not None:
             from lesionforge.data.demo import write_demo_dataset
 
@@ -74,16 +88,25 @@ class LesionforgeStages:
                 write_demo_dataset(root, ds.demo.n, ds.demo.size, ds.demo.normal_fraction, ds.demo.seed)
             samples = read_dataset(root / "manifest.jsonl")
             split, where = demo_split(samples, cfg.n_labelled), str(root)
+        elif _packed(ds.root):  # a dataset packed at the profile resolution (benchmarks/device/bundle.py)
+            packed, split, where = _read_packed(ds.root, res), benchmark_split(ds.split), ds.split
         else:
             samples = read_dataset(ds.root)
             split, where = benchmark_split(ds.split), ds.split
-        by_id = {s.id: s for s in samples}
+        by_id = {s.id: s for s in samples} if packed is None else {}
 
         def load(ids: list[str]) -> PairArrays:
+            if packed is not None:
+                missing = [i for i in ids if i not in set(packed.ids)]
+                if missing:
+                    raise DataError(ds.root, f"{len(missing)} split ids are not packed, e.g. {missing[:3]}")
+                return packed.select_ids(ids)
             return load_arrays(_select(by_id, ids, where), res, ds.channels, progress=True)
 
         backgrounds = None
-        if ds.backgrounds_root is not None:
+        if _packed(ds.backgrounds_root):
+            backgrounds = _read_packed(ds.backgrounds_root, res)
+        elif ds.backgrounds_root is not None:
             backgrounds = load_arrays(read_dataset(ds.backgrounds_root), res, ds.channels, progress=True)
         elif split.normal_backgrounds:
             backgrounds = load(split.normal_backgrounds)
