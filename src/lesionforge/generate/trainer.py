@@ -62,8 +62,7 @@ def train_generator(
     for what, arrays in (("training set", train), ("unlabelled set", unlabelled), ("backgrounds", backgrounds)):
         _check_data(cfg, arrays, what)
     codec = codec or load_codec(cfg)
-    accel = Accelerator(cpu=not torch.cuda.is_available(),
-                        mixed_precision="fp16" if torch.cuda.is_available() and cfg.mixed_precision else "no")
+    accel = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=_precision(cfg))
     seed_everything(cfg.seed)  # initial weights depend on the seed only
     latent = (codec.latent_channels, codec.downsample_factor) if codec is not None else (None, 1)
     gen = build_generator(cfg, *latent)
@@ -98,6 +97,13 @@ def train_generator(
     if accel.is_main_process:
         _finish(out_dir, accel.unwrap_model(gen), ema, maker, losses, cfg, seconds_before + time.perf_counter() - t0)
     return out_dir
+
+
+def _precision(cfg: GeneratorConfig) -> str:
+    """GPU mixed precision: bf16 where the GPU has it (no loss scaling, fp32's range), else fp16; none on CPU."""
+    if not (torch.cuda.is_available() and cfg.mixed_precision):
+        return "no"
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
 
 
 def _check_data(cfg: GeneratorConfig, arrays: PairArrays | None, what: str) -> None:
