@@ -13,7 +13,7 @@ PY="${PYTHON:-python3}"
 mkdir -p "$OUT"
 BUNDLE=benchmarks/device/bundle
 SITE=""
-if compgen -G "$BUNDLE/wheels/*.whl" > /dev/null; then
+if [[ -z "$DRY" ]] && compgen -G "$BUNDLE/wheels/*.whl" > /dev/null; then  # the dry run uses this env
   SITE="$(mktemp -d)/site"
   "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" \
     "$BUNDLE"/wheels/*.whl
