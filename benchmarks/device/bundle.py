@@ -1,7 +1,7 @@
 """The carry bundle of the gpu-profile device run, and the run itself (called by prepare.sh and run.sh).
 
-    python benchmarks/device/bundle.py pack [--dry-run]        # data + prompt encodings into ./bundle
-    python benchmarks/device/bundle.py check                   # bundle (wheels included) under the carry limit
+    python benchmarks/device/bundle.py pack [--dry-run]        # data + prompt encodings into ./bundle (-dry)
+    python benchmarks/device/bundle.py check [--dry-run]       # bundle (wheels included) under the carry limit
     python benchmarks/device/bundle.py run OUT [--dry-run]     # the sweep; result JSON, report, timings into OUT
 
 ``--dry-run``: the same path on CPU at the tiny profile (32 px) with tiny models and one seed, so the scripts
@@ -22,6 +22,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 CONFIG = HERE / "kvasir-seg-n32-gpu.yaml"
 BUNDLE = HERE / "bundle"
+DRY_BUNDLE = HERE / "bundle-dry"  # the dry run's own: it never touches a prepared bundle
 CARRY_LIMIT = 64 * 2**20  # what the device tool carries besides the working tree
 SHARED = HERE.parents[2] / "shared"  # beside the checkout, as in benchmarks/configs/kvasir-seg-cpu.yaml
 TEXT_FILE = "text-embeddings.safetensors"
@@ -61,7 +62,9 @@ def load_config(dry_run: bool, data_from_shared: bool = False, **over):
         gen["overrides"] = {**gen["overrides"], **DRY["generator"]}
         gen.update(n_per_real=DRY["n_per_real"], sampling_steps=DRY["sampling_steps"])
         if not data_from_shared:
-            raw["dataset"].update(root="bundle/kvasir-seg-32.npz", backgrounds_root="bundle/colon-normal-32.npz")
+            ds = raw["dataset"]
+            ds.update(root="bundle-dry/kvasir-seg-32.npz", backgrounds_root="bundle-dry/colon-normal-32.npz",
+                      split="bundle-dry/kvasir-seg-split.json", subsets={"flat": "bundle-dry/sessile_subset_names.txt"})
     raw.update(over)
     tmp = HERE / f".config-{'dry' if dry_run else 'gpu'}.yaml"  # beside the original: its relative paths hold
     tmp.write_text(yaml.safe_dump(raw), encoding="utf-8")
@@ -72,26 +75,27 @@ def load_config(dry_run: bool, data_from_shared: bool = False, **over):
 
 
 def pack(dry_run: bool) -> None:
-    """Data at the profile resolution, the split and subset files, and the prompt encodings, into BUNDLE."""
+    """Data at the profile resolution, the split and subset files, and the prompt encodings, into the bundle."""
     from lesionforge.conditioning.text import save_text_embeddings
     from lesionforge.data.packed import save_packed
     from lesionforge.experiment.real_stages import LesionforgeStages, _concat
 
-    cfg = load_config(dry_run, data_from_shared=True, output=str(BUNDLE / ".load"))
+    bundle = DRY_BUNDLE if dry_run else BUNDLE
+    cfg = load_config(dry_run, data_from_shared=True, output=str(bundle / ".load"))
     for path in (cfg.dataset.root, cfg.dataset.split, cfg.dataset.backgrounds_root):
         if not Path(path).exists():
             sys.exit(f"{path}: not found; prepare.sh reads the shared datasets beside the checkout")
-    BUNDLE.mkdir(exist_ok=True)
+    bundle.mkdir(exist_ok=True)
     t0 = time.perf_counter()
     data = LesionforgeStages().load_data(cfg)
     res = cfg.resolution
-    save_packed(BUNDLE / f"kvasir-seg-{res}.npz", _concat([data.pool, data.val, data.test]))
-    save_packed(BUNDLE / f"colon-normal-{res}.npz", data.backgrounds)
-    shutil.copyfile(cfg.dataset.split, BUNDLE / "kvasir-seg-split.json")
-    shutil.copyfile(cfg.dataset.subsets["flat"], BUNDLE / "sessile_subset_names.txt")
+    save_packed(bundle / f"kvasir-seg-{res}.npz", _concat([data.pool, data.val, data.test]))
+    save_packed(bundle / f"colon-normal-{res}.npz", data.backgrounds)
+    shutil.copyfile(cfg.dataset.split, bundle / "kvasir-seg-split.json")
+    shutil.copyfile(cfg.dataset.subsets["flat"], bundle / "sessile_subset_names.txt")
     classes = sorted({c for c in data.pool.classes if c is not None})
-    save_text_embeddings(BUNDLE / TEXT_FILE, library_prompts(cfg.dataset.name, classes))
-    shutil.rmtree(BUNDLE / ".load", ignore_errors=True)
+    save_text_embeddings(bundle / TEXT_FILE, library_prompts(cfg.dataset.name, classes))
+    shutil.rmtree(bundle / ".load", ignore_errors=True)
     print(f"packed {len(data.pool) + len(data.val) + len(data.test)} pairs and {len(data.backgrounds)} backgrounds "
           f"at {res} px in {time.perf_counter() - t0:.1f} s")
 
@@ -108,12 +112,13 @@ def library_prompts(dataset: str, classes: list[str]) -> list[str]:
     return sorted(out)
 
 
-def check() -> int:
+def check(dry_run: bool) -> int:
     """Total size of the bundle (data, encodings, wheels) against the carry limit; returns bytes."""
-    total = sum(p.stat().st_size for p in BUNDLE.rglob("*") if p.is_file())
-    print(f"bundle {BUNDLE}: {total / 2**20:.1f} MiB of {CARRY_LIMIT / 2**20:.0f} MiB")
+    bundle = DRY_BUNDLE if dry_run else BUNDLE
+    total = sum(p.stat().st_size for p in bundle.rglob("*") if p.is_file())
+    print(f"bundle {bundle}: {total / 2**20:.1f} MiB of {CARRY_LIMIT / 2**20:.0f} MiB")
     if total >= CARRY_LIMIT:
-        sys.exit(f"{BUNDLE}: {total / 2**20:.1f} MiB is over the {CARRY_LIMIT / 2**20:.0f} MiB the device carries")
+        sys.exit(f"{bundle}: {total / 2**20:.1f} MiB is over the {CARRY_LIMIT / 2**20:.0f} MiB the device carries")
     return total
 
 
@@ -128,7 +133,7 @@ def run(out: Path, dry_run: bool) -> Path:
     from lesionforge.experiment.report import write_report
     from lesionforge.experiment.runner import run_experiment
 
-    os.environ[TEXT_EMBEDDINGS_ENV] = str(BUNDLE / TEXT_FILE)
+    os.environ[TEXT_EMBEDDINGS_ENV] = str((DRY_BUNDLE if dry_run else BUNDLE) / TEXT_FILE)
     if torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     out.mkdir(parents=True, exist_ok=True)
@@ -162,7 +167,7 @@ def main() -> None:
     if a.command == "pack":
         pack(a.dry_run)
     elif a.command == "check":
-        check()
+        check(a.dry_run)
     else:
         if a.out is None:
             sys.exit("run needs OUT (a folder for the result)")

@@ -11,7 +11,7 @@ if [[ "${1:-}" == "--dry-run" ]]; then DRY="--dry-run"; shift; fi
 OUT="${1:-${OUT:?set OUT or give a folder}}"
 PY="${PYTHON:-python3}"
 mkdir -p "$OUT"
-BUNDLE=benchmarks/device/bundle
+BUNDLE=benchmarks/device/bundle   # the dry run reads bundle-dry (no wheels: it runs in this environment)
 SITE=""
 if [[ -z "$DRY" ]] && compgen -G "$BUNDLE/wheels/*.whl" > /dev/null; then  # the dry run uses this env
   SITE="$(mktemp -d)/site"
