@@ -124,7 +124,7 @@ def check(dry_run: bool) -> int:
 
 def run(out: Path, dry_run: bool) -> Path:
     """The sweep with the bundle's data and prompt encodings; result JSON, report and a timing summary into
-    ``out``. On CUDA: bf16 autocast in the generator (trainer), TF32 matmuls."""
+    ``out``. On CUDA: bf16 autocast (generator and segmenter), channels-last segmenter, TF32 matmuls."""
     import os
 
     import torch
