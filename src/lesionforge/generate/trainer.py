@@ -62,7 +62,7 @@ def train_generator(
     for what, arrays in (("training set", train), ("unlabelled set", unlabelled), ("backgrounds", backgrounds)):
         _check_data(cfg, arrays, what)
     codec = codec or load_codec(cfg)
-    # several processes (`accelerate launch --num_processes K lesionforge train-generator ...`): data parallel, each
+    # several processes (`accelerate launch --num_processes K -m lesionforge train-generator ...`): data parallel, each
     # rank draws its own batches (seeded by its index), gradients averaged; the LR schedule follows cfg.steps
     accel = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=_precision(cfg),
                         step_scheduler_with_optimizer=False)
