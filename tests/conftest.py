@@ -62,3 +62,29 @@ def load_benchmark(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="session")
+def ray_local(tmp_path_factory):
+    """A local Ray instance with 2 worker CPUs for the whole session (it takes ~20 s to start); yields the
+    fault folder its workers watch (see ``lesionforge.raycluster.FAULT_DIR_ENV``)."""
+    import os
+
+    ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'lesionforge[ray]')")
+    from lesionforge.raycluster import FAULT_DIR_ENV
+
+    faults = tmp_path_factory.mktemp("ray-faults")
+    # the workers inherit the environment Ray starts with: the fault folder and the tests' isolated cache
+    env = {FAULT_DIR_ENV: str(faults), "LESIONFORGE_CACHE": str(tmp_path_factory.getbasetemp() / "cache")}
+    before = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=100 * 2**20)
+    try:
+        yield faults
+    finally:
+        ray.shutdown()
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

@@ -145,3 +145,20 @@ def test_clear_errors_on_bad_input(split, tmp_path):
         train_segmenter(_cfg(steps=4, lr=0.5), train, val, tmp_path / "c")
     with pytest.raises(OverwriteError):
         train_segmenter(_cfg(steps=4), train, val, tmp_path / "c", resume=False)
+
+
+def test_gpu_fast_path_bf16_channels_last_trains_saves_and_resumes(split, tmp_path, monkeypatch):
+    """The GPU path (bf16 autocast, channels-last), forced on CPU: it trains, checkpoints (contiguous
+    safetensors), resumes and scores like the fp32 path does; CPU training leaves it off."""
+    from lesionforge.segment import train as train_module
+
+    assert not train_module.gpu_fast_path(torch.device("cpu"))
+    monkeypatch.setattr(train_module, "gpu_fast_path", lambda device: True)
+    train, val = split
+    cfg = _cfg(steps=6, val_interval=3, augment=AugmentConfig(enabled=False))
+    run = train_segmenter(cfg, train, val, tmp_path / "fast", stop_after=3)
+    run = train_segmenter(cfg, train, val, tmp_path / "fast")
+    assert run.steps == 6 and 0.0 <= run.best_val_mdice <= 1.0
+    weights = load_file(tmp_path / "fast" / "last-0000006" / "model.safetensors")
+    assert all(torch.isfinite(w).all() for w in weights.values())
+    assert 0.0 <= evaluate(run.best_checkpoint, val).mdice <= 1.0

@@ -43,7 +43,7 @@ KINDS: dict[str, Kind] = {
          "lesionforge.json", "loss.png", "train_info.json")),
     "synthetic set": Kind(
         "synthesize", True, ("synthesis.json",),
-        ("synthesis.json", "manifest*.jsonl", "manifest*.json", "images", "masks")),
+        ("synthesis.json", "manifest*.jsonl", "manifest*.json", "images", "masks", ".parts")),
     "segmentation run": Kind(
         "segment train", True, ("last.json", "run.json"),
         ("config.yaml", "best", "last-*", "last.json", "run.json")),

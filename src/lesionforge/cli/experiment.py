@@ -8,6 +8,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from lesionforge.errors import ConfigError
 from lesionforge.experiment.locks import WAIT_TIMEOUT_S
 
 app = typer.Typer(no_args_is_help=True)
@@ -26,13 +27,23 @@ def run(
         WAIT_TIMEOUT_S / 60, "--wait-timeout", min=0.0,
         help="Minutes to wait for runs other workers hold, with nothing else left to do, before giving up.",
     ),
+    executor: str = typer.Option(
+        "local", "--executor", help="'local' (this process) or 'ray' (every unit of work as a Ray task)."
+    ),
+    address: str = typer.Option(None, "--address", help="Ray cluster address ('auto', HOST:PORT); default: local."),
+    gpus_per_task: float = typer.Option(
+        None, "--gpus-per-task", min=0.0, help="Ray: GPUs per task (default: 1 on a cluster with GPUs, else 0)."
+    ),
+    memory_per_task: float = typer.Option(None, "--memory-per-task", min=0.0, help="Ray: GiB of memory per task."),
+    max_retries: int = typer.Option(3, "--max-retries", min=0, help="Ray: reruns of a failed or lost task."),
 ) -> None:
     """Run every N x seed x arm of CONFIG and write one result JSON per N (plus its report).
 
     Start it several times on the same CONFIG to share the sweep between workers (e.g. two workers with
     `--threads 1` on two cores): each run is claimed by one worker; the others skip it and wait for it
     (saying on what; a killed worker's runs are taken over). Every start and end of a run goes to
-    `<output>/runs.log`.
+    `<output>/runs.log`. With `--executor ray` the units (generator training, synthesis shards, validator,
+    segmentation runs) are Ray tasks on the cluster at `--address` (see docs/scale.md).
     """
     from lesionforge.experiment.config import load_experiment_config
     from lesionforge.experiment.report import write_report
@@ -41,7 +52,18 @@ def run(
     cfg = load_experiment_config(config)
     if threads is not None:
         cfg = cfg.model_copy(update={"threads": threads})
-    runs = run_experiment(cfg, resume=resume, overwrite=overwrite, only_n=only_n, wait_timeout_s=wait_timeout * 60)
+    if executor == "ray":
+        from lesionforge.experiment.ray_executor import run_experiment_ray
+        from lesionforge.raycluster import TaskResources
+
+        res = TaskResources(float(cfg.threads or 1), gpus_per_task, memory_per_task)
+        runs = run_experiment_ray(cfg, address=address, resume=resume, overwrite=overwrite, only_n=only_n,
+                                  resources=res, max_retries=max_retries)
+    elif executor == "local":
+        runs = run_experiment(cfg, resume=resume, overwrite=overwrite, only_n=only_n,
+                              wait_timeout_s=wait_timeout * 60)
+    else:
+        raise ConfigError(f"--executor {executor!r}: choose 'local' or 'ray'")
     for path in runs:
         console.print(f"[green]result[/] {path}")
         if report:

@@ -51,11 +51,20 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         prompts: Path = typer.Option(None, help="User prompt file (YAML or CSV)."),
         resume: bool = typer.Option(True, help="Skip samples already in the manifest."),
         overwrite: bool = typer.Option(False, help="Start over in a non-empty --out."),
+        executor: str = typer.Option("local", "--executor", help="'local' or 'ray' (shards as Ray tasks)."),
+        address: str = typer.Option(None, "--address", help="Ray cluster address; default: a local instance."),
+        shards: int = typer.Option(None, "--shards", min=1, help="Ray: shards (default: one per cluster CPU)."),
+        gpus_per_task: float = typer.Option(None, "--gpus-per-task", min=0.0,
+                                            help="Ray: GPUs per shard (default: 1 on a cluster with GPUs)."),
+        max_retries: int = typer.Option(3, "--max-retries", min=0, help="Ray: reruns of a failed or lost shard."),
     ) -> None:
-        """Draw N labelled synthetic pairs from a trained generator."""
+        """Draw N labelled synthetic pairs from a trained generator (`--executor ray`: sharded by sample index
+        over a Ray cluster, the same files as one process)."""
         from lesionforge.generate.run import synthesize_from_files
 
         synthesize_from_files(generator, out, n, data=data, split=split, labelled=labelled, backgrounds=backgrounds,
                               mask_source=mask_source, seed=seed, sampler=sampler, steps=steps,
                               guidance_scale=guidance_scale, batch_size=batch_size, repaint_jumps=repaint_jumps,
-                              prompts=prompts, resume=resume, overwrite=overwrite)
+                              prompts=prompts, resume=resume, overwrite=overwrite, executor=executor,
+                              ray_options={"address": address, "shards": shards, "gpus_per_task": gpus_per_task,
+                                           "max_retries": max_retries})

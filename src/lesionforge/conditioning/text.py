@@ -142,3 +142,78 @@ class TextEncoder:
         for i, p in enumerate(todo):
             # clones, so an evicted prompt frees its memory instead of pinning the whole batch
             self._cache[p] = (states[i].float().clone(), tok["attention_mask"][i].clone(), pooled[i].float().clone())
+
+
+#: A ``.safetensors`` file of precomputed prompt encodings (:func:`save_text_embeddings`): when set, generators
+#: read their prompts' encodings from it instead of running the text encoder (e.g. on a machine without the
+#: encoder package; benchmarks/device/ carries such a file).
+TEXT_EMBEDDINGS_ENV = "LESIONFORGE_TEXT_EMBEDDINGS"
+
+
+def default_text_encoder():
+    """The precomputed encodings named by :data:`TEXT_EMBEDDINGS_ENV`, else the MiniLM :class:`TextEncoder`."""
+    import os
+
+    path = os.environ.get(TEXT_EMBEDDINGS_ENV)
+    return PrecomputedTextEncoder(path) if path else TextEncoder()
+
+
+def save_text_embeddings(path: str | Path, prompts: list[str], encoder: TextEncoder | None = None) -> Path:
+    """Encode ``prompts`` (and the null prompt) once and write them to ``path`` (safetensors, atomically)."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from lesionforge.utils import atomic_path
+
+    encoder = encoder or TextEncoder()
+    prompts = sorted(set(prompts) | {NULL_PROMPT})
+    states, attn = encoder.encode(prompts)
+    tensors = {"states": states.cpu().contiguous(), "attention": attn.cpu().contiguous(),
+               "pooled": encoder.pooled(prompts).cpu().contiguous()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"prompts": json.dumps(prompts)})
+    return Path(path)
+
+
+class PrecomputedTextEncoder:
+    """:class:`TextEncoder`'s interface over a file of precomputed encodings; a prompt not in it is an error."""
+
+    def __init__(self, path: str | Path):
+        import json
+
+        from safetensors import safe_open
+
+        self.path = Path(path)
+        try:
+            with safe_open(str(self.path), framework="pt") as f:
+                prompts = json.loads(f.metadata()["prompts"])
+                t = {k: f.get_tensor(k) for k in ("states", "attention", "pooled")}
+        except (OSError, KeyError, ValueError, TypeError) as e:
+            raise CheckpointError(f"{self.path}: not a file of precomputed text embeddings ({e})") from e
+        self.index = {p: i for i, p in enumerate(prompts)}
+        self.states, self.attention, self.pooled_all = t["states"], t["attention"], t["pooled"]
+        self.device = torch.device("cpu")
+
+    def to(self, device: str | torch.device) -> PrecomputedTextEncoder:
+        self.device = torch.device(device)
+        self.states, self.attention = self.states.to(self.device), self.attention.to(self.device)
+        self.pooled_all = self.pooled_all.to(self.device)
+        return self
+
+    def _rows(self, prompts: list[str]) -> torch.Tensor:
+        missing = sorted({p for p in prompts if p not in self.index})
+        if missing:
+            raise CheckpointError(f"{self.path}: no precomputed embedding of {len(missing)} prompts, "
+                                  f"e.g. {missing[0]!r}; precompute them again")
+        return torch.tensor([self.index[p] for p in prompts], device=self.device)
+
+    def encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = self._rows(prompts)
+        return self.states[rows], self.attention[rows]
+
+    def pooled(self, prompts: list[str]) -> torch.Tensor:
+        return self.pooled_all[self._rows(prompts)]
+
+    def cache_size(self) -> int:
+        return len(self.index)

@@ -92,6 +92,19 @@ def _volume_sources(root, samples: list[Sample], split: SplitIds) -> dict[str, A
     }
 
 
+def _packed(path: Path | None) -> bool:
+    return path is not None and Path(path).suffix == ".npz"
+
+
+def _read_packed(path: Path, res: int) -> PairArrays:
+    from lesionforge.data.packed import load_packed
+
+    arrays = load_packed(path)
+    if arrays.images.shape[1:3] != (res, res):
+        raise DataError(path, f"packed at {arrays.images.shape[2]} px, the profile needs {res} px")
+    return arrays
+
+
 def _select(samples: dict[str, Sample], ids: list[str], where: str) -> list[Sample]:
     missing = [i for i in ids if i not in samples]
     if missing:
@@ -108,6 +121,7 @@ class LesionforgeStages:
         from lesionforge.segment.data import read_id_list
 
         ds, res = cfg.dataset, cfg.resolution
+        packed = None
         if ds.demo is not None:
             from lesionforge.data.demo import write_demo_dataset
 
@@ -119,16 +133,25 @@ class LesionforgeStages:
         elif ds.volumes is not None:
             samples = read_dataset(ds.root, **ds.volumes.read_options())
             split, where = volume_split(benchmark_split(ds.split), samples, ds.volumes.negative_share), ds.split
+        elif _packed(ds.root):  # a dataset packed at the profile resolution (benchmarks/device/bundle.py)
+            packed, split, where = _read_packed(ds.root, res), benchmark_split(ds.split), ds.split
         else:
             samples = read_dataset(ds.root)
             split, where = benchmark_split(ds.split), ds.split
-        by_id = {s.id: s for s in samples}
+        by_id = {s.id: s for s in samples} if packed is None else {}
 
         def load(ids: list[str]) -> PairArrays:
+            if packed is not None:
+                missing = [i for i in ids if i not in set(packed.ids)]
+                if missing:
+                    raise DataError(ds.root, f"{len(missing)} split ids are not packed, e.g. {missing[:3]}")
+                return packed.select_ids(ids)
             return load_arrays(_select(by_id, ids, where), res, ds.channels, progress=True)
 
         backgrounds = None
-        if ds.backgrounds_root is not None:
+        if _packed(ds.backgrounds_root):
+            backgrounds = _read_packed(ds.backgrounds_root, res)
+        elif ds.backgrounds_root is not None:
             backgrounds = load_arrays(read_dataset(ds.backgrounds_root), res, ds.channels, progress=True)
         elif split.normal_backgrounds:
             backgrounds = load(split.normal_backgrounds)
@@ -157,34 +180,17 @@ class LesionforgeStages:
         """Train (cached) the generator on the N labelled pairs, synthesize ``n_per_real`` per pair, filter."""
         from lesionforge.generate.models import read_meta
         from lesionforge.generate.synthesize import synthesize
-        from lesionforge.generate.trainbatch import make_mask_source
 
-        labelled = data.labelled(n)
-        gcfg = resolved_generator_config(cfg, spec)
-        unlabelled = data.unlabelled(n) if spec.use_unlabelled else None
-        backgrounds = data.backgrounds if spec.method == "inpaint-normal" else None
-        if spec.method == "inpaint-normal" and backgrounds is None:
-            raise ConfigError(f"generator {name!r}: inpaint-normal needs lesion-free backgrounds in the dataset")
         t0 = time.perf_counter()
         synth_dir = work_dir / "synthetic"
-        drawn_with = _drawn_with(synth_dir, cfg.output)
-        # samples already drawn here (a set re-filtered, or a synthesis resumed) continue with the generator that
-        # drew them, even when the code's generator key has moved on since: synthesize refuses other weights
-        gen_dir = drawn_with or self._generator(cfg, gcfg, labelled, unlabelled, backgrounds)
+        gen_dir = self.generator_for(cfg, spec, n, data, synth_dir)
         t1 = time.perf_counter()
-        masks_from = make_mask_source(spec.mask_source, labelled, cfg.resolution) if gcfg.kind in (
-            "mask2image", "inpaint") else None
-        samples = synthesize(
-            gen_dir, synth_dir, spec.n_per_real * len(labelled), masks_from=masks_from, backgrounds=backgrounds,
-            real=labelled, seed=spec.seed, sampler=spec.sampler or gcfg.sampler,
-            steps=spec.sampling_steps or gcfg.sample_steps,
-            guidance_scale=spec.guidance_scale if spec.guidance_scale is not None else gcfg.guidance_scale,
-            batch_size=spec.batch_size, resume=True,
-        )
+        samples = synthesize(gen_dir, synth_dir, **self.synthesis_args(cfg, spec, n, data), resume=True)
         t2 = time.perf_counter()
         info: dict[str, Any] = {
-            "generator_dir": str(gen_dir), "generator_config": gcfg.model_dump(mode="json"),
-            "n_generated": len(samples), "unlabelled_used": unlabelled is not None,
+            "generator_dir": str(gen_dir), "generator_config": resolved_generator_config(cfg, spec).model_dump(
+                mode="json"),
+            "n_generated": len(samples), "unlabelled_used": spec.use_unlabelled and data.unlabelled(n) is not None,
             "timings": {"train_generator_s": round(t1 - t0, 3),
                         # the trainer's own total over every resumed session (the wall time above is this call's)
                         "generator_train_s": read_meta(gen_dir).get("train_seconds"),
@@ -195,9 +201,54 @@ class LesionforgeStages:
         filtered = None
         if spec.filter is not None:
             filtered = work_dir / "filtered.jsonl"
+            labelled = data.labelled(n)
             info["filter"] = self._filter(cfg, spec, labelled, data, manifest, filtered)
             info["n_kept"] = info["filter"].get("n_kept")
         return SyntheticSet(manifest, filtered, info)
+
+    # The three units of a synthetic set, also run on their own (as separate tasks) by the Ray executor: each
+    # caches its output under <output>/cache, so prepare_synthetic then finds them made.
+
+    def generator_for(self, cfg: ExperimentConfig, spec: GeneratorSpec, n: int, data: ExperimentData,
+                      synth_dir: Path) -> Path:
+        """The trained generator folder (cached by its settings and training ids)."""
+        # samples already drawn here (a set re-filtered, or a synthesis resumed) continue with the generator that
+        # drew them, even when the code's generator key has moved on since: synthesize refuses other weights
+        drawn_with = _drawn_with(synth_dir, cfg.output)
+        if drawn_with is not None:
+            return drawn_with
+        if spec.method == "inpaint-normal" and data.backgrounds is None:
+            raise ConfigError("a generator of method inpaint-normal needs lesion-free backgrounds in the dataset")
+        unlabelled = data.unlabelled(n) if spec.use_unlabelled else None
+        backgrounds = data.backgrounds if spec.method == "inpaint-normal" else None
+        return self._generator(cfg, resolved_generator_config(cfg, spec), data.labelled(n), unlabelled, backgrounds)
+
+    @staticmethod
+    def synthesis_args(cfg: ExperimentConfig, spec: GeneratorSpec, n: int, data: ExperimentData) -> dict[str, Any]:
+        """Keyword arguments of :func:`~lesionforge.generate.synthesize.synthesize` for this set (all but the
+        generator and output folders): the same for one process and for every shard."""
+        from lesionforge.generate.trainbatch import make_mask_source
+
+        labelled, gcfg = data.labelled(n), resolved_generator_config(cfg, spec)
+        masks_from = make_mask_source(spec.mask_source, labelled, cfg.resolution) if gcfg.kind in (
+            "mask2image", "inpaint") else None
+        return dict(
+            n=spec.n_per_real * len(labelled), masks_from=masks_from, real=labelled,
+            backgrounds=data.backgrounds if spec.method == "inpaint-normal" else None,
+            seed=spec.seed, sampler=spec.sampler or gcfg.sampler, steps=spec.sampling_steps or gcfg.sample_steps,
+            guidance_scale=spec.guidance_scale if spec.guidance_scale is not None else gcfg.guidance_scale,
+            batch_size=spec.batch_size,
+        )
+
+    @staticmethod
+    def validator_for(cfg: ExperimentConfig, spec: GeneratorSpec, n: int, data: ExperimentData) -> Path | None:
+        """The trained validator of the set's filter (cached), None without a filter."""
+        if spec.filter is None:
+            return None
+        labelled, cache = data.labelled(n), cfg.output / "cache"
+        if spec.filter.validator == "pixel":
+            return _pixel_validator(cfg, spec, labelled, data, cache)
+        return _latent_validator(cfg, spec, labelled, data, cache)
 
     @staticmethod
     def _generator(cfg, gcfg, labelled: PairArrays, unlabelled, backgrounds) -> Path:
@@ -213,11 +264,7 @@ class LesionforgeStages:
                 out_path: Path) -> dict[str, Any]:
         from lesionforge.validate.filter import filter_manifest
 
-        cache = cfg.output / "cache"
-        if spec.filter.validator == "pixel":
-            validator = _pixel_validator(cfg, spec, labelled, data, cache)
-        else:
-            validator = _latent_validator(cfg, spec, labelled, data, cache)
+        validator = LesionforgeStages.validator_for(cfg, spec, len(labelled), data)
         # out_path is this cache's own intermediate file: a rerun after a crash rewrites it identically
         report = filter_manifest(manifest, validator, out_path, threshold=spec.filter.threshold, val=data.val,
                                  overwrite=True, auto_rule=spec.filter.auto_rule).to_dict()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -64,7 +65,7 @@ def filter_key(cfg: ExperimentConfig, name: str) -> str | None:
     return cache_key(f.model_dump(mode="json"), _contents([f.autoencoder_config, f.validator_config]))
 
 
-class _SyntheticCache:
+class SyntheticCache:
     """Synthetic sets made lazily (only when an unfinished run needs one) and kept as ``synthetic.json``."""
 
     def __init__(self, cfg: ExperimentConfig, stages: Stages, data: ExperimentData, n: int):
@@ -148,6 +149,23 @@ def run_experiment(
     ``poll_s``/``wait_timeout_s``: when every remaining run is held by other workers, look again every
     ``poll_s`` seconds and stop with :class:`WaitTimeoutError` after ``wait_timeout_s`` without progress.
     """
+    n_values, stages, data = prepare_sweep(cfg, stages, resume, overwrite, only_n)
+    paths = []
+    total = len(n_values) * len(cfg.seeds) * len(cfg.arms)
+    bar = _progress() if progress else nullcontext()
+    with bar as prog:
+        task = prog.add_task("runs", total=total) if prog is not None else None
+        for n in n_values:
+            cache = SyntheticCache(cfg, stages, data, n)
+            records = _run_n(cfg, stages, data, n, cache, prog, task, poll_s, wait_timeout_s)
+            paths.append(write_n_result(cfg, n, data, records, cache, overwrite))
+    return paths
+
+
+def prepare_sweep(
+    cfg: ExperimentConfig, stages: Stages | None, resume: bool, overwrite: bool, only_n: list[int] | None
+) -> tuple[list[int], Stages, ExperimentData]:
+    """What every executor does first: pick the N values, prepare the output folder, load the data."""
     n_values = _selected_n(cfg, only_n)
     if stages is None:
         from lesionforge.experiment.real_stages import LesionforgeStages
@@ -158,24 +176,45 @@ def run_experiment(
         import torch
 
         torch.set_num_threads(cfg.threads)
-    data = stages.load_data(cfg)
-    paths = []
-    total = len(n_values) * len(cfg.seeds) * len(cfg.arms)
-    bar = _progress() if progress else nullcontext()
-    with bar as prog:
-        task = prog.add_task("runs", total=total) if prog is not None else None
-        for n in n_values:
-            cache = _SyntheticCache(cfg, stages, data, n)
-            records = _run_n(cfg, stages, data, n, cache, prog, task, poll_s, wait_timeout_s)
-            synth = {name: s for name in _generators_used(cfg) if (s := cache.get(name, make=False)) is not None}
-            grid = write_grid_samples(cfg, n, data, synth)
-            result = build_result(cfg, n, records, synth, data.sources, grid, data.subsets)
-            paths.append(_write_result(cfg, n, result, overwrite))
-    return paths
+    return n_values, stages, stages.load_data(cfg)
+
+
+def write_n_result(cfg: ExperimentConfig, n: int, data: ExperimentData, records: list[RunRecord],
+                   cache: SyntheticCache, overwrite: bool) -> Path:
+    """The result JSON of N (with its grid of samples) from its finished runs and synthetic sets."""
+    synth = {name: s for name in _generators_used(cfg) if (s := cache.get(name, make=False)) is not None}
+    grid = write_grid_samples(cfg, n, data, synth)
+    result = build_result(cfg, n, records, synth, data.sources, grid, data.subsets)
+    return _write_result(cfg, n, result, overwrite)
+
+
+def ensure_run(cfg: ExperimentConfig, stages: Stages, data: ExperimentData, n: int, arm: ArmSettings, seed: int,
+               synthetic: Callable[[], SyntheticSet | None]) -> RunRecord:
+    """Do run (N, arm, seed) unless it is finished, under its claim; returns its record (checked against the
+    config). Raises :class:`Busy` when another worker holds the run (or, through ``synthetic``, its set)."""
+    seg_cfg = segment_config_for(cfg, arm, seed)
+    path = record_path(cfg.output, n, arm.name, seed)
+    if not path.is_file():
+        lock = run_dir(cfg.output, n, arm.name, seed) / "run.lock"
+        if not claim(lock):
+            raise Busy(f"seed {seed} / {arm.name}", lock)
+        try:
+            if not path.is_file():  # another worker may have finished it since our check
+                write_record(path, _run_one(cfg, stages, data, n, arm, seed, seg_cfg, synthetic()))
+                append_run_log(cfg.output, "done", n, arm.name, seed)
+        finally:
+            release(lock)
+    rec = read_record(path)
+    if rec.segment_config != seg_cfg:
+        raise ConfigError(
+            f"{path}: finished with different segmentation settings than the config asks; "
+            "use a new output folder or --overwrite"
+        )
+    return rec
 
 
 def _run_n(
-    cfg: ExperimentConfig, stages: Stages, data: ExperimentData, n: int, cache: _SyntheticCache, prog, task,
+    cfg: ExperimentConfig, stages: Stages, data: ExperimentData, n: int, cache: SyntheticCache, prog, task,
     poll_s: float = 30.0, wait_timeout_s: float = WAIT_TIMEOUT_S,
 ) -> list[RunRecord]:
     """Every (seed, arm) run of N, in order. Runs claimed by another worker are passed over and waited for."""
@@ -188,30 +227,14 @@ def _run_n(
     while pending:
         deferred = []  # (seed, arm, what it waits on, that claim's file)
         for seed, arm in pending:
-            seg_cfg = segment_config_for(cfg, arm, seed)
-            path = record_path(cfg.output, n, arm.name, seed)
             if prog is not None:
                 prog.update(task, description=f"N={n} seed={seed} {arm.name}")
-            if not path.is_file():
-                lock = run_dir(cfg.output, n, arm.name, seed) / "run.lock"
-                if not claim(lock):
-                    deferred.append((seed, arm, f"seed {seed} / {arm.name}", lock))
-                    continue
-                try:
-                    if not path.is_file():  # another worker may have finished it since our check
-                        write_record(path, _run_one(cfg, stages, data, n, arm, seed, seg_cfg, cache))
-                        append_run_log(cfg.output, "done", n, arm.name, seed)
-                except Busy as busy:
-                    deferred.append((seed, arm, str(busy), busy.lock))
-                    continue
-                finally:
-                    release(lock)
-            rec = read_record(path)
-            if rec.segment_config != seg_cfg:
-                raise ConfigError(
-                    f"{path}: finished with different segmentation settings than the config asks; "
-                    "use a new output folder or --overwrite"
-                )
+            get = (lambda g=arm.generator: cache.get(g)) if arm.generator is not None else (lambda: None)
+            try:
+                rec = ensure_run(cfg, stages, data, n, arm, seed, get)
+            except Busy as busy:
+                deferred.append((seed, arm, str(busy), busy.lock))
+                continue
             done[(seed, arm.name)] = rec
             if prog is not None:
                 prog.advance(task)
@@ -267,9 +290,8 @@ def _duration(s: float) -> str:
 
 def _run_one(
     cfg: ExperimentConfig, stages: Stages, data: ExperimentData, n: int, arm: ArmSettings, seed: int,
-    seg_cfg: dict[str, Any], cache: _SyntheticCache,
+    seg_cfg: dict[str, Any], synthetic: SyntheticSet | None,
 ) -> RunRecord:
-    synthetic = cache.get(arm.generator) if arm.generator is not None else None
     folder = run_dir(cfg.output, n, arm.name, seed)
     folder.mkdir(parents=True, exist_ok=True)
     append_run_log(cfg.output, "start", n, arm.name, seed)

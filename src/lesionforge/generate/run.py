@@ -52,9 +52,12 @@ def train_from_files(config: str | Path, data: str | Path, out: str | Path, *, s
 def synthesize_from_files(generator: str | Path, out: str | Path, n: int, *, data: str | Path | None = None,
                           split: str | None = None, labelled: int | None = None,
                           backgrounds: str | Path | None = None, mask_source: str = "jitter",
-                          **options) -> list[Sample]:
-    """Load the conditions ``synthesize`` needs for the generator's kind from disk, then run it;
+                          executor: str = "local", ray_options: dict | None = None, **options) -> list[Sample]:
+    """Load the conditions ``synthesize`` needs for the generator's kind from disk, then run it (``executor``
+    "ray": sharded over a Ray cluster, ``ray_options`` address/shards/gpus_per_task/max_retries);
     ``options`` are passed to :func:`~lesionforge.generate.synthesize.synthesize`."""
+    if executor not in ("local", "ray"):
+        raise ConfigError(f"--executor {executor!r}: choose 'local' or 'ray'")
     meta = read_meta(generator)
     res, channels, kind = meta["resolution"], meta["image_channels"], meta["kind"]
     real = training_inputs(data, res, channels, split, labelled, with_unlabelled=False)[0] if data is not None else None
@@ -62,6 +65,15 @@ def synthesize_from_files(generator: str | Path, out: str | Path, n: int, *, dat
         raise ConfigError(f"kind {kind!r} with mask source 'jitter' needs --data (real masks to jitter)")
     masks_from = make_mask_source(mask_source, real, res) if kind in ("mask2image", "inpaint") else None
     bg = load_backgrounds(backgrounds, res, channels, split) if backgrounds is not None else None
-    samples = synthesize(generator, out, n, masks_from=masks_from, backgrounds=bg, real=real, **options)
+    if executor == "ray":
+        from lesionforge.generate.shards import synthesize_on_ray
+        from lesionforge.raycluster import TaskResources
+
+        ro = dict(ray_options or {})
+        resources = TaskResources(num_gpus=ro.pop("gpus_per_task", None))
+        samples = synthesize_on_ray(generator, out, n, masks_from=masks_from, backgrounds=bg, real=real,
+                                    resources=resources, **ro, **options)
+    else:
+        samples = synthesize(generator, out, n, masks_from=masks_from, backgrounds=bg, real=real, **options)
     console.print(f"[green]{len(samples)}[/] synthetic samples in {out}")
     return samples

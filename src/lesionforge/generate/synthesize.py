@@ -10,6 +10,7 @@ skipped, and a torn last row left by a kill is dropped and its samples drawn aga
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -67,6 +68,7 @@ def synthesize(
     codec=None,
     text_encoder=None,
     progress: bool = True,
+    indices: Sequence[int] | None = None,
 ) -> list[Sample]:
     """Write ``n`` synthetic pairs to ``out_dir/images``, ``out_dir/masks`` and ``out_dir/manifest.jsonl``.
 
@@ -76,6 +78,8 @@ def synthesize(
     ``edge-text`` cycles over ``real`` pairs (their masks are the labels); ``joint`` needs nothing.
     ``guidance_scale`` / ``repaint_jumps`` None use the generator's defaults. Returns every sample of the
     manifest (the real ``real`` pairs also give the class of a jittered mask's source sample).
+    ``indices``: draw only these sample indices of the ``n`` (one shard of a sharded synthesis, see
+    :mod:`~lesionforge.generate.shards`); each sample is the same as in the whole run.
     """
     gen_dir = Path(generator_dir)
     meta = read_meta(gen_dir)
@@ -100,11 +104,12 @@ def synthesize(
     if (out_dir / MANIFEST).is_file():
         drop_torn_tail(out_dir / MANIFEST)
         done = {s.id for s in read_manifest(out_dir / MANIFEST, resolve=False)}
-    todo = [i for i in range(n) if _sample_id(kind, seed, i) not in done]
+    wanted = range(n) if indices is None else [i for i in indices if 0 <= i < n]
+    todo = [i for i in wanted if _sample_id(kind, seed, i) not in done]
     if done and todo:
-        announce_resume(out_dir, f"sample {todo[0]} ({n - len(todo)} of {n} already in {MANIFEST})")
+        announce_resume(out_dir, f"sample {todo[0]} ({len(wanted) - len(todo)} of {len(wanted)} already in {MANIFEST})")
     with StageProgress(disable=not progress) as bar:
-        task = bar.add_task(f"synthesizing ({kind})", total=n, completed=n - len(todo))
+        task = bar.add_task(f"synthesizing ({kind})", total=len(wanted), completed=len(wanted) - len(todo))
         for start in range(0, len(todo), batch_size):
             plans = [_plan(kind, seed, i, masks_from, backgrounds, real, text) for i in todo[start:start + batch_size]]
             rows = _generate(gen, plans, text, codec, sampler, steps, scale, repaint_jumps, seed, out_dir, common)

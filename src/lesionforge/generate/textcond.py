@@ -47,9 +47,9 @@ class TextConditioner:
         self.encoder = None
         self.prompt_fn: PromptFn | None = None
         if cfg.uses_text:
-            from lesionforge.conditioning.text import TextEncoder
+            from lesionforge.conditioning.text import default_text_encoder
 
-            self.encoder = text_encoder or TextEncoder()
+            self.encoder = text_encoder or default_text_encoder()
             self.prompt_fn = prompt_function(cfg, prompts)
 
     def prompts(self, ids: list[str], classes: list[str | None], masks: np.ndarray,

@@ -64,8 +64,10 @@ def train_generator(
     for what, arrays in (("training set", train), ("unlabelled set", unlabelled), ("backgrounds", backgrounds)):
         _check_data(cfg, arrays, what)
     codec = codec or load_codec(cfg)
-    accel = Accelerator(cpu=not torch.cuda.is_available(),
-                        mixed_precision="fp16" if torch.cuda.is_available() and cfg.mixed_precision else "no")
+    # several processes (`accelerate launch --num_processes K -m lesionforge train-generator ...`): data parallel, each
+    # rank draws its own batches (seeded by its index), gradients averaged; the LR schedule follows cfg.steps
+    accel = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=_precision(cfg),
+                        step_scheduler_with_optimizer=False)
     seed_everything(cfg.seed)  # initial weights depend on the seed only
     latent = (codec.latent_channels, codec.downsample_factor) if codec is not None else (None, 1)
     gen = build_generator(cfg, *latent)
@@ -98,9 +100,33 @@ def train_generator(
                                 seconds_before + time.perf_counter() - t0)
             if accel.is_main_process and cfg.sample_every and done % cfg.sample_every == 0:
                 _sample_grid(out_dir, done, accel.unwrap_model(gen), ema, maker)
+    digests = _rank_digests(accel, accel.unwrap_model(gen), ema)
     if accel.is_main_process:
-        _finish(out_dir, accel.unwrap_model(gen), ema, maker, losses, cfg, seconds_before + time.perf_counter() - t0)
+        _finish(out_dir, accel.unwrap_model(gen), ema, maker, losses, cfg, seconds_before + time.perf_counter() - t0,
+                digests)
+    accel.wait_for_everyone()  # the final model is written before any rank returns it
     return out_dir
+
+
+def _rank_digests(accel, gen: LesionGenerator, ema: EMAModel) -> list[list[float]] | None:
+    """With several processes: per rank, the float64 sum and sum of squares of every trained and EMA weight,
+    gathered; ranks that drifted apart (they must not: same init, averaged gradients) are an error."""
+    if accel.num_processes == 1:
+        return None
+    tensors = [*gen.trainable_parameters(), *ema.shadow_params]
+    mine = torch.stack([torch.stack([t.detach().double().sum(), t.detach().double().square().sum()])
+                        for t in tensors]).flatten().to(accel.device)
+    every = accel.gather(mine[None]).cpu()
+    if not all(torch.equal(every[0], r) for r in every[1:]):
+        raise CheckpointError(f"the {accel.num_processes} training processes ended with different weights")
+    return every.tolist()
+
+
+def _precision(cfg: GeneratorConfig) -> str:
+    """GPU mixed precision: bf16 where the GPU has it (no loss scaling, fp32's range), else fp16; none on CPU."""
+    if not (torch.cuda.is_available() and cfg.mixed_precision):
+        return "no"
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
 
 
 def _check_data(cfg: GeneratorConfig, arrays: PairArrays | None, what: str) -> None:
@@ -228,13 +254,14 @@ def _sample_grid(out_dir: Path, step: int, gen: LesionGenerator, ema: EMAModel, 
 
 
 def _finish(out_dir: Path, gen: LesionGenerator, ema: EMAModel, maker: BatchMaker, losses: list[float],
-            cfg: GeneratorConfig, train_seconds: float) -> None:
+            cfg: GeneratorConfig, train_seconds: float, digests: list[list[float]] | None = None) -> None:
     """Save the EMA weights as the final model (with the training wall time, summed over resumed sessions,
     and the thread count of this last session), a last sample grid and the loss curve."""
     ema.copy_to(gen.trainable_parameters())
     gen.eval().save_pretrained(out_dir, extra={"steps": cfg.steps, "code_version": code_version(),
                                                "autoencoder": cfg.autoencoder, "train_seconds": round(train_seconds, 1),
-                                               "torch_threads": torch.get_num_threads()})
+                                               "torch_threads": torch.get_num_threads(),
+                                               **({"rank_digests": digests} if digests else {})})
     save_sample_grid(out_dir / "samples" / "final.png", gen, maker)
     save_loss_curve(out_dir / "loss.png", losses)
 

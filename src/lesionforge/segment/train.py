@@ -140,6 +140,16 @@ class _Loop:
         self.augment = build_augmentation(cfg.augment, cfg.resolution) if cfg.augment.enabled else None
         self.paster = CopyPaster(train.images, train.masks, cfg.copy_paste) if cfg.copy_paste.enabled else None
         self.loss_fn = DiceCELoss(sigmoid=True, batch=True)
+        self.fast = gpu_fast_path(device)
+        if self.fast:
+            self.model.to(memory_format=torch.channels_last)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (float32); on a GPU through bf16 autocast in channels-last layout (see gpu_fast_path)."""
+        if not self.fast:
+            return self.model(x)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16):
+            return self.model(x.contiguous(memory_format=torch.channels_last)).float()
 
     def _real(self, idx: np.ndarray, step: int) -> tuple[np.ndarray, np.ndarray]:
         images, masks = self.train.images[idx], self.train.masks[idx]
@@ -166,7 +176,7 @@ class _Loop:
                 images = np.concatenate([images, self.synthetic.images[plan.synthetic]])
                 masks = np.concatenate([masks, self.synthetic.masks[plan.synthetic]])
             x, y = self._tensors(images, masks, step)
-            loss, n = self.loss_fn(self.model(x), y), len(x)
+            loss, n = self.loss_fn(self._forward(x), y), len(x)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -181,11 +191,17 @@ class _Loop:
         # the same augmentation seed gives each real sample and its twin the same geometric transform
         xr, yr = self._tensors(real_img, real_mask, step)
         xs, ys = self._tensors(twin_img, twin_mask, step)
-        logits = self.model(torch.cat([xr, xs]))
+        logits = self._forward(torch.cat([xr, xs]))
         m = merge_mask(len(xr), self.cfg.resolution, self.cfg.mixing.patch_size, self.cfg.mixing.alpha,
                        step_rng(self.cfg.seed, step, STREAM_MERGE)).to(self.device)
         merged_logits, merged_y = merge_pairs(logits[: len(xr)], logits[len(xr) :], yr, ys, m)
         return self.loss_fn(merged_logits, merged_y), 2 * len(xr)
+
+
+def gpu_fast_path(device: torch.device) -> bool:
+    """Train in bf16 autocast with channels-last tensors: on CUDA GPUs with bf16 (the tensor cores' fast path;
+    bf16 keeps fp32's range, so no loss scaling). CPU training stays in fp32, bit for bit as before."""
+    return device.type == "cuda" and torch.cuda.is_bf16_supported()
 
 
 def val_mdice(model: nn.Module, val: PairArrays, batch_size: int = 32) -> float:
