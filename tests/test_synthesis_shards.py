@@ -18,8 +18,12 @@ from lesionforge.generate.trainbatch import make_mask_source
 
 
 def _tree(root) -> dict[str, bytes]:
-    """Every file under ``root`` (manifest, run file, images, masks) by relative path."""
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    """Every file under ``root`` (manifest, run file, images, masks) by relative path; the output marker
+    names its own folder, so it is left out."""
+    from lesionforge.outputs import MARKER
+
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and p.name != MARKER}
 
 
 @pytest.fixture()
