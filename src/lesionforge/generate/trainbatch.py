@@ -13,6 +13,7 @@ import torch
 
 from lesionforge.data.arrays import PairArrays
 from lesionforge.errors import ConfigError
+from lesionforge.generate.augment import augment_pairs
 from lesionforge.generate.batches import Codec, build_inputs, dilate_masks, flip_pairs, latent_mask
 from lesionforge.generate.config import GeneratorConfig
 from lesionforge.generate.models import Conditions
@@ -77,8 +78,11 @@ class BatchMaker:
             fill[b - n_self:] = np.where(self.fill_normal[idx], 2, 1)
         data = _concat(parts)
         images, masks = flip_pairs(data.images, data.masks, rng) if self.cfg.flip else (data.images, data.masks)
+        aug = None
+        if self.cfg.augment is not None:  # no draws when off: today's batches stay bit-identical
+            images, masks, aug = augment_pairs(images, masks, rng, self.cfg.augment)
         drop = rng.random(b) < self.cfg.cond_dropout
-        return self._inputs(images, masks, data.ids, data.classes, rng, drop, fill)
+        return self._inputs(images, masks, data.ids, data.classes, rng, drop, fill, aug)
 
     def _random_masks(self, data: PairArrays, rng: np.random.Generator) -> PairArrays:
         drawn = self.mask_source(rng, len(data))
@@ -87,7 +91,7 @@ class BatchMaker:
 
     def _inputs(self, images: np.ndarray, masks: np.ndarray, ids: list[str], classes: list[str | None],
                 rng: np.random.Generator, drop: np.ndarray, fill: np.ndarray | None = None,
-                ) -> tuple[torch.Tensor, Conditions]:
+                aug: np.ndarray | None = None) -> tuple[torch.Tensor, Conditions]:
         if fill is not None and self.cfg.prompt_fills_as_known:
             # lesion-free fills are prompted as the "normal" class; unlabelled ones get the null prompt
             # (their content is unknown), the same condition as a dropped one
@@ -100,7 +104,7 @@ class BatchMaker:
         with torch.no_grad():  # the codec and edge extractor are fixed: no gradients through them
             x0, spatial = build_inputs(self.cfg.kind, images, region, self.codec)
         text, text_mask, labels = self.text.encode(prompts, classes, drop)
-        return x0, Conditions(spatial, text, text_mask, labels)
+        return x0, Conditions(spatial, text, text_mask, labels, None if aug is None else torch.from_numpy(aug))
 
     def preview(self, n: int = 4) -> Preview:
         """The first ``n`` labelled samples (no flips, no dropout) as fixed sampling conditions."""

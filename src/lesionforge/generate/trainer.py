@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 from diffusers.optimization import get_cosine_schedule_with_warmup
-from diffusers.training_utils import EMAModel
+from diffusers.training_utils import EMAModel, compute_snr
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from lesionforge.config import save_config
@@ -135,7 +135,8 @@ def _train_step(gen, opt, lr_sched, ema, noise_sched, maker: BatchMaker, accel, 
     target = noise if cfg.prediction_type == "epsilon" else noise_sched.get_velocity(x0, noise, t)
     with accel.autocast():
         pred = gen(x_t, t, cond)
-    loss = diffusion_loss(pred.float(), target, cond, cfg)
+    weights = None if cfg.min_snr_gamma is None else min_snr_weights(noise_sched, t, cfg)
+    loss = diffusion_loss(pred.float(), target, cond, cfg, weights)
     accel.backward(loss)
     if accel.sync_gradients:
         accel.clip_grad_norm_(accel.unwrap_model(gen).trainable_parameters(), cfg.grad_clip)
@@ -146,14 +147,38 @@ def _train_step(gen, opt, lr_sched, ema, noise_sched, maker: BatchMaker, accel, 
     return float(loss.detach())
 
 
-def diffusion_loss(pred: torch.Tensor, target: torch.Tensor, cond, cfg: GeneratorConfig) -> torch.Tensor:
+def diffusion_loss(pred: torch.Tensor, target: torch.Tensor, cond, cfg: GeneratorConfig,
+                   sample_weights: torch.Tensor | None = None) -> torch.Tensor:
     """MSE of the prediction (B, x, h, w); for ``inpaint`` weighted by region: pixels inside the re-generated
-    region weigh 1, those outside ``cfg.outside_loss_weight`` (the region is the last spatial channel, +1 in)."""
-    if cfg.kind != "inpaint" or cfg.outside_loss_weight == 1.0 or cond.spatial is None:
-        return F.mse_loss(pred, target)
-    region = (cond.spatial[:, -1:] > 0).to(pred.dtype)
-    weight = (region + cfg.outside_loss_weight * (1 - region)).expand_as(pred)
-    return ((pred - target) ** 2 * weight).sum() / weight.sum().clamp(min=1.0)
+    region weigh 1, those outside ``cfg.outside_loss_weight`` (the region is the last spatial channel, +1 in).
+
+    ``sample_weights`` (B,) (min-SNR-gamma): each sample's own mean is weighted, then the batch averaged;
+    None keeps the plain pooled mean, bit for bit."""
+    regional = cfg.kind == "inpaint" and cfg.outside_loss_weight != 1.0 and cond.spatial is not None
+    if regional:
+        region = (cond.spatial[:, -1:] > 0).to(pred.dtype)
+        weight = (region + cfg.outside_loss_weight * (1 - region)).expand_as(pred)
+    if sample_weights is None:
+        if not regional:
+            return F.mse_loss(pred, target)
+        return ((pred - target) ** 2 * weight).sum() / weight.sum().clamp(min=1.0)
+    if regional:
+        per_sample = ((pred - target) ** 2 * weight).sum((1, 2, 3)) / weight.sum((1, 2, 3)).clamp(min=1.0)
+    else:
+        per_sample = ((pred - target) ** 2).mean((1, 2, 3))
+    return (per_sample * sample_weights.to(per_sample)).mean()
+
+
+def min_snr_weights(noise_sched, t: torch.Tensor, cfg: GeneratorConfig) -> torch.Tensor:
+    """Min-SNR-gamma weights (B,) of timesteps ``t``: min(SNR, gamma) / SNR for epsilon prediction (written
+    as min(gamma / SNR, 1), finite where SNR underflows to 0), min(SNR, gamma) / (SNR + 1) for v-prediction;
+    SNR from diffusers' ``compute_snr``. Each makes the effective weight on the clean-image error min(SNR, gamma).
+    """
+    snr = compute_snr(noise_sched, t).float()
+    gamma = torch.full_like(snr, cfg.min_snr_gamma)
+    if cfg.prediction_type == "v_prediction":
+        return torch.minimum(snr, gamma) / (snr + 1.0)
+    return torch.clamp(gamma / snr, max=1.0)
 
 
 def latest_checkpoint(out_dir: str | Path) -> Path | None:
