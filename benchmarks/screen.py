@@ -39,6 +39,7 @@ from lesionforge.experiment.config import ArmSettings, ExperimentConfig, load_ex
 from lesionforge.experiment.real_stages import LesionforgeStages  # noqa: E402
 from lesionforge.experiment.runner import _SyntheticCache  # noqa: E402
 from lesionforge.experiment.stages import ExperimentData, SyntheticSet  # noqa: E402
+from lesionforge.generate.models import read_meta  # noqa: E402
 from lesionforge.segment.model_io import load_segmenter  # noqa: E402
 from lesionforge.utils import code_version, dir_hash, write_json_atomic, write_text_atomic  # noqa: E402
 from lesionforge.validate.features import FeatureExtractor, SegEncoder  # noqa: E402
@@ -51,6 +52,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "vpred-minsnr": {"prediction_type": "v_prediction", "min_snr_gamma": 5.0},
     "augment": {"augment": {"p": 0.5}},
     "vpred-minsnr+augment": {"prediction_type": "v_prediction", "min_snr_gamma": 5.0, "augment": {"p": 0.5}},
+    # half of today's steps pretraining on every image without a mask, half fine-tuning (equal total steps)
+    "pretrain": {"pretrain_steps": 1000, "steps": 1000},
 }
 GENERATOR = "inpaint"  # the headline configs' generator entry the variants change
 #: Reduced segmentation budget (the headline: 2000 steps, validation every 100); same network and augmentation.
@@ -180,8 +183,11 @@ def screen(config: Path, n: int, variants: list[str], results: Path, headline: P
         cfg = screen_config(config, n, v, **budget)
         synthetic = prepare(cfg, data, n)
         entry = out["variants"].setdefault(v, {})
-        entry.update(overrides=VARIANTS[v], generator_dir=synthetic.info["generator_dir"],
-                     generator_train_s=synthetic.info["timings"].get("generator_train_s"),
+        base = read_meta(synthetic.info["generator_dir"]).get("pretrained_base")
+        base_s = read_meta(base).get("train_seconds") if base else None
+        entry.update(overrides=VARIANTS[v], generator_dir=synthetic.info["generator_dir"], pretrained_base=base,
+                     generator_train_s=(synthetic.info["timings"].get("generator_train_s") or 0) + (base_s or 0),
+                     base_train_s=base_s,
                      synthesize_s=synthetic.info["timings"].get("synthesize_s"),
                      n_synthetic=synthetic.info["n_generated"])
         if "quality" not in entry:
@@ -229,7 +235,8 @@ def write_report(out: dict, path: Path) -> None:
     lines += [row(a, r) for a, r in out["real"].items()]
     for v, e in out["variants"].items():
         lines += [row(f"{v}: {a}", r) for a, r in e.get("arms", {}).items()]
-    lines += ["", "| variant | generator train s | synthesize s | samples | label fidelity own − shuffled [95 % CI] "
+    lines += ["", "| variant | generator train s (with pretraining) | synthesize s | samples "
+              "| label fidelity own − shuffled [95 % CI] "
               "| in-domain KID vs train (real val: ref) |", "|---|---|---|---|---|---|"]
     for v, e in out["variants"].items():
         q = e.get("quality")

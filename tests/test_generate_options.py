@@ -164,3 +164,69 @@ def test_augmented_generator_trains_and_samples_unaugmented(demo_arrays, tmp_pat
     assert not condition_maps(None, 2, (4, 4), x_t).any()
     x = sample(gen, Conditions(spatial=spatial), [0, 1], sampler="ddpm", steps=3)
     assert torch.isfinite(x).all()
+
+
+@pytest.mark.parametrize("kind", ["mask2image", "edge-text", "joint"])
+def test_pretraining_batches_mark_unknown_masks(kind, demo_arrays):
+    """Without labelled pairs, every kind trains on images alone: lesion-free images as pairs with an empty mask,
+    the others with the mask marked unknown (0, which no real mask takes; for joint: no loss on the mask)."""
+    cfg = tiny_cfg(kind, batch_size=16)
+    images = pairs(demo_arrays)
+    images = type(images)(images.images, np.zeros_like(images.masks), np.zeros(len(images), bool), images.ids,
+                          images.classes)
+    free = normals(demo_arrays)
+    maker = BatchMaker(cfg, images, backgrounds=free)
+    assert len(maker.pool) == len(images) + len(free) and maker.unknown.sum() == len(images)
+    x0, cond = maker.make(np.random.default_rng(0))
+    if kind == "joint":
+        unknown = cond.x_weight[:, -1, 0, 0] == 0
+        assert unknown.any() and (~unknown).any() and (cond.x_weight[:, :-1] == 1).all()
+        assert (x0[unknown, -1] == 0).all() and (x0[~unknown, -1] == -1).all()  # lesion-free: empty mask
+    else:
+        mask = cond.spatial[:, -1 if kind == "mask2image" else 1]
+        unknown = (mask == 0).flatten(1).all(1)
+        assert unknown.any() and (~unknown).any() and (mask[~unknown] == -1).all()
+        assert cond.x_weight is None
+
+
+def test_finetuning_starts_from_the_pretrained_base(demo_arrays, tmp_path):
+    from lesionforge.generate.trainer import pretrain_config
+
+    cfg = tiny_cfg("mask2image", steps=2, checkpoint_every=2, pretrain_steps=2)
+    data = pairs(demo_arrays)
+    images = type(data)(data.images, np.zeros_like(data.masks), np.zeros(len(data), bool), data.ids, data.classes)
+    base = train_generator(pretrain_config(cfg), images, tmp_path / "base", backgrounds=normals(demo_arrays),
+                           progress=False)
+    still = cfg.model_copy(update={"lr": 0.0, "weight_decay": 0.0})  # no update: the weights stay the base's
+    tuned = LesionGenerator.from_pretrained(train_generator(still, data, tmp_path / "t", init_from=base,
+                                                            progress=False))
+    ref = LesionGenerator.from_pretrained(base).state_dict()
+    assert all(torch.equal(v, ref[k]) for k, v in tuned.state_dict().items())
+    fresh = build_generator(cfg).state_dict()
+    assert not all(torch.equal(v, fresh[k]) for k, v in ref.items())
+    from lesionforge.generate.models import read_meta
+
+    assert read_meta(tmp_path / "t")["pretrained_base"] == str(base)
+    with pytest.raises(ConfigError, match="another architecture"):
+        train_generator(tiny_cfg("mask2image", block_out_channels=[8, 16], steps=1), data, tmp_path / "x",
+                        init_from=base, progress=False)
+
+
+@pytest.mark.parametrize("kind", ["inpaint", "mask2image"])
+def test_pretrained_base_is_cached_once_across_n(kind, demo_arrays, tmp_path):
+    from types import SimpleNamespace
+
+    from lesionforge.experiment.real_stages import LesionforgeStages, _images_only
+
+    cfg = tiny_cfg(kind, steps=1, checkpoint_every=1, pretrain_steps=2)
+    data, free = pairs(demo_arrays, lesion_only=True), normals(demo_arrays)
+    where = SimpleNamespace(output=tmp_path)
+    a = LesionforgeStages._generator(where, cfg, data.subset(np.arange(4)), None, free, (_images_only(data), free))
+    bases = list((tmp_path / "cache" / "generators").glob(f"{kind}-base-*"))
+    assert len(bases) == 1
+    made = (bases[0] / "lesionforge.json").stat().st_mtime_ns
+    b = LesionforgeStages._generator(where, cfg, data.subset(np.arange(8)), None, free, (_images_only(data), free))
+    assert a != b and (bases[0] / "lesionforge.json").stat().st_mtime_ns == made  # the base was reused
+    from lesionforge.generate.models import read_meta
+
+    assert read_meta(a)["pretrained_base"] == read_meta(b)["pretrained_base"] == str(bases[0])

@@ -124,7 +124,10 @@ class LesionforgeStages:
         drawn_with = _drawn_with(synth_dir)
         # samples already drawn here (a set re-filtered, or a synthesis resumed) continue with the generator that
         # drew them, even when the code's generator key has moved on since: synthesize refuses other weights
-        gen_dir = drawn_with or self._generator(cfg, gcfg, labelled, unlabelled, backgrounds)
+        pretrain = None
+        if gcfg.pretrain_steps is not None:  # every image without a mask here: train (all of it if allowed)
+            pretrain = _images_only(data.pool if spec.use_unlabelled else labelled), data.backgrounds
+        gen_dir = drawn_with or self._generator(cfg, gcfg, labelled, unlabelled, backgrounds, pretrain)
         t1 = time.perf_counter()
         masks_from = make_mask_source(spec.mask_source, labelled, cfg.resolution) if gcfg.kind in (
             "mask2image", "inpaint") else None
@@ -154,13 +157,25 @@ class LesionforgeStages:
         return SyntheticSet(manifest, filtered, info)
 
     @staticmethod
-    def _generator(cfg, gcfg, labelled: PairArrays, unlabelled, backgrounds) -> Path:
-        from lesionforge.generate.trainer import train_generator
+    def _generator(cfg, gcfg, labelled: PairArrays, unlabelled, backgrounds, pretrain=None) -> Path:
+        """Train (cached) the generator; with ``pretrain`` = (images, lesion-free images), first its base on
+        them, cached by its own settings and image ids alone, so every N and seed reuses it."""
+        from lesionforge.generate.models import META_FILE
+        from lesionforge.generate.trainer import pretrain_config, train_generator
 
+        base = None
+        if pretrain is not None:
+            images, free = pretrain
+            bcfg = pretrain_config(gcfg)
+            bkey = cache_key(bcfg.model_dump(mode="json"), images.ids, None if free is None else free.ids)
+            base = cfg.output / "cache" / "generators" / f"{gcfg.kind}-base-{bkey}"
+            if not (base / META_FILE).is_file():  # finished bases are reused as they are, never re-finished
+                base = Path(train_generator(bcfg, images, base, backgrounds=free, resume=True))
         key = cache_key(gcfg.model_dump(mode="json"), labelled.ids, None if unlabelled is None else unlabelled.ids,
                         None if backgrounds is None else backgrounds.ids)
         out = cfg.output / "cache" / "generators" / f"{gcfg.kind}-{key}"
-        return Path(train_generator(gcfg, labelled, out, unlabelled=unlabelled, backgrounds=backgrounds, resume=True))
+        return Path(train_generator(gcfg, labelled, out, unlabelled=unlabelled, backgrounds=backgrounds, resume=True,
+                                    init_from=base))
 
     @staticmethod
     def _filter(cfg, spec: GeneratorSpec, labelled: PairArrays, data: ExperimentData, manifest: Path,
@@ -212,6 +227,12 @@ def _concat(parts: list[PairArrays | None]) -> PairArrays:
         np.concatenate([p.has_mask for p in parts]), [i for p in parts for i in p.ids],
         [c for p in parts for c in p.classes],
     )
+
+
+def _images_only(arrays: PairArrays) -> PairArrays:
+    """The images of ``arrays`` without their masks (for pretraining a generator)."""
+    return PairArrays(arrays.images, np.zeros_like(arrays.masks), np.zeros(len(arrays), bool), list(arrays.ids),
+                      [None] * len(arrays))
 
 
 def _drawn_with(synth_dir: Path) -> Path | None:

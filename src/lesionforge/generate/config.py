@@ -42,7 +42,7 @@ class AugmentSettings(StrictModel):
 
 #: Options added after generators were cached: left out of the config's dump while unset, so the cache keys
 #: (a hash of the dump) and saved configs of every generator trained without them stay what they were.
-OPTIONAL_FIELDS = ("min_snr_gamma", "augment")
+OPTIONAL_FIELDS = ("min_snr_gamma", "augment", "pretrain_steps")
 
 
 class GeneratorConfig(StrictModel):
@@ -100,6 +100,10 @@ class GeneratorConfig(StrictModel):
     # the gradient; reported ~3x faster convergence with gamma = 5. None: the plain MSE.
     min_snr_gamma: float | None = None
     augment: AugmentSettings | None = None  # non-leaking conditioned augmentation; None: off
+    # steps of pretraining, before the ``steps`` on the labelled pairs, on every image that has no mask here (the
+    # rest of ``train`` without its masks, the lesion-free frames); the base is cached and shared across N and
+    # seeds (experiment.real_stages). None: no pretraining.
+    pretrain_steps: int | None = None
     checkpoint_every: int = 500
     keep_checkpoints: int = 2
     sample_every: int = 500
@@ -125,6 +129,8 @@ class GeneratorConfig(StrictModel):
             raise ConfigError("outside_loss_weight must be in [0, 1]")
         if self.min_snr_gamma is not None and self.min_snr_gamma <= 0:
             raise ConfigError("min_snr_gamma must be > 0 (or null for no weighting)")
+        if self.pretrain_steps is not None and (self.pretrain_steps < 1 or self.pretrained is not None):
+            raise ConfigError("pretrain_steps must be >= 1 and needs a generator trained from scratch")
         if self.augment is not None and self.pretrained is not None:
             raise ConfigError("augment needs a generator trained from scratch (it adds input channels)")
         if any(c % self.norm_num_groups for c in self.block_out_channels):

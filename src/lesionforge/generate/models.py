@@ -59,13 +59,16 @@ def channel_layout(kind: str, image_channels: int, latent_channels: int | None =
 class Conditions:
     """Inputs besides ``x_t``: ``spatial`` (B, S, H, W) in [-1, 1]; ``text`` (B, L, D) encoder states with
     ``text_mask`` (B, L) {0, 1}; ``class_labels`` (B,) long (index ``num_classes`` = null class); ``augment``
-    (B, 6) the training augmentation drawn (``generate.augment``; None: not augmented, as at sampling)."""
+    (B, 6) the training augmentation drawn (``generate.augment``; None: not augmented, as at sampling);
+    ``x_weight`` (B, x, 1, 1), training only: loss weight per channel of ``x`` (0 where the target is unknown,
+    e.g. the mask channel of ``joint`` pretrained on images without masks)."""
 
     spatial: torch.Tensor | None = None
     text: torch.Tensor | None = None
     text_mask: torch.Tensor | None = None
     class_labels: torch.Tensor | None = None
     augment: torch.Tensor | None = None
+    x_weight: torch.Tensor | None = None
 
     def cat(self, other: Conditions) -> Conditions:
         """Stack two condition batches along the batch axis (cond + uncond in one pass)."""
@@ -75,7 +78,7 @@ class Conditions:
 
         return Conditions(c(self.spatial, other.spatial), c(self.text, other.text),
                           c(self.text_mask, other.text_mask), c(self.class_labels, other.class_labels),
-                          c(self.augment, other.augment))
+                          c(self.augment, other.augment), c(self.x_weight, other.x_weight))
 
     def rows(self, index: torch.Tensor) -> Conditions:
         """The conditions of batch rows ``index`` (long (n,), repeats allowed)."""
@@ -83,13 +86,15 @@ class Conditions:
         def r(a: torch.Tensor | None) -> torch.Tensor | None:
             return None if a is None else a[index.to(a.device)]
 
-        return Conditions(r(self.spatial), r(self.text), r(self.text_mask), r(self.class_labels), r(self.augment))
+        return Conditions(r(self.spatial), r(self.text), r(self.text_mask), r(self.class_labels), r(self.augment),
+                          r(self.x_weight))
 
     def to(self, device: torch.device | str) -> Conditions:
         def m(a: torch.Tensor | None) -> torch.Tensor | None:
             return None if a is None else a.to(device)
 
-        return Conditions(m(self.spatial), m(self.text), m(self.text_mask), m(self.class_labels), m(self.augment))
+        return Conditions(m(self.spatial), m(self.text), m(self.text_mask), m(self.class_labels), m(self.augment),
+                          m(self.x_weight))
 
     def nulled(self, null_text: torch.Tensor | None, null_mask: torch.Tensor | None, null_class: int) -> Conditions:
         """The unconditional twin: prompt "" states and the null class; spatial conditions stay."""
