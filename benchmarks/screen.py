@@ -171,36 +171,41 @@ def screen(config: Path, n: int, variants: list[str], results: Path, headline: P
         write_json_atomic(out_path, out)
         write_report(out, results / f"screen-{dataset}-n{n}-cpu.md")
 
-    for k in range(len(seeds)):  # every arm's first seed before any second seed: partial results rank all arms
+    # the real-only segmenter of seed 0 scores the label fidelity and gives the in-domain KID features
+    checkpoint = folder / "real" / "baseline" / "seed0" / "segmenter" / "best"
+    made: dict[str, tuple[ExperimentConfig, SyntheticSet]] = {}
+    for k in range(len(seeds)):  # every row's first seed before any second seed: partial results rank all rows
         for arm in REAL_ARMS:
             rows = [run_row(base_cfg, data, n, arm, s, folder / "real" / arm.name / f"seed{s}", None)
                     for s in seeds[:k + 1]]
             out["real"][arm.name] = summarise(rows)
             save()
-    # the real-only segmenter of seed 0 scores the label fidelity and gives the in-domain KID features
-    checkpoint = folder / "real" / "baseline" / "seed0" / "segmenter" / "best"
-    for v in variants:
-        cfg = screen_config(config, n, v, **budget)
-        synthetic = prepare(cfg, data, n)
-        entry = out["variants"].setdefault(v, {})
-        base = read_meta(synthetic.info["generator_dir"]).get("pretrained_base")
-        base_s = read_meta(base).get("train_seconds") if base else None
-        entry.update(overrides=VARIANTS[v], generator_dir=synthetic.info["generator_dir"], pretrained_base=base,
-                     generator_train_s=(synthetic.info["timings"].get("generator_train_s") or 0) + (base_s or 0),
-                     base_train_s=base_s,
-                     synthesize_s=synthetic.info["timings"].get("synthesize_s"),
-                     n_synthetic=synthetic.info["n_generated"])
-        if "quality" not in entry:
-            entry["quality"] = quality(synthetic, cfg, data, checkpoint)
-        arms = VARIANT_ARMS + (AGREEMENT_ARMS if v == "today" else ())
-        entry.setdefault("arms", {})
-        for k in range(len(seeds)):
-            for arm in arms:
+        for v in variants:
+            if v not in made:
+                vcfg = screen_config(config, n, v, **budget)
+                made[v] = (vcfg, prepare(vcfg, data, n))
+                out["variants"][v] = describe_variant(out["variants"].get(v, {}), v, made[v][1])
+            cfg, synthetic = made[v]
+            entry = out["variants"][v]
+            if "quality" not in entry:
+                entry["quality"] = quality(synthetic, cfg, data, checkpoint)
+            for arm in VARIANT_ARMS + (AGREEMENT_ARMS if v == "today" else ()):
                 rows = [run_row(cfg, data, n, arm, s, folder / v / arm.name / f"seed{s}", synthetic)
                         for s in seeds[:k + 1]]
-                entry["arms"][arm.name] = summarise(rows)
+                entry.setdefault("arms", {})[arm.name] = summarise(rows)
                 save()
     return out
+
+
+def describe_variant(entry: dict, v: str, synthetic: SyntheticSet) -> dict:
+    """The variant's settings and costs: generator (and pretrained base) training seconds, synthesis."""
+    base = read_meta(synthetic.info["generator_dir"]).get("pretrained_base")
+    base_s = read_meta(base).get("train_seconds") if base else None
+    timings = synthetic.info["timings"]
+    return {**entry, "overrides": VARIANTS[v], "generator_dir": synthetic.info["generator_dir"],
+            "pretrained_base": base, "base_train_s": base_s,
+            "generator_train_s": (timings.get("generator_train_s") or 0) + (base_s or 0),
+            "synthesize_s": timings.get("synthesize_s"), "n_synthetic": synthetic.info["n_generated"]}
 
 
 def agreement(out: dict, head_path: Path | None) -> dict:
