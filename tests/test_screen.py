@@ -39,9 +39,9 @@ def test_rank_agreement_perfect_reversed_and_noisy():
 
 
 @pytest.mark.slow
-def test_screen_end_to_end_on_demo(tmp_path):
-    """Real rows, two variants (today and v-prediction + min-SNR), quality and the rank agreement, from the smoke
-    sweep's tiny models; a rerun resumes every row from its files."""
+def test_screen_end_to_end_on_demo(tmp_path, monkeypatch):
+    """Real rows, three variants (today, v-prediction + min-SNR, pretraining), quality and the rank agreement,
+    from the smoke sweep's tiny models; a rerun resumes every row from its files."""
     s = load_benchmark("screen")
     cfg = yaml.safe_load((ROOT / "benchmarks" / "configs" / "smoke.yaml").read_text(encoding="utf-8"))
     cfg["output"] = str(tmp_path / "runs")
@@ -51,14 +51,18 @@ def test_screen_end_to_end_on_demo(tmp_path):
     headline.write_text(json.dumps({"arms": {a: {"mdice_mean": m, "mdice": [m, m]} for a, m in (
         ("baseline", 0.5), ("copy-paste", 0.55), ("synthetic", 0.52), ("synthetic+copy-paste", 0.56))}}))
     budget = dict(steps=4, val_interval=2, seeds=(0,), samples_per_real=2)
-    out = s.screen(config, 8, ["today", "vpred-minsnr"], tmp_path / "results", headline=headline, command="test",
-                   **budget)
+    monkeypatch.setitem(s.VARIANTS, "pretrain", {"pretrain_steps": 2, "steps": 2})  # the smoke's tiny budget
+    out = s.screen(config, 8, ["today", "vpred-minsnr", "pretrain"], tmp_path / "results", headline=headline,
+                   command="test", **budget)
     assert set(out["real"]) == {"baseline", "copy-paste"}
     assert set(out["variants"]["today"]["arms"]) == {"synthetic-only", "synthetic", "synthetic+copy-paste"}
     assert set(out["variants"]["vpred-minsnr"]["arms"]) == {"synthetic-only", "synthetic"}
     v = out["variants"]["vpred-minsnr"]
     assert v["n_synthetic"] == 16 and v["overrides"]["min_snr_gamma"] == 5.0
     assert json.loads((Path(v["generator_dir"]) / "lesionforge.json").read_text())["config"]["min_snr_gamma"] == 5.0
+    p = out["variants"]["pretrain"]
+    assert p["pretrained_base"] is not None and p["generator_train_s"] > p["base_train_s"] > 0
+    assert out["variants"]["today"]["pretrained_base"] is None
     q = out["variants"]["today"]["quality"]
     assert {"label_fidelity", "kid_vs_train", "kid_val_vs_train"} <= set(q)
     row = out["real"]["baseline"]
