@@ -219,9 +219,13 @@ class LesionforgeStages:
             return drawn_with
         if spec.method == "inpaint-normal" and data.backgrounds is None:
             raise ConfigError("a generator of method inpaint-normal needs lesion-free backgrounds in the dataset")
+        labelled, gcfg = data.labelled(n), resolved_generator_config(cfg, spec)
         unlabelled = data.unlabelled(n) if spec.use_unlabelled else None
         backgrounds = data.backgrounds if spec.method == "inpaint-normal" else None
-        return self._generator(cfg, resolved_generator_config(cfg, spec), data.labelled(n), unlabelled, backgrounds)
+        pretrain = None
+        if gcfg.pretrain_steps is not None:  # every image without a mask here: train (all of it if allowed)
+            pretrain = _images_only(data.pool if spec.use_unlabelled else labelled), data.backgrounds
+        return self._generator(cfg, gcfg, labelled, unlabelled, backgrounds, pretrain)
 
     @staticmethod
     def synthesis_args(cfg: ExperimentConfig, spec: GeneratorSpec, n: int, data: ExperimentData) -> dict[str, Any]:
@@ -251,13 +255,25 @@ class LesionforgeStages:
         return _latent_validator(cfg, spec, labelled, data, cache)
 
     @staticmethod
-    def _generator(cfg, gcfg, labelled: PairArrays, unlabelled, backgrounds) -> Path:
-        from lesionforge.generate.trainer import train_generator
+    def _generator(cfg, gcfg, labelled: PairArrays, unlabelled, backgrounds, pretrain=None) -> Path:
+        """Train (cached) the generator; with ``pretrain`` = (images, lesion-free images), first its base on
+        them, cached by its own settings and image ids alone, so every N and seed reuses it."""
+        from lesionforge.generate.models import META_FILE
+        from lesionforge.generate.trainer import pretrain_config, train_generator
 
+        base = None
+        if pretrain is not None:
+            images, free = pretrain
+            bcfg = pretrain_config(gcfg)
+            bkey = cache_key(bcfg.model_dump(mode="json"), images.ids, None if free is None else free.ids)
+            base = cfg.output / "cache" / "generators" / f"{gcfg.kind}-base-{bkey}"
+            if not (base / META_FILE).is_file():  # finished bases are reused as they are, never re-finished
+                base = Path(train_generator(bcfg, images, base, backgrounds=free, resume=True))
         key = cache_key(gcfg.model_dump(mode="json"), labelled.ids, None if unlabelled is None else unlabelled.ids,
                         None if backgrounds is None else backgrounds.ids)
         out = cfg.output / "cache" / "generators" / f"{gcfg.kind}-{key}"
-        return Path(train_generator(gcfg, labelled, out, unlabelled=unlabelled, backgrounds=backgrounds, resume=True))
+        return Path(train_generator(gcfg, labelled, out, unlabelled=unlabelled, backgrounds=backgrounds, resume=True,
+                                    init_from=base))
 
     @staticmethod
     def _filter(cfg, spec: GeneratorSpec, labelled: PairArrays, data: ExperimentData, manifest: Path,
@@ -306,6 +322,12 @@ def _concat(parts: list[PairArrays | None]) -> PairArrays:
         np.concatenate([p.has_mask for p in parts]), [i for p in parts for i in p.ids],
         [c for p in parts for c in p.classes],
     )
+
+
+def _images_only(arrays: PairArrays) -> PairArrays:
+    """The images of ``arrays`` without their masks (for pretraining a generator)."""
+    return PairArrays(arrays.images, np.zeros_like(arrays.masks), np.zeros(len(arrays), bool), list(arrays.ids),
+                      [None] * len(arrays))
 
 
 def _drawn_with(synth_dir: Path, output: Path) -> Path | None:

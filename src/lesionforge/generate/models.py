@@ -29,6 +29,7 @@ from diffusers import ControlNetModel, DDPMScheduler, UNet2DConditionModel, UNet
 from torch import nn
 
 from lesionforge.errors import CheckpointError
+from lesionforge.generate.augment import AUG_DIMS, condition_maps
 from lesionforge.generate.config import GeneratorConfig
 from lesionforge.utils import write_json_atomic
 
@@ -57,12 +58,17 @@ def channel_layout(kind: str, image_channels: int, latent_channels: int | None =
 @dataclass
 class Conditions:
     """Inputs besides ``x_t``: ``spatial`` (B, S, H, W) in [-1, 1]; ``text`` (B, L, D) encoder states with
-    ``text_mask`` (B, L) {0, 1}; ``class_labels`` (B,) long (index ``num_classes`` = null class)."""
+    ``text_mask`` (B, L) {0, 1}; ``class_labels`` (B,) long (index ``num_classes`` = null class); ``augment``
+    (B, 6) the training augmentation drawn (``generate.augment``; None: not augmented, as at sampling);
+    ``x_weight`` (B, x, 1, 1), training only: loss weight per channel of ``x`` (0 where the target is unknown,
+    e.g. the mask channel of ``joint`` pretrained on images without masks)."""
 
     spatial: torch.Tensor | None = None
     text: torch.Tensor | None = None
     text_mask: torch.Tensor | None = None
     class_labels: torch.Tensor | None = None
+    augment: torch.Tensor | None = None
+    x_weight: torch.Tensor | None = None
 
     def cat(self, other: Conditions) -> Conditions:
         """Stack two condition batches along the batch axis (cond + uncond in one pass)."""
@@ -71,7 +77,8 @@ class Conditions:
             return None if a is None else torch.cat([a, b])
 
         return Conditions(c(self.spatial, other.spatial), c(self.text, other.text),
-                          c(self.text_mask, other.text_mask), c(self.class_labels, other.class_labels))
+                          c(self.text_mask, other.text_mask), c(self.class_labels, other.class_labels),
+                          c(self.augment, other.augment), c(self.x_weight, other.x_weight))
 
     def rows(self, index: torch.Tensor) -> Conditions:
         """The conditions of batch rows ``index`` (long (n,), repeats allowed)."""
@@ -79,13 +86,15 @@ class Conditions:
         def r(a: torch.Tensor | None) -> torch.Tensor | None:
             return None if a is None else a[index.to(a.device)]
 
-        return Conditions(r(self.spatial), r(self.text), r(self.text_mask), r(self.class_labels))
+        return Conditions(r(self.spatial), r(self.text), r(self.text_mask), r(self.class_labels), r(self.augment),
+                          r(self.x_weight))
 
     def to(self, device: torch.device | str) -> Conditions:
         def m(a: torch.Tensor | None) -> torch.Tensor | None:
             return None if a is None else a.to(device)
 
-        return Conditions(m(self.spatial), m(self.text), m(self.text_mask), m(self.class_labels))
+        return Conditions(m(self.spatial), m(self.text), m(self.text_mask), m(self.class_labels), m(self.augment),
+                          m(self.x_weight))
 
     def nulled(self, null_text: torch.Tensor | None, null_mask: torch.Tensor | None, null_class: int) -> Conditions:
         """The unconditional twin: prompt "" states and the null class; spatial conditions stay."""
@@ -141,6 +150,8 @@ class LesionGenerator(nn.Module):
                              encoder_attention_mask=cond.text_mask, down_block_additional_residuals=down,
                              mid_block_additional_residual=mid).sample
         inp = x_t if self.layout.spatial == 0 else torch.cat([x_t, cond.spatial.to(x_t.dtype)], dim=1)
+        if self.cfg.augment is not None:  # which augmentation was drawn, as constant maps (zeros: none)
+            inp = torch.cat([inp, condition_maps(cond.augment, len(x_t), x_t.shape[-2:], x_t)], dim=1)
         if self.has_text:
             return self.unet(inp, t, encoder_hidden_states=cond.text, class_labels=labels,
                              encoder_attention_mask=cond.text_mask).sample
@@ -202,8 +213,9 @@ def build_generator(cfg: GeneratorConfig, latent_channels: int | None = None, do
 
         return generator_from_base(cfg, layout)
     size = cfg.resolution // downsample
+    extra = AUG_DIMS if cfg.augment is not None else 0  # the augmentation condition's constant channels
     common = dict(
-        sample_size=size, in_channels=layout.x + layout.spatial, out_channels=layout.x,
+        sample_size=size, in_channels=layout.x + layout.spatial + extra, out_channels=layout.x,
         block_out_channels=tuple(cfg.block_out_channels), layers_per_block=cfg.layers_per_block,
         norm_num_groups=cfg.norm_num_groups, num_class_embeds=len(cfg.classes) + 1 if cfg.classes else None,
     )

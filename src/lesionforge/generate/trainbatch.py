@@ -6,13 +6,14 @@ self-supervised, filling a random size-controlled mask on an unlabelled or lesio
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
 from lesionforge.data.arrays import PairArrays
 from lesionforge.errors import ConfigError
+from lesionforge.generate.augment import augment_pairs
 from lesionforge.generate.batches import Codec, build_inputs, dilate_masks, flip_pairs, latent_mask
 from lesionforge.generate.config import GeneratorConfig
 from lesionforge.generate.models import Conditions
@@ -50,7 +51,14 @@ class BatchMaker:
         # (images, known to be lesion-free?): lesion-free fills are prompted "normal", the others get no prompt
         image_only = [(train.subset(np.flatnonzero(~train.has_mask)), False),
                       (labelled.subset(np.flatnonzero(~lesion)), True), (unlabelled, False), (backgrounds, True)]
-        self.self_sup = self.fill_normal = None
+        self.self_sup = self.fill_normal = self.unknown = None
+        if cfg.kind != "inpaint" and len(self.pool) == 0:
+            # pretraining on images without masks (``pretrain_steps``): a lesion-free image is a pair with an
+            # empty mask; for the others the mask is unknown, and the network is told so (see ``_unknown``)
+            parts = [(p, free) for p, free in image_only if p is not None and len(p)]
+            self.pool = _concat([PairArrays(p.images, np.zeros_like(p.masks), np.ones(len(p), bool), p.ids,
+                                            p.classes) for p, _ in parts])
+            self.unknown = np.concatenate([np.zeros(0, bool)] + [np.full(len(p), not free) for p, free in parts])
         if cfg.kind == "inpaint":
             self.self_sup = _concat([p for p, _ in image_only])
             self.fill_normal = np.concatenate([np.zeros(0, bool)] + [np.full(len(p), free) for p, free in image_only
@@ -69,16 +77,23 @@ class BatchMaker:
             n_self = b if len(self.pool) == 0 else int(rng.binomial(b, self.cfg.self_supervised_fraction))
         parts = []
         fill = np.zeros(b, np.int8)  # 0: a lesion re-generated, 1: fill of an unlabelled image, 2: lesion-free
+        unknown = None
         if b - n_self:
-            parts.append(self.pool.subset(rng.integers(len(self.pool), size=b - n_self)))
+            drawn = rng.integers(len(self.pool), size=b - n_self)
+            parts.append(self.pool.subset(drawn))
+            unknown = None if self.unknown is None else self.unknown[drawn]
         if n_self:
             idx = rng.integers(len(self.self_sup), size=n_self)
             parts.append(self._random_masks(self.self_sup.subset(idx), rng))
             fill[b - n_self:] = np.where(self.fill_normal[idx], 2, 1)
         data = _concat(parts)
         images, masks = flip_pairs(data.images, data.masks, rng) if self.cfg.flip else (data.images, data.masks)
+        aug = None
+        if self.cfg.augment is not None:  # no draws when off: today's batches stay bit-identical
+            images, masks, aug = augment_pairs(images, masks, rng, self.cfg.augment)
         drop = rng.random(b) < self.cfg.cond_dropout
-        return self._inputs(images, masks, data.ids, data.classes, rng, drop, fill)
+        x0, cond = self._inputs(images, masks, data.ids, data.classes, rng, drop, fill, aug)
+        return (x0, cond) if unknown is None else _unknown(self.cfg.kind, x0, cond, unknown)
 
     def _random_masks(self, data: PairArrays, rng: np.random.Generator) -> PairArrays:
         drawn = self.mask_source(rng, len(data))
@@ -87,7 +102,7 @@ class BatchMaker:
 
     def _inputs(self, images: np.ndarray, masks: np.ndarray, ids: list[str], classes: list[str | None],
                 rng: np.random.Generator, drop: np.ndarray, fill: np.ndarray | None = None,
-                ) -> tuple[torch.Tensor, Conditions]:
+                aug: np.ndarray | None = None) -> tuple[torch.Tensor, Conditions]:
         if fill is not None and self.cfg.prompt_fills_as_known:
             # lesion-free fills are prompted as the "normal" class; unlabelled ones get the null prompt
             # (their content is unknown), the same condition as a dropped one
@@ -100,7 +115,7 @@ class BatchMaker:
         with torch.no_grad():  # the codec and edge extractor are fixed: no gradients through them
             x0, spatial = build_inputs(self.cfg.kind, images, region, self.codec)
         text, text_mask, labels = self.text.encode(prompts, classes, drop)
-        return x0, Conditions(spatial, text, text_mask, labels)
+        return x0, Conditions(spatial, text, text_mask, labels, None if aug is None else torch.from_numpy(aug))
 
     def preview(self, n: int = 4) -> Preview:
         """The first ``n`` labelled samples (no flips, no dropout) as fixed sampling conditions."""
@@ -116,6 +131,22 @@ class BatchMaker:
             guide = InpaintGuide(known=x0, region=latent_mask(region, factor))
         return Preview(data.images, data.masks, cond, cond.nulled(null_text, null_mask, null_class), guide,
                        tuple(x0.shape[-2:]))
+
+
+def _unknown(kind: str, x0: torch.Tensor, cond: Conditions, unknown: np.ndarray) -> tuple[torch.Tensor, Conditions]:
+    """Rows whose mask is unknown (an image without its mask): the mask condition is set to 0, a value no real
+    mask (-1 or +1) takes, so the network learns it as "mask unknown"; for ``joint``, whose mask is generated,
+    the mask channel is set to 0 and weighs nothing in the loss (``Conditions.x_weight``)."""
+    rows = torch.from_numpy(unknown)
+    if kind == "joint":
+        x0 = x0.clone()
+        x0[rows, -1] = 0.0
+        weight = torch.ones(len(x0), x0.shape[1], 1, 1)
+        weight[rows, -1] = 0.0
+        return x0, replace(cond, x_weight=weight)
+    spatial = cond.spatial.clone()
+    spatial[rows, -1 if kind == "mask2image" else 1] = 0.0  # mask2image: (mask); edge-text: (edges, mask)
+    return x0, replace(cond, spatial=spatial)
 
 
 def make_mask_source(name: str, real: PairArrays | None, size: int):

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 from diffusers.optimization import get_cosine_schedule_with_warmup
-from diffusers.training_utils import EMAModel
+from diffusers.training_utils import EMAModel, compute_snr
 from rich.progress import BarColumn, TextColumn, TimeRemainingColumn
 
 from lesionforge.config import save_config
@@ -50,6 +50,7 @@ def train_generator(
     text_encoder=None,
     mask_source=None,
     progress: bool = True,
+    init_from: str | Path | None = None,
 ) -> Path:
     """Train a generator of ``cfg.kind`` on ``train`` (uint8 pairs at ``cfg.resolution``) into ``out_dir``.
 
@@ -57,6 +58,8 @@ def train_generator(
     ``prompts``: see :func:`lesionforge.generate.textcond.prompt_function`. ``codec``: the latent
     autoencoder (default: loaded from ``cfg.autoencoder`` when ``cfg.space == "latent"``).
     ``mask_source``: random masks for self-supervised inpainting (default: size-controlled source).
+    ``init_from``: a finished generator folder of the same architecture (a pretrained base, see
+    :func:`pretrain_config`) whose weights the training starts from instead of a fresh initialisation.
     Writes ``checkpoint-<step>/`` every ``cfg.checkpoint_every`` steps, ``samples/``, ``loss.png`` and
     the final EMA model (``unet/``, ``scheduler/``, ``lesionforge.json``); returns ``out_dir``.
     """
@@ -71,6 +74,8 @@ def train_generator(
     seed_everything(cfg.seed)  # initial weights depend on the seed only
     latent = (codec.latent_channels, codec.downsample_factor) if codec is not None else (None, 1)
     gen = build_generator(cfg, *latent)
+    if init_from is not None:
+        _start_from(gen, Path(init_from))
     params = gen.trainable_parameters()
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     lr_sched = get_cosine_schedule_with_warmup(opt, cfg.warmup_steps, cfg.steps)
@@ -103,7 +108,7 @@ def train_generator(
     digests = _rank_digests(accel, accel.unwrap_model(gen), ema)
     if accel.is_main_process:
         _finish(out_dir, accel.unwrap_model(gen), ema, maker, losses, cfg, seconds_before + time.perf_counter() - t0,
-                digests)
+                digests, None if init_from is None else str(init_from))
     accel.wait_for_everyone()  # the final model is written before any rank returns it
     return out_dir
 
@@ -127,6 +132,23 @@ def _precision(cfg: GeneratorConfig) -> str:
     if not (torch.cuda.is_available() and cfg.mixed_precision):
         return "no"
     return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+
+
+def pretrain_config(cfg: GeneratorConfig) -> GeneratorConfig:
+    """The settings of ``cfg``'s pretrained base: the same model trained ``cfg.pretrain_steps`` steps (on images
+    without masks; :class:`BatchMaker` builds such batches when it is given no labelled pairs)."""
+    if cfg.pretrain_steps is None:
+        raise ConfigError("pretrain_config: the config has no pretrain_steps")
+    return cfg.model_copy(update={"steps": cfg.pretrain_steps, "pretrain_steps": None})
+
+
+def _start_from(gen: LesionGenerator, base: Path) -> None:
+    """Load the weights of the finished generator ``base`` (same architecture) into ``gen``."""
+    saved = LesionGenerator.from_pretrained(base)
+    shapes = {k: v.shape for k, v in saved.state_dict().items()}
+    if shapes != {k: v.shape for k, v in gen.state_dict().items()}:
+        raise ConfigError(f"{base}: the pretrained base has another architecture than this config")
+    gen.load_state_dict(saved.state_dict())
 
 
 def _check_data(cfg: GeneratorConfig, arrays: PairArrays | None, what: str) -> None:
@@ -164,7 +186,8 @@ def _train_step(gen, opt, lr_sched, ema, noise_sched, maker: BatchMaker, accel, 
     target = noise if cfg.prediction_type == "epsilon" else noise_sched.get_velocity(x0, noise, t)
     with accel.autocast():
         pred = gen(x_t, t, cond)
-    loss = diffusion_loss(pred.float(), target, cond, cfg)
+    weights = None if cfg.min_snr_gamma is None else min_snr_weights(noise_sched, t, cfg)
+    loss = diffusion_loss(pred.float(), target, cond, cfg, weights)
     accel.backward(loss)
     if accel.sync_gradients:
         accel.clip_grad_norm_(accel.unwrap_model(gen).trainable_parameters(), cfg.grad_clip)
@@ -175,14 +198,42 @@ def _train_step(gen, opt, lr_sched, ema, noise_sched, maker: BatchMaker, accel, 
     return float(loss.detach())
 
 
-def diffusion_loss(pred: torch.Tensor, target: torch.Tensor, cond, cfg: GeneratorConfig) -> torch.Tensor:
+def diffusion_loss(pred: torch.Tensor, target: torch.Tensor, cond, cfg: GeneratorConfig,
+                   sample_weights: torch.Tensor | None = None) -> torch.Tensor:
     """MSE of the prediction (B, x, h, w); for ``inpaint`` weighted by region: pixels inside the re-generated
-    region weigh 1, those outside ``cfg.outside_loss_weight`` (the region is the last spatial channel, +1 in)."""
-    if cfg.kind != "inpaint" or cfg.outside_loss_weight == 1.0 or cond.spatial is None:
-        return F.mse_loss(pred, target)
-    region = (cond.spatial[:, -1:] > 0).to(pred.dtype)
-    weight = (region + cfg.outside_loss_weight * (1 - region)).expand_as(pred)
-    return ((pred - target) ** 2 * weight).sum() / weight.sum().clamp(min=1.0)
+    region weigh 1, those outside ``cfg.outside_loss_weight`` (the region is the last spatial channel, +1 in).
+
+    ``sample_weights`` (B,) (min-SNR-gamma): each sample's own mean is weighted, then the batch averaged;
+    None keeps the plain pooled mean, bit for bit."""
+    regional = cfg.kind == "inpaint" and cfg.outside_loss_weight != 1.0 and cond.spatial is not None
+    weight = None
+    if regional:
+        region = (cond.spatial[:, -1:] > 0).to(pred.dtype)
+        weight = (region + cfg.outside_loss_weight * (1 - region)).expand_as(pred)
+    if cond.x_weight is not None:  # channels whose target is unknown (pretraining without masks) weigh 0
+        known = cond.x_weight.to(pred).expand_as(pred)
+        weight = known if weight is None else weight * known
+    if sample_weights is None:
+        if weight is None:
+            return F.mse_loss(pred, target)
+        return ((pred - target) ** 2 * weight).sum() / weight.sum().clamp(min=1.0)
+    if weight is None:
+        per_sample = ((pred - target) ** 2).mean((1, 2, 3))
+    else:
+        per_sample = ((pred - target) ** 2 * weight).sum((1, 2, 3)) / weight.sum((1, 2, 3)).clamp(min=1.0)
+    return (per_sample * sample_weights.to(per_sample)).mean()
+
+
+def min_snr_weights(noise_sched, t: torch.Tensor, cfg: GeneratorConfig) -> torch.Tensor:
+    """Min-SNR-gamma weights (B,) of timesteps ``t``: min(SNR, gamma) / SNR for epsilon prediction (written
+    as min(gamma / SNR, 1), finite where SNR underflows to 0), min(SNR, gamma) / (SNR + 1) for v-prediction;
+    SNR from diffusers' ``compute_snr``. Each makes the effective weight on the clean-image error min(SNR, gamma).
+    """
+    snr = compute_snr(noise_sched, t).float()
+    gamma = torch.full_like(snr, cfg.min_snr_gamma)
+    if cfg.prediction_type == "v_prediction":
+        return torch.minimum(snr, gamma) / (snr + 1.0)
+    return torch.clamp(gamma / snr, max=1.0)
 
 
 def latest_checkpoint(out_dir: str | Path) -> Path | None:
@@ -254,14 +305,16 @@ def _sample_grid(out_dir: Path, step: int, gen: LesionGenerator, ema: EMAModel, 
 
 
 def _finish(out_dir: Path, gen: LesionGenerator, ema: EMAModel, maker: BatchMaker, losses: list[float],
-            cfg: GeneratorConfig, train_seconds: float, digests: list[list[float]] | None = None) -> None:
+            cfg: GeneratorConfig, train_seconds: float, digests: list[list[float]] | None = None,
+            base: str | None = None) -> None:
     """Save the EMA weights as the final model (with the training wall time, summed over resumed sessions,
     and the thread count of this last session), a last sample grid and the loss curve."""
     ema.copy_to(gen.trainable_parameters())
     gen.eval().save_pretrained(out_dir, extra={"steps": cfg.steps, "code_version": code_version(),
                                                "autoencoder": cfg.autoencoder, "train_seconds": round(train_seconds, 1),
                                                "torch_threads": torch.get_num_threads(),
-                                               **({"rank_digests": digests} if digests else {})})
+                                               **({"rank_digests": digests} if digests else {}),
+                                               **({} if base is None else {"pretrained_base": base})})
     save_sample_grid(out_dir / "samples" / "final.png", gen, maker)
     save_loss_curve(out_dir / "loss.png", losses)
 

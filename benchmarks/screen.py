@@ -1,0 +1,312 @@
+"""Usefulness screen (issue 13): rank a generator variant by what its pairs do for a segmenter, in minutes.
+
+    python benchmarks/screen.py prepare --dataset kvasir-seg --n 32 --variant today --threads 1
+    python benchmarks/screen.py run --dataset kvasir-seg --n 32 --variant today --variant vpred-minsnr --threads 1
+
+A variant is the headline generator (``benchmarks/configs/<dataset>-cpu.yaml``) with some generator-config
+fields changed (``VARIANTS``). ``prepare`` trains it (into the headline's own generator cache, through the
+runner's stages, so the headline reuses it) and draws its synthetic set. ``run`` then trains the protocol
+segmenter (the headline's network and augmentation) at a reduced budget, on (a) the synthetic pairs alone and
+(b) the N real pairs plus the synthetic ones, selects and scores on real ``val`` (``test`` is never read), and
+sets beside them the label fidelity (``label_fidelity.own_vs_shuffled``) and the in-domain KID of the synthetic
+images. Real-only and copy-paste rows at the same budget make the scores comparable; they are trained once.
+Writes ``benchmarks/results/screen-<dataset>-n<N>-cpu.json`` and ``.md``; every stage resumes from its files.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import typer
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from label_fidelity import own_vs_shuffled  # noqa: E402
+
+from lesionforge.data.arrays import load_arrays  # noqa: E402
+from lesionforge.data.manifest import read_manifest  # noqa: E402
+from lesionforge.experiment.agreement import rank_agreement  # noqa: E402
+from lesionforge.experiment.budget import segment_config_for  # noqa: E402
+from lesionforge.experiment.config import ArmSettings, ExperimentConfig, load_experiment_config  # noqa: E402
+from lesionforge.experiment.real_stages import LesionforgeStages  # noqa: E402
+from lesionforge.experiment.runner import _SyntheticCache  # noqa: E402
+from lesionforge.experiment.stages import ExperimentData, SyntheticSet  # noqa: E402
+from lesionforge.generate.models import read_meta  # noqa: E402
+from lesionforge.segment.model_io import load_segmenter  # noqa: E402
+from lesionforge.utils import code_version, dir_hash, write_json_atomic, write_text_atomic  # noqa: E402
+from lesionforge.validate.features import FeatureExtractor, SegEncoder  # noqa: E402
+from lesionforge.validate.quality import kid  # noqa: E402
+
+#: Generator variants: fields changed in the headline generator's config. Equal wall time: every variant keeps
+#: today's steps x batch (the options below cost the same per step, see the JSON's generator_train_s).
+VARIANTS: dict[str, dict[str, Any]] = {
+    "today": {},
+    "vpred-minsnr": {"prediction_type": "v_prediction", "min_snr_gamma": 5.0},
+    "augment": {"augment": {"p": 0.5}},
+    "vpred-minsnr+augment": {"prediction_type": "v_prediction", "min_snr_gamma": 5.0, "augment": {"p": 0.5}},
+    # half of today's steps pretraining on every image without a mask, half fine-tuning (equal total steps)
+    "pretrain": {"pretrain_steps": 1000, "steps": 1000},
+}
+GENERATOR = "inpaint"  # the headline configs' generator entry the variants change
+#: Reduced segmentation budget (the headline: 2000 steps, validation every 100); same network and augmentation.
+STEPS, VAL_INTERVAL, SEEDS = 400, 50, (0, 1)
+#: Real-data rows, trained once per budget; their names are the headline's arm names.
+REAL_ARMS = (ArmSettings(name="baseline", kind="baseline"),
+             ArmSettings(name="copy-paste", kind="copy-paste", copy_paste_p=0.5))
+#: Rows of every variant: (a) its synthetic pairs alone, (b) the N real pairs plus them (the headline arm).
+VARIANT_ARMS = (
+    ArmSettings(name="synthetic-only", kind="synthetic", generator=GENERATOR, mixing="synthetic-only", filtered=False),
+    ArmSettings(name="synthetic", kind="synthetic", generator=GENERATOR, ratio=1, mixing="ratio", filtered=False),
+)
+#: Extra rows of ``today`` whose headline arm exists, for the rank agreement.
+AGREEMENT_ARMS = (ArmSettings(name="synthetic+copy-paste", kind="synthetic", generator=GENERATOR, ratio=1,
+                              mixing="ratio", filtered=False, copy_paste=True, copy_paste_p=0.5),)
+
+
+def headline_config(dataset: str) -> Path:
+    return ROOT / "benchmarks" / "configs" / f"{dataset}-cpu.yaml"
+
+
+def screen_config(config: Path, n: int, variant: str, samples_per_real: int = 2, steps: int = STEPS,
+                  val_interval: int = VAL_INTERVAL, seeds: tuple[int, ...] = SEEDS) -> ExperimentConfig:
+    """The headline experiment config restricted to N, with the variant's generator and no filter (the
+    screen scores the unfiltered pairs; the synthetic set's cache key does not include the filter), and the
+    screen's segmentation budget."""
+    if variant not in VARIANTS:
+        raise typer.BadParameter(f"unknown variant {variant!r}; choose from {sorted(VARIANTS)}")
+    cfg = load_experiment_config(config, {"n_labelled": [n]})
+    spec = cfg.generators[GENERATOR]
+    spec = spec.model_copy(update={"overrides": {**spec.overrides, **VARIANTS[variant]}, "filter": None,
+                                   "n_per_real": samples_per_real})
+    seg = cfg.segment.model_copy(update={"steps": steps, "val_interval": val_interval})
+    return cfg.model_copy(update={"generators": {GENERATOR: spec}, "segment": seg, "seeds": list(seeds)})
+
+
+def prepare(cfg: ExperimentConfig, data: ExperimentData, n: int) -> SyntheticSet:
+    """Train (or reuse) the variant's generator and draw its synthetic set, in the headline's cache."""
+    return _SyntheticCache(cfg, LesionforgeStages(), data, n).get(GENERATOR)
+
+
+def screen_dir(cfg: ExperimentConfig, n: int) -> Path:
+    return cfg.output / "screen" / f"n{n}-steps{cfg.segment.steps}"
+
+
+def run_row(cfg: ExperimentConfig, data: ExperimentData, n: int, arm: ArmSettings, seed: int, folder: Path,
+            synthetic: SyntheticSet | None) -> dict:
+    """One segmenter at the screen budget, through the runner's own stage, selected and scored on ``val``
+    (``run_arm`` scores the data's ``test``: here that is ``val``). Cached as ``row.json`` in ``folder``."""
+    done = folder / "row.json"
+    if done.is_file():
+        return json.loads(done.read_text(encoding="utf-8"))
+    on_val = replace(data, test=data.val, subsets={}, transfer={})
+    folder.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    out = LesionforgeStages().run_arm(cfg, arm, segment_config_for(cfg, arm, seed), n, on_val, synthetic, folder)
+    row = {"arm": arm.name, "seed": seed, "val_mdice": out["mdice"], "ids": out["ids"], "dice": out["dice"],
+           "miss_rate": out["miss_rate"], "best_val_mdice": out["best_val_mdice"],
+           "seconds": round(time.perf_counter() - t0, 1), "checkpoint": str(folder / "segmenter" / "best")}
+    write_json_atomic(done, row)
+    return row
+
+
+def summarise(rows: list[dict]) -> dict:
+    """Seeds of one arm: mean val mDice, per-seed values, per-image Dice averaged over seeds."""
+    per_image: dict[str, list[float]] = {}
+    for r in rows:
+        for i, d in zip(r["ids"], r["dice"], strict=True):
+            per_image.setdefault(i, []).append(d)
+    return {"val_mdice": float(np.mean([r["val_mdice"] for r in rows])), "seeds": [r["seed"] for r in rows],
+            "val_mdice_by_seed": [r["val_mdice"] for r in rows], "seconds": sum(r["seconds"] for r in rows),
+            "per_image": {i: float(np.mean(v)) for i, v in sorted(per_image.items())}}
+
+
+def real_extractor(checkpoint: Path) -> FeatureExtractor:
+    """In-domain features (``validate.features.SegEncoder``) from the screen's own real-only segmenter."""
+    return FeatureExtractor(SegEncoder(load_segmenter(checkpoint)), "seg-encoder-screen-baseline",
+                            dir_hash(checkpoint))
+
+
+def quality(synthetic: SyntheticSet, cfg: ExperimentConfig, data: ExperimentData, checkpoint: Path) -> dict:
+    """Label fidelity (own vs shuffled masks, real-only segmenter) and in-domain KID against real train images."""
+    arrays = load_arrays(read_manifest(synthetic.manifest), cfg.resolution, cfg.dataset.channels, cache_dir=None)
+    fidelity = own_vs_shuffled(load_segmenter(checkpoint), arrays)
+    ext = real_extractor(checkpoint)
+    real = ext.features(data.pool.images)
+    return {"label_fidelity": fidelity,
+            "kid_vs_train": kid(ext.features(arrays.images), real),
+            "kid_val_vs_train": kid(ext.features(data.val.images), real),  # a real set's KID, for scale
+            "extractor": ext.describe()}
+
+
+def screen(config: Path, n: int, variants: list[str], results: Path, headline: Path | None = None,
+           command: str | None = None, **budget) -> dict:
+    """Screen ``variants`` (generators trained or reused) with the experiment ``config``'s data, generator and
+    segmenter (``budget``: :func:`screen_config`'s steps, val_interval, seeds, samples_per_real); write the JSON
+    and Markdown after every row. ``headline``: the result file the rank agreement compares with."""
+    base_cfg = screen_config(config, n, "today", **budget)
+    dataset, seeds = base_cfg.dataset.name, tuple(base_cfg.seeds)
+    data = LesionforgeStages().load_data(base_cfg)
+    folder = screen_dir(base_cfg, n)
+    out_path = results / f"screen-{dataset}-n{n}-cpu.json"
+    out = json.loads(out_path.read_text(encoding="utf-8")) if out_path.is_file() else {}
+    out.update(dataset=dataset, n_labelled=n, profile="cpu", resolution=base_cfg.resolution,
+               machine="2-core CPU, shared with other jobs, torch threads 1",
+               segment={"network": base_cfg.segment.network, "steps": base_cfg.segment.steps,
+                        "val_interval": base_cfg.segment.val_interval, "seeds": list(seeds),
+                        "selection": "best val mDice", "scored_on": "val"},
+               code_version=code_version(), command=command)
+    out.setdefault("real", {})
+    out.setdefault("variants", {})
+
+    def save() -> None:
+        out["agreement"] = agreement(out, headline)
+        write_json_atomic(out_path, out)
+        write_report(out, results / f"screen-{dataset}-n{n}-cpu.md")
+
+    # the real-only segmenter of seed 0 scores the label fidelity and gives the in-domain KID features
+    checkpoint = folder / "real" / "baseline" / "seed0" / "segmenter" / "best"
+    made: dict[str, tuple[ExperimentConfig, SyntheticSet]] = {}
+    for k in range(len(seeds)):  # every row's first seed before any second seed: partial results rank all rows
+        for arm in REAL_ARMS:
+            rows = [run_row(base_cfg, data, n, arm, s, folder / "real" / arm.name / f"seed{s}", None)
+                    for s in seeds[:k + 1]]
+            out["real"][arm.name] = summarise(rows)
+            save()
+        for v in variants:
+            if v not in made:
+                vcfg = screen_config(config, n, v, **budget)
+                made[v] = (vcfg, prepare(vcfg, data, n))
+                out["variants"][v] = describe_variant(out["variants"].get(v, {}), v, made[v][1])
+            cfg, synthetic = made[v]
+            entry = out["variants"][v]
+            if "quality" not in entry:
+                entry["quality"] = quality(synthetic, cfg, data, checkpoint)
+            for arm in VARIANT_ARMS + (AGREEMENT_ARMS if v == "today" else ()):
+                rows = [run_row(cfg, data, n, arm, s, folder / v / arm.name / f"seed{s}", synthetic)
+                        for s in seeds[:k + 1]]
+                entry.setdefault("arms", {})[arm.name] = summarise(rows)
+                save()
+    return out
+
+
+def describe_variant(entry: dict, v: str, synthetic: SyntheticSet) -> dict:
+    """The variant's settings and costs: generator (and pretrained base) training seconds, synthesis."""
+    base = read_meta(synthetic.info["generator_dir"]).get("pretrained_base")
+    base_s = read_meta(base).get("train_seconds") if base else None
+    timings = synthetic.info["timings"]
+    return {**entry, "overrides": VARIANTS[v], "generator_dir": synthetic.info["generator_dir"],
+            "pretrained_base": base, "base_train_s": base_s,
+            "generator_train_s": (timings.get("generator_train_s") or 0) + (base_s or 0),
+            "synthesize_s": timings.get("synthesize_s"), "n_synthetic": synthetic.info["n_generated"]}
+
+
+def agreement(out: dict, head_path: Path | None) -> dict:
+    """Rank agreement of the screen (real + synthetic rows of ``today``) with the headline result's arms."""
+    if head_path is None or not head_path.is_file() or "today" not in out["variants"]:
+        return {"status": f"not computed: needs the headline result ({head_path}) and the 'today' rows"}
+    head = json.loads(head_path.read_text(encoding="utf-8"))
+    headline = {a: v["mdice_mean"] for a, v in head["arms"].items()}
+    rows = {**out["real"], **out["variants"]["today"].get("arms", {})}
+    screen_scores = {a: r["per_image"] for a, r in rows.items() if a in headline}
+    if len(screen_scores) < 3:
+        return {"status": f"not computed: {len(screen_scores)} arms shared with the headline so far"}
+    res = rank_agreement(screen_scores, headline)
+    res["headline_file"] = head_path.name
+    res["headline_seed_std"] = {a: float(np.std(head["arms"][a]["mdice"])) for a in res["arms"]}
+    return res
+
+
+def write_report(out: dict, path: Path) -> None:
+    """The Markdown summary of a screen JSON."""
+    base = out["real"].get("baseline", {}).get("val_mdice")
+    lines = [f"# Usefulness screen, {out['dataset']} N = {out['n_labelled']} (cpu profile, {out['resolution']} px)",
+             "", "Written by `benchmarks/screen.py` from the JSON beside it. Segmenter: the headline network at "
+             f"{out['segment']['steps']} steps (headline 2000), seeds {out['segment']['seeds']}, selected and "
+             f"scored on real `val` (test never read). Machine: {out['machine']}. Command: `{out['command']}`.", "",
+             "| row | val mDice (mean of seeds) | vs real only | seeds | segmenter s |", "|---|---|---|---|---|"]
+
+    def row(name: str, r: dict) -> str:
+        gain = "—" if base is None or name == "baseline" else f"{r['val_mdice'] - base:+.3f}"
+        return f"| {name} | {r['val_mdice']:.3f} | {gain} | {len(r['seeds'])} | {r['seconds']:.0f} |"
+
+    lines += [row(a, r) for a, r in out["real"].items()]
+    for v, e in out["variants"].items():
+        lines += [row(f"{v}: {a}", r) for a, r in e.get("arms", {}).items()]
+    lines += ["", "| variant | generator train s (with pretraining) | synthesize s | samples "
+              "| label fidelity own − shuffled [95 % CI] "
+              "| in-domain KID vs train (real val: ref) |", "|---|---|---|---|---|---|"]
+    for v, e in out["variants"].items():
+        q = e.get("quality")
+        if q is None:
+            continue
+        d = q["label_fidelity"]["own_minus_shuffled"]
+        lines.append(f"| {v} | {e['generator_train_s']} | {e['synthesize_s']:.0f} | {e['n_synthetic']} | "
+                     f"{d['mean']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}] | "
+                     f"{q['kid_vs_train']['mean']:.4f} ({q['kid_val_vs_train']['mean']:.4f}) |")
+    a = out.get("agreement", {})
+    lines += ["", "## Rank agreement with the headline", ""]
+    if "spearman" in a:
+        b = a["bootstrap"]
+        lines.append(f"Spearman rho {a['spearman']:+.2f} over {len(a['arms'])} arms ({', '.join(a['arms'])}); "
+                     f"bootstrap over {a['n_images']} val images 95 % CI [{b['ci95'][0]:+.2f}, {b['ci95'][1]:+.2f}]; "
+                     f"exact permutation p = {a['permutation_p']:.3f} ({a['permutations']} orderings).")
+    else:
+        lines.append(a.get("status", "not computed"))
+    write_text_atomic(path, "\n".join(lines) + "\n")
+
+
+app = typer.Typer(add_completion=False, help=__doc__)
+
+
+@app.callback()
+def _group() -> None:
+    """Usefulness screen of generator variants (see the module docstring)."""
+
+
+@app.command("prepare")
+def prepare_cmd(
+    dataset: str = typer.Option("kvasir-seg", help="kvasir-seg or busi."),
+    n: int = typer.Option(32, help="Labelled pairs."),
+    variant: list[str] = typer.Option(["today"], help="Variants to train, in order."),
+    threads: int | None = typer.Option(None, help="torch threads."),
+) -> None:
+    """Train the variants' generators and draw their synthetic sets (resumable)."""
+    if threads:
+        torch.set_num_threads(threads)
+    data = None
+    for v in variant:
+        cfg = screen_config(headline_config(dataset), n, v)
+        data = data or LesionforgeStages().load_data(cfg)
+        t0 = time.perf_counter()
+        s = prepare(cfg, data, n)
+        typer.echo(f"{v}: {s.manifest} ({time.perf_counter() - t0:.0f} s)")
+
+
+@app.command("run")
+def run_cmd(
+    dataset: str = typer.Option("kvasir-seg", help="kvasir-seg or busi."),
+    n: int = typer.Option(32, help="Labelled pairs."),
+    variant: list[str] = typer.Option(["today"], help="Variants to screen, in order (trained if not cached)."),
+    real_only: bool = typer.Option(False, help="Only the real-data rows (while the generators still train)."),
+    results: Path = typer.Option(ROOT / "benchmarks" / "results", help="Where the JSON and Markdown go."),
+    threads: int | None = typer.Option(None, help="torch threads."),
+) -> None:
+    """Screen the variants: real rows once, then each variant's rows, quality and the rank agreement."""
+    if threads:
+        torch.set_num_threads(threads)
+    out = screen(headline_config(dataset), n, [] if real_only else variant, results,
+                 headline=ROOT / "benchmarks" / "results" / f"{dataset}-n{n}-cpu.json",
+                 command="python benchmarks/screen.py " + " ".join(sys.argv[1:]))
+    typer.echo(json.dumps(out.get("agreement", {}), indent=1)[:2000])
+
+
+if __name__ == "__main__":
+    app()

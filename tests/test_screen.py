@@ -1,0 +1,77 @@
+"""The usefulness screen: rank agreement statistics, and the whole screen end to end on the demo data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from conftest import load_benchmark
+
+from lesionforge.experiment.agreement import rank_agreement
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _screen_scores(means: dict[str, float], n: int = 40, noise: float = 0.01, seed: int = 0) -> dict:
+    rng = np.random.default_rng(seed)
+    base = rng.random(n)  # image difficulty, shared by every arm (paired)
+    return {a: {f"img{i}": float(base[i] + m + noise * rng.standard_normal()) for i in range(n)}
+            for a, m in means.items()}
+
+
+def test_rank_agreement_perfect_reversed_and_noisy():
+    head = {"a": 0.60, "b": 0.65, "c": 0.70, "d": 0.72}
+    same = rank_agreement(_screen_scores({"a": 0.1, "b": 0.2, "c": 0.3, "d": 0.4}), head)
+    assert same["spearman"] == pytest.approx(1.0) and same["arms"] == ["a", "b", "c", "d"]
+    assert same["permutation_p"] == pytest.approx(1 / 24) and same["permutations"] == 24
+    assert same["bootstrap"]["ci95"][0] == pytest.approx(1.0) and same["bootstrap"]["p_rho_le_0"] == 0.0
+    rev = rank_agreement(_screen_scores({"a": 0.4, "b": 0.3, "c": 0.2, "d": 0.1}), head)
+    assert rev["spearman"] == pytest.approx(-1.0) and rev["permutation_p"] == 1.0
+    # arms the screen cannot tell apart: the bootstrap interval spans orderings far from the point estimate
+    noisy = rank_agreement(_screen_scores({"a": 0.0, "b": 0.001, "c": 0.002, "d": 0.003}, noise=0.2), head)
+    lo, hi = noisy["bootstrap"]["ci95"]
+    assert hi - lo > 1.0
+    with pytest.raises(ValueError, match="at least 3"):
+        rank_agreement(_screen_scores({"a": 0.1, "b": 0.2}), head)
+
+
+@pytest.mark.slow
+def test_screen_end_to_end_on_demo(tmp_path, monkeypatch):
+    """Real rows, three variants (today, v-prediction + min-SNR, pretraining), quality and the rank agreement,
+    from the smoke sweep's tiny models; a rerun resumes every row from its files."""
+    s = load_benchmark("screen")
+    cfg = yaml.safe_load((ROOT / "benchmarks" / "configs" / "smoke.yaml").read_text(encoding="utf-8"))
+    cfg["output"] = str(tmp_path / "runs")
+    config = tmp_path / "smoke.yaml"
+    config.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    headline = tmp_path / "headline.json"
+    headline.write_text(json.dumps({"arms": {a: {"mdice_mean": m, "mdice": [m, m]} for a, m in (
+        ("baseline", 0.5), ("copy-paste", 0.55), ("synthetic", 0.52), ("synthetic+copy-paste", 0.56))}}))
+    budget = dict(steps=4, val_interval=2, seeds=(0,), samples_per_real=2)
+    monkeypatch.setitem(s.VARIANTS, "pretrain", {"pretrain_steps": 2, "steps": 2})  # the smoke's tiny budget
+    out = s.screen(config, 8, ["today", "vpred-minsnr", "pretrain"], tmp_path / "results", headline=headline,
+                   command="test", **budget)
+    assert set(out["real"]) == {"baseline", "copy-paste"}
+    assert set(out["variants"]["today"]["arms"]) == {"synthetic-only", "synthetic", "synthetic+copy-paste"}
+    assert set(out["variants"]["vpred-minsnr"]["arms"]) == {"synthetic-only", "synthetic"}
+    v = out["variants"]["vpred-minsnr"]
+    assert v["n_synthetic"] == 16 and v["overrides"]["min_snr_gamma"] == 5.0
+    assert json.loads((Path(v["generator_dir"]) / "lesionforge.json").read_text())["config"]["min_snr_gamma"] == 5.0
+    p = out["variants"]["pretrain"]
+    assert p["pretrained_base"] is not None and p["generator_train_s"] > p["base_train_s"] > 0
+    assert out["variants"]["today"]["pretrained_base"] is None
+    q = out["variants"]["today"]["quality"]
+    assert {"label_fidelity", "kid_vs_train", "kid_val_vs_train"} <= set(q)
+    row = out["real"]["baseline"]
+    data = s.LesionforgeStages().load_data(s.screen_config(config, 8, "today"))
+    assert 0 <= row["val_mdice"] <= 1 and sorted(row["per_image"]) == sorted(data.val.ids)  # val, not test
+    a = out["agreement"]
+    assert a["arms"] == ["baseline", "copy-paste", "synthetic", "synthetic+copy-paste"] and -1 <= a["spearman"] <= 1
+    saved = json.loads((tmp_path / "results" / "screen-demo-n8-cpu.json").read_text(encoding="utf-8"))
+    assert saved["agreement"]["spearman"] == a["spearman"]
+    assert "Rank agreement" in (tmp_path / "results" / "screen-demo-n8-cpu.md").read_text(encoding="utf-8")
+    again = s.screen(config, 8, ["today"], tmp_path / "results", headline=headline, command="test", **budget)
+    assert again["real"]["baseline"]["val_mdice"] == row["val_mdice"]
