@@ -37,7 +37,7 @@ from lesionforge.experiment.agreement import rank_agreement  # noqa: E402
 from lesionforge.experiment.budget import segment_config_for  # noqa: E402
 from lesionforge.experiment.config import ArmSettings, ExperimentConfig, load_experiment_config  # noqa: E402
 from lesionforge.experiment.real_stages import LesionforgeStages  # noqa: E402
-from lesionforge.experiment.runner import _SyntheticCache  # noqa: E402
+from lesionforge.experiment.runner import SyntheticCache  # noqa: E402
 from lesionforge.experiment.stages import ExperimentData, SyntheticSet  # noqa: E402
 from lesionforge.generate.models import read_meta  # noqa: E402
 from lesionforge.segment.model_io import load_segmenter  # noqa: E402
@@ -92,7 +92,7 @@ def screen_config(config: Path, n: int, variant: str, samples_per_real: int = 2,
 
 def prepare(cfg: ExperimentConfig, data: ExperimentData, n: int) -> SyntheticSet:
     """Train (or reuse) the variant's generator and draw its synthetic set, in the headline's cache."""
-    return _SyntheticCache(cfg, LesionforgeStages(), data, n).get(GENERATOR)
+    return SyntheticCache(cfg, LesionforgeStages(), data, n).get(GENERATOR)
 
 
 def screen_dir(cfg: ExperimentConfig, n: int) -> Path:
