@@ -63,8 +63,8 @@ REAL_ARMS = (ArmSettings(name="baseline", kind="baseline"),
              ArmSettings(name="copy-paste", kind="copy-paste", copy_paste_p=0.5))
 #: Rows of every variant: (a) its synthetic pairs alone, (b) the N real pairs plus them (the headline arm).
 VARIANT_ARMS = (
-    ArmSettings(name="synthetic-only", kind="synthetic", generator=GENERATOR, mixing="synthetic-only", filtered=False),
     ArmSettings(name="synthetic", kind="synthetic", generator=GENERATOR, ratio=1, mixing="ratio", filtered=False),
+    ArmSettings(name="synthetic-only", kind="synthetic", generator=GENERATOR, mixing="synthetic-only", filtered=False),
 )
 #: Extra rows of ``today`` whose headline arm exists, for the rank agreement.
 AGREEMENT_ARMS = (ArmSettings(name="synthetic+copy-paste", kind="synthetic", generator=GENERATOR, ratio=1,
@@ -191,7 +191,8 @@ def screen(config: Path, n: int, variants: list[str], results: Path, headline: P
             entry = out["variants"][v]
             if "quality" not in entry:
                 entry["quality"] = quality(synthetic, cfg, data, checkpoint)
-            for arm in VARIANT_ARMS + (AGREEMENT_ARMS if v == "today" else ()):
+            # the rows the rank agreement needs first (a partial run still ranks the headline's arms)
+            for arm in VARIANT_ARMS[:1] + (AGREEMENT_ARMS if v == "today" else ()) + VARIANT_ARMS[1:]:
                 rows = [run_row(cfg, data, n, arm, s, folder / v / arm.name / f"seed{s}", synthetic)
                         for s in seeds[:k + 1]]
                 entry.setdefault("arms", {})[arm.name] = summarise(rows)
