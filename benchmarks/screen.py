@@ -63,8 +63,8 @@ REAL_ARMS = (ArmSettings(name="baseline", kind="baseline"),
              ArmSettings(name="copy-paste", kind="copy-paste", copy_paste_p=0.5))
 #: Rows of every variant: (a) its synthetic pairs alone, (b) the N real pairs plus them (the headline arm).
 VARIANT_ARMS = (
-    ArmSettings(name="synthetic-only", kind="synthetic", generator=GENERATOR, mixing="synthetic-only", filtered=False),
     ArmSettings(name="synthetic", kind="synthetic", generator=GENERATOR, ratio=1, mixing="ratio", filtered=False),
+    ArmSettings(name="synthetic-only", kind="synthetic", generator=GENERATOR, mixing="synthetic-only", filtered=False),
 )
 #: Extra rows of ``today`` whose headline arm exists, for the rank agreement.
 AGREEMENT_ARMS = (ArmSettings(name="synthetic+copy-paste", kind="synthetic", generator=GENERATOR, ratio=1,
@@ -155,7 +155,9 @@ def screen(config: Path, n: int, variants: list[str], results: Path, headline: P
     dataset, seeds = base_cfg.dataset.name, tuple(base_cfg.seeds)
     data = LesionforgeStages().load_data(base_cfg)
     folder = screen_dir(base_cfg, n)
-    out_path = results / f"screen-{dataset}-n{n}-cpu.json"
+    # one file per budget: the default one is the screen; others (e.g. a longer segmenter) sit beside it
+    stem = f"screen-{dataset}-n{n}" + ("" if base_cfg.segment.steps == STEPS else f"-s{base_cfg.segment.steps}")
+    out_path = results / f"{stem}-cpu.json"
     out = json.loads(out_path.read_text(encoding="utf-8")) if out_path.is_file() else {}
     out.update(dataset=dataset, n_labelled=n, profile="cpu", resolution=base_cfg.resolution,
                machine="2-core CPU, shared with other jobs, torch threads 1",
@@ -169,7 +171,7 @@ def screen(config: Path, n: int, variants: list[str], results: Path, headline: P
     def save() -> None:
         out["agreement"] = agreement(out, headline)
         write_json_atomic(out_path, out)
-        write_report(out, results / f"screen-{dataset}-n{n}-cpu.md")
+        write_report(out, results / f"{stem}-cpu.md")
 
     # the real-only segmenter of seed 0 scores the label fidelity and gives the in-domain KID features
     checkpoint = folder / "real" / "baseline" / "seed0" / "segmenter" / "best"
@@ -189,7 +191,8 @@ def screen(config: Path, n: int, variants: list[str], results: Path, headline: P
             entry = out["variants"][v]
             if "quality" not in entry:
                 entry["quality"] = quality(synthetic, cfg, data, checkpoint)
-            for arm in VARIANT_ARMS + (AGREEMENT_ARMS if v == "today" else ()):
+            # the rows the rank agreement needs first (a partial run still ranks the headline's arms)
+            for arm in VARIANT_ARMS[:1] + (AGREEMENT_ARMS if v == "today" else ()) + VARIANT_ARMS[1:]:
                 rows = [run_row(cfg, data, n, arm, s, folder / v / arm.name / f"seed{s}", synthetic)
                         for s in seeds[:k + 1]]
                 entry.setdefault("arms", {})[arm.name] = summarise(rows)
@@ -296,6 +299,9 @@ def run_cmd(
     n: int = typer.Option(32, help="Labelled pairs."),
     variant: list[str] = typer.Option(["today"], help="Variants to screen, in order (trained if not cached)."),
     real_only: bool = typer.Option(False, help="Only the real-data rows (while the generators still train)."),
+    steps: int = typer.Option(STEPS, help="Segmenter steps (another budget writes its own -s<steps> file)."),
+    val_interval: int = typer.Option(VAL_INTERVAL, help="Segmenter validation interval."),
+    seed: list[int] = typer.Option(list(SEEDS), help="Segmenter seeds."),
     results: Path = typer.Option(ROOT / "benchmarks" / "results", help="Where the JSON and Markdown go."),
     threads: int | None = typer.Option(None, help="torch threads."),
 ) -> None:
@@ -304,7 +310,8 @@ def run_cmd(
         torch.set_num_threads(threads)
     out = screen(headline_config(dataset), n, [] if real_only else variant, results,
                  headline=ROOT / "benchmarks" / "results" / f"{dataset}-n{n}-cpu.json",
-                 command="python benchmarks/screen.py " + " ".join(sys.argv[1:]))
+                 command="python benchmarks/screen.py " + " ".join(sys.argv[1:]), steps=steps,
+                 val_interval=val_interval, seeds=tuple(seed))
     typer.echo(json.dumps(out.get("agreement", {}), indent=1)[:2000])
 
 

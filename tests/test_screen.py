@@ -70,8 +70,8 @@ def test_screen_end_to_end_on_demo(tmp_path, monkeypatch):
     assert 0 <= row["val_mdice"] <= 1 and sorted(row["per_image"]) == sorted(data.val.ids)  # val, not test
     a = out["agreement"]
     assert a["arms"] == ["baseline", "copy-paste", "synthetic", "synthetic+copy-paste"] and -1 <= a["spearman"] <= 1
-    saved = json.loads((tmp_path / "results" / "screen-demo-n8-cpu.json").read_text(encoding="utf-8"))
+    saved = json.loads((tmp_path / "results" / "screen-demo-n8-s4-cpu.json").read_text(encoding="utf-8"))
     assert saved["agreement"]["spearman"] == a["spearman"]
-    assert "Rank agreement" in (tmp_path / "results" / "screen-demo-n8-cpu.md").read_text(encoding="utf-8")
+    assert "Rank agreement" in (tmp_path / "results" / "screen-demo-n8-s4-cpu.md").read_text(encoding="utf-8")
     again = s.screen(config, 8, ["today"], tmp_path / "results", headline=headline, command="test", **budget)
     assert again["real"]["baseline"]["val_mdice"] == row["val_mdice"]
