@@ -140,3 +140,20 @@ def test_data_split_and_fingerprint_stop_with_a_message(tmp_path):
     res = runner.invoke(app, ["data", "split", str(tmp_path / "d"), "-o", str(tmp_path / "s.json"),
                               "--fractions", "1,0,0"])
     assert res.exit_code == 0 and "warning (empty_split): the val split is empty" in res.output
+
+
+def test_a_failed_atomic_write_names_the_file_asked_for_not_its_temporary(tmp_path, monkeypatch, capsys):
+    from lesionforge.utils import write_text_atomic
+
+    with pytest.raises(OSError) as e:  # /proc takes no new files: mkstemp fails
+        write_text_atomic("/proc/lesionforge-test.jsonl", "x")
+    assert e.value.filename == "/proc/lesionforge-test.jsonl"
+
+    def full_disk(src, *_a, **_k):  # the write of the temporary file fails, naming it
+        raise OSError(errno.ENOSPC, "No space left on device", str(src))
+
+    write_pairs(tmp_path / "data", ["a"])
+    monkeypatch.setattr("lesionforge.utils.os.replace", full_disk)
+    code, err = _run_main(monkeypatch, capsys, "data", "manifest", str(tmp_path / "data"), "-o",
+                          str(tmp_path / "m.jsonl"))
+    assert code == 1 and err.strip() == f"error: {tmp_path / 'm.jsonl'}: No space left on device"

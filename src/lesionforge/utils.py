@@ -21,13 +21,20 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix or ".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix or ".tmp", dir=path.parent)
+    except OSError as e:  # the user asked for ``path``: name it, not the temporary file
+        raise OSError(e.errno, e.strerror, str(path)) from e
     os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a written file gets what the user's umask gives
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
         os.replace(tmp_path, path)
+    except OSError as e:
+        if e.filename not in (tmp, str(tmp_path)):
+            raise
+        raise OSError(e.errno, e.strerror, str(path)) from e
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
