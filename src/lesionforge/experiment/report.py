@@ -156,6 +156,39 @@ def generators_table(res: dict[str, Any]) -> str:
     return "\n".join([head, *rows])
 
 
+def quality_table(res: dict[str, Any]) -> str | None:
+    """Markdown table of each synthetic arm's ``synthetic_quality`` (None when no arm has one: older files)."""
+    rows, extractors = [], set()
+    for name, arm in res["arms"].items():
+        q = arm.get("synthetic_quality")
+        if not q:
+            continue
+        extractors.add(q.get("extractor", "n/a"))
+        if "fid" not in q:
+            rows.append(f"| {name} | {q.get('n_synthetic', 0)} | {q.get('skipped', 'n/a')} | | | | | | |")
+            continue
+        ms, mem = q["mask_stats"], q["memorization"]
+
+        def area(d: dict) -> str:
+            return "—" if d.get("area_share_mean") is None else f"{d['area_share_mean']:.1%}"
+
+        rows.append(
+            f"| {name} | {q['n_synthetic']} | {q['fid']:.3f} | {1000 * q['kid']:.2f} ± {1000 * q['kid_std']:.2f} | "
+            f"{q['ms_ssim']:.3f} / {q['ms_ssim_real']:.3f} | {area(ms['synthetic'])} / {area(ms['real'])} | "
+            f"{ms['synthetic']['components_mean']:.2f} / {ms['real']['components_mean']:.2f} | "
+            f"{ms['synthetic']['n_empty']} / {ms['real']['n_empty']} | {mem['flagged_share']:.1%} |"
+        )
+    if not rows:
+        return None
+    head = (f"Features `{', '.join(sorted(extractors))}`; FID/KID against the real test images; pairs are "
+            "synthetic / real test; "
+            "memorized = share of synthetic images nearer a training image than 99 % of real-to-real nearest "
+            "neighbours (docs/quality.md).\n\n"
+            "| arm | images | FID | KID x 1000 | MS-SSIM | lesion area | components | empty masks | memorized |\n"
+            "|---|---|---|---|---|---|---|---|---|")
+    return "\n".join([head, *rows])
+
+
 def readme_table(paths: list[str | Path]) -> str:
     """The headline Markdown table the README quotes, rendered from result files (never typed by hand)."""
     head = ("| dataset | N | profile | arm | mDice (mean ± std) | ΔmDice vs baseline [95 % CI] | "
@@ -303,6 +336,9 @@ def _markdown(res: dict[str, Any], name: str, vs_n: Path, bands: Path, grid: Pat
         lines += ["## Real and synthetic pairs (mask outline in green)", "", f"![samples]({grid.name})", ""]
     if res.get("generators"):
         lines += ["## Synthetic sets", "", generators_table(res), ""]
+    quality = quality_table(res)
+    if quality:
+        lines += ["## Synthetic set quality and memorization (kept samples for filtered arms)", "", quality, ""]
     return "\n".join(lines)
 
 

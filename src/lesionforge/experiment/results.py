@@ -38,11 +38,16 @@ def config_hash(cfg: ExperimentConfig) -> str:
 def build_result(
     cfg: ExperimentConfig, n: int, records: list[RunRecord], synthetic: dict[str, SyntheticSet],
     sources: dict[str, Any], grid: dict[str, list[dict[str, str]]], subsets: dict[str, list[str]] | None = None,
+    quality: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Assemble the result dict of regime ``n`` from its run records (every arm x seed of the config);
-    ``subsets`` (name -> test ids) get their own paired differences."""
+    ``subsets`` (name -> test ids) get their own paired differences; ``quality`` (arm -> dict) becomes each
+    synthetic arm's ``synthetic_quality``."""
     by_arm = {a.name: sorted((r for r in records if r.arm == a.name), key=lambda r: r.seed) for a in cfg.arms}
     arms = {name: _arm_summary(cfg, name, recs, synthetic) for name, recs in by_arm.items()}
+    for name, q in (quality or {}).items():
+        if name in arms and arms[name]["kind"] == "synthetic":
+            arms[name]["synthetic_quality"] = q
     base = by_arm[cfg.baseline_arm]
     volumetric = bool(base) and base[0].cases is not None
     paired = {

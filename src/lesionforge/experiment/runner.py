@@ -32,6 +32,7 @@ from lesionforge.experiment.keys import cache_key
 from lesionforge.experiment.locks import WAIT_TIMEOUT_S, Busy, claim, holder, release
 from lesionforge.experiment.records import RunRecord, append_run_log, read_record, record_path, run_dir, write_record
 from lesionforge.experiment.results import build_result, result_path, write_grid_samples
+from lesionforge.experiment.set_quality import set_quality
 from lesionforge.experiment.stages import ExperimentData, Stages, SyntheticSet
 from lesionforge.outputs import claim_output, is_inside
 from lesionforge.progress import StageProgress, progress_label
@@ -184,8 +185,26 @@ def write_n_result(cfg: ExperimentConfig, n: int, data: ExperimentData, records:
     """The result JSON of N (with its grid of samples) from its finished runs and synthetic sets."""
     synth = {name: s for name in _generators_used(cfg) if (s := cache.get(name, make=False)) is not None}
     grid = write_grid_samples(cfg, n, data, synth)
-    result = build_result(cfg, n, records, synth, data.sources, grid, data.subsets)
+    result = build_result(cfg, n, records, synth, data.sources, grid, data.subsets,
+                          arm_quality(cfg, n, data, cache, synth))
     return _write_result(cfg, n, result, overwrite)
+
+
+def arm_quality(cfg: ExperimentConfig, n: int, data: ExperimentData, cache: SyntheticCache,
+                synth: dict[str, SyntheticSet]) -> dict[str, dict]:
+    """Quality and memorization of the set each synthetic arm trains on (kept samples for filtered arms);
+    cached in the set's work folder, so a resumed sweep reads it back."""
+    out: dict[str, dict] = {}
+    for arm in cfg.arms:
+        s = synth.get(arm.generator) if arm.kind == "synthetic" else None
+        if s is None:
+            continue
+        spec = cfg.generators[arm.generator]
+        kept_only = arm.filtered and spec.filter is not None
+        # the images the generator saw: the labelled N, and every train image when it used unlabelled ones
+        train = data.pool if spec.use_unlabelled else data.labelled(n)
+        out[arm.name] = set_quality(s, cache.work_dir(arm.generator), data, train, cfg.resolution, kept_only)
+    return out
 
 
 def ensure_run(cfg: ExperimentConfig, stages: Stages, data: ExperimentData, n: int, arm: ArmSettings, seed: int,

@@ -13,8 +13,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from pytorch_msssim import ms_ssim
-from scipy import linalg
+from scipy import linalg, ndimage
 
+from lesionforge.conditioning.masks import area_fractions
 from lesionforge.data.arrays import PairArrays
 from lesionforge.data.manifest import Sample, read_manifest
 from lesionforge.outputs import claim_output
@@ -167,6 +168,17 @@ def mask_fidelity(samples: list[Sample]) -> dict:
         "dice_rejected": _summary([float(v["dice"]) for v in rejected if v.get("dice") is not None]),
         "thresholds": thresholds,
     }
+
+
+def mask_stats(masks: np.ndarray) -> dict:
+    """Lesion statistics of masks (N, H, W): mean area share of the non-empty ones, mean connected components
+    per mask (8-connectivity), and how many are empty."""
+    if len(masks) == 0:
+        return {"n": 0, "area_share_mean": None, "components_mean": None, "n_empty": 0}
+    areas = area_fractions(masks)
+    components = [ndimage.label(m > 0, structure=np.ones((3, 3)))[1] for m in masks]
+    return {"n": len(masks), "area_share_mean": float(areas.mean()) if len(areas) else None,
+            "components_mean": float(np.mean(components)), "n_empty": int(sum(c == 0 for c in components))}
 
 
 def quality_report(
