@@ -6,17 +6,10 @@ raterInput.value = new URLSearchParams(location.search).get("rater") || "";
 let items = [];
 let pos = 0;
 let outline = 1;
-let queue = Promise.resolve();
-let pending = 0;
 
 function rater() { return raterInput.value.trim(); }
 
-function enqueue(job) {
-  pending += 1;
-  document.body.dataset.pending = String(pending);
-  queue = queue.then(job).catch(err => { document.getElementById("progress").textContent = "error: " + err.message; })
-    .finally(() => { pending -= 1; document.body.dataset.pending = String(pending); });
-}
+const enqueue = serialQueue("progress");
 
 async function post(url, body) {
   const r = await fetch(url, {method: "POST", headers: {"Content-Type": "application/json", "X-Review-Token": TOKEN},

@@ -94,15 +94,8 @@ function update(id, decision) {
   status();
 }
 
-// Requests go out one after another in key order; the selection moves on at once so fast typing works.
-let queue = Promise.resolve();
-let pending = 0;
-function enqueue(job) {
-  pending += 1;
-  document.body.dataset.pending = String(pending);
-  queue = queue.then(job).catch(err => { document.getElementById("status").textContent = "error: " + err.message; })
-    .finally(() => { pending -= 1; document.body.dataset.pending = String(pending); });
-}
+// Requests go out one after another in key order (queue.js); the selection moves on at once so fast typing works.
+const enqueue = serialQueue("status");
 
 function decide(decision) {
   const row = shown[sel];
