@@ -34,7 +34,7 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         kid_subset_size: int = typer.Option(1000, help="KID: subset size (capped by the set sizes)."),
         msssim_pairs: int = typer.Option(200, help="MS-SSIM: random image pairs per set."),
         seed: int = typer.Option(0, help="Random seed for subsets and pairs."),
-        kept_only: bool = typer.Option(True, help="Score only synthetic samples the filter kept."),
+        kept_only: bool = typer.Option(True, help="Score only kept synthetic samples (see docs/validation.md)."),
         device: str = typer.Option("cpu", help="torch device for the feature extractor, e.g. cuda."),
         overwrite: bool = typer.Option(False, help="Replace a non-empty output folder."),
     ) -> None:
@@ -87,9 +87,10 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         """Train the in-domain feature extractor (a BasicUNet segmenter whose encoder gives the features)."""
         from rich.console import Console
 
-        from lesionforge.validate.features import manifest_arrays, train_segmentation_encoder
+        from lesionforge.data.arrays import manifest_arrays
+        from lesionforge.validate.features import train_segmentation_encoder
 
-        arrays, _ = manifest_arrays(train, _resolution(profile), split or None, origin="real", progress=True)
+        arrays = manifest_arrays(train, _resolution(profile), split=split or None, origin="real", progress=True)
         with Console(stderr=True).status(f"Training the seg-encoder extractor ({steps} steps)"):
             path = train_segmentation_encoder(arrays, out, steps=steps, seed=seed, overwrite=overwrite,
                                               resume=resume)

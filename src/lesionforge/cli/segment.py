@@ -18,7 +18,7 @@ def train(
     val_data: Path = typer.Option(None, help="Validation folder or manifest (default: DATA)."),
     val_ids: str = typer.Option(None, help="Validation ids: FILE or FILE.json:KEY (e.g. splits.json:val)."),
     synthetic: Path = typer.Option(None, help="Manifest of synthetic pairs to mix in (see mixing.mode)."),
-    kept_only: bool = typer.Option(False, help="Use only synthetic samples the validator kept."),
+    kept_only: bool = typer.Option(False, help="Use only kept synthetic samples (filter-kept, not reviewer-rejected)."),
     steps: int = typer.Option(None, help="Override the config's optimizer steps."),
     seed: int = typer.Option(None, help="Override the config's seed."),
     channels: int = typer.Option(3, help="Image channels to read (1 or 3)."),

@@ -31,11 +31,11 @@ def train_autoencoder_cmd(
     from rich import print as rprint
 
     from lesionforge.config import load_config
+    from lesionforge.data.arrays import manifest_arrays
     from lesionforge.generate.autoencoder import AutoencoderConfig, train_autoencoder
-    from lesionforge.validate.inputs import manifest_arrays
 
     cfg = load_config(_preset(config), AutoencoderConfig)
-    images = manifest_arrays(data, cfg.resolution, cfg.image_channels, split, progress=True)
+    images = manifest_arrays(data, cfg.resolution, cfg.image_channels, split=split, progress=True)
     val_arrays = manifest_arrays(val, cfg.resolution, cfg.image_channels, progress=True) if val else None
     path = train_autoencoder(cfg, images, out, val=val_arrays, resume=resume, overwrite=overwrite, progress=True)
     rprint(f"autoencoder written to {path} (metrics in {path / 'metrics.json'})")
@@ -55,14 +55,15 @@ def train_validator_cmd(
     """Train the single-step latent segmenter (or the pixel-space one) used by `lesionforge filter`."""
     from rich import print as rprint
 
+    from lesionforge.data.arrays import manifest_arrays
     from lesionforge.errors import ConfigError
     from lesionforge.generate.autoencoder import LatentCodec
-    from lesionforge.validate.inputs import load_validator_config, manifest_arrays
+    from lesionforge.validate.inputs import load_validator_config
     from lesionforge.validate.latent_segmenter import train_latent_segmenter
     from lesionforge.validate.pixel_segmenter import train_pixel_segmenter
 
     cfg = load_validator_config(_preset(config), {"kind": kind} if kind else None)
-    train = manifest_arrays(data, cfg.resolution, cfg.image_channels, split, progress=True)
+    train = manifest_arrays(data, cfg.resolution, cfg.image_channels, split=split, progress=True)
     val_arrays = manifest_arrays(val, cfg.resolution, cfg.image_channels, progress=True) if val else None
     opts = {"val": val_arrays, "resume": resume, "overwrite": overwrite, "progress": True}
     if cfg.kind == "latent":
@@ -91,9 +92,9 @@ def filter_cmd(
     """Score synthetic samples with the validator; mark kept/rejected in a new manifest (deletes nothing)."""
     from rich import print as rprint
 
+    from lesionforge.data.arrays import manifest_arrays
     from lesionforge.errors import ConfigError
     from lesionforge.validate import filter as vfilter
-    from lesionforge.validate.inputs import manifest_arrays
     from lesionforge.validate.validator import load_validator
 
     if list_rejected:

@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import Dataset
 
 from lesionforge.data.io import read_image, union_masks
-from lesionforge.data.manifest import Sample
+from lesionforge.data.manifest import Sample, read_set
 from lesionforge.utils import atomic_path
 
 
@@ -61,6 +61,17 @@ class PairArrays:
         if missing:
             raise KeyError(f"ids not in data: {missing[:5]}{' ...' if len(missing) > 5 else ''}")
         return self.subset([pos[s] for s in ids])
+
+    @classmethod
+    def concat(cls, parts: list[PairArrays | None]) -> PairArrays:
+        """The parts one after another; ``None`` and empty parts are skipped, and nothing left gives an empty
+        set (0 samples of 1 x 1 px, which :meth:`subset` and ``len`` handle like any other)."""
+        parts = [p for p in parts if p is not None and len(p)]
+        if not parts:
+            return cls(np.zeros((0, 1, 1, 1), np.uint8), np.zeros((0, 1, 1), np.uint8), np.zeros(0, bool), [], [])
+        return cls(np.concatenate([p.images for p in parts]), np.concatenate([p.masks for p in parts]),
+                   np.concatenate([p.has_mask for p in parts]), [i for p in parts for i in p.ids],
+                   [c for p in parts for c in p.classes])
 
 
 def resize_pair(
@@ -164,6 +175,16 @@ def load_arrays(
                 classes=np.array([c or "" for c in out.classes]),
             )
     return out
+
+
+def manifest_arrays(
+    path: str | Path, resolution: int, channels: int | None = 3, *, origin: str | None = None,
+    split: str | None = None, kept_only: bool = False, labelled_only: bool = False, progress: bool = False,
+) -> PairArrays:
+    """The rows :func:`~lesionforge.data.manifest.read_set` selects from a manifest (or a synthetic set folder),
+    preprocessed to ``resolution`` by :func:`load_arrays` (cached)."""
+    samples = read_set(path, origin=origin, split=split, kept_only=kept_only, labelled_only=labelled_only)
+    return load_arrays(samples, resolution, channels, progress=progress)
 
 
 def image_to_tensor(images: np.ndarray) -> torch.Tensor:

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from lesionforge.data.arrays import PairArrays, load_arrays
-from lesionforge.data.manifest import Sample, read_manifest
+from lesionforge.data.manifest import Sample, read_set
 from lesionforge.errors import CheckpointError, ConfigError, DataError
 from lesionforge.experiment.config import (
     ArmSettings,
@@ -315,15 +315,6 @@ class LesionforgeStages:
         return out
 
 
-def _concat(parts: list[PairArrays | None]) -> PairArrays:
-    parts = [p for p in parts if p is not None]
-    return PairArrays(
-        np.concatenate([p.images for p in parts]), np.concatenate([p.masks for p in parts]),
-        np.concatenate([p.has_mask for p in parts]), [i for p in parts for i in p.ids],
-        [c for p in parts for c in p.classes],
-    )
-
-
 def _images_only(arrays: PairArrays) -> PairArrays:
     """The images of ``arrays`` without their masks (for pretraining a generator)."""
     return PairArrays(arrays.images, np.zeros_like(arrays.masks), np.zeros(len(arrays), bool), list(arrays.ids),
@@ -353,7 +344,8 @@ def _latent_validator(cfg: ExperimentConfig, spec: GeneratorSpec, labelled: Pair
 
     ae_cfg, val_cfg = _validator_configs(cfg, spec)
     # the autoencoder learns from every image it may see (labelled, lesion-free, unlabelled if allowed)
-    images = _concat([labelled, data.backgrounds, data.unlabelled(len(labelled)) if spec.use_unlabelled else None])
+    images = PairArrays.concat([labelled, data.backgrounds,
+                                data.unlabelled(len(labelled)) if spec.use_unlabelled else None])
     ae_dir = cache / "autoencoders" / cache_key(ae_cfg.model_dump(mode="json"), images.ids)
     ae_path = Path(train_autoencoder(ae_cfg, images, ae_dir, val=data.val, resume=True))
     codec = LatentCodec.from_pretrained(ae_path)
@@ -399,14 +391,10 @@ def _synthetic_arrays(
     cfg: ExperimentConfig, s: SyntheticSet, filtered: bool
 ) -> tuple[PairArrays, dict[str, list[int]]]:
     """The synthetic pairs an arm trains on (those the filter kept when ``filtered``) and real id -> twins."""
-    from lesionforge.segment.data import kept_samples, twins_of
+    from lesionforge.segment.data import twins_of
 
     manifest = s.filtered_manifest if filtered and s.filtered_manifest is not None else s.manifest
-    samples = read_manifest(manifest)
-    if filtered and s.filtered_manifest is not None:
-        samples = kept_samples(samples)
-    if not samples:
-        raise DataError(manifest, "no synthetic samples to train on (all rejected by the filter?)")
+    samples = read_set(manifest, origin="synthetic", kept_only=filtered)
     return load_arrays(samples, cfg.resolution, cfg.dataset.channels), twins_of(samples)
 
 

@@ -259,7 +259,7 @@ def write_grid_samples(
     ``<output>/n<N>/grid``; synthetic pairs are referenced where the synthesizer wrote them.
     """
     from lesionforge.data.io import write_image, write_mask
-    from lesionforge.data.manifest import read_manifest
+    from lesionforge.data.manifest import kept, read_manifest
 
     k = cfg.grid_samples
     labelled = data.labelled(n)
@@ -274,16 +274,11 @@ def write_grid_samples(
         manifest = s.filtered_manifest or s.manifest
         if not Path(manifest).is_file():
             continue
-        rows = [r for r in read_manifest(manifest) if r.masks and _kept(r)][:k]
+        rows = [r for r in kept(read_manifest(manifest)) if r.masks][:k]
         out[f"synthetic:{name}"] = [
             {"id": r.id, "image": _rel(Path(r.image), cfg), "mask": _rel(Path(r.masks[0]), cfg)} for r in rows
         ]
     return out
-
-
-def _kept(sample) -> bool:
-    v = sample.provenance.validation if sample.provenance is not None else None
-    return True if not v else bool(v.get("kept", True))
 
 
 def _rel(path: Path, cfg: ExperimentConfig) -> str:

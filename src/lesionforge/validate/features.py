@@ -25,9 +25,8 @@ from monai.networks.nets import BasicUNet
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from lesionforge.data.arrays import PairArrays, image_to_tensor, load_arrays, mask_to_tensor
-from lesionforge.data.manifest import Sample, read_manifest
-from lesionforge.errors import CheckpointError, DataError
+from lesionforge.data.arrays import PairArrays, image_to_tensor, mask_to_tensor
+from lesionforge.errors import CheckpointError
 from lesionforge.outputs import announce_resume, claim_output
 from lesionforge.utils import atomic_path, dir_hash, file_sha256, seed_everything, write_json_atomic
 from lesionforge.validate.inception import FIDInceptionV3
@@ -249,25 +248,3 @@ def load_extractor(spec: str | Path) -> FeatureExtractor:
     if path.is_file():
         return inception_extractor(path)
     raise CheckpointError(f"{path}: extractor not found (give 'pixels', a seg-encoder folder or an Inception file)")
-
-
-def manifest_arrays(manifest: str | Path, resolution: int, split: str | None = None, origin: str | None = None,
-                    kept_only: bool = False, progress: bool = False) -> tuple[PairArrays, list[Sample]]:
-    """Read a manifest into RGB arrays at ``resolution``, with the rows used.
-
-    Keeps only rows of ``split`` and ``origin`` (``real``/``synthetic``) when given; ``kept_only`` drops rows a
-    filter rejected (``provenance.validation.kept`` false; unscored rows stay).
-    """
-    samples = read_manifest(manifest)
-    if split is not None:
-        samples = [s for s in samples if s.split == split]
-    if origin is not None:
-        samples = [s for s in samples if s.origin == origin]
-    if kept_only:
-        samples = [s for s in samples if not (s.provenance and s.provenance.validation
-                                              and s.provenance.validation.get("kept") is False)]
-    if not samples:
-        wanted = [f"{k}={v!r}" for k, v in (("split", split), ("origin", origin)) if v is not None]
-        wanted += ["kept only"] if kept_only else []
-        raise DataError(manifest, f"no samples to use ({', '.join(wanted) or 'empty manifest'})")
-    return load_arrays(samples, resolution, channels=3, progress=progress), samples

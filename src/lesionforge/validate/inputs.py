@@ -1,4 +1,4 @@
-"""Inputs of the validate stage from files: manifests to arrays, validator configs by kind."""
+"""Inputs of the validate stage from files: validator configs by kind."""
 
 from __future__ import annotations
 
@@ -7,25 +7,11 @@ from pathlib import Path
 import yaml
 
 from lesionforge.config import load_config
-from lesionforge.data.arrays import PairArrays, load_arrays
-from lesionforge.data.manifest import read_manifest
-from lesionforge.errors import ConfigError, DataError
+from lesionforge.errors import ConfigError
 from lesionforge.validate.latent_segmenter import LatentSegmenterConfig
 from lesionforge.validate.pixel_segmenter import PixelSegmenterConfig
 
 ValidatorConfig = LatentSegmenterConfig | PixelSegmenterConfig
-
-
-def manifest_arrays(
-    path: str | Path, resolution: int, channels: int = 3, split: str | None = None, progress: bool = False
-) -> PairArrays:
-    """Load the samples of a manifest (only those of ``split`` if given) as :class:`PairArrays`."""
-    samples = read_manifest(path)
-    if split is not None:
-        samples = [s for s in samples if s.split == split]
-    if not samples:
-        raise DataError(path, f"no samples{f' in split {split!r}' if split else ''}")
-    return load_arrays(samples, resolution, channels, progress=progress)
 
 
 def load_validator_config(path: str | Path, overrides: dict | None = None) -> ValidatorConfig:

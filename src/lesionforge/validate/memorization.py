@@ -15,10 +15,10 @@ import numpy as np
 import torch
 from pydantic import BaseModel, computed_field
 
-from lesionforge.data.arrays import PairArrays
+from lesionforge.data.arrays import PairArrays, manifest_arrays
 from lesionforge.outputs import claim_output
 from lesionforge.utils import atomic_path, code_version, write_json_atomic
-from lesionforge.validate.features import FeatureExtractor, load_extractor, manifest_arrays
+from lesionforge.validate.features import FeatureExtractor, load_extractor
 
 
 class NearestMatch(BaseModel):
@@ -174,7 +174,7 @@ def run_memorization_audit(train_manifest: str | Path, synthetic_manifest: str |
     """Audit every ``origin: synthetic`` row (kept or rejected) of ``synthetic_manifest`` against the real
     rows of ``train_split`` in ``train_manifest`` at ``resolution``; writes the JSON (and figure) into ``out_dir``."""
     out_dir = claim_output(out_dir, "memorization audit", overwrite=overwrite)
-    train, _ = manifest_arrays(train_manifest, resolution, train_split, origin="real", progress=progress)
-    synthetic, _ = manifest_arrays(synthetic_manifest, resolution, origin="synthetic", progress=progress)
+    train = manifest_arrays(train_manifest, resolution, split=train_split, origin="real", progress=progress)
+    synthetic = manifest_arrays(synthetic_manifest, resolution, origin="synthetic", progress=progress)
     report = memorization_audit(train, synthetic, load_extractor(extractor).to(device), percentile)
     return write_memorization_report(report, train, synthetic, out_dir)

@@ -16,11 +16,11 @@ from pytorch_msssim import ms_ssim
 from scipy import linalg, ndimage
 
 from lesionforge.conditioning.masks import area_fractions
-from lesionforge.data.arrays import PairArrays
-from lesionforge.data.manifest import Sample, read_manifest
+from lesionforge.data.arrays import PairArrays, manifest_arrays
+from lesionforge.data.manifest import Sample, read_set
 from lesionforge.outputs import claim_output
 from lesionforge.utils import code_version, write_json_atomic, write_text_atomic
-from lesionforge.validate.features import FeatureExtractor, load_extractor, manifest_arrays
+from lesionforge.validate.features import FeatureExtractor, load_extractor
 
 #: MS-SSIM's five standard scale weights (Wang et al. 2003), used at every resolution.
 MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
@@ -274,10 +274,10 @@ def run_quality(real_manifest: str | Path, synthetic_manifest: str | Path, extra
     :func:`quality_report` (``kid_subsets``, ``kid_subset_size``, ``msssim_pairs``, ``seed``).
     """
     out_dir = claim_output(out_dir, "quality report", overwrite=overwrite)
-    real, _ = manifest_arrays(real_manifest, resolution, real_split, progress=progress)
-    synthetic, _ = manifest_arrays(synthetic_manifest, resolution, origin="synthetic", kept_only=kept_only,
-                                   progress=progress)
-    rows = [s for s in read_manifest(synthetic_manifest) if s.origin == "synthetic"]
+    real = manifest_arrays(real_manifest, resolution, split=real_split, progress=progress)
+    synthetic = manifest_arrays(synthetic_manifest, resolution, origin="synthetic", kept_only=kept_only,
+                                progress=progress)
+    rows = read_set(synthetic_manifest, origin="synthetic")
     report = quality_report(real, synthetic, load_extractor(extractor).to(device), samples=rows, **options)
     report["inputs"] = {"real_manifest": str(real_manifest), "real_split": real_split,
                         "synthetic_manifest": str(synthetic_manifest), "synthetic_kept_only": kept_only}
