@@ -20,10 +20,11 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from lesionforge.data.bands import BANDS
 from lesionforge.errors import DataError
 from lesionforge.utils import write_json_atomic
 
-BANDS = ("small", "medium", "large")
+__all__ = ["BANDS", "RunRecord"]  # BANDS: re-exported for the result readers (one definition: data.bands)
 
 
 class RunRecord(BaseModel):
