@@ -11,13 +11,14 @@ import pytest
 from lesionforge.data.arrays import PairArrays
 from lesionforge.data.io import write_image, write_mask
 from lesionforge.data.manifest import Provenance, Sample, write_manifest
+from lesionforge.data.splits import BenchmarkSplit
 from lesionforge.errors import ConfigError, DataError, OverwriteError
 from lesionforge.experiment.budget import budget_of, segment_config_for
 from lesionforge.experiment.config import load_experiment_config
 from lesionforge.experiment.records import BANDS
 from lesionforge.experiment.report import load_result, readme_table, write_report
 from lesionforge.experiment.runner import run_experiment
-from lesionforge.experiment.stages import ExperimentData, SplitIds, SyntheticSet
+from lesionforge.experiment.stages import ExperimentData, SyntheticSet
 
 CONFIGS = Path(__file__).resolve().parents[1] / "benchmarks" / "configs"
 GAIN = {"baseline": 0.0, "copy-paste": 0.02, "synthetic": 0.06}
@@ -36,7 +37,8 @@ class FakeStages:
         d = self.demo
         arrays = PairArrays(d.images, d.masks, np.ones(len(d.ids), bool), list(d.ids), [None] * len(d.ids))
         ids = list(d.ids)
-        split = SplitIds(ids[:16], ids[16:22], ids[22:32], {4: ids[:4], 8: ids[:8]}, ids[32:])
+        split = BenchmarkSplit(train=ids[:16], val=ids[16:22], test=ids[22:32],
+                               low_data_subsets={4: ids[:4], 8: ids[:8]}, normal_backgrounds=ids[32:])
         return ExperimentData(split, arrays.select_ids(split.train), arrays.select_ids(split.val),
                               arrays.select_ids(split.test), backgrounds=arrays.select_ids(ids[32:]),
                               subsets={"flat": ids[22:27]})

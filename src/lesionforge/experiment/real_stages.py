@@ -15,6 +15,7 @@ import numpy as np
 
 from lesionforge.data.arrays import PairArrays, load_arrays
 from lesionforge.data.manifest import Sample, read_set
+from lesionforge.data.splits import BenchmarkSplit, load_benchmark_split
 from lesionforge.errors import CheckpointError, ConfigError, DataError
 from lesionforge.experiment.config import (
     ArmSettings,
@@ -24,11 +25,11 @@ from lesionforge.experiment.config import (
 )
 from lesionforge.experiment.keys import cache_key
 from lesionforge.experiment.records import BANDS
-from lesionforge.experiment.stages import ExperimentData, SplitIds, SyntheticSet
+from lesionforge.experiment.stages import ExperimentData, SyntheticSet
 from lesionforge.outputs import is_inside
 
 
-def demo_split(samples: list[Sample], sizes: list[int]) -> SplitIds:
+def demo_split(samples: list[Sample], sizes: list[int]) -> BenchmarkSplit:
     """A fixed split of the demo data: lesion pairs 1/2 train, 1/4 val, 1/4 test (in id order);
     low-data subsets are the first N train ids (nested, as in the benchmark splits); lesion-free images
     are the inpainting backgrounds."""
@@ -39,24 +40,19 @@ def demo_split(samples: list[Sample], sizes: list[int]) -> SplitIds:
     too_big = [n for n in sizes if n > len(train)]
     if too_big:
         raise ConfigError(f"demo data has {len(train)} training pairs; N={too_big} is too large")
-    return SplitIds(train, val, test, {n: train[:n] for n in sizes}, normal)
+    return BenchmarkSplit(dataset="demo", train=train, val=val, test=test, normal_backgrounds=normal,
+                          low_data_subsets={n: train[:n] for n in sizes})
 
 
-def benchmark_split(name_or_path: str) -> SplitIds:
-    """The fixed benchmark split (``load_benchmark_split``) as :class:`SplitIds`."""
-    from lesionforge.data.splits import load_benchmark_split
-
-    sp = load_benchmark_split(name_or_path)
-    subsets = {int(n): list(ids) for n, ids in sp.low_data_subsets.items()}
-    return SplitIds(list(sp.train), list(sp.val), list(sp.test), subsets, list(sp.normal_backgrounds or []))
-
-
-def volume_split(split: SplitIds, samples: list[Sample], negative_share: float) -> SplitIds:
+def volume_split(split: BenchmarkSplit, samples: list[Sample], negative_share: float) -> BenchmarkSplit:
     """A split by case made a split by slice: train and the low-data subsets get each case's foreground slices
     plus ``negative_share`` negatives, val its foreground slices, test every slice (whole volumes, for the 3D
     Dice; a split listing slices, as ``lesionforge data split`` writes, gets the whole volumes of its test
     slices); the inpainting backgrounds are the foreground-free slices of the train cases (known empty from their
-    labels, as a 2D set's normal images are), unless the split lists its own."""
+    labels, as a 2D set's normal images are), unless the split lists its own.
+
+    The result is a slice view of a checked case split, built without the split-file checks: its subsets keep
+    their case counts as keys (N volumes, more slices), and the backgrounds may be train cases' empty slices."""
     from lesionforge.data.splits import expand_cases
     from lesionforge.data.volumes import case_of
 
@@ -66,14 +62,16 @@ def volume_split(split: SplitIds, samples: list[Sample], negative_share: float) 
     test_cases = list(dict.fromkeys(case_of(i) or i for i in split.test))
     train_all = expand(split.train, 1.0)
     positives = set(expand(split.train, 0.0))
-    return SplitIds(
-        expand(split.train, negative_share), expand(split.val, 0.0), expand(test_cases, 1.0),
-        {n: expand(ids, negative_share) for n, ids in split.low_data_subsets.items()},
-        expand(split.normal_backgrounds, 1.0) or [i for i in train_all if i not in positives],
+    return BenchmarkSplit.model_construct(
+        dataset=split.dataset, train=expand(split.train, negative_share), val=expand(split.val, 0.0),
+        test=expand(test_cases, 1.0),
+        low_data_subsets={n: expand(ids, negative_share) for n, ids in split.low_data_subsets.items()},
+        normal_backgrounds=expand(split.normal_backgrounds, 1.0) or [i for i in train_all if i not in positives],
+        near_duplicate_groups=split.near_duplicate_groups, seed=split.seed, unit="slice",
     )
 
 
-def _volume_sources(root, samples: list[Sample], split: SplitIds) -> dict[str, Any]:
+def _volume_sources(root, samples: list[Sample], split: BenchmarkSplit) -> dict[str, Any]:
     """What the result file says about a volume dataset: dataset.json's labels and modality, slice counts."""
     from lesionforge.data.decathlon import read_decathlon_info
     from lesionforge.data.volumes import case_of
@@ -132,12 +130,13 @@ class LesionforgeStages:
             split, where = demo_split(samples, cfg.n_labelled), str(root)
         elif ds.volumes is not None:
             samples = read_dataset(ds.root, **ds.volumes.read_options())
-            split, where = volume_split(benchmark_split(ds.split), samples, ds.volumes.negative_share), ds.split
+            split = volume_split(load_benchmark_split(ds.split), samples, ds.volumes.negative_share)
+            where = ds.split
         elif _packed(ds.root):  # a dataset packed at the profile resolution (benchmarks/device/bundle.py)
-            packed, split, where = _read_packed(ds.root, res), benchmark_split(ds.split), ds.split
+            packed, split, where = _read_packed(ds.root, res), load_benchmark_split(ds.split), ds.split
         else:
             samples = read_dataset(ds.root)
-            split, where = benchmark_split(ds.split), ds.split
+            split, where = load_benchmark_split(ds.split), ds.split
         by_id = {s.id: s for s in samples} if packed is None else {}
 
         def load(ids: list[str]) -> PairArrays:
