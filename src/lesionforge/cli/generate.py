@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from lesionforge.devices import DEVICE_HELP
+
 
 def register(app: typer.Typer, train_app: typer.Typer) -> None:
     """Add this stage's commands: ``train generator`` (old spelling ``train-generator`` kept, hidden) and
@@ -22,12 +24,13 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         steps: int = typer.Option(None, help="Override the number of training steps."),
         autoencoder: Path = typer.Option(None, help="LatentCodec folder: train in latent space."),
         resume: bool = typer.Option(True, help="Continue from the latest checkpoint in --out."),
+        device: str = typer.Option(None, help=DEVICE_HELP),
     ) -> None:
         """Train a generator (mask2image, joint, edge-text or inpaint) from a YAML preset."""
         from lesionforge.generate.run import train_from_files
 
         train_from_files(config, data, out, split=split, labelled=labelled, backgrounds=backgrounds,
-                         prompts=prompts, steps=steps, autoencoder=autoencoder, resume=resume)
+                         prompts=prompts, steps=steps, autoencoder=autoencoder, resume=resume, device=device)
 
     train_app.command("generator")(train_generator_cmd)
     app.command("train-generator", hidden=True)(train_generator_cmd)

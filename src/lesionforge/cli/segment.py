@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from lesionforge.devices import DEVICE_HELP
+
 app = typer.Typer(no_args_is_help=True)
 
 
@@ -24,13 +26,14 @@ def train(
     channels: int = typer.Option(3, help="Image channels to read (1 or 3)."),
     resume: bool = typer.Option(True, help="Continue a run found in --out."),
     overwrite: bool = typer.Option(False, help="Start over: delete the earlier run in --out (only a run folder)."),
+    device: str = typer.Option(None, help=DEVICE_HELP),
 ) -> None:
     """Train a segmentation network for a fixed number of steps; keep the best-validation checkpoint."""
     from rich import print as rprint
 
     from lesionforge.segment.jobs import train_from_files
 
-    overrides = {k: v for k, v in {"steps": steps, "seed": seed}.items() if v is not None}
+    overrides = {k: v for k, v in {"steps": steps, "seed": seed, "device": device}.items() if v is not None}
     run = train_from_files(
         config, data, out, train_ids=train_ids, val_data=val_data, val_ids=val_ids, synthetic=synthetic,
         kept_only=kept_only, overrides=overrides, channels=channels, resume=resume and not overwrite,

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from lesionforge.devices import DEVICE_HELP
+
 THRESHOLD_HELP = "'auto' (chosen on real val pairs by --auto-rule) or a Dice value in [0, 1]."
 
 
@@ -26,6 +28,7 @@ def train_autoencoder_cmd(
     split: str | None = typer.Option(None, help="Use only this split of --data."),
     resume: bool = typer.Option(True, help="Continue from out/train_state if present."),
     overwrite: bool = typer.Option(False, help="Start over: delete the earlier run in --out (only a run folder)."),
+    device: str | None = typer.Option(None, help=DEVICE_HELP),
 ) -> None:
     """Train the latent autoencoder and report reconstruction PSNR/SSIM."""
     from rich import print as rprint
@@ -34,7 +37,7 @@ def train_autoencoder_cmd(
     from lesionforge.data.arrays import manifest_arrays
     from lesionforge.generate.autoencoder import AutoencoderConfig, train_autoencoder
 
-    cfg = load_config(_preset(config), AutoencoderConfig)
+    cfg = load_config(_preset(config), AutoencoderConfig, {"device": device} if device else None)
     images = manifest_arrays(data, cfg.resolution, cfg.image_channels, split=split, progress=True)
     val_arrays = manifest_arrays(val, cfg.resolution, cfg.image_channels, progress=True) if val else None
     path = train_autoencoder(cfg, images, out, val=val_arrays, resume=resume, overwrite=overwrite, progress=True)
@@ -51,6 +54,7 @@ def train_validator_cmd(
     split: str | None = typer.Option(None, help="Use only this split of --data."),
     resume: bool = typer.Option(True, help="Continue from out/train_state if present."),
     overwrite: bool = typer.Option(False, help="Start over: delete the earlier run in --out (only a run folder)."),
+    device: str | None = typer.Option(None, help=DEVICE_HELP),
 ) -> None:
     """Train the single-step latent segmenter (or the pixel-space one) used by `lesionforge filter`."""
     from rich import print as rprint
@@ -62,7 +66,8 @@ def train_validator_cmd(
     from lesionforge.validate.latent_segmenter import train_latent_segmenter
     from lesionforge.validate.pixel_segmenter import train_pixel_segmenter
 
-    cfg = load_validator_config(_preset(config), {"kind": kind} if kind else None)
+    over = {k: v for k, v in {"kind": kind, "device": device}.items() if v}
+    cfg = load_validator_config(_preset(config), over or None)
     train = manifest_arrays(data, cfg.resolution, cfg.image_channels, split=split, progress=True)
     val_arrays = manifest_arrays(val, cfg.resolution, cfg.image_channels, progress=True) if val else None
     opts = {"val": val_arrays, "resume": resume, "overwrite": overwrite, "progress": True}

@@ -9,9 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import model_serializer, model_validator
+from pydantic import Field, model_serializer, model_validator
 
 from lesionforge.config import StrictModel, load_config
+from lesionforge.devices import DeviceName
 from lesionforge.errors import ConfigError
 
 Kind = Literal["mask2image", "joint", "edge-text", "inpaint"]
@@ -108,6 +109,9 @@ class GeneratorConfig(StrictModel):
     keep_checkpoints: int = 2
     sample_every: int = 500
     seed: int = 0
+    # where to train (lesionforge.devices.resolve_device: None/"auto" = CUDA if visible, else CPU); not part of
+    # the model, so left out of dumps and cache keys
+    device: DeviceName = Field(None, exclude=True)
 
     # sampling defaults
     sampler: SamplerName = "dpm++"

@@ -20,6 +20,7 @@ import torch
 from lesionforge.data.arrays import PairArrays, image_to_tensor, mask_to_tensor, tensor_to_image
 from lesionforge.data.io import write_image, write_mask
 from lesionforge.data.manifest import Provenance, Sample, append_manifest, drop_torn_tail, read_manifest
+from lesionforge.devices import resolve_device
 from lesionforge.errors import ConfigError, OverwriteError
 from lesionforge.generate.batches import build_spatial, decode_samples, dilate_masks, encode, latent_mask
 from lesionforge.generate.models import Conditions, LesionGenerator, read_meta
@@ -83,7 +84,7 @@ def synthesize(
     """
     gen_dir = Path(generator_dir)
     meta = read_meta(gen_dir)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = resolve_device()  # the same choice as the trainers' default
     gen = LesionGenerator.from_pretrained(gen_dir).to(device)
     if codec is None and meta["space"] == "latent":
         from lesionforge.generate.autoencoder import LatentCodec

@@ -24,6 +24,7 @@ from rich.progress import BarColumn, TextColumn, TimeRemainingColumn
 
 from lesionforge.config import save_config
 from lesionforge.data.arrays import PairArrays
+from lesionforge.devices import resolve_device
 from lesionforge.errors import CheckpointError, ConfigError
 from lesionforge.generate.batches import Codec
 from lesionforge.generate.config import GeneratorConfig
@@ -69,7 +70,10 @@ def train_generator(
     codec = codec or load_codec(cfg)
     # several processes (`accelerate launch --num_processes K -m lesionforge train-generator ...`): data parallel, each
     # rank draws its own batches (seeded by its index), gradients averaged; the LR schedule follows cfg.steps
-    accel = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=_precision(cfg),
+    device = resolve_device(cfg.device)
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)  # accelerate places a single process on the current CUDA device
+    accel = Accelerator(cpu=device.type == "cpu", mixed_precision=_precision(cfg, device),
                         step_scheduler_with_optimizer=False)
     seed_everything(cfg.seed)  # initial weights depend on the seed only
     latent = (codec.latent_channels, codec.downsample_factor) if codec is not None else (None, 1)
@@ -127,9 +131,9 @@ def _rank_digests(accel, gen: LesionGenerator, ema: EMAModel) -> list[list[float
     return every.tolist()
 
 
-def _precision(cfg: GeneratorConfig) -> str:
+def _precision(cfg: GeneratorConfig, device: torch.device) -> str:
     """GPU mixed precision: bf16 where the GPU has it (no loss scaling, fp32's range), else fp16; none on CPU."""
-    if not (torch.cuda.is_available() and cfg.mixed_precision):
+    if not (device.type == "cuda" and cfg.mixed_precision):
         return "no"
     return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
 

@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from lesionforge.config import StrictModel
+from lesionforge.devices import DeviceName
 
 NetworkName = Literal["BasicUNet", "UNet", "AttentionUnet", "SegResNet", "UNETR", "SwinUNETR"]
 MixMode = Literal["none", "ratio", "alpha", "patch-merge", "synthetic-only"]
@@ -74,7 +75,7 @@ class SegmentConfig(StrictModel):
     val_interval: int = Field(100, ge=1)
     eval_batch_size: int = Field(32, ge=1)
     seed: int = 0
-    device: str = "cpu"
+    device: DeviceName = None  # lesionforge.devices.resolve_device: None/"auto" = CUDA if visible, else CPU
 
     @model_validator(mode="after")
     def _check(self) -> SegmentConfig:

@@ -29,6 +29,7 @@ from torch.optim.lr_scheduler import LRScheduler
 from lesionforge.config import save_config
 from lesionforge.data.arrays import PairArrays, image_to_tensor, mask_to_tensor
 from lesionforge.data.augment import augment_batch, build_augmentation
+from lesionforge.devices import resolve_device
 from lesionforge.errors import CheckpointError, ConfigError, DataError
 from lesionforge.outputs import announce_resume, child_path, claim_output
 from lesionforge.segment.config import SegmentConfig
@@ -82,7 +83,7 @@ def train_segmenter(
     _check_inputs(cfg, train, val, synthetic)
     out = claim_output(out_dir, "segmentation run", overwrite=overwrite, resume=resume)
     seed_everything(cfg.seed)
-    device = torch.device(cfg.device)
+    device = resolve_device(cfg.device)
     channels = train.images.shape[-1]
     model = build_network(cfg.network, channels, cfg.features, cfg.resolution, **cfg.network_kwargs).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)

@@ -16,10 +16,12 @@ import numpy as np
 import torch
 from diffusers import DDPMScheduler, ModelMixin, UNet2DModel
 from diffusers.configuration_utils import ConfigMixin, register_to_config
+from pydantic import Field
 from torch import nn
 
 from lesionforge.config import StrictModel
 from lesionforge.data.arrays import PairArrays, image_to_tensor, mask_to_tensor
+from lesionforge.devices import DeviceName
 from lesionforge.generate.autoencoder import LatentCodec
 from lesionforge.outputs import claim_output
 from lesionforge.utils import code_version, seed_everything
@@ -82,6 +84,9 @@ class LatentSegmenterConfig(StrictModel):
     lr: float = 1e-3
     checkpoint_every: int = 250
     seed: int = 0
+    # where to train (lesionforge.devices.resolve_device: None/"auto" = CUDA if visible, else CPU); not part of
+    # the model, so left out of dumps and cache keys
+    device: DeviceName = Field(None, exclude=True)
 
 
 @torch.no_grad()
@@ -127,7 +132,7 @@ def train_latent_segmenter(
         return scheduler.add_noise(z_all[idx], noise, t), t, m_all[idx]
 
     loss = train_loop(model, lambda m, b: m(b[0], b[1]), sample_batch, cfg.steps, cfg.lr, out_dir, cfg.seed,
-                      cfg.checkpoint_every, resume, "Training latent segmenter", progress)
+                      cfg.checkpoint_every, resume, "Training latent segmenter", progress, cfg.device)
     model.save_pretrained(out_dir / SEGMENTER_DIR, safe_serialization=True)
     codec.save_pretrained(out_dir / "codec")
     scheduler.save_pretrained(out_dir / "scheduler")
