@@ -64,12 +64,12 @@ def test_seg_encoder_resumes_to_the_same_weights(demo_arrays, tmp_path, monkeypa
     with pytest.raises(KeyboardInterrupt):
         train_segmentation_encoder(train, tmp_path / "cut", features=TINY, steps=4, batch_size=4, checkpoint_every=2)
     monkeypatch.setattr(monai.losses, "DiceCELoss", real_loss)
-    assert (tmp_path / "cut" / "train_state.pt").is_file()
+    assert (tmp_path / "cut" / "train_state" / "step.json").is_file()
     with pytest.raises(OverwriteError):
         train_segmentation_encoder(train, tmp_path / "cut", features=TINY, steps=4, batch_size=4, checkpoint_every=2)
     cut = train_segmentation_encoder(train, tmp_path / "cut", features=TINY, steps=4, batch_size=4,
                                      checkpoint_every=2, resume=True)
-    assert not (cut / "train_state.pt").exists()
+    assert not (cut / "train_state").exists()
     assert load_extractor(cut).checkpoint_hash == load_extractor(whole).checkpoint_hash
 
 

@@ -198,17 +198,17 @@ def _train_step(vae, disc, opt, opt_d, x: torch.Tensor, cfg: AutoencoderConfig, 
 
 
 def _save_state(out_dir: Path, vae, disc, opt, opt_d, step: int) -> None:
-    optim = {"opt": opt.state_dict(), "disc": disc.state_dict() if disc else None,
-             "opt_d": opt_d.state_dict() if opt_d else None}
-    save_train_state(out_dir, "vae", vae, optim, step)
+    optim = {"opt": opt.state_dict(), "opt_d": opt_d.state_dict() if opt_d else None}
+    save_train_state(out_dir, "vae", vae, optim, step, helpers={"disc": disc} if disc is not None else None)
 
 
 def _load_state(out_dir: Path, vae, disc, opt, opt_d) -> int:
-    step, optim = load_train_state(out_dir, "vae", vae)
+    step, optim = load_train_state(out_dir, "vae", vae, helpers={"disc": disc} if disc is not None else None)
     if optim is not None:
         opt.load_state_dict(optim["opt"])
-        if disc is not None and optim["disc"] is not None:
-            disc.load_state_dict(optim["disc"])
+        if disc is not None and optim.get("opt_d") is not None:
+            if optim.get("disc") is not None:  # legacy: the discriminator's weights inside optim.pt
+                disc.load_state_dict(optim["disc"])
             opt_d.load_state_dict(optim["opt_d"])
     return step
 

@@ -22,6 +22,7 @@ from diffusers.optimization import get_cosine_schedule_with_warmup
 from diffusers.training_utils import EMAModel, compute_snr
 from rich.progress import BarColumn, TextColumn, TimeRemainingColumn
 
+from lesionforge.checkpoints import load_tensor_state, load_torch_state, save_tensor_state, save_torch_state
 from lesionforge.config import save_config
 from lesionforge.data.arrays import PairArrays
 from lesionforge.devices import resolve_device
@@ -254,10 +255,10 @@ def save_checkpoint(out_dir: Path, step: int, gen: LesionGenerator, opt, lr_sche
     tmp = out_dir / f".tmp-{CHECKPOINT_PREFIX}{step}"
     shutil.rmtree(tmp, ignore_errors=True)
     gen.save_pretrained(tmp / "model")
-    torch.save(ema.state_dict(), tmp / "ema.pt")
-    torch.save(opt.state_dict(), tmp / "optimizer.pt")
-    torch.save(lr_sched.state_dict(), tmp / "lr_scheduler.pt")
-    torch.save({"torch": torch.get_rng_state()}, tmp / "rng.pt")
+    save_tensor_state(ema.state_dict(), tmp / "ema")  # EMA weights: safetensors (+ ema.json)
+    save_torch_state(opt.state_dict(), tmp / "optimizer.pt")
+    save_torch_state(lr_sched.state_dict(), tmp / "lr_scheduler.pt")
+    save_torch_state({"torch": torch.get_rng_state()}, tmp / "rng.pt")
     write_json_atomic(tmp / "state.json", {"step": step, "losses": losses, "train_seconds": train_seconds})
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
@@ -287,10 +288,12 @@ def _load_checkpoint(path: Path, gen: LesionGenerator, opt, lr_sched, ema: EMAMo
                           "use another output folder")
     try:
         gen.load_state_dict(saved.state_dict())
-        ema.load_state_dict(torch.load(path / "ema.pt", weights_only=True))
-        opt.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
-        lr_sched.load_state_dict(torch.load(path / "lr_scheduler.pt", weights_only=True))
-        torch.set_rng_state(torch.load(path / "rng.pt", weights_only=True)["torch"])
+        # an older checkpoint keeps the EMA weights in a torch.save blob, ema.pt
+        legacy = path / "ema.pt"
+        ema.load_state_dict(load_torch_state(legacy) if legacy.is_file() else load_tensor_state(path / "ema"))
+        opt.load_state_dict(load_torch_state(path / "optimizer.pt"))
+        lr_sched.load_state_dict(load_torch_state(path / "lr_scheduler.pt"))
+        torch.set_rng_state(load_torch_state(path / "rng.pt")["torch"])
         state = json.loads((path / "state.json").read_text(encoding="utf-8"))
     except (OSError, RuntimeError, KeyError, ValueError) as e:
         raise CheckpointError(f"{path}: cannot resume from this checkpoint ({e})") from e
