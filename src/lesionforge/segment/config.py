@@ -75,7 +75,9 @@ class SegmentConfig(StrictModel):
     val_interval: int = Field(100, ge=1)
     eval_batch_size: int = Field(32, ge=1)
     seed: int = 0
-    device: DeviceName = None  # lesionforge.devices.resolve_device: None/"auto" = CUDA if visible, else CPU
+    # lesionforge.devices.resolve_device ("auto": CUDA if visible, else CPU). The default stays "cpu": every run
+    # record stores this dict and a resumed sweep or a rebuilt result compares it, so a new default would orphan them
+    device: DeviceName = "cpu"
 
     @model_validator(mode="after")
     def _check(self) -> SegmentConfig:
