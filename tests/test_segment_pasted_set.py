@@ -72,7 +72,7 @@ def test_no_backgrounds_or_no_lesions_is_a_clear_error(demo_arrays, tmp_path):
 def _config(tmp_path: Path, spec: dict) -> Path:
     cfg = yaml.safe_load(SMOKE.read_text(encoding="utf-8"))
     cfg["generators"] = {"paste": spec}
-    cfg["arms"] = [{"name": "baseline", "kind": "baseline"},
+    cfg["arms"] = [{"name": "baseline", "kind": "baseline"}, {"name": "copy-paste", "kind": "copy-paste"},
                    {"name": "copy-paste-backgrounds", "kind": "synthetic", "generator": "paste", "ratio": 1,
                     "mixing": "ratio", "filtered": False, "copy_paste": True, "copy_paste_p": 0.5}]
     cfg["seeds"] = [0]
@@ -100,6 +100,9 @@ def test_copy_paste_backgrounds_arm_runs_in_a_sweep(tmp_path):
     arm = res["arms"]["copy-paste-backgrounds"]
     assert len(arm["mdice"]) == 1
     assert arm["method"] == "copy-paste-backgrounds" and arm["n_synthetic"] == 2 * 8
+    # it is a copy-paste reference, not a diffusion arm compared with copy-paste
+    assert set(res["paired_vs_copy_paste"]) <= {"copy-paste", "copy-paste-backgrounds"}
+    assert all("copy-paste-backgrounds" not in v for v in res["paired_vs_copy_paste"].values())
     made = res["generators"]["paste"]
     assert made["generator_dir"] is None and made["copy_paste"]["scale"] == [0.8, 1.0]
     sets = list((tmp_path / "runs").rglob("synthetic/manifest.jsonl"))

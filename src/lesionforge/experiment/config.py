@@ -244,6 +244,11 @@ class ExperimentConfig(StrictModel):
             raise ValueError("n_labelled and seeds must not be empty")
         return self
 
+    def is_copy_paste_reference(self, arm: ArmSettings) -> bool:
+        """A copy-paste arm: real lesions copy-pasted, onto real images or onto the backgrounds (no diffusion)."""
+        return arm.kind == "copy-paste" or (arm.generator is not None
+                                            and self.generators[arm.generator].method == PASTE_METHOD)
+
     def arm(self, name: str) -> ArmSettings:
         return next(a for a in self.arms if a.name == name)
 
