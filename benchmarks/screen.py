@@ -87,7 +87,8 @@ def screen_config(config: Path, n: int, variant: str, samples_per_real: int = 2,
     spec = spec.model_copy(update={"overrides": {**spec.overrides, **VARIANTS[variant]}, "filter": None,
                                    "n_per_real": samples_per_real})
     seg = cfg.segment.model_copy(update={"steps": steps, "val_interval": val_interval})
-    return cfg.model_copy(update={"generators": {GENERATOR: spec}, "segment": seg, "seeds": list(seeds)})
+    arms = [a for a in cfg.arms if a.generator in (None, GENERATOR)]  # the arms whose generator is kept
+    return cfg.model_copy(update={"generators": {GENERATOR: spec}, "arms": arms, "segment": seg, "seeds": list(seeds)})
 
 
 def prepare(cfg: ExperimentConfig, data: ExperimentData, n: int) -> SyntheticSet:

@@ -17,7 +17,10 @@ from lesionforge.errors import ConfigError
 
 ArmKind = Literal["baseline", "copy-paste", "synthetic"]
 MixingMode = Literal["ratio", "alpha", "patch-merge", "synthetic-only"]
-SynthesisMethod = Literal["mask-conditioned", "joint", "inpaint-normal", "edge-guided"]
+SynthesisMethod = Literal["mask-conditioned", "joint", "inpaint-normal", "edge-guided", "copy-paste-backgrounds"]
+#: not a diffusion generator: real lesions copy-pasted onto the lesion-free backgrounds the inpainting generator
+#: paints into (:mod:`lesionforge.segment.pasted_set`), the set a diffusion arm must beat to show its own gain
+PASTE_METHOD = "copy-paste-backgrounds"
 #: protocol name of a synthesis method -> generator kind (``GeneratorConfig.kind``)
 GENERATOR_KIND: dict[str, str] = {
     "mask-conditioned": "mask2image", "joint": "joint", "inpaint-normal": "inpaint", "edge-guided": "edge-text",
@@ -156,6 +159,19 @@ class GeneratorSpec(StrictModel):
     use_unlabelled: bool = False  # train images without masks; recorded in the results when used
     filter: FilterSettings | None = None
 
+    @model_validator(mode="after")
+    def _paste_has_no_generator(self) -> GeneratorSpec:
+        if self.method == PASTE_METHOD:
+            keys = ("config", "sampler", "sampling_steps", "guidance_scale")
+            given = [k for k in keys if getattr(self, k) is not None]
+            if given or self.use_unlabelled or self.mask_source != "jitter":
+                bad = given + (["use_unlabelled"] if self.use_unlabelled else []) + (
+                    ["mask_source"] if self.mask_source != "jitter" else [])
+                raise ValueError(f"method {PASTE_METHOD!r} trains no generator: remove {', '.join(bad)} "
+                                 "(its `overrides` are copy-paste settings: scale, feather_sigma, fov_threshold)")
+            paste_config(self)  # its overrides must be copy-paste settings
+        return self
+
 
 class ArmSettings(StrictModel):
     """One arm. Only the training data differ between arms; the segmentation budget is shared."""
@@ -228,6 +244,11 @@ class ExperimentConfig(StrictModel):
             raise ValueError("n_labelled and seeds must not be empty")
         return self
 
+    def is_copy_paste_reference(self, arm: ArmSettings) -> bool:
+        """A copy-paste arm: real lesions copy-pasted, onto real images or onto the backgrounds (no diffusion)."""
+        return arm.kind == "copy-paste" or (arm.generator is not None
+                                            and self.generators[arm.generator].method == PASTE_METHOD)
+
     def arm(self, name: str) -> ArmSettings:
         return next(a for a in self.arms if a.name == name)
 
@@ -277,11 +298,28 @@ def resolve_paths(cfg: ExperimentConfig, base: Path) -> ExperimentConfig:
     })
 
 
+def paste_config(spec: GeneratorSpec):
+    """The copy-paste settings of a ``copy-paste-backgrounds`` set (its ``overrides`` over the defaults)."""
+    from lesionforge.segment.config import CopyPasteConfig
+
+    return validate_config(CopyPasteConfig, {**spec.overrides, "enabled": True}, "generators.overrides")
+
+
+def set_recipe(cfg: ExperimentConfig, spec: GeneratorSpec) -> dict:
+    """What makes a synthetic set's pairs, for cache keys: the generator's effective config, or the copy-paste
+    settings of a pasted set."""
+    if spec.method == PASTE_METHOD:
+        return {"copy_paste": paste_config(spec).model_dump(mode="json")}
+    return resolved_generator_config(cfg, spec).model_dump(mode="json")
+
+
 def resolved_generator_config(cfg: ExperimentConfig, spec: GeneratorSpec):
     """The ``GeneratorConfig`` a generator entry trains with: its preset (or the kind's defaults) with the
     sweep's resolution, channels and dataset and the entry's overrides, every code default filled in."""
     from lesionforge.generate.config import GeneratorConfig, load_generator_config
 
+    if spec.method == PASTE_METHOD:
+        raise ConfigError(f"method {PASTE_METHOD!r} has no generator config")
     over = {"resolution": cfg.resolution, "image_channels": cfg.dataset.channels, "dataset": cfg.dataset.name,
             **spec.overrides}
     if spec.config is None:

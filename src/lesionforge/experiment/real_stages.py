@@ -18,9 +18,11 @@ from lesionforge.data.manifest import Sample, read_set
 from lesionforge.data.splits import BenchmarkSplit, load_benchmark_split
 from lesionforge.errors import CheckpointError, ConfigError, DataError
 from lesionforge.experiment.config import (
+    PASTE_METHOD,
     ArmSettings,
     ExperimentConfig,
     GeneratorSpec,
+    paste_config,
     resolved_generator_config,
 )
 from lesionforge.experiment.keys import cache_key
@@ -182,20 +184,23 @@ class LesionforgeStages:
 
         t0 = time.perf_counter()
         synth_dir = work_dir / "synthetic"
-        gen_dir = self.generator_for(cfg, spec, n, data, synth_dir)
-        t1 = time.perf_counter()
-        samples = synthesize(gen_dir, synth_dir, **self.synthesis_args(cfg, spec, n, data), resume=True)
-        t2 = time.perf_counter()
-        info: dict[str, Any] = {
-            "generator_dir": str(gen_dir), "generator_config": resolved_generator_config(cfg, spec).model_dump(
-                mode="json"),
-            "n_generated": len(samples), "unlabelled_used": spec.use_unlabelled and data.unlabelled(n) is not None,
-            "timings": {"train_generator_s": round(t1 - t0, 3),
-                        # the trainer's own total over every resumed session (the wall time above is this call's)
-                        "generator_train_s": read_meta(gen_dir).get("train_seconds"),
-                        "synthesize_s": round(t2 - t1, 3),
-                        "synthesis_images_per_s": round(len(samples) / max(t2 - t1, 1e-9), 3)},
-        }
+        if spec.method == PASTE_METHOD:
+            info = self._pasted(spec, n, data, synth_dir)
+        else:
+            gen_dir = self.generator_for(cfg, spec, n, data, synth_dir)
+            t1 = time.perf_counter()
+            samples = synthesize(gen_dir, synth_dir, **self.synthesis_args(cfg, spec, n, data), resume=True)
+            t2 = time.perf_counter()
+            info = {
+                "generator_dir": str(gen_dir), "generator_config": resolved_generator_config(cfg, spec).model_dump(
+                    mode="json"),
+                "n_generated": len(samples), "unlabelled_used": spec.use_unlabelled and data.unlabelled(n) is not None,
+                "timings": {"train_generator_s": round(t1 - t0, 3),
+                            # the trainer's own total over every resumed session (the wall time above is this call's)
+                            "generator_train_s": read_meta(gen_dir).get("train_seconds"),
+                            "synthesize_s": round(t2 - t1, 3),
+                            "synthesis_images_per_s": round(len(samples) / max(t2 - t1, 1e-9), 3)},
+            }
         manifest = synth_dir / "manifest.jsonl"
         filtered = None
         if spec.filter is not None:
@@ -204,6 +209,25 @@ class LesionforgeStages:
             info["filter"] = self._filter(cfg, spec, labelled, data, manifest, filtered)
             info["n_kept"] = info["filter"].get("n_kept")
         return SyntheticSet(manifest, filtered, info)
+
+    @staticmethod
+    def _pasted(spec: GeneratorSpec, n: int, data: ExperimentData, synth_dir: Path) -> dict[str, Any]:
+        """A ``copy-paste-backgrounds`` set: ``n_per_real`` real lesions per labelled pair pasted onto the
+        backgrounds (no generator); its info has the same fields as a generator's set where they apply."""
+        from lesionforge.segment.pasted_set import write_pasted_set
+
+        if data.backgrounds is None:
+            raise ConfigError(f"method {PASTE_METHOD!r} needs lesion-free backgrounds in the dataset")
+        labelled, cp = data.labelled(n), paste_config(spec)
+        t0 = time.perf_counter()
+        samples = write_pasted_set(synth_dir, spec.n_per_real * len(labelled), labelled, data.backgrounds, cp,
+                                   seed=spec.seed, resume=True)
+        dt = time.perf_counter() - t0
+        return {"generator_dir": None, "copy_paste": cp.model_dump(mode="json", exclude={"enabled", "prob"}),
+                "n_generated": len(samples),
+                "unlabelled_used": False,
+                "timings": {"train_generator_s": 0.0, "generator_train_s": 0.0, "synthesize_s": round(dt, 3),
+                            "synthesis_images_per_s": round(len(samples) / max(dt, 1e-9), 3)}}
 
     # The three units of a synthetic set, also run on their own (as separate tasks) by the Ray executor: each
     # caches its output under <output>/cache, so prepare_synthetic then finds them made.

@@ -55,10 +55,12 @@ def build_result(
         for name, recs in by_arm.items() if name != cfg.baseline_arm
     }
     seg = effective_segment_config(cfg)
+    # every copy-paste arm (on the real images, or also onto the backgrounds) is a reference each diffusion arm
+    # is compared with
     versus_copy_paste = {
         ref.name: {a.name: paired_diff(by_arm[a.name], by_arm[ref.name], cfg.bootstrap_samples, cfg.bootstrap_seed)
-                   for a in cfg.arms if a.kind == "synthetic"}
-        for ref in cfg.arms if ref.kind == "copy-paste" and ref.name != cfg.baseline_arm
+                   for a in cfg.arms if a.kind == "synthetic" and not cfg.is_copy_paste_reference(a)}
+        for ref in cfg.arms if cfg.is_copy_paste_reference(ref) and ref.name != cfg.baseline_arm
     }
     return {
         "dataset": cfg.dataset.name, "n_labelled": n, "profile": cfg.profile, "resolution": cfg.resolution,

@@ -27,7 +27,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsed
 from lesionforge.config import save_config
 from lesionforge.errors import CheckpointError, ConfigError, OverwriteError, WaitTimeoutError
 from lesionforge.experiment.budget import segment_config_for
-from lesionforge.experiment.config import ArmSettings, ExperimentConfig, resolved_generator_config
+from lesionforge.experiment.config import PASTE_METHOD, ArmSettings, ExperimentConfig, set_recipe
 from lesionforge.experiment.keys import cache_key
 from lesionforge.experiment.locks import WAIT_TIMEOUT_S, Busy, claim, holder, release
 from lesionforge.experiment.records import RunRecord, append_run_log, read_record, record_path, run_dir, write_record
@@ -53,8 +53,8 @@ def synthetic_key(cfg: ExperimentConfig, name: str, n: int, data: ExperimentData
     spec = cfg.generators[name]
     return cache_key(
         cfg.dataset.name, cfg.resolution, spec.model_copy(update={"filter": None}).model_dump(mode="json"),
-        resolved_generator_config(cfg, spec).model_dump(mode="json"), data.split.low_data(n),
-        data.background_ids() if spec.method == "inpaint-normal" else None,
+        set_recipe(cfg, spec), data.split.low_data(n),
+        data.background_ids() if spec.method in ("inpaint-normal", PASTE_METHOD) else None,
     )
 
 
