@@ -33,9 +33,9 @@ from lesionforge.generate.autoencoder import AutoencoderConfig, LatentCodec, tra
 from lesionforge.utils import code_version, write_json_atomic, write_text_atomic
 from lesionforge.validate.cost import agreement, timing
 from lesionforge.validate.filter import filter_manifest
-from lesionforge.validate.inputs import load_validator_config
 from lesionforge.validate.latent_segmenter import train_latent_segmenter
 from lesionforge.validate.pixel_segmenter import train_pixel_segmenter
+from lesionforge.validate.run import load_validator_config
 from lesionforge.validate.validator import load_validator
 
 ROOT = Path(__file__).resolve().parents[1]

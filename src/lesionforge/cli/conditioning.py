@@ -43,8 +43,8 @@ def masks(
     overwrite: bool = typer.Option(False, help="Replace an existing output folder."),
 ) -> None:
     """Draw new lesion masks from the real masks of a dataset."""
-    from lesionforge.conditioning.export import load_manifest_arrays, write_masks
     from lesionforge.conditioning.masks import build_mask_source
+    from lesionforge.conditioning.run import load_manifest_arrays, write_masks
 
     arrays = load_manifest_arrays(manifest, resolution, labelled_only=True)
     mask_source = build_mask_source(source, arrays.masks, arrays.ids, small_boost=small_boost)
@@ -60,7 +60,7 @@ def edges(
     overwrite: bool = typer.Option(False, help="Replace an existing output folder."),
 ) -> None:
     """Write EMIT-Diff edge maps (image edges + mask boundary) of every sample."""
-    from lesionforge.conditioning.export import load_manifest_arrays, write_edge_maps
+    from lesionforge.conditioning.run import load_manifest_arrays, write_edge_maps
 
     record = write_edge_maps(load_manifest_arrays(manifest, resolution), out, overwrite=overwrite, progress=True)
     typer.echo(f"wrote edge maps, record {record}")

@@ -28,7 +28,7 @@ def train(
     """Train a segmentation network for a fixed number of steps; keep the best-validation checkpoint."""
     from rich import print as rprint
 
-    from lesionforge.segment.jobs import train_from_files
+    from lesionforge.segment.run import train_from_files
 
     overrides = {k: v for k, v in {"steps": steps, "seed": seed}.items() if v is not None}
     run = train_from_files(
@@ -53,7 +53,7 @@ def evaluate(
     from rich.table import Table
 
     from lesionforge.errors import ConfigError
-    from lesionforge.segment.jobs import evaluate_to_file
+    from lesionforge.segment.run import evaluate_to_file
 
     bad = [s for s in subset or [] if "=" not in s]
     if bad:

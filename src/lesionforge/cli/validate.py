@@ -32,7 +32,7 @@ def train_autoencoder_cmd(
 
     from lesionforge.config import load_config
     from lesionforge.generate.autoencoder import AutoencoderConfig, train_autoencoder
-    from lesionforge.validate.inputs import manifest_arrays
+    from lesionforge.validate.run import manifest_arrays
 
     cfg = load_config(_preset(config), AutoencoderConfig)
     images = manifest_arrays(data, cfg.resolution, cfg.image_channels, split, progress=True)
@@ -57,9 +57,9 @@ def train_validator_cmd(
 
     from lesionforge.errors import ConfigError
     from lesionforge.generate.autoencoder import LatentCodec
-    from lesionforge.validate.inputs import load_validator_config, manifest_arrays
     from lesionforge.validate.latent_segmenter import train_latent_segmenter
     from lesionforge.validate.pixel_segmenter import train_pixel_segmenter
+    from lesionforge.validate.run import load_validator_config, manifest_arrays
 
     cfg = load_validator_config(_preset(config), {"kind": kind} if kind else None)
     train = manifest_arrays(data, cfg.resolution, cfg.image_channels, split, progress=True)
@@ -93,7 +93,7 @@ def filter_cmd(
 
     from lesionforge.errors import ConfigError
     from lesionforge.validate import filter as vfilter
-    from lesionforge.validate.inputs import manifest_arrays
+    from lesionforge.validate.run import manifest_arrays
     from lesionforge.validate.validator import load_validator
 
     if list_rejected:

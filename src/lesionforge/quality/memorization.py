@@ -17,8 +17,8 @@ from pydantic import BaseModel, computed_field
 
 from lesionforge.data.arrays import PairArrays
 from lesionforge.outputs import claim_output
+from lesionforge.quality.features import FeatureExtractor, load_extractor, manifest_arrays
 from lesionforge.utils import atomic_path, code_version, write_json_atomic
-from lesionforge.validate.features import FeatureExtractor, load_extractor, manifest_arrays
 
 
 class NearestMatch(BaseModel):

@@ -19,8 +19,8 @@ from lesionforge.conditioning.masks import area_fractions
 from lesionforge.data.arrays import PairArrays
 from lesionforge.data.manifest import Sample, read_manifest
 from lesionforge.outputs import claim_output
+from lesionforge.quality.features import FeatureExtractor, load_extractor, manifest_arrays
 from lesionforge.utils import code_version, write_json_atomic, write_text_atomic
-from lesionforge.validate.features import FeatureExtractor, load_extractor, manifest_arrays
 
 #: MS-SSIM's five standard scale weights (Wang et al. 2003), used at every resolution.
 MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
