@@ -11,7 +11,7 @@ app = typer.Typer(no_args_is_help=True)
 
 @app.command()
 def train(
-    config: Path = typer.Argument(..., help="SegmentConfig YAML, e.g. configs/segment-cpu.yaml."),
+    config: Path = typer.Argument(..., help="SegmentConfig YAML, or a packaged preset name, e.g. segment-cpu.yaml."),
     data: Path = typer.Argument(..., help="Training dataset folder or JSONL manifest."),
     out: Path = typer.Option(..., "-o", "--out", help="Run folder (checkpoints, history)."),
     train_ids: str = typer.Option(None, help="Training ids: FILE (one a line) or FILE.json:KEY."),

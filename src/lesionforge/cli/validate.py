@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+PRESET_HELP = "A file, or the name of a packaged preset (lesionforge/presets/)."
 THRESHOLD_HELP = "'auto' (chosen on real val pairs by --auto-rule) or a Dice value in [0, 1]."
 
 
@@ -20,7 +21,7 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
 
 def train_autoencoder_cmd(
     data: Path = typer.Option(..., help="Manifest of all training images (labelled, unlabelled, lesion-free)."),
-    config: Path = typer.Option(Path("configs/autoencoder-cpu.yaml"), help="Autoencoder config YAML."),
+    config: Path = typer.Option(Path("autoencoder-cpu.yaml"), help=f"Autoencoder config YAML. {PRESET_HELP}"),
     out: Path = typer.Option(..., "-o", "--out", help="Output folder (a diffusers AutoencoderKL folder)."),
     val: Path | None = typer.Option(None, help="Manifest of val images for PSNR/SSIM (default: --data's val split)."),
     split: str | None = typer.Option(None, help="Use only this split of --data."),
@@ -34,7 +35,7 @@ def train_autoencoder_cmd(
     from lesionforge.generate.autoencoder import AutoencoderConfig, train_autoencoder
     from lesionforge.validate.run import manifest_arrays
 
-    cfg = load_config(_preset(config), AutoencoderConfig)
+    cfg = load_config(config, AutoencoderConfig)
     images = manifest_arrays(data, cfg.resolution, cfg.image_channels, split, progress=True)
     val_arrays = manifest_arrays(val, cfg.resolution, cfg.image_channels, progress=True) if val else None
     path = train_autoencoder(cfg, images, out, val=val_arrays, resume=resume, overwrite=overwrite, progress=True)
@@ -43,7 +44,8 @@ def train_autoencoder_cmd(
 
 def train_validator_cmd(
     data: Path = typer.Option(..., help="Manifest of real labelled training pairs."),
-    config: Path = typer.Option(Path("configs/validator-cpu.yaml"), help="Validator config YAML (kind: latent|pixel)."),
+    config: Path = typer.Option(Path("validator-cpu.yaml"),
+                                help=f"Validator config YAML (kind: latent|pixel). {PRESET_HELP}"),
     out: Path = typer.Option(..., "-o", "--out", help="Output validator folder."),
     codec: Path | None = typer.Option(None, help="Autoencoder folder (needed for kind latent)."),
     kind: str | None = typer.Option(None, help="Override the config's kind: latent or pixel."),
@@ -61,7 +63,7 @@ def train_validator_cmd(
     from lesionforge.validate.pixel_segmenter import train_pixel_segmenter
     from lesionforge.validate.run import load_validator_config, manifest_arrays
 
-    cfg = load_validator_config(_preset(config), {"kind": kind} if kind else None)
+    cfg = load_validator_config(config, {"kind": kind} if kind else None)
     train = manifest_arrays(data, cfg.resolution, cfg.image_channels, split, progress=True)
     val_arrays = manifest_arrays(val, cfg.resolution, cfg.image_channels, progress=True) if val else None
     opts = {"val": val_arrays, "resume": resume, "overwrite": overwrite, "progress": True}
@@ -112,17 +114,6 @@ def filter_cmd(
                                      empty_fraction_max, auto_rule)
     rprint(f"threshold {report.threshold:.3f} ({report.threshold_rule})")
     rprint(f"kept {report.n_kept}/{report.n_scored} ({report.acceptance_rate:.1%}); manifest: {report.manifest}")
-
-
-def _preset(path: Path) -> Path:
-    """The config file; the default presets are relative to a source checkout, so outside one say how to
-    point at a preset instead of only "not found"."""
-    from lesionforge.errors import ConfigError
-
-    if not path.is_file():
-        raise ConfigError(f"{path}: config file not found; pass --config FILE (the presets are in the configs/ "
-                          "folder of the lesionforge source checkout)")
-    return path
 
 
 def _parse_threshold(text: str) -> float:

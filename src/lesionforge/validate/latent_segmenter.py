@@ -64,7 +64,7 @@ class LatentSegmenter(ModelMixin, ConfigMixin):
 
 
 class LatentSegmenterConfig(StrictModel):
-    """Latent segmenter settings (``configs/validator-*.yaml`` with ``kind: latent``)."""
+    """Latent segmenter settings (the packaged ``validator-*.yaml`` presets with ``kind: latent``)."""
 
     kind: Literal["latent"] = "latent"
     resolution: int = 64  # images are loaded at this size; must match the codec's training size

@@ -37,7 +37,7 @@ class PixelSegmenter(ModelMixin, ConfigMixin):
 
 
 class PixelSegmenterConfig(StrictModel):
-    """Pixel validator settings (``configs/validator-*.yaml`` with ``kind: pixel``)."""
+    """Pixel validator settings (the packaged ``validator-*.yaml`` presets with ``kind: pixel``)."""
 
     kind: Literal["pixel"] = "pixel"
     resolution: int = 64

@@ -10,6 +10,7 @@ from lesionforge.config import load_config
 from lesionforge.data.arrays import PairArrays, load_arrays
 from lesionforge.data.manifest import read_manifest
 from lesionforge.errors import ConfigError, DataError
+from lesionforge.presets import preset_path
 from lesionforge.validate.latent_segmenter import LatentSegmenterConfig
 from lesionforge.validate.pixel_segmenter import PixelSegmenterConfig
 
@@ -29,8 +30,9 @@ def manifest_arrays(
 
 
 def load_validator_config(path: str | Path, overrides: dict | None = None) -> ValidatorConfig:
-    """Read a ``configs/validator-*.yaml``; its ``kind`` (latent / pixel) picks the settings model."""
-    path = Path(path)
+    """Read a validator config (a YAML file or a packaged ``validator-*.yaml`` preset); its ``kind`` (latent /
+    pixel) picks the settings model."""
+    path = preset_path(path)
     try:
         text = path.read_text(encoding="utf-8") if path.is_file() else None
         kind = (yaml.safe_load(text) or {}).get("kind", "latent") if text is not None else None
