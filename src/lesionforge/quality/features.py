@@ -28,9 +28,9 @@ from torch import nn
 from lesionforge.data.arrays import PairArrays, image_to_tensor, load_arrays, mask_to_tensor
 from lesionforge.data.manifest import Sample, read_manifest
 from lesionforge.errors import CheckpointError, DataError
-from lesionforge.outputs import announce_resume, claim_output
+from lesionforge.outputs import announce_resume, claim_output, dir_hash
 from lesionforge.quality.inception import FIDInceptionV3
-from lesionforge.utils import atomic_path, dir_hash, file_sha256, seed_everything, write_json_atomic
+from lesionforge.utils import atomic_path, file_sha256, seed_everything, write_json_atomic
 
 SEG_ENCODER_CONFIG = "extractor_config.json"
 SEG_ENCODER_WEIGHTS = "model.safetensors"

@@ -16,7 +16,7 @@ from lesionforge.data.arrays import PairArrays, image_to_tensor, mask_to_tensor
 from lesionforge.outputs import claim_output
 from lesionforge.utils import code_version, seed_everything
 from lesionforge.validate.training import flip_batch, train_loop
-from lesionforge.validate.validator import SEGMENTER_DIR, load_validator, save_validator_info, val_scores
+from lesionforge.validate.validator import SEGMENTER_DIR, load_validator, register_kind, save_validator_info, val_scores
 
 
 class PixelSegmenter(ModelMixin, ConfigMixin):
@@ -34,6 +34,11 @@ class PixelSegmenter(ModelMixin, ConfigMixin):
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         """Lesion probability (B, 1, H, W) in [0, 1]."""
         return torch.sigmoid(self(x.to(self.device, torch.float32)))
+
+
+@register_kind("pixel")
+def load_pixel_networks(path: Path) -> tuple[PixelSegmenter, None]:
+    return PixelSegmenter.from_pretrained(path / SEGMENTER_DIR), None
 
 
 class PixelSegmenterConfig(StrictModel):
