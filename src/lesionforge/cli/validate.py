@@ -31,14 +31,10 @@ def train_autoencoder_cmd(
     """Train the latent autoencoder and report reconstruction PSNR/SSIM."""
     from rich import print as rprint
 
-    from lesionforge.config import load_config
-    from lesionforge.generate.autoencoder import AutoencoderConfig, train_autoencoder
-    from lesionforge.validate.run import manifest_arrays
+    from lesionforge.validate.run import train_autoencoder_from_files
 
-    cfg = load_config(config, AutoencoderConfig)
-    images = manifest_arrays(data, cfg.resolution, cfg.image_channels, split, progress=True)
-    val_arrays = manifest_arrays(val, cfg.resolution, cfg.image_channels, progress=True) if val else None
-    path = train_autoencoder(cfg, images, out, val=val_arrays, resume=resume, overwrite=overwrite, progress=True)
+    path = train_autoencoder_from_files(config, data, out, val=val, split=split, resume=resume, overwrite=overwrite,
+                                        progress=True)
     rprint(f"autoencoder written to {path} (metrics in {path / 'metrics.json'})")
 
 
@@ -57,23 +53,11 @@ def train_validator_cmd(
     """Train the single-step latent segmenter (or the pixel-space one) used by `lesionforge filter`."""
     from rich import print as rprint
 
-    from lesionforge.errors import ConfigError
-    from lesionforge.generate.autoencoder import LatentCodec
-    from lesionforge.validate.latent_segmenter import train_latent_segmenter
-    from lesionforge.validate.pixel_segmenter import train_pixel_segmenter
-    from lesionforge.validate.run import load_validator_config, manifest_arrays
+    from lesionforge.validate.run import train_validator_from_files
 
-    cfg = load_validator_config(config, {"kind": kind} if kind else None)
-    train = manifest_arrays(data, cfg.resolution, cfg.image_channels, split, progress=True)
-    val_arrays = manifest_arrays(val, cfg.resolution, cfg.image_channels, progress=True) if val else None
-    opts = {"val": val_arrays, "resume": resume, "overwrite": overwrite, "progress": True}
-    if cfg.kind == "latent":
-        if codec is None:
-            raise ConfigError("kind latent needs --codec (an autoencoder folder from `lesionforge train autoencoder`)")
-        path = train_latent_segmenter(cfg, train, LatentCodec.from_pretrained(codec), out, **opts)
-    else:
-        path = train_pixel_segmenter(cfg, train, out, **opts)
-    rprint(f"{cfg.kind} validator written to {path}")
+    kind, path = train_validator_from_files(config, data, out, codec=codec, kind=kind, val=val, split=split,
+                                            resume=resume, overwrite=overwrite, progress=True)
+    rprint(f"{kind} validator written to {path}")
 
 
 def filter_cmd(
@@ -94,24 +78,19 @@ def filter_cmd(
     from rich import print as rprint
 
     from lesionforge.errors import ConfigError
-    from lesionforge.validate import filter as vfilter
-    from lesionforge.validate.run import manifest_arrays
-    from lesionforge.validate.validator import load_validator
+    from lesionforge.validate.filter import list_rejected as rejected_rows
+    from lesionforge.validate.run import filter_from_files
 
     if list_rejected:
-        for s in vfilter.list_rejected(manifest):
+        for s in rejected_rows(manifest):
             v = s.provenance.validation
             rprint(f"{s.id}\t{s.image}\tdice={v.get('dice')}\tthreshold={v.get('threshold')}")
         return
     if validator is None:
         raise ConfigError("filter needs --validator (or --list-rejected)")
     thr: str | float = threshold if threshold == "auto" else _parse_threshold(threshold)
-    val_arrays = None
-    if val is not None:
-        v = load_validator(validator)
-        val_arrays = manifest_arrays(val, v.resolution, v.image_channels, progress=True)
-    report = vfilter.filter_manifest(manifest, validator, out, thr, val_arrays, in_place, overwrite,
-                                     empty_fraction_max, auto_rule)
+    report = filter_from_files(manifest, validator, out, thr, val, in_place, overwrite, empty_fraction_max, auto_rule,
+                               progress=True)
     rprint(f"threshold {report.threshold:.3f} ({report.threshold_rule})")
     rprint(f"kept {report.n_kept}/{report.n_scored} ({report.acceptance_rate:.1%}); manifest: {report.manifest}")
 
