@@ -27,6 +27,7 @@ def test_a_local_file_wins_then_the_packaged_preset_of_that_name(tmp_path, monke
     packaged = PRESETS_DIR / "segment-tiny.yaml"
     for spelling in ("segment-tiny.yaml", "configs/segment-tiny.yaml", "../../configs/segment-tiny.yaml"):
         assert preset_path(spelling) == packaged
+    assert preset_path("my-presets/segment-tiny.yaml") == Path("my-presets/segment-tiny.yaml")  # a typo stays one
     assert load_config("configs/segment-tiny.yaml", SegmentConfig) == load_config(packaged, SegmentConfig)
     (tmp_path / "configs").mkdir()
     mine = tmp_path / "configs" / "segment-tiny.yaml"

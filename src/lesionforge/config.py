@@ -37,7 +37,7 @@ def load_config(path: str | Path, model: type[M], overrides: dict | None = None)
     and validate it as ``model``; ``overrides`` (flat or nested dict) win."""
     path = preset_path(path)
     if not path.is_file():
-        raise ConfigError(f"{path}: config file not found (nor a packaged preset of that name)")
+        raise ConfigError(f"{path}: config file not found")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
