@@ -39,6 +39,7 @@ from lesionforge.generate.models import read_meta
 from lesionforge.generate.synthesize import synthesize
 from lesionforge.generate.trainbatch import make_mask_source
 from lesionforge.generate.trainer import train_generator
+from lesionforge.presets import PRESETS_DIR
 from lesionforge.utils import code_version, write_json_atomic, write_text_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -134,7 +135,7 @@ def run(dataset: str, kind: str, n: int = 64, steps: int | None = None, batch_si
     labelled = data.labelled(n)
     inpaint = kind == "inpaint"
     unlabelled, backgrounds = (data.unlabelled(n), data.backgrounds) if inpaint else (None, None)
-    preset = ROOT / "configs" / f"generator-{kind}-{PRESET_NAME[dataset]}-cpu.yaml"
+    preset = PRESETS_DIR / f"generator-{kind}-{PRESET_NAME[dataset]}-cpu.yaml"
     over = {k: v for k, v in {"steps": steps, "batch_size": batch_size}.items() if v is not None}
     gcfg = load_generator_config(preset, over)
     t0 = time.perf_counter()

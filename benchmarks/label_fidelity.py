@@ -2,7 +2,7 @@
 
     python benchmarks/label_fidelity.py --dataset busi --n-samples 64 --threads 1
 
-A segmenter trained on the N real labelled pairs only (``configs/segment-cpu.yaml``, selected on ``val``) scores
+A segmenter trained on the N real labelled pairs only (the ``segment-cpu.yaml`` preset, selected on ``val``) scores
 each generator's samples against their own masks, and, as a control, against the mask of the next sample in
 the set (masks rolled by one). A generator whose masks are correct labels scores clearly above its control;
 the segmenter's mDice on the real ``test`` split is the reference. The generators are the gallery's
@@ -35,6 +35,7 @@ from lesionforge.experiment.real_stages import LesionforgeStages  # noqa: E402
 from lesionforge.experiment.stats import bootstrap_paired  # noqa: E402
 from lesionforge.generate.synthesize import synthesize  # noqa: E402
 from lesionforge.generate.trainbatch import make_mask_source  # noqa: E402
+from lesionforge.presets import PRESETS_DIR  # noqa: E402
 from lesionforge.segment.config import SegmentConfig  # noqa: E402
 from lesionforge.segment.metrics import evaluate, score_masks  # noqa: E402
 from lesionforge.segment.model_io import load_segmenter, predict  # noqa: E402
@@ -59,7 +60,7 @@ def _rel(path: Path) -> str:
 
 
 def run(dataset: str, n: int = 64, n_samples: int = 64, work: Path = ROOT / "runs" / "gallery",
-        results: Path = ROOT / "benchmarks" / "results", segment_config: Path = ROOT / "configs" / "segment-cpu.yaml",
+        results: Path = ROOT / "benchmarks" / "results", segment_config: Path = PRESETS_DIR / "segment-cpu.yaml",
         segment_steps: int | None = None, sample_steps: int = 100, command: str | None = None) -> dict:
     cfg = load_experiment_config(ROOT / "benchmarks" / "configs" / f"{dataset}-cpu.yaml",
                                  {"n_labelled": [n], "output": str(work / f"{dataset}-data")})

@@ -40,10 +40,11 @@ from lesionforge.experiment.real_stages import LesionforgeStages  # noqa: E402
 from lesionforge.experiment.runner import SyntheticCache  # noqa: E402
 from lesionforge.experiment.stages import ExperimentData, SyntheticSet  # noqa: E402
 from lesionforge.generate.models import read_meta  # noqa: E402
+from lesionforge.outputs import dir_hash  # noqa: E402
+from lesionforge.quality.features import FeatureExtractor, SegEncoder  # noqa: E402
+from lesionforge.quality.metrics import kid  # noqa: E402
 from lesionforge.segment.model_io import load_segmenter  # noqa: E402
-from lesionforge.utils import code_version, dir_hash, write_json_atomic, write_text_atomic  # noqa: E402
-from lesionforge.validate.features import FeatureExtractor, SegEncoder  # noqa: E402
-from lesionforge.validate.quality import kid  # noqa: E402
+from lesionforge.utils import code_version, write_json_atomic, write_text_atomic  # noqa: E402
 
 #: Generator variants: fields changed in the headline generator's config. Equal wall time: every variant keeps
 #: today's steps x batch (the options below cost the same per step, see the JSON's generator_train_s).
@@ -130,7 +131,7 @@ def summarise(rows: list[dict]) -> dict:
 
 
 def real_extractor(checkpoint: Path) -> FeatureExtractor:
-    """In-domain features (``validate.features.SegEncoder``) from the screen's own real-only segmenter."""
+    """In-domain features (``quality.features.SegEncoder``) from the screen's own real-only segmenter."""
     return FeatureExtractor(SegEncoder(load_segmenter(checkpoint)), "seg-encoder-screen-baseline",
                             dir_hash(checkpoint))
 

@@ -17,11 +17,11 @@ from lesionforge.errors import CheckpointError
 from lesionforge.generate import trainer
 from lesionforge.generate.autoencoder import AutoencoderConfig, train_autoencoder
 from lesionforge.generate.trainer import train_generator
+from lesionforge.quality.features import load_extractor, train_segmentation_encoder
 from lesionforge.segment.config import SegmentConfig
 from lesionforge.segment.model_io import load_segmenter
 from lesionforge.segment.networks import build_network
 from lesionforge.train_state import TRAIN_STATE, load_train_state
-from lesionforge.validate.features import load_extractor, train_segmentation_encoder
 
 
 def _same(a: dict, b: dict) -> bool:

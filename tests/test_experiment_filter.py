@@ -55,6 +55,7 @@ def test_a_set_drawn_by_a_differently_trained_generator_is_not_reused(tmp_path, 
     assert synthetic_key(cfg, "inpaint", 8, data) != before
 
 
+@pytest.mark.slow
 def test_pixel_filter_keeps_true_pairs_and_rejects_shifted_ones(tmp_path):
     """The real filter stage with ``validator: pixel`` on demo pairs: their own masks (true) vs masks rolled
     half an image away (wrong); the report says which validator ran."""
@@ -84,6 +85,7 @@ def test_pixel_filter_keeps_true_pairs_and_rejects_shifted_ones(tmp_path):
     assert true_kept > wrong_kept
 
 
+@pytest.mark.slow
 def test_adding_a_filter_rescores_the_same_samples(tmp_path, monkeypatch):
     """A sweep made unfiltered, then given a filter and a filtered arm: the synthetic set is re-prepared in the
     same folder (the samples resume there, none is drawn again, with the generator that drew them, not a

@@ -12,7 +12,8 @@ from lesionforge.data.io import read_image, read_mask
 from lesionforge.data.manifest import read_manifest
 from lesionforge.errors import ConfigError
 from lesionforge.generate import synthesize as synth_module
-from lesionforge.generate.models import Conditions, build_generator
+from lesionforge.generate.build import build_generator
+from lesionforge.generate.models import Conditions
 from lesionforge.generate.sampler import InpaintGuide, sample, sample_seed
 from lesionforge.generate.synthesize import synthesize
 from lesionforge.generate.trainbatch import make_mask_source

@@ -17,7 +17,7 @@ from lesionforge.data.io import write_image, write_mask
 from lesionforge.data.manifest import Sample, append_manifest, read_manifest, write_manifest
 from lesionforge.data.readers import read_dataset
 from lesionforge.errors import DataError
-from lesionforge.generate.models import build_generator
+from lesionforge.generate.build import build_generator
 from lesionforge.generate.synthesize import synthesize
 from lesionforge.generate.trainbatch import make_mask_source
 

@@ -16,7 +16,7 @@ from test_generate_common import pairs, tiny_cfg
 from lesionforge.data.arrays import PairArrays
 from lesionforge.data.demo import write_demo_dataset
 from lesionforge.errors import CheckpointError, OverwriteError
-from lesionforge.generate.models import build_generator
+from lesionforge.generate.build import build_generator
 from lesionforge.generate.synthesize import synthesize
 from lesionforge.generate.trainer import train_generator
 from lesionforge.outputs import MARKER, claim_output

@@ -8,8 +8,8 @@ import torch
 
 from lesionforge.data.arrays import PairArrays
 from lesionforge.errors import CheckpointError, OverwriteError
-from lesionforge.validate.features import load_extractor, pixel_extractor, train_segmentation_encoder
-from lesionforge.validate.inception import FIDInceptionV3
+from lesionforge.quality.features import load_extractor, pixel_extractor, train_segmentation_encoder
+from lesionforge.quality.inception import FIDInceptionV3
 
 TINY = (8, 8, 16, 16, 32, 8)
 

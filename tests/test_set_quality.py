@@ -14,7 +14,7 @@ from lesionforge.data.splits import BenchmarkSplit
 from lesionforge.experiment import set_quality as sq
 from lesionforge.experiment.report import quality_table
 from lesionforge.experiment.stages import ExperimentData, SyntheticSet
-from lesionforge.validate.quality import mask_stats
+from lesionforge.quality.metrics import mask_stats
 
 
 def _pairs(seed: int, n: int, prefix: str, side: int = 16) -> PairArrays:

@@ -148,6 +148,7 @@ def test_paired_mdice3d_over_cases_in_results_and_report():
     assert "ΔmDice 3D over cases" in diff_table({"cp": {"mdice3d": d}})
 
 
+@pytest.mark.slow
 def test_reading_msd_hippocampus_gives_slices_carrying_case_ids():
     root = need_dataset("msd-hippocampus")
     from lesionforge.data.decathlon import read_decathlon_info

@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from lesionforge.errors import ConfigError
+from lesionforge.presets import preset_path
 
 ProfileName = Literal["tiny", "cpu", "cpu128", "gpu"]
 
@@ -32,8 +33,9 @@ M = TypeVar("M", bound=StrictModel)
 
 
 def load_config(path: str | Path, model: type[M], overrides: dict | None = None) -> M:
-    """Read a YAML file and validate it as ``model``; ``overrides`` (flat or nested dict) win."""
-    path = Path(path)
+    """Read a YAML file (or the packaged preset of that file name, see :func:`~lesionforge.presets.preset_path`)
+    and validate it as ``model``; ``overrides`` (flat or nested dict) win."""
+    path = preset_path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:

@@ -106,15 +106,3 @@ def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
-
-
-def dir_hash(path: str | Path) -> str:
-    """Short content hash of every file under a folder (names + bytes): identifies a checkpoint."""
-    from lesionforge.outputs import MARKER
-
-    h = hashlib.sha256()
-    for p in sorted(Path(path).rglob("*")):
-        if p.is_file() and p.name != MARKER:  # the output marker names the code version, not the content
-            h.update(str(p.relative_to(path)).encode())
-            h.update(file_sha256(p).encode())
-    return h.hexdigest()[:16]

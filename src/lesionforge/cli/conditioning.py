@@ -43,8 +43,8 @@ def masks(
     overwrite: bool = typer.Option(False, help="Replace an existing output folder."),
 ) -> None:
     """Draw new lesion masks from the real masks of a dataset."""
-    from lesionforge.conditioning.export import write_masks
     from lesionforge.conditioning.masks import build_mask_source
+    from lesionforge.conditioning.run import write_masks
     from lesionforge.data.arrays import manifest_arrays
 
     arrays = manifest_arrays(manifest, resolution, labelled_only=True, progress=True)
@@ -61,7 +61,7 @@ def edges(
     overwrite: bool = typer.Option(False, help="Replace an existing output folder."),
 ) -> None:
     """Write EMIT-Diff edge maps (image edges + mask boundary) of every sample."""
-    from lesionforge.conditioning.export import write_edge_maps
+    from lesionforge.conditioning.run import write_edge_maps
     from lesionforge.data.arrays import manifest_arrays
 
     arrays = manifest_arrays(manifest, resolution, progress=True)

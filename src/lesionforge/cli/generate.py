@@ -14,7 +14,8 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
     ``synthesize``."""
 
     def train_generator_cmd(
-        config: Path = typer.Argument(..., help="Generator preset, e.g. configs/generator-mask2image-kvasir-cpu.yaml."),
+        config: Path = typer.Argument(..., help="Generator config YAML, or a packaged preset name, e.g. "
+                                      "generator-mask2image-kvasir-cpu.yaml."),
         data: Path = typer.Option(..., help="Labelled dataset folder or manifest.jsonl."),
         out: Path = typer.Option(..., "-o", "--out", help="Output folder (checkpoints, samples, final model)."),
         split: str = typer.Option(None, help="Benchmark split file or name; selects train ids."),

@@ -13,7 +13,7 @@ app = typer.Typer(no_args_is_help=True)
 
 @app.command()
 def train(
-    config: Path = typer.Argument(..., help="SegmentConfig YAML, e.g. configs/segment-cpu.yaml."),
+    config: Path = typer.Argument(..., help="SegmentConfig YAML, or a packaged preset name, e.g. segment-cpu.yaml."),
     data: Path = typer.Argument(..., help="Training dataset folder or JSONL manifest."),
     out: Path = typer.Option(..., "-o", "--out", help="Run folder (checkpoints, history)."),
     train_ids: str = typer.Option(None, help="Training ids: FILE (one a line) or FILE.json:KEY."),
@@ -31,7 +31,7 @@ def train(
     """Train a segmentation network for a fixed number of steps; keep the best-validation checkpoint."""
     from rich import print as rprint
 
-    from lesionforge.segment.jobs import train_from_files
+    from lesionforge.segment.run import train_from_files
 
     overrides = {k: v for k, v in {"steps": steps, "seed": seed, "device": device}.items() if v is not None}
     run = train_from_files(
@@ -56,7 +56,7 @@ def evaluate(
     from rich.table import Table
 
     from lesionforge.errors import ConfigError
-    from lesionforge.segment.jobs import evaluate_to_file
+    from lesionforge.segment.run import evaluate_to_file
 
     bad = [s for s in subset or [] if "=" not in s]
     if bad:

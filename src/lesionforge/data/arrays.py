@@ -1,4 +1,4 @@
-"""Preprocessing to the profile resolution, an on-disk cache, and torch datasets.
+"""Preprocessing to the profile resolution, an on-disk cache, and array <-> tensor conversion.
 
 Aspect handling: images are resized to a square ``resolution`` by stretching (the common practice for
 polyp and ultrasound benchmarks; lesion shapes deform slightly but no pixels are lost to padding or crop).
@@ -19,7 +19,6 @@ from typing import Literal
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
 from lesionforge.data.io import read_image, union_masks
 from lesionforge.data.manifest import Sample, read_set
@@ -202,28 +201,3 @@ def tensor_to_image(t: torch.Tensor) -> np.ndarray:
 def mask_to_tensor(masks: np.ndarray) -> torch.Tensor:
     """uint8 (N, H, W) or (H, W) -> float32 (N, 1, H, W) / (1, H, W) in {0, 1}."""
     return torch.from_numpy(np.ascontiguousarray(masks)).float().unsqueeze(-3)
-
-
-class PairDataset(Dataset):
-    """Torch view of :class:`PairArrays`: items are dicts with ``image`` float (C, H, W) in [-1, 1],
-    ``mask`` float (1, H, W) in {0, 1}, ``id``, ``index``. ``transform`` (e.g. a MONAI dictionary
-    transform over keys ``image``/``mask``) is applied per item."""
-
-    def __init__(self, arrays: PairArrays, transform=None):
-        self.arrays = arrays
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.arrays)
-
-    def __getitem__(self, i: int) -> dict:
-        item = {
-            "image": image_to_tensor(self.arrays.images[i]),
-            "mask": mask_to_tensor(self.arrays.masks[i]),
-        }
-        if self.transform is not None:
-            item = dict(self.transform(item))
-            item = {k: torch.as_tensor(v).float() for k, v in item.items()}
-        item["id"] = self.arrays.ids[i]
-        item["index"] = i
-        return item

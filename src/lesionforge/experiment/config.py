@@ -14,6 +14,7 @@ from pydantic import Field, model_validator
 
 from lesionforge.config import PROFILE_RESOLUTION, ProfileName, StrictModel, load_config, validate_config
 from lesionforge.errors import ConfigError
+from lesionforge.presets import preset_path
 
 ArmKind = Literal["baseline", "copy-paste", "synthetic"]
 MixingMode = Literal["ratio", "alpha", "patch-merge", "synthetic-only"]
@@ -257,9 +258,15 @@ def _resolve(p: Path | None, base: Path) -> Path | None:
     return None if p is None or p.is_absolute() else (base / p).resolve()
 
 
+def _resolve_config(p: Path | None, base: Path) -> Path | None:
+    """A config file path: beside the experiment YAML if there, else the packaged preset of that name."""
+    return None if p is None else preset_path(p, base).resolve()
+
+
 def load_experiment_config(path: str | Path, overrides: dict | None = None) -> ExperimentConfig:
-    """Read and validate an experiment YAML; relative paths become absolute against its folder."""
-    path = Path(path)
+    """Read and validate an experiment YAML (or the packaged preset of that name, e.g. ``demo.yaml``); relative
+    paths become absolute against its folder."""
+    path = preset_path(path)
     cfg = load_config(path, ExperimentConfig, overrides)
     return resolve_paths(cfg, path.resolve().parent)
 
@@ -276,11 +283,11 @@ def resolve_paths(cfg: ExperimentConfig, base: Path) -> ExperimentConfig:
     })
     gens = {}
     for name, g in cfg.generators.items():
-        upd: dict = {"config": _resolve(g.config, base) or g.config}
+        upd: dict = {"config": _resolve_config(g.config, base)}
         if g.filter is not None:
             upd["filter"] = g.filter.model_copy(update={
-                "autoencoder_config": _resolve(g.filter.autoencoder_config, base) or g.filter.autoencoder_config,
-                "validator_config": _resolve(g.filter.validator_config, base) or g.filter.validator_config,
+                "autoencoder_config": _resolve_config(g.filter.autoencoder_config, base),
+                "validator_config": _resolve_config(g.filter.validator_config, base),
             })
         gens[name] = g.model_copy(update=upd)
     transfer = [
@@ -290,7 +297,7 @@ def resolve_paths(cfg: ExperimentConfig, base: Path) -> ExperimentConfig:
         })
         for t in cfg.transfer
     ]
-    seg = cfg.segment.model_copy(update={"preset": _resolve(cfg.segment.preset, base) or cfg.segment.preset})
+    seg = cfg.segment.model_copy(update={"preset": _resolve_config(cfg.segment.preset, base)})
     return cfg.model_copy(update={
         "dataset": ds, "generators": gens, "transfer": transfer, "segment": seg,
         "output": _resolve(cfg.output, base) or cfg.output,

@@ -17,7 +17,7 @@ import numpy as np
 from lesionforge.experiment import stats
 from lesionforge.experiment.budget import budget_of, segment_config_for
 from lesionforge.experiment.config import ExperimentConfig
-from lesionforge.experiment.keys import cache_key
+from lesionforge.experiment.keys import cache_key, settings_dump
 from lesionforge.experiment.records import BANDS, RunRecord
 from lesionforge.experiment.stages import ExperimentData, SyntheticSet
 from lesionforge.utils import code_version
@@ -31,8 +31,9 @@ def result_path(cfg: ExperimentConfig, n: int) -> Path:
 
 
 def config_hash(cfg: ExperimentConfig) -> str:
-    """Hash of every setting that shapes the numbers (not where outputs go, nor a worker's thread count)."""
-    return cache_key(cfg.model_dump(mode="json", exclude={"output", "results_dir", "threads"}))
+    """Hash of every setting that shapes the numbers (not where outputs go, nor a worker's thread count); preset
+    files count by content, not by where they lie (see :func:`settings_dump`)."""
+    return cache_key(settings_dump(cfg, exclude={"output", "results_dir", "threads"}))
 
 
 def build_result(

@@ -119,7 +119,7 @@ def _vae_folder(path: Path) -> Path:
 
 
 class AutoencoderConfig(StrictModel):
-    """Autoencoder architecture and training settings (``configs/autoencoder-*.yaml``)."""
+    """Autoencoder architecture and training settings (the packaged ``autoencoder-*.yaml`` presets)."""
 
     resolution: int = 64
     image_channels: int = 3

@@ -1,6 +1,6 @@
 """Settings of a generator: model size, diffusion schedule, training and default sampling options.
 
-Presets live in ``configs/generator-<kind>-<dataset>-<profile>.yaml`` and are read with
+Presets are the packaged ``generator-<kind>-<dataset>-<profile>.yaml`` (:mod:`lesionforge.presets`), read with
 :func:`load_generator_config`.
 """
 

@@ -26,9 +26,9 @@ from lesionforge.generate.batches import build_spatial, decode_samples, dilate_m
 from lesionforge.generate.models import Conditions, LesionGenerator, read_meta
 from lesionforge.generate.sampler import InpaintGuide, sample, sample_seed
 from lesionforge.generate.textcond import TextConditioner
-from lesionforge.outputs import announce_resume, claim_output
+from lesionforge.outputs import announce_resume, claim_output, dir_hash
 from lesionforge.progress import StageProgress
-from lesionforge.utils import code_version, dir_hash, write_json_atomic
+from lesionforge.utils import code_version, write_json_atomic
 
 MANIFEST = "manifest.jsonl"
 RUN_FILE = "synthesis.json"

@@ -28,8 +28,9 @@ from lesionforge.data.arrays import PairArrays
 from lesionforge.devices import resolve_device
 from lesionforge.errors import CheckpointError, ConfigError
 from lesionforge.generate.batches import Codec
+from lesionforge.generate.build import build_generator
 from lesionforge.generate.config import GeneratorConfig
-from lesionforge.generate.models import LesionGenerator, build_generator
+from lesionforge.generate.models import LesionGenerator
 from lesionforge.generate.report import save_loss_curve, save_sample_grid
 from lesionforge.generate.trainbatch import BatchMaker
 from lesionforge.outputs import announce_resume, claim_output

@@ -14,7 +14,7 @@ MixMode = Literal["none", "ratio", "alpha", "patch-merge", "synthetic-only"]
 
 
 class AugmentConfig(StrictModel):
-    """Standard augmentation (MONAI dictionary transforms, see :mod:`lesionforge.data.augment`)."""
+    """Standard augmentation (MONAI dictionary transforms, see :mod:`lesionforge.segment.augment`)."""
 
     enabled: bool = True
     flip_prob: float = Field(0.5, ge=0, le=1)  # per axis

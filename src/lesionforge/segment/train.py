@@ -28,10 +28,10 @@ from torch.optim.lr_scheduler import LRScheduler
 from lesionforge.checkpoints import WEIGHTS, load_torch_state, load_weights, save_torch_state
 from lesionforge.config import save_config
 from lesionforge.data.arrays import PairArrays, image_to_tensor, mask_to_tensor
-from lesionforge.data.augment import augment_batch, build_augmentation
 from lesionforge.devices import resolve_device
 from lesionforge.errors import CheckpointError, ConfigError, DataError
 from lesionforge.outputs import announce_resume, child_path, claim_output
+from lesionforge.segment.augment import augment_batch, build_augmentation
 from lesionforge.segment.config import SegmentConfig
 from lesionforge.segment.copypaste import CopyPaster
 from lesionforge.segment.metrics import THRESHOLD, overlap_scores

@@ -18,7 +18,7 @@ from lesionforge.devices import DeviceName
 from lesionforge.outputs import claim_output
 from lesionforge.utils import code_version, seed_everything
 from lesionforge.validate.training import flip_batch, train_loop
-from lesionforge.validate.validator import SEGMENTER_DIR, load_validator, save_validator_info, val_scores
+from lesionforge.validate.validator import SEGMENTER_DIR, load_validator, register_kind, save_validator_info, val_scores
 
 
 class PixelSegmenter(ModelMixin, ConfigMixin):
@@ -38,8 +38,13 @@ class PixelSegmenter(ModelMixin, ConfigMixin):
         return torch.sigmoid(self(x.to(self.device, torch.float32)))
 
 
+@register_kind("pixel")
+def load_pixel_networks(path: Path) -> tuple[PixelSegmenter, None]:
+    return PixelSegmenter.from_pretrained(path / SEGMENTER_DIR), None
+
+
 class PixelSegmenterConfig(StrictModel):
-    """Pixel validator settings (``configs/validator-*.yaml`` with ``kind: pixel``)."""
+    """Pixel validator settings (the packaged ``validator-*.yaml`` presets with ``kind: pixel``)."""
 
     kind: Literal["pixel"] = "pixel"
     resolution: int = 64

@@ -15,10 +15,9 @@ import numpy as np
 import torch
 from pydantic import BaseModel, computed_field
 
-from lesionforge.data.arrays import PairArrays, manifest_arrays
-from lesionforge.outputs import claim_output
+from lesionforge.data.arrays import PairArrays
+from lesionforge.quality.features import FeatureExtractor
 from lesionforge.utils import atomic_path, code_version, write_json_atomic
-from lesionforge.validate.features import FeatureExtractor, load_extractor
 
 
 class NearestMatch(BaseModel):
@@ -165,16 +164,3 @@ def write_memorization_report(report: MemorizationReport, train: PairArrays, syn
     write_json_atomic(out_dir / "memorization.json", report.model_dump(mode="json"))
     plot_flagged_pairs(report, train, synthetic, out_dir / "memorization_flagged.png")
     return out_dir / "memorization.json"
-
-
-def run_memorization_audit(train_manifest: str | Path, synthetic_manifest: str | Path, extractor: str | Path,
-                           out_dir: str | Path, resolution: int, train_split: str | None = "train",
-                           percentile: float = 1.0, device: str = "cpu", overwrite: bool = False,
-                           progress: bool = False) -> Path:
-    """Audit every ``origin: synthetic`` row (kept or rejected) of ``synthetic_manifest`` against the real
-    rows of ``train_split`` in ``train_manifest`` at ``resolution``; writes the JSON (and figure) into ``out_dir``."""
-    out_dir = claim_output(out_dir, "memorization audit", overwrite=overwrite)
-    train = manifest_arrays(train_manifest, resolution, split=train_split, origin="real", progress=progress)
-    synthetic = manifest_arrays(synthetic_manifest, resolution, origin="synthetic", progress=progress)
-    report = memorization_audit(train, synthetic, load_extractor(extractor).to(device), percentile)
-    return write_memorization_report(report, train, synthetic, out_dir)

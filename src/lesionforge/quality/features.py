@@ -29,10 +29,10 @@ from lesionforge.checkpoints import WEIGHTS, load_torch_state, load_weights, rea
 from lesionforge.data.arrays import PairArrays, image_to_tensor, mask_to_tensor
 from lesionforge.devices import resolve_device
 from lesionforge.errors import CheckpointError
-from lesionforge.outputs import announce_resume, claim_output
+from lesionforge.outputs import announce_resume, claim_output, dir_hash
+from lesionforge.quality.inception import FIDInceptionV3
 from lesionforge.train_state import TRAIN_STATE, load_train_state, save_train_state
-from lesionforge.utils import dir_hash, file_sha256, seed_everything
-from lesionforge.validate.inception import FIDInceptionV3
+from lesionforge.utils import file_sha256, seed_everything
 
 SEG_ENCODER_CONFIG = "extractor_config.json"
 LEGACY_SEG_ENCODER_STATE = "train_state.pt"  # older runs' resume state (weights inside a torch.save blob)
