@@ -77,19 +77,19 @@ def test_read_set_takes_a_set_folder_and_selects(set_dir):
 
 
 def test_segment_kept_only_trains_on_the_kept_rows(set_dir, demo_root, monkeypatch):
-    from lesionforge.segment import jobs
+    from lesionforge.segment import run as jobs
 
     seen = {}
     monkeypatch.setattr(jobs, "train_segmenter", lambda cfg, train, val, out, synthetic, **kw: seen.setdefault(
         "ids", synthetic.ids))
-    jobs.train_from_files("configs/segment-tiny.yaml", demo_root / "manifest.jsonl", set_dir / "run",
+    jobs.train_from_files("segment-tiny.yaml", demo_root / "manifest.jsonl", set_dir / "run",
                           val_data=demo_root / "manifest.jsonl", synthetic=set_dir / "manifest.filtered.jsonl",
                           kept_only=True)
     assert seen["ids"] == ["syn_0", "syn_4"]
 
 
 def test_quality_kept_only_scores_the_same_rows(set_dir, demo_root, monkeypatch):
-    from lesionforge.validate import quality
+    from lesionforge.quality import run as quality
 
     seen = {}
 
