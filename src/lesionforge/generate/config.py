@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import model_serializer, model_validator
 
-from lesionforge.config import StrictModel, load_config
+from lesionforge.config import StrictModel, resolve_preset
 from lesionforge.errors import ConfigError
 
 Kind = Literal["mask2image", "joint", "edge-text", "inpaint"]
@@ -159,4 +159,4 @@ class GeneratorConfig(StrictModel):
 
 def load_generator_config(path: str | Path, overrides: dict | None = None) -> GeneratorConfig:
     """Read and validate a generator preset (YAML)."""
-    return load_config(path, GeneratorConfig, overrides)
+    return resolve_preset(path, overrides, GeneratorConfig)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from lesionforge.config import load_config
+from lesionforge.config import resolve_preset
 from lesionforge.data.arrays import PairArrays, load_arrays
 from lesionforge.data.manifest import read_manifest
 from lesionforge.errors import ConfigError, DataError
@@ -40,4 +40,4 @@ def load_validator_config(path: str | Path, overrides: dict | None = None) -> Va
     if kind not in (None, "latent", "pixel"):
         raise ConfigError(f"{path}: kind must be 'latent' or 'pixel', got {kind!r}")
     model = PixelSegmenterConfig if kind == "pixel" else LatentSegmenterConfig
-    return load_config(path, model, overrides)
+    return resolve_preset(path, overrides, model)
