@@ -10,6 +10,7 @@ import pytest
 import torch
 from test_generate_common import normals, pairs, tiny_cfg
 
+from lesionforge.generate.config import SamplingConfig
 from lesionforge.generate.models import build_generator
 from lesionforge.generate.trainbatch import make_mask_source
 
@@ -50,7 +51,7 @@ def _digests(folder) -> tuple[str, str]:
 def _run(case: str, demo_arrays, tmp_path) -> tuple[str, str]:
     from lesionforge.generate.synthesize import synthesize
 
-    gen_kw, kw = CASES[case]
+    gen_kw, kw = CASES[case][0], dict(CASES[case][1])
     kind = case.split("-")[0]
     torch.manual_seed(0)
     build_generator(tiny_cfg(kind, **gen_kw)).eval().save_pretrained(tmp_path / "g")
@@ -63,7 +64,8 @@ def _run(case: str, demo_arrays, tmp_path) -> tuple[str, str]:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the digests were taken on one thread
     try:
-        synthesize(tmp_path / "g", tmp_path / "s", progress=False, **inputs, **kw)
+        sampling = SamplingConfig(**{k: kw.pop(k) for k in ("sampler", "steps", "repaint_jumps") if k in kw})
+        synthesize(tmp_path / "g", tmp_path / "s", progress=False, sampling=sampling, **inputs, **kw)
     finally:
         torch.set_num_threads(threads)
     return _digests(tmp_path / "s")

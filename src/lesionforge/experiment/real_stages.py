@@ -231,6 +231,7 @@ class LesionforgeStages:
     def synthesis_args(cfg: ExperimentConfig, spec: GeneratorSpec, n: int, data: ExperimentData) -> dict[str, Any]:
         """Keyword arguments of :func:`~lesionforge.generate.synthesize.synthesize` for this set (all but the
         generator and output folders): the same for one process and for every shard."""
+        from lesionforge.generate.config import SamplingConfig
         from lesionforge.generate.trainbatch import make_mask_source
 
         labelled, gcfg = data.labelled(n), resolved_generator_config(cfg, spec)
@@ -239,9 +240,10 @@ class LesionforgeStages:
         return dict(
             n=spec.n_per_real * len(labelled), masks_from=masks_from, real=labelled,
             backgrounds=data.backgrounds if spec.method == "inpaint-normal" else None,
-            seed=spec.seed, sampler=spec.sampler or gcfg.sampler, steps=spec.sampling_steps or gcfg.sample_steps,
-            guidance_scale=spec.guidance_scale if spec.guidance_scale is not None else gcfg.guidance_scale,
-            batch_size=spec.batch_size,
+            seed=spec.seed, batch_size=spec.batch_size,
+            # the entry's sampling settings where given, else the generator's own
+            sampling=SamplingConfig(sampler=spec.sampler, steps=spec.sampling_steps,
+                                    guidance_scale=spec.guidance_scale),
         )
 
     @staticmethod
