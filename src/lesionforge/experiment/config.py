@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, PrivateAttr, model_validator
+from pydantic import Field, PrivateAttr, field_serializer, model_validator
 
 from lesionforge.config import PROFILE_RESOLUTION, ProfileName, StrictModel, load_config, resolve_preset
 from lesionforge.errors import ConfigError
@@ -192,6 +192,11 @@ class ArmSettings(StrictModel):
         if self.copy_paste is not None and "enabled" in self.copy_paste.model_fields_set:
             raise ValueError(f"arm {self.name!r}: `copy_paste.enabled` is decided by the arm's kind; leave it out")
         return self
+
+    @field_serializer("copy_paste")
+    def _given_keys_only(self, v: CopyPasteConfig | None) -> dict | None:
+        # the keys the arm gave (what overrides the shared block), not ``enabled: false`` from the model default
+        return None if v is None else v.model_dump(mode="json", exclude_unset=True)
 
     @property
     def uses_copy_paste(self) -> bool:
