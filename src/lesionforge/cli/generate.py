@@ -6,8 +6,10 @@ from pathlib import Path
 
 import typer
 
-#: how a sampling option relates to the generator's own settings (the precedence, said in each option's help)
-_OWN = "Default: the generator's own (its training config's sampler / sample_steps / guidance_scale / repaint_jumps)."
+
+def _own(field: str) -> str:
+    """How a sampling option relates to the generator's settings (the precedence, said in each option's help)."""
+    return f"Given: wins. Default: the generator's own `{field}` (from the preset it was trained with)."
 
 
 def register(app: typer.Typer, train_app: typer.Typer) -> None:
@@ -46,10 +48,10 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         backgrounds: Path = typer.Option(None, help="Lesion-free images to paint into (inpaint)."),
         mask_source: str = typer.Option("jitter", help="'jitter' (real masks deformed) or 'size' (size-controlled)."),
         seed: int = typer.Option(0, help="Run seed: same seed, same output."),
-        sampler: str = typer.Option(None, help=f"ddim, dpm++ or ddpm. {_OWN}"),
-        steps: int = typer.Option(None, help=f"Sampling steps. {_OWN}"),
-        guidance_scale: float = typer.Option(None, help=f"Classifier-free guidance scale. {_OWN}"),
-        repaint_jumps: int = typer.Option(None, help=f"RePaint rounds per step (inpaint, ddim/ddpm). {_OWN}"),
+        sampler: str = typer.Option(None, help=f"ddim, dpm++ or ddpm. {_own('sampler')}"),
+        steps: int = typer.Option(None, help=f"Sampling steps. {_own('sample_steps')}"),
+        guidance_scale: float = typer.Option(None, help=f"Classifier-free guidance scale. {_own('guidance_scale')}"),
+        repaint_jumps: int = typer.Option(None, help=f"RePaint rounds per step (inpaint). {_own('repaint_jumps')}"),
         eta: float = typer.Option(None, help="DDIM stochasticity in [0, 1] (default 0: deterministic)."),
         batch_size: int = typer.Option(16, help="Samples per batch."),
         prompts: Path = typer.Option(None, help="User prompt file (YAML or CSV)."),
