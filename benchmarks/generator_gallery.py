@@ -34,7 +34,7 @@ from lesionforge.data.io import read_image, read_mask, write_image
 from lesionforge.data.manifest import read_manifest
 from lesionforge.experiment.config import load_experiment_config
 from lesionforge.experiment.real_stages import LesionforgeStages
-from lesionforge.generate.config import load_generator_config
+from lesionforge.generate.config import SamplingConfig, load_generator_config
 from lesionforge.generate.models import read_meta
 from lesionforge.generate.synthesize import synthesize
 from lesionforge.generate.trainbatch import make_mask_source
@@ -150,7 +150,8 @@ def run(dataset: str, kind: str, n: int = 64, steps: int | None = None, batch_si
         shutil.rmtree(folder, ignore_errors=True)  # scratch output of this script, remade each time
         t = time.perf_counter()
         synthesize(generator, folder, N_SAMPLES, masks_from=masks_from, backgrounds=backgrounds, real=labelled,
-                   seed=0, sampler=how[0], steps=how[1], guidance_scale=how[2], resume=False, progress=False)
+                   seed=0, sampling=SamplingConfig(sampler=how[0], steps=how[1], guidance_scale=how[2]), resume=False,
+                   progress=False)
         return read_manifest(folder / "manifest.jsonl"), time.perf_counter() - t
 
     def tiles(rows) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:

@@ -33,6 +33,7 @@ from lesionforge.data.manifest import read_manifest  # noqa: E402
 from lesionforge.experiment.config import load_experiment_config  # noqa: E402
 from lesionforge.experiment.real_stages import LesionforgeStages  # noqa: E402
 from lesionforge.experiment.stats import bootstrap_paired  # noqa: E402
+from lesionforge.generate.config import SamplingConfig  # noqa: E402
 from lesionforge.generate.synthesize import synthesize  # noqa: E402
 from lesionforge.generate.trainbatch import make_mask_source  # noqa: E402
 from lesionforge.presets import PRESETS_DIR  # noqa: E402
@@ -84,8 +85,9 @@ def run(dataset: str, n: int = 64, n_samples: int = 64, work: Path = ROOT / "run
         t = time.perf_counter()
         jitter = make_mask_source("jitter", labelled, cfg.resolution) if kind in ("mask2image", "inpaint") else None
         with torch.no_grad():
-            synthesize(generator, folder, n_samples, real=labelled, masks_from=jitter, seed=0, sampler="ddpm",
-                       steps=sample_steps, guidance_scale=1.0, resume=True, progress=False,
+            synthesize(generator, folder, n_samples, real=labelled, masks_from=jitter, seed=0,
+                       sampling=SamplingConfig(sampler="ddpm", steps=sample_steps, guidance_scale=1.0), resume=True,
+                       progress=False,
                        backgrounds=data.backgrounds if kind == "inpaint" else None)
         synthetic = load_arrays(read_manifest(folder / "manifest.jsonl"), cfg.resolution, cfg.dataset.channels,
                                 cache_dir=None)  # scratch set, remade per run: no array cache

@@ -61,15 +61,17 @@ GENERATOR = "inpaint"  # the headline configs' generator entry the variants chan
 STEPS, VAL_INTERVAL, SEEDS = 400, 50, (0, 1)
 #: Real-data rows, trained once per budget; their names are the headline's arm names.
 REAL_ARMS = (ArmSettings(name="baseline", kind="baseline"),
-             ArmSettings(name="copy-paste", kind="copy-paste", copy_paste_p=0.5))
+             ArmSettings(name="copy-paste", kind="copy-paste", copy_paste={"prob": 0.5}))
 #: Rows of every variant: (a) its synthetic pairs alone, (b) the N real pairs plus them (the headline arm).
 VARIANT_ARMS = (
-    ArmSettings(name="synthetic", kind="synthetic", generator=GENERATOR, ratio=1, mixing="ratio", filtered=False),
-    ArmSettings(name="synthetic-only", kind="synthetic", generator=GENERATOR, mixing="synthetic-only", filtered=False),
+    ArmSettings(name="synthetic", kind="synthetic", generator=GENERATOR, mixing={"mode": "ratio", "ratio": 1},
+                filtered=False),
+    ArmSettings(name="synthetic-only", kind="synthetic", generator=GENERATOR, mixing={"mode": "synthetic-only"},
+                filtered=False),
 )
 #: Extra rows of ``today`` whose headline arm exists, for the rank agreement.
-AGREEMENT_ARMS = (ArmSettings(name="synthetic+copy-paste", kind="synthetic", generator=GENERATOR, ratio=1,
-                              mixing="ratio", filtered=False, copy_paste=True, copy_paste_p=0.5),)
+AGREEMENT_ARMS = (ArmSettings(name="synthetic+copy-paste", kind="synthetic", generator=GENERATOR,
+                              mixing={"mode": "ratio", "ratio": 1}, filtered=False, copy_paste={"prob": 0.5}),)
 
 
 def headline_config(dataset: str) -> Path:

@@ -73,8 +73,8 @@ def _config(tmp_path: Path, spec: dict) -> Path:
     cfg = yaml.safe_load(SMOKE.read_text(encoding="utf-8"))
     cfg["generators"] = {"paste": spec}
     cfg["arms"] = [{"name": "baseline", "kind": "baseline"}, {"name": "copy-paste", "kind": "copy-paste"},
-                   {"name": "copy-paste-backgrounds", "kind": "synthetic", "generator": "paste", "ratio": 1,
-                    "mixing": "ratio", "filtered": False, "copy_paste": True, "copy_paste_p": 0.5}]
+                   {"name": "copy-paste-backgrounds", "kind": "synthetic", "generator": "paste",
+                    "mixing": {"mode": "ratio", "ratio": 1}, "filtered": False, "copy_paste": {"prob": 0.5}}]
     cfg["seeds"] = [0]
     cfg["output"], cfg["results_dir"] = str(tmp_path / "runs"), str(tmp_path / "results")
     path = tmp_path / "paste.yaml"

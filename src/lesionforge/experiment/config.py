@@ -8,16 +8,16 @@ Relative paths in the YAML are resolved against the folder of the YAML file.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, PrivateAttr, field_serializer, model_validator
 
-from lesionforge.config import PROFILE_RESOLUTION, ProfileName, StrictModel, load_config, validate_config
+from lesionforge.config import PROFILE_RESOLUTION, ProfileName, StrictModel, load_config, resolve_preset
 from lesionforge.errors import ConfigError
 from lesionforge.presets import preset_path
+from lesionforge.segment.config import CopyPasteConfig, MixConfig, SegmentConfig
 
 ArmKind = Literal["baseline", "copy-paste", "synthetic"]
-MixingMode = Literal["ratio", "alpha", "patch-merge", "synthetic-only"]
 SynthesisMethod = Literal["mask-conditioned", "joint", "inpaint-normal", "edge-guided", "copy-paste-backgrounds"]
 #: not a diffusion generator: real lesions copy-pasted onto the lesion-free backgrounds the inpainting generator
 #: paints into (:mod:`lesionforge.segment.pasted_set`), the set a diffusion arm must beat to show its own gain
@@ -112,14 +112,10 @@ class SegmentSettings(StrictModel):
     val_interval: int | None = None
     extra: dict = Field(default_factory=dict)
 
-    def merged(self) -> dict:
-        """The complete shared ``SegmentConfig`` (as a dict): preset, then named fields, then ``extra``."""
-        from lesionforge.segment.config import SegmentConfig
-
+    def resolve(self, where: str = "segment") -> SegmentConfig:
+        """The complete shared ``SegmentConfig``: preset, then named fields, then ``extra``."""
         over = {**self.model_dump(exclude={"preset", "extra"}, exclude_none=True), **self.extra}
-        if self.preset is not None:
-            return load_config(self.preset, SegmentConfig, over).model_dump(mode="json")
-        return validate_config(SegmentConfig, over, "segment").model_dump(mode="json")
+        return resolve_preset(self.preset, over, SegmentConfig, where)
 
 
 class FilterSettings(StrictModel):
@@ -175,32 +171,58 @@ class GeneratorSpec(StrictModel):
 
 
 class ArmSettings(StrictModel):
-    """One arm. Only the training data differ between arms; the segmentation budget is shared."""
+    """One arm. Only the training data differ between arms; the segmentation budget is shared.
+
+    ``mixing`` (synthetic arms; the segment stage's own :class:`MixConfig`, its ``mode`` defaults to ``ratio``
+    here): how synthetic pairs join the real ones. ``copy_paste`` (the stage's :class:`CopyPasteConfig` without
+    ``enabled``, which the arm's kind decides): the settings of a copy-paste arm (default: the shared block's,
+    probability 0.5), or on a synthetic arm, copy-paste on the real images of each batch as well (are the two
+    complementary?). The keys an arm gives override the shared ``segment`` block's ``copy_paste``."""
 
     name: str
     kind: ArmKind
     generator: str | None = None  # key into ``generators``, synthetic arms only
-    ratio: float = 1.0  # synthetic:real per batch
-    mixing: MixingMode = "ratio"
-    alpha: float = 0.6
-    patch_size: int = 16
+    mixing: MixConfig | None = None
     filtered: bool = True
-    copy_paste_p: float = 0.5
-    # synthetic arms: also copy-paste lesions onto the real images of each batch (are the two complementary?)
-    copy_paste: bool = False
+    copy_paste: CopyPasteConfig | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _synthetic_mixes_by_ratio(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("kind") == "synthetic":
+            mixing = data.get("mixing") if data.get("mixing") is not None else {}
+            if isinstance(mixing, dict) and "mode" not in mixing:
+                data = {**data, "mixing": {"mode": "ratio", **mixing}}
+        return data
 
     @model_validator(mode="after")
-    def _generator_for_synthetic(self) -> ArmSettings:
+    def _fields_fit_the_kind(self) -> ArmSettings:
         if (self.kind == "synthetic") != (self.generator is not None):
             raise ValueError(f"arm {self.name!r}: `generator` is required for synthetic arms and only for them")
-        if self.copy_paste and self.kind != "synthetic":
-            raise ValueError(f"arm {self.name!r}: `copy_paste: true` is for synthetic arms; "
+        if self.kind == "synthetic" and self.mixing.mode == "none":
+            raise ValueError(f"arm {self.name!r}: a synthetic arm needs a mixing mode other than 'none'")
+        if self.kind != "synthetic" and self.mixing is not None:
+            raise ValueError(f"arm {self.name!r}: `mixing` is for synthetic arms")
+        if self.copy_paste is not None and self.kind == "baseline":
+            raise ValueError(f"arm {self.name!r}: `copy_paste` is for copy-paste and synthetic arms; "
                              "use kind 'copy-paste' for real data with copy-paste")
+        if self.copy_paste is not None and "enabled" in self.copy_paste.model_fields_set:
+            raise ValueError(f"arm {self.name!r}: `copy_paste.enabled` is decided by the arm's kind; leave it out")
         return self
+
+    @field_serializer("copy_paste")
+    def _given_keys_only(self, v: CopyPasteConfig | None) -> dict | None:
+        # the keys the arm gave (what overrides the shared block), not ``enabled: false`` from the model default
+        return None if v is None else v.model_dump(mode="json", exclude_unset=True)
 
     @property
     def uses_copy_paste(self) -> bool:
-        return self.kind == "copy-paste" or self.copy_paste
+        return self.kind == "copy-paste" or self.copy_paste is not None
+
+    @property
+    def paste(self) -> CopyPasteConfig:
+        """The arm's copy-paste settings (defaults when it gives none)."""
+        return self.copy_paste or CopyPasteConfig()
 
 
 class ExperimentConfig(StrictModel):
@@ -222,6 +244,9 @@ class ExperimentConfig(StrictModel):
     transfer: list[TransferDataset] = Field(default_factory=list)
     grid_samples: int = 8  # synthetic and real pairs listed in the result for the report's sample grid
     threads: int | None = None  # torch intra-op threads for the sweep (None: torch's default)
+    # the ``segment`` block resolved (its preset read once, not at every poll of a waiting worker), with the
+    # block it was resolved from: a copy with another block resolves again
+    _shared_segment: tuple[SegmentSettings, SegmentConfig] | None = PrivateAttr(None)
 
     @property
     def resolution(self) -> int:
@@ -239,7 +264,7 @@ class ExperimentConfig(StrictModel):
                 raise ValueError(f"arm {a.name!r}: unknown generator {a.generator!r}")
             # patch merging swaps patches between a real image and its twin: only edge-guided samples keep
             # the real image's anatomy, so only they are pixel-aligned twins
-            if a.generator and a.mixing == "patch-merge" and self.generators[a.generator].method != "edge-guided":
+            if a.generator and a.mixing.mode == "patch-merge" and self.generators[a.generator].method != "edge-guided":
                 raise ValueError(f"arm {a.name!r}: mixing 'patch-merge' needs an edge-guided generator")
         if not self.n_labelled or not self.seeds:
             raise ValueError("n_labelled and seeds must not be empty")
@@ -253,6 +278,12 @@ class ExperimentConfig(StrictModel):
     def arm(self, name: str) -> ArmSettings:
         return next(a for a in self.arms if a.name == name)
 
+    def shared_segment(self, where: str = "segment") -> SegmentConfig:
+        """The ``SegmentConfig`` every arm shares (preset + named fields + ``extra``), read once."""
+        if self._shared_segment is None or self._shared_segment[0] != self.segment:
+            self._shared_segment = (self.segment, self.segment.resolve(where))
+        return self._shared_segment[1]
+
 
 def _resolve(p: Path | None, base: Path) -> Path | None:
     return None if p is None or p.is_absolute() else (base / p).resolve()
@@ -265,10 +296,17 @@ def _resolve_config(p: Path | None, base: Path) -> Path | None:
 
 def load_experiment_config(path: str | Path, overrides: dict | None = None) -> ExperimentConfig:
     """Read and validate an experiment YAML (or the packaged preset of that name, e.g. ``demo.yaml``); relative
-    paths become absolute against its folder."""
+    paths become absolute against its folder. Every run's ``SegmentConfig`` (the shared block with each arm's
+    options) is built and validated here, so a bad value fails now, naming the file and key, not after the
+    generators have trained."""
+    from lesionforge.experiment.budget import run_segment_config
+
     path = preset_path(path)
-    cfg = load_config(path, ExperimentConfig, overrides)
-    return resolve_paths(cfg, path.resolve().parent)
+    cfg = resolve_paths(load_config(path, ExperimentConfig, overrides), path.resolve().parent)
+    cfg.shared_segment(f"{path}: segment")
+    for i, arm in enumerate(cfg.arms):
+        run_segment_config(cfg, arm, cfg.seeds[0], where=f"{path}: arms.{i} ({arm.name!r}) with the segment block")
+    return cfg
 
 
 def resolve_paths(cfg: ExperimentConfig, base: Path) -> ExperimentConfig:
@@ -307,9 +345,7 @@ def resolve_paths(cfg: ExperimentConfig, base: Path) -> ExperimentConfig:
 
 def paste_config(spec: GeneratorSpec):
     """The copy-paste settings of a ``copy-paste-backgrounds`` set (its ``overrides`` over the defaults)."""
-    from lesionforge.segment.config import CopyPasteConfig
-
-    return validate_config(CopyPasteConfig, {**spec.overrides, "enabled": True}, "generators.overrides")
+    return resolve_preset(None, {**spec.overrides, "enabled": True}, CopyPasteConfig, "generators.overrides")
 
 
 def set_recipe(cfg: ExperimentConfig, spec: GeneratorSpec) -> dict:
@@ -323,16 +359,15 @@ def set_recipe(cfg: ExperimentConfig, spec: GeneratorSpec) -> dict:
 def resolved_generator_config(cfg: ExperimentConfig, spec: GeneratorSpec):
     """The ``GeneratorConfig`` a generator entry trains with: its preset (or the kind's defaults) with the
     sweep's resolution, channels and dataset and the entry's overrides, every code default filled in."""
-    from lesionforge.generate.config import GeneratorConfig, load_generator_config
+    from lesionforge.generate.config import GeneratorConfig
 
     if spec.method == PASTE_METHOD:
         raise ConfigError(f"method {PASTE_METHOD!r} has no generator config")
     over = {"resolution": cfg.resolution, "image_channels": cfg.dataset.channels, "dataset": cfg.dataset.name,
             **spec.overrides}
-    if spec.config is None:
-        gcfg = validate_config(GeneratorConfig, {"kind": GENERATOR_KIND[spec.method], **over}, "generators.overrides")
-    else:
-        gcfg = load_generator_config(spec.config, over)
+    if spec.config is None:  # no preset: the overrides hold the whole config, of the method's kind
+        over = {"kind": GENERATOR_KIND[spec.method], **over}
+    gcfg = resolve_preset(spec.config, over, GeneratorConfig, "generators.overrides")
     if gcfg.kind != GENERATOR_KIND[spec.method]:
         raise ConfigError(f"{spec.config}: kind {gcfg.kind!r} does not fit method {spec.method!r}")
     return gcfg

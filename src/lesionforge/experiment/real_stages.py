@@ -254,6 +254,7 @@ class LesionforgeStages:
     def synthesis_args(cfg: ExperimentConfig, spec: GeneratorSpec, n: int, data: ExperimentData) -> dict[str, Any]:
         """Keyword arguments of :func:`~lesionforge.generate.synthesize.synthesize` for this set (all but the
         generator and output folders): the same for one process and for every shard."""
+        from lesionforge.generate.config import SamplingConfig
         from lesionforge.generate.trainbatch import make_mask_source
 
         labelled, gcfg = data.labelled(n), resolved_generator_config(cfg, spec)
@@ -262,9 +263,10 @@ class LesionforgeStages:
         return dict(
             n=spec.n_per_real * len(labelled), masks_from=masks_from, real=labelled,
             backgrounds=data.backgrounds if spec.method == "inpaint-normal" else None,
-            seed=spec.seed, sampler=spec.sampler or gcfg.sampler, steps=spec.sampling_steps or gcfg.sample_steps,
-            guidance_scale=spec.guidance_scale if spec.guidance_scale is not None else gcfg.guidance_scale,
-            batch_size=spec.batch_size,
+            seed=spec.seed, batch_size=spec.batch_size,
+            # the entry's sampling settings where given, else the generator's own
+            sampling=SamplingConfig(sampler=spec.sampler, steps=spec.sampling_steps,
+                                    guidance_scale=spec.guidance_scale),
         )
 
     @staticmethod
@@ -379,34 +381,28 @@ def _latent_validator(cfg: ExperimentConfig, spec: GeneratorSpec, labelled: Pair
 def _pixel_validator(cfg: ExperimentConfig, spec: GeneratorSpec, labelled: PairArrays, data: ExperimentData,
                      cache: Path) -> Path:
     """Train (cached) the pixel segmenter of the pixel filter on the labelled pairs; returns the validator."""
-    from lesionforge.config import load_config, validate_config
+    from lesionforge.config import resolve_preset
     from lesionforge.validate.pixel_segmenter import PixelSegmenterConfig, train_pixel_segmenter
 
     f = spec.filter
     over = {"resolution": cfg.resolution, "image_channels": cfg.dataset.channels, **f.validator_overrides}
-    val_cfg = (load_config(f.validator_config, PixelSegmenterConfig, over) if f.validator_config is not None
-               else validate_config(PixelSegmenterConfig, over, "filter.validator_overrides"))
+    val_cfg = resolve_preset(f.validator_config, over, PixelSegmenterConfig, "filter.validator_overrides")
     seg_dir = cache / "validators" / f"pixel-{cache_key(val_cfg.model_dump(mode='json'), labelled.ids)}"
     return Path(train_pixel_segmenter(val_cfg, labelled, seg_dir, val=data.val, resume=True))
 
 
 def _validator_configs(cfg: ExperimentConfig, spec: GeneratorSpec):
     """Autoencoder and latent-segmenter settings: preset (or defaults) + overrides, at the profile's size."""
-    from lesionforge.config import load_config, validate_config
+    from lesionforge.config import resolve_preset
     from lesionforge.generate.autoencoder import AutoencoderConfig
     from lesionforge.validate.latent_segmenter import LatentSegmenterConfig
 
     f = spec.filter
-    ae_over = {"resolution": cfg.resolution, "image_channels": cfg.dataset.channels, **f.autoencoder_overrides}
-    if f.autoencoder_config is not None:
-        ae = load_config(f.autoencoder_config, AutoencoderConfig, ae_over)
-    else:
-        ae = validate_config(AutoencoderConfig, ae_over, "filter.autoencoder_overrides")
-    val_over = {"resolution": cfg.resolution, "image_channels": cfg.dataset.channels, **f.validator_overrides}
-    if f.validator_config is not None:
-        val = load_config(f.validator_config, LatentSegmenterConfig, val_over)
-    else:
-        val = validate_config(LatentSegmenterConfig, val_over, "filter.validator_overrides")
+    size = {"resolution": cfg.resolution, "image_channels": cfg.dataset.channels}
+    ae = resolve_preset(f.autoencoder_config, {**size, **f.autoencoder_overrides}, AutoencoderConfig,
+                        "filter.autoencoder_overrides")
+    val = resolve_preset(f.validator_config, {**size, **f.validator_overrides}, LatentSegmenterConfig,
+                         "filter.validator_overrides")
     return ae, val
 
 

@@ -125,18 +125,18 @@ def _arm_summary(
     if subsets:
         out["subsets"] = {k: _metric_lists([r.subsets.get(k, {}) for r in recs]) for k in subsets}
     if arm.uses_copy_paste:
-        out["copy_paste_p"] = arm.copy_paste_p
+        out["copy_paste_p"] = arm.paste.prob
     if arm.kind == "synthetic":
         spec = cfg.generators[arm.generator]
         out.update({
-            "method": spec.method, "generator": arm.generator, "ratio": arm.ratio,
-            "filtered": arm.filtered and spec.filter is not None, "mixing": arm.mixing,
+            "method": spec.method, "generator": arm.generator, "ratio": arm.mixing.ratio,
+            "filtered": arm.filtered and spec.filter is not None, "mixing": arm.mixing.mode,
             "n_per_real": spec.n_per_real,
         })
-        if arm.mixing in ("alpha", "patch-merge"):
-            out["alpha"] = arm.alpha
-        if arm.mixing == "patch-merge":
-            out["patch_size"] = arm.patch_size
+        if arm.mixing.mode in ("alpha", "patch-merge"):
+            out["alpha"] = arm.mixing.alpha
+        if arm.mixing.mode == "patch-merge":
+            out["patch_size"] = arm.mixing.patch_size
         s = synthetic.get(arm.generator)
         if s is not None:
             out["n_synthetic"] = s.info.get("n_kept" if out["filtered"] else "n_generated")

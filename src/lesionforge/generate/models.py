@@ -119,6 +119,15 @@ class LesionGenerator(nn.Module):
         self.controlnet = controlnet
 
     @property
+    def device(self) -> torch.device:
+        """Where the weights are (what ``diffusers.DiffusionPipeline`` asks its modules)."""
+        return next(self.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+    @property
     def num_classes(self) -> int:
         return len(self.cfg.classes)
 

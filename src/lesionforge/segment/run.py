@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lesionforge.config import load_config
+from lesionforge.config import resolve_preset
 from lesionforge.data.arrays import load_arrays
 from lesionforge.data.manifest import read_set
 from lesionforge.errors import ConfigError
@@ -26,7 +26,7 @@ def train_from_files(
     ``train_ids`` / ``val_ids`` are id specs (``FILE`` or ``FILE.json:KEY``); validation comes from ``val_data``
     (default: ``data``) and needs one of the two. ``synthetic`` is a manifest of synthetic pairs (or a set folder: its
     ``origin: synthetic`` rows); ``kept_only`` keeps the kept samples (:func:`~lesionforge.data.manifest.is_kept`)."""
-    cfg = load_config(config, SegmentConfig, overrides)
+    cfg = resolve_preset(config, overrides, SegmentConfig)
     train = load_pairs(data, cfg.resolution, channels, read_id_spec(train_ids) if train_ids else None)
     if val_data is None and val_ids is None:  # checked after the data, so that "no masks" is said first
         raise ConfigError("a validation set is needed: give val_ids (--val-ids) or val_data (--val-data)")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from lesionforge.config import load_config
+from lesionforge.config import load_config, resolve_preset
 from lesionforge.data.arrays import manifest_arrays
 from lesionforge.errors import ConfigError
 from lesionforge.generate.autoencoder import AutoencoderConfig, LatentCodec, train_autoencoder
@@ -33,7 +33,7 @@ def load_validator_config(path: str | Path, overrides: dict | None = None) -> Va
     if kind not in (None, "latent", "pixel"):
         raise ConfigError(f"{path}: kind must be 'latent' or 'pixel', got {kind!r}")
     model = PixelSegmenterConfig if kind == "pixel" else LatentSegmenterConfig
-    return load_config(path, model, overrides)
+    return resolve_preset(path, overrides, model)
 
 
 def train_autoencoder_from_files(config: str | Path, data: str | Path, out: str | Path, *,
