@@ -15,9 +15,12 @@ Writes ``benchmarks/results/screen-<dataset>-n<N>-cpu.json`` and ``.md``; every 
 
 from __future__ import annotations
 
+import fcntl
 import json
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -108,17 +111,29 @@ def run_row(cfg: ExperimentConfig, data: ExperimentData, n: int, arm: ArmSetting
     """One segmenter at the screen budget, through the runner's own stage, selected and scored on ``val``
     (``run_arm`` scores the data's ``test``: here that is ``val``). Cached as ``row.json`` in ``folder``."""
     done = folder / "row.json"
-    if done.is_file():
-        return json.loads(done.read_text(encoding="utf-8"))
-    on_val = replace(data, test=data.val, subsets={}, transfer={})
     folder.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    out = LesionforgeStages().run_arm(cfg, arm, segment_config_for(cfg, arm, seed), n, on_val, synthetic, folder)
-    row = {"arm": arm.name, "seed": seed, "val_mdice": out["mdice"], "ids": out["ids"], "dice": out["dice"],
-           "miss_rate": out["miss_rate"], "best_val_mdice": out["best_val_mdice"],
-           "seconds": round(time.perf_counter() - t0, 1), "checkpoint": str(folder / "segmenter" / "best")}
-    write_json_atomic(done, row)
-    return row
+    with _locked(folder / "row.lock"):  # two screens (other variants) share the real rows: one trains, one waits
+        if done.is_file():
+            return json.loads(done.read_text(encoding="utf-8"))
+        on_val = replace(data, test=data.val, subsets={}, transfer={})
+        t0 = time.perf_counter()
+        out = LesionforgeStages().run_arm(cfg, arm, segment_config_for(cfg, arm, seed), n, on_val, synthetic, folder)
+        row = {"arm": arm.name, "seed": seed, "val_mdice": out["mdice"], "ids": out["ids"], "dice": out["dice"],
+               "miss_rate": out["miss_rate"], "best_val_mdice": out["best_val_mdice"],
+               "seconds": round(time.perf_counter() - t0, 1), "checkpoint": str(folder / "segmenter" / "best")}
+        write_json_atomic(done, row)
+        return row
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive ``flock`` on ``path`` (blocking; released when the process dies)."""
+    with open(path, "a", encoding="utf-8") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def summarise(rows: list[dict]) -> dict:
@@ -173,9 +188,16 @@ def screen(config: Path, n: int, variants: list[str], results: Path, headline: P
     out.setdefault("variants", {})
 
     def save() -> None:
-        out["agreement"] = agreement(out, headline)
-        write_json_atomic(out_path, out)
-        write_report(out, results / f"{stem}-cpu.md")
+        # another screen process (other variants) may have written the file since: keep its variants and rows
+        folder.mkdir(parents=True, exist_ok=True)
+        with _locked(folder / f"{stem}.results.lock"):
+            if out_path.is_file():
+                now = json.loads(out_path.read_text(encoding="utf-8"))
+                out["real"] = {**now.get("real", {}), **out["real"]}
+                out["variants"] = {**now.get("variants", {}), **{v: out["variants"][v] for v in made}}
+            out["agreement"] = agreement(out, headline)
+            write_json_atomic(out_path, out)
+            write_report(out, results / f"{stem}-cpu.md")
 
     # the real-only segmenter of seed 0 scores the label fidelity and gives the in-domain KID features
     checkpoint = folder / "real" / "baseline" / "seed0" / "segmenter" / "best"
