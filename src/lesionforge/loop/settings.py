@@ -1,0 +1,26 @@
+"""Options of a ``closed-loop`` arm (how many rounds, how hard to steer, what counts as a failure)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from lesionforge.config import StrictModel
+
+
+class LoopSettings(StrictModel):
+    """How the loop steers synthesis. The synthetic budget (``n_per_real`` x N of the arm's generator) is split
+    over ``rounds``; the final segmenter trains with the shared segmentation steps, like every other arm."""
+
+    rounds: int = Field(2, ge=1, le=10)
+    #: the open-loop synthetic arm this one is compared with: same generator, ratio, mixing and filter use,
+    #: so the same total synthetic count and the same segmentation steps (checked when the config is read)
+    open_loop_arm: str
+    #: every group (size band, position cell, shape class, appearance cluster) keeps at least this share of the
+    #: draws, so no band is ever dropped: the loop shifts weight towards failures, it never narrows the set
+    floor: float = Field(0.15, gt=0.0, le=0.3)
+    #: a lesion is under-segmented when less than this share of it is predicted (missed below ``miss_fraction``)
+    under_fraction: float = Field(0.5, gt=0.0, lt=1.0)
+    grid: int = Field(3, ge=1, le=8)  # position: the grid cell of the lesion centroid
+    appearance_clusters: int = Field(3, ge=1, le=8)  # k-means on the lesion's mean colour (fixed seed)
+    #: steps of the segmenters trained only to be diagnosed (rounds before the last); None: the shared steps
+    round_steps: int | None = Field(None, ge=1)
