@@ -23,7 +23,7 @@ def segment_config_for(cfg: ExperimentConfig, arm: ArmSettings, seed: int) -> di
     """
     out = cfg.segment.merged()
     out.update(resolution=cfg.resolution, seed=seed)
-    if arm.kind == "synthetic":
+    if arm.kind in ("synthetic", "closed-loop"):
         out["mixing"] = {"mode": arm.mixing, "ratio": arm.ratio, "alpha": arm.alpha, "patch_size": arm.patch_size}
     else:
         out["mixing"] = {"mode": "none"}

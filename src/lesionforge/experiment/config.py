@@ -14,8 +14,9 @@ from pydantic import Field, model_validator
 
 from lesionforge.config import PROFILE_RESOLUTION, ProfileName, StrictModel, load_config, validate_config
 from lesionforge.errors import ConfigError
+from lesionforge.loop.settings import LoopSettings
 
-ArmKind = Literal["baseline", "copy-paste", "synthetic"]
+ArmKind = Literal["baseline", "copy-paste", "synthetic", "closed-loop"]
 MixingMode = Literal["ratio", "alpha", "patch-merge", "synthetic-only"]
 SynthesisMethod = Literal["mask-conditioned", "joint", "inpaint-normal", "edge-guided"]
 #: protocol name of a synthesis method -> generator kind (``GeneratorConfig.kind``)
@@ -171,12 +172,17 @@ class ArmSettings(StrictModel):
     copy_paste_p: float = 0.5
     # synthetic arms: also copy-paste lesions onto the real images of each batch (are the two complementary?)
     copy_paste: bool = False
+    # closed-loop arms: rounds, floor, the open-loop arm compared with (docs/loop.md)
+    loop: LoopSettings | None = None
 
     @model_validator(mode="after")
     def _generator_for_synthetic(self) -> ArmSettings:
-        if (self.kind == "synthetic") != (self.generator is not None):
-            raise ValueError(f"arm {self.name!r}: `generator` is required for synthetic arms and only for them")
-        if self.copy_paste and self.kind != "synthetic":
+        if (self.kind in ("synthetic", "closed-loop")) != (self.generator is not None):
+            raise ValueError(f"arm {self.name!r}: `generator` is required for synthetic and closed-loop arms "
+                             "and only for them")
+        if (self.kind == "closed-loop") != (self.loop is not None):
+            raise ValueError(f"arm {self.name!r}: `loop` settings are required for closed-loop arms and only for them")
+        if self.copy_paste and self.kind not in ("synthetic", "closed-loop"):
             raise ValueError(f"arm {self.name!r}: `copy_paste: true` is for synthetic arms; "
                              "use kind 'copy-paste' for real data with copy-paste")
         return self
@@ -226,6 +232,9 @@ class ExperimentConfig(StrictModel):
                 raise ValueError(f"arm {a.name!r}: mixing 'patch-merge' needs an edge-guided generator")
         if not self.n_labelled or not self.seeds:
             raise ValueError("n_labelled and seeds must not be empty")
+        from lesionforge.loop.fairness import check_closed_loop_arms
+
+        check_closed_loop_arms(self)
         return self
 
     def arm(self, name: str) -> ArmSettings:

@@ -20,6 +20,8 @@ from lesionforge.experiment.config import ExperimentConfig
 from lesionforge.experiment.keys import cache_key
 from lesionforge.experiment.records import BANDS, RunRecord
 from lesionforge.experiment.stages import ExperimentData, SyntheticSet
+from lesionforge.loop.results import arm_fields as closed_loop_arm_fields
+from lesionforge.loop.results import closed_loop_results
 from lesionforge.utils import code_version
 
 SCHEMA_VERSION = 1
@@ -76,6 +78,8 @@ def build_result(
            if volumetric else {}),
         "test_lesions_by_band": _lesions_by_band(base[0]) if base else None,
         "arms": arms, "paired_diff": paired,
+        **({"closed_loop": closed_loop_results(cfg, by_arm, cfg.bootstrap_samples, cfg.bootstrap_seed)}
+           if any(a.kind == "closed-loop" for a in cfg.arms) else {}),
         "paired_vs_copy_paste": {k: v for k, v in versus_copy_paste.items() if v},
         "transfer": _transfer_summary(by_arm),
         "generators": {k: _generator_summary(cfg, k, s) for k, s in synthetic.items()},
@@ -123,6 +127,8 @@ def _arm_summary(
         out["subsets"] = {k: _metric_lists([r.subsets.get(k, {}) for r in recs]) for k in subsets}
     if arm.uses_copy_paste:
         out["copy_paste_p"] = arm.copy_paste_p
+    if arm.kind == "closed-loop":
+        out.update(closed_loop_arm_fields(cfg, arm, recs))
     if arm.kind == "synthetic":
         spec = cfg.generators[arm.generator]
         out.update({

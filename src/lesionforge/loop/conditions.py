@@ -58,7 +58,8 @@ def plan_conditions(diagnosis: dict[str, Any], real_masks: np.ndarray, floor: fl
         return [k for k, v in shares.items() if v > 1.0 / len(shares) + 1e-9]
 
     return {
-        "floor": floor, "grid": diagnosis["grid"], "band_shares": bands, "real_band_shares": real_bands, "targeted_bands": targeted(bands),
+        "floor": floor, "grid": diagnosis["grid"],
+        "band_shares": bands, "real_band_shares": real_bands, "targeted_bands": targeted(bands),
         "shape_shares": shapes, "targeted_shapes": targeted(shapes),
         "cell_shares": cells, "targeted_cells": targeted(cells),
         "appearance_shares": appearance, "appearance_labels": {k: g["label"] for k, g in app.items()},
