@@ -96,3 +96,14 @@ def test_uncertain_backgrounds_are_drawn_more_often_and_none_is_dropped():
     repeated, shares = weighted_backgrounds(bg, unc)
     assert set(repeated.ids) == set(bg.ids)
     assert shares[bg.ids[3]] > 2.5 * shares[bg.ids[0]]
+
+
+def test_appearance_prompts_add_the_failing_clusters_words_more_often():
+    from lesionforge.loop.conditions import appearance_prompts
+
+    plan = {"appearance_shares": {"c0": 0.7, "c1": 0.3}, "appearance_labels": {"c0": "dark reddish", "c1": "pale"}}
+    prompt = appearance_prompts(plan, lambda sid, cls, area, rng: "a polyp")
+    rng = np.random.default_rng(0)
+    texts = [prompt("x", None, 0.02, rng) for _ in range(400)]
+    assert all(t.startswith("a polyp, ") for t in texts)
+    assert 0.6 < texts.count("a polyp, dark reddish") / len(texts) < 0.8
