@@ -18,8 +18,9 @@ def closed_loop_arm(cfg: ExperimentConfig, name: str | None = None):
     if name is not None:
         arms = [a for a in arms if a.name == name]
     if len(arms) != 1:
+        every = [a.name for a in cfg.arms if a.kind == "closed-loop"]
         which = f"no closed-loop arm named {name!r}" if name else f"{len(arms)} closed-loop arms (name one with --arm)"
-        raise ConfigError(f"the config has {which}; closed-loop arms: {[a.name for a in cfg.arms if a.kind == 'closed-loop']}")
+        raise ConfigError(f"the config has {which}; closed-loop arms: {every}")
     return arms[0]
 
 
@@ -39,9 +40,11 @@ def run_loop(cfg: ExperimentConfig, arm: str | None = None, only_n: list[int] | 
         cache = SyntheticCache(cfg, stages, data, n)
         for seed in seeds or cfg.seeds:
             try:
-                records.append(ensure_run(cfg, stages, data, n, chosen, seed, lambda: cache.get(chosen.generator)))
+                records.append(ensure_run(cfg, stages, data, n, chosen, seed,
+                                          lambda c=cache: c.get(chosen.generator)))
             except Busy as busy:
-                raise LesionforgeError(f"{busy.lock}: N={n} {busy} is being run by another worker; try again later")
+                raise LesionforgeError(
+                    f"{busy.lock}: N={n} {busy} is being run by another worker; try again later") from None
     return records
 
 
