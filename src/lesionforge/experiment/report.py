@@ -336,6 +336,9 @@ def _markdown(res: dict[str, Any], name: str, vs_n: Path, bands: Path, grid: Pat
         lines += ["## Real and synthetic pairs (mask outline in green)", "", f"![samples]({grid.name})", ""]
     if res.get("generators"):
         lines += ["## Synthetic sets", "", generators_table(res), ""]
+    from lesionforge.loop.results import report_lines as closed_loop_lines
+
+    lines += closed_loop_lines(res)
     quality = quality_table(res)
     if quality:
         lines += ["## Synthetic set quality and memorization (kept samples for filtered arms)", "", quality, ""]

@@ -61,3 +61,26 @@ def closed_loop_results(cfg, by_arm: dict[str, list[RunRecord]], n_boot: int, se
             "paired_vs_open_loop": paired_diff(by_arm[arm.name], by_arm[ref], n_boot, seed),
         }
     return out
+
+
+def report_lines(res: dict[str, Any]) -> list[str]:
+    """The report's closed-loop section: targeted-band miss rates and the paired differences against open loop."""
+    from lesionforge.experiment.report import diff_table
+
+    lines: list[str] = []
+    for name, cl in (res.get("closed_loop") or {}).items():
+        ref = cl["open_loop_arm"]
+        pooled = cl["miss_rate_targeted_pooled"]
+
+        def rate(arm: str, pooled: dict = pooled) -> str:
+            p = pooled.get(arm) or {}
+            return "n/a" if p.get("miss_rate") is None else f"{p['miss_rate']:.3f} ({p['missed']}/{p['lesions']})"
+
+        targets = ", ".join(f"seed {s}: {'/'.join(b) or 'none'}" for s, b in cl["targeted_bands_by_seed"].items())
+        lines += [f"## Closed loop: `{name}` against open loop `{ref}`", "",
+                  f"Bands the loop targeted (drawn above an even share in some round): {targets}.", "",
+                  "| arm | test miss rate in the targeted bands (pooled over seeds) |", "|---|---|",
+                  *(f"| {arm} | {rate(arm)} |" for arm in pooled), "",
+                  f"Paired difference `{name}` − `{ref}` (same pairing as above):", "",
+                  diff_table({name: cl["paired_vs_open_loop"]}, ref), ""]
+    return lines
