@@ -119,3 +119,17 @@ def test_smoke_loop_config_is_fair_and_unfair_variants_are_refused(tmp_path):
                             ({"loop": None}, "`loop` settings are required")):
         with pytest.raises(ConfigError, match=message):
             load_experiment_config(_config(tmp_path, **change))
+
+
+
+def test_loop_command_refuses_a_config_without_a_closed_loop_arm_in_one_line(monkeypatch, capsys):
+    import sys
+
+    from lesionforge.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["lesionforge", "loop", str(SMOKE_LOOP.with_name("smoke.yaml"))])
+    with pytest.raises(SystemExit) as stop:
+        main()
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "no closed-loop arm" not in err and "0 closed-loop arms" in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err

@@ -15,9 +15,10 @@ class LoopSettings(StrictModel):
     #: the open-loop synthetic arm this one is compared with: same generator, ratio, mixing and filter use,
     #: so the same total synthetic count and the same segmentation steps (checked when the config is read)
     open_loop_arm: str
-    #: every group (size band, position cell, shape class, appearance cluster) keeps at least this share of the
-    #: draws, so no band is ever dropped: the loop shifts weight towards failures, it never narrows the set
-    floor: float = Field(0.15, gt=0.0, le=0.3)
+    #: every size band keeps at least this share of the draws (shape classes half, cells a third of it), so no
+    #: band is ever dropped: the loop shifts weight towards failures, it never narrows the set. 1/3 or more gives
+    #: even shares whatever the diagnosis (no steering: the control of an ablation)
+    floor: float = Field(0.15, gt=0.0, le=0.34)
     #: a lesion is under-segmented when less than this share of it is predicted (missed below ``miss_fraction``)
     under_fraction: float = Field(0.5, gt=0.0, lt=1.0)
     grid: int = Field(3, ge=1, le=8)  # position: the grid cell of the lesion centroid
