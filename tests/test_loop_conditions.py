@@ -107,3 +107,11 @@ def test_appearance_prompts_add_the_failing_clusters_words_more_often():
     texts = [prompt("x", None, 0.02, rng) for _ in range(400)]
     assert all(t.startswith("a polyp, ") for t in texts)
     assert 0.6 < texts.count("a polyp, dark reddish") / len(texts) < 0.8
+
+
+def test_appearance_cluster_labels_tell_similar_clusters_apart():
+    from lesionforge.loop.diagnose import cluster_labels
+
+    labels = cluster_labels(np.array([[150.0, 60, 60], [120.0, 40, 40], [180.0, 80, 80]]))
+    assert len(set(labels)) == 3 and labels[1].startswith("darker") and labels[2].startswith("lighter")
+    assert cluster_labels(np.array([[30.0, 30, 30], [220.0, 220, 220]])) == ["dark pale", "bright pale"]

@@ -123,6 +123,18 @@ def describe_colour(colour: np.ndarray) -> str:
     return " ".join(words)
 
 
+def cluster_labels(centroids: np.ndarray) -> list[str]:
+    """:func:`describe_colour` of each centroid; where two read the same, the darkest and lightest of the
+    clusters are named so ("darker ...", "lighter ..."), so prompts can tell them apart."""
+    words = [describe_colour(c) for c in centroids]
+    if len(set(words)) == len(words) or len(words) < 2:
+        return words
+    order = np.argsort(centroids.mean(1), kind="stable")
+    rank = {int(k): i for i, k in enumerate(order)}
+    relative = {0: "darker ", len(words) - 1: "lighter "}
+    return [f"{relative.get(rank[k], '')}{w}" for k, w in enumerate(words)]
+
+
 def group_stats(keys: np.ndarray, rows: dict[str, np.ndarray], names: list[str] | tuple[str, ...]) -> dict:
     """Per group: lesion, miss, under-segmentation and failure counts, ``failure_rate`` and ``weight_rate``."""
     failed = rows["failed"]
@@ -179,8 +191,9 @@ def diagnose(
     labels, centroids = appearance_clusters(rows["colour"], settings.appearance_clusters)
     clusters = [f"c{k}" for k in range(len(centroids))]
     by_appearance = group_stats(np.asarray([f"c{k}" for k in labels]), rows, clusters)
+    words = cluster_labels(centroids)
     for k, name in enumerate(clusters):
-        by_appearance[name] |= {"mean_colour": centroids[k].round(1).tolist(), "label": describe_colour(centroids[k])}
+        by_appearance[name] |= {"mean_colour": centroids[k].round(1).tolist(), "label": words[k]}
     cells = [f"r{r}c{c}" for r in range(settings.grid) for c in range(settings.grid)]
     image_of = np.asarray(val.ids, dtype=object)[rows["image"]] if len(rows["image"]) else np.zeros(0, object)
     by_subset = {}
