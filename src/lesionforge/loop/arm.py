@@ -106,8 +106,10 @@ class ExperimentLoopWorker:
         steered = []
         tag = {"loop_round": round_index, "targeted_bands": plan["targeted_bands"]}
         if kind in ("mask2image", "inpaint"):
+            ids = [i for i, h in zip(self.labelled.ids, self.labelled.has_mask, strict=True) if h]
             args["masks_from"] = TargetedMaskSource(plan, self.real_masks, self.cfg.resolution,
-                                                    move_to_cell=kind == "mask2image", tag=tag)
+                                                    move_to_cell=kind == "mask2image", tag=tag,
+                                                    source=self.arm.loop.mask_source, ids=ids)
             steered += ["size band", "shape"] + (["position"] if kind == "mask2image" else [])
         background_shares = None
         if kind == "inpaint" and self.data.backgrounds is not None:

@@ -20,7 +20,13 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from lesionforge.conditioning.masks import SizeSampler, area_fractions, shape_bank_from_masks, size_controlled_mask
+from lesionforge.conditioning.masks import (
+    SizeSampler,
+    area_fractions,
+    jitter_mask,
+    shape_bank_from_masks,
+    size_controlled_mask,
+)
 from lesionforge.data.arrays import PairArrays
 from lesionforge.loop.diagnose import SHAPES, shape_class
 from lesionforge.segment.metrics import BANDS, band_of
@@ -68,37 +74,77 @@ def plan_conditions(diagnosis: dict[str, Any], real_masks: np.ndarray, floor: fl
 
 
 class TargetedMaskSource:
-    """A :class:`~lesionforge.conditioning.masks.MaskSource` drawing masks by a round's plan (module doc)."""
+    """A :class:`~lesionforge.conditioning.masks.MaskSource` drawing masks by a round's plan (module doc).
+
+    ``source="jitter"``: the band is drawn first, then a real mask of that band (picked by its shape class's
+    share) deformed by :func:`~lesionforge.conditioning.masks.jitter_mask`, as the open-loop ``jitter`` source
+    does; a band without real masks falls back to a size-controlled lesion. ``source="size"``: every lesion is
+    size-controlled (a real outline rescaled into the drawn band)."""
 
     def __init__(self, plan: dict[str, Any], real_masks: np.ndarray, size: int, *, move_to_cell: bool,
-                 tag: dict[str, Any] | None = None):
-        self.plan, self.size, self.move_to_cell = plan, size, move_to_cell
+                 tag: dict[str, Any] | None = None, source: str = "jitter", ids: list[str] | None = None):
+        self.plan, self.size, self.move_to_cell, self.source = plan, size, move_to_cell, source
         self.tag = tag or {}
-        self.sampler = SizeSampler(area_fractions(real_masks) if (real_masks > 0).any() else None,
+        has = (real_masks > 0).any()
+        self.sampler = SizeSampler(area_fractions(real_masks) if has else None,
                                    band_shares=[plan["band_shares"][b] for b in BANDS])
-        self.bank = shape_bank_from_masks(real_masks) if (real_masks > 0).any() else []
-        classes = [shape_class(s > 0)[0] for s in self.bank]
-        present = sorted(set(classes), key=SHAPES.index)
-        # each shape class present gets its planned share (renormalised over the classes the bank has),
-        # split evenly over its bank entries
-        share = np.array([plan["shape_shares"][c] for c in present])
-        share = share / share.sum() if len(share) else share
-        per_class = {c: s / classes.count(c) for c, s in zip(present, share, strict=True)}
-        self.shape_p = np.array([per_class[c] for c in classes]) if classes else None
-        self.shape_classes = classes
+        self.bank = shape_bank_from_masks(real_masks) if has else []
+        self.shape_classes = [shape_class(s > 0)[0] for s in self.bank]
+        self.shape_p = self._shape_p(self.shape_classes)
         self.cells = list(plan["cell_shares"])
         self.cell_p = np.array([plan["cell_shares"][c] for c in self.cells])
+        self.band_p = np.array([plan["band_shares"][b] for b in BANDS])
+        # jitter: the real masks by band, each band's pick weighted by shape class
+        keep = [i for i, m in enumerate(real_masks) if (m > 0).any()]
+        self.real = [real_masks[i] for i in keep]
+        self.real_ids = [None if ids is None else ids[i] for i in keep]
+        self.real_classes = [shape_class(m > 0)[0] for m in self.real]
+        band = [band_of(float((m > 0).mean())) for m in self.real]
+        self.by_band = [[k for k in range(len(self.real)) if band[k] == b] for b in BANDS]
+        self.band_pick_p = [self._shape_p([self.real_classes[k] for k in ks]) for ks in self.by_band]
+        self.band_sizers = [SizeSampler(area_fractions(real_masks) if has else None,
+                                        band_shares=[float(b == j) for j in range(len(BANDS))])
+                            for b in range(len(BANDS))]
+
+    def _shape_p(self, classes: list[str]) -> np.ndarray | None:
+        """Each shape class present gets its planned share (renormalised over the classes present), split
+        evenly over its members."""
+        if not classes:
+            return None
+        present = sorted(set(classes), key=SHAPES.index)
+        share = np.array([self.plan["shape_shares"][c] for c in present])
+        per_class = {c: s / share.sum() / classes.count(c) for c, s in zip(present, share, strict=True)}
+        return np.array([per_class[c] for c in classes])
+
+    def _sized(self, rng: np.random.Generator, target: float) -> tuple[np.ndarray, dict]:
+        bank, shape = None, None
+        if self.bank:
+            k = int(rng.choice(len(self.bank), p=self.shape_p))
+            bank, shape = [self.bank[k]], self.shape_classes[k]
+        mask = size_controlled_mask(rng, self.size, float(target), bank)
+        return mask, {"mask_source": "closed-loop", "source_id": None, "target_area_frac": float(target),
+                      "shape_class": shape}
+
+    def _draw(self, rng: np.random.Generator, target: float | None) -> tuple[np.ndarray, dict]:
+        if target is not None:
+            return self._sized(rng, target)
+        b = int(rng.choice(len(BANDS), p=self.band_p))
+        members = self.by_band[b]
+        if not members:
+            mask, info = self._sized(rng, float(self.band_sizers[b].sample(rng, 1)[0]))
+        else:
+            k = members[int(rng.choice(len(members), p=self.band_pick_p[b]))]
+            mask = jitter_mask(self.real[k], rng)
+            info = {"mask_source": "closed-loop-jitter", "source_id": self.real_ids[k],
+                    "shape_class": self.real_classes[k]}
+        return mask, {**info, "band_drawn": BANDS[b]}
 
     def __call__(self, rng: np.random.Generator, n: int) -> list[tuple[np.ndarray, dict]]:
+        targets = list(self.sampler.sample(rng, n)) if self.source == "size" else [None] * n
         out = []
-        for target in self.sampler.sample(rng, n):
-            bank, shape = None, None
-            if self.bank:
-                k = int(rng.choice(len(self.bank), p=self.shape_p))
-                bank, shape = [self.bank[k]], self.shape_classes[k]
-            mask = size_controlled_mask(rng, self.size, float(target), bank)
-            info = {"mask_source": "closed-loop", "source_id": None, "target_area_frac": float(target),
-                    "area_frac": float(mask.mean()), "shape_class": shape, **self.tag}
+        for target in targets:
+            mask, info = self._draw(rng, target)
+            info = {**info, "area_frac": float(mask.mean()), **self.tag}
             if self.move_to_cell and mask.any():
                 cell = self.cells[int(rng.choice(len(self.cells), p=self.cell_p))]
                 mask = move_into_cell(mask, cell, self.plan["grid"], rng)

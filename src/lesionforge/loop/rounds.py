@@ -136,7 +136,7 @@ def run_rounds(folder: Path, settings: LoopSettings, total: int, worker: LoopWor
         "rounds": rounds, "budgets": budgets, "n_generated": sum(s["n_generated"] for s in sets),
         "n_kept": sum(s["n_kept"] for s in sets),
         "targeted_bands": sorted({b for s in sets for b in s["targeted"]["bands"]}),
-        "final_diagnosis": _summary(final), **(meta or {}),
+        "final_diagnosis": _summary(final), "settings": state["settings"], **(meta or {}),
     }
     write_json_atomic(folder / STATE, {**state, "rounds": rounds, "summary": summary})
     return run, summary

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from lesionforge.config import StrictModel
@@ -21,6 +23,9 @@ class LoopSettings(StrictModel):
     floor: float = Field(0.15, gt=0.0, le=0.34)
     #: a lesion is under-segmented when less than this share of it is predicted (missed below ``miss_fraction``)
     under_fraction: float = Field(0.5, gt=0.0, lt=1.0)
+    #: how a lesion of the drawn band is made: ``jitter`` a real mask of that band (size-controlled when the band
+    #: has none), or ``size``: a real outline rescaled into the band (conditioning/masks.py)
+    mask_source: Literal["jitter", "size"] = "jitter"
     grid: int = Field(3, ge=1, le=8)  # position: the grid cell of the lesion centroid
     appearance_clusters: int = Field(3, ge=1, le=8)  # k-means on the lesion's mean colour (fixed seed)
     #: steps of the segmenters trained only to be diagnosed (rounds before the last); None: the shared steps
