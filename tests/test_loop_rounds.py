@@ -133,3 +133,15 @@ def test_loop_command_refuses_a_config_without_a_closed_loop_arm_in_one_line(mon
     err = capsys.readouterr().err
     assert stop.value.code == 2 and "no closed-loop arm" not in err and "0 closed-loop arms" in err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_arms_without_loop_settings_dump_as_before_and_closed_loop_arms_keep_theirs(tmp_path):
+    from lesionforge.config import save_config
+
+    plain = load_experiment_config(SMOKE_LOOP.with_name("smoke.yaml")).model_dump(mode="json")
+    assert all("loop" not in a for a in plain["arms"])  # the config hashes of existing results are unchanged
+    cfg = load_experiment_config(SMOKE_LOOP)
+    dumped = cfg.model_dump(mode="json")["arms"]
+    assert "loop" not in dumped[0] and dumped[2]["loop"]["open_loop_arm"] == "synthetic"
+    save_config(cfg, tmp_path / "again.yaml")
+    assert load_experiment_config(tmp_path / "again.yaml").arm("closed-loop").loop == cfg.arm("closed-loop").loop

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, model_serializer, model_validator
 
 from lesionforge.config import PROFILE_RESOLUTION, ProfileName, StrictModel, load_config, validate_config
 from lesionforge.errors import ConfigError
@@ -186,6 +186,14 @@ class ArmSettings(StrictModel):
             raise ValueError(f"arm {self.name!r}: `copy_paste: true` is for synthetic arms; "
                              "use kind 'copy-paste' for real data with copy-paste")
         return self
+
+    @model_serializer(mode="wrap")
+    def _without_unset_loop(self, handler):
+        # arms without loop settings dump as before, so the config hashes of existing results do not change
+        out = handler(self)
+        if self.loop is None and isinstance(out, dict):
+            out.pop("loop", None)
+        return out
 
     @property
     def uses_copy_paste(self) -> bool:
