@@ -65,6 +65,7 @@ KINDS: dict[str, Kind] = {
         "memorization", False, ("memorization.json",), ("memorization.json", "memorization_flagged.png")),
     "export": Kind("export", False, ("export.json",), ("export.json", "datasheet.md", "plain", "nnunet")),
     "experiment sweep": Kind("experiment run", True, ("config.yaml", "n[0-9]*"), _EXPERIMENT),
+    "closed loop": Kind("loop", True, ("loop.json",), ("loop.json", "round[0-9]*", "final")),
     "demo": Kind("demo", True, ("summary.json", "data"), (*_EXPERIMENT, "data", "results", "summary.json")),
 }
 

@@ -10,18 +10,30 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, PrivateAttr, field_serializer, model_validator
+from pydantic import Field, PrivateAttr, field_serializer, model_serializer, model_validator
 
-from lesionforge.config import PROFILE_RESOLUTION, ProfileName, StrictModel, load_config, resolve_preset
+from lesionforge.config import (
+    PROFILE_RESOLUTION,
+    ProfileName,
+    StrictModel,
+    load_config,
+    resolve_preset,
+    validate_config,
+)
 from lesionforge.errors import ConfigError
+from lesionforge.loop.settings import LoopSettings
 from lesionforge.presets import preset_path
 from lesionforge.segment.config import CopyPasteConfig, MixConfig, SegmentConfig
 
-ArmKind = Literal["baseline", "copy-paste", "synthetic"]
+ArmKind = Literal["baseline", "copy-paste", "synthetic", "closed-loop"]
 SynthesisMethod = Literal["mask-conditioned", "joint", "inpaint-normal", "edge-guided", "copy-paste-backgrounds"]
 #: not a diffusion generator: real lesions copy-pasted onto the lesion-free backgrounds the inpainting generator
 #: paints into (:mod:`lesionforge.segment.pasted_set`), the set a diffusion arm must beat to show its own gain
 PASTE_METHOD = "copy-paste-backgrounds"
+#: arm kinds that train on a synthetic set (closed loop: one made in rounds, docs/loop.md)
+SYNTHETIC_KINDS = ("synthetic", "closed-loop")
+#: SegmentConfig fields an arm decides; everything else comes from the shared ``segment`` block.
+ARM_FIELDS = ("mixing", "copy_paste")
 #: protocol name of a synthesis method -> generator kind (``GeneratorConfig.kind``)
 GENERATOR_KIND: dict[str, str] = {
     "mask-conditioned": "mask2image", "joint": "joint", "inpaint-normal": "inpaint", "edge-guided": "edge-text",
@@ -185,11 +197,13 @@ class ArmSettings(StrictModel):
     mixing: MixConfig | None = None
     filtered: bool = True
     copy_paste: CopyPasteConfig | None = None
+    # closed-loop arms: rounds, floor, the open-loop arm compared with (docs/loop.md)
+    loop: LoopSettings | None = None
 
     @model_validator(mode="before")
     @classmethod
     def _synthetic_mixes_by_ratio(cls, data: Any) -> Any:
-        if isinstance(data, dict) and data.get("kind") == "synthetic":
+        if isinstance(data, dict) and data.get("kind") in SYNTHETIC_KINDS:
             mixing = data.get("mixing") if data.get("mixing") is not None else {}
             if isinstance(mixing, dict) and "mode" not in mixing:
                 data = {**data, "mixing": {"mode": "ratio", **mixing}}
@@ -197,11 +211,15 @@ class ArmSettings(StrictModel):
 
     @model_validator(mode="after")
     def _fields_fit_the_kind(self) -> ArmSettings:
-        if (self.kind == "synthetic") != (self.generator is not None):
-            raise ValueError(f"arm {self.name!r}: `generator` is required for synthetic arms and only for them")
-        if self.kind == "synthetic" and self.mixing.mode == "none":
+        synthetic = self.kind in SYNTHETIC_KINDS
+        if synthetic != (self.generator is not None):
+            raise ValueError(f"arm {self.name!r}: `generator` is required for synthetic and closed-loop arms "
+                             "and only for them")
+        if (self.kind == "closed-loop") != (self.loop is not None):
+            raise ValueError(f"arm {self.name!r}: `loop` settings are required for closed-loop arms and only for them")
+        if synthetic and self.mixing.mode == "none":
             raise ValueError(f"arm {self.name!r}: a synthetic arm needs a mixing mode other than 'none'")
-        if self.kind != "synthetic" and self.mixing is not None:
+        if not synthetic and self.mixing is not None:
             raise ValueError(f"arm {self.name!r}: `mixing` is for synthetic arms")
         if self.copy_paste is not None and self.kind == "baseline":
             raise ValueError(f"arm {self.name!r}: `copy_paste` is for copy-paste and synthetic arms; "
@@ -214,6 +232,14 @@ class ArmSettings(StrictModel):
     def _given_keys_only(self, v: CopyPasteConfig | None) -> dict | None:
         # the keys the arm gave (what overrides the shared block), not ``enabled: false`` from the model default
         return None if v is None else v.model_dump(mode="json", exclude_unset=True)
+
+    @model_serializer(mode="wrap")
+    def _without_unset_loop(self, handler):
+        # arms without loop settings dump as before, so the config hashes of existing results do not change
+        out = handler(self)
+        if self.loop is None and isinstance(out, dict):
+            out.pop("loop", None)
+        return out
 
     @property
     def uses_copy_paste(self) -> bool:
@@ -268,6 +294,9 @@ class ExperimentConfig(StrictModel):
                 raise ValueError(f"arm {a.name!r}: mixing 'patch-merge' needs an edge-guided generator")
         if not self.n_labelled or not self.seeds:
             raise ValueError("n_labelled and seeds must not be empty")
+        from lesionforge.loop.fairness import check_closed_loop_arms
+
+        check_closed_loop_arms(self)
         return self
 
     def is_copy_paste_reference(self, arm: ArmSettings) -> bool:
@@ -284,6 +313,22 @@ class ExperimentConfig(StrictModel):
             self._shared_segment = (self.segment, self.segment.resolve(where))
         return self._shared_segment[1]
 
+    def run_segment_config(self, arm: ArmSettings, seed: int, where: str = "segment") -> SegmentConfig:
+        """The segmentation settings of one run, validated: the shared ``segment`` block (its preset read once)
+        plus the arm's data options only.
+
+        Arms differ in ``mixing`` (how synthetic pairs enter the batch) and in copy-paste; network, features,
+        steps, batch size, lr, augmentation and validation interval are the same for every arm by construction.
+        The resolution comes from the profile. ``where`` names the config a failure came from."""
+        out = self.shared_segment().model_dump(mode="json")
+        out.update(resolution=self.resolution, seed=seed)
+        # a real-data arm's mixing is only its mode: the other MixConfig fields stay unset, so that the record form
+        # (``segment_config_for``) reads {"mode": "none"} as in every run record written so far
+        out["mixing"] = arm.mixing.model_dump(mode="json") if arm.kind in SYNTHETIC_KINDS else {"mode": "none"}
+        given = arm.copy_paste.model_dump(mode="json", exclude_unset=True) if arm.copy_paste is not None else {}
+        out["copy_paste"] = {**out["copy_paste"], **given, "enabled": arm.uses_copy_paste, "prob": arm.paste.prob}
+        return validate_config(SegmentConfig, out, where)
+
 
 def _resolve(p: Path | None, base: Path) -> Path | None:
     return None if p is None or p.is_absolute() else (base / p).resolve()
@@ -299,13 +344,11 @@ def load_experiment_config(path: str | Path, overrides: dict | None = None) -> E
     paths become absolute against its folder. Every run's ``SegmentConfig`` (the shared block with each arm's
     options) is built and validated here, so a bad value fails now, naming the file and key, not after the
     generators have trained."""
-    from lesionforge.experiment.budget import run_segment_config
-
     path = preset_path(path)
     cfg = resolve_paths(load_config(path, ExperimentConfig, overrides), path.resolve().parent)
     cfg.shared_segment(f"{path}: segment")
     for i, arm in enumerate(cfg.arms):
-        run_segment_config(cfg, arm, cfg.seeds[0], where=f"{path}: arms.{i} ({arm.name!r}) with the segment block")
+        cfg.run_segment_config(arm, cfg.seeds[0], where=f"{path}: arms.{i} ({arm.name!r}) with the segment block")
     return cfg
 
 

@@ -323,10 +323,16 @@ class LesionforgeStages:
         from lesionforge.segment.train import train_segmenter
 
         scfg = validate_config(SegmentConfig, segment_config, "segment")
-        synth, twins = (None, None) if synthetic is None else _synthetic_arrays(cfg, synthetic, arm.filtered)
         t0 = time.perf_counter()
-        run = train_segmenter(scfg, data.labelled(n), data.val, run_dir / "segmenter", synthetic=synth, twins=twins,
-                              resume=True, progress=True)
+        loop = None
+        if arm.kind == "closed-loop":  # rounds of train / diagnose / synthesize, then the final segmenter
+            from lesionforge.experiment.loop_arm import train_closed_loop
+
+            run, loop = train_closed_loop(self, cfg, arm, segment_config, n, data, synthetic, run_dir)
+        else:
+            synth, twins = (None, None) if synthetic is None else _synthetic_arrays(cfg, synthetic, arm.filtered)
+            run = train_segmenter(scfg, data.labelled(n), data.val, run_dir / "segmenter", synthetic=synth,
+                                  twins=twins, resume=True, progress=True)
         t1 = time.perf_counter()
         ev = evaluate(run.best_checkpoint, data.test, subsets=data.subsets or None, miss_fraction=cfg.miss_fraction)
         out = _eval_fields(ev)
@@ -335,6 +341,8 @@ class LesionforgeStages:
             for name, arrays in data.transfer.items()
         }
         out["best_val_mdice"] = float(run.best_val_mdice)
+        if loop is not None:
+            out["loop"] = loop
         out["timings"] = {"train_s": round(t1 - t0, 3), "eval_s": round(time.perf_counter() - t1, 3),
                           "train_images_per_s": round(float(run.images_per_s), 3)}
         return out

@@ -55,6 +55,7 @@ class RunRecord(BaseModel):
     best_val_mdice: float | None = None
     segment_config: dict[str, Any] = Field(default_factory=dict)
     timings: dict[str, float] = Field(default_factory=dict)
+    loop: dict[str, Any] | None = None  # closed-loop arms: every round's targets, counts and diagnosis summary
 
     @model_validator(mode="after")
     def _aligned(self) -> RunRecord:

@@ -79,6 +79,8 @@ def build_result(
            if volumetric else {}),
         "test_lesions_by_band": _lesions_by_band(base[0]) if base else None,
         "arms": arms, "paired_diff": paired,
+        **({"closed_loop": closed_loop_results(cfg, by_arm, cfg.bootstrap_samples, cfg.bootstrap_seed)}
+           if any(a.kind == "closed-loop" for a in cfg.arms) else {}),
         "paired_vs_copy_paste": {k: v for k, v in versus_copy_paste.items() if v},
         "transfer": _transfer_summary(by_arm),
         "generators": {k: _generator_summary(cfg, k, s) for k, s in synthetic.items()},
@@ -126,6 +128,8 @@ def _arm_summary(
         out["subsets"] = {k: _metric_lists([r.subsets.get(k, {}) for r in recs]) for k in subsets}
     if arm.uses_copy_paste:
         out["copy_paste_p"] = arm.paste.prob
+    if arm.kind == "closed-loop":
+        out.update(closed_loop_arm_fields(cfg, arm, recs))
     if arm.kind == "synthetic":
         spec = cfg.generators[arm.generator]
         out.update({
@@ -286,3 +290,55 @@ def write_grid_samples(
 
 def _rel(path: Path, cfg: ExperimentConfig) -> str:
     return os.path.relpath(Path(path).resolve(), cfg.results_dir.resolve())
+
+
+# Closed-loop arms (docs/loop.md): ``arms.<closed-loop arm>`` gets the arm's settings and, per seed, each round's
+# targets and counts; ``closed_loop.<arm>`` the miss rate in the bands the loop targeted for it, its open-loop arm
+# and the baseline, and the paired differences closed-loop minus open-loop.
+
+def closed_loop_arm_fields(cfg, arm, recs: list[RunRecord]) -> dict[str, Any]:
+    """Settings and per-seed round records of a closed-loop arm (``arms.<name>``)."""
+    spec = cfg.generators[arm.generator]
+    return {
+        "method": spec.method, "generator": arm.generator, "ratio": arm.mixing.ratio, "mixing": arm.mixing.mode,
+        "filtered": arm.filtered and spec.filter is not None, "n_per_real": spec.n_per_real,
+        "loop_settings": arm.loop.model_dump(mode="json"),
+        "n_synthetic": [r.loop["n_kept"] if r.loop else None for r in recs],
+        "n_generated": [r.loop["n_generated"] if r.loop else None for r in recs],
+        "rounds": [[{k: rd.get(k) for k in ("round", "n_requested", "n_generated", "n_kept", "targeted",
+                                            "band_shares", "real_band_shares", "diagnosis", "steered")}
+                    for rd in (r.loop or {}).get("rounds", [])] for r in recs],
+        "targeted_bands": [(r.loop or {}).get("targeted_bands") for r in recs],
+        "fairness": [(r.loop or {}).get("fairness") for r in recs],
+    }
+
+
+def _targeted_counts(rec: RunRecord, bands: list[str]) -> tuple[int, int] | None:
+    if rec.band_missed is None or rec.band_lesions is None:
+        return None
+    return (sum(sum(rec.band_missed.get(b, [])) for b in bands), sum(sum(rec.band_lesions.get(b, [])) for b in bands))
+
+
+def closed_loop_results(cfg, by_arm: dict[str, list[RunRecord]], n_boot: int, seed: int) -> dict[str, Any]:
+    """``closed_loop.<arm>``: targeted-band miss rates against open loop and baseline, paired differences."""
+    out: dict[str, Any] = {}
+    for arm in cfg.arms:
+        if arm.kind != "closed-loop":
+            continue
+        ref = arm.loop.open_loop_arm
+        compared = {arm.name: by_arm[arm.name], ref: by_arm[ref], cfg.baseline_arm: by_arm[cfg.baseline_arm]}
+        targets = {r.seed: (r.loop or {}).get("targeted_bands") or [] for r in by_arm[arm.name]}
+        per_seed: dict[str, list] = {}
+        pooled: dict[str, Any] = {}
+        for name, recs in compared.items():
+            counts = {r.seed: _targeted_counts(r, targets.get(r.seed, [])) for r in recs}
+            per_seed[name] = [None if not c or c[1] == 0 else c[0] / c[1] for c in counts.values()]
+            missed = sum(c[0] for c in counts.values() if c)
+            lesions = sum(c[1] for c in counts.values() if c)
+            pooled[name] = {"missed": missed, "lesions": lesions, "miss_rate": missed / lesions if lesions else None}
+        out[arm.name] = {
+            "open_loop_arm": ref, "targeted_bands_by_seed": {str(k): v for k, v in targets.items()},
+            "miss_rate_targeted": per_seed, "miss_rate_targeted_pooled": pooled,
+            "paired_vs_open_loop": paired_diff(by_arm[arm.name], by_arm[ref], n_boot, seed),
+        }
+    return out

@@ -226,6 +226,9 @@ def ensure_run(cfg: ExperimentConfig, stages: Stages, data: ExperimentData, n: i
         finally:
             release(lock)
     rec = read_record(path)
+    if arm.loop is not None and (rec.loop or {}).get("settings") != arm.loop.model_dump(mode="json"):
+        raise ConfigError(f"{path}: this closed-loop run finished with other loop settings than the config asks; "
+                          "use a new output folder or --overwrite")
     if rec.segment_config != seg_cfg:
         raise ConfigError(
             f"{path}: finished with different segmentation settings than the config asks; "
