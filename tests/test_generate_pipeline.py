@@ -12,8 +12,8 @@ from test_generate_common import tiny_cfg
 from typer.testing import CliRunner
 
 from lesionforge.errors import ConfigError
+from lesionforge.generate.build import build_generator
 from lesionforge.generate.config import SamplingConfig
-from lesionforge.generate.models import build_generator
 from lesionforge.generate.pipeline import LesionPipeline
 
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 from test_generate_common import normals, pairs, tiny_cfg
 
+from lesionforge.generate.build import build_generator
 from lesionforge.generate.config import SamplingConfig
-from lesionforge.generate.models import build_generator
 from lesionforge.generate.trainbatch import make_mask_source
 
 #: case -> (generator settings, synthesize arguments); GOLDEN: case -> sha256 of (the files, the manifest)
