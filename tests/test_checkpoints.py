@@ -113,27 +113,13 @@ def test_an_autoencoder_state_with_the_discriminator_in_optim_pt_resumes(demo_ar
 
 def test_a_seg_encoder_run_with_legacy_train_state_pt_resumes_to_the_same_weights(demo_arrays, tmp_path,
                                                                                   monkeypatch):
-    import monai.losses
+    from test_quality_features import interrupted_seg_encoder
 
     train = PairArrays(demo_arrays.images[:12], demo_arrays.masks[:12], np.ones(12, bool), demo_arrays.ids[:12],
                        [None] * 12)
     opts = dict(features=(8, 8, 16, 16, 32, 8), steps=4, batch_size=4, checkpoint_every=2)
     whole = train_segmentation_encoder(train, tmp_path / "whole", **opts)
-    real_loss = monai.losses.DiceCELoss
-
-    class Crash(real_loss):  # dies on the 4th step, after the step-2 checkpoint
-        calls = 0
-
-        def forward(self, *args):
-            Crash.calls += 1
-            if Crash.calls == 4:
-                raise KeyboardInterrupt
-            return super().forward(*args)
-
-    monkeypatch.setattr(monai.losses, "DiceCELoss", Crash)
-    with pytest.raises(KeyboardInterrupt):
-        train_segmentation_encoder(train, tmp_path / "cut", **opts)
-    monkeypatch.setattr(monai.losses, "DiceCELoss", real_loss)
+    interrupted_seg_encoder(train, tmp_path / "cut", monkeypatch, **opts)
     cut = tmp_path / "cut"
     optim = load_torch_state(cut / TRAIN_STATE / "optim.pt")  # rewritten as train_state.pt, the older format
     torch.save({"step": 2, "cfg": optim["cfg"], "model": load_file(cut / TRAIN_STATE / "model.safetensors"),

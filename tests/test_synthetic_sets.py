@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +13,6 @@ from lesionforge.data.manifest import (
     Sample,
     is_kept,
     kept,
-    read_manifest,
     read_set,
     set_manifest,
     write_manifest,
@@ -50,14 +48,9 @@ def test_kept_in_an_unfiltered_set_is_every_row_no_reviewer_rejected():
 def set_dir(demo_root, tmp_path) -> Path:
     """A set folder whose ``manifest.filtered.jsonl`` holds 5 synthetic rows (copies of demo pairs): kept,
     filter-rejected, unscored, kept but rejected by a reviewer, kept; plus one real row."""
-    real = [s for s in read_manifest(demo_root / "manifest.jsonl") if s.has_mask][:5]
-    for s in real:
-        for f in (s.image, *s.masks):
-            dest = tmp_path / Path(f).relative_to(demo_root)
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(f, dest)
-    real = [s.model_copy(update={"image": str(Path(s.image).relative_to(demo_root)),
-                                 "masks": [str(Path(m).relative_to(demo_root)) for m in s.masks]}) for s in real]
+    from test_quality_cli import copied_demo_rows
+
+    real = copied_demo_rows(demo_root, tmp_path, 5)
     marks = [(True, None), (False, None), (None, None), (True, REJECTED), (True, None)]
     rows = [s.model_copy(update={"id": f"syn_{i}", "origin": "synthetic", "provenance": Provenance(
         validation=None if k is None else {"kept": k, "dice": 0.5}, reviews=r)})

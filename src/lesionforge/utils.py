@@ -63,13 +63,14 @@ def write_json_atomic(path: str | Path, obj: Any) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
 
 
-def save_figure_atomic(fig, path: str | Path, dpi: int = 110) -> None:
-    """Write a matplotlib figure as PNG atomically (:func:`atomic_path`) and close it."""
+def save_figure_atomic(fig, path: str | Path, dpi: int = 110, bbox_inches: str | None = "tight") -> Path:
+    """Write a matplotlib figure as PNG atomically (:func:`atomic_path`), close it and return ``path``."""
     import matplotlib.pyplot as plt
 
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
+        fig.savefig(tmp, format="png", dpi=dpi, bbox_inches=bbox_inches)
     plt.close(fig)
+    return Path(path)
 
 
 def _json_default(o: Any) -> Any:

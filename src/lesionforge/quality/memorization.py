@@ -17,7 +17,7 @@ from pydantic import BaseModel, computed_field
 
 from lesionforge.data.arrays import PairArrays
 from lesionforge.quality.features import FeatureExtractor
-from lesionforge.utils import atomic_path, code_version, write_json_atomic
+from lesionforge.utils import code_version, save_figure_atomic, write_json_atomic
 
 
 class NearestMatch(BaseModel):
@@ -151,10 +151,7 @@ def plot_flagged_pairs(report: MemorizationReport, train: PairArrays, synthetic:
             ax.axis("off")
     fig.tight_layout()
     path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
-    return path
+    return save_figure_atomic(fig, path, dpi=100, bbox_inches=None)
 
 
 def write_memorization_report(report: MemorizationReport, train: PairArrays, synthetic: PairArrays,
