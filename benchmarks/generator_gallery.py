@@ -34,11 +34,12 @@ from lesionforge.data.io import read_image, read_mask, write_image
 from lesionforge.data.manifest import read_manifest
 from lesionforge.experiment.config import load_experiment_config
 from lesionforge.experiment.real_stages import LesionforgeStages
-from lesionforge.generate.config import load_generator_config
+from lesionforge.generate.config import SamplingConfig, load_generator_config
 from lesionforge.generate.models import read_meta
 from lesionforge.generate.synthesize import synthesize
 from lesionforge.generate.trainbatch import make_mask_source
 from lesionforge.generate.trainer import train_generator
+from lesionforge.presets import PRESETS_DIR
 from lesionforge.utils import code_version, write_json_atomic, write_text_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -134,7 +135,7 @@ def run(dataset: str, kind: str, n: int = 64, steps: int | None = None, batch_si
     labelled = data.labelled(n)
     inpaint = kind == "inpaint"
     unlabelled, backgrounds = (data.unlabelled(n), data.backgrounds) if inpaint else (None, None)
-    preset = ROOT / "configs" / f"generator-{kind}-{PRESET_NAME[dataset]}-cpu.yaml"
+    preset = PRESETS_DIR / f"generator-{kind}-{PRESET_NAME[dataset]}-cpu.yaml"
     over = {k: v for k, v in {"steps": steps, "batch_size": batch_size}.items() if v is not None}
     gcfg = load_generator_config(preset, over)
     t0 = time.perf_counter()
@@ -149,7 +150,8 @@ def run(dataset: str, kind: str, n: int = 64, steps: int | None = None, batch_si
         shutil.rmtree(folder, ignore_errors=True)  # scratch output of this script, remade each time
         t = time.perf_counter()
         synthesize(generator, folder, N_SAMPLES, masks_from=masks_from, backgrounds=backgrounds, real=labelled,
-                   seed=0, sampler=how[0], steps=how[1], guidance_scale=how[2], resume=False, progress=False)
+                   seed=0, sampling=SamplingConfig(sampler=how[0], steps=how[1], guidance_scale=how[2]), resume=False,
+                   progress=False)
         return read_manifest(folder / "manifest.jsonl"), time.perf_counter() - t
 
     def tiles(rows) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:

@@ -2,7 +2,7 @@
 
     python benchmarks/label_fidelity.py --dataset busi --n-samples 64 --threads 1
 
-A segmenter trained on the N real labelled pairs only (``configs/segment-cpu.yaml``, selected on ``val``) scores
+A segmenter trained on the N real labelled pairs only (the ``segment-cpu.yaml`` preset, selected on ``val``) scores
 each generator's samples against their own masks, and, as a control, against the mask of the next sample in
 the set (masks rolled by one). A generator whose masks are correct labels scores clearly above its control;
 the segmenter's mDice on the real ``test`` split is the reference. The generators are the gallery's
@@ -33,8 +33,10 @@ from lesionforge.data.manifest import read_manifest  # noqa: E402
 from lesionforge.experiment.config import load_experiment_config  # noqa: E402
 from lesionforge.experiment.real_stages import LesionforgeStages  # noqa: E402
 from lesionforge.experiment.stats import bootstrap_paired  # noqa: E402
+from lesionforge.generate.config import SamplingConfig  # noqa: E402
 from lesionforge.generate.synthesize import synthesize  # noqa: E402
 from lesionforge.generate.trainbatch import make_mask_source  # noqa: E402
+from lesionforge.presets import PRESETS_DIR  # noqa: E402
 from lesionforge.segment.config import SegmentConfig  # noqa: E402
 from lesionforge.segment.metrics import evaluate, score_masks  # noqa: E402
 from lesionforge.segment.model_io import load_segmenter, predict  # noqa: E402
@@ -59,7 +61,7 @@ def _rel(path: Path) -> str:
 
 
 def run(dataset: str, n: int = 64, n_samples: int = 64, work: Path = ROOT / "runs" / "gallery",
-        results: Path = ROOT / "benchmarks" / "results", segment_config: Path = ROOT / "configs" / "segment-cpu.yaml",
+        results: Path = ROOT / "benchmarks" / "results", segment_config: Path = PRESETS_DIR / "segment-cpu.yaml",
         segment_steps: int | None = None, sample_steps: int = 100, command: str | None = None) -> dict:
     cfg = load_experiment_config(ROOT / "benchmarks" / "configs" / f"{dataset}-cpu.yaml",
                                  {"n_labelled": [n], "output": str(work / f"{dataset}-data")})
@@ -83,8 +85,9 @@ def run(dataset: str, n: int = 64, n_samples: int = 64, work: Path = ROOT / "run
         t = time.perf_counter()
         jitter = make_mask_source("jitter", labelled, cfg.resolution) if kind in ("mask2image", "inpaint") else None
         with torch.no_grad():
-            synthesize(generator, folder, n_samples, real=labelled, masks_from=jitter, seed=0, sampler="ddpm",
-                       steps=sample_steps, guidance_scale=1.0, resume=True, progress=False,
+            synthesize(generator, folder, n_samples, real=labelled, masks_from=jitter, seed=0,
+                       sampling=SamplingConfig(sampler="ddpm", steps=sample_steps, guidance_scale=1.0), resume=True,
+                       progress=False,
                        backgrounds=data.backgrounds if kind == "inpaint" else None)
         synthetic = load_arrays(read_manifest(folder / "manifest.jsonl"), cfg.resolution, cfg.dataset.channels,
                                 cache_dir=None)  # scratch set, remade per run: no array cache

@@ -43,10 +43,11 @@ from lesionforge.experiment.real_stages import LesionforgeStages  # noqa: E402
 from lesionforge.experiment.runner import SyntheticCache  # noqa: E402
 from lesionforge.experiment.stages import ExperimentData, SyntheticSet  # noqa: E402
 from lesionforge.generate.models import read_meta  # noqa: E402
+from lesionforge.outputs import dir_hash  # noqa: E402
+from lesionforge.quality.features import FeatureExtractor, SegEncoder  # noqa: E402
+from lesionforge.quality.metrics import kid  # noqa: E402
 from lesionforge.segment.model_io import load_segmenter  # noqa: E402
-from lesionforge.utils import code_version, dir_hash, write_json_atomic, write_text_atomic  # noqa: E402
-from lesionforge.validate.features import FeatureExtractor, SegEncoder  # noqa: E402
-from lesionforge.validate.quality import kid  # noqa: E402
+from lesionforge.utils import code_version, write_json_atomic, write_text_atomic  # noqa: E402
 
 #: Generator variants: fields changed in the headline generator's config. Equal wall time: every variant keeps
 #: today's steps x batch (the options below cost the same per step, see the JSON's generator_train_s).
@@ -63,15 +64,17 @@ GENERATOR = "inpaint"  # the headline configs' generator entry the variants chan
 STEPS, VAL_INTERVAL, SEEDS = 400, 50, (0, 1)
 #: Real-data rows, trained once per budget; their names are the headline's arm names.
 REAL_ARMS = (ArmSettings(name="baseline", kind="baseline"),
-             ArmSettings(name="copy-paste", kind="copy-paste", copy_paste_p=0.5))
+             ArmSettings(name="copy-paste", kind="copy-paste", copy_paste={"prob": 0.5}))
 #: Rows of every variant: (a) its synthetic pairs alone, (b) the N real pairs plus them (the headline arm).
 VARIANT_ARMS = (
-    ArmSettings(name="synthetic", kind="synthetic", generator=GENERATOR, ratio=1, mixing="ratio", filtered=False),
-    ArmSettings(name="synthetic-only", kind="synthetic", generator=GENERATOR, mixing="synthetic-only", filtered=False),
+    ArmSettings(name="synthetic", kind="synthetic", generator=GENERATOR, mixing={"mode": "ratio", "ratio": 1},
+                filtered=False),
+    ArmSettings(name="synthetic-only", kind="synthetic", generator=GENERATOR, mixing={"mode": "synthetic-only"},
+                filtered=False),
 )
 #: Extra rows of ``today`` whose headline arm exists, for the rank agreement.
-AGREEMENT_ARMS = (ArmSettings(name="synthetic+copy-paste", kind="synthetic", generator=GENERATOR, ratio=1,
-                              mixing="ratio", filtered=False, copy_paste=True, copy_paste_p=0.5),)
+AGREEMENT_ARMS = (ArmSettings(name="synthetic+copy-paste", kind="synthetic", generator=GENERATOR,
+                              mixing={"mode": "ratio", "ratio": 1}, filtered=False, copy_paste={"prob": 0.5}),)
 
 
 def headline_config(dataset: str) -> Path:
@@ -90,7 +93,8 @@ def screen_config(config: Path, n: int, variant: str, samples_per_real: int = 2,
     spec = spec.model_copy(update={"overrides": {**spec.overrides, **VARIANTS[variant]}, "filter": None,
                                    "n_per_real": samples_per_real})
     seg = cfg.segment.model_copy(update={"steps": steps, "val_interval": val_interval})
-    return cfg.model_copy(update={"generators": {GENERATOR: spec}, "segment": seg, "seeds": list(seeds)})
+    arms = [a for a in cfg.arms if a.generator in (None, GENERATOR)]  # the arms whose generator is kept
+    return cfg.model_copy(update={"generators": {GENERATOR: spec}, "arms": arms, "segment": seg, "seeds": list(seeds)})
 
 
 def prepare(cfg: ExperimentConfig, data: ExperimentData, n: int) -> SyntheticSet:
@@ -144,7 +148,7 @@ def summarise(rows: list[dict]) -> dict:
 
 
 def real_extractor(checkpoint: Path) -> FeatureExtractor:
-    """In-domain features (``validate.features.SegEncoder``) from the screen's own real-only segmenter."""
+    """In-domain features (``quality.features.SegEncoder``) from the screen's own real-only segmenter."""
     return FeatureExtractor(SegEncoder(load_segmenter(checkpoint)), "seg-encoder-screen-baseline",
                             dir_hash(checkpoint))
 

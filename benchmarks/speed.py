@@ -27,8 +27,9 @@ from torch.utils.flop_counter import FlopCounterMode
 from lesionforge.config import PROFILE_RESOLUTION
 from lesionforge.errors import OverwriteError
 from lesionforge.generate.autoencoder import AutoencoderConfig, build_autoencoder
+from lesionforge.generate.build import build_generator
 from lesionforge.generate.config import GeneratorConfig
-from lesionforge.generate.models import Conditions, build_generator
+from lesionforge.generate.models import Conditions
 from lesionforge.generate.sampler import sample
 from lesionforge.segment.networks import build_network
 from lesionforge.utils import code_version, write_json_atomic, write_text_atomic

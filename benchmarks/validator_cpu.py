@@ -30,12 +30,13 @@ from lesionforge.data.manifest import Sample, read_manifest, write_manifest
 from lesionforge.data.readers import read_dataset
 from lesionforge.data.splits import load_benchmark_split
 from lesionforge.generate.autoencoder import AutoencoderConfig, LatentCodec, train_autoencoder
+from lesionforge.presets import PRESETS_DIR
 from lesionforge.utils import code_version, write_json_atomic, write_text_atomic
 from lesionforge.validate.cost import agreement, timing
 from lesionforge.validate.filter import filter_manifest
-from lesionforge.validate.inputs import load_validator_config
 from lesionforge.validate.latent_segmenter import train_latent_segmenter
 from lesionforge.validate.pixel_segmenter import train_pixel_segmenter
+from lesionforge.validate.run import load_validator_config
 from lesionforge.validate.validator import load_validator
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,7 +46,7 @@ QUICK = {"n_train": 16, "n_labelled": 8, "n_val": 8, "n_candidates": 6, "resolut
 
 
 def _configs(quick: bool) -> tuple[AutoencoderConfig, object, object]:
-    configs = ROOT / "configs"
+    configs = PRESETS_DIR
     if quick:
         ae = load_config(configs / "autoencoder-tiny.yaml", AutoencoderConfig, QUICK["ae"])
         lat = load_validator_config(configs / "validator-tiny.yaml", QUICK["seg"])

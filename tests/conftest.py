@@ -15,6 +15,20 @@ SPLITS = SHARED / "benchmark" / "splits"
 torch.set_num_threads(1)  # also for session/module fixtures, which are set up before the per-test one below
 
 
+def pytest_collection_modifyitems(config, items):
+    """A plain ``pytest`` run leaves out the ``slow`` tests (over ~10 s each; CI runs them with ``-m slow``).
+    ``-m EXPR`` decides by itself, and a test file or test named on the command line runs whole, slow or not
+    (``pytest tests/test_experiment_smoke.py``). pytest's own ``addopts = -m "not slow"`` would drop those too."""
+    if config.option.markexpr:
+        return
+    named = {(config.invocation_params.dir / arg.split("::")[0]).resolve() for arg in config.args}
+    slow = [i for i in items if i.get_closest_marker("slow") and i.path.resolve() not in named]
+    if slow:
+        config.hook.pytest_deselected(items=slow)
+        drop = set(slow)
+        items[:] = [i for i in items if i not in drop]
+
+
 @pytest.fixture(autouse=True)
 def _one_thread():
     """One torch thread per test (restored after it, as some stages set their own count): the tiny test

@@ -11,8 +11,8 @@ from lesionforge.data.arrays import PairArrays
 from lesionforge.data.demo import make_demo_arrays, write_demo_dataset
 from lesionforge.data.io import write_image, write_mask
 from lesionforge.data.manifest import Provenance, Sample, read_manifest, write_manifest
-from lesionforge.validate.features import pixel_extractor
-from lesionforge.validate.memorization import memorization_audit, write_memorization_report
+from lesionforge.quality.features import pixel_extractor
+from lesionforge.quality.memorization import memorization_audit, write_memorization_report
 
 N_SYN = 6
 COPY_ID = "syn5"  # an exact copy of a real image: the audit flags it

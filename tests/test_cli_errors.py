@@ -15,9 +15,10 @@ from lesionforge.cli import app, error_line, main
 from lesionforge.config import load_config
 from lesionforge.data.checks import check_dataset
 from lesionforge.errors import ConfigError, DataError
+from lesionforge.presets import PRESETS_DIR
 from lesionforge.segment.config import SegmentConfig
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = PRESETS_DIR
 
 
 def _run_main(monkeypatch, capsys, *args: str) -> tuple[int, str]:

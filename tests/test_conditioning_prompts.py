@@ -55,6 +55,9 @@ def test_prompt_for_is_deterministic_given_seed():
     lib = PromptLibrary.load("generic")
     draw = [lib.prompt_for(None, None, None, np.random.default_rng(5)) for _ in range(2)]
     assert draw[0] == draw[1]
+    # and the seed matters: other seeds draw other prompts
+    others = {lib.prompt_for(None, None, None, np.random.default_rng(seed)) for seed in range(6, 16)}
+    assert others - {draw[0]}
 
 
 def test_user_csv_keyed_by_id_falls_back(tmp_path):

@@ -83,3 +83,15 @@ def test_cli_split_groups_duplicates(tmp_path):
     split = load_benchmark_split(out)
     assert ["p0", "twin"] in split.near_duplicate_groups
     assert split.split_of()["p0"] == split.split_of()["twin"]
+
+
+def test_the_experiment_split_is_the_benchmark_split_type(demo_root):
+    """One split type: the demo split an experiment makes is a checked BenchmarkSplit (nested subsets, no id in
+    two parts), so it can be saved and read back as a split file."""
+    from lesionforge.data.manifest import read_manifest
+    from lesionforge.data.splits import BenchmarkSplit
+    from lesionforge.experiment.real_stages import demo_split
+
+    split = demo_split(read_manifest(demo_root / "manifest.jsonl"), [4, 8])
+    assert isinstance(split, BenchmarkSplit) and split.low_data(4) == split.train[:4]
+    assert BenchmarkSplit.model_validate(split.model_dump(mode="json")) == split

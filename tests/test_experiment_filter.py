@@ -43,7 +43,7 @@ def test_filter_changes_are_not_part_of_the_synthesis_key(tmp_path):
 def test_a_set_drawn_by_a_differently_trained_generator_is_not_reused(tmp_path, monkeypatch):
     """Code defaults of the generator (not only its preset file) are part of the synthesis key: after an
     upgrade that changes how the generator trains, the runner draws a new set instead of reusing the old."""
-    import lesionforge.experiment.runner as runner
+    import lesionforge.experiment.config as experiment_config
     from lesionforge.experiment.config import resolved_generator_config
 
     cfg = _cfg(tmp_path, None)
@@ -51,10 +51,12 @@ def test_a_set_drawn_by_a_differently_trained_generator_is_not_reused(tmp_path, 
     before = synthetic_key(cfg, "inpaint", 8, data)
     gcfg = resolved_generator_config(cfg, cfg.generators["inpaint"])
     changed = gcfg.model_copy(update={"prompt_fills_as_known": not gcfg.prompt_fills_as_known})
-    monkeypatch.setattr(runner, "resolved_generator_config", lambda c, s: changed)  # a changed code default
+    # a changed code default (the key reads the generator's effective config through config.set_recipe)
+    monkeypatch.setattr(experiment_config, "resolved_generator_config", lambda c, s: changed)
     assert synthetic_key(cfg, "inpaint", 8, data) != before
 
 
+@pytest.mark.slow
 def test_pixel_filter_keeps_true_pairs_and_rejects_shifted_ones(tmp_path):
     """The real filter stage with ``validator: pixel`` on demo pairs: their own masks (true) vs masks rolled
     half an image away (wrong); the report says which validator ran."""
@@ -84,6 +86,7 @@ def test_pixel_filter_keeps_true_pairs_and_rejects_shifted_ones(tmp_path):
     assert true_kept > wrong_kept
 
 
+@pytest.mark.slow
 def test_adding_a_filter_rescores_the_same_samples(tmp_path, monkeypatch):
     """A sweep made unfiltered, then given a filter and a filtered arm: the synthetic set is re-prepared in the
     same folder (the samples resume there, none is drawn again, with the generator that drew them, not a

@@ -11,13 +11,14 @@ import pytest
 from lesionforge.data.arrays import PairArrays
 from lesionforge.data.io import write_image, write_mask
 from lesionforge.data.manifest import Provenance, Sample, write_manifest
+from lesionforge.data.splits import BenchmarkSplit
 from lesionforge.errors import ConfigError, DataError, OverwriteError
 from lesionforge.experiment.budget import budget_of, segment_config_for
 from lesionforge.experiment.config import load_experiment_config
 from lesionforge.experiment.records import BANDS
 from lesionforge.experiment.report import load_result, readme_table, write_report
 from lesionforge.experiment.runner import run_experiment
-from lesionforge.experiment.stages import ExperimentData, SplitIds, SyntheticSet
+from lesionforge.experiment.stages import ExperimentData, SyntheticSet
 
 CONFIGS = Path(__file__).resolve().parents[1] / "benchmarks" / "configs"
 GAIN = {"baseline": 0.0, "copy-paste": 0.02, "synthetic": 0.06}
@@ -36,7 +37,8 @@ class FakeStages:
         d = self.demo
         arrays = PairArrays(d.images, d.masks, np.ones(len(d.ids), bool), list(d.ids), [None] * len(d.ids))
         ids = list(d.ids)
-        split = SplitIds(ids[:16], ids[16:22], ids[22:32], {4: ids[:4], 8: ids[:8]}, ids[32:])
+        split = BenchmarkSplit(train=ids[:16], val=ids[16:22], test=ids[22:32],
+                               low_data_subsets={4: ids[:4], 8: ids[:8]}, normal_backgrounds=ids[32:])
         return ExperimentData(split, arrays.select_ids(split.train), arrays.select_ids(split.val),
                               arrays.select_ids(split.test), backgrounds=arrays.select_ids(ids[32:]),
                               subsets={"flat": ids[22:27]})
@@ -147,17 +149,17 @@ def test_every_arm_gets_the_same_budget(cfg, demo_arrays):
 
 def test_synthetic_arm_can_add_copy_paste_on_the_same_budget(tmp_path):
     text = (CONFIGS / "smoke.yaml").read_text(encoding="utf-8")
-    old = "generator: inpaint, ratio: 1"
+    old = "generator: inpaint, mixing: {mode: ratio, ratio: 1}"
     assert old in text
-    (tmp_path / "both.yaml").write_text(text.replace(old, old + ", copy_paste: true", 1), encoding="utf-8")
+    (tmp_path / "both.yaml").write_text(text.replace(old, old + ", copy_paste: {prob: 0.5}", 1), encoding="utf-8")
     cfg = load_experiment_config(tmp_path / "both.yaml")
     syn = next(a for a in cfg.arms if a.kind == "synthetic")
     seg = segment_config_for(cfg, syn, 0)
     assert seg["copy_paste"]["enabled"] and seg["mixing"]["mode"] == "ratio"
     assert budget_of(seg) == budget_of(segment_config_for(cfg, cfg.arm("baseline"), 0))
-    (tmp_path / "bad.yaml").write_text(text.replace("kind: baseline}", "kind: baseline, copy_paste: true}"),
+    (tmp_path / "bad.yaml").write_text(text.replace("kind: baseline}", "kind: baseline, copy_paste: {}}"),
                                        encoding="utf-8")
-    with pytest.raises(ConfigError, match="synthetic arms"):
+    with pytest.raises(ConfigError, match="copy-paste and synthetic arms"):
         load_experiment_config(tmp_path / "bad.yaml")
 
 
@@ -169,8 +171,8 @@ def test_arm_cannot_carry_its_own_budget(tmp_path):
 
 
 @pytest.mark.parametrize(("old", "new", "message"), [
-    ("generator: inpaint, ratio: 1", "ratio: 1", "generator"),
-    ("mixing: ratio", "mixing: patch-merge", "edge-guided"),
+    ("generator: inpaint, mixing", "mixing", "generator"),
+    ("mixing: {mode: ratio", "mixing: {mode: patch-merge", "edge-guided"),
     ("  demo: {n: 40", "  root: data\n  demo: {n: 40", "exactly one"),
     ("baseline, kind: baseline", "base, kind: baseline", "baseline_arm"),
 ])
@@ -223,7 +225,7 @@ def test_benchmark_configs_validate(name):
     assert cfg.baseline_arm == "baseline" and len(cfg.seeds) >= 3
     runs = [SegmentConfig.model_validate(segment_config_for(cfg, arm, 0)) for arm in cfg.arms]
     assert len({(r.steps, r.batch_size, r.lr, r.network, r.features, r.val_interval) for r in runs}) == 1
-    assert [r.copy_paste.enabled for r in runs] == [a.kind == "copy-paste" or a.copy_paste for a in cfg.arms]
+    assert [r.copy_paste.enabled for r in runs] == [a.uses_copy_paste for a in cfg.arms]
     if name != "smoke.yaml":
         assert cfg.resolution == 64 and cfg.segment.steps == 2000 and cfg.segment.batch_size == 16
         assert cfg.segment.features == [16, 32, 64, 128, 256, 16]

@@ -10,7 +10,8 @@ from diffusers import UNet2DConditionModel, UNet2DModel
 from test_generate_common import tiny_cfg
 
 from lesionforge.errors import ConfigError
-from lesionforge.generate.models import Conditions, LesionGenerator, build_generator, channel_layout
+from lesionforge.generate.build import build_generator
+from lesionforge.generate.models import Conditions, LesionGenerator, channel_layout
 from lesionforge.generate.sampler import guided_prediction
 
 

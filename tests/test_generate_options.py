@@ -12,8 +12,9 @@ from test_generate_common import normals, pairs, tiny_cfg
 
 from lesionforge.errors import ConfigError
 from lesionforge.generate.augment import AUG_DIMS, augment_pairs, condition_maps
+from lesionforge.generate.build import build_generator
 from lesionforge.generate.config import AugmentSettings, GeneratorConfig
-from lesionforge.generate.models import Conditions, LesionGenerator, build_generator
+from lesionforge.generate.models import Conditions, LesionGenerator
 from lesionforge.generate.sampler import make_scheduler, sample
 from lesionforge.generate.trainbatch import BatchMaker
 from lesionforge.generate.trainer import diffusion_loss, min_snr_weights, train_generator

@@ -9,7 +9,8 @@ from diffusers import UNet2DConditionModel
 from test_generate_common import pairs, tiny_cfg
 
 from lesionforge.errors import CheckpointError
-from lesionforge.generate.models import Conditions, LesionGenerator, build_generator
+from lesionforge.generate.build import build_generator
+from lesionforge.generate.models import Conditions, LesionGenerator
 from lesionforge.generate.trainer import train_generator
 
 

@@ -12,7 +12,9 @@ from lesionforge.data.io import read_image, read_mask
 from lesionforge.data.manifest import read_manifest
 from lesionforge.errors import ConfigError
 from lesionforge.generate import synthesize as synth_module
-from lesionforge.generate.models import Conditions, build_generator
+from lesionforge.generate.build import build_generator
+from lesionforge.generate.config import SamplingConfig
+from lesionforge.generate.models import Conditions
 from lesionforge.generate.sampler import InpaintGuide, sample, sample_seed
 from lesionforge.generate.synthesize import synthesize
 from lesionforge.generate.trainbatch import make_mask_source
@@ -46,8 +48,8 @@ def test_inpaint_keeps_every_pixel_outside_the_mask(demo_arrays, tmp_path):
     gen_dir = _saved("inpaint", tmp_path / "g")
     bg = normals(demo_arrays)
     source = make_mask_source("size", pairs(demo_arrays), 32)
-    samples = synthesize(gen_dir, tmp_path / "s", 4, masks_from=source, backgrounds=bg, sampler="ddim", steps=3,
-                         repaint_jumps=1, batch_size=3, progress=False)
+    samples = synthesize(gen_dir, tmp_path / "s", 4, masks_from=source, backgrounds=bg, batch_size=3, progress=False,
+                         sampling=SamplingConfig(sampler="ddim", steps=3, repaint_jumps=1))
     for s in samples:
         img, m = read_image(tmp_path / "s" / s.image), read_mask(tmp_path / "s" / s.masks[0])
         ref = bg.images[bg.ids.index(s.provenance.background_id)]
@@ -55,7 +57,8 @@ def test_inpaint_keeps_every_pixel_outside_the_mask(demo_arrays, tmp_path):
         assert np.array_equal(img[m == 0], ref[m == 0])  # bit for bit
         assert not np.array_equal(img[m == 1], ref[m == 1])  # something was painted inside
     with pytest.raises(ConfigError, match="repaint_jumps"):
-        synthesize(gen_dir, tmp_path / "t", 1, masks_from=source, backgrounds=bg, sampler="dpm++", repaint_jumps=1,
+        synthesize(gen_dir, tmp_path / "t", 1, masks_from=source, backgrounds=bg,
+                   sampling=SamplingConfig(sampler="dpm++", repaint_jumps=1),
                    progress=False)
 
 
@@ -66,7 +69,7 @@ def _files(root) -> dict[str, bytes]:
 def test_synthesize_provenance_determinism_and_resume(demo_arrays, tmp_path, monkeypatch):
     gen_dir = _saved("mask2image", tmp_path / "g")
     source = make_mask_source("jitter", pairs(demo_arrays), 32)
-    kw = dict(masks_from=source, steps=3, progress=False)
+    kw = dict(masks_from=source, sampling=SamplingConfig(steps=3), progress=False)
     first = synthesize(gen_dir, tmp_path / "a", 5, batch_size=2, seed=3, **kw)
     assert [s.id for s in first] == [f"syn-mask2image-s3-{i:06d}" for i in range(5)]
     p = first[0].provenance
@@ -97,7 +100,7 @@ def test_synthesize_provenance_determinism_and_resume(demo_arrays, tmp_path, mon
 
 def test_joint_masks_are_cleaned_and_recorded(tmp_path):
     gen_dir = _saved("joint", tmp_path / "g")
-    samples = synthesize(gen_dir, tmp_path / "s", 2, steps=3, progress=False)
+    samples = synthesize(gen_dir, tmp_path / "s", 2, sampling=SamplingConfig(steps=3), progress=False)
     for s in samples:
         cleaning = s.provenance.model_extra["mask_cleaning"]
         assert s.provenance.mask_source == "joint" and cleaning["opening"] == 1
@@ -108,7 +111,7 @@ def test_joint_masks_are_cleaned_and_recorded(tmp_path):
 def test_edge_text_uses_real_masks_and_prompts(demo_arrays, tmp_path):
     gen_dir = _saved("edge-text", tmp_path / "g", text=True, dataset="kvasir-seg", guidance_scale=2.0)
     real = pairs(demo_arrays, lesion_only=True)
-    samples = synthesize(gen_dir, tmp_path / "s", 3, real=real, steps=3, progress=False)
+    samples = synthesize(gen_dir, tmp_path / "s", 3, real=real, sampling=SamplingConfig(steps=3), progress=False)
     for i, s in enumerate(samples):
         assert s.provenance.source_id == real.ids[i] and s.provenance.guidance_scale == 2.0
         assert "polyp" in s.provenance.prompt.lower()
@@ -139,7 +142,8 @@ def test_resume_refuses_a_different_run(demo_arrays, tmp_path):
     from lesionforge.errors import OverwriteError
 
     gen_dir = _saved("joint", tmp_path / "g")
-    synthesize(gen_dir, tmp_path / "s", 1, steps=2, progress=False)
+    synthesize(gen_dir, tmp_path / "s", 1, sampling=SamplingConfig(steps=2), progress=False)
     with pytest.raises(OverwriteError, match="seed"):
-        synthesize(gen_dir, tmp_path / "s", 2, steps=2, seed=1, progress=False)
-    assert len(synthesize(gen_dir, tmp_path / "s", 2, steps=2, seed=1, overwrite=True, progress=False)) == 2
+        synthesize(gen_dir, tmp_path / "s", 2, sampling=SamplingConfig(steps=2), seed=1, progress=False)
+    assert len(synthesize(gen_dir, tmp_path / "s", 2, sampling=SamplingConfig(steps=2), seed=1, overwrite=True,
+                          progress=False)) == 2

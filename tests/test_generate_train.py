@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 from test_generate_common import TinyCodec, normals, pairs, tiny_cfg
 
 from lesionforge.generate import trainer
+from lesionforge.generate.config import SamplingConfig
 from lesionforge.generate.models import LesionGenerator, read_meta
 from lesionforge.generate.synthesize import synthesize
 from lesionforge.generate.trainbatch import make_mask_source
@@ -73,7 +74,8 @@ def test_latent_inpaint_end_to_end(demo_arrays, tmp_path):
     assert gen.unet.config.in_channels == 4 + 5 and gen.cfg.space == "latent"
     bg = normals(demo_arrays)
     source = make_mask_source("size", pairs(demo_arrays), 32)
-    samples = synthesize(gen_dir, tmp_path / "s", 2, masks_from=source, backgrounds=bg, steps=3, codec=codec,
+    samples = synthesize(gen_dir, tmp_path / "s", 2, masks_from=source, backgrounds=bg,
+                         sampling=SamplingConfig(steps=3), codec=codec,
                          progress=False)
     from lesionforge.data.io import read_image, read_mask
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 from conftest import load_benchmark, need_dataset
 
 from lesionforge.data.io import read_image
@@ -21,6 +22,7 @@ def test_grid_image_layout():
     assert drawn.shape == (6, 6, 3) and (drawn[..., 1] == 255).sum() == 4  # a 2x2 blob is all boundary
 
 
+@pytest.mark.slow
 def test_inpaint_gallery_on_kvasir(tmp_path):
     need_dataset("kvasir-seg")
     need_dataset("colon-normal")
@@ -64,6 +66,7 @@ def test_mask_stats_counts_empty_masks_area_and_components():
     assert abs(s["area_frac_mean"] - (8 / 64 + 0.5) / 3) < 1e-12
 
 
+@pytest.mark.slow
 def test_joint_gallery_reports_its_generated_masks(tmp_path):
     need_dataset("kvasir-seg")
     g = load_benchmark("generator_gallery")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import torch
 from conftest import load_benchmark, need_dataset
 
@@ -24,6 +25,7 @@ def test_own_mask_scores_above_a_shuffled_mask(monkeypatch):
     assert r["own_minus_shuffled"]["mean"] == 1.0 and r["miss_rate"] == 0.0
 
 
+@pytest.mark.slow
 def test_label_fidelity_on_busi(tmp_path):
     need_dataset("busi")
     g, f = load_benchmark("generator_gallery"), load_benchmark("label_fidelity")

@@ -17,7 +17,8 @@ from lesionforge.data.io import write_image, write_mask
 from lesionforge.data.manifest import Sample, append_manifest, read_manifest, write_manifest
 from lesionforge.data.readers import read_dataset
 from lesionforge.errors import DataError
-from lesionforge.generate.models import build_generator
+from lesionforge.generate.build import build_generator
+from lesionforge.generate.config import SamplingConfig
 from lesionforge.generate.synthesize import synthesize
 from lesionforge.generate.trainbatch import make_mask_source
 
@@ -82,7 +83,8 @@ def test_synthesis_resumes_after_a_torn_manifest_line_with_the_set_of_an_uninter
         demo_arrays, tmp_path, caplog, capsys):
     torch.manual_seed(0)
     gen = build_generator(tiny_cfg("mask2image")).eval().save_pretrained(tmp_path / "g")
-    kw = dict(masks_from=make_mask_source("jitter", pairs(demo_arrays), 32), steps=2, batch_size=2, seed=3,
+    kw = dict(masks_from=make_mask_source("jitter", pairs(demo_arrays), 32), sampling=SamplingConfig(steps=2),
+              batch_size=2, seed=3,
               progress=False)
     synthesize(gen, tmp_path / "straight", 5, **kw)
     synthesize(gen, tmp_path / "torn", 5, **kw)

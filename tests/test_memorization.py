@@ -8,8 +8,8 @@ import numpy as np
 
 from lesionforge.data.arrays import PairArrays
 from lesionforge.data.demo import make_demo_arrays
-from lesionforge.validate.features import pixel_extractor
-from lesionforge.validate.memorization import memorization_audit, write_memorization_report
+from lesionforge.quality.features import pixel_extractor
+from lesionforge.quality.memorization import memorization_audit, write_memorization_report
 
 
 def _pairs(images: np.ndarray, prefix: str) -> PairArrays:

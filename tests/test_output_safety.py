@@ -16,7 +16,8 @@ from test_generate_common import pairs, tiny_cfg
 from lesionforge.data.arrays import PairArrays
 from lesionforge.data.demo import write_demo_dataset
 from lesionforge.errors import CheckpointError, OverwriteError
-from lesionforge.generate.models import build_generator
+from lesionforge.generate.build import build_generator
+from lesionforge.generate.config import SamplingConfig
 from lesionforge.generate.synthesize import synthesize
 from lesionforge.generate.trainer import train_generator
 from lesionforge.outputs import MARKER, claim_output
@@ -63,7 +64,7 @@ def test_synthesize_refuses_a_real_dataset_folder_even_with_overwrite(tmp_path):
     gen = _generator(tmp_path / "g")
     for overwrite in (True, False):  # without --overwrite resume is on: it must not write into images/ either
         with pytest.raises(OverwriteError, match="dataset.*not a synthetic set"):
-            synthesize(gen, dataset, 2, steps=2, overwrite=overwrite, progress=False)
+            synthesize(gen, dataset, 2, sampling=SamplingConfig(steps=2), overwrite=overwrite, progress=False)
     assert _tree(dataset) == before  # not one real image deleted, not one synthetic image added
 
 

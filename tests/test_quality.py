@@ -9,8 +9,8 @@ import pytest
 
 from lesionforge.data.arrays import PairArrays
 from lesionforge.data.manifest import Provenance, Sample
-from lesionforge.validate.features import pixel_extractor
-from lesionforge.validate.quality import (
+from lesionforge.quality.features import pixel_extractor
+from lesionforge.quality.metrics import (
     fid,
     frechet_distance,
     kid,

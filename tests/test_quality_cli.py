@@ -22,17 +22,23 @@ def app() -> typer.Typer:
     return app
 
 
+def copied_demo_rows(demo_root: Path, dest_root: Path, n: int) -> list:
+    """The first ``n`` labelled demo rows, their files copied into ``dest_root`` and their paths relative to it
+    (a manifest's rows may not name files outside its folder)."""
+    real = [s for s in read_manifest(demo_root / "manifest.jsonl") if s.has_mask][:n]
+    for s in real:
+        for f in (s.image, *s.masks):
+            dest = dest_root / Path(f).relative_to(demo_root)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(f, dest)
+    return [s.model_copy(update={"image": str(Path(s.image).relative_to(demo_root)),
+                                 "masks": [str(Path(m).relative_to(demo_root)) for m in s.masks]}) for s in real]
+
+
 @pytest.fixture()
 def synthetic_manifest(demo_root, tmp_path):
     """Ten 'synthetic' rows that are copies of real demo files; 7 kept by the filter, 3 rejected."""
-    real = [s for s in read_manifest(demo_root / "manifest.jsonl") if s.has_mask][:10]
-    for s in real:  # copied beside the manifest: a manifest's rows may not name files outside its folder
-        for f in (s.image, *s.masks):
-            dest = tmp_path / Path(f).relative_to(demo_root)
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(f, dest)
-    real = [s.model_copy(update={"image": str(Path(s.image).relative_to(demo_root)),
-                                 "masks": [str(Path(m).relative_to(demo_root)) for m in s.masks]}) for s in real]
+    real = copied_demo_rows(demo_root, tmp_path, 10)
     rows = [
         s.model_copy(update={"id": f"syn_{i}", "origin": "synthetic", "provenance": Provenance(
             validation={"dice": 0.9 if i < 7 else 0.1, "kept": i < 7, "threshold": 0.5})})

@@ -8,8 +8,8 @@ import torch
 
 from lesionforge.data.arrays import PairArrays
 from lesionforge.errors import CheckpointError, OverwriteError
-from lesionforge.validate.features import load_extractor, pixel_extractor, train_segmentation_encoder
-from lesionforge.validate.inception import FIDInceptionV3
+from lesionforge.quality.features import load_extractor, pixel_extractor, train_segmentation_encoder
+from lesionforge.quality.inception import FIDInceptionV3
 
 TINY = (8, 8, 16, 16, 32, 8)
 
@@ -43,15 +43,13 @@ def test_seg_encoder_trains_saves_and_extracts_deterministically(demo_arrays, tm
         train_segmentation_encoder(train, a, features=TINY, steps=1)
 
 
-def test_seg_encoder_resumes_to_the_same_weights(demo_arrays, tmp_path, monkeypatch):
+def interrupted_seg_encoder(train, out, monkeypatch, **opts) -> None:
+    """Train the seg-encoder into ``out`` and kill it on its 4th step, after the step-2 checkpoint."""
     import monai.losses
 
-    train = _pairs(demo_arrays, 12)
-    whole = train_segmentation_encoder(train, tmp_path / "whole", features=TINY, steps=4, batch_size=4,
-                                       checkpoint_every=2)
     real_loss = monai.losses.DiceCELoss
 
-    class Crash(real_loss):  # dies on the 4th step, after the step-2 checkpoint
+    class Crash(real_loss):
         calls = 0
 
         def forward(self, *args):
@@ -62,14 +60,21 @@ def test_seg_encoder_resumes_to_the_same_weights(demo_arrays, tmp_path, monkeypa
 
     monkeypatch.setattr(monai.losses, "DiceCELoss", Crash)
     with pytest.raises(KeyboardInterrupt):
-        train_segmentation_encoder(train, tmp_path / "cut", features=TINY, steps=4, batch_size=4, checkpoint_every=2)
+        train_segmentation_encoder(train, out, **opts)
     monkeypatch.setattr(monai.losses, "DiceCELoss", real_loss)
-    assert (tmp_path / "cut" / "train_state.pt").is_file()
+
+
+def test_seg_encoder_resumes_to_the_same_weights(demo_arrays, tmp_path, monkeypatch):
+    train = _pairs(demo_arrays, 12)
+    opts = dict(features=TINY, steps=4, batch_size=4, checkpoint_every=2)
+    whole = train_segmentation_encoder(train, tmp_path / "whole", **opts)
+    interrupted_seg_encoder(train, tmp_path / "cut", monkeypatch, **opts)
+    assert (tmp_path / "cut" / "train_state" / "step.json").is_file()
     with pytest.raises(OverwriteError):
         train_segmentation_encoder(train, tmp_path / "cut", features=TINY, steps=4, batch_size=4, checkpoint_every=2)
     cut = train_segmentation_encoder(train, tmp_path / "cut", features=TINY, steps=4, batch_size=4,
                                      checkpoint_every=2, resume=True)
-    assert not (cut / "train_state.pt").exists()
+    assert not (cut / "train_state").exists()
     assert load_extractor(cut).checkpoint_hash == load_extractor(whole).checkpoint_hash
 
 

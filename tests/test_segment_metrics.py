@@ -47,6 +47,30 @@ def test_hd95_known_distance_and_nan_when_empty():
     assert math.isnan(d[1])
 
 
+
+def test_hd95_ignores_the_farthest_five_percent_where_hd100_does_not():
+    from scipy.spatial.distance import directed_hausdorff
+
+    gt, pred = _blank(1, 40), _blank(1, 40)
+    gt[0, 10:20, 10:20] = 1
+    pred[0, 11:21, 10:20] = 1  # the square 1 px lower ...
+    pred[0, 35, 35] = 1  # ... and one stray pixel far away: a single boundary point of ~40
+    p, g = np.argwhere(pred[0]), np.argwhere(gt[0])
+    hd100 = max(directed_hausdorff(p, g)[0], directed_hausdorff(g, p)[0])
+    assert hd100 == pytest.approx(math.hypot(16, 16))  # the stray pixel to the square's corner (19, 19)
+    assert hd95(pred, gt)[0] == pytest.approx(1.0)
+
+
+def test_a_lesion_covered_exactly_at_the_threshold_counts_as_found():
+    gt, pred = _blank(1, 40), _blank(1, 40)
+    gt[0, 0:10, 0:10] = 1  # 100 px, 10 px predicted: coverage exactly 0.1
+    pred[0, 0, 0:10] = 1
+    gt[0, 20:30, 20:30] = 1  # 100 px, 9 px predicted: just under
+    pred[0, 20, 20:29] = 1
+    les = lesion_table(pred, gt, miss_fraction=0.1)
+    assert les["coverage"].tolist() == [0.1, 0.09]
+    assert les["missed"].tolist() == [False, True]
+
 def test_lesion_miss_rate_by_band():
     size = 100  # image area 10_000 px: bands at 100 px (1 %) and 500 px (5 %)
     gt, pred = _blank(1, size), _blank(1, size)

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from lesionforge.data.manifest import Provenance, Sample
+from lesionforge.data.manifest import Provenance, Sample, kept
 from lesionforge.errors import ConfigError
 from lesionforge.segment.config import MixConfig
-from lesionforge.segment.data import kept_samples, twins_of
+from lesionforge.segment.data import twins_of
 from lesionforge.segment.mixing import BatchSampler, merge_mask, merge_pairs, step_rng
 
 REAL = [f"r{i}" for i in range(10)]
@@ -85,5 +85,5 @@ def test_kept_and_twins_from_provenance():
                       provenance=Provenance(source_id=src, validation=val))
 
     samples = [syn(0, "a", True), syn(1, "a", False), syn(2, "b", True), syn(3, "b", None)]
-    assert [s.id for s in kept_samples(samples)] == ["s0", "s2"]
+    assert [s.id for s in kept(samples)] == ["s0", "s2"]
     assert twins_of(samples) == {"a": [0, 1], "b": [2, 3]}

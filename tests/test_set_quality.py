@@ -10,10 +10,11 @@ import pytest
 from lesionforge.data.arrays import PairArrays
 from lesionforge.data.io import write_image, write_mask
 from lesionforge.data.manifest import Provenance, Sample, write_manifest
+from lesionforge.data.splits import BenchmarkSplit
 from lesionforge.experiment import set_quality as sq
 from lesionforge.experiment.report import quality_table
-from lesionforge.experiment.stages import ExperimentData, SplitIds, SyntheticSet
-from lesionforge.validate.quality import mask_stats
+from lesionforge.experiment.stages import ExperimentData, SyntheticSet
+from lesionforge.quality.metrics import mask_stats
 
 
 def _pairs(seed: int, n: int, prefix: str, side: int = 16) -> PairArrays:
@@ -58,7 +59,7 @@ def test_set_quality_is_cached_in_the_work_folder_and_reported_on_kept_samples(t
                            provenance=Provenance(source_id=f"t{i}", validation={"kept": i < 3, "dice": 0.9})))
     write_manifest(tmp_path / "manifest.jsonl", rows)
     s = SyntheticSet(tmp_path / "manifest.jsonl", None, {"filter_key": "abc"})
-    data = ExperimentData(SplitIds(list(train.ids), [], list(test.ids), {}), train, test, test)
+    data = ExperimentData(BenchmarkSplit(train=list(train.ids), val=[], test=list(test.ids)), train, test, test)
     kept = sq.set_quality(s, tmp_path, data, train, 16, kept_only=True)
     assert kept["n_synthetic"] == 3 and kept["memorization"]["flagged_share"] == 1.0  # all are copies
     assert json.loads((tmp_path / "quality-kept-abc.json").read_text(encoding="utf-8")) == kept

@@ -12,6 +12,7 @@ from test_generate_sample import _files, _saved
 from lesionforge.data.manifest import read_manifest
 from lesionforge.errors import OverwriteError
 from lesionforge.generate import synthesize as synth_module
+from lesionforge.generate.config import SamplingConfig
 from lesionforge.generate.shards import PARTS, merge_parts, part_dir, split_indices, todo_indices
 from lesionforge.generate.synthesize import MANIFEST, RUN_FILE, synthesize
 from lesionforge.generate.trainbatch import make_mask_source
@@ -30,7 +31,8 @@ def _tree(root) -> dict[str, bytes]:
 def inpaint(demo_arrays, tmp_path):
     gen_dir = _saved("inpaint", tmp_path / "g")
     kw = dict(masks_from=make_mask_source("jitter", pairs(demo_arrays), 32), backgrounds=normals(demo_arrays),
-              real=pairs(demo_arrays), sampler="ddim", steps=2, seed=5, batch_size=3, progress=False)
+              real=pairs(demo_arrays), sampling=SamplingConfig(sampler="ddim", steps=2), seed=5,
+              batch_size=3, progress=False)
     return gen_dir, kw
 
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from conftest import load_benchmark, need_dataset
 
 
+@pytest.mark.slow
 def test_validator_benchmark_quick(tmp_path):
     root, frames = need_dataset("kvasir-seg"), need_dataset("colon-normal")
     bench = load_benchmark("validator_cpu")

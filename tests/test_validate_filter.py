@@ -163,3 +163,14 @@ def test_cli_filter_and_list_rejected(validators, synthetic_manifest, tmp_path):
     bad = CliRunner().invoke(app, ["filter", str(synthetic_manifest), "--validator", str(validators[0]),
                                    "--threshold", "high"])
     assert bad.exit_code != 0
+
+
+def test_validator_kinds_are_registered_and_an_unknown_kind_is_named(tmp_path):
+    from lesionforge.errors import CheckpointError
+    from lesionforge.validate.validator import INFO_FILE
+
+    (tmp_path / INFO_FILE).write_text(json.dumps({"kind": "voxel"}), encoding="utf-8")
+    with pytest.raises(CheckpointError, match=r"unknown validator kind 'voxel' \(known: latent, pixel\)"):
+        load_validator(tmp_path)
+    with pytest.raises(CheckpointError, match="no validator.json"):
+        load_validator(tmp_path / "empty")

@@ -148,6 +148,7 @@ def test_paired_mdice3d_over_cases_in_results_and_report():
     assert "ΔmDice 3D over cases" in diff_table({"cp": {"mdice3d": d}})
 
 
+@pytest.mark.slow
 def test_reading_msd_hippocampus_gives_slices_carrying_case_ids():
     root = need_dataset("msd-hippocampus")
     from lesionforge.data.decathlon import read_decathlon_info
@@ -169,15 +170,16 @@ def test_reading_msd_hippocampus_gives_slices_carrying_case_ids():
 
 def test_volume_split_gives_training_negatives_val_positives_and_whole_test_volumes(tmp_path):
     from lesionforge.experiment.real_stages import volume_split
-    from lesionforge.experiment.stages import SplitIds
 
     samples = read_dataset(_volume_root(tmp_path), negatives=True)
-    split = volume_split(SplitIds(["c1", "c2", "c3"], ["c4"], ["c5"], {1: ["c2"], 2: ["c1", "c2"]}), samples, 0.2)
+    split = volume_split(BenchmarkSplit(train=["c1", "c2", "c3"], val=["c4"], test=["c5"],
+                                        low_data_subsets={1: ["c2"], 2: ["c1", "c2"]}), samples, 0.2)
     assert len(split.low_data(1)) == 5 and len(split.low_data(2)) == 10 and len(split.train) == 15
     assert set(split.low_data(1)) <= set(split.low_data(2)) <= set(split.train)  # still nested
     assert split.val == [f"c4/2_{z:04d}" for z in range(2, 6)]
     assert split.test == [f"c5/2_{z:04d}" for z in range(SHAPE[2])]
-    by_slice = volume_split(SplitIds(split.train, split.val, ["c5/2_0003", "c5/2_0004"], {}), samples, 0.2)
+    by_slice = volume_split(BenchmarkSplit(train=split.train, val=split.val, test=["c5/2_0003", "c5/2_0004"]),
+                            samples, 0.2)
     assert by_slice.test == split.test  # a split listing slices still scores whole test volumes
     backgrounds = {case_of(i) for i in split.normal_backgrounds}
     assert len(split.normal_backgrounds) == 3 * 4 and backgrounds == {"c1", "c2", "c3"}  # train cases' negatives

@@ -30,7 +30,7 @@ TEXT_FILE = "text-embeddings.safetensors"
 # tiny models and budgets of the dry run (the flow is the same, the numbers mean nothing)
 DRY = {
     "profile": "tiny", "seeds": [0],
-    "segment": {"preset": str(HERE.parents[1] / "configs" / "segment-tiny.yaml"), "network": "BasicUNet",
+    "segment": {"preset": "segment-tiny.yaml", "network": "BasicUNet",  # a packaged preset
                 "features": [8, 8, 16, 16, 32, 8], "steps": 6, "batch_size": 4, "lr": 0.003, "warmup_steps": 0,
                 "val_interval": 3},
     "generator": {"block_out_channels": [16, 32], "layers_per_block": 1, "norm_num_groups": 8, "sample_steps": 2,

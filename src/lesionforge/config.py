@@ -1,7 +1,8 @@
 """Shared configuration: resolution profiles and strict YAML-backed pydantic models.
 
 Each stage defines its own settings model (``GeneratorConfig``, ``SegmentConfig`` ...) as a subclass of
-:class:`StrictModel`; :func:`load_config` validates a YAML preset against it.
+:class:`StrictModel`; :func:`resolve_preset` validates a YAML preset (with
+overrides) against it.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from lesionforge.errors import ConfigError
+from lesionforge.presets import preset_path
 
 ProfileName = Literal["tiny", "cpu", "cpu128", "gpu"]
 
@@ -32,8 +34,23 @@ M = TypeVar("M", bound=StrictModel)
 
 
 def load_config(path: str | Path, model: type[M], overrides: dict | None = None) -> M:
-    """Read a YAML file and validate it as ``model``; ``overrides`` (flat or nested dict) win."""
-    path = Path(path)
+    """Read a YAML file (or the packaged preset of that file name, see :func:`~lesionforge.presets.preset_path`)
+    and validate it as ``model``; ``overrides`` (flat or nested dict) win (see :func:`resolve_preset`)."""
+    return resolve_preset(path, overrides, model)
+
+
+def resolve_preset(preset: str | Path | None, overrides: dict | None, model: type[M], where: str = "overrides") -> M:
+    """The one merge of a preset with overrides, for every stage: the ``preset`` YAML file (or the packaged preset
+    of that file name; None: ``model``'s defaults), then ``overrides`` on top, validated as ``model``. Merging is
+    by key: a mapping merges into the preset's mapping of the same key (recursively), anything else (a number, a
+    list, None) replaces the preset's value. A failure is one :class:`ConfigError` line naming the preset file, or
+    ``where`` (the config block the overrides came from) when there is none."""
+    path = preset_path(preset) if preset is not None else None
+    data = _read_mapping(path) if path is not None else {}
+    return validate_config(model, _deep_merge(data, overrides or {}), str(path) if path is not None else where)
+
+
+def _read_mapping(path: Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
@@ -42,8 +59,7 @@ def load_config(path: str | Path, model: type[M], overrides: dict | None = None)
         raise ConfigError(f"{path}: not valid YAML: {e}") from e
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping")
-    data = _deep_merge(data, overrides or {})
-    return validate_config(model, data, str(path))
+    return data
 
 
 def validate_config(model: type[M], data: Any, where: str) -> M:

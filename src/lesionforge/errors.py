@@ -44,10 +44,6 @@ class NonBinaryMaskError(DataError):
     kind = "non_binary_mask"
 
 
-class EmptyMaskError(DataError):
-    kind = "empty_mask"
-
-
 class DuplicateIdError(DataError):
     kind = "duplicate_id"
 

@@ -12,6 +12,7 @@ write. No library does this ownership bookkeeping, so it is written here, once.
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import json
 import os
 import shutil
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lesionforge.errors import CheckpointError, OverwriteError
+from lesionforge.utils import code_version, file_sha256, write_json_atomic
 
 MARKER = ".lesionforge-output.json"
 
@@ -63,6 +65,7 @@ KINDS: dict[str, Kind] = {
         "memorization", False, ("memorization.json",), ("memorization.json", "memorization_flagged.png")),
     "export": Kind("export", False, ("export.json",), ("export.json", "datasheet.md", "plain", "nnunet")),
     "experiment sweep": Kind("experiment run", True, ("config.yaml", "n[0-9]*"), _EXPERIMENT),
+    "closed loop": Kind("loop", True, ("loop.json",), ("loop.json", "round[0-9]*", "final")),
     "demo": Kind("demo", True, ("summary.json", "data"), (*_EXPERIMENT, "data", "results", "summary.json")),
 }
 
@@ -130,8 +133,6 @@ def _a(kind: str) -> str:
 
 
 def _mark(path: Path, kind: str) -> Path:
-    from lesionforge.utils import code_version, write_json_atomic
-
     path.mkdir(parents=True, exist_ok=True)
     write_json_atomic(path / MARKER, {"kind": kind, "name": path.name, "code_version": code_version()})
     return path
@@ -159,3 +160,13 @@ def announce_resume(folder: str | Path, where: str) -> None:
     from rich.console import Console
 
     Console(stderr=True, highlight=False, soft_wrap=True).print(f"resuming {folder} from {where}")
+
+
+def dir_hash(path: str | Path) -> str:
+    """Short content hash of every file under a folder (names + bytes): identifies a checkpoint."""
+    h = hashlib.sha256()
+    for p in sorted(Path(path).rglob("*")):
+        if p.is_file() and p.name != MARKER:  # the output marker names the code version, not the content
+            h.update(str(p.relative_to(path)).encode())
+            h.update(file_sha256(p).encode())
+    return h.hexdigest()[:16]

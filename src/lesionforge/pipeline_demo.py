@@ -4,12 +4,12 @@ report). Everything is trained for real, at 32 px and small sizes so it finishes
 
 from __future__ import annotations
 
-from importlib import resources
 from pathlib import Path
 
 from rich.console import Console
 
 from lesionforge.outputs import claim_output
+from lesionforge.presets import PRESETS_DIR
 from lesionforge.utils import write_json_atomic
 
 console = Console()
@@ -26,7 +26,7 @@ VARIATION_NOTE = (
 
 def demo_config_path() -> Path:
     """The packaged demo preset (``lesionforge/presets/demo.yaml``)."""
-    return Path(str(resources.files("lesionforge") / "presets" / "demo.yaml"))
+    return PRESETS_DIR / "demo.yaml"
 
 
 def run_demo(out: str | Path, overwrite: bool = False, seed: int = 0, resume: bool = False) -> dict:

@@ -63,6 +63,16 @@ def write_json_atomic(path: str | Path, obj: Any) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
 
 
+def save_figure_atomic(fig, path: str | Path, dpi: int = 110, bbox_inches: str | None = "tight") -> Path:
+    """Write a matplotlib figure as PNG atomically (:func:`atomic_path`), close it and return ``path``."""
+    import matplotlib.pyplot as plt
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi, bbox_inches=bbox_inches)
+    plt.close(fig)
+    return Path(path)
+
+
 def _json_default(o: Any) -> Any:
     if isinstance(o, np.generic):
         return o.item()
@@ -106,15 +116,3 @@ def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
-
-
-def dir_hash(path: str | Path) -> str:
-    """Short content hash of every file under a folder (names + bytes): identifies a checkpoint."""
-    from lesionforge.outputs import MARKER
-
-    h = hashlib.sha256()
-    for p in sorted(Path(path).rglob("*")):
-        if p.is_file() and p.name != MARKER:  # the output marker names the code version, not the content
-            h.update(str(p.relative_to(path)).encode())
-            h.update(file_sha256(p).encode())
-    return h.hexdigest()[:16]

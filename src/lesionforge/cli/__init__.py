@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import typer
 
-from lesionforge.cli import conditioning, data, demo, experiment, generate, quality, review, segment, validate
+from lesionforge.cli import conditioning, data, demo, experiment, generate, loop, quality, review, segment, validate
 
 app = typer.Typer(
     name="lesionforge",
@@ -28,6 +28,7 @@ validate.register(app, train_app)  # train autoencoder, train validator, filter
 quality.register(app, train_app)  # quality, memorization, train extractor
 review.register(app)  # review, export
 demo.register(app)
+loop.register(app)  # closed-loop synthesis
 
 
 def _show_version(value: bool) -> None:

@@ -43,10 +43,11 @@ def masks(
     overwrite: bool = typer.Option(False, help="Replace an existing output folder."),
 ) -> None:
     """Draw new lesion masks from the real masks of a dataset."""
-    from lesionforge.conditioning.export import load_manifest_arrays, write_masks
     from lesionforge.conditioning.masks import build_mask_source
+    from lesionforge.conditioning.run import write_masks
+    from lesionforge.data.arrays import manifest_arrays
 
-    arrays = load_manifest_arrays(manifest, resolution, labelled_only=True)
+    arrays = manifest_arrays(manifest, resolution, labelled_only=True, progress=True)
     mask_source = build_mask_source(source, arrays.masks, arrays.ids, small_boost=small_boost)
     record = write_masks(mask_source, n, out, seed=seed, overwrite=overwrite, progress=True)
     typer.echo(f"wrote {n} masks, record {record}")
@@ -60,7 +61,9 @@ def edges(
     overwrite: bool = typer.Option(False, help="Replace an existing output folder."),
 ) -> None:
     """Write EMIT-Diff edge maps (image edges + mask boundary) of every sample."""
-    from lesionforge.conditioning.export import load_manifest_arrays, write_edge_maps
+    from lesionforge.conditioning.run import write_edge_maps
+    from lesionforge.data.arrays import manifest_arrays
 
-    record = write_edge_maps(load_manifest_arrays(manifest, resolution), out, overwrite=overwrite, progress=True)
+    arrays = manifest_arrays(manifest, resolution, progress=True)
+    record = write_edge_maps(arrays, out, overwrite=overwrite, progress=True)
     typer.echo(f"wrote edge maps, record {record}")

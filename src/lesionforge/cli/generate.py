@@ -6,13 +6,21 @@ from pathlib import Path
 
 import typer
 
+from lesionforge.devices import DEVICE_HELP
+
+
+def _own(field: str) -> str:
+    """How a sampling option relates to the generator's settings (the precedence, said in each option's help)."""
+    return f"Given: wins. Default: the generator's own `{field}` (from the preset it was trained with)."
+
 
 def register(app: typer.Typer, train_app: typer.Typer) -> None:
     """Add this stage's commands: ``train generator`` (old spelling ``train-generator`` kept, hidden) and
     ``synthesize``."""
 
     def train_generator_cmd(
-        config: Path = typer.Argument(..., help="Generator preset, e.g. configs/generator-mask2image-kvasir-cpu.yaml."),
+        config: Path = typer.Argument(..., help="Generator config YAML, or a packaged preset name, e.g. "
+                                      "generator-mask2image-kvasir-cpu.yaml."),
         data: Path = typer.Option(..., help="Labelled dataset folder or manifest.jsonl."),
         out: Path = typer.Option(..., "-o", "--out", help="Output folder (checkpoints, samples, final model)."),
         split: str = typer.Option(None, help="Benchmark split file or name; selects train ids."),
@@ -22,12 +30,13 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         steps: int = typer.Option(None, help="Override the number of training steps."),
         autoencoder: Path = typer.Option(None, help="LatentCodec folder: train in latent space."),
         resume: bool = typer.Option(True, help="Continue from the latest checkpoint in --out."),
+        device: str = typer.Option(None, help=DEVICE_HELP),
     ) -> None:
         """Train a generator (mask2image, joint, edge-text or inpaint) from a YAML preset."""
         from lesionforge.generate.run import train_from_files
 
         train_from_files(config, data, out, split=split, labelled=labelled, backgrounds=backgrounds,
-                         prompts=prompts, steps=steps, autoencoder=autoencoder, resume=resume)
+                         prompts=prompts, steps=steps, autoencoder=autoencoder, resume=resume, device=device)
 
     train_app.command("generator")(train_generator_cmd)
     app.command("train-generator", hidden=True)(train_generator_cmd)
@@ -43,11 +52,12 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         backgrounds: Path = typer.Option(None, help="Lesion-free images to paint into (inpaint)."),
         mask_source: str = typer.Option("jitter", help="'jitter' (real masks deformed) or 'size' (size-controlled)."),
         seed: int = typer.Option(0, help="Run seed: same seed, same output."),
-        sampler: str = typer.Option("dpm++", help="ddim, dpm++ or ddpm."),
-        steps: int = typer.Option(25, help="Sampling steps."),
-        guidance_scale: float = typer.Option(None, help="Classifier-free guidance scale (default: generator's)."),
+        sampler: str = typer.Option(None, help=f"ddim, dpm++ or ddpm. {_own('sampler')}"),
+        steps: int = typer.Option(None, help=f"Sampling steps. {_own('sample_steps')}"),
+        guidance_scale: float = typer.Option(None, help=f"Classifier-free guidance scale. {_own('guidance_scale')}"),
+        repaint_jumps: int = typer.Option(None, help=f"RePaint rounds per step (inpaint). {_own('repaint_jumps')}"),
+        eta: float = typer.Option(None, help="DDIM stochasticity in [0, 1] (default 0: deterministic)."),
         batch_size: int = typer.Option(16, help="Samples per batch."),
-        repaint_jumps: int = typer.Option(None, help="RePaint resampling rounds per step (inpaint, ddim/ddpm)."),
         prompts: Path = typer.Option(None, help="User prompt file (YAML or CSV)."),
         resume: bool = typer.Option(True, help="Skip samples already in the manifest."),
         overwrite: bool = typer.Option(False, help="Start over in a non-empty --out."),
@@ -59,12 +69,17 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         max_retries: int = typer.Option(3, "--max-retries", min=0, help="Ray: reruns of a failed or lost shard."),
     ) -> None:
         """Draw N labelled synthetic pairs from a trained generator (`--executor ray`: sharded by sample index
-        over a Ray cluster, the same files as one process)."""
+        over a Ray cluster, the same files as one process). Sampling settings: an option given here wins, else
+        the generator's own (from the preset it was trained with)."""
+        from lesionforge.config import validate_config
+        from lesionforge.generate.config import SamplingConfig
         from lesionforge.generate.run import synthesize_from_files
 
+        given = {"sampler": sampler, "steps": steps, "guidance_scale": guidance_scale, "repaint_jumps": repaint_jumps,
+                 "eta": eta}
+        sampling = validate_config(SamplingConfig, given, "synthesize options")
         synthesize_from_files(generator, out, n, data=data, split=split, labelled=labelled, backgrounds=backgrounds,
-                              mask_source=mask_source, seed=seed, sampler=sampler, steps=steps,
-                              guidance_scale=guidance_scale, batch_size=batch_size, repaint_jumps=repaint_jumps,
+                              mask_source=mask_source, seed=seed, sampling=sampling, batch_size=batch_size,
                               prompts=prompts, resume=resume, overwrite=overwrite, executor=executor,
                               ray_options={"address": address, "shards": shards, "gpus_per_task": gpus_per_task,
                                            "max_retries": max_retries})

@@ -34,14 +34,14 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         kid_subset_size: int = typer.Option(1000, help="KID: subset size (capped by the set sizes)."),
         msssim_pairs: int = typer.Option(200, help="MS-SSIM: random image pairs per set."),
         seed: int = typer.Option(0, help="Random seed for subsets and pairs."),
-        kept_only: bool = typer.Option(True, help="Score only synthetic samples the filter kept."),
+        kept_only: bool = typer.Option(True, help="Score only kept synthetic samples (see docs/validation.md)."),
         device: str = typer.Option("cpu", help="torch device for the feature extractor, e.g. cuda."),
         overwrite: bool = typer.Option(False, help="Replace a non-empty output folder."),
     ) -> None:
         """FID, KID, MS-SSIM diversity and mask fidelity of synthetic samples against real images."""
         from rich.console import Console
 
-        from lesionforge.validate.quality import run_quality
+        from lesionforge.quality.run import run_quality
 
         with Console(stderr=True).status("Computing features and metrics"):
             path = run_quality(real, synthetic, extractor, out, _resolution(profile), real_split or None,
@@ -66,7 +66,7 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         """Nearest training image of every synthetic sample; flags near copies."""
         from rich.console import Console
 
-        from lesionforge.validate.memorization import run_memorization_audit
+        from lesionforge.quality.run import run_memorization_audit
 
         with Console(stderr=True).status("Searching nearest training images"):
             path = run_memorization_audit(train, synthetic, extractor, out, _resolution(profile),
@@ -87,12 +87,11 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         """Train the in-domain feature extractor (a BasicUNet segmenter whose encoder gives the features)."""
         from rich.console import Console
 
-        from lesionforge.validate.features import manifest_arrays, train_segmentation_encoder
+        from lesionforge.quality.run import train_extractor_from_files
 
-        arrays, _ = manifest_arrays(train, _resolution(profile), split or None, origin="real", progress=True)
         with Console(stderr=True).status(f"Training the seg-encoder extractor ({steps} steps)"):
-            path = train_segmentation_encoder(arrays, out, steps=steps, seed=seed, overwrite=overwrite,
-                                              resume=resume)
+            path = train_extractor_from_files(train, out, _resolution(profile), split or None, steps, seed,
+                                              overwrite=overwrite, resume=resume, progress=True)
         typer.echo(f"wrote {path}")
 
     train_app.command("extractor")(train_extractor)

@@ -6,31 +6,34 @@ from pathlib import Path
 
 import typer
 
+from lesionforge.devices import DEVICE_HELP
+
 app = typer.Typer(no_args_is_help=True)
 
 
 @app.command()
 def train(
-    config: Path = typer.Argument(..., help="SegmentConfig YAML, e.g. configs/segment-cpu.yaml."),
+    config: Path = typer.Argument(..., help="SegmentConfig YAML, or a packaged preset name, e.g. segment-cpu.yaml."),
     data: Path = typer.Argument(..., help="Training dataset folder or JSONL manifest."),
     out: Path = typer.Option(..., "-o", "--out", help="Run folder (checkpoints, history)."),
     train_ids: str = typer.Option(None, help="Training ids: FILE (one a line) or FILE.json:KEY."),
     val_data: Path = typer.Option(None, help="Validation folder or manifest (default: DATA)."),
     val_ids: str = typer.Option(None, help="Validation ids: FILE or FILE.json:KEY (e.g. splits.json:val)."),
     synthetic: Path = typer.Option(None, help="Manifest of synthetic pairs to mix in (see mixing.mode)."),
-    kept_only: bool = typer.Option(False, help="Use only synthetic samples the validator kept."),
+    kept_only: bool = typer.Option(False, help="Use only kept synthetic samples (filter-kept, not reviewer-rejected)."),
     steps: int = typer.Option(None, help="Override the config's optimizer steps."),
     seed: int = typer.Option(None, help="Override the config's seed."),
     channels: int = typer.Option(3, help="Image channels to read (1 or 3)."),
     resume: bool = typer.Option(True, help="Continue a run found in --out."),
     overwrite: bool = typer.Option(False, help="Start over: delete the earlier run in --out (only a run folder)."),
+    device: str = typer.Option(None, help=DEVICE_HELP),
 ) -> None:
     """Train a segmentation network for a fixed number of steps; keep the best-validation checkpoint."""
     from rich import print as rprint
 
-    from lesionforge.segment.jobs import train_from_files
+    from lesionforge.segment.run import train_from_files
 
-    overrides = {k: v for k, v in {"steps": steps, "seed": seed}.items() if v is not None}
+    overrides = {k: v for k, v in {"steps": steps, "seed": seed, "device": device}.items() if v is not None}
     run = train_from_files(
         config, data, out, train_ids=train_ids, val_data=val_data, val_ids=val_ids, synthetic=synthetic,
         kept_only=kept_only, overrides=overrides, channels=channels, resume=resume and not overwrite,
@@ -53,7 +56,7 @@ def evaluate(
     from rich.table import Table
 
     from lesionforge.errors import ConfigError
-    from lesionforge.segment.jobs import evaluate_to_file
+    from lesionforge.segment.run import evaluate_to_file
 
     bad = [s for s in subset or [] if "=" not in s]
     if bad:

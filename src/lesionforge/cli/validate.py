@@ -6,6 +6,9 @@ from pathlib import Path
 
 import typer
 
+from lesionforge.devices import DEVICE_HELP
+
+PRESET_HELP = "A file, or the name of a packaged preset (lesionforge/presets/)."
 THRESHOLD_HELP = "'auto' (chosen on real val pairs by --auto-rule) or a Dice value in [0, 1]."
 
 
@@ -20,30 +23,28 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
 
 def train_autoencoder_cmd(
     data: Path = typer.Option(..., help="Manifest of all training images (labelled, unlabelled, lesion-free)."),
-    config: Path = typer.Option(Path("configs/autoencoder-cpu.yaml"), help="Autoencoder config YAML."),
+    config: Path = typer.Option(Path("autoencoder-cpu.yaml"), help=f"Autoencoder config YAML. {PRESET_HELP}"),
     out: Path = typer.Option(..., "-o", "--out", help="Output folder (a diffusers AutoencoderKL folder)."),
     val: Path | None = typer.Option(None, help="Manifest of val images for PSNR/SSIM (default: --data's val split)."),
     split: str | None = typer.Option(None, help="Use only this split of --data."),
     resume: bool = typer.Option(True, help="Continue from out/train_state if present."),
     overwrite: bool = typer.Option(False, help="Start over: delete the earlier run in --out (only a run folder)."),
+    device: str | None = typer.Option(None, help=DEVICE_HELP),
 ) -> None:
     """Train the latent autoencoder and report reconstruction PSNR/SSIM."""
     from rich import print as rprint
 
-    from lesionforge.config import load_config
-    from lesionforge.generate.autoencoder import AutoencoderConfig, train_autoencoder
-    from lesionforge.validate.inputs import manifest_arrays
+    from lesionforge.validate.run import train_autoencoder_from_files
 
-    cfg = load_config(_preset(config), AutoencoderConfig)
-    images = manifest_arrays(data, cfg.resolution, cfg.image_channels, split, progress=True)
-    val_arrays = manifest_arrays(val, cfg.resolution, cfg.image_channels, progress=True) if val else None
-    path = train_autoencoder(cfg, images, out, val=val_arrays, resume=resume, overwrite=overwrite, progress=True)
+    path = train_autoencoder_from_files(config, data, out, val=val, split=split, resume=resume, overwrite=overwrite,
+                                        progress=True, device=device)
     rprint(f"autoencoder written to {path} (metrics in {path / 'metrics.json'})")
 
 
 def train_validator_cmd(
     data: Path = typer.Option(..., help="Manifest of real labelled training pairs."),
-    config: Path = typer.Option(Path("configs/validator-cpu.yaml"), help="Validator config YAML (kind: latent|pixel)."),
+    config: Path = typer.Option(Path("validator-cpu.yaml"),
+                                help=f"Validator config YAML (kind: latent|pixel). {PRESET_HELP}"),
     out: Path = typer.Option(..., "-o", "--out", help="Output validator folder."),
     codec: Path | None = typer.Option(None, help="Autoencoder folder (needed for kind latent)."),
     kind: str | None = typer.Option(None, help="Override the config's kind: latent or pixel."),
@@ -51,27 +52,16 @@ def train_validator_cmd(
     split: str | None = typer.Option(None, help="Use only this split of --data."),
     resume: bool = typer.Option(True, help="Continue from out/train_state if present."),
     overwrite: bool = typer.Option(False, help="Start over: delete the earlier run in --out (only a run folder)."),
+    device: str | None = typer.Option(None, help=DEVICE_HELP),
 ) -> None:
     """Train the single-step latent segmenter (or the pixel-space one) used by `lesionforge filter`."""
     from rich import print as rprint
 
-    from lesionforge.errors import ConfigError
-    from lesionforge.generate.autoencoder import LatentCodec
-    from lesionforge.validate.inputs import load_validator_config, manifest_arrays
-    from lesionforge.validate.latent_segmenter import train_latent_segmenter
-    from lesionforge.validate.pixel_segmenter import train_pixel_segmenter
+    from lesionforge.validate.run import train_validator_from_files
 
-    cfg = load_validator_config(_preset(config), {"kind": kind} if kind else None)
-    train = manifest_arrays(data, cfg.resolution, cfg.image_channels, split, progress=True)
-    val_arrays = manifest_arrays(val, cfg.resolution, cfg.image_channels, progress=True) if val else None
-    opts = {"val": val_arrays, "resume": resume, "overwrite": overwrite, "progress": True}
-    if cfg.kind == "latent":
-        if codec is None:
-            raise ConfigError("kind latent needs --codec (an autoencoder folder from `lesionforge train autoencoder`)")
-        path = train_latent_segmenter(cfg, train, LatentCodec.from_pretrained(codec), out, **opts)
-    else:
-        path = train_pixel_segmenter(cfg, train, out, **opts)
-    rprint(f"{cfg.kind} validator written to {path}")
+    kind, path = train_validator_from_files(config, data, out, codec=codec, kind=kind, val=val, split=split,
+                                            resume=resume, overwrite=overwrite, progress=True, device=device)
+    rprint(f"{kind} validator written to {path}")
 
 
 def filter_cmd(
@@ -92,37 +82,21 @@ def filter_cmd(
     from rich import print as rprint
 
     from lesionforge.errors import ConfigError
-    from lesionforge.validate import filter as vfilter
-    from lesionforge.validate.inputs import manifest_arrays
-    from lesionforge.validate.validator import load_validator
+    from lesionforge.validate.filter import list_rejected as rejected_rows
+    from lesionforge.validate.run import filter_from_files
 
     if list_rejected:
-        for s in vfilter.list_rejected(manifest):
+        for s in rejected_rows(manifest):
             v = s.provenance.validation
             rprint(f"{s.id}\t{s.image}\tdice={v.get('dice')}\tthreshold={v.get('threshold')}")
         return
     if validator is None:
         raise ConfigError("filter needs --validator (or --list-rejected)")
     thr: str | float = threshold if threshold == "auto" else _parse_threshold(threshold)
-    val_arrays = None
-    if val is not None:
-        v = load_validator(validator)
-        val_arrays = manifest_arrays(val, v.resolution, v.image_channels, progress=True)
-    report = vfilter.filter_manifest(manifest, validator, out, thr, val_arrays, in_place, overwrite,
-                                     empty_fraction_max, auto_rule)
+    report = filter_from_files(manifest, validator, out, thr, val, in_place, overwrite, empty_fraction_max, auto_rule,
+                               progress=True)
     rprint(f"threshold {report.threshold:.3f} ({report.threshold_rule})")
     rprint(f"kept {report.n_kept}/{report.n_scored} ({report.acceptance_rate:.1%}); manifest: {report.manifest}")
-
-
-def _preset(path: Path) -> Path:
-    """The config file; the default presets are relative to a source checkout, so outside one say how to
-    point at a preset instead of only "not found"."""
-    from lesionforge.errors import ConfigError
-
-    if not path.is_file():
-        raise ConfigError(f"{path}: config file not found; pass --config FILE (the presets are in the configs/ "
-                          "folder of the lesionforge source checkout)")
-    return path
 
 
 def _parse_threshold(text: str) -> float:

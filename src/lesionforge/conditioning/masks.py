@@ -2,7 +2,7 @@
 
 All masks are uint8 (H, W) in {0, 1}; all randomness comes from a ``numpy.random.Generator`` passed in,
 so a seed reproduces every mask. Size bands are lesion area shares of the image: < 1 %, 1-5 %, > 5 %
-(:data:`SIZE_BAND_EDGES`), as in the benchmark protocol.
+(:mod:`lesionforge.data.bands`), as in the benchmark protocol.
 
 Mask sources (the :class:`MaskSource` protocol) return ``(mask, info)`` pairs whose ``info`` goes into the
 provenance of the synthetic sample: :class:`RealJitterSource` (real masks, randomly deformed) and
@@ -20,10 +20,8 @@ from scipy import ndimage
 from scipy.signal import fftconvolve
 from skimage.morphology import disk, remove_small_objects
 
+from lesionforge.data.bands import BAND_EDGES, band_index
 from lesionforge.errors import ConfigError
-
-#: Upper edges of the small (< 1 %) and medium (1-5 %) lesion-size bands, as area share of the image.
-SIZE_BAND_EDGES = (0.01, 0.05)
 
 
 def _binary(mask: np.ndarray) -> np.ndarray:
@@ -245,11 +243,11 @@ class SizeSampler:
     ):
         if small_boost <= 0:
             raise ValueError(f"small_boost must be > 0, got {small_boost}")
-        if not (0 < min_frac < SIZE_BAND_EDGES[0] and SIZE_BAND_EDGES[1] < max_frac < 1):
-            raise ValueError(f"need 0 < min_frac < {SIZE_BAND_EDGES[0]} and {SIZE_BAND_EDGES[1]} < max_frac < 1")
+        if not (0 < min_frac < BAND_EDGES[0] and BAND_EDGES[1] < max_frac < 1):
+            raise ValueError(f"need 0 < min_frac < {BAND_EDGES[0]} and {BAND_EDGES[1]} < max_frac < 1")
         areas = np.asarray(real_area_fracs if real_area_fracs is not None else [], dtype=np.float64)
-        self.edges = (min_frac, *SIZE_BAND_EDGES, max_frac)
-        band = np.digitize(np.clip(areas, min_frac, max_frac * 0.999), SIZE_BAND_EDGES)
+        self.edges = (min_frac, *BAND_EDGES, max_frac)
+        band = band_index(np.clip(areas, min_frac, max_frac * 0.999))
         self.band_areas = [areas[band == b] for b in range(3)]
         boost = np.array([small_boost, small_boost, 1.0])
         counts = np.array([len(a) + 1 for a in self.band_areas], dtype=np.float64)

@@ -8,10 +8,12 @@ A library is a YAML file (see ``prompts/colon-polyp.yaml``) with
 - ``templates``: strings with ``{slot}`` fields, expanded combinatorially (:func:`expand_templates`);
 - ``by_class`` / ``by_id``: templates (or plain prompts) used instead of ``templates`` for one class or
   one sample id;
-- ``size_bands``: named bands of lesion area share of the image (mask pixels / image pixels). The default
-  bands are < 1 %, 1-5 % and > 5 %, the lesion-size bands of the benchmark protocol. Images carry no
-  physical scale, so the polyp library names them after the clinical size classes (diminutive < 5 mm,
-  small 6-9 mm, large >= 10 mm) as a stated stand-in.
+- ``size_bands``: the library's names of the benchmark protocol's three lesion-size bands (area share of the
+  image < 1 %, 1-5 %, > 5 %, defined once in :mod:`lesionforge.data.bands`), so a prompt's size word always
+  matches the band the metrics count the lesion in. Default: ``small``, ``medium``, ``large``. Images carry
+  no physical scale, so the polyp library names them after the clinical size classes (diminutive < 5 mm,
+  small 6-9 mm, large >= 10 mm) as a stated stand-in. An older file's ``max_frac`` per band is accepted
+  when it states the protocol's edges (0.01, 0.05, 1.0).
 
 User prompt files are either such a YAML (often just ``by_id`` / ``by_class``) or a CSV with a header
 ``id,prompt`` or ``class,prompt`` (several rows per key allowed); a user library falls back to another
@@ -32,6 +34,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from lesionforge.config import describe_validation_error
+from lesionforge.data.bands import BAND_EDGES, BANDS, band_index
 from lesionforge.errors import ConfigError, PromptFileError
 
 #: Expansions larger than this are refused: a library with that many prompts is a mistake in the file.
@@ -47,16 +50,15 @@ _DATASET_DOMAINS = {
 
 
 class SizeBand(BaseModel):
-    """A lesion-size band: area share of the image below ``max_frac`` (and above the previous band's)."""
+    """The library's name for one protocol size band (in the order of :data:`lesionforge.data.bands.BANDS`)."""
 
     model_config = ConfigDict(extra="forbid")
     name: str
-    max_frac: float = Field(gt=0.0, le=1.0)
+    max_frac: float | None = Field(default=None, gt=0.0, le=1.0)  # older files: must be the protocol's edge
 
 
 def _default_bands() -> list[SizeBand]:
-    return [SizeBand(name="small", max_frac=0.01), SizeBand(name="medium", max_frac=0.05),
-            SizeBand(name="large", max_frac=1.0)]
+    return [SizeBand(name=b) for b in BANDS]
 
 
 class PromptSpec(BaseModel):
@@ -171,11 +173,9 @@ class PromptLibrary:
         return cls(spec, source=path, fallback=fallback)
 
     def band_for_area(self, area_frac: float) -> str:
-        """Name of the size band of a lesion covering ``area_frac`` (in [0, 1]) of the image."""
-        for band in self.spec.size_bands:
-            if area_frac < band.max_frac:
-                return band.name
-        return self.spec.size_bands[-1].name
+        """The library's name of the protocol size band (:func:`~lesionforge.data.bands.band_index`) of a lesion
+        covering ``area_frac`` (in [0, 1]) of the image."""
+        return self.spec.size_bands[band_index(area_frac)].name
 
     def prompts(
         self, label_class: str | None = None, band: str | None = None, sample_id: str | None = None
@@ -233,9 +233,11 @@ class PromptLibrary:
         spec = self.spec
         if not (spec.templates or spec.by_class or spec.by_id):
             raise PromptFileError(self.source, "no prompts: give 'templates', 'by_class' or 'by_id'")
-        fracs = [b.max_frac for b in spec.size_bands]
-        if not fracs or fracs != sorted(fracs) or fracs[-1] != 1.0:
-            raise PromptFileError(self.source, "size_bands must have increasing max_frac ending at 1.0")
+        edges = (*BAND_EDGES, 1.0)
+        if len(spec.size_bands) != len(BANDS) or any(
+                b.max_frac is not None and b.max_frac != e for b, e in zip(spec.size_bands, edges, strict=True)):
+            raise PromptFileError(self.source, f"size_bands must name the protocol's {len(BANDS)} size bands (< 1 %, "
+                                               "1-5 %, > 5 % of the image; max_frac, if given, 0.01, 0.05, 1.0)")
         for key in spec.band_slots:
             if key not in self.band_names:
                 raise PromptFileError(self.source, f"band_slots names unknown size band {key!r}")

@@ -1,4 +1,4 @@
-"""Preprocessing to the profile resolution, an on-disk cache, and torch datasets.
+"""Preprocessing to the profile resolution, an on-disk cache, and array <-> tensor conversion.
 
 Aspect handling: images are resized to a square ``resolution`` by stretching (the common practice for
 polyp and ultrasound benchmarks; lesion shapes deform slightly but no pixels are lost to padding or crop).
@@ -19,10 +19,9 @@ from typing import Literal
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
 from lesionforge.data.io import read_image, union_masks
-from lesionforge.data.manifest import Sample
+from lesionforge.data.manifest import Sample, read_set
 from lesionforge.utils import atomic_path
 
 
@@ -61,6 +60,17 @@ class PairArrays:
         if missing:
             raise KeyError(f"ids not in data: {missing[:5]}{' ...' if len(missing) > 5 else ''}")
         return self.subset([pos[s] for s in ids])
+
+    @classmethod
+    def concat(cls, parts: list[PairArrays | None]) -> PairArrays:
+        """The parts one after another; ``None`` and empty parts are skipped, and nothing left gives an empty
+        set (0 samples of 1 x 1 px, which :meth:`subset` and ``len`` handle like any other)."""
+        parts = [p for p in parts if p is not None and len(p)]
+        if not parts:
+            return cls(np.zeros((0, 1, 1, 1), np.uint8), np.zeros((0, 1, 1), np.uint8), np.zeros(0, bool), [], [])
+        return cls(np.concatenate([p.images for p in parts]), np.concatenate([p.masks for p in parts]),
+                   np.concatenate([p.has_mask for p in parts]), [i for p in parts for i in p.ids],
+                   [c for p in parts for c in p.classes])
 
 
 def resize_pair(
@@ -166,6 +176,16 @@ def load_arrays(
     return out
 
 
+def manifest_arrays(
+    path: str | Path, resolution: int, channels: int | None = 3, *, origin: str | None = None,
+    split: str | None = None, kept_only: bool = False, labelled_only: bool = False, progress: bool = False,
+) -> PairArrays:
+    """The rows :func:`~lesionforge.data.manifest.read_set` selects from a manifest (or a synthetic set folder),
+    preprocessed to ``resolution`` by :func:`load_arrays` (cached)."""
+    samples = read_set(path, origin=origin, split=split, kept_only=kept_only, labelled_only=labelled_only)
+    return load_arrays(samples, resolution, channels, progress=progress)
+
+
 def image_to_tensor(images: np.ndarray) -> torch.Tensor:
     """uint8 (N, H, W, C) or (H, W, C) -> float32 (N, C, H, W) / (C, H, W) in [-1, 1]."""
     t = torch.from_numpy(np.ascontiguousarray(images)).float() / 127.5 - 1.0
@@ -181,28 +201,3 @@ def tensor_to_image(t: torch.Tensor) -> np.ndarray:
 def mask_to_tensor(masks: np.ndarray) -> torch.Tensor:
     """uint8 (N, H, W) or (H, W) -> float32 (N, 1, H, W) / (1, H, W) in {0, 1}."""
     return torch.from_numpy(np.ascontiguousarray(masks)).float().unsqueeze(-3)
-
-
-class PairDataset(Dataset):
-    """Torch view of :class:`PairArrays`: items are dicts with ``image`` float (C, H, W) in [-1, 1],
-    ``mask`` float (1, H, W) in {0, 1}, ``id``, ``index``. ``transform`` (e.g. a MONAI dictionary
-    transform over keys ``image``/``mask``) is applied per item."""
-
-    def __init__(self, arrays: PairArrays, transform=None):
-        self.arrays = arrays
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.arrays)
-
-    def __getitem__(self, i: int) -> dict:
-        item = {
-            "image": image_to_tensor(self.arrays.images[i]),
-            "mask": mask_to_tensor(self.arrays.masks[i]),
-        }
-        if self.transform is not None:
-            item = dict(self.transform(item))
-            item = {k: torch.as_tensor(v).float() for k, v in item.items()}
-        item["id"] = self.arrays.ids[i]
-        item["index"] = i
-        return item

@@ -23,8 +23,9 @@ from lesionforge.data.hashing import (
     pixel_digest,
 )
 from lesionforge.data.io import image_from_array, is_grey, mask_from_array, read_array
+from lesionforge.data.layout import FolderScan, Layout
 from lesionforge.data.manifest import Sample
-from lesionforge.data.readers import FolderScan, Layout, scan_folder
+from lesionforge.data.readers import scan_folder
 from lesionforge.data.splits import BenchmarkSplit, load_benchmark_split
 from lesionforge.errors import DataError, SizeMismatchError
 

@@ -13,11 +13,11 @@ from pydantic import BaseModel
 
 from lesionforge.config import PROFILE_RESOLUTION
 from lesionforge.data.arrays import load_sample
+from lesionforge.data.bands import BANDS, band_index
 from lesionforge.data.io import is_grey
 from lesionforge.data.manifest import Sample
 
 #: Lesion area bands as shares of the image, as in the benchmark protocol's miss-rate bands.
-AREA_BANDS = {"small": (0.0, 0.01), "medium": (0.01, 0.05), "large": (0.05, float("inf"))}
 #: A lesion needs about this many pixels at the working resolution to stay learnable (a 4x4 blob).
 MIN_LESION_PIXELS = 16
 #: Components under this many full-size pixels *and* under SPECK_FRACTION of the image are annotation specks
@@ -134,8 +134,8 @@ def _summarise(stats: list[_ImageStats]) -> Fingerprint:
         lesions_per_image={"mean": round(float(np.mean(counts)), 3), "median": float(np.median(counts)),
                            "max": float(np.max(counts))},
         lesion_area_quantiles=_quantiles(areas, (0.05, 0.25, 0.5, 0.75, 0.95)),
-        lesion_area_bands={b: round(float(np.mean((areas >= lo) & (areas < hi))), 4) if len(areas) else 0.0
-                           for b, (lo, hi) in AREA_BANDS.items()},
+        lesion_area_bands={b: round(float(np.mean(band_index(areas) == i)), 4) if len(areas) else 0.0
+                           for i, b in enumerate(BANDS)},
         image_lesion_area_quantiles=_quantiles(np.array([s.lesion_areas.sum() for s in lesion_images]),
                                                (0.05, 0.5, 0.95)),
         lesions_below_min_pixels=below, recommended_profile=profile,

@@ -163,6 +163,89 @@ def read_manifest(path: str | Path, resolve: bool = True, allow_outside: bool | 
     return out
 
 
+#: The manifests of a synthetic set folder, in the order looked for: the filtered one carries the filter's scores.
+SET_MANIFESTS = ("manifest.filtered.jsonl", "manifest.jsonl")
+
+
+def set_manifest(path: str | Path) -> Path:
+    """``path`` itself when it is a manifest file, else the first of :data:`SET_MANIFESTS` in the set folder."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    if path.is_dir():
+        for name in SET_MANIFESTS:
+            if (path / name).is_file():
+                return path / name
+        raise DataError(path, f"no manifest in the set folder (looked for {', '.join(SET_MANIFESTS)})")
+    raise DataError(path, "manifest not found")
+
+
+def review_status(sample: Sample, reviewer: str | None = None) -> str | None:
+    """A person's verdict on a synthetic sample: "accepted", "rejected" or ``None`` (not reviewed).
+
+    With several reviewers a sample is rejected when anyone rejected it, accepted when someone accepted it and
+    nobody rejected it; with ``reviewer`` only that person's decision counts."""
+    prov = sample.provenance
+    if prov is None:
+        return None
+    reviews = {r: e.get("decision") for r, e in (prov.reviews or {}).items()}
+    if reviewer is not None:
+        return reviews.get(reviewer)
+    decisions = set(reviews.values()) | ({prov.review} if prov.review else set())
+    if "rejected" in decisions:
+        return "rejected"
+    return "accepted" if "accepted" in decisions else None
+
+
+def filter_ran(samples: Iterable[Sample]) -> bool:
+    """Whether a validator filter scored this set: some synthetic row carries ``provenance.validation``."""
+    return any(s.origin == "synthetic" and s.provenance is not None and s.provenance.validation for s in samples)
+
+
+def is_kept(sample: Sample, filtered: bool) -> bool:
+    """The one meaning of "kept" (``--kept-only``, filtered arms, result files; see docs/filtering.md).
+
+    A real row is always kept (the filter and the reviewers judge synthetic samples). A synthetic row is kept
+    iff no reviewer rejected it and the filter kept it (``provenance.validation.kept`` true). A row the filter
+    never scored counts as kept only when no filter ran on the set (``filtered`` false, see :func:`filter_ran`):
+    in a filtered set an unscored row was never checked (e.g. drawn after the filter ran), so it cannot pass for
+    a checked one, while in an unfiltered set nothing was removed and every row stands."""
+    if sample.origin != "synthetic":
+        return True
+    if review_status(sample) == "rejected":
+        return False
+    validation = sample.provenance.validation if sample.provenance is not None else None
+    if validation:
+        return validation.get("kept") is True
+    return not filtered
+
+
+def kept(samples: list[Sample]) -> list[Sample]:
+    """The rows of one set that are kept (:func:`is_kept`), in order."""
+    filtered = filter_ran(samples)
+    return [s for s in samples if is_kept(s, filtered)]
+
+
+def read_set(path: str | Path, *, origin: str | None = None, split: str | None = None, kept_only: bool = False,
+             labelled_only: bool = False, resolve: bool = True) -> list[Sample]:
+    """The rows of a manifest, or of a synthetic set folder (:func:`set_manifest`), that a caller asked for.
+
+    ``origin`` (``real`` / ``synthetic``) and ``split`` keep those rows; ``kept_only`` the kept ones (:func:`kept`,
+    judged on the whole set); ``labelled_only`` those with a mask. Nothing left is a :class:`DataError` naming the
+    manifest and the selection."""
+    manifest = set_manifest(path)
+    rows = read_manifest(manifest, resolve=resolve)
+    if kept_only:
+        rows = kept(rows)
+    rows = [s for s in rows if origin in (None, s.origin) and split in (None, s.split)
+            and (s.has_mask or not labelled_only)]
+    if not rows:
+        wanted = [f"{k}={v!r}" for k, v in (("origin", origin), ("split", split)) if v is not None]
+        wanted += ["kept only"] * kept_only + ["labelled only"] * labelled_only
+        raise DataError(manifest, f"no samples to use ({', '.join(wanted) or 'empty manifest'})")
+    return rows
+
+
 def _check_inside(s: Sample, path: Path, line: int) -> None:
     files = [s.image, *s.masks, *([s.slice.label] if s.slice is not None and s.slice.label else [])]
     for f in files:

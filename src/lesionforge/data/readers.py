@@ -16,33 +16,16 @@ Ids are file stems relative to the image folder with ``/`` separators (``benign/
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 from lesionforge.data.io import IMAGE_EXTS
+from lesionforge.data.layout import IMAGE_DIRS, MASK_DIRS, FolderScan, Layout, first_dir, is_volume
 from lesionforge.data.manifest import Sample, read_manifest
+from lesionforge.data.volumes import scan_volumes
 from lesionforge.errors import DataError, DuplicateIdError, MissingMaskError, OrphanMaskError
 
-Layout = Literal["auto", "pairs", "mixed", "images", "volumes"]
-IMAGE_DIRS = ("images", "imagesTr", "image", "imgs")
-MASK_DIRS = ("masks", "labels", "labelsTr", "mask", "annotations", "ground_truth")
 #: ``_mask``, ``_seg``, ``_label``, ``_gt`` with an optional ``_<n>`` index (several masks for one image).
 MASK_SUFFIX = re.compile(r"^(?P<base>.+?)_(?:mask|seg|label|labels|gt)(?:_(?P<n>\d+))?$", re.IGNORECASE)
-VOLUME_EXTS = (".nii", ".nii.gz", ".mha", ".mhd", ".nrrd")
-
-
-@dataclass
-class FolderScan:
-    """What a folder holds: ``samples`` found, plus ``missing`` image paths without a mask, ``orphans`` mask
-    paths without an image (only in labelled layouts) and other ``problems`` (duplicate ids, unreadable or
-    mismatched volumes), collected rather than raised. ``layout`` is the detected layout."""
-
-    layout: str
-    samples: list[Sample]
-    missing: list[str] = field(default_factory=list)
-    orphans: list[str] = field(default_factory=list)
-    problems: list[DataError] = field(default_factory=list)
 
 
 def read_dataset(
@@ -94,8 +77,6 @@ def scan_folder(root: str | Path, layout: Layout = "auto", **volume_options) -> 
         raise DataError(root, "dataset folder not found")
     layout = detect_layout(root) if layout == "auto" else layout
     if layout == "volumes":
-        from lesionforge.data.volumes import scan_volumes
-
         return scan_volumes(root, **volume_options)
     if layout == "pairs":
         return _scan_pairs(first_dir(root, IMAGE_DIRS), first_dir(root, MASK_DIRS))
@@ -120,24 +101,6 @@ def detect_layout(root: Path) -> str:
     if not files:
         raise DataError(root, "no image files found (expected images/ + masks/, class folders or image files)")
     return "mixed" if any(MASK_SUFFIX.match(p.stem) for p in files) else "images"
-
-
-def first_dir(root: Path, names: tuple[str, ...], required: bool = True) -> Path | None:
-    """The first of ``root/<name>`` that is a folder; a :class:`DataError` if none and ``required``."""
-    for n in names:
-        if (root / n).is_dir():
-            return root / n
-    if required:
-        raise DataError(root, f"expected a sub-folder named one of {', '.join(names)}")
-    return None
-
-
-def is_volume(p: Path) -> bool:
-    """True for a NIfTI/MHA/NRRD file or a folder holding ``.dcm`` files (a DICOM series)."""
-    name = p.name.lower()
-    if p.is_dir():
-        return any(c.suffix.lower() == ".dcm" for c in p.iterdir())
-    return any(name.endswith(e) for e in VOLUME_EXTS)
 
 
 def _rel_stem(path: Path, base: Path) -> str:

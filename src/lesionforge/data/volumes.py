@@ -21,15 +21,13 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import numpy as np
 
 from lesionforge.data.decathlon import Normalisation, default_normalisation
+from lesionforge.data.layout import IMAGE_DIRS, MASK_DIRS, FolderScan, first_dir, is_volume
 from lesionforge.data.manifest import Sample, SliceRef
-
-if TYPE_CHECKING:
-    from lesionforge.data.readers import FolderScan
 from lesionforge.errors import (
     CorruptFileError,
     DataError,
@@ -229,8 +227,6 @@ def read_slice(sample: Sample, channels: int | None = None, multiclass: bool = F
 
 def _index_volumes(folder: Path, problems: list[DataError]) -> dict[str, Path]:
     """Map case name -> volume file or DICOM folder; a second volume with one case name is a problem."""
-    from lesionforge.data.readers import is_volume
-
     out: dict[str, Path] = {}
     for p in sorted(folder.iterdir()):
         if not is_volume(p):
@@ -254,9 +250,8 @@ def scan_volumes(
     negatives: bool = False,
 ) -> FolderScan:
     """Pair image volumes in ``images/`` (or ``imagesTr/``) with label volumes in ``labels/``/``labelsTr/``/
-    ``masks/`` by case name and slice them; returns a :class:`~lesionforge.data.readers.FolderScan`.
+    ``masks/`` by case name and slice them; returns a :class:`~lesionforge.data.layout.FolderScan`.
     ``normalise="auto"``: ``zscore`` when ``root/dataset.json`` names an MRI modality, else ``window``."""
-    from lesionforge.data.readers import IMAGE_DIRS, MASK_DIRS, FolderScan, first_dir
 
     root = Path(root)
     if normalise == "auto":

@@ -8,16 +8,32 @@ Relative paths in the YAML are resolved against the folder of the YAML file.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, PrivateAttr, field_serializer, model_serializer, model_validator
 
-from lesionforge.config import PROFILE_RESOLUTION, ProfileName, StrictModel, load_config, validate_config
+from lesionforge.config import (
+    PROFILE_RESOLUTION,
+    ProfileName,
+    StrictModel,
+    load_config,
+    resolve_preset,
+    validate_config,
+)
 from lesionforge.errors import ConfigError
+from lesionforge.loop.settings import LoopSettings
+from lesionforge.presets import preset_path
+from lesionforge.segment.config import CopyPasteConfig, MixConfig, SegmentConfig
 
-ArmKind = Literal["baseline", "copy-paste", "synthetic"]
-MixingMode = Literal["ratio", "alpha", "patch-merge", "synthetic-only"]
-SynthesisMethod = Literal["mask-conditioned", "joint", "inpaint-normal", "edge-guided"]
+ArmKind = Literal["baseline", "copy-paste", "synthetic", "closed-loop"]
+SynthesisMethod = Literal["mask-conditioned", "joint", "inpaint-normal", "edge-guided", "copy-paste-backgrounds"]
+#: not a diffusion generator: real lesions copy-pasted onto the lesion-free backgrounds the inpainting generator
+#: paints into (:mod:`lesionforge.segment.pasted_set`), the set a diffusion arm must beat to show its own gain
+PASTE_METHOD = "copy-paste-backgrounds"
+#: arm kinds that train on a synthetic set (closed loop: one made in rounds, docs/loop.md)
+SYNTHETIC_KINDS = ("synthetic", "closed-loop")
+#: SegmentConfig fields an arm decides; everything else comes from the shared ``segment`` block.
+ARM_FIELDS = ("mixing", "copy_paste")
 #: protocol name of a synthesis method -> generator kind (``GeneratorConfig.kind``)
 GENERATOR_KIND: dict[str, str] = {
     "mask-conditioned": "mask2image", "joint": "joint", "inpaint-normal": "inpaint", "edge-guided": "edge-text",
@@ -108,14 +124,10 @@ class SegmentSettings(StrictModel):
     val_interval: int | None = None
     extra: dict = Field(default_factory=dict)
 
-    def merged(self) -> dict:
-        """The complete shared ``SegmentConfig`` (as a dict): preset, then named fields, then ``extra``."""
-        from lesionforge.segment.config import SegmentConfig
-
+    def resolve(self, where: str = "segment") -> SegmentConfig:
+        """The complete shared ``SegmentConfig``: preset, then named fields, then ``extra``."""
         over = {**self.model_dump(exclude={"preset", "extra"}, exclude_none=True), **self.extra}
-        if self.preset is not None:
-            return load_config(self.preset, SegmentConfig, over).model_dump(mode="json")
-        return validate_config(SegmentConfig, over, "segment").model_dump(mode="json")
+        return resolve_preset(self.preset, over, SegmentConfig, where)
 
 
 class FilterSettings(StrictModel):
@@ -156,34 +168,87 @@ class GeneratorSpec(StrictModel):
     use_unlabelled: bool = False  # train images without masks; recorded in the results when used
     filter: FilterSettings | None = None
 
+    @model_validator(mode="after")
+    def _paste_has_no_generator(self) -> GeneratorSpec:
+        if self.method == PASTE_METHOD:
+            keys = ("config", "sampler", "sampling_steps", "guidance_scale")
+            given = [k for k in keys if getattr(self, k) is not None]
+            if given or self.use_unlabelled or self.mask_source != "jitter":
+                bad = given + (["use_unlabelled"] if self.use_unlabelled else []) + (
+                    ["mask_source"] if self.mask_source != "jitter" else [])
+                raise ValueError(f"method {PASTE_METHOD!r} trains no generator: remove {', '.join(bad)} "
+                                 "(its `overrides` are copy-paste settings: scale, feather_sigma, fov_threshold)")
+            paste_config(self)  # its overrides must be copy-paste settings
+        return self
+
 
 class ArmSettings(StrictModel):
-    """One arm. Only the training data differ between arms; the segmentation budget is shared."""
+    """One arm. Only the training data differ between arms; the segmentation budget is shared.
+
+    ``mixing`` (synthetic arms; the segment stage's own :class:`MixConfig`, its ``mode`` defaults to ``ratio``
+    here): how synthetic pairs join the real ones. ``copy_paste`` (the stage's :class:`CopyPasteConfig` without
+    ``enabled``, which the arm's kind decides): the settings of a copy-paste arm (default: the shared block's,
+    probability 0.5), or on a synthetic arm, copy-paste on the real images of each batch as well (are the two
+    complementary?). The keys an arm gives override the shared ``segment`` block's ``copy_paste``."""
 
     name: str
     kind: ArmKind
     generator: str | None = None  # key into ``generators``, synthetic arms only
-    ratio: float = 1.0  # synthetic:real per batch
-    mixing: MixingMode = "ratio"
-    alpha: float = 0.6
-    patch_size: int = 16
+    mixing: MixConfig | None = None
     filtered: bool = True
-    copy_paste_p: float = 0.5
-    # synthetic arms: also copy-paste lesions onto the real images of each batch (are the two complementary?)
-    copy_paste: bool = False
+    copy_paste: CopyPasteConfig | None = None
+    # closed-loop arms: rounds, floor, the open-loop arm compared with (docs/loop.md)
+    loop: LoopSettings | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _synthetic_mixes_by_ratio(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("kind") in SYNTHETIC_KINDS:
+            mixing = data.get("mixing") if data.get("mixing") is not None else {}
+            if isinstance(mixing, dict) and "mode" not in mixing:
+                data = {**data, "mixing": {"mode": "ratio", **mixing}}
+        return data
 
     @model_validator(mode="after")
-    def _generator_for_synthetic(self) -> ArmSettings:
-        if (self.kind == "synthetic") != (self.generator is not None):
-            raise ValueError(f"arm {self.name!r}: `generator` is required for synthetic arms and only for them")
-        if self.copy_paste and self.kind != "synthetic":
-            raise ValueError(f"arm {self.name!r}: `copy_paste: true` is for synthetic arms; "
+    def _fields_fit_the_kind(self) -> ArmSettings:
+        synthetic = self.kind in SYNTHETIC_KINDS
+        if synthetic != (self.generator is not None):
+            raise ValueError(f"arm {self.name!r}: `generator` is required for synthetic and closed-loop arms "
+                             "and only for them")
+        if (self.kind == "closed-loop") != (self.loop is not None):
+            raise ValueError(f"arm {self.name!r}: `loop` settings are required for closed-loop arms and only for them")
+        if synthetic and self.mixing.mode == "none":
+            raise ValueError(f"arm {self.name!r}: a synthetic arm needs a mixing mode other than 'none'")
+        if not synthetic and self.mixing is not None:
+            raise ValueError(f"arm {self.name!r}: `mixing` is for synthetic arms")
+        if self.copy_paste is not None and self.kind == "baseline":
+            raise ValueError(f"arm {self.name!r}: `copy_paste` is for copy-paste and synthetic arms; "
                              "use kind 'copy-paste' for real data with copy-paste")
+        if self.copy_paste is not None and "enabled" in self.copy_paste.model_fields_set:
+            raise ValueError(f"arm {self.name!r}: `copy_paste.enabled` is decided by the arm's kind; leave it out")
         return self
+
+    @field_serializer("copy_paste")
+    def _given_keys_only(self, v: CopyPasteConfig | None) -> dict | None:
+        # the keys the arm gave (what overrides the shared block), not ``enabled: false`` from the model default
+        return None if v is None else v.model_dump(mode="json", exclude_unset=True)
+
+    @model_serializer(mode="wrap")
+    def _without_unset_loop(self, handler):
+        # arms without loop settings dump as before, so the config hashes of existing results do not change
+        out = handler(self)
+        if self.loop is None and isinstance(out, dict):
+            out.pop("loop", None)
+        return out
 
     @property
     def uses_copy_paste(self) -> bool:
-        return self.kind == "copy-paste" or self.copy_paste
+        return self.kind == "copy-paste" or self.copy_paste is not None
+
+    @property
+    def paste(self) -> CopyPasteConfig:
+        """The arm's copy-paste settings (defaults when it gives none)."""
+        return self.copy_paste or CopyPasteConfig()
 
 
 class ExperimentConfig(StrictModel):
@@ -205,6 +270,9 @@ class ExperimentConfig(StrictModel):
     transfer: list[TransferDataset] = Field(default_factory=list)
     grid_samples: int = 8  # synthetic and real pairs listed in the result for the report's sample grid
     threads: int | None = None  # torch intra-op threads for the sweep (None: torch's default)
+    # the ``segment`` block resolved (its preset read once, not at every poll of a waiting worker), with the
+    # block it was resolved from: a copy with another block resolves again
+    _shared_segment: tuple[SegmentSettings, SegmentConfig] | None = PrivateAttr(None)
 
     @property
     def resolution(self) -> int:
@@ -222,25 +290,66 @@ class ExperimentConfig(StrictModel):
                 raise ValueError(f"arm {a.name!r}: unknown generator {a.generator!r}")
             # patch merging swaps patches between a real image and its twin: only edge-guided samples keep
             # the real image's anatomy, so only they are pixel-aligned twins
-            if a.generator and a.mixing == "patch-merge" and self.generators[a.generator].method != "edge-guided":
+            if a.generator and a.mixing.mode == "patch-merge" and self.generators[a.generator].method != "edge-guided":
                 raise ValueError(f"arm {a.name!r}: mixing 'patch-merge' needs an edge-guided generator")
         if not self.n_labelled or not self.seeds:
             raise ValueError("n_labelled and seeds must not be empty")
+        from lesionforge.loop.fairness import check_closed_loop_arms
+
+        check_closed_loop_arms(self)
         return self
+
+    def is_copy_paste_reference(self, arm: ArmSettings) -> bool:
+        """A copy-paste arm: real lesions copy-pasted, onto real images or onto the backgrounds (no diffusion)."""
+        return arm.kind == "copy-paste" or (arm.generator is not None
+                                            and self.generators[arm.generator].method == PASTE_METHOD)
 
     def arm(self, name: str) -> ArmSettings:
         return next(a for a in self.arms if a.name == name)
+
+    def shared_segment(self, where: str = "segment") -> SegmentConfig:
+        """The ``SegmentConfig`` every arm shares (preset + named fields + ``extra``), read once."""
+        if self._shared_segment is None or self._shared_segment[0] != self.segment:
+            self._shared_segment = (self.segment, self.segment.resolve(where))
+        return self._shared_segment[1]
+
+    def run_segment_config(self, arm: ArmSettings, seed: int, where: str = "segment") -> SegmentConfig:
+        """The segmentation settings of one run, validated: the shared ``segment`` block (its preset read once)
+        plus the arm's data options only.
+
+        Arms differ in ``mixing`` (how synthetic pairs enter the batch) and in copy-paste; network, features,
+        steps, batch size, lr, augmentation and validation interval are the same for every arm by construction.
+        The resolution comes from the profile. ``where`` names the config a failure came from."""
+        out = self.shared_segment().model_dump(mode="json")
+        out.update(resolution=self.resolution, seed=seed)
+        # a real-data arm's mixing is only its mode: the other MixConfig fields stay unset, so that the record form
+        # (``segment_config_for``) reads {"mode": "none"} as in every run record written so far
+        out["mixing"] = arm.mixing.model_dump(mode="json") if arm.kind in SYNTHETIC_KINDS else {"mode": "none"}
+        given = arm.copy_paste.model_dump(mode="json", exclude_unset=True) if arm.copy_paste is not None else {}
+        out["copy_paste"] = {**out["copy_paste"], **given, "enabled": arm.uses_copy_paste, "prob": arm.paste.prob}
+        return validate_config(SegmentConfig, out, where)
 
 
 def _resolve(p: Path | None, base: Path) -> Path | None:
     return None if p is None or p.is_absolute() else (base / p).resolve()
 
 
+def _resolve_config(p: Path | None, base: Path) -> Path | None:
+    """A config file path: beside the experiment YAML if there, else the packaged preset of that name."""
+    return None if p is None else preset_path(p, base).resolve()
+
+
 def load_experiment_config(path: str | Path, overrides: dict | None = None) -> ExperimentConfig:
-    """Read and validate an experiment YAML; relative paths become absolute against its folder."""
-    path = Path(path)
-    cfg = load_config(path, ExperimentConfig, overrides)
-    return resolve_paths(cfg, path.resolve().parent)
+    """Read and validate an experiment YAML (or the packaged preset of that name, e.g. ``demo.yaml``); relative
+    paths become absolute against its folder. Every run's ``SegmentConfig`` (the shared block with each arm's
+    options) is built and validated here, so a bad value fails now, naming the file and key, not after the
+    generators have trained."""
+    path = preset_path(path)
+    cfg = resolve_paths(load_config(path, ExperimentConfig, overrides), path.resolve().parent)
+    cfg.shared_segment(f"{path}: segment")
+    for i, arm in enumerate(cfg.arms):
+        cfg.run_segment_config(arm, cfg.seeds[0], where=f"{path}: arms.{i} ({arm.name!r}) with the segment block")
+    return cfg
 
 
 def resolve_paths(cfg: ExperimentConfig, base: Path) -> ExperimentConfig:
@@ -255,11 +364,11 @@ def resolve_paths(cfg: ExperimentConfig, base: Path) -> ExperimentConfig:
     })
     gens = {}
     for name, g in cfg.generators.items():
-        upd: dict = {"config": _resolve(g.config, base) or g.config}
+        upd: dict = {"config": _resolve_config(g.config, base)}
         if g.filter is not None:
             upd["filter"] = g.filter.model_copy(update={
-                "autoencoder_config": _resolve(g.filter.autoencoder_config, base) or g.filter.autoencoder_config,
-                "validator_config": _resolve(g.filter.validator_config, base) or g.filter.validator_config,
+                "autoencoder_config": _resolve_config(g.filter.autoencoder_config, base),
+                "validator_config": _resolve_config(g.filter.validator_config, base),
             })
         gens[name] = g.model_copy(update=upd)
     transfer = [
@@ -269,7 +378,7 @@ def resolve_paths(cfg: ExperimentConfig, base: Path) -> ExperimentConfig:
         })
         for t in cfg.transfer
     ]
-    seg = cfg.segment.model_copy(update={"preset": _resolve(cfg.segment.preset, base) or cfg.segment.preset})
+    seg = cfg.segment.model_copy(update={"preset": _resolve_config(cfg.segment.preset, base)})
     return cfg.model_copy(update={
         "dataset": ds, "generators": gens, "transfer": transfer, "segment": seg,
         "output": _resolve(cfg.output, base) or cfg.output,
@@ -277,17 +386,31 @@ def resolve_paths(cfg: ExperimentConfig, base: Path) -> ExperimentConfig:
     })
 
 
+def paste_config(spec: GeneratorSpec):
+    """The copy-paste settings of a ``copy-paste-backgrounds`` set (its ``overrides`` over the defaults)."""
+    return resolve_preset(None, {**spec.overrides, "enabled": True}, CopyPasteConfig, "generators.overrides")
+
+
+def set_recipe(cfg: ExperimentConfig, spec: GeneratorSpec) -> dict:
+    """What makes a synthetic set's pairs, for cache keys: the generator's effective config, or the copy-paste
+    settings of a pasted set."""
+    if spec.method == PASTE_METHOD:
+        return {"copy_paste": paste_config(spec).model_dump(mode="json")}
+    return resolved_generator_config(cfg, spec).model_dump(mode="json")
+
+
 def resolved_generator_config(cfg: ExperimentConfig, spec: GeneratorSpec):
     """The ``GeneratorConfig`` a generator entry trains with: its preset (or the kind's defaults) with the
     sweep's resolution, channels and dataset and the entry's overrides, every code default filled in."""
-    from lesionforge.generate.config import GeneratorConfig, load_generator_config
+    from lesionforge.generate.config import GeneratorConfig
 
+    if spec.method == PASTE_METHOD:
+        raise ConfigError(f"method {PASTE_METHOD!r} has no generator config")
     over = {"resolution": cfg.resolution, "image_channels": cfg.dataset.channels, "dataset": cfg.dataset.name,
             **spec.overrides}
-    if spec.config is None:
-        gcfg = validate_config(GeneratorConfig, {"kind": GENERATOR_KIND[spec.method], **over}, "generators.overrides")
-    else:
-        gcfg = load_generator_config(spec.config, over)
+    if spec.config is None:  # no preset: the overrides hold the whole config, of the method's kind
+        over = {"kind": GENERATOR_KIND[spec.method], **over}
+    gcfg = resolve_preset(spec.config, over, GeneratorConfig, "generators.overrides")
     if gcfg.kind != GENERATOR_KIND[spec.method]:
         raise ConfigError(f"{spec.config}: kind {gcfg.kind!r} does not fit method {spec.method!r}")
     return gcfg

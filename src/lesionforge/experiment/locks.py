@@ -150,12 +150,6 @@ def holder(lock: Path) -> Holder | None:
         return None
 
 
-def held_here(lock: Path) -> bool:
-    """Whether this process holds the claim ``lock``."""
-    with _held_guard:
-        return str(Path(lock).absolute()) in _held
-
-
 def _stale(fd: int, stale_after_s: float) -> bool:
     """With the flock in hand: is the claim in ``fd`` free to take? (See the module docstring.)"""
     text = os.pread(fd, 4096, 0).decode("utf-8", errors="replace").split()

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lesionforge.experiment.config import ExperimentConfig, resolved_generator_config
+from lesionforge.experiment.config import PASTE_METHOD, ExperimentConfig, resolved_generator_config
 from lesionforge.experiment.keys import cache_key
 from lesionforge.experiment.locks import Busy
 from lesionforge.experiment.records import RunRecord, record_path
@@ -94,7 +94,7 @@ class _Graph:
         cfg, stages = self.cfg, self.stages
         cache = SyntheticCache(cfg, stages, self.data, n)
         label = f"n{n}/{name}"
-        if cache.get(name, make=False) is not None or not self.units:
+        if cache.get(name, make=False) is not None or not self.units or cfg.generators[name].method == PASTE_METHOD:
             return self._submit(f"synthetic {label}", _synthetic_set, cfg, stages, n, name, self.data_ref)
         spec = cfg.generators[name]
         gen_key = cache_key(n, resolved_generator_config(cfg, spec).model_dump(mode="json"), spec.method,

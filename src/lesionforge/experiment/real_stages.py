@@ -14,21 +14,24 @@ from typing import Any
 import numpy as np
 
 from lesionforge.data.arrays import PairArrays, load_arrays
-from lesionforge.data.manifest import Sample, read_manifest
+from lesionforge.data.manifest import Sample, read_set
+from lesionforge.data.splits import BenchmarkSplit, load_benchmark_split
 from lesionforge.errors import CheckpointError, ConfigError, DataError
 from lesionforge.experiment.config import (
+    PASTE_METHOD,
     ArmSettings,
     ExperimentConfig,
     GeneratorSpec,
+    paste_config,
     resolved_generator_config,
 )
 from lesionforge.experiment.keys import cache_key
 from lesionforge.experiment.records import BANDS
-from lesionforge.experiment.stages import ExperimentData, SplitIds, SyntheticSet
+from lesionforge.experiment.stages import ExperimentData, SyntheticSet
 from lesionforge.outputs import is_inside
 
 
-def demo_split(samples: list[Sample], sizes: list[int]) -> SplitIds:
+def demo_split(samples: list[Sample], sizes: list[int]) -> BenchmarkSplit:
     """A fixed split of the demo data: lesion pairs 1/2 train, 1/4 val, 1/4 test (in id order);
     low-data subsets are the first N train ids (nested, as in the benchmark splits); lesion-free images
     are the inpainting backgrounds."""
@@ -39,24 +42,19 @@ def demo_split(samples: list[Sample], sizes: list[int]) -> SplitIds:
     too_big = [n for n in sizes if n > len(train)]
     if too_big:
         raise ConfigError(f"demo data has {len(train)} training pairs; N={too_big} is too large")
-    return SplitIds(train, val, test, {n: train[:n] for n in sizes}, normal)
+    return BenchmarkSplit(dataset="demo", train=train, val=val, test=test, normal_backgrounds=normal,
+                          low_data_subsets={n: train[:n] for n in sizes})
 
 
-def benchmark_split(name_or_path: str) -> SplitIds:
-    """The fixed benchmark split (``load_benchmark_split``) as :class:`SplitIds`."""
-    from lesionforge.data.splits import load_benchmark_split
-
-    sp = load_benchmark_split(name_or_path)
-    subsets = {int(n): list(ids) for n, ids in sp.low_data_subsets.items()}
-    return SplitIds(list(sp.train), list(sp.val), list(sp.test), subsets, list(sp.normal_backgrounds or []))
-
-
-def volume_split(split: SplitIds, samples: list[Sample], negative_share: float) -> SplitIds:
+def volume_split(split: BenchmarkSplit, samples: list[Sample], negative_share: float) -> BenchmarkSplit:
     """A split by case made a split by slice: train and the low-data subsets get each case's foreground slices
     plus ``negative_share`` negatives, val its foreground slices, test every slice (whole volumes, for the 3D
     Dice; a split listing slices, as ``lesionforge data split`` writes, gets the whole volumes of its test
     slices); the inpainting backgrounds are the foreground-free slices of the train cases (known empty from their
-    labels, as a 2D set's normal images are), unless the split lists its own."""
+    labels, as a 2D set's normal images are), unless the split lists its own.
+
+    The result is a slice view of a checked case split, built without the split-file checks: its subsets keep
+    their case counts as keys (N volumes, more slices), and the backgrounds may be train cases' empty slices."""
     from lesionforge.data.splits import expand_cases
     from lesionforge.data.volumes import case_of
 
@@ -66,14 +64,16 @@ def volume_split(split: SplitIds, samples: list[Sample], negative_share: float) 
     test_cases = list(dict.fromkeys(case_of(i) or i for i in split.test))
     train_all = expand(split.train, 1.0)
     positives = set(expand(split.train, 0.0))
-    return SplitIds(
-        expand(split.train, negative_share), expand(split.val, 0.0), expand(test_cases, 1.0),
-        {n: expand(ids, negative_share) for n, ids in split.low_data_subsets.items()},
-        expand(split.normal_backgrounds, 1.0) or [i for i in train_all if i not in positives],
+    return BenchmarkSplit.model_construct(
+        dataset=split.dataset, train=expand(split.train, negative_share), val=expand(split.val, 0.0),
+        test=expand(test_cases, 1.0),
+        low_data_subsets={n: expand(ids, negative_share) for n, ids in split.low_data_subsets.items()},
+        normal_backgrounds=expand(split.normal_backgrounds, 1.0) or [i for i in train_all if i not in positives],
+        near_duplicate_groups=split.near_duplicate_groups, seed=split.seed, unit="slice",
     )
 
 
-def _volume_sources(root, samples: list[Sample], split: SplitIds) -> dict[str, Any]:
+def _volume_sources(root, samples: list[Sample], split: BenchmarkSplit) -> dict[str, Any]:
     """What the result file says about a volume dataset: dataset.json's labels and modality, slice counts."""
     from lesionforge.data.decathlon import read_decathlon_info
     from lesionforge.data.volumes import case_of
@@ -132,12 +132,13 @@ class LesionforgeStages:
             split, where = demo_split(samples, cfg.n_labelled), str(root)
         elif ds.volumes is not None:
             samples = read_dataset(ds.root, **ds.volumes.read_options())
-            split, where = volume_split(benchmark_split(ds.split), samples, ds.volumes.negative_share), ds.split
+            split = volume_split(load_benchmark_split(ds.split), samples, ds.volumes.negative_share)
+            where = ds.split
         elif _packed(ds.root):  # a dataset packed at the profile resolution (benchmarks/device/bundle.py)
-            packed, split, where = _read_packed(ds.root, res), benchmark_split(ds.split), ds.split
+            packed, split, where = _read_packed(ds.root, res), load_benchmark_split(ds.split), ds.split
         else:
             samples = read_dataset(ds.root)
-            split, where = benchmark_split(ds.split), ds.split
+            split, where = load_benchmark_split(ds.split), ds.split
         by_id = {s.id: s for s in samples} if packed is None else {}
 
         def load(ids: list[str]) -> PairArrays:
@@ -183,20 +184,23 @@ class LesionforgeStages:
 
         t0 = time.perf_counter()
         synth_dir = work_dir / "synthetic"
-        gen_dir = self.generator_for(cfg, spec, n, data, synth_dir)
-        t1 = time.perf_counter()
-        samples = synthesize(gen_dir, synth_dir, **self.synthesis_args(cfg, spec, n, data), resume=True)
-        t2 = time.perf_counter()
-        info: dict[str, Any] = {
-            "generator_dir": str(gen_dir), "generator_config": resolved_generator_config(cfg, spec).model_dump(
-                mode="json"),
-            "n_generated": len(samples), "unlabelled_used": spec.use_unlabelled and data.unlabelled(n) is not None,
-            "timings": {"train_generator_s": round(t1 - t0, 3),
-                        # the trainer's own total over every resumed session (the wall time above is this call's)
-                        "generator_train_s": read_meta(gen_dir).get("train_seconds"),
-                        "synthesize_s": round(t2 - t1, 3),
-                        "synthesis_images_per_s": round(len(samples) / max(t2 - t1, 1e-9), 3)},
-        }
+        if spec.method == PASTE_METHOD:
+            info = self._pasted(spec, n, data, synth_dir)
+        else:
+            gen_dir = self.generator_for(cfg, spec, n, data, synth_dir)
+            t1 = time.perf_counter()
+            samples = synthesize(gen_dir, synth_dir, **self.synthesis_args(cfg, spec, n, data), resume=True)
+            t2 = time.perf_counter()
+            info = {
+                "generator_dir": str(gen_dir), "generator_config": resolved_generator_config(cfg, spec).model_dump(
+                    mode="json"),
+                "n_generated": len(samples), "unlabelled_used": spec.use_unlabelled and data.unlabelled(n) is not None,
+                "timings": {"train_generator_s": round(t1 - t0, 3),
+                            # the trainer's own total over every resumed session (the wall time above is this call's)
+                            "generator_train_s": read_meta(gen_dir).get("train_seconds"),
+                            "synthesize_s": round(t2 - t1, 3),
+                            "synthesis_images_per_s": round(len(samples) / max(t2 - t1, 1e-9), 3)},
+            }
         manifest = synth_dir / "manifest.jsonl"
         filtered = None
         if spec.filter is not None:
@@ -205,6 +209,25 @@ class LesionforgeStages:
             info["filter"] = self._filter(cfg, spec, labelled, data, manifest, filtered)
             info["n_kept"] = info["filter"].get("n_kept")
         return SyntheticSet(manifest, filtered, info)
+
+    @staticmethod
+    def _pasted(spec: GeneratorSpec, n: int, data: ExperimentData, synth_dir: Path) -> dict[str, Any]:
+        """A ``copy-paste-backgrounds`` set: ``n_per_real`` real lesions per labelled pair pasted onto the
+        backgrounds (no generator); its info has the same fields as a generator's set where they apply."""
+        from lesionforge.segment.pasted_set import write_pasted_set
+
+        if data.backgrounds is None:
+            raise ConfigError(f"method {PASTE_METHOD!r} needs lesion-free backgrounds in the dataset")
+        labelled, cp = data.labelled(n), paste_config(spec)
+        t0 = time.perf_counter()
+        samples = write_pasted_set(synth_dir, spec.n_per_real * len(labelled), labelled, data.backgrounds, cp,
+                                   seed=spec.seed, resume=True)
+        dt = time.perf_counter() - t0
+        return {"generator_dir": None, "copy_paste": cp.model_dump(mode="json", exclude={"enabled", "prob"}),
+                "n_generated": len(samples),
+                "unlabelled_used": False,
+                "timings": {"train_generator_s": 0.0, "generator_train_s": 0.0, "synthesize_s": round(dt, 3),
+                            "synthesis_images_per_s": round(len(samples) / max(dt, 1e-9), 3)}}
 
     # The three units of a synthetic set, also run on their own (as separate tasks) by the Ray executor: each
     # caches its output under <output>/cache, so prepare_synthetic then finds them made.
@@ -231,6 +254,7 @@ class LesionforgeStages:
     def synthesis_args(cfg: ExperimentConfig, spec: GeneratorSpec, n: int, data: ExperimentData) -> dict[str, Any]:
         """Keyword arguments of :func:`~lesionforge.generate.synthesize.synthesize` for this set (all but the
         generator and output folders): the same for one process and for every shard."""
+        from lesionforge.generate.config import SamplingConfig
         from lesionforge.generate.trainbatch import make_mask_source
 
         labelled, gcfg = data.labelled(n), resolved_generator_config(cfg, spec)
@@ -239,9 +263,10 @@ class LesionforgeStages:
         return dict(
             n=spec.n_per_real * len(labelled), masks_from=masks_from, real=labelled,
             backgrounds=data.backgrounds if spec.method == "inpaint-normal" else None,
-            seed=spec.seed, sampler=spec.sampler or gcfg.sampler, steps=spec.sampling_steps or gcfg.sample_steps,
-            guidance_scale=spec.guidance_scale if spec.guidance_scale is not None else gcfg.guidance_scale,
-            batch_size=spec.batch_size,
+            seed=spec.seed, batch_size=spec.batch_size,
+            # the entry's sampling settings where given, else the generator's own
+            sampling=SamplingConfig(sampler=spec.sampler, steps=spec.sampling_steps,
+                                    guidance_scale=spec.guidance_scale),
         )
 
     @staticmethod
@@ -298,10 +323,16 @@ class LesionforgeStages:
         from lesionforge.segment.train import train_segmenter
 
         scfg = validate_config(SegmentConfig, segment_config, "segment")
-        synth, twins = (None, None) if synthetic is None else _synthetic_arrays(cfg, synthetic, arm.filtered)
         t0 = time.perf_counter()
-        run = train_segmenter(scfg, data.labelled(n), data.val, run_dir / "segmenter", synthetic=synth, twins=twins,
-                              resume=True, progress=True)
+        loop = None
+        if arm.kind == "closed-loop":  # rounds of train / diagnose / synthesize, then the final segmenter
+            from lesionforge.experiment.loop_arm import train_closed_loop
+
+            run, loop = train_closed_loop(self, cfg, arm, segment_config, n, data, synthetic, run_dir)
+        else:
+            synth, twins = (None, None) if synthetic is None else _synthetic_arrays(cfg, synthetic, arm.filtered)
+            run = train_segmenter(scfg, data.labelled(n), data.val, run_dir / "segmenter", synthetic=synth,
+                                  twins=twins, resume=True, progress=True)
         t1 = time.perf_counter()
         ev = evaluate(run.best_checkpoint, data.test, subsets=data.subsets or None, miss_fraction=cfg.miss_fraction)
         out = _eval_fields(ev)
@@ -310,18 +341,11 @@ class LesionforgeStages:
             for name, arrays in data.transfer.items()
         }
         out["best_val_mdice"] = float(run.best_val_mdice)
+        if loop is not None:
+            out["loop"] = loop
         out["timings"] = {"train_s": round(t1 - t0, 3), "eval_s": round(time.perf_counter() - t1, 3),
                           "train_images_per_s": round(float(run.images_per_s), 3)}
         return out
-
-
-def _concat(parts: list[PairArrays | None]) -> PairArrays:
-    parts = [p for p in parts if p is not None]
-    return PairArrays(
-        np.concatenate([p.images for p in parts]), np.concatenate([p.masks for p in parts]),
-        np.concatenate([p.has_mask for p in parts]), [i for p in parts for i in p.ids],
-        [c for p in parts for c in p.classes],
-    )
 
 
 def _images_only(arrays: PairArrays) -> PairArrays:
@@ -353,7 +377,8 @@ def _latent_validator(cfg: ExperimentConfig, spec: GeneratorSpec, labelled: Pair
 
     ae_cfg, val_cfg = _validator_configs(cfg, spec)
     # the autoencoder learns from every image it may see (labelled, lesion-free, unlabelled if allowed)
-    images = _concat([labelled, data.backgrounds, data.unlabelled(len(labelled)) if spec.use_unlabelled else None])
+    images = PairArrays.concat([labelled, data.backgrounds,
+                                data.unlabelled(len(labelled)) if spec.use_unlabelled else None])
     ae_dir = cache / "autoencoders" / cache_key(ae_cfg.model_dump(mode="json"), images.ids)
     ae_path = Path(train_autoencoder(ae_cfg, images, ae_dir, val=data.val, resume=True))
     codec = LatentCodec.from_pretrained(ae_path)
@@ -364,34 +389,28 @@ def _latent_validator(cfg: ExperimentConfig, spec: GeneratorSpec, labelled: Pair
 def _pixel_validator(cfg: ExperimentConfig, spec: GeneratorSpec, labelled: PairArrays, data: ExperimentData,
                      cache: Path) -> Path:
     """Train (cached) the pixel segmenter of the pixel filter on the labelled pairs; returns the validator."""
-    from lesionforge.config import load_config, validate_config
+    from lesionforge.config import resolve_preset
     from lesionforge.validate.pixel_segmenter import PixelSegmenterConfig, train_pixel_segmenter
 
     f = spec.filter
     over = {"resolution": cfg.resolution, "image_channels": cfg.dataset.channels, **f.validator_overrides}
-    val_cfg = (load_config(f.validator_config, PixelSegmenterConfig, over) if f.validator_config is not None
-               else validate_config(PixelSegmenterConfig, over, "filter.validator_overrides"))
+    val_cfg = resolve_preset(f.validator_config, over, PixelSegmenterConfig, "filter.validator_overrides")
     seg_dir = cache / "validators" / f"pixel-{cache_key(val_cfg.model_dump(mode='json'), labelled.ids)}"
     return Path(train_pixel_segmenter(val_cfg, labelled, seg_dir, val=data.val, resume=True))
 
 
 def _validator_configs(cfg: ExperimentConfig, spec: GeneratorSpec):
     """Autoencoder and latent-segmenter settings: preset (or defaults) + overrides, at the profile's size."""
-    from lesionforge.config import load_config, validate_config
+    from lesionforge.config import resolve_preset
     from lesionforge.generate.autoencoder import AutoencoderConfig
     from lesionforge.validate.latent_segmenter import LatentSegmenterConfig
 
     f = spec.filter
-    ae_over = {"resolution": cfg.resolution, "image_channels": cfg.dataset.channels, **f.autoencoder_overrides}
-    if f.autoencoder_config is not None:
-        ae = load_config(f.autoencoder_config, AutoencoderConfig, ae_over)
-    else:
-        ae = validate_config(AutoencoderConfig, ae_over, "filter.autoencoder_overrides")
-    val_over = {"resolution": cfg.resolution, "image_channels": cfg.dataset.channels, **f.validator_overrides}
-    if f.validator_config is not None:
-        val = load_config(f.validator_config, LatentSegmenterConfig, val_over)
-    else:
-        val = validate_config(LatentSegmenterConfig, val_over, "filter.validator_overrides")
+    size = {"resolution": cfg.resolution, "image_channels": cfg.dataset.channels}
+    ae = resolve_preset(f.autoencoder_config, {**size, **f.autoencoder_overrides}, AutoencoderConfig,
+                        "filter.autoencoder_overrides")
+    val = resolve_preset(f.validator_config, {**size, **f.validator_overrides}, LatentSegmenterConfig,
+                         "filter.validator_overrides")
     return ae, val
 
 
@@ -399,14 +418,10 @@ def _synthetic_arrays(
     cfg: ExperimentConfig, s: SyntheticSet, filtered: bool
 ) -> tuple[PairArrays, dict[str, list[int]]]:
     """The synthetic pairs an arm trains on (those the filter kept when ``filtered``) and real id -> twins."""
-    from lesionforge.segment.data import kept_samples, twins_of
+    from lesionforge.segment.data import twins_of
 
     manifest = s.filtered_manifest if filtered and s.filtered_manifest is not None else s.manifest
-    samples = read_manifest(manifest)
-    if filtered and s.filtered_manifest is not None:
-        samples = kept_samples(samples)
-    if not samples:
-        raise DataError(manifest, "no synthetic samples to train on (all rejected by the filter?)")
+    samples = read_set(manifest, origin="synthetic", kept_only=filtered)
     return load_arrays(samples, cfg.resolution, cfg.dataset.channels), twins_of(samples)
 
 

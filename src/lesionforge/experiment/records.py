@@ -20,10 +20,11 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from lesionforge.data.bands import BANDS
 from lesionforge.errors import DataError
 from lesionforge.utils import write_json_atomic
 
-BANDS = ("small", "medium", "large")
+__all__ = ["BANDS", "RunRecord"]  # BANDS: re-exported for the result readers (one definition: data.bands)
 
 
 class RunRecord(BaseModel):
@@ -54,6 +55,7 @@ class RunRecord(BaseModel):
     best_val_mdice: float | None = None
     segment_config: dict[str, Any] = Field(default_factory=dict)
     timings: dict[str, float] = Field(default_factory=dict)
+    loop: dict[str, Any] | None = None  # closed-loop arms: every round's targets, counts and diagnosis summary
 
     @model_validator(mode="after")
     def _aligned(self) -> RunRecord:

@@ -15,7 +15,7 @@ import numpy as np
 
 from lesionforge.errors import DataError
 from lesionforge.experiment.records import BANDS
-from lesionforge.utils import atomic_path, write_text_atomic
+from lesionforge.utils import save_figure_atomic, write_text_atomic
 
 REQUIRED_KEYS = ("dataset", "n_labelled", "profile", "resolution", "code_version", "steps", "seeds", "arms",
                  "paired_diff")
@@ -208,14 +208,6 @@ def readme_table(paths: list[str | Path]) -> str:
     return "\n".join([head, *rows])
 
 
-def _savefig(fig, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-
-
 def plot_mdice_vs_n(results: list[dict[str, Any]], path: Path) -> Path:
     """mDice per arm vs N (mean over seeds, error bars = std)."""
     import matplotlib.pyplot as plt
@@ -236,7 +228,7 @@ def plot_mdice_vs_n(results: list[dict[str, Any]], path: Path) -> Path:
     ax.set_ylabel("test mDice")
     ax.set_title(f"{results[0]['dataset']} ({results[0]['profile']}, {len(results[0]['seeds'])} seeds)")
     ax.legend(fontsize=8)
-    _savefig(fig, path)
+    save_figure_atomic(fig, path)
     return path
 
 
@@ -258,7 +250,7 @@ def plot_miss_by_band(res: dict[str, Any], path: Path) -> Path:
     ax.set_ylabel(f"miss rate (cover < {res.get('miss_fraction', 0.1)})")
     ax.set_title(f"{res['dataset']} N={res['n_labelled']}")
     ax.legend(fontsize=8)
-    _savefig(fig, path)
+    save_figure_atomic(fig, path)
     return path
 
 
@@ -288,7 +280,7 @@ def plot_sample_grid(res: dict[str, Any], base: Path, path: Path) -> Path | None
                 img[find_boundaries(read_mask(pairs[c][1]) > 0, mode="inner")] = (0, 255, 0)
                 ax.imshow(img)
         axes[r][0].set_title(group, fontsize=8, loc="left")
-    _savefig(fig, path)
+    save_figure_atomic(fig, path)
     return path
 
 
@@ -336,6 +328,8 @@ def _markdown(res: dict[str, Any], name: str, vs_n: Path, bands: Path, grid: Pat
         lines += ["## Real and synthetic pairs (mask outline in green)", "", f"![samples]({grid.name})", ""]
     if res.get("generators"):
         lines += ["## Synthetic sets", "", generators_table(res), ""]
+
+    lines += closed_loop_lines(res)
     quality = quality_table(res)
     if quality:
         lines += ["## Synthetic set quality and memorization (kept samples for filtered arms)", "", quality, ""]
@@ -356,4 +350,25 @@ def _subset_lines(res: dict[str, Any]) -> list[str]:
         lines += [groups_table(subsets), ""]
     if has_diffs:
         lines += [subset_diff_table(res), ""]
+    return lines
+
+
+def closed_loop_lines(res: dict[str, Any]) -> list[str]:
+    """The report's closed-loop section: targeted-band miss rates and the paired differences against open loop."""
+    lines: list[str] = []
+    for name, cl in (res.get("closed_loop") or {}).items():
+        ref = cl["open_loop_arm"]
+        pooled = cl["miss_rate_targeted_pooled"]
+
+        def rate(arm: str, pooled: dict = pooled) -> str:
+            p = pooled.get(arm) or {}
+            return "n/a" if p.get("miss_rate") is None else f"{p['miss_rate']:.3f} ({p['missed']}/{p['lesions']})"
+
+        targets = ", ".join(f"seed {s}: {'/'.join(b) or 'none'}" for s, b in cl["targeted_bands_by_seed"].items())
+        lines += [f"## Closed loop: `{name}` against open loop `{ref}`", "",
+                  f"Bands the loop targeted (drawn above an even share in some round): {targets}.", "",
+                  "| arm | test miss rate in the targeted bands (pooled over seeds) |", "|---|---|",
+                  *(f"| {arm} | {rate(arm)} |" for arm in pooled), "",
+                  f"Paired difference `{name}` − `{ref}` (same pairing as above):", "",
+                  diff_table({name: cl["paired_vs_open_loop"]}, ref), ""]
     return lines

@@ -17,7 +17,7 @@ import numpy as np
 from lesionforge.experiment import stats
 from lesionforge.experiment.budget import budget_of, segment_config_for
 from lesionforge.experiment.config import ExperimentConfig
-from lesionforge.experiment.keys import cache_key
+from lesionforge.experiment.keys import cache_key, settings_dump
 from lesionforge.experiment.records import BANDS, RunRecord
 from lesionforge.experiment.stages import ExperimentData, SyntheticSet
 from lesionforge.utils import code_version
@@ -31,8 +31,9 @@ def result_path(cfg: ExperimentConfig, n: int) -> Path:
 
 
 def config_hash(cfg: ExperimentConfig) -> str:
-    """Hash of every setting that shapes the numbers (not where outputs go, nor a worker's thread count)."""
-    return cache_key(cfg.model_dump(mode="json", exclude={"output", "results_dir", "threads"}))
+    """Hash of every setting that shapes the numbers (not where outputs go, nor a worker's thread count); preset
+    files count by content, not by where they lie (see :func:`settings_dump`)."""
+    return cache_key(settings_dump(cfg, exclude={"output", "results_dir", "threads"}))
 
 
 def build_result(
@@ -55,10 +56,12 @@ def build_result(
         for name, recs in by_arm.items() if name != cfg.baseline_arm
     }
     seg = effective_segment_config(cfg)
+    # every copy-paste arm (on the real images, or also onto the backgrounds) is a reference each diffusion arm
+    # is compared with
     versus_copy_paste = {
         ref.name: {a.name: paired_diff(by_arm[a.name], by_arm[ref.name], cfg.bootstrap_samples, cfg.bootstrap_seed)
-                   for a in cfg.arms if a.kind == "synthetic"}
-        for ref in cfg.arms if ref.kind == "copy-paste" and ref.name != cfg.baseline_arm
+                   for a in cfg.arms if a.kind == "synthetic" and not cfg.is_copy_paste_reference(a)}
+        for ref in cfg.arms if cfg.is_copy_paste_reference(ref) and ref.name != cfg.baseline_arm
     }
     return {
         "dataset": cfg.dataset.name, "n_labelled": n, "profile": cfg.profile, "resolution": cfg.resolution,
@@ -76,6 +79,8 @@ def build_result(
            if volumetric else {}),
         "test_lesions_by_band": _lesions_by_band(base[0]) if base else None,
         "arms": arms, "paired_diff": paired,
+        **({"closed_loop": closed_loop_results(cfg, by_arm, cfg.bootstrap_samples, cfg.bootstrap_seed)}
+           if any(a.kind == "closed-loop" for a in cfg.arms) else {}),
         "paired_vs_copy_paste": {k: v for k, v in versus_copy_paste.items() if v},
         "transfer": _transfer_summary(by_arm),
         "generators": {k: _generator_summary(cfg, k, s) for k, s in synthetic.items()},
@@ -122,18 +127,20 @@ def _arm_summary(
     if subsets:
         out["subsets"] = {k: _metric_lists([r.subsets.get(k, {}) for r in recs]) for k in subsets}
     if arm.uses_copy_paste:
-        out["copy_paste_p"] = arm.copy_paste_p
+        out["copy_paste_p"] = arm.paste.prob
+    if arm.kind == "closed-loop":
+        out.update(closed_loop_arm_fields(cfg, arm, recs))
     if arm.kind == "synthetic":
         spec = cfg.generators[arm.generator]
         out.update({
-            "method": spec.method, "generator": arm.generator, "ratio": arm.ratio,
-            "filtered": arm.filtered and spec.filter is not None, "mixing": arm.mixing,
+            "method": spec.method, "generator": arm.generator, "ratio": arm.mixing.ratio,
+            "filtered": arm.filtered and spec.filter is not None, "mixing": arm.mixing.mode,
             "n_per_real": spec.n_per_real,
         })
-        if arm.mixing in ("alpha", "patch-merge"):
-            out["alpha"] = arm.alpha
-        if arm.mixing == "patch-merge":
-            out["patch_size"] = arm.patch_size
+        if arm.mixing.mode in ("alpha", "patch-merge"):
+            out["alpha"] = arm.mixing.alpha
+        if arm.mixing.mode == "patch-merge":
+            out["patch_size"] = arm.mixing.patch_size
         s = synthetic.get(arm.generator)
         if s is not None:
             out["n_synthetic"] = s.info.get("n_kept" if out["filtered"] else "n_generated")
@@ -259,7 +266,7 @@ def write_grid_samples(
     ``<output>/n<N>/grid``; synthetic pairs are referenced where the synthesizer wrote them.
     """
     from lesionforge.data.io import write_image, write_mask
-    from lesionforge.data.manifest import read_manifest
+    from lesionforge.data.manifest import kept, read_manifest
 
     k = cfg.grid_samples
     labelled = data.labelled(n)
@@ -274,17 +281,64 @@ def write_grid_samples(
         manifest = s.filtered_manifest or s.manifest
         if not Path(manifest).is_file():
             continue
-        rows = [r for r in read_manifest(manifest) if r.masks and _kept(r)][:k]
+        rows = [r for r in kept(read_manifest(manifest)) if r.masks][:k]
         out[f"synthetic:{name}"] = [
             {"id": r.id, "image": _rel(Path(r.image), cfg), "mask": _rel(Path(r.masks[0]), cfg)} for r in rows
         ]
     return out
 
 
-def _kept(sample) -> bool:
-    v = sample.provenance.validation if sample.provenance is not None else None
-    return True if not v else bool(v.get("kept", True))
-
-
 def _rel(path: Path, cfg: ExperimentConfig) -> str:
     return os.path.relpath(Path(path).resolve(), cfg.results_dir.resolve())
+
+
+# Closed-loop arms (docs/loop.md): ``arms.<closed-loop arm>`` gets the arm's settings and, per seed, each round's
+# targets and counts; ``closed_loop.<arm>`` the miss rate in the bands the loop targeted for it, its open-loop arm
+# and the baseline, and the paired differences closed-loop minus open-loop.
+
+def closed_loop_arm_fields(cfg, arm, recs: list[RunRecord]) -> dict[str, Any]:
+    """Settings and per-seed round records of a closed-loop arm (``arms.<name>``)."""
+    spec = cfg.generators[arm.generator]
+    return {
+        "method": spec.method, "generator": arm.generator, "ratio": arm.mixing.ratio, "mixing": arm.mixing.mode,
+        "filtered": arm.filtered and spec.filter is not None, "n_per_real": spec.n_per_real,
+        "loop_settings": arm.loop.model_dump(mode="json"),
+        "n_synthetic": [r.loop["n_kept"] if r.loop else None for r in recs],
+        "n_generated": [r.loop["n_generated"] if r.loop else None for r in recs],
+        "rounds": [[{k: rd.get(k) for k in ("round", "n_requested", "n_generated", "n_kept", "targeted",
+                                            "band_shares", "real_band_shares", "diagnosis", "steered")}
+                    for rd in (r.loop or {}).get("rounds", [])] for r in recs],
+        "targeted_bands": [(r.loop or {}).get("targeted_bands") for r in recs],
+        "fairness": [(r.loop or {}).get("fairness") for r in recs],
+    }
+
+
+def _targeted_counts(rec: RunRecord, bands: list[str]) -> tuple[int, int] | None:
+    if rec.band_missed is None or rec.band_lesions is None:
+        return None
+    return (sum(sum(rec.band_missed.get(b, [])) for b in bands), sum(sum(rec.band_lesions.get(b, [])) for b in bands))
+
+
+def closed_loop_results(cfg, by_arm: dict[str, list[RunRecord]], n_boot: int, seed: int) -> dict[str, Any]:
+    """``closed_loop.<arm>``: targeted-band miss rates against open loop and baseline, paired differences."""
+    out: dict[str, Any] = {}
+    for arm in cfg.arms:
+        if arm.kind != "closed-loop":
+            continue
+        ref = arm.loop.open_loop_arm
+        compared = {arm.name: by_arm[arm.name], ref: by_arm[ref], cfg.baseline_arm: by_arm[cfg.baseline_arm]}
+        targets = {r.seed: (r.loop or {}).get("targeted_bands") or [] for r in by_arm[arm.name]}
+        per_seed: dict[str, list] = {}
+        pooled: dict[str, Any] = {}
+        for name, recs in compared.items():
+            counts = {r.seed: _targeted_counts(r, targets.get(r.seed, [])) for r in recs}
+            per_seed[name] = [None if not c or c[1] == 0 else c[0] / c[1] for c in counts.values()]
+            missed = sum(c[0] for c in counts.values() if c)
+            lesions = sum(c[1] for c in counts.values() if c)
+            pooled[name] = {"missed": missed, "lesions": lesions, "miss_rate": missed / lesions if lesions else None}
+        out[arm.name] = {
+            "open_loop_arm": ref, "targeted_bands_by_seed": {str(k): v for k, v in targets.items()},
+            "miss_rate_targeted": per_seed, "miss_rate_targeted_pooled": pooled,
+            "paired_vs_open_loop": paired_diff(by_arm[arm.name], by_arm[ref], n_boot, seed),
+        }
+    return out

@@ -27,8 +27,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsed
 from lesionforge.config import save_config
 from lesionforge.errors import CheckpointError, ConfigError, OverwriteError, WaitTimeoutError
 from lesionforge.experiment.budget import segment_config_for
-from lesionforge.experiment.config import ArmSettings, ExperimentConfig, resolved_generator_config
-from lesionforge.experiment.keys import cache_key
+from lesionforge.experiment.config import PASTE_METHOD, ArmSettings, ExperimentConfig, set_recipe
+from lesionforge.experiment.keys import cache_key, settings_dump
 from lesionforge.experiment.locks import WAIT_TIMEOUT_S, Busy, claim, holder, release
 from lesionforge.experiment.records import RunRecord, append_run_log, read_record, record_path, run_dir, write_record
 from lesionforge.experiment.results import build_result, result_path, write_grid_samples
@@ -52,18 +52,20 @@ def synthetic_key(cfg: ExperimentConfig, name: str, n: int, data: ExperimentData
     :func:`filter_key`): adding or changing a filter re-scores the same samples instead of drawing them again."""
     spec = cfg.generators[name]
     return cache_key(
-        cfg.dataset.name, cfg.resolution, spec.model_copy(update={"filter": None}).model_dump(mode="json"),
-        resolved_generator_config(cfg, spec).model_dump(mode="json"), data.split.low_data(n),
-        data.background_ids() if spec.method == "inpaint-normal" else None,
+        cfg.dataset.name, cfg.resolution, settings_dump(spec.model_copy(update={"filter": None})),
+        set_recipe(cfg, spec), data.split.low_data(n),
+        data.background_ids() if spec.method in ("inpaint-normal", PASTE_METHOD) else None,
     )
 
 
 def filter_key(cfg: ExperimentConfig, name: str) -> str | None:
-    """Key of a generator's filter settings (with their preset files); None without a filter."""
+    """Key of a generator's filter settings with their preset files' contents; None without a filter. (The
+    contents part is redundant with :func:`settings_dump`'s digests; it stays so that keys of filters without
+    preset files, e.g. the smoke sweep's and the demo's, keep their value and their cached scores.)"""
     f = cfg.generators[name].filter
     if f is None:
         return None
-    return cache_key(f.model_dump(mode="json"), _contents([f.autoencoder_config, f.validator_config]))
+    return cache_key(settings_dump(f), _contents([f.autoencoder_config, f.validator_config]))
 
 
 class SyntheticCache:
@@ -224,6 +226,9 @@ def ensure_run(cfg: ExperimentConfig, stages: Stages, data: ExperimentData, n: i
         finally:
             release(lock)
     rec = read_record(path)
+    if arm.loop is not None and (rec.loop or {}).get("settings") != arm.loop.model_dump(mode="json"):
+        raise ConfigError(f"{path}: this closed-loop run finished with other loop settings than the config asks; "
+                          "use a new output folder or --overwrite")
     if rec.segment_config != seg_cfg:
         raise ConfigError(
             f"{path}: finished with different segmentation settings than the config asks; "

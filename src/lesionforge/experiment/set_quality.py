@@ -2,8 +2,8 @@
 
 Computed once per (set, kept-or-all) after the set is made and cached as JSON in the set's work folder, so a
 resumed sweep reads it back instead of recomputing. The numbers come from the existing validate modules
-(FID/KID/MS-SSIM from :mod:`~lesionforge.validate.quality`, the nearest-neighbour audit from
-:mod:`~lesionforge.validate.memorization`); how to read them: ``docs/quality.md``.
+(FID/KID/MS-SSIM from :mod:`~lesionforge.quality.metrics`, the nearest-neighbour audit from
+:mod:`~lesionforge.quality.memorization`); how to read them: ``docs/quality.md``.
 """
 
 from __future__ import annotations
@@ -12,13 +12,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-from lesionforge.data.arrays import PairArrays
+from lesionforge.data.arrays import PairArrays, manifest_arrays
 from lesionforge.errors import DataError
 from lesionforge.experiment.stages import ExperimentData, SyntheticSet
+from lesionforge.quality.features import pixel_extractor
+from lesionforge.quality.memorization import memorization_audit
+from lesionforge.quality.metrics import fid, kid, mask_stats, ms_ssim_diversity
 from lesionforge.utils import write_json_atomic
-from lesionforge.validate.features import manifest_arrays, pixel_extractor
-from lesionforge.validate.memorization import memorization_audit
-from lesionforge.validate.quality import fid, kid, mask_stats, ms_ssim_diversity
 
 #: Bump when the numbers below change meaning, so caches made by older code are recomputed.
 QUALITY_VERSION = 1
@@ -52,7 +52,7 @@ def set_quality(s: SyntheticSet, work_dir: Path, data: ExperimentData, train: Pa
             return cached
     manifest = s.filtered_manifest if kept_only and s.filtered_manifest is not None else s.manifest
     try:
-        syn, _ = manifest_arrays(manifest, resolution, origin="synthetic", kept_only=kept_only)
+        syn = manifest_arrays(manifest, resolution, origin="synthetic", kept_only=kept_only)
     except DataError:  # the filter kept nothing: nothing to measure, said so in the result
         syn = None
     if syn is None or len(syn) < 2 or len(data.test) < 2 or len(train) < 2:

@@ -14,23 +14,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from lesionforge.data.arrays import PairArrays
+    from lesionforge.data.splits import BenchmarkSplit
     from lesionforge.experiment.config import ArmSettings, ExperimentConfig, GeneratorSpec
-
-
-@dataclass
-class SplitIds:
-    """The fixed split: ``train``/``val``/``test`` ids, nested low-data subsets, lesion-free backgrounds."""
-
-    train: list[str]
-    val: list[str]
-    test: list[str]
-    low_data_subsets: dict[int, list[str]]
-    normal_backgrounds: list[str] = field(default_factory=list)
-
-    def low_data(self, n: int) -> list[str]:
-        if n not in self.low_data_subsets:
-            raise KeyError(f"the split has no low-data subset of size {n} (has {sorted(self.low_data_subsets)})")
-        return self.low_data_subsets[n]
 
 
 @dataclass
@@ -42,7 +27,7 @@ class ExperimentData:
     ``transfer`` other datasets scored unchanged; ``subsets`` named id lists scored separately.
     """
 
-    split: SplitIds
+    split: BenchmarkSplit  # the fixed split (lesionforge.data.splits): train/val/test, low-data subsets, backgrounds
     pool: PairArrays
     val: PairArrays
     test: PairArrays

@@ -19,6 +19,7 @@ from pytorch_msssim import ssim
 
 from lesionforge.config import StrictModel
 from lesionforge.data.arrays import PairArrays, image_to_tensor
+from lesionforge.devices import DeviceName, resolve_device
 from lesionforge.errors import CheckpointError
 from lesionforge.outputs import claim_output
 from lesionforge.train_state import load_train_state, save_train_state
@@ -118,7 +119,7 @@ def _vae_folder(path: Path) -> Path:
 
 
 class AutoencoderConfig(StrictModel):
-    """Autoencoder architecture and training settings (``configs/autoencoder-*.yaml``)."""
+    """Autoencoder architecture and training settings (the packaged ``autoencoder-*.yaml`` presets)."""
 
     resolution: int = 64
     image_channels: int = 3
@@ -138,6 +139,9 @@ class AutoencoderConfig(StrictModel):
     flip_augment: bool = True
     checkpoint_every: int = 250
     seed: int = 0
+    # where to train (lesionforge.devices.resolve_device: None/"auto" = CUDA if visible, else CPU); not part of
+    # the model, so left out of dumps and cache keys
+    device: DeviceName = Field(None, exclude=True)
 
 
 def build_autoencoder(cfg: AutoencoderConfig) -> AutoencoderKL:
@@ -194,17 +198,17 @@ def _train_step(vae, disc, opt, opt_d, x: torch.Tensor, cfg: AutoencoderConfig, 
 
 
 def _save_state(out_dir: Path, vae, disc, opt, opt_d, step: int) -> None:
-    optim = {"opt": opt.state_dict(), "disc": disc.state_dict() if disc else None,
-             "opt_d": opt_d.state_dict() if opt_d else None}
-    save_train_state(out_dir, "vae", vae, optim, step)
+    optim = {"opt": opt.state_dict(), "opt_d": opt_d.state_dict() if opt_d else None}
+    save_train_state(out_dir, "vae", vae, optim, step, helpers={"disc": disc} if disc is not None else None)
 
 
 def _load_state(out_dir: Path, vae, disc, opt, opt_d) -> int:
-    step, optim = load_train_state(out_dir, "vae", vae)
+    step, optim = load_train_state(out_dir, "vae", vae, helpers={"disc": disc} if disc is not None else None)
     if optim is not None:
         opt.load_state_dict(optim["opt"])
-        if disc is not None and optim["disc"] is not None:
-            disc.load_state_dict(optim["disc"])
+        if disc is not None and optim.get("opt_d") is not None:
+            if optim.get("disc") is not None:  # legacy: the discriminator's weights inside optim.pt
+                disc.load_state_dict(optim["disc"])
             opt_d.load_state_dict(optim["opt_d"])
     return step
 
@@ -234,16 +238,17 @@ def train_autoencoder(
     out_dir = claim_output(out_dir, "autoencoder run", overwrite=overwrite, resume=resume)
     seed_everything(cfg.seed)
     save_config(cfg, out_dir / "autoencoder.yaml")
-    vae = build_autoencoder(cfg).train()
-    disc = _discriminator(cfg) if cfg.adversarial_weight > 0 else None
+    device = resolve_device(cfg.device)
+    vae = build_autoencoder(cfg).train().to(device)
+    disc = _discriminator(cfg).to(device) if cfg.adversarial_weight > 0 else None
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     opt_d = torch.optim.AdamW(disc.parameters(), lr=cfg.lr, betas=(0.5, 0.9)) if disc is not None else None
     start = _load_state(out_dir, vae, disc, opt, opt_d) if resume else 0
     rng = np.random.default_rng([cfg.seed, start])  # a resumed run continues with fresh, reproducible batches
     log: dict[str, float] = {}
     for step in _progress(range(start, cfg.steps), progress, "Training autoencoder"):
-        log = _train_step(vae, disc, opt, opt_d, _batch(images.images, rng, cfg.batch_size, cfg.flip_augment),
-                          cfg, step)
+        x = _batch(images.images, rng, cfg.batch_size, cfg.flip_augment).to(device)
+        log = _train_step(vae, disc, opt, opt_d, x, cfg, step)
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
             _save_state(out_dir, vae, disc, opt, opt_d, step + 1)
     codec = LatentCodec(vae)
@@ -280,7 +285,7 @@ def reconstruction_metrics(codec: LatentCodec, images: np.ndarray, batch_size: i
     """Mean PSNR (dB) and SSIM of encode -> decode round trips of ``images`` uint8 (N, H, W, C)."""
     psnrs, ssims = [], []
     for i in range(0, len(images), batch_size):
-        x = image_to_tensor(images[i : i + batch_size])
+        x = image_to_tensor(images[i : i + batch_size]).to(codec.device)
         rec = codec.decode(codec.encode(x))
         a, b = (x + 1) / 2, (rec + 1) / 2
         mse = ((a - b) ** 2).flatten(1).mean(1).clamp_min(1e-10)

@@ -1,6 +1,6 @@
 """Settings of a generator: model size, diffusion schedule, training and default sampling options.
 
-Presets live in ``configs/generator-<kind>-<dataset>-<profile>.yaml`` and are read with
+Presets are the packaged ``generator-<kind>-<dataset>-<profile>.yaml`` (:mod:`lesionforge.presets`), read with
 :func:`load_generator_config`.
 """
 
@@ -9,9 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import model_serializer, model_validator
+from pydantic import Field, model_serializer, model_validator
 
-from lesionforge.config import StrictModel, load_config
+from lesionforge.config import StrictModel, resolve_preset, validate_config
+from lesionforge.devices import DeviceName
 from lesionforge.errors import ConfigError
 
 Kind = Literal["mask2image", "joint", "edge-text", "inpaint"]
@@ -108,6 +109,9 @@ class GeneratorConfig(StrictModel):
     keep_checkpoints: int = 2
     sample_every: int = 500
     seed: int = 0
+    # where to train (lesionforge.devices.resolve_device: None/"auto" = CUDA if visible, else CPU); not part of
+    # the model, so left out of dumps and cache keys
+    device: DeviceName = Field(None, exclude=True)
 
     # sampling defaults
     sampler: SamplerName = "dpm++"
@@ -159,4 +163,28 @@ class GeneratorConfig(StrictModel):
 
 def load_generator_config(path: str | Path, overrides: dict | None = None) -> GeneratorConfig:
     """Read and validate a generator preset (YAML)."""
-    return load_config(path, GeneratorConfig, overrides)
+    return resolve_preset(path, overrides, GeneratorConfig)
+
+
+class SamplingConfig(StrictModel):
+    """How a batch is drawn (:class:`~lesionforge.generate.pipeline.LesionPipeline`). Each field left None takes
+    the generator's own setting (its saved training config: ``sampler``, ``sample_steps``, ``guidance_scale``,
+    ``repaint_jumps``; ``eta`` 0), see :meth:`resolved`; a value given here wins."""
+
+    sampler: SamplerName | None = None
+    steps: int | None = Field(None, ge=1)
+    guidance_scale: float | None = None  # classifier-free guidance; 1: the conditional prediction alone
+    repaint_jumps: int | None = Field(None, ge=0)  # RePaint resampling rounds per step (inpaint; ddim or ddpm)
+    eta: float | None = Field(None, ge=0, le=1)  # DDIM only: 0 deterministic, 1 as stochastic as DDPM
+
+    def resolved(self, cfg: GeneratorConfig) -> SamplingConfig:
+        """Every field set: the given ones, else the generator's; a combination that cannot run is an error."""
+        own = {"sampler": cfg.sampler, "steps": cfg.sample_steps, "guidance_scale": cfg.guidance_scale,
+               "repaint_jumps": cfg.repaint_jumps, "eta": 0.0}
+        out = validate_config(SamplingConfig, {**own, **self.model_dump(exclude_none=True)}, "sampling")
+        if out.repaint_jumps and out.sampler == "dpm++":
+            raise ConfigError("sampling: repaint_jumps needs sampler 'ddim' or 'ddpm' (DPM-Solver++ keeps a "
+                              "multistep history)")
+        if out.eta and out.sampler != "ddim":
+            raise ConfigError(f"sampling: eta is a DDIM setting; sampler {out.sampler!r} takes none")
+        return out

@@ -11,7 +11,7 @@ from lesionforge.data.io import write_image
 from lesionforge.generate.batches import decode_samples
 from lesionforge.generate.models import LesionGenerator
 from lesionforge.generate.sampler import sample, sample_seed
-from lesionforge.utils import atomic_path
+from lesionforge.utils import save_figure_atomic
 
 
 def save_sample_grid(path: Path, gen: LesionGenerator, maker) -> Path:
@@ -50,8 +50,5 @@ def save_loss_curve(path: Path, losses: list[float]) -> Path:
     ax.set(xlabel="step", ylabel="MSE", yscale="log", title="generator training loss")
     ax.legend()
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
-    return path
+    return save_figure_atomic(fig, path, dpi=100, bbox_inches=None)
 

@@ -25,7 +25,7 @@ console = Console()
 def train_from_files(config: str | Path, data: str | Path, out: str | Path, *, split: str | None = None,
                      labelled: int | None = None, backgrounds: str | Path | None = None,
                      prompts: str | Path | None = None, steps: int | None = None,
-                     autoencoder: str | Path | None = None, resume: bool = True) -> Path:
+                     autoencoder: str | Path | None = None, resume: bool = True, device: str | None = None) -> Path:
     """Train from a YAML preset and data folders; records wall time and the command inputs in
     ``out/train_info.json``."""
     overrides: dict = {}
@@ -33,6 +33,8 @@ def train_from_files(config: str | Path, data: str | Path, out: str | Path, *, s
         overrides["steps"] = steps
     if autoencoder is not None:
         overrides.update(space="latent", autoencoder=str(autoencoder))
+    if device is not None:
+        overrides["device"] = device
     cfg = load_generator_config(config, overrides)
     # only inpainting learns from unlabelled images (self-supervised): others skip loading them
     train, unlabelled = training_inputs(data, cfg.resolution, cfg.image_channels, split, labelled,

@@ -87,12 +87,14 @@ def sample(
     inpaint: InpaintGuide | None = None,
     repaint_jumps: int = 0,
     grid: tuple[int, int] | None = None,
+    eta: float = 0.0,
 ) -> torch.Tensor:
     """Draw ``len(seeds)`` samples -> ``x0`` (B, x, h, w) (pixels in [-1, 1] or latents).
 
     ``seeds``: one per sample (see :func:`sample_seed`). ``grid``: (h, w) of ``x`` when there are no
     spatial conditions (``joint``). ``repaint_jumps``: extra re-noise/re-denoise rounds per step that
-    harmonise the inpainted border (RePaint); needs a stateless sampler (ddim or ddpm).
+    harmonise the inpainted border (RePaint); needs a stateless sampler (ddim or ddpm). ``eta``: DDIM's
+    stochasticity (0: deterministic), its noise drawn from the samples' own generators.
     """
     if repaint_jumps and sampler == "dpm++":
         raise ConfigError("repaint_jumps needs sampler 'ddim' or 'ddpm' (DPM-Solver++ keeps a multistep history)")
@@ -109,7 +111,7 @@ def sample(
     for i, t in enumerate(timesteps):
         t_prev = int(timesteps[i + 1]) if i + 1 < len(timesteps) else -1
         for jump in range(repaint_jumps + 1):
-            x_prev = _step(gen, sched, x, t, cond, uncond, guidance_scale, gens)
+            x_prev = _step(gen, sched, x, t, cond, uncond, guidance_scale, gens, eta)
             if inpaint is not None:
                 x_prev = _blend_known(sched, x_prev, inpaint, t_prev, gens)
             if jump < repaint_jumps and t_prev >= 0:
@@ -130,11 +132,13 @@ def _fixed_batches(gen, x, t, cond, uncond, scale) -> torch.Tensor:
     return torch.cat(out)
 
 
-def _step(gen, sched, x, t, cond, uncond, scale, gens) -> torch.Tensor:
+def _step(gen, sched, x, t, cond, uncond, scale, gens, eta: float = 0.0) -> torch.Tensor:
     tt = torch.full((len(x),), int(t), device=x.device, dtype=torch.long)
     pred = _fixed_batches(gen, sched.scale_model_input(x, t), tt, cond, uncond, scale)
     if isinstance(sched, DDPMScheduler):
         return sched.step(pred, t, x, generator=gens).prev_sample
+    if eta:
+        return sched.step(pred, t, x, eta=eta, generator=gens).prev_sample
     return sched.step(pred, t, x).prev_sample
 
 

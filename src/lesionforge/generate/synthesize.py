@@ -1,4 +1,7 @@
-"""``lesionforge synthesize``: draw N new labelled pairs from a trained generator.
+"""``lesionforge synthesize``: draw N new labelled pairs from a trained generator and write them as files.
+
+The drawing itself is the generator's :class:`~lesionforge.generate.pipeline.LesionPipeline`; this module plans
+each sample's conditions, calls it batch by batch, and writes images, masks and the manifest.
 
 Per sample ``i`` (run seed ``s``) every choice (mask, background, real image, prompt) comes from
 ``numpy.random.default_rng([s, i])`` and all diffusion noise from ``sample_seed(s, i)``: the same seed gives
@@ -15,19 +18,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from lesionforge.data.arrays import PairArrays, image_to_tensor, mask_to_tensor, tensor_to_image
+from lesionforge.data.arrays import PairArrays
 from lesionforge.data.io import write_image, write_mask
 from lesionforge.data.manifest import Provenance, Sample, append_manifest, drop_torn_tail, read_manifest
 from lesionforge.errors import ConfigError, OverwriteError
-from lesionforge.generate.batches import build_spatial, decode_samples, dilate_masks, encode, latent_mask
-from lesionforge.generate.models import Conditions, LesionGenerator, read_meta
-from lesionforge.generate.sampler import InpaintGuide, sample, sample_seed
+from lesionforge.generate.config import SamplingConfig
+from lesionforge.generate.pipeline import LesionPipeline
+from lesionforge.generate.sampler import sample_seed
 from lesionforge.generate.textcond import TextConditioner
-from lesionforge.outputs import announce_resume, claim_output
+from lesionforge.outputs import announce_resume, claim_output, dir_hash
 from lesionforge.progress import StageProgress
-from lesionforge.utils import code_version, dir_hash, write_json_atomic
+from lesionforge.utils import code_version, write_json_atomic
 
 MANIFEST = "manifest.jsonl"
 RUN_FILE = "synthesis.json"
@@ -57,11 +59,8 @@ def synthesize(
     backgrounds: PairArrays | None = None,
     real: PairArrays | None = None,
     seed: int = 0,
-    sampler: str = "dpm++",
-    steps: int = 25,
-    guidance_scale: float | None = None,
+    sampling: SamplingConfig | None = None,
     batch_size: int = 16,
-    repaint_jumps: int | None = None,
     prompts=None,
     resume: bool = True,
     overwrite: bool = False,
@@ -70,36 +69,34 @@ def synthesize(
     progress: bool = True,
     indices: Sequence[int] | None = None,
 ) -> list[Sample]:
-    """Write ``n`` synthetic pairs to ``out_dir/images``, ``out_dir/masks`` and ``out_dir/manifest.jsonl``.
+    """Write ``n`` synthetic pairs to ``out_dir/images``, ``out_dir/masks`` and ``out_dir/manifest.jsonl``,
+    drawn batch by batch with the generator's :class:`~lesionforge.generate.pipeline.LesionPipeline`.
 
     Conditions by kind: ``mask2image`` and ``inpaint`` take masks from ``masks_from`` (a mask source:
     ``(rng, n) -> [(mask uint8 (H, W), info)]``); ``inpaint`` paints into lesion-free ``backgrounds``
     (mask placed inside the field of view; pixels outside the mask are the background's, bit for bit);
     ``edge-text`` cycles over ``real`` pairs (their masks are the labels); ``joint`` needs nothing.
-    ``guidance_scale`` / ``repaint_jumps`` None use the generator's defaults. Returns every sample of the
-    manifest (the real ``real`` pairs also give the class of a jittered mask's source sample).
-    ``indices``: draw only these sample indices of the ``n`` (one shard of a sharded synthesis, see
-    :mod:`~lesionforge.generate.shards`); each sample is the same as in the whole run.
+    ``sampling``: sampler, steps, guidance, RePaint jumps, eta; a field left None (or no ``sampling``) takes
+    the generator's own setting. Returns every sample of the manifest (the real ``real`` pairs also give the
+    class of a jittered mask's source sample). ``indices``: draw only these sample indices of the ``n`` (one
+    shard of a sharded synthesis, see :mod:`~lesionforge.generate.shards`); each sample is the same as in the
+    whole run.
     """
     gen_dir = Path(generator_dir)
-    meta = read_meta(gen_dir)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    gen = LesionGenerator.from_pretrained(gen_dir).to(device)
-    if codec is None and meta["space"] == "latent":
-        from lesionforge.generate.autoencoder import LatentCodec
-
-        codec = LatentCodec.from_pretrained(meta["autoencoder"], device=device)
-    kind, scale = gen.cfg.kind, gen.cfg.guidance_scale if guidance_scale is None else guidance_scale
-    repaint_jumps = gen.cfg.repaint_jumps if repaint_jumps is None else repaint_jumps
+    pipe = LesionPipeline.from_pretrained(gen_dir, vae=codec, text_encoder=text_encoder)
+    gcfg = pipe.unet.cfg
+    kind, sampling = gcfg.kind, (sampling or SamplingConfig()).resolved(gcfg)
     _check_inputs(kind, masks_from, backgrounds, real)
     out_dir = claim_output(out_dir, "synthetic set", overwrite=overwrite, resume=resume)
     common = {"generator": kind, "checkpoint": str(gen_dir.resolve()), "checkpoint_hash": _weights_hash(gen_dir),
-              "sampler": sampler, "steps": steps, "guidance_scale": scale}
-    _check_same_run(out_dir, {**common, "seed": seed, "repaint_jumps": repaint_jumps})
+              "sampler": sampling.sampler, "steps": sampling.steps, "guidance_scale": sampling.guidance_scale}
+    if sampling.eta:  # recorded only when used, so that deterministic runs keep the files they always had
+        common["eta"] = sampling.eta
+    _check_same_run(out_dir, {**common, "seed": seed, "repaint_jumps": sampling.repaint_jumps})
     common["code_version"] = code_version()
     if kind == "inpaint":
-        common.update(repaint_jumps=repaint_jumps, inpaint_dilate=gen.cfg.inpaint_dilate)
-    text = TextConditioner(gen.cfg, prompts, text_encoder)
+        common.update(repaint_jumps=sampling.repaint_jumps, inpaint_dilate=gcfg.inpaint_dilate)
+    text = TextConditioner(gcfg, prompts, pipe.text_encoder)  # chooses each sample's prompt
     done: set[str] = set()
     if (out_dir / MANIFEST).is_file():
         drop_torn_tail(out_dir / MANIFEST)
@@ -112,7 +109,7 @@ def synthesize(
         task = bar.add_task(f"synthesizing ({kind})", total=len(wanted), completed=len(wanted) - len(todo))
         for start in range(0, len(todo), batch_size):
             plans = [_plan(kind, seed, i, masks_from, backgrounds, real, text) for i in todo[start:start + batch_size]]
-            rows = _generate(gen, plans, text, codec, sampler, steps, scale, repaint_jumps, seed, out_dir, common)
+            rows = _draw(pipe, plans, sampling, seed, out_dir, common)
             append_manifest(out_dir / MANIFEST, rows)
             bar.update(task, advance=len(plans))
     return read_manifest(out_dir / MANIFEST, resolve=False)
@@ -208,49 +205,18 @@ def _mask_info(info: dict) -> dict:
             "mask_info": plain}
 
 
-def _conditions(gen: LesionGenerator, plans: list[Plan], text: TextConditioner, codec):
-    """Batched ``(cond, uncond, inpaint guide, grid)`` for ``plans``."""
-    kind = gen.cfg.kind
-    t, tm, labels = text.encode([p.prompt for p in plans], [p.label_class for p in plans])
-    spatial = guide = None
-    side = gen.cfg.resolution // (codec.downsample_factor if codec is not None else 1)
-    if kind != "joint":
-        masks = np.stack([p.mask for p in plans])
-        region = dilate_masks(masks, gen.cfg.inpaint_dilate) if kind == "inpaint" else masks
-        images = image_to_tensor(np.stack([p.image for p in plans])) if plans[0].image is not None else None
-        m = mask_to_tensor(region)
-        with torch.no_grad():
-            spatial = build_spatial(kind, images, m, codec)
-        if kind == "inpaint":
-            known = images if codec is None else encode(codec, images)
-            factor = 1 if codec is None else codec.downsample_factor
-            guide = InpaintGuide(known=known, region=latent_mask(m, factor))
-    cond = Conditions(spatial, t, tm, labels)
-    null_t, null_m, null_c = text.null()
-    return cond, cond.nulled(null_t, null_m, null_c), guide, (side, side)
-
-
-def _generate(gen, plans: list[Plan], text, codec, sampler, steps, scale, jumps, seed, out_dir: Path,
-              common: dict) -> list[Sample]:
-    cond, uncond, guide, grid = _conditions(gen, plans, text, codec)
-    x0 = sample(gen, cond, [sample_seed(seed, p.index) for p in plans], sampler=sampler, steps=steps,
-                guidance_scale=scale, uncond=uncond, inpaint=guide, repaint_jumps=jumps, grid=grid)
-    with torch.no_grad():
-        images, prob = decode_samples(gen.cfg.kind, x0, codec)
-    images = tensor_to_image(images)
+def _draw(pipe: LesionPipeline, plans: list[Plan], sampling: SamplingConfig, seed: int, out_dir: Path,
+          common: dict) -> list[Sample]:
+    """Draw the samples of ``plans`` in one pipeline call and write their files; returns their manifest rows."""
+    out = pipe(None if plans[0].mask is None else np.stack([p.mask for p in plans]),
+               None if plans[0].image is None else np.stack([p.image for p in plans]),
+               [p.prompt for p in plans], [p.label_class for p in plans],
+               seeds=[sample_seed(seed, p.index) for p in plans], sampling=sampling)
     rows = []
     for k, p in enumerate(plans):
-        img, mask, extra = images[k], p.mask, {}
-        if gen.cfg.kind == "inpaint":
-            # exact paste-back: outside the label mask every pixel is the background's own uint8 value
-            img = np.where(p.mask[..., None] > 0, img, p.image)
-        if gen.cfg.kind == "joint":
-            from lesionforge.conditioning.masks import clean_generated_mask
-
-            mask, cleaning = clean_generated_mask(prob[k, 0].cpu().numpy())
-            extra = {"mask_source": "joint", "mask_cleaning": cleaning}
-        write_image(out_dir / "images" / f"{p.id}.png", img)
-        write_mask(out_dir / "masks" / f"{p.id}.png", mask)
+        extra = {} if out.mask_cleaning is None else {"mask_source": "joint", "mask_cleaning": out.mask_cleaning[k]}
+        write_image(out_dir / "images" / f"{p.id}.png", out.images[k])
+        write_mask(out_dir / "masks" / f"{p.id}.png", out.masks[k])
         prov = Provenance(**common, seed=seed, prompt=p.prompt, sample_index=p.index, **p.info, **extra)
         rows.append(Sample(id=p.id, image=f"images/{p.id}.png", masks=[f"masks/{p.id}.png"], origin="synthetic",
                            provenance=prov, **{"class": p.label_class}))

@@ -56,11 +56,11 @@ class BatchMaker:
             # pretraining on images without masks (``pretrain_steps``): a lesion-free image is a pair with an
             # empty mask; for the others the mask is unknown, and the network is told so (see ``_unknown``)
             parts = [(p, free) for p, free in image_only if p is not None and len(p)]
-            self.pool = _concat([PairArrays(p.images, np.zeros_like(p.masks), np.ones(len(p), bool), p.ids,
-                                            p.classes) for p, _ in parts])
+            self.pool = PairArrays.concat([PairArrays(p.images, np.zeros_like(p.masks), np.ones(len(p), bool),
+                                                      p.ids, p.classes) for p, _ in parts])
             self.unknown = np.concatenate([np.zeros(0, bool)] + [np.full(len(p), not free) for p, free in parts])
         if cfg.kind == "inpaint":
-            self.self_sup = _concat([p for p, _ in image_only])
+            self.self_sup = PairArrays.concat([p for p, _ in image_only])
             self.fill_normal = np.concatenate([np.zeros(0, bool)] + [np.full(len(p), free) for p, free in image_only
                                                                      if p is not None])
         if len(self.pool) == 0 and (self.self_sup is None or len(self.self_sup) == 0):
@@ -86,7 +86,7 @@ class BatchMaker:
             idx = rng.integers(len(self.self_sup), size=n_self)
             parts.append(self._random_masks(self.self_sup.subset(idx), rng))
             fill[b - n_self:] = np.where(self.fill_normal[idx], 2, 1)
-        data = _concat(parts)
+        data = PairArrays.concat(parts)
         images, masks = flip_pairs(data.images, data.masks, rng) if self.cfg.flip else (data.images, data.masks)
         aug = None
         if self.cfg.augment is not None:  # no draws when off: today's batches stay bit-identical
@@ -159,11 +159,3 @@ def make_mask_source(name: str, real: PairArrays | None, size: int):
     ids = [i for i, h in zip(real.ids, real.has_mask, strict=True) if h]
     return build_mask_source(name, real.masks[real.has_mask], ids, size=size)
 
-
-def _concat(parts: list[PairArrays | None]) -> PairArrays:
-    parts = [p for p in parts if p is not None and len(p)]
-    if not parts:
-        return PairArrays(np.zeros((0, 1, 1, 1), np.uint8), np.zeros((0, 1, 1), np.uint8), np.zeros(0, bool), [], [])
-    return PairArrays(np.concatenate([p.images for p in parts]), np.concatenate([p.masks for p in parts]),
-                      np.concatenate([p.has_mask for p in parts]), sum((p.ids for p in parts), []),
-                      sum((p.classes for p in parts), []))

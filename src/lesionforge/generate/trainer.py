@@ -22,12 +22,15 @@ from diffusers.optimization import get_cosine_schedule_with_warmup
 from diffusers.training_utils import EMAModel, compute_snr
 from rich.progress import BarColumn, TextColumn, TimeRemainingColumn
 
+from lesionforge.checkpoints import load_tensor_state, load_torch_state, save_tensor_state, save_torch_state
 from lesionforge.config import save_config
 from lesionforge.data.arrays import PairArrays
+from lesionforge.devices import resolve_device
 from lesionforge.errors import CheckpointError, ConfigError
 from lesionforge.generate.batches import Codec
+from lesionforge.generate.build import build_generator
 from lesionforge.generate.config import GeneratorConfig
-from lesionforge.generate.models import LesionGenerator, build_generator
+from lesionforge.generate.models import LesionGenerator
 from lesionforge.generate.report import save_loss_curve, save_sample_grid
 from lesionforge.generate.trainbatch import BatchMaker
 from lesionforge.outputs import announce_resume, claim_output
@@ -69,7 +72,10 @@ def train_generator(
     codec = codec or load_codec(cfg)
     # several processes (`accelerate launch --num_processes K -m lesionforge train-generator ...`): data parallel, each
     # rank draws its own batches (seeded by its index), gradients averaged; the LR schedule follows cfg.steps
-    accel = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=_precision(cfg),
+    device = resolve_device(cfg.device)
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)  # accelerate places a single process on the current CUDA device
+    accel = Accelerator(cpu=device.type == "cpu", mixed_precision=_precision(cfg, device),
                         step_scheduler_with_optimizer=False)
     seed_everything(cfg.seed)  # initial weights depend on the seed only
     latent = (codec.latent_channels, codec.downsample_factor) if codec is not None else (None, 1)
@@ -127,9 +133,9 @@ def _rank_digests(accel, gen: LesionGenerator, ema: EMAModel) -> list[list[float
     return every.tolist()
 
 
-def _precision(cfg: GeneratorConfig) -> str:
+def _precision(cfg: GeneratorConfig, device: torch.device) -> str:
     """GPU mixed precision: bf16 where the GPU has it (no loss scaling, fp32's range), else fp16; none on CPU."""
-    if not (torch.cuda.is_available() and cfg.mixed_precision):
+    if not (device.type == "cuda" and cfg.mixed_precision):
         return "no"
     return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
 
@@ -250,10 +256,10 @@ def save_checkpoint(out_dir: Path, step: int, gen: LesionGenerator, opt, lr_sche
     tmp = out_dir / f".tmp-{CHECKPOINT_PREFIX}{step}"
     shutil.rmtree(tmp, ignore_errors=True)
     gen.save_pretrained(tmp / "model")
-    torch.save(ema.state_dict(), tmp / "ema.pt")
-    torch.save(opt.state_dict(), tmp / "optimizer.pt")
-    torch.save(lr_sched.state_dict(), tmp / "lr_scheduler.pt")
-    torch.save({"torch": torch.get_rng_state()}, tmp / "rng.pt")
+    save_tensor_state(ema.state_dict(), tmp / "ema")  # EMA weights: safetensors (+ ema.json)
+    save_torch_state(opt.state_dict(), tmp / "optimizer.pt")
+    save_torch_state(lr_sched.state_dict(), tmp / "lr_scheduler.pt")
+    save_torch_state({"torch": torch.get_rng_state()}, tmp / "rng.pt")
     write_json_atomic(tmp / "state.json", {"step": step, "losses": losses, "train_seconds": train_seconds})
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
@@ -283,10 +289,12 @@ def _load_checkpoint(path: Path, gen: LesionGenerator, opt, lr_sched, ema: EMAMo
                           "use another output folder")
     try:
         gen.load_state_dict(saved.state_dict())
-        ema.load_state_dict(torch.load(path / "ema.pt", weights_only=True))
-        opt.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
-        lr_sched.load_state_dict(torch.load(path / "lr_scheduler.pt", weights_only=True))
-        torch.set_rng_state(torch.load(path / "rng.pt", weights_only=True)["torch"])
+        # an older checkpoint keeps the EMA weights in a torch.save blob, ema.pt
+        legacy = path / "ema.pt"
+        ema.load_state_dict(load_torch_state(legacy) if legacy.is_file() else load_tensor_state(path / "ema"))
+        opt.load_state_dict(load_torch_state(path / "optimizer.pt"))
+        lr_sched.load_state_dict(load_torch_state(path / "lr_scheduler.pt"))
+        torch.set_rng_state(load_torch_state(path / "rng.pt")["torch"])
         state = json.loads((path / "state.json").read_text(encoding="utf-8"))
     except (OSError, RuntimeError, KeyError, ValueError) as e:
         raise CheckpointError(f"{path}: cannot resume from this checkpoint ({e})") from e

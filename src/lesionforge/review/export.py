@@ -6,8 +6,8 @@ only with ``include_flagged``), together with the real pairs of the real manifes
 ``nnunet/DatasetXXX_Name/`` (``imagesTr/<case>_0000.png``, ``labelsTr/<case>.png`` with labels 0/1,
 ``dataset.json``) and (c) ``datasheet.md`` plus ``export.json`` (provenance, counts, decisions, flags).
 
-Review rule (several reviewers): a sample counts as accepted when at least one reviewer accepted it and
-none rejected it; with ``reviewer`` only that person's decisions count.
+Review rule (several reviewers, :func:`lesionforge.data.manifest.review_status`): a sample counts as accepted
+when at least one reviewer accepted it and none rejected it; with ``reviewer`` only that person's decisions count.
 """
 
 from __future__ import annotations
@@ -22,27 +22,13 @@ import numpy as np
 
 from lesionforge.data.arrays import load_sample
 from lesionforge.data.io import is_grey, read_image, write_image, write_mask
-from lesionforge.data.manifest import Sample, write_manifest
+from lesionforge.data.manifest import Sample, review_status, write_manifest
 from lesionforge.errors import ConfigError
 from lesionforge.outputs import claim_output
 from lesionforge.review.store import ReviewSet, flagged
 from lesionforge.utils import code_version, write_json_atomic, write_text_atomic
 
 CASE_CHARS = re.compile(r"[^A-Za-z0-9-]+")
-
-
-def review_status(sample: Sample, reviewer: str | None = None) -> str | None:
-    """"accepted", "rejected" or ``None`` (not reviewed) by the rule in the module docstring."""
-    prov = sample.provenance
-    if prov is None:
-        return None
-    reviews = {r: e.get("decision") for r, e in (prov.reviews or {}).items()}
-    if reviewer is not None:
-        return reviews.get(reviewer)
-    decisions = set(reviews.values()) | ({prov.review} if prov.review else set())
-    if "rejected" in decisions:
-        return "rejected"
-    return "accepted" if "accepted" in decisions else None
 
 
 @dataclass

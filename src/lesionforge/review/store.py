@@ -21,11 +21,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from lesionforge.data.manifest import Provenance, Sample, read_manifest, write_manifest
+from lesionforge.data.manifest import Provenance, Sample, read_manifest, set_manifest, write_manifest
 from lesionforge.errors import DataError
 
 DECISIONS = ("accepted", "rejected")
-MANIFEST_NAMES = ("manifest.filtered.jsonl", "manifest.jsonl")  # the filtered one carries the scores
 AUDIT_NAMES = ("memorization.json", "memorization/memorization.json")
 
 
@@ -35,10 +34,7 @@ def find_manifest(set_dir: Path, manifest: Path | None = None) -> Path:
         if not manifest.is_file():
             raise DataError(manifest, "manifest not found")
         return manifest
-    for name in MANIFEST_NAMES:
-        if (set_dir / name).is_file():
-            return set_dir / name
-    raise DataError(set_dir, f"no manifest in the set folder (looked for {', '.join(MANIFEST_NAMES)})")
+    return set_manifest(set_dir)
 
 
 def inside(root: Path, path: str | Path) -> Path | None:

@@ -7,13 +7,14 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from lesionforge.config import StrictModel
+from lesionforge.devices import DeviceName
 
 NetworkName = Literal["BasicUNet", "UNet", "AttentionUnet", "SegResNet", "UNETR", "SwinUNETR"]
 MixMode = Literal["none", "ratio", "alpha", "patch-merge", "synthetic-only"]
 
 
 class AugmentConfig(StrictModel):
-    """Standard augmentation (MONAI dictionary transforms, see :mod:`lesionforge.data.augment`)."""
+    """Standard augmentation (MONAI dictionary transforms, see :mod:`lesionforge.segment.augment`)."""
 
     enabled: bool = True
     flip_prob: float = Field(0.5, ge=0, le=1)  # per axis
@@ -74,7 +75,9 @@ class SegmentConfig(StrictModel):
     val_interval: int = Field(100, ge=1)
     eval_batch_size: int = Field(32, ge=1)
     seed: int = 0
-    device: str = "cpu"
+    # lesionforge.devices.resolve_device ("auto": CUDA if visible, else CPU). The default stays "cpu": every run
+    # record stores this dict and a resumed sweep or a rebuilt result compares it, so a new default would orphan them
+    device: DeviceName = "cpu"
 
     @model_validator(mode="after")
     def _check(self) -> SegmentConfig:

@@ -73,12 +73,6 @@ def load_pairs(
     return load_arrays(read_samples(path, ids, whole_volumes=whole_volumes), resolution, channels)
 
 
-def kept_samples(samples: list[Sample]) -> list[Sample]:
-    """Synthetic samples the validator kept (``provenance.validation.kept``); samples never validated are
-    dropped too, so a "filtered" set only holds checked samples."""
-    return [s for s in samples if s.provenance and (s.provenance.validation or {}).get("kept") is True]
-
-
 def twins_of(samples: list[Sample]) -> dict[str, list[int]]:
     """Real id -> indices (into ``samples``) of its synthetic twins, from ``provenance.source_id``."""
     twins: dict[str, list[int]] = {}

@@ -10,8 +10,8 @@ Definitions, exactly as computed here (binary masks, prediction = probability >=
 - HD95: MONAI ``compute_hausdorff_distance(percentile=95)`` in pixels; NaN (left out) when the ground truth or the
   prediction is empty.
 - Lesions: 8-connected components of the ground truth. A lesion is missed when the prediction covers less than
-  ``miss_fraction`` of its pixels. Band by lesion area as a fraction of the image: small < 1 %, medium 1-5 %
-  (both ends included), large > 5 %. Miss rate = missed lesions / lesions, pooled over images.
+  ``miss_fraction`` of its pixels. Band by lesion area as a fraction of the image (:mod:`lesionforge.data.bands`):
+  small < 1 %, medium 1-5 % (both ends included), large > 5 %. Miss rate = missed lesions / lesions, pooled over images.
 - Volumes (every id a slice id ``<case>/<axis>_<index>``, :func:`lesionforge.data.volumes.case_of`): ``dice3d``
   per case = Dice of the case's slices stacked in slice order (voxel counts pooled over its slices, at the
   resolution the slices were scored at; 1 when the case has no foreground and none is predicted). It counts every
@@ -34,9 +34,7 @@ from scipy import ndimage
 from torch import nn
 
 from lesionforge.data.arrays import PairArrays
-
-BANDS = ("small", "medium", "large")
-SMALL_MAX, MEDIUM_MAX = 0.01, 0.05  # lesion area / image area band edges
+from lesionforge.data.bands import BAND_EDGES, BANDS, band_of
 
 _EIGHT = np.ones((3, 3), dtype=bool)
 
@@ -76,13 +74,6 @@ def hd95(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
             d = compute_hausdorff_distance(yp, yg, include_background=True, percentile=95)
         out[ok] = d[:, 0].numpy().astype(np.float64)
     return out
-
-
-def band_of(area_fraction: float) -> str:
-    """Lesion size band of an area fraction of the image: ``small`` < 0.01 <= ``medium`` <= 0.05 < ``large``."""
-    if area_fraction < SMALL_MAX:
-        return "small"
-    return "medium" if area_fraction <= MEDIUM_MAX else "large"
 
 
 def lesion_table(pred: np.ndarray, gt: np.ndarray, miss_fraction: float = 0.1) -> dict[str, np.ndarray]:
@@ -208,7 +199,7 @@ class EvalResult:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: overall aggregates at top level, ``subsets``, ``per_image``; NaN becomes ``None``."""
         out = {"threshold": THRESHOLD, "miss_fraction": self.miss_fraction, **self.summary()}
-        out["band_edges"] = {"small_below": SMALL_MAX, "large_above": MEDIUM_MAX}
+        out["band_edges"] = {"small_below": BAND_EDGES[0], "large_above": BAND_EDGES[1]}
         out["subsets"] = {name: self.summary(idx) for name, idx in self.subsets.items()}
         out["per_image"] = {
             "ids": list(self.ids),

@@ -22,20 +22,21 @@ import numpy as np
 import torch
 from diffusers.optimization import get_cosine_schedule_with_warmup
 from monai.losses import DiceCELoss
-from safetensors.torch import load_model
 from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
 
+from lesionforge.checkpoints import WEIGHTS, load_torch_state, load_weights, save_torch_state
 from lesionforge.config import save_config
 from lesionforge.data.arrays import PairArrays, image_to_tensor, mask_to_tensor
-from lesionforge.data.augment import augment_batch, build_augmentation
+from lesionforge.devices import resolve_device
 from lesionforge.errors import CheckpointError, ConfigError, DataError
 from lesionforge.outputs import announce_resume, child_path, claim_output
+from lesionforge.segment.augment import augment_batch, build_augmentation
 from lesionforge.segment.config import SegmentConfig
 from lesionforge.segment.copypaste import CopyPaster
 from lesionforge.segment.metrics import THRESHOLD, overlap_scores
 from lesionforge.segment.mixing import BatchPlan, BatchSampler, merge_mask, merge_pairs, step_rng
-from lesionforge.segment.model_io import WEIGHTS, predict, save_segmenter
+from lesionforge.segment.model_io import predict, save_segmenter
 from lesionforge.segment.networks import build_network
 from lesionforge.utils import seed_everything, write_json_atomic
 
@@ -82,7 +83,7 @@ def train_segmenter(
     _check_inputs(cfg, train, val, synthetic)
     out = claim_output(out_dir, "segmentation run", overwrite=overwrite, resume=resume)
     seed_everything(cfg.seed)
-    device = torch.device(cfg.device)
+    device = resolve_device(cfg.device)
     channels = train.images.shape[-1]
     model = build_network(cfg.network, channels, cfg.features, cfg.resolution, **cfg.network_kwargs).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -235,9 +236,7 @@ def _save_last(
         "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "torch_rng": torch.get_rng_state(),
         "state": state.__dict__,
     }
-    tmp = folder / "state.pt.tmp"
-    torch.save(blob, tmp)
-    tmp.replace(folder / "state.pt")
+    save_torch_state(blob, folder / "state.pt")
     previous = _last_folder(out)
     write_json_atomic(out / "last.json", {"folder": folder.name, "step": state.step})
     if previous is not None and previous != folder:
@@ -271,8 +270,8 @@ def _load_last(
     saved = SegmentConfig.model_validate(json.loads((folder / "segmenter.json").read_text(encoding="utf-8"))["config"])
     if saved.model_copy(update={"device": cfg.device}) != cfg:  # the same run may resume on another device
         raise CheckpointError(f"{out}: holds a run with different settings; use another folder or --overwrite")
-    load_model(model, str(folder / WEIGHTS))
-    blob = torch.load(folder / "state.pt", weights_only=True)
+    load_weights(model, folder / WEIGHTS)
+    blob = load_torch_state(folder / "state.pt")
     opt.load_state_dict(blob["optimizer"])
     sched.load_state_dict(blob["scheduler"])
     torch.set_rng_state(blob["torch_rng"])

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -12,7 +11,7 @@ import torch
 
 from lesionforge.data.arrays import image_to_tensor
 from lesionforge.validate.filter import auto_threshold, keep_decisions, score_pairs
-from lesionforge.validate.validator import Validator, load_validator
+from lesionforge.validate.validator import Validator
 
 
 def _ms_per_sample(fn: Callable[[torch.Tensor], torch.Tensor], inputs: torch.Tensor, batch_size: int,
@@ -73,15 +72,6 @@ def agreement(latent: Validator, pixel: Validator, images: np.ndarray, intended:
         "pixel_dice_of_latent_kept": pixel_dice(k_lat), "pixel_dice_of_latent_rejected": pixel_dice(~k_lat),
         "dice_correlation": _correlation(s_lat["dice"], s_pix["dice"]),
     }
-
-
-def measure_cost(latent_dir: str | Path, pixel_dir: str | Path, images: np.ndarray, intended: np.ndarray,
-                 batch_size: int = 16, repeats: int = 5) -> dict[str, Any]:
-    """Timing (:func:`timing`) and agreement (:func:`agreement`, automatic thresholds) of the validators in
-    ``latent_dir`` and ``pixel_dir`` on pairs ``images`` uint8 (N, H, W, C), ``intended`` (N, H, W)."""
-    latent, pixel = load_validator(latent_dir), load_validator(pixel_dir)
-    return {"ms_per_sample": timing(latent, pixel, images, batch_size, repeats),
-            "agreement": agreement(latent, pixel, images, intended), "torch_threads": torch.get_num_threads()}
 
 
 def _correlation(a: np.ndarray, b: np.ndarray) -> float | None:

@@ -16,15 +16,17 @@ import numpy as np
 import torch
 from diffusers import DDPMScheduler, ModelMixin, UNet2DModel
 from diffusers.configuration_utils import ConfigMixin, register_to_config
+from pydantic import Field
 from torch import nn
 
 from lesionforge.config import StrictModel
 from lesionforge.data.arrays import PairArrays, image_to_tensor, mask_to_tensor
+from lesionforge.devices import DeviceName
 from lesionforge.generate.autoencoder import LatentCodec
 from lesionforge.outputs import claim_output
 from lesionforge.utils import code_version, seed_everything
 from lesionforge.validate.training import train_loop
-from lesionforge.validate.validator import SEGMENTER_DIR, save_validator_info, val_scores
+from lesionforge.validate.validator import SEGMENTER_DIR, load_validator, register_kind, save_validator_info, val_scores
 
 
 class LatentSegmenter(ModelMixin, ConfigMixin):
@@ -63,8 +65,17 @@ class LatentSegmenter(ModelMixin, ConfigMixin):
         return torch.sigmoid(self(z.to(self.device, torch.float32), t))
 
 
+#: The autoencoder a latent validator folder keeps beside its segmenter (it reads latents of that codec).
+CODEC_DIR = "codec"
+
+
+@register_kind("latent")
+def load_latent_networks(path: Path) -> tuple[LatentSegmenter, LatentCodec]:
+    return LatentSegmenter.from_pretrained(path / SEGMENTER_DIR), LatentCodec.from_pretrained(path / CODEC_DIR)
+
+
 class LatentSegmenterConfig(StrictModel):
-    """Latent segmenter settings (``configs/validator-*.yaml`` with ``kind: latent``)."""
+    """Latent segmenter settings (the packaged ``validator-*.yaml`` presets with ``kind: latent``)."""
 
     kind: Literal["latent"] = "latent"
     resolution: int = 64  # images are loaded at this size; must match the codec's training size
@@ -82,6 +93,9 @@ class LatentSegmenterConfig(StrictModel):
     lr: float = 1e-3
     checkpoint_every: int = 250
     seed: int = 0
+    # where to train (lesionforge.devices.resolve_device: None/"auto" = CUDA if visible, else CPU); not part of
+    # the model, so left out of dumps and cache keys
+    device: DeviceName = Field(None, exclude=True)
 
 
 @torch.no_grad()
@@ -127,17 +141,15 @@ def train_latent_segmenter(
         return scheduler.add_noise(z_all[idx], noise, t), t, m_all[idx]
 
     loss = train_loop(model, lambda m, b: m(b[0], b[1]), sample_batch, cfg.steps, cfg.lr, out_dir, cfg.seed,
-                      cfg.checkpoint_every, resume, "Training latent segmenter", progress)
+                      cfg.checkpoint_every, resume, "Training latent segmenter", progress, cfg.device)
     model.save_pretrained(out_dir / SEGMENTER_DIR, safe_serialization=True)
-    codec.save_pretrained(out_dir / "codec")
+    codec.save_pretrained(out_dir / CODEC_DIR)
     scheduler.save_pretrained(out_dir / "scheduler")
     info = {"kind": "latent", "eval_timestep": cfg.eval_timestep, "resolution": int(train.images.shape[1]),
             "image_channels": int(train.images.shape[-1]), "final_train_loss": loss, "n_train": len(labelled),
             "config": cfg.model_dump(mode="json"), "code_version": code_version(), "seed": cfg.seed}
     save_validator_info(out_dir, info)
     if val is not None:
-        from lesionforge.validate.validator import load_validator
-
         save_validator_info(out_dir, {**info, **val_scores(load_validator(out_dir), val)})
     return out_dir
 

@@ -10,13 +10,15 @@ import torch
 from diffusers import ModelMixin
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from monai.networks.nets import BasicUNet
+from pydantic import Field
 
 from lesionforge.config import StrictModel
 from lesionforge.data.arrays import PairArrays, image_to_tensor, mask_to_tensor
+from lesionforge.devices import DeviceName
 from lesionforge.outputs import claim_output
 from lesionforge.utils import code_version, seed_everything
 from lesionforge.validate.training import flip_batch, train_loop
-from lesionforge.validate.validator import SEGMENTER_DIR, load_validator, save_validator_info, val_scores
+from lesionforge.validate.validator import SEGMENTER_DIR, load_validator, register_kind, save_validator_info, val_scores
 
 
 class PixelSegmenter(ModelMixin, ConfigMixin):
@@ -36,8 +38,13 @@ class PixelSegmenter(ModelMixin, ConfigMixin):
         return torch.sigmoid(self(x.to(self.device, torch.float32)))
 
 
+@register_kind("pixel")
+def load_pixel_networks(path: Path) -> tuple[PixelSegmenter, None]:
+    return PixelSegmenter.from_pretrained(path / SEGMENTER_DIR), None
+
+
 class PixelSegmenterConfig(StrictModel):
-    """Pixel validator settings (``configs/validator-*.yaml`` with ``kind: pixel``)."""
+    """Pixel validator settings (the packaged ``validator-*.yaml`` presets with ``kind: pixel``)."""
 
     kind: Literal["pixel"] = "pixel"
     resolution: int = 64
@@ -48,6 +55,9 @@ class PixelSegmenterConfig(StrictModel):
     lr: float = 1e-3
     checkpoint_every: int = 250
     seed: int = 0
+    # where to train (lesionforge.devices.resolve_device: None/"auto" = CUDA if visible, else CPU); not part of
+    # the model, so left out of dumps and cache keys
+    device: DeviceName = Field(None, exclude=True)
 
 
 def train_pixel_segmenter(
@@ -68,7 +78,7 @@ def train_pixel_segmenter(
         return flip_batch(x_all[idx], m_all[idx], rng)
 
     loss = train_loop(model, lambda m, b: m(b[0]), sample_batch, cfg.steps, cfg.lr, out_dir, cfg.seed,
-                      cfg.checkpoint_every, resume, "Training pixel segmenter", progress)
+                      cfg.checkpoint_every, resume, "Training pixel segmenter", progress, cfg.device)
     model.save_pretrained(out_dir / SEGMENTER_DIR, safe_serialization=True)
     info = {"kind": "pixel", "resolution": int(train.images.shape[1]), "image_channels": int(x_all.shape[1]),
             "final_train_loss": loss, "n_train": len(labelled), "config": cfg.model_dump(mode="json"),

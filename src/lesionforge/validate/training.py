@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from monai.losses import DiceCELoss
 
+from lesionforge.devices import resolve_device
 from lesionforge.train_state import load_train_state, save_train_state
 
 Batch = tuple[torch.Tensor, ...]
@@ -26,12 +27,16 @@ def train_loop(
     resume: bool = True,
     description: str = "Training",
     progress: bool = False,
+    device: str | None = None,
 ) -> float:
     """Train ``model`` for ``steps`` AdamW steps on Dice + BCE; return the last loss.
 
     ``sample_batch(rng)`` returns a batch whose last item is the target mask (B, 1, H, W) in {0, 1};
     ``forward(model, batch)`` returns logits of the same shape. State goes to ``out_dir/train_state``.
+    The model is trained on ``device`` (:func:`~lesionforge.devices.resolve_device`), batches moved there.
     """
+    dev = resolve_device(device)
+    model.to(dev)
     loss_fn = DiceCELoss(sigmoid=True, squared_pred=False, smooth_nr=1e-5, smooth_dr=1e-5)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4, foreach=True)
     start, optim = load_train_state(out_dir, "model", model) if resume else (0, None)
@@ -46,7 +51,7 @@ def train_loop(
 
         steps_iter = track(steps_iter, description=description)
     for step in steps_iter:
-        batch = sample_batch(rng)
+        batch = tuple(t.to(dev) for t in sample_batch(rng))
         loss = loss_fn(forward(model, batch), batch[-1])
         opt.zero_grad(set_to_none=True)
         loss.backward()

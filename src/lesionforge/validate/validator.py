@@ -2,11 +2,16 @@
 
 A validator folder holds ``validator.json`` (kind, resolution, real-``val`` scores), ``segmenter/``
 (diffusers-style config + safetensors) and, for the latent kind, the ``codec/`` it reads latents from.
+
+Each kind registers how its folder is loaded (:func:`register_kind`, in :mod:`.latent_segmenter` and
+:mod:`.pixel_segmenter`, which the ``lesionforge.validate`` package imports): this module needs neither, so
+they can build on it without an import cycle.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,11 +21,26 @@ import torch
 
 from lesionforge.data.arrays import PairArrays, image_to_tensor
 from lesionforge.errors import CheckpointError
-from lesionforge.utils import dir_hash, write_json_atomic
+from lesionforge.outputs import dir_hash
+from lesionforge.utils import write_json_atomic
 from lesionforge.validate.scores import dice_scores, foreground_fractions
 
 SEGMENTER_DIR = "segmenter"
 INFO_FILE = "validator.json"
+
+#: Loads a validator folder's networks: (segmenter, codec or None).
+KindLoader = Callable[[Path], tuple[torch.nn.Module, Any]]
+_KINDS: dict[str, KindLoader] = {}
+
+
+def register_kind(kind: str) -> Callable[[KindLoader], KindLoader]:
+    """Decorator: ``loader`` reads the networks of validator folders of ``kind``."""
+
+    def add(loader: KindLoader) -> KindLoader:
+        _KINDS[kind] = loader
+        return loader
+
+    return add
 
 
 @dataclass
@@ -68,17 +88,11 @@ def load_validator(path: str | Path) -> Validator:
     if not info_file.is_file():
         raise CheckpointError(f"{path}: no {INFO_FILE}; not a validator folder (run `lesionforge train validator`)")
     info = json.loads(info_file.read_text(encoding="utf-8"))
-    if info.get("kind") == "latent":
-        from lesionforge.generate.autoencoder import LatentCodec
-        from lesionforge.validate.latent_segmenter import LatentSegmenter
-
-        seg, codec = LatentSegmenter.from_pretrained(path / SEGMENTER_DIR), LatentCodec.from_pretrained(path / "codec")
-    elif info.get("kind") == "pixel":
-        from lesionforge.validate.pixel_segmenter import PixelSegmenter
-
-        seg, codec = PixelSegmenter.from_pretrained(path / SEGMENTER_DIR), None
-    else:
-        raise CheckpointError(f"{info_file}: unknown validator kind {info.get('kind')!r}")
+    loader = _KINDS.get(info.get("kind"))
+    if loader is None:
+        raise CheckpointError(f"{info_file}: unknown validator kind {info.get('kind')!r} "
+                              f"(known: {', '.join(sorted(_KINDS))})")
+    seg, codec = loader(path)
     return Validator(info["kind"], path, info, seg.eval(), codec, dir_hash(path / SEGMENTER_DIR))
 
 

@@ -17,10 +17,9 @@ from scipy import linalg, ndimage
 
 from lesionforge.conditioning.masks import area_fractions
 from lesionforge.data.arrays import PairArrays
-from lesionforge.data.manifest import Sample, read_manifest
-from lesionforge.outputs import claim_output
+from lesionforge.data.manifest import Sample
+from lesionforge.quality.features import FeatureExtractor
 from lesionforge.utils import code_version, write_json_atomic, write_text_atomic
-from lesionforge.validate.features import FeatureExtractor, load_extractor, manifest_arrays
 
 #: MS-SSIM's five standard scale weights (Wang et al. 2003), used at every resolution.
 MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
@@ -261,24 +260,3 @@ def write_quality_report(report: dict, out_dir: str | Path) -> Path:
     write_json_atomic(out_dir / "quality.json", report)
     write_text_atomic(out_dir / "quality.md", quality_markdown(report))
     return out_dir / "quality.json"
-
-
-def run_quality(real_manifest: str | Path, synthetic_manifest: str | Path, extractor: str | Path, out_dir: str | Path,
-                resolution: int, real_split: str | None = "test", kept_only: bool = True, device: str = "cpu",
-                overwrite: bool = False, progress: bool = False, **options) -> Path:
-    """Load both manifests at ``resolution``, run :func:`quality_report` with the extractor named by ``extractor``
-    (see :func:`load_extractor`) and write ``quality.json``/``quality.md`` into ``out_dir``.
-
-    Synthetic images are the ``origin: synthetic`` rows, only those the filter kept when ``kept_only`` (the
-    set that would be used for training); mask fidelity covers every synthetic row. ``options`` go to
-    :func:`quality_report` (``kid_subsets``, ``kid_subset_size``, ``msssim_pairs``, ``seed``).
-    """
-    out_dir = claim_output(out_dir, "quality report", overwrite=overwrite)
-    real, _ = manifest_arrays(real_manifest, resolution, real_split, progress=progress)
-    synthetic, _ = manifest_arrays(synthetic_manifest, resolution, origin="synthetic", kept_only=kept_only,
-                                   progress=progress)
-    rows = [s for s in read_manifest(synthetic_manifest) if s.origin == "synthetic"]
-    report = quality_report(real, synthetic, load_extractor(extractor).to(device), samples=rows, **options)
-    report["inputs"] = {"real_manifest": str(real_manifest), "real_split": real_split,
-                        "synthetic_manifest": str(synthetic_manifest), "synthetic_kept_only": kept_only}
-    return write_quality_report(report, out_dir)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lesionforge.config import load_config
+from lesionforge.config import resolve_preset
 from lesionforge.data.arrays import load_arrays
-from lesionforge.data.manifest import read_manifest
-from lesionforge.errors import ConfigError, DataError
+from lesionforge.data.manifest import read_set
+from lesionforge.errors import ConfigError
 from lesionforge.segment.config import SegmentConfig
-from lesionforge.segment.data import kept_samples, load_pairs, read_id_spec, twins_of
+from lesionforge.segment.data import load_pairs, read_id_spec, twins_of
 from lesionforge.segment.metrics import EvalResult, evaluate_path
 from lesionforge.segment.train import SegmentRun, train_segmenter
 from lesionforge.utils import write_json_atomic
@@ -24,19 +24,16 @@ def train_from_files(
     """Train from a YAML config and dataset paths (folders or manifests).
 
     ``train_ids`` / ``val_ids`` are id specs (``FILE`` or ``FILE.json:KEY``); validation comes from ``val_data``
-    (default: ``data``) and needs one of the two. ``synthetic`` is a manifest of synthetic pairs; ``kept_only``
-    keeps the samples the validator accepted."""
-    cfg = load_config(config, SegmentConfig, overrides)
+    (default: ``data``) and needs one of the two. ``synthetic`` is a manifest of synthetic pairs (or a set folder: its
+    ``origin: synthetic`` rows); ``kept_only`` keeps the kept samples (:func:`~lesionforge.data.manifest.is_kept`)."""
+    cfg = resolve_preset(config, overrides, SegmentConfig)
     train = load_pairs(data, cfg.resolution, channels, read_id_spec(train_ids) if train_ids else None)
     if val_data is None and val_ids is None:  # checked after the data, so that "no masks" is said first
         raise ConfigError("a validation set is needed: give val_ids (--val-ids) or val_data (--val-data)")
     val = load_pairs(val_data or data, cfg.resolution, channels, read_id_spec(val_ids) if val_ids else None)
     syn_arrays, twins = None, None
     if synthetic is not None:
-        samples = read_manifest(synthetic)
-        samples = kept_samples(samples) if kept_only else samples
-        if not samples:
-            raise DataError(synthetic, "no synthetic samples left (kept_only drops those the filter rejected)")
+        samples = read_set(synthetic, origin="synthetic", kept_only=kept_only)
         syn_arrays, twins = load_arrays(samples, cfg.resolution, channels), twins_of(samples)
     return train_segmenter(cfg, train, val, out, synthetic=syn_arrays, twins=twins, resume=resume,
                            overwrite=overwrite, progress=progress)

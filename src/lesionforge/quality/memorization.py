@@ -16,9 +16,8 @@ import torch
 from pydantic import BaseModel, computed_field
 
 from lesionforge.data.arrays import PairArrays
-from lesionforge.outputs import claim_output
-from lesionforge.utils import atomic_path, code_version, write_json_atomic
-from lesionforge.validate.features import FeatureExtractor, load_extractor, manifest_arrays
+from lesionforge.quality.features import FeatureExtractor
+from lesionforge.utils import code_version, save_figure_atomic, write_json_atomic
 
 
 class NearestMatch(BaseModel):
@@ -152,10 +151,7 @@ def plot_flagged_pairs(report: MemorizationReport, train: PairArrays, synthetic:
             ax.axis("off")
     fig.tight_layout()
     path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
-    return path
+    return save_figure_atomic(fig, path, dpi=100, bbox_inches=None)
 
 
 def write_memorization_report(report: MemorizationReport, train: PairArrays, synthetic: PairArrays,
@@ -165,16 +161,3 @@ def write_memorization_report(report: MemorizationReport, train: PairArrays, syn
     write_json_atomic(out_dir / "memorization.json", report.model_dump(mode="json"))
     plot_flagged_pairs(report, train, synthetic, out_dir / "memorization_flagged.png")
     return out_dir / "memorization.json"
-
-
-def run_memorization_audit(train_manifest: str | Path, synthetic_manifest: str | Path, extractor: str | Path,
-                           out_dir: str | Path, resolution: int, train_split: str | None = "train",
-                           percentile: float = 1.0, device: str = "cpu", overwrite: bool = False,
-                           progress: bool = False) -> Path:
-    """Audit every ``origin: synthetic`` row (kept or rejected) of ``synthetic_manifest`` against the real
-    rows of ``train_split`` in ``train_manifest`` at ``resolution``; writes the JSON (and figure) into ``out_dir``."""
-    out_dir = claim_output(out_dir, "memorization audit", overwrite=overwrite)
-    train, _ = manifest_arrays(train_manifest, resolution, train_split, origin="real", progress=progress)
-    synthetic, _ = manifest_arrays(synthetic_manifest, resolution, origin="synthetic", progress=progress)
-    report = memorization_audit(train, synthetic, load_extractor(extractor).to(device), percentile)
-    return write_memorization_report(report, train, synthetic, out_dir)

@@ -16,25 +16,26 @@ Three kinds, chosen by :func:`load_extractor`; every result names the one used a
 from __future__ import annotations
 
 import hashlib
-import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
 from monai.networks.nets import BasicUNet
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
-from lesionforge.data.arrays import PairArrays, image_to_tensor, load_arrays, mask_to_tensor
-from lesionforge.data.manifest import Sample, read_manifest
-from lesionforge.errors import CheckpointError, DataError
-from lesionforge.outputs import announce_resume, claim_output
-from lesionforge.utils import atomic_path, dir_hash, file_sha256, seed_everything, write_json_atomic
-from lesionforge.validate.inception import FIDInceptionV3
+from lesionforge.checkpoints import WEIGHTS, load_torch_state, load_weights, read_model_meta, save_model_folder
+from lesionforge.data.arrays import PairArrays, image_to_tensor, mask_to_tensor
+from lesionforge.devices import resolve_device
+from lesionforge.errors import CheckpointError
+from lesionforge.outputs import announce_resume, claim_output, dir_hash
+from lesionforge.quality.inception import FIDInceptionV3
+from lesionforge.train_state import TRAIN_STATE, load_train_state, save_train_state
+from lesionforge.utils import file_sha256, seed_everything
 
 SEG_ENCODER_CONFIG = "extractor_config.json"
-SEG_ENCODER_WEIGHTS = "model.safetensors"
-SEG_ENCODER_STATE = "train_state.pt"
+LEGACY_SEG_ENCODER_STATE = "train_state.pt"  # older runs' resume state (weights inside a torch.save blob)
 
 
 class FeatureExtractor:
@@ -135,18 +136,12 @@ def _build_unet(cfg: dict) -> BasicUNet:
 
 
 def seg_encoder_extractor(folder: str | Path) -> FeatureExtractor:
-    """Load a folder written by :func:`train_segmentation_encoder` (config JSON + safetensors weights)."""
+    """Load a folder written by :func:`train_segmentation_encoder` (the :mod:`lesionforge.checkpoints` format:
+    ``model.safetensors`` + ``extractor_config.json``)."""
     folder = Path(folder)
-    cfg_path, w_path = folder / SEG_ENCODER_CONFIG, folder / SEG_ENCODER_WEIGHTS
-    if not cfg_path.is_file() or not w_path.is_file():
-        needs = f"{SEG_ENCODER_CONFIG} and {SEG_ENCODER_WEIGHTS}"
-        raise CheckpointError(f"{folder}: not a seg-encoder folder (needs {needs})")
-    cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    cfg = read_model_meta(folder, SEG_ENCODER_CONFIG, "seg-encoder")
     unet = _build_unet(cfg)
-    try:
-        unet.load_state_dict(load_file(w_path))
-    except RuntimeError as e:
-        raise CheckpointError(f"{w_path}: weights do not match {cfg_path}: {e}") from e
+    load_weights(unet, folder / WEIGHTS)
     name = f"seg-encoder-basicunet-{cfg['resolution']}px"
     return FeatureExtractor(SegEncoder(unet), name, dir_hash(folder), channels=cfg["in_channels"])
 
@@ -162,12 +157,13 @@ def train_segmentation_encoder(
     checkpoint_every: int = 100,
     overwrite: bool = False,
     resume: bool = False,
+    device: str | None = None,
 ) -> Path:
     """Train a BasicUNet on the real labelled pairs (Dice + CE, random flips) and save it as an extractor folder.
 
     ``train`` images uint8 (N, H, W, C); only samples with ``has_mask`` are used. The training state is saved
     every ``checkpoint_every`` steps; ``resume`` continues from it with the same result as an uninterrupted run.
-    Returns ``out_dir``.
+    Trains on ``device`` (:func:`~lesionforge.devices.resolve_device`). Returns ``out_dir``.
     """
     labelled = train.subset(np.flatnonzero(train.has_mask))
     if len(labelled) < 2:
@@ -177,19 +173,16 @@ def train_segmentation_encoder(
     cfg = {"kind": "seg-encoder", "features": list(features), "in_channels": int(train.images.shape[-1]),
            "resolution": int(train.images.shape[1]), "steps": steps, "batch_size": batch_size, "lr": lr,
            "seed": seed, "n_train": len(labelled), "train_ids_hash": _ids_hash(labelled.ids)}
-    unet = _build_unet(cfg)
+    unet = _build_unet(cfg).to(resolve_device(device))
     opt = torch.optim.AdamW(unet.parameters(), lr=lr)
     gen = torch.Generator().manual_seed(seed)
-    state_path = out_dir / SEG_ENCODER_STATE
-    start = _load_train_state(state_path, cfg, unet, opt, gen) if resume and state_path.is_file() else 0
-    if start:
-        announce_resume(out_dir, f"step {start} of {steps}")
-    loss = _train_steps(unet, opt, gen, labelled, cfg, start, checkpoint_every, state_path)
+    start = _load_train_state(out_dir, cfg, unet, opt, gen) if resume else 0
+    loss = _train_steps(unet, opt, gen, labelled, cfg, start, checkpoint_every, out_dir)
     cfg["final_loss"] = loss
-    with atomic_path(out_dir / SEG_ENCODER_WEIGHTS) as tmp:
-        save_file({k: v.contiguous() for k, v in unet.state_dict().items()}, tmp)
-    write_json_atomic(out_dir / SEG_ENCODER_CONFIG, cfg)
-    state_path.unlink(missing_ok=True)  # finished: the folder holds only what the extractor needs (and hashes)
+    save_model_folder(unet, out_dir, SEG_ENCODER_CONFIG, cfg)
+    # finished: the folder holds only what the extractor needs (and hashes)
+    shutil.rmtree(out_dir / TRAIN_STATE, ignore_errors=True)
+    (out_dir / LEGACY_SEG_ENCODER_STATE).unlink(missing_ok=True)
     return out_dir
 
 
@@ -198,16 +191,17 @@ def _ids_hash(ids: list[str]) -> str:
 
 
 def _train_steps(unet: BasicUNet, opt: torch.optim.Optimizer, gen: torch.Generator, labelled: PairArrays,
-                 cfg: dict, start: int, checkpoint_every: int, state_path: Path) -> float:
+                 cfg: dict, start: int, checkpoint_every: int, out_dir: Path) -> float:
     from monai.losses import DiceCELoss
 
+    device = next(unet.parameters()).device
     images, masks = image_to_tensor(labelled.images), mask_to_tensor(labelled.masks > 0)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
     unet.train()
     loss = torch.tensor(float("nan"))
     for step in range(start, cfg["steps"]):
         idx = torch.randint(len(labelled), (min(cfg["batch_size"], len(labelled)),), generator=gen)
-        x, y = images[idx], masks[idx]
+        x, y = images[idx].to(device), masks[idx].to(device)
         # whole-batch flips on tensors: MONAI's per-item dict transforms would need a DataLoader for no gain
         if torch.rand(1, generator=gen).item() < 0.5:
             x, y = x.flip(-1), y.flip(-1)
@@ -218,21 +212,32 @@ def _train_steps(unet: BasicUNet, opt: torch.optim.Optimizer, gen: torch.Generat
         loss.backward()
         opt.step()
         if (step + 1) % checkpoint_every == 0 and step + 1 < cfg["steps"]:
-            with atomic_path(state_path) as tmp:
-                torch.save({"step": step + 1, "cfg": cfg, "model": unet.state_dict(), "opt": opt.state_dict(),
-                            "rng": gen.get_state()}, tmp)
+            save_train_state(out_dir, "model", unet, {"cfg": cfg, "opt": opt.state_dict(), "rng": gen.get_state()},
+                             step + 1)
     return float(loss.item())
 
 
-def _load_train_state(path: Path, cfg: dict, unet: BasicUNet, opt: torch.optim.Optimizer,
+def _load_train_state(out_dir: Path, cfg: dict, unet: BasicUNet, opt: torch.optim.Optimizer,
                       gen: torch.Generator) -> int:
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if state["cfg"] != cfg:
-        raise CheckpointError(f"{path}: saved with other settings or data; start again with --overwrite")
-    unet.load_state_dict(state["model"])
-    opt.load_state_dict(state["opt"])
-    gen.set_state(state["rng"])
-    return int(state["step"])
+    """Resume from ``train_state/`` (or an older run's ``train_state.pt``, weights inside a torch.save blob);
+    0 when there is neither."""
+    legacy = out_dir / LEGACY_SEG_ENCODER_STATE
+    if (out_dir / TRAIN_STATE / "step.json").is_file():
+        step, saved = load_train_state(out_dir, "model", unet)
+        where = out_dir / TRAIN_STATE
+    elif legacy.is_file():
+        saved, where = load_torch_state(legacy), legacy
+        step = int(saved["step"])
+    else:
+        return 0
+    if saved["cfg"] != cfg:
+        raise CheckpointError(f"{where}: saved with other settings or data; start again with --overwrite")
+    if where == legacy:
+        unet.load_state_dict(saved["model"])
+        announce_resume(out_dir, f"step {step} of {cfg['steps']} ({legacy.name})")
+    opt.load_state_dict(saved["opt"])
+    gen.set_state(saved["rng"])
+    return step
 
 
 def load_extractor(spec: str | Path) -> FeatureExtractor:
@@ -249,25 +254,3 @@ def load_extractor(spec: str | Path) -> FeatureExtractor:
     if path.is_file():
         return inception_extractor(path)
     raise CheckpointError(f"{path}: extractor not found (give 'pixels', a seg-encoder folder or an Inception file)")
-
-
-def manifest_arrays(manifest: str | Path, resolution: int, split: str | None = None, origin: str | None = None,
-                    kept_only: bool = False, progress: bool = False) -> tuple[PairArrays, list[Sample]]:
-    """Read a manifest into RGB arrays at ``resolution``, with the rows used.
-
-    Keeps only rows of ``split`` and ``origin`` (``real``/``synthetic``) when given; ``kept_only`` drops rows a
-    filter rejected (``provenance.validation.kept`` false; unscored rows stay).
-    """
-    samples = read_manifest(manifest)
-    if split is not None:
-        samples = [s for s in samples if s.split == split]
-    if origin is not None:
-        samples = [s for s in samples if s.origin == origin]
-    if kept_only:
-        samples = [s for s in samples if not (s.provenance and s.provenance.validation
-                                              and s.provenance.validation.get("kept") is False)]
-    if not samples:
-        wanted = [f"{k}={v!r}" for k, v in (("split", split), ("origin", origin)) if v is not None]
-        wanted += ["kept only"] if kept_only else []
-        raise DataError(manifest, f"no samples to use ({', '.join(wanted) or 'empty manifest'})")
-    return load_arrays(samples, resolution, channels=3, progress=progress), samples

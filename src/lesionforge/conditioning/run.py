@@ -9,22 +9,10 @@ import numpy as np
 
 from lesionforge.conditioning.edges import edge_map
 from lesionforge.conditioning.masks import MaskSource
-from lesionforge.data.arrays import PairArrays, load_arrays
+from lesionforge.data.arrays import PairArrays
 from lesionforge.data.io import write_image, write_mask
-from lesionforge.data.manifest import read_manifest
-from lesionforge.errors import DataError
 from lesionforge.outputs import claim_output
 from lesionforge.utils import code_version, write_text_atomic
-
-
-def load_manifest_arrays(manifest: str | Path, resolution: int, labelled_only: bool = False) -> PairArrays:
-    """The samples of a JSONL manifest at ``resolution`` px (cached), optionally only those with masks."""
-    samples = read_manifest(manifest)
-    if labelled_only:
-        samples = [s for s in samples if s.has_mask]
-    if not samples:
-        raise DataError(manifest, "no labelled samples" if labelled_only else "manifest has no samples")
-    return load_arrays(samples, resolution, progress=True)
 
 
 def _steps(items: range | list, description: str, progress: bool):

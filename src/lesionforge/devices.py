@@ -1,0 +1,57 @@
+"""The one device choice of every trainer: :func:`resolve_device`, and the ``device`` setting of the configs.
+
+``None`` / ``"auto"`` picks CUDA when a GPU is visible, else the CPU (what the generator trainer always did; Apple
+MPS only when named, as its kernels are not bit-stable); an explicit name must parse (``cpu``, ``cuda``,
+``cuda:1``, ``mps``) and be present on this machine, else a :class:`~lesionforge.errors.ConfigError` names it.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import AfterValidator
+
+from lesionforge.errors import ConfigError
+
+AUTO = "auto"
+#: The ``--device`` help of every training command.
+DEVICE_HELP = "Where to train: auto (CUDA if visible, else CPU), cpu, cuda, cuda:<i> or mps (default: the config's)."
+
+
+def _parse(device: str):
+    import torch
+
+    try:
+        return torch.device(device)
+    except (RuntimeError, ValueError) as e:
+        raise ConfigError(f"device {device!r} is not a torch device (use auto, cpu, cuda, cuda:<index> or mps)") from e
+
+
+def _checked_name(device: str | None) -> str | None:
+    if device is not None and device != AUTO:
+        try:
+            _parse(device)  # a misspelt name fails when the config is read, not when training starts
+        except ConfigError as e:
+            raise ValueError(str(e)) from e  # pydantic reports it with the file and the field
+    return device
+
+
+#: A config's ``device`` field: ``None`` / ``"auto"`` or a torch device name (checked when the config is read).
+DeviceName = Annotated[str | None, AfterValidator(_checked_name)]
+
+
+def resolve_device(device: str | None = None):
+    """The ``torch.device`` to run on: ``device`` when given (it must exist here), else the best available."""
+    import torch
+
+    if device is None or device == AUTO:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = _parse(device)
+    if dev.type == "cuda" and (not torch.cuda.is_available()
+                               or (dev.index is not None and dev.index >= torch.cuda.device_count())):
+        raise ConfigError(f"device {device!r}: no such CUDA device here ({torch.cuda.device_count()} visible)")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ConfigError(f"device {device!r}: MPS is not available here")
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"device {device!r}: lesionforge trains on cpu, cuda or mps")
+    return dev

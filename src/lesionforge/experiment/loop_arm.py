@@ -1,0 +1,156 @@
+"""The ``closed-loop`` experiment arm: the loop bound to the sweep's own stages, data and budget.
+
+The arm reuses the generator (and filter validator) its open-loop arm trains, cached by the sweep, and only
+changes what the generator is asked for. Its synthetic budget is the open-loop set's (``n_per_real`` x N, split
+over the rounds) and its final segmenter trains with the run's segmentation settings, the same as every arm's;
+:func:`fairness` records both and refuses a run where they differ.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from lesionforge.data.arrays import PairArrays, load_arrays
+from lesionforge.errors import ConfigError
+from lesionforge.experiment.config import ArmSettings, ExperimentConfig, resolved_generator_config
+from lesionforge.experiment.stages import ExperimentData, SyntheticSet
+from lesionforge.loop.conditions import TargetedMaskSource, appearance_prompts, weighted_backgrounds
+from lesionforge.loop.diagnose import checkpoint_predictor, diagnose
+from lesionforge.loop.rounds import run_rounds
+
+ROUND_SEED_STRIDE = 1000  # round r of a loop draws with generator seed + 1000 (r + 1): ids never collide
+
+
+def fairness(cfg: ExperimentConfig, arm: ArmSettings, n: int, segment_config: dict[str, Any]) -> dict[str, Any]:
+    """The budgets of this closed-loop run and of its open-loop arm; raises :class:`ConfigError` if they differ."""
+    from lesionforge.experiment.budget import ARM_FIELDS, budget_of, segment_config_for
+
+    open_arm = cfg.arm(arm.loop.open_loop_arm)
+    open_total = cfg.generators[open_arm.generator].n_per_real * n
+    total = cfg.generators[arm.generator].n_per_real * n
+    theirs = segment_config_for(cfg, open_arm, segment_config["seed"])
+    same_data_options = all(segment_config[k] == theirs[k] for k in ARM_FIELDS)
+    if total != open_total or budget_of(segment_config) != budget_of(theirs) or not same_data_options:
+        raise ConfigError(f"arm {arm.name!r}: its synthetic count ({total}) or segmentation settings differ from "
+                          f"open-loop arm {open_arm.name!r} ({open_total}); the comparison would not be fair")
+    return {"open_loop_arm": open_arm.name, "synthetic_requested": total, "open_loop_synthetic_requested": open_total,
+            "final_steps": segment_config["steps"], "open_loop_steps": theirs["steps"],
+            "round_steps": arm.loop.round_steps or segment_config["steps"]}
+
+
+def _kept(manifest: Path, filtered: bool, res: int, channels: int) -> PairArrays | None:
+    """A round's synthetic pairs, the kept ones (:func:`~lesionforge.data.manifest.kept`) of a filtered set; None
+    when a round kept none."""
+    from lesionforge.data.manifest import kept, read_manifest
+
+    rows = [s for s in read_manifest(manifest) if s.origin == "synthetic"]
+    rows = kept(rows) if filtered else rows
+    return load_arrays(rows, res, channels) if rows else None
+
+
+class ExperimentLoopWorker:
+    """:class:`~lesionforge.loop.rounds.LoopWorker` on the sweep's data and stages."""
+
+    def __init__(self, stages, cfg: ExperimentConfig, arm: ArmSettings, segment_config: dict[str, Any], n: int,
+                 data: ExperimentData, generator_dir: Path, subsets: dict[str, list[str]]):
+        self.stages, self.cfg, self.arm, self.n, self.data = stages, cfg, arm, n, data
+        self.segment_config, self.generator_dir, self.subsets = segment_config, generator_dir, subsets
+        self.spec = cfg.generators[arm.generator]
+        self.labelled = data.labelled(n)
+        self.real_masks = self.labelled.masks[self.labelled.has_mask]
+        self.gcfg = resolved_generator_config(cfg, self.spec)
+
+    def train(self, sets: list[dict[str, Any]], out: Path, final: bool):
+        from lesionforge.config import validate_config
+        from lesionforge.segment.config import SegmentConfig
+        from lesionforge.segment.train import train_segmenter
+
+        seg = dict(self.segment_config)
+        steps = self.arm.loop.round_steps
+        if not final and steps is not None:  # a segmenter trained only to be diagnosed may be cheaper
+            seg.update(steps=steps, val_interval=min(seg["val_interval"], steps),
+                       warmup_steps=min(seg["warmup_steps"], steps // 2))
+        res, ch = self.cfg.resolution, self.cfg.dataset.channels
+        synth = PairArrays.concat([_kept(Path(s["manifest_path"]), s["filtered"], res, ch) for s in sets])
+        if len(synth) == 0:
+            synth = None
+            seg["mixing"] = {"mode": "none"}
+        return train_segmenter(validate_config(SegmentConfig, seg, "segment"), self.labelled, self.data.val, out,
+                               synthetic=synth, resume=True, progress=True)
+
+    def diagnose(self, run, out: Path) -> dict[str, Any]:
+        seg_dir = Path(run.best_checkpoint).parent
+        last = json.loads((seg_dir / "last.json").read_text(encoding="utf-8"))["folder"]
+        second = checkpoint_predictor(seg_dir / last)  # disagreement between the best and the last checkpoint
+        return diagnose(checkpoint_predictor(run.best_checkpoint), self.data.val, settings=self.arm.loop,
+                        miss_fraction=self.cfg.miss_fraction, pool=self.data.unlabelled(self.n),
+                        backgrounds=self.data.backgrounds, second=second, subsets=self.subsets)
+
+    def synthesize(self, round_index: int, plan: dict[str, Any], diagnosis: dict[str, Any], n: int,
+                   out: Path) -> dict[str, Any]:
+        from lesionforge.generate.synthesize import synthesize
+        from lesionforge.validate.filter import filter_manifest
+
+        args = self.stages.synthesis_args(self.cfg, self.spec, self.n, self.data)
+        kind = self.gcfg.kind
+        steered = []
+        tag = {"loop_round": round_index, "targeted_bands": plan["targeted_bands"]}
+        if kind in ("mask2image", "inpaint"):
+            ids = [i for i, h in zip(self.labelled.ids, self.labelled.has_mask, strict=True) if h]
+            args["masks_from"] = TargetedMaskSource(plan, self.real_masks, self.cfg.resolution,
+                                                    move_to_cell=kind == "mask2image", tag=tag,
+                                                    source=self.arm.loop.mask_source, ids=ids)
+            steered += ["size band", "shape"] + (["position"] if kind == "mask2image" else [])
+        background_shares = None
+        if kind == "inpaint" and self.data.backgrounds is not None:
+            args["backgrounds"], background_shares = weighted_backgrounds(
+                self.data.backgrounds, diagnosis["uncertainty"]["backgrounds"])
+            steered.append("uncertain backgrounds")
+        if self.gcfg.uses_text and plan["appearance_shares"]:
+            from lesionforge.generate.textcond import prompt_function
+
+            args["prompts"] = appearance_prompts(plan, prompt_function(self.gcfg))
+            steered.append("appearance prompts")
+        args.update(n=n, seed=self.spec.seed + ROUND_SEED_STRIDE * (round_index + 1))
+        samples = synthesize(self.generator_dir, out / "synthetic", **args, resume=True, progress=True)
+        made = {"n_generated": len(samples), "steered": steered, "generator_kind": kind, "seed": args["seed"],
+                "background_shares": background_shares}
+        manifest = out / "synthetic" / "manifest.jsonl"
+        filtered = self.arm.filtered and self.spec.filter is not None
+        if filtered:
+            validator = self.stages.validator_for(self.cfg, self.spec, self.n, self.data)
+            report = filter_manifest(manifest, validator, out / "filtered.jsonl", threshold=self.spec.filter.threshold,
+                                     val=self.data.val, overwrite=True, auto_rule=self.spec.filter.auto_rule)
+            manifest = out / "filtered.jsonl"
+            made["filter"] = {k: v for k, v in report.to_dict().items() if k != "rejected_ids"}
+            made["n_kept"] = int(made["filter"]["n_kept"])
+        else:
+            made["n_kept"] = len(samples)
+        return {"manifest": str(manifest), "filtered": filtered, **made}
+
+
+def val_subsets(cfg: ExperimentConfig, data: ExperimentData) -> dict[str, list[str]]:
+    """The dataset's named subsets restricted to ``val`` (the experiment keeps only their test ids)."""
+    from lesionforge.segment.data import read_id_list
+
+    val = set(data.val.ids)
+    return {k: [i for i in read_id_list(p) if i in val] for k, p in cfg.dataset.subsets.items()}
+
+
+def train_closed_loop(stages, cfg: ExperimentConfig, arm: ArmSettings, segment_config: dict[str, Any], n: int,
+                      data: ExperimentData, open_loop: SyntheticSet | None, run_dir: Path):
+    """Run (or resume) the loop of one (N, arm, seed) in ``run_dir/loop``; the final segmenter trains in
+    ``run_dir/segmenter``. Returns ``(final run, loop summary)`` (the summary goes into the run record)."""
+    fair = fairness(cfg, arm, n, segment_config)
+    if open_loop is not None and "generator_dir" in open_loop.info:
+        generator_dir = Path(open_loop.info["generator_dir"])
+    else:  # no open-loop set made (a test's fake stages): train or reuse the cached generator directly
+        generator_dir = stages.generator_for(cfg, cfg.generators[arm.generator], n, data, run_dir / "no-synthetic")
+    worker = ExperimentLoopWorker(stages, cfg, arm, segment_config, n, data, generator_dir, val_subsets(cfg, data))
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    return run_rounds(run_dir / "loop", arm.loop, fair["synthetic_requested"], worker, final_dir=run_dir / "segmenter",
+                      meta={"fairness": fair, "generator": arm.generator}, log=console.print)

@@ -1,0 +1,32 @@
+"""Options of a ``closed-loop`` arm (how many rounds, how hard to steer, what counts as a failure)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from lesionforge.config import StrictModel
+
+
+class LoopSettings(StrictModel):
+    """How the loop steers synthesis. The synthetic budget (``n_per_real`` x N of the arm's generator) is split
+    over ``rounds``; the final segmenter trains with the shared segmentation steps, like every other arm."""
+
+    rounds: int = Field(2, ge=1, le=10)
+    #: the open-loop synthetic arm this one is compared with: same generator, ratio, mixing and filter use,
+    #: so the same total synthetic count and the same segmentation steps (checked when the config is read)
+    open_loop_arm: str
+    #: every size band keeps at least this share of the draws (shape classes half, cells a third of it), so no
+    #: band is ever dropped: the loop shifts weight towards failures, it never narrows the set. 1/3 or more gives
+    #: even shares whatever the diagnosis (no steering: the control of an ablation)
+    floor: float = Field(0.15, gt=0.0, le=0.34)
+    #: a lesion is under-segmented when less than this share of it is predicted (missed below ``miss_fraction``)
+    under_fraction: float = Field(0.5, gt=0.0, lt=1.0)
+    #: how a lesion of the drawn band is made: ``jitter`` a real mask of that band (size-controlled when the band
+    #: has none), or ``size``: a real outline rescaled into the band (conditioning/masks.py)
+    mask_source: Literal["jitter", "size"] = "jitter"
+    grid: int = Field(3, ge=1, le=8)  # position: the grid cell of the lesion centroid
+    appearance_clusters: int = Field(3, ge=1, le=8)  # k-means on the lesion's mean colour (fixed seed)
+    #: steps of the segmenters trained only to be diagnosed (rounds before the last); None: the shared steps
+    round_steps: int | None = Field(None, ge=1)

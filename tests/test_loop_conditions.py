@@ -1,0 +1,121 @@
+"""Closed-loop diagnosis and conditions: a planted failure steers the draws, and no band is dropped."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from lesionforge.conditioning.masks import size_controlled_mask
+from lesionforge.data.arrays import PairArrays
+from lesionforge.data.bands import BAND_EDGES, band_of
+from lesionforge.loop.conditions import (
+    TargetedMaskSource,
+    floored_shares,
+    move_into_cell,
+    plan_conditions,
+    weighted_backgrounds,
+)
+from lesionforge.loop.diagnose import diagnose, write_diagnosis
+from lesionforge.loop.settings import LoopSettings
+
+SIZE = 64
+SETTINGS = LoopSettings(open_loop_arm="synthetic")
+
+
+def _pairs(seed: int, areas: list[float]) -> PairArrays:
+    rng = np.random.default_rng(seed)
+    masks = np.stack([size_controlled_mask(rng, SIZE, a) for a in areas])
+    images = rng.integers(40, 90, (len(areas), SIZE, SIZE, 3)).astype(np.uint8)
+    images[masks > 0] = (200, 80, 70)
+    ids = [f"s{seed}-{i}" for i in range(len(areas))]
+    return PairArrays(images, masks, np.ones(len(areas), bool), ids, [None] * len(areas))
+
+
+def _areas(n_small: int, n_medium: int, n_large: int) -> list[float]:
+    return [0.005] * n_small + [0.03] * n_medium + [0.12] * n_large
+
+
+def _misses_small(images: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """A planted failure: perfect on every lesion but those under 1 % of the image, which it never predicts."""
+    out = np.zeros(masks.shape, np.float32)
+    for i, m in enumerate(masks):
+        labels, n = ndimage.label(m > 0, structure=np.ones((3, 3)))
+        for k in range(1, n + 1):
+            if (labels == k).mean() >= BAND_EDGES[0]:
+                out[i][labels == k] = 1.0
+    return out
+
+
+@pytest.mark.parametrize("source", ["jitter", "size"])
+def test_planted_small_lesion_failure_concentrates_draws_on_the_small_band(tmp_path, source):
+    real, val = _pairs(0, _areas(4, 10, 10)), _pairs(1, _areas(6, 8, 8))
+    fake = lambda images: _misses_small(images, val.masks)  # noqa: E731  (predicts val by construction)
+    d = diagnose(fake, val, settings=SETTINGS)
+    assert d["by_band"]["small"]["failure_rate"] == 1.0 and d["by_band"]["small"]["missed"] == 6
+    assert d["by_band"]["medium"]["failure_rate"] == 0.0 and d["by_band"]["large"]["failure_rate"] == 0.0
+    plan = plan_conditions(d, real.masks, SETTINGS.floor)
+    assert plan["targeted_bands"] == ["small"]
+    masks_from = TargetedMaskSource(plan, real.masks, SIZE, move_to_cell=True, tag={"loop_round": 0}, source=source,
+                                    ids=real.ids)
+    drawn = masks_from(np.random.default_rng(0), 400)
+    bands = [band_of(float(m.mean())) for m, _ in drawn]
+    share = {b: bands.count(b) / len(bands) for b in ("small", "medium", "large")}
+    real_small = plan["real_band_shares"]["small"]
+    assert real_small == pytest.approx(4 / 24)
+    assert share["small"] > 3 * real_small, share  # concentrated on the failing band
+    assert min(share["medium"], share["large"]) >= SETTINGS.floor * 0.7, share  # the others keep the floor
+    assert all(info["loop_round"] == 0 and info["mask_source"].startswith("closed-loop") for _, info in drawn)
+    if source == "jitter":  # real masks of the drawn band, deformed, with their source id as provenance
+        assert all(info["source_id"] in real.ids for _, info in drawn)
+    json_path, png = write_diagnosis(d, tmp_path / "round0", "planted")
+    assert json.loads(json_path.read_text())["by_band"]["small"]["missed"] == 6 and png.stat().st_size > 1000
+
+
+def test_without_failures_every_band_is_drawn_and_none_is_targeted():
+    real, val = _pairs(0, _areas(4, 10, 10)), _pairs(1, _areas(6, 8, 8))
+    d = diagnose(lambda images: (val.masks > 0).astype(np.float32), val, settings=SETTINGS)
+    plan = plan_conditions(d, real.masks, SETTINGS.floor)
+    assert plan["targeted_bands"] == [] and plan["band_shares"]["small"] == pytest.approx(1 / 3)
+
+
+def test_floored_shares_keep_every_key_and_sum_to_one():
+    s = floored_shares({"a": 1.0, "b": 0.0, "c": 0.0}, 0.15)
+    assert s == pytest.approx({"a": 0.7, "b": 0.15, "c": 0.15}) and sum(s.values()) == pytest.approx(1.0)
+
+
+def test_move_into_cell_puts_the_centroid_in_the_cell():
+    rng = np.random.default_rng(3)
+    mask = size_controlled_mask(rng, SIZE, 0.01)
+    for cell in ("r0c0", "r2c1", "r1c2"):
+        cy, cx = ndimage.center_of_mass(move_into_cell(mask, cell, 3, rng))
+        assert (int(cy * 3 / SIZE), int(cx * 3 / SIZE)) == (int(cell[1]), int(cell[3]))
+
+
+def test_uncertain_backgrounds_are_drawn_more_often_and_none_is_dropped():
+    bg = _pairs(5, _areas(0, 0, 4))
+    unc = {"ids": bg.ids, "entropy": [0.0, 0.1, 0.2, 0.9], "disagreement": None}
+    repeated, shares = weighted_backgrounds(bg, unc)
+    assert set(repeated.ids) == set(bg.ids)
+    assert shares[bg.ids[3]] > 2.5 * shares[bg.ids[0]]
+
+
+def test_appearance_prompts_add_the_failing_clusters_words_more_often():
+    from lesionforge.loop.conditions import appearance_prompts
+
+    plan = {"appearance_shares": {"c0": 0.7, "c1": 0.3}, "appearance_labels": {"c0": "dark reddish", "c1": "pale"}}
+    prompt = appearance_prompts(plan, lambda sid, cls, area, rng: "a polyp")
+    rng = np.random.default_rng(0)
+    texts = [prompt("x", None, 0.02, rng) for _ in range(400)]
+    assert all(t.startswith("a polyp, ") for t in texts)
+    assert 0.6 < texts.count("a polyp, dark reddish") / len(texts) < 0.8
+
+
+def test_appearance_cluster_labels_tell_similar_clusters_apart():
+    from lesionforge.loop.diagnose import cluster_labels
+
+    labels = cluster_labels(np.array([[150.0, 60, 60], [120.0, 40, 40], [180.0, 80, 80]]))
+    assert len(set(labels)) == 3 and labels[1].startswith("darker") and labels[2].startswith("lighter")
+    assert cluster_labels(np.array([[30.0, 30, 30], [220.0, 220, 220]])) == ["dark pale", "bright pale"]
