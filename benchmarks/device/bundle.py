@@ -77,8 +77,9 @@ def load_config(dry_run: bool, data_from_shared: bool = False, **over):
 def pack(dry_run: bool) -> None:
     """Data at the profile resolution, the split and subset files, and the prompt encodings, into the bundle."""
     from lesionforge.conditioning.text import save_text_embeddings
+    from lesionforge.data.arrays import PairArrays
     from lesionforge.data.packed import save_packed
-    from lesionforge.experiment.real_stages import LesionforgeStages, _concat
+    from lesionforge.experiment.real_stages import LesionforgeStages
 
     bundle = DRY_BUNDLE if dry_run else BUNDLE
     cfg = load_config(dry_run, data_from_shared=True, output=str(bundle / ".load"))
@@ -89,7 +90,7 @@ def pack(dry_run: bool) -> None:
     t0 = time.perf_counter()
     data = LesionforgeStages().load_data(cfg)
     res = cfg.resolution
-    save_packed(bundle / f"kvasir-seg-{res}.npz", _concat([data.pool, data.val, data.test]))
+    save_packed(bundle / f"kvasir-seg-{res}.npz", PairArrays.concat([data.pool, data.val, data.test]))
     save_packed(bundle / f"colon-normal-{res}.npz", data.backgrounds)
     shutil.copyfile(cfg.dataset.split, bundle / "kvasir-seg-split.json")
     shutil.copyfile(cfg.dataset.subsets["flat"], bundle / "sessile_subset_names.txt")
