@@ -40,6 +40,17 @@ def test_filter_changes_are_not_part_of_the_synthesis_key(tmp_path):
     assert filter_key(pixel, "inpaint") != filter_key(_cfg(tmp_path, {"validator": "latent"}), "inpaint")
 
 
+def test_keep_best_changes_the_filter_key_only_when_set(tmp_path):
+    """An unset ``keep_best`` dumps as before (existing sweeps keep their filter keys and cached scores); a set
+    one re-scores; a bad one fails at load."""
+    pixel, best = _cfg(tmp_path, {"validator": "pixel"}), _cfg(tmp_path, {"validator": "pixel", "keep_best": 2})
+    assert "keep_best" not in pixel.generators["inpaint"].filter.model_dump()
+    assert best.generators["inpaint"].filter.model_dump()["keep_best"] == 2
+    assert filter_key(pixel, "inpaint") != filter_key(best, "inpaint")
+    with pytest.raises(ValueError, match="keep_best"):
+        FilterSettings.model_validate({"validator": "pixel", "keep_best": 0})
+
+
 def test_a_set_drawn_by_a_differently_trained_generator_is_not_reused(tmp_path, monkeypatch):
     """Code defaults of the generator (not only its preset file) are part of the synthesis key: after an
     upgrade that changes how the generator trains, the runner draws a new set instead of reusing the old."""

@@ -13,7 +13,13 @@ from lesionforge.data.io import write_image, write_mask
 from lesionforge.data.manifest import Provenance, Sample, read_manifest, write_manifest
 from lesionforge.errors import ConfigError, OverwriteError
 from lesionforge.generate.autoencoder import AutoencoderConfig, LatentCodec, build_autoencoder, latent_scale
-from lesionforge.validate.filter import auto_threshold, contrast_threshold, filter_manifest, list_rejected
+from lesionforge.validate.filter import (
+    auto_threshold,
+    best_per_source,
+    contrast_threshold,
+    filter_manifest,
+    list_rejected,
+)
 from lesionforge.validate.latent_segmenter import LatentSegmenter, LatentSegmenterConfig, train_latent_segmenter
 from lesionforge.validate.pixel_segmenter import PixelSegmenterConfig, train_pixel_segmenter
 from lesionforge.validate.validator import load_validator
@@ -174,3 +180,33 @@ def test_validator_kinds_are_registered_and_an_unknown_kind_is_named(tmp_path):
         load_validator(tmp_path)
     with pytest.raises(CheckpointError, match="no validator.json"):
         load_validator(tmp_path / "empty")
+
+
+def test_best_per_source_keeps_the_k_best_passing_samples_of_each_source():
+    dice = np.array([0.9, 0.5, 0.7, 0.8, 0.2, 0.7])
+    kept = np.array([True, True, True, False, True, True])
+    sources = ["a", "a", "a", "b", None, "a"]
+    # source a: 0.9, 0.7 (the earlier of the two 0.7s) kept; b's only sample had failed already; no source: as is
+    assert best_per_source(dice, kept, sources, 2).tolist() == [True, False, True, False, True, False]
+    assert best_per_source(dice, kept, sources, 5).tolist() == kept.tolist()
+
+
+def test_filter_keep_best_keeps_one_pair_per_source_the_best_scored(validators, synthetic_manifest, tmp_path):
+    # the three masks of one image (true, shifted, swapped) come from one source, as n_per_real samples of one
+    # labelled pair do; with every lesion passing (threshold 0), keep_best=1 keeps the best-scored one of each
+    rows = read_manifest(synthetic_manifest, resolve=False)
+    sourced = [s if s.provenance is None else s.model_copy(update={
+        "provenance": s.provenance.model_copy(update={"source_id": str(s.provenance.seed)})}) for s in rows]
+    path = write_manifest(synthetic_manifest.parent / f"sourced-{tmp_path.name}.jsonl", sourced)
+    report = filter_manifest(path, validators[1], tmp_path / "best.jsonl", threshold=0.0, keep_best=1)
+    v = _validation(tmp_path / "best.jsonl")
+    by_source: dict[str, list[tuple[float, bool]]] = {}
+    for s in read_manifest(tmp_path / "best.jsonl", allow_outside=True):
+        if s.origin == "synthetic" and s.provenance is not None and s.provenance.source_id is not None:
+            by_source.setdefault(s.provenance.source_id, []).append((v[s.id]["dice"], v[s.id]["kept"]))
+    assert len(by_source) == 8 and all(len(g) == 3 for g in by_source.values())
+    for g in by_source.values():
+        assert sum(k for _, k in g) == 1 and max(g)[1]  # one kept per source: the one with the highest Dice
+    assert report.keep_best == 1 and all(x.get("keep_best") == 1 for x in v.values() if x["dice"] is not None)
+    with pytest.raises(ConfigError, match="keep_best"):
+        filter_manifest(path, validators[1], tmp_path / "x.jsonl", keep_best=0)

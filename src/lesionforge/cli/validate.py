@@ -77,6 +77,8 @@ def filter_cmd(
     auto_rule: str = typer.Option(
         "contrast", help="'contrast': the threshold best separating real val pairs from val images with wrong "
         "masks; 'percentile': 10th percentile of Dice on real val pairs."),
+    keep_best: int | None = typer.Option(
+        None, help="Of the samples that pass, keep at most this many per source pair (the best by Dice)."),
 ) -> None:
     """Score synthetic samples with the validator; mark kept/rejected in a new manifest (deletes nothing)."""
     from rich import print as rprint
@@ -94,7 +96,7 @@ def filter_cmd(
         raise ConfigError("filter needs --validator (or --list-rejected)")
     thr: str | float = threshold if threshold == "auto" else _parse_threshold(threshold)
     report = filter_from_files(manifest, validator, out, thr, val, in_place, overwrite, empty_fraction_max, auto_rule,
-                               progress=True)
+                               progress=True, keep_best=keep_best)
     rprint(f"threshold {report.threshold:.3f} ({report.threshold_rule})")
     rprint(f"kept {report.n_kept}/{report.n_scored} ({report.acceptance_rate:.1%}); manifest: {report.manifest}")
 

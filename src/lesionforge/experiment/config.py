@@ -144,6 +144,16 @@ class FilterSettings(StrictModel):
     autoencoder_overrides: dict = Field(default_factory=dict)
     validator_config: Path | None = None  # LatentSegmenterConfig / PixelSegmenterConfig YAML (default: defaults)
     validator_overrides: dict = Field(default_factory=dict)
+    #: keep at most this many passing samples per labelled pair (the best by validator Dice); None: all that pass
+    keep_best: int | None = Field(None, ge=1)
+
+    @model_serializer(mode="wrap")
+    def _without_unset_keep_best(self, handler):
+        # a filter without keep_best dumps as before: config hashes and filter keys of existing sweeps stay
+        out = handler(self)
+        if self.keep_best is None and isinstance(out, dict):
+            out.pop("keep_best", None)
+        return out
 
     @model_validator(mode="after")
     def _autoencoder_for_latent_only(self) -> FilterSettings:

@@ -122,7 +122,8 @@ class ExperimentLoopWorker:
         if filtered:
             validator = self.stages.validator_for(self.cfg, self.spec, self.n, self.data)
             report = filter_manifest(manifest, validator, out / "filtered.jsonl", threshold=self.spec.filter.threshold,
-                                     val=self.data.val, overwrite=True, auto_rule=self.spec.filter.auto_rule)
+                                     val=self.data.val, overwrite=True, auto_rule=self.spec.filter.auto_rule,
+                                     keep_best=self.spec.filter.keep_best)
             manifest = out / "filtered.jsonl"
             made["filter"] = {k: v for k, v in report.to_dict().items() if k != "rejected_ids"}
             made["n_kept"] = int(made["filter"]["n_kept"])

@@ -308,7 +308,8 @@ class LesionforgeStages:
         validator = LesionforgeStages.validator_for(cfg, spec, len(labelled), data)
         # out_path is this cache's own intermediate file: a rerun after a crash rewrites it identically
         report = filter_manifest(manifest, validator, out_path, threshold=spec.filter.threshold, val=data.val,
-                                 overwrite=True, auto_rule=spec.filter.auto_rule).to_dict()
+                                 overwrite=True, auto_rule=spec.filter.auto_rule,
+                                 keep_best=spec.filter.keep_best).to_dict()
         report["n_rejected"] = len(report.pop("rejected_ids"))  # the ids stay listed in the filtered manifest
         return report
 

@@ -54,6 +54,7 @@ class FilterReport:
     mean_dice_kept: float | None
     mean_dice_rejected: float | None
     rejected_ids: list[str] = field(default_factory=list)
+    keep_best: int | None = None  # at most this many kept samples per source (see :func:`best_per_source`)
 
     @property
     def acceptance_rate(self) -> float:
@@ -123,17 +124,37 @@ def keep_decisions(scores: dict[str, np.ndarray], threshold: float,
                     scores["dice"] >= threshold)
 
 
+def best_per_source(dice: np.ndarray, kept: np.ndarray, sources: list[str | None], k: int) -> np.ndarray:
+    """``kept`` with at most ``k`` samples kept per source (the real pair a sample's mask came from): the ``k``
+    with the highest validator Dice, earlier samples first on ties. Samples without a source are left as they are.
+    Drawing many pairs per real image and keeping the best few is how a filter can raise precision without
+    repeating the same few pairs (issue 13)."""
+    out = kept.copy()
+    groups: dict[str, list[int]] = {}
+    for i, src in enumerate(sources):
+        if src is not None and kept[i]:
+            groups.setdefault(src, []).append(i)
+    for members in groups.values():
+        ranked = sorted(members, key=lambda i: (-float(dice[i]), i))
+        out[ranked[k:]] = False
+    return out
+
+
 def filter_manifest(
     manifest_path: str | Path, validator_dir: str | Path, out_path: str | Path | None = None,
     threshold: Literal["auto"] | float = "auto", val: PairArrays | None = None, in_place: bool = False,
     overwrite: bool = False, empty_fraction_max: float = DEFAULT_EMPTY_FRACTION_MAX, auto_rule: AutoRule = "contrast",
+    keep_best: int | None = None,
 ) -> FilterReport:
     """Score the synthetic samples of a manifest and write ``Provenance.validation`` for each.
 
     Writes a new manifest at ``out_path`` (default ``<name>.filtered.jsonl`` beside the input), or rewrites
     the input when ``in_place``; real rows are copied unchanged; no image or mask file is touched.
     ``threshold``: ``"auto"`` (by ``auto_rule``, see :func:`auto_threshold`) or a Dice value in [0, 1].
+    ``keep_best``: of the samples that pass, keep at most this many per source (:func:`best_per_source`).
     """
+    if keep_best is not None and keep_best < 1:
+        raise ConfigError(f"keep_best must be at least 1, got {keep_best}")
     manifest_path = Path(manifest_path)
     out = _output_path(manifest_path, out_path, in_place, overwrite)
     validator = load_validator(validator_dir)
@@ -153,6 +174,10 @@ def filter_manifest(
     kept = keep_decisions(scores, thr, empty_fraction_max)
     common = {"threshold": thr, "threshold_rule": rule, "empty_fraction_max": empty_fraction_max,
               "validator": str(validator.path), "validator_kind": validator.kind, "validator_hash": validator.hash}
+    if keep_best is not None:
+        sources = [(rows[i].provenance.source_id if rows[i].provenance else None) for i in synthetic]
+        kept = best_per_source(scores["dice"], kept, sources, keep_best)
+        common["keep_best"] = keep_best
     for j, i in enumerate(synthetic):
         rows[i] = _with_validation(rows[i], {
             "dice": None if scores["lesion_free"][j] else float(scores["dice"][j]),
@@ -160,6 +185,7 @@ def filter_manifest(
             "foreground_fraction": float(scores["foreground_fraction"][j]), "kept": bool(kept[j]), **common})
     write_manifest(out, rows)
     report = _report(out, validator, thr, rule, empty_fraction_max, scores, kept, [rows[i].id for i in synthetic])
+    report.keep_best = keep_best
     write_json_atomic(out.with_suffix(".filter.json"), report.to_dict())
     return report
 
