@@ -8,7 +8,7 @@ Relative paths in the YAML are resolved against the folder of the YAML file.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, PrivateAttr, field_serializer, model_serializer, model_validator
 
@@ -130,7 +130,24 @@ class SegmentSettings(StrictModel):
         return resolve_preset(self.preset, over, SegmentConfig, where)
 
 
-class FilterSettings(StrictModel):
+class _LaterFields(StrictModel):
+    """A settings block that gained fields after result files were written: each field named in
+    ``_omitted_when_none`` is left out of dumps while None, so the config hashes and cache keys of every config
+    written before it (and the sweeps and caches made from them) stay as they were."""
+
+    _omitted_when_none: ClassVar[tuple[str, ...]] = ()
+
+    @model_serializer(mode="wrap")
+    def _omit_later_fields_when_none(self, handler):
+        out = handler(self)
+        if isinstance(out, dict):
+            for k in self._omitted_when_none:
+                if getattr(self, k) is None:
+                    out.pop(k, None)
+        return out
+
+
+class FilterSettings(_LaterFields):
     """The synthetic-pair filter: a validator trained on the labelled subset scores every sample.
 
     ``validator: latent`` (default): an autoencoder + latent segmenter (scores the latents, cheap per sample);
@@ -146,14 +163,7 @@ class FilterSettings(StrictModel):
     validator_overrides: dict = Field(default_factory=dict)
     #: keep at most this many passing samples per labelled pair (the best by validator Dice); None: all that pass
     keep_best: int | None = Field(None, ge=1)
-
-    @model_serializer(mode="wrap")
-    def _without_unset_keep_best(self, handler):
-        # a filter without keep_best dumps as before: config hashes and filter keys of existing sweeps stay
-        out = handler(self)
-        if self.keep_best is None and isinstance(out, dict):
-            out.pop("keep_best", None)
-        return out
+    _omitted_when_none: ClassVar[tuple[str, ...]] = ("keep_best",)
 
     @model_validator(mode="after")
     def _autoencoder_for_latent_only(self) -> FilterSettings:
@@ -192,7 +202,7 @@ class GeneratorSpec(StrictModel):
         return self
 
 
-class ArmSettings(StrictModel):
+class ArmSettings(_LaterFields):
     """One arm. Only the training data differ between arms; the segmentation budget is shared.
 
     ``mixing`` (synthetic arms; the segment stage's own :class:`MixConfig`, its ``mode`` defaults to ``ratio``
@@ -209,6 +219,7 @@ class ArmSettings(StrictModel):
     copy_paste: CopyPasteConfig | None = None
     # closed-loop arms: rounds, floor, the open-loop arm compared with (docs/loop.md)
     loop: LoopSettings | None = None
+    _omitted_when_none: ClassVar[tuple[str, ...]] = ("loop",)
 
     @model_validator(mode="before")
     @classmethod
@@ -242,14 +253,6 @@ class ArmSettings(StrictModel):
     def _given_keys_only(self, v: CopyPasteConfig | None) -> dict | None:
         # the keys the arm gave (what overrides the shared block), not ``enabled: false`` from the model default
         return None if v is None else v.model_dump(mode="json", exclude_unset=True)
-
-    @model_serializer(mode="wrap")
-    def _without_unset_loop(self, handler):
-        # arms without loop settings dump as before, so the config hashes of existing results do not change
-        out = handler(self)
-        if self.loop is None and isinstance(out, dict):
-            out.pop("loop", None)
-        return out
 
     @property
     def uses_copy_paste(self) -> bool:
