@@ -21,7 +21,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from label_fidelity import own_vs_shuffled  # noqa: E402
 
 from lesionforge.data.arrays import load_arrays  # noqa: E402
-from lesionforge.data.manifest import read_manifest  # noqa: E402
+from lesionforge.data.manifest import read_set  # noqa: E402
 from lesionforge.experiment.agreement import rank_agreement  # noqa: E402
 from lesionforge.experiment.budget import segment_config_for  # noqa: E402
 from lesionforge.experiment.config import ArmSettings, ExperimentConfig, load_experiment_config  # noqa: E402
@@ -49,15 +49,46 @@ from lesionforge.quality.metrics import kid  # noqa: E402
 from lesionforge.segment.model_io import load_segmenter  # noqa: E402
 from lesionforge.utils import code_version, write_json_atomic, write_text_atomic  # noqa: E402
 
-#: Generator variants: fields changed in the headline generator's config. Equal wall time: every variant keeps
-#: today's steps x batch (the options below cost the same per step, see the JSON's generator_train_s).
-VARIANTS: dict[str, dict[str, Any]] = {
-    "today": {},
-    "vpred-minsnr": {"prediction_type": "v_prediction", "min_snr_gamma": 5.0},
-    "augment": {"augment": {"p": 0.5}},
-    "vpred-minsnr+augment": {"prediction_type": "v_prediction", "min_snr_gamma": 5.0, "augment": {"p": 0.5}},
+
+@dataclass(frozen=True)
+class Variant:
+    """One lever (or a stack of them) on the headline's synthetic arm.
+
+    ``train``: generator-config fields changed (a new generator is trained; equal wall time: every training
+    variant keeps today's steps x batch, the options cost the same per step, see the JSON's generator_train_s).
+    ``synth``: fields of the generator entry changed (sampler, sampling_steps, eta, n_per_real, mask_source):
+    the same generator draws another set. ``keep_best``: the headline's pixel filter keeps at most K samples per
+    labelled pair, the best by validator Dice (the arms then train on the kept ones). ``mixing``: the synthetic
+    arm's mixing (its synthetic-only row is then the same as without it, and is not trained again)."""
+
+    train: dict[str, Any] = field(default_factory=dict)
+    synth: dict[str, Any] = field(default_factory=dict)
+    keep_best: int | None = None
+    mixing: dict[str, Any] | None = None
+
+    def describe(self) -> dict[str, Any]:
+        return {"overrides": self.train, "synthesis": self.synth, "keep_best": self.keep_best,
+                "mixing": self.mixing}
+
+
+_PRETRAIN = {"pretrain_steps": 1000, "steps": 1000}  # half of today's steps on every image without a mask
+_SDE25 = {"sampler": "sde-dpm++", "sampling_steps": 25}  # stochastic DPM-Solver++, 25 network evaluations
+VARIANTS: dict[str, Variant] = {
+    "today": Variant(),
+    "vpred-minsnr": Variant({"prediction_type": "v_prediction", "min_snr_gamma": 5.0}),
+    "augment": Variant({"augment": {"p": 0.5}}),
+    "vpred-minsnr+augment": Variant({"prediction_type": "v_prediction", "min_snr_gamma": 5.0, "augment": {"p": 0.5}}),
     # half of today's steps pretraining on every image without a mask, half fine-tuning (equal total steps)
-    "pretrain": {"pretrain_steps": 1000, "steps": 1000},
+    "pretrain": Variant(_PRETRAIN),
+    # few-step samplers on the pretrained generator, against its 100-step ancestral DDPM
+    "pretrain+sde-dpm++25": Variant(_PRETRAIN, _SDE25),
+    "pretrain+ddim25-eta1": Variant(_PRETRAIN, {"sampler": "ddim", "sampling_steps": 25, "eta": 1.0}),
+    # what is synthesized: the synthetic:real ratio, more pairs per real image with the filter keeping the best,
+    # size-controlled masks with small lesions over-sampled
+    "pretrain+ratio0.5": Variant(_PRETRAIN, mixing={"mode": "ratio", "ratio": 0.5}),
+    "pretrain+ratio0.25": Variant(_PRETRAIN, mixing={"mode": "ratio", "ratio": 0.25}),
+    "pretrain+8per-best2": Variant(_PRETRAIN, {**_SDE25, "n_per_real": 8}, keep_best=2),
+    "pretrain+size": Variant(_PRETRAIN, {"mask_source": "size"}),
 }
 GENERATOR = "inpaint"  # the headline configs' generator entry the variants change
 #: Reduced segmentation budget (the headline: 2000 steps, validation every 100); same network and augmentation.
@@ -83,15 +114,22 @@ def headline_config(dataset: str) -> Path:
 
 def screen_config(config: Path, n: int, variant: str, samples_per_real: int = 2, steps: int = STEPS,
                   val_interval: int = VAL_INTERVAL, seeds: tuple[int, ...] = SEEDS) -> ExperimentConfig:
-    """The headline experiment config restricted to N, with the variant's generator and no filter (the
-    screen scores the unfiltered pairs; the synthetic set's cache key does not include the filter), and the
-    screen's segmentation budget."""
+    """The headline experiment config restricted to N, with the variant's generator and synthesis settings,
+    no filter unless the variant keeps the best (the screen scores the unfiltered pairs otherwise; the
+    synthetic set's cache key does not include the filter), and the screen's segmentation budget."""
     if variant not in VARIANTS:
         raise typer.BadParameter(f"unknown variant {variant!r}; choose from {sorted(VARIANTS)}")
+    v = VARIANTS[variant]
     cfg = load_experiment_config(config, {"n_labelled": [n]})
     spec = cfg.generators[GENERATOR]
-    spec = spec.model_copy(update={"overrides": {**spec.overrides, **VARIANTS[variant]}, "filter": None,
-                                   "n_per_real": samples_per_real})
+    filt = None
+    if v.keep_best is not None:
+        if spec.filter is None:
+            raise typer.BadParameter(f"variant {variant!r} keeps the best by the filter; {config} has none")
+        filt = spec.filter.model_copy(update={"keep_best": v.keep_best})
+    # validated again: a lever that names a wrong field fails here, not after an hour of training
+    spec = type(spec).model_validate({**spec.model_dump(), "overrides": {**spec.overrides, **v.train},
+                                      "filter": filt, "n_per_real": samples_per_real, **v.synth})
     seg = cfg.segment.model_copy(update={"steps": steps, "val_interval": val_interval})
     arms = [a for a in cfg.arms if a.generator in (None, GENERATOR)]  # the arms whose generator is kept
     return cfg.model_copy(update={"generators": {GENERATOR: spec}, "arms": arms, "segment": seg, "seeds": list(seeds)})
@@ -154,8 +192,11 @@ def real_extractor(checkpoint: Path) -> FeatureExtractor:
 
 
 def quality(synthetic: SyntheticSet, cfg: ExperimentConfig, data: ExperimentData, checkpoint: Path) -> dict:
-    """Label fidelity (own vs shuffled masks, real-only segmenter) and in-domain KID against real train images."""
-    arrays = load_arrays(read_manifest(synthetic.manifest), cfg.resolution, cfg.dataset.channels, cache_dir=None)
+    """Label fidelity (own vs shuffled masks, real-only segmenter) and in-domain KID against real train images,
+    of the pairs the rows train on (the kept ones when the variant filters)."""
+    filtered = synthetic.filtered_manifest is not None
+    rows = read_set(synthetic.filtered_manifest if filtered else synthetic.manifest, kept_only=filtered)
+    arrays = load_arrays(rows, cfg.resolution, cfg.dataset.channels, cache_dir=None)
     fidelity = own_vs_shuffled(load_segmenter(checkpoint), arrays)
     ext = real_extractor(checkpoint)
     real = ext.features(data.pool.images)
@@ -193,7 +234,9 @@ def screen(config: Path, n: int, variants: list[str], results: Path, headline: P
         with _locked(folder / f"{stem}.results.lock"):
             if out_path.is_file():
                 now = json.loads(out_path.read_text(encoding="utf-8"))
-                out["real"] = {**now.get("real", {}), **out["real"]}
+                # a row summarised over more seeds (another process ran them) wins over this one's
+                out["real"] = {a: max(r, now.get("real", {}).get(a, r), key=lambda x: len(x["seeds"]))
+                               for a, r in {**now.get("real", {}), **out["real"]}.items()}
                 out["variants"] = {**now.get("variants", {}), **{v: out["variants"][v] for v in made}}
             out["agreement"] = agreement(out, headline)
             write_json_atomic(out_path, out)
@@ -218,7 +261,7 @@ def screen(config: Path, n: int, variants: list[str], results: Path, headline: P
             if "quality" not in entry:
                 entry["quality"] = quality(synthetic, cfg, data, checkpoint)
             # the rows the rank agreement needs first (a partial run still ranks the headline's arms)
-            for arm in VARIANT_ARMS[:1] + (AGREEMENT_ARMS if v == "today" else ()) + VARIANT_ARMS[1:]:
+            for arm in variant_arms(v):
                 rows = [run_row(cfg, data, n, arm, s, folder / v / arm.name / f"seed{s}", synthetic)
                         for s in seeds[:k + 1]]
                 entry.setdefault("arms", {})[arm.name] = summarise(rows)
@@ -226,12 +269,25 @@ def screen(config: Path, n: int, variants: list[str], results: Path, headline: P
     return out
 
 
+def variant_arms(name: str) -> tuple[ArmSettings, ...]:
+    """The rows of variant ``name``, those the rank agreement needs first (a partial run still ranks the
+    headline's arms); a filtered variant trains on the kept samples; a mixing variant has no synthetic-only row
+    of its own."""
+    v = VARIANTS[name]
+    update: dict[str, Any] = {"filtered": v.keep_best is not None}
+    main = VARIANT_ARMS[0].model_copy(update={**update, **({"mixing": v.mixing} if v.mixing else {})})
+    main = ArmSettings.model_validate(main.model_dump())  # the mixing dict becomes the stage's MixConfig
+    rest = () if v.mixing else tuple(a.model_copy(update=update) for a in VARIANT_ARMS[1:])
+    return (main,) + (AGREEMENT_ARMS if name == "today" else ()) + rest
+
+
 def describe_variant(entry: dict, v: str, synthetic: SyntheticSet) -> dict:
     """The variant's settings and costs: generator (and pretrained base) training seconds, synthesis."""
     base = read_meta(synthetic.info["generator_dir"]).get("pretrained_base")
     base_s = read_meta(base).get("train_seconds") if base else None
     timings = synthetic.info["timings"]
-    return {**entry, "overrides": VARIANTS[v], "generator_dir": synthetic.info["generator_dir"],
+    return {**entry, **VARIANTS[v].describe(), "n_kept": synthetic.info.get("n_kept"),
+            "generator_dir": synthetic.info["generator_dir"],
             "pretrained_base": base, "base_train_s": base_s,
             "generator_train_s": (timings.get("generator_train_s") or 0) + (base_s or 0),
             "synthesize_s": timings.get("synthesize_s"), "n_synthetic": synthetic.info["n_generated"]}

@@ -114,7 +114,7 @@ def test_min_snr_v_prediction_trains_and_every_sampler_draws(demo_arrays, tmp_pa
     gen = LesionGenerator.from_pretrained(train_generator(cfg, pairs(demo_arrays), tmp_path / "g", progress=False))
     assert gen.noise_scheduler().config.prediction_type == "v_prediction"
     cond = Conditions(spatial=torch.zeros(2, 1, 32, 32))
-    for name in ("ddpm", "ddim", "dpm++"):
+    for name in ("ddpm", "ddim", "dpm++", "sde-dpm++"):
         assert make_scheduler(name, gen, 4).config.prediction_type == "v_prediction"
         x = sample(gen, cond, [0, 1], sampler=name, steps=4)
         assert x.shape == (2, 3, 32, 32) and torch.isfinite(x).all()

@@ -27,7 +27,7 @@ def _saved(kind: str, path, **kw):
     return path
 
 
-@pytest.mark.parametrize("sampler", ["ddim", "dpm++", "ddpm"])
+@pytest.mark.parametrize("sampler", ["ddim", "dpm++", "sde-dpm++", "ddpm"])
 def test_same_seed_same_sample_whatever_the_batch(sampler):
     torch.manual_seed(0)
     gen = build_generator(tiny_cfg("mask2image")).eval()
@@ -42,6 +42,21 @@ def test_same_seed_same_sample_whatever_the_batch(sampler):
     assert torch.equal(full, again)
     assert torch.equal(full[2:], one)
     assert not torch.allclose(full[0], full[1])  # different indices, different noise
+
+
+def test_sde_dpm_solver_draws_fresh_noise_at_every_step():
+    """The stochastic DPM-Solver++ is not the deterministic one: same seeds, other samples; with the same
+    per-sample generators its trajectory is reproducible (the step noise comes from them, not the global RNG)."""
+    torch.manual_seed(0)
+    gen = build_generator(tiny_cfg("mask2image")).eval()
+    cond = Conditions(torch.zeros(2, 1, 32, 32))
+    ode = sample(gen, cond, [1, 2], sampler="dpm++", steps=4)
+    sde = sample(gen, cond, [1, 2], sampler="sde-dpm++", steps=4)
+    torch.manual_seed(123)  # the global RNG plays no part
+    assert torch.equal(sde, sample(gen, cond, [1, 2], sampler="sde-dpm++", steps=4))
+    assert not torch.allclose(ode, sde, atol=1e-3)
+    with pytest.raises(ConfigError, match="repaint_jumps"):
+        sample(gen, cond, [1], sampler="sde-dpm++", steps=4, repaint_jumps=1)
 
 
 def test_inpaint_keeps_every_pixel_outside_the_mask(demo_arrays, tmp_path):

@@ -38,6 +38,29 @@ def test_rank_agreement_perfect_reversed_and_noisy():
         rank_agreement(_screen_scores({"a": 0.1, "b": 0.2}), head)
 
 
+def test_every_screen_variant_builds_a_valid_config_and_its_rows():
+    """Each lever becomes the generator entry, filter and arms it names (validated before any training): a
+    sampler lever changes only the synthesis, keep_best turns the headline's filter on with K, a mixing lever
+    has no synthetic-only row of its own."""
+    s = load_benchmark("screen")
+    config = ROOT / "benchmarks" / "configs" / "smoke.yaml"
+    for name in s.VARIANTS:
+        cfg = s.screen_config(config, 8, name)
+        assert [a.name for a in s.variant_arms(name)][0] == "synthetic"
+        assert cfg.generators["inpaint"].n_per_real == s.VARIANTS[name].synth.get("n_per_real", 2)
+    spec = s.screen_config(config, 8, "pretrain+sde-dpm++25").generators["inpaint"]
+    assert (spec.sampler, spec.sampling_steps, spec.overrides["pretrain_steps"]) == ("sde-dpm++", 25, 1000)
+    assert s.screen_config(config, 8, "pretrain").generators["inpaint"].filter is None
+    best = s.screen_config(config, 8, "pretrain+8per-best2").generators["inpaint"]
+    assert best.filter.keep_best == 2 and best.n_per_real == 8
+    assert all(a.filtered for a in s.variant_arms("pretrain+8per-best2"))
+    ratio = s.variant_arms("pretrain+ratio0.25")
+    assert [a.name for a in ratio] == ["synthetic"] and ratio[0].mixing.ratio == 0.25 and not ratio[0].filtered
+    assert [a.name for a in s.variant_arms("today")] == ["synthetic", "synthetic+copy-paste", "synthetic-only"]
+    eta = s.screen_config(config, 8, "pretrain+ddim25-eta1").generators["inpaint"]
+    assert eta.eta == 1.0 and "eta" not in s.screen_config(config, 8, "today").generators["inpaint"].model_dump()
+
+
 @pytest.mark.slow
 def test_screen_end_to_end_on_demo(tmp_path, monkeypatch):
     """Real rows, three variants (today, v-prediction + min-SNR, pretraining), quality and the rank agreement,
@@ -51,7 +74,7 @@ def test_screen_end_to_end_on_demo(tmp_path, monkeypatch):
     headline.write_text(json.dumps({"arms": {a: {"mdice_mean": m, "mdice": [m, m]} for a, m in (
         ("baseline", 0.5), ("copy-paste", 0.55), ("synthetic", 0.52), ("synthetic+copy-paste", 0.56))}}))
     budget = dict(steps=4, val_interval=2, seeds=(0,), samples_per_real=2)
-    monkeypatch.setitem(s.VARIANTS, "pretrain", {"pretrain_steps": 2, "steps": 2})  # the smoke's tiny budget
+    monkeypatch.setitem(s.VARIANTS, "pretrain", s.Variant({"pretrain_steps": 2, "steps": 2}))  # the smoke's budget
     out = s.screen(config, 8, ["today", "vpred-minsnr", "pretrain"], tmp_path / "results", headline=headline,
                    command="test", **budget)
     assert set(out["real"]) == {"baseline", "copy-paste"}

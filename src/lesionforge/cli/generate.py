@@ -52,7 +52,7 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         backgrounds: Path = typer.Option(None, help="Lesion-free images to paint into (inpaint)."),
         mask_source: str = typer.Option("jitter", help="'jitter' (real masks deformed) or 'size' (size-controlled)."),
         seed: int = typer.Option(0, help="Run seed: same seed, same output."),
-        sampler: str = typer.Option(None, help=f"ddim, dpm++ or ddpm. {_own('sampler')}"),
+        sampler: str = typer.Option(None, help=f"ddim, dpm++, sde-dpm++ or ddpm. {_own('sampler')}"),
         steps: int = typer.Option(None, help=f"Sampling steps. {_own('sample_steps')}"),
         guidance_scale: float = typer.Option(None, help=f"Classifier-free guidance scale. {_own('guidance_scale')}"),
         repaint_jumps: int = typer.Option(None, help=f"RePaint rounds per step (inpaint). {_own('repaint_jumps')}"),

@@ -172,8 +172,10 @@ class FilterSettings(_LaterFields):
         return self
 
 
-class GeneratorSpec(StrictModel):
+class GeneratorSpec(_LaterFields):
     """One generator, trained once per N (cached, shared by all arms and seeds that name it)."""
+
+    _omitted_when_none = ("eta",)
 
     method: SynthesisMethod
     config: Path | None = None  # GeneratorConfig YAML preset; None: ``overrides`` hold the whole config
@@ -183,6 +185,7 @@ class GeneratorSpec(StrictModel):
     sampler: str | None = None  # None: the preset's sampling defaults
     sampling_steps: int | None = None
     guidance_scale: float | None = None
+    eta: float | None = Field(None, ge=0, le=1)  # DDIM's stochasticity (sampler ddim only)
     batch_size: int = 16
     seed: int = 0
     use_unlabelled: bool = False  # train images without masks; recorded in the results when used
@@ -191,7 +194,7 @@ class GeneratorSpec(StrictModel):
     @model_validator(mode="after")
     def _paste_has_no_generator(self) -> GeneratorSpec:
         if self.method == PASTE_METHOD:
-            keys = ("config", "sampler", "sampling_steps", "guidance_scale")
+            keys = ("config", "sampler", "sampling_steps", "guidance_scale", "eta")
             given = [k for k in keys if getattr(self, k) is not None]
             if given or self.use_unlabelled or self.mask_source != "jitter":
                 bad = given + (["use_unlabelled"] if self.use_unlabelled else []) + (

@@ -16,7 +16,9 @@ from lesionforge.devices import DeviceName
 from lesionforge.errors import ConfigError
 
 Kind = Literal["mask2image", "joint", "edge-text", "inpaint"]
-SamplerName = Literal["ddim", "dpm++", "ddpm"]
+SamplerName = Literal["ddim", "dpm++", "sde-dpm++", "ddpm"]
+#: Samplers that keep a multistep history (no RePaint jumps: a jump back would reuse a stale history).
+MULTISTEP_SAMPLERS = ("dpm++", "sde-dpm++")
 
 
 class AugmentSettings(StrictModel):
@@ -182,7 +184,7 @@ class SamplingConfig(StrictModel):
         own = {"sampler": cfg.sampler, "steps": cfg.sample_steps, "guidance_scale": cfg.guidance_scale,
                "repaint_jumps": cfg.repaint_jumps, "eta": 0.0}
         out = validate_config(SamplingConfig, {**own, **self.model_dump(exclude_none=True)}, "sampling")
-        if out.repaint_jumps and out.sampler == "dpm++":
+        if out.repaint_jumps and out.sampler in MULTISTEP_SAMPLERS:
             raise ConfigError("sampling: repaint_jumps needs sampler 'ddim' or 'ddpm' (DPM-Solver++ keeps a "
                               "multistep history)")
         if out.eta and out.sampler != "ddim":

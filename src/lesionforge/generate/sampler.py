@@ -1,13 +1,14 @@
-"""Few-step sampling (DDIM, DPM-Solver++) or 1000-step DDPM, with classifier-free guidance and
-RePaint-style inpainting. Deterministic per sample: sample ``i`` of a run with seed ``s`` draws all its
-noise from its own ``torch.Generator`` seeded by :func:`sample_seed` ``(s, i)``, and the network always
-runs on micro-batches of one fixed size (the last one padded), because convolution kernels pick their
-algorithm by batch size and few-step solvers amplify those 1e-6 differences into visible ones; so a
-sample is bit-identical whatever the batch size or the resume point.
+"""Few-step sampling (DDIM, DPM-Solver++ and its stochastic SDE variant) or 1000-step DDPM, with classifier-free
+guidance and RePaint-style inpainting. Deterministic per sample: sample ``i`` of a run with seed ``s`` draws all
+its noise from its own ``torch.Generator`` seeded by :func:`sample_seed` ``(s, i)``, and the network always runs
+on micro-batches of one fixed size (the last one padded), because convolution kernels pick their algorithm by
+batch size and few-step solvers amplify those 1e-6 differences into visible ones; so a sample is bit-identical
+whatever the batch size or the resume point.
 """
 
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,9 +17,10 @@ from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 from diffusers.utils.torch_utils import randn_tensor
 
 from lesionforge.errors import ConfigError
+from lesionforge.generate.config import MULTISTEP_SAMPLERS, SamplerName
 from lesionforge.generate.models import Conditions, LesionGenerator
 
-SAMPLERS = ("ddim", "dpm++", "ddpm")
+SAMPLERS = typing.get_args(SamplerName)
 #: Rows per network call during sampling (see the module docstring); outputs depend on it, not on batch size.
 MICRO_BATCH = 8
 
@@ -40,8 +42,11 @@ def make_scheduler(name: str, gen: LesionGenerator, steps: int):
     spacing = {"timestep_spacing": "leading", "steps_offset": 1}
     if name == "ddim":
         sched = DDIMScheduler.from_config(base, clip_sample=pixel, set_alpha_to_one=True, **spacing)
-    elif name == "dpm++":
-        sched = DPMSolverMultistepScheduler.from_config(base, algorithm_type="dpmsolver++", solver_order=2,
+    elif name in MULTISTEP_SAMPLERS:
+        # sde-dpm++: DPM-Solver++ 2M with fresh noise at every step (SDE form), which, like ancestral DDPM,
+        # washes out the errors a deterministic few-step solver carries to the end (docs/generators.md)
+        algorithm = "sde-dpmsolver++" if name == "sde-dpm++" else "dpmsolver++"
+        sched = DPMSolverMultistepScheduler.from_config(base, algorithm_type=algorithm, solver_order=2,
                                                         thresholding=pixel, sample_max_value=1.0, **spacing)
     elif name == "ddpm":
         sched = DDPMScheduler.from_config(base, clip_sample=pixel)
@@ -96,7 +101,7 @@ def sample(
     harmonise the inpainted border (RePaint); needs a stateless sampler (ddim or ddpm). ``eta``: DDIM's
     stochasticity (0: deterministic), its noise drawn from the samples' own generators.
     """
-    if repaint_jumps and sampler == "dpm++":
+    if repaint_jumps and sampler in MULTISTEP_SAMPLERS:
         raise ConfigError("repaint_jumps needs sampler 'ddim' or 'ddpm' (DPM-Solver++ keeps a multistep history)")
     device = next(gen.parameters()).device
     gens = [torch.Generator(device="cpu").manual_seed(s) for s in seeds]
@@ -137,6 +142,9 @@ def _step(gen, sched, x, t, cond, uncond, scale, gens, eta: float = 0.0) -> torc
     pred = _fixed_batches(gen, sched.scale_model_input(x, t), tt, cond, uncond, scale)
     if isinstance(sched, DDPMScheduler):
         return sched.step(pred, t, x, generator=gens).prev_sample
+    if isinstance(sched, DPMSolverMultistepScheduler) and sched.config.algorithm_type == "sde-dpmsolver++":
+        # the step's noise from the samples' own generators, drawn on the CPU as everywhere here
+        return sched.step(pred, t, x, variance_noise=_noise_like(x, gens)).prev_sample
     if eta:
         return sched.step(pred, t, x, eta=eta, generator=gens).prev_sample
     return sched.step(pred, t, x).prev_sample
