@@ -58,17 +58,17 @@ class Variant:
     variant keeps today's steps x batch, the options cost the same per step, see the JSON's generator_train_s).
     ``synth``: fields of the generator entry changed (sampler, sampling_steps, eta, n_per_real, mask_source):
     the same generator draws another set. ``keep_best``: the headline's pixel filter keeps at most K samples per
-    labelled pair, the best by validator Dice (the arms then train on the kept ones). ``mixing``: the synthetic
-    arm's mixing (its synthetic-only row is then the same as without it, and is not trained again)."""
+    labelled pair, the best by validator Dice (the arms then train on the kept ones). ``arm``: fields of the
+    synthetic arm changed (``mixing``, ``copy_paste``): its synthetic-only row is then the same as without them,
+    and is not trained again."""
 
     train: dict[str, Any] = field(default_factory=dict)
     synth: dict[str, Any] = field(default_factory=dict)
     keep_best: int | None = None
-    mixing: dict[str, Any] | None = None
+    arm: dict[str, Any] | None = None
 
     def describe(self) -> dict[str, Any]:
-        return {"overrides": self.train, "synthesis": self.synth, "keep_best": self.keep_best,
-                "mixing": self.mixing}
+        return {"overrides": self.train, "synthesis": self.synth, "keep_best": self.keep_best, "arm": self.arm}
 
 
 _PRETRAIN = {"pretrain_steps": 1000, "steps": 1000}  # half of today's steps on every image without a mask
@@ -85,8 +85,12 @@ VARIANTS: dict[str, Variant] = {
     "pretrain+ddim25-eta1": Variant(_PRETRAIN, {"sampler": "ddim", "sampling_steps": 25, "eta": 1.0}),
     # what is synthesized: the synthetic:real ratio, more pairs per real image with the filter keeping the best,
     # size-controlled masks with small lesions over-sampled
-    "pretrain+ratio0.5": Variant(_PRETRAIN, mixing={"mode": "ratio", "ratio": 0.5}),
-    "pretrain+ratio0.25": Variant(_PRETRAIN, mixing={"mode": "ratio", "ratio": 0.25}),
+    "pretrain+ratio0.5": Variant(_PRETRAIN, arm={"mixing": {"mode": "ratio", "ratio": 0.5}}),
+    "pretrain+ratio0.25": Variant(_PRETRAIN, arm={"mixing": {"mode": "ratio", "ratio": 0.25}}),
+    # how the pairs are used: synthetic in the first 75 % of the steps, then the real pairs alone (fine-tuning);
+    # copy-paste on the real half of each batch as well
+    "pretrain+until0.75": Variant(_PRETRAIN, arm={"mixing": {"mode": "ratio", "ratio": 1, "synthetic_until": 0.75}}),
+    "pretrain+copy-paste": Variant(_PRETRAIN, arm={"copy_paste": {"prob": 0.5}}),
     "pretrain+8per-best2": Variant(_PRETRAIN, {**_SDE25, "n_per_real": 8}, keep_best=2),
     "pretrain+size": Variant(_PRETRAIN, {"mask_source": "size"}),
 }
@@ -275,9 +279,9 @@ def variant_arms(name: str) -> tuple[ArmSettings, ...]:
     of its own."""
     v = VARIANTS[name]
     update: dict[str, Any] = {"filtered": v.keep_best is not None}
-    main = VARIANT_ARMS[0].model_copy(update={**update, **({"mixing": v.mixing} if v.mixing else {})})
-    main = ArmSettings.model_validate(main.model_dump())  # the mixing dict becomes the stage's MixConfig
-    rest = () if v.mixing else tuple(a.model_copy(update=update) for a in VARIANT_ARMS[1:])
+    # validated: the arm's dicts become the stage's MixConfig / CopyPasteConfig
+    main = ArmSettings.model_validate({**VARIANT_ARMS[0].model_dump(), **update, **(v.arm or {})})
+    rest = () if v.arm else tuple(a.model_copy(update=update) for a in VARIANT_ARMS[1:])
     return (main,) + (AGREEMENT_ARMS if name == "today" else ()) + rest
 
 

@@ -57,6 +57,12 @@ def test_every_screen_variant_builds_a_valid_config_and_its_rows():
     ratio = s.variant_arms("pretrain+ratio0.25")
     assert [a.name for a in ratio] == ["synthetic"] and ratio[0].mixing.ratio == 0.25 and not ratio[0].filtered
     assert [a.name for a in s.variant_arms("today")] == ["synthetic", "synthetic+copy-paste", "synthetic-only"]
+    (until,) = s.variant_arms("pretrain+until0.75")
+    assert until.mixing.synthetic_until == 0.75 and until.mixing.ratio == 1
+    (cp,) = s.variant_arms("pretrain+copy-paste")
+    cfg = s.screen_config(config, 8, "pretrain+copy-paste")
+    assert s.segment_config_for(cfg, cp, 0)["copy_paste"]["enabled"]
+    assert not s.segment_config_for(cfg, s.variant_arms("pretrain")[0], 0)["copy_paste"]["enabled"]
     eta = s.screen_config(config, 8, "pretrain+ddim25-eta1").generators["inpaint"]
     assert eta.eta == 1.0 and "eta" not in s.screen_config(config, 8, "today").generators["inpaint"].model_dump()
 

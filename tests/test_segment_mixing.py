@@ -87,3 +87,21 @@ def test_kept_and_twins_from_provenance():
     samples = [syn(0, "a", True), syn(1, "a", False), syn(2, "b", True), syn(3, "b", None)]
     assert [s.id for s in kept(samples)] == ["s0", "s2"]
     assert twins_of(samples) == {"a": [0, 1], "b": [2, 3]}
+
+
+def test_synthetic_until_fine_tunes_on_real_alone_and_keeps_old_dumps():
+    """Synthetic pairs in the first 60 % of the steps, real alone after; the same batches as plain ratio mixing
+    before that step; an unset synthetic_until leaves the config dump (and every hash made from it) unchanged."""
+    cfg = MixConfig(mode="ratio", ratio=1.0, synthetic_until=0.6)
+    s = BatchSampler(cfg, REAL, 30, 8, seed=3, total_steps=100)
+    plain = BatchSampler(MixConfig(mode="ratio", ratio=1.0), REAL, 30, 8, seed=3)
+    early = [s.plan(i) for i in range(60)]
+    assert all(np.array_equal(p.synthetic, plain.plan(i).synthetic) for i, p in enumerate(early))
+    assert sum(len(p.synthetic) for p in early) > 150
+    late = [s.plan(i) for i in range(60, 100)]
+    assert all(len(p.synthetic) == 0 and len(p.real) == 8 for p in late)
+    assert "synthetic_until" not in MixConfig(mode="ratio").model_dump()
+    with pytest.raises(ConfigError, match="total steps"):
+        BatchSampler(cfg, REAL, 30, 8, seed=3)
+    with pytest.raises(ValueError, match="synthetic_until"):
+        MixConfig(mode="patch-merge", synthetic_until=0.5)

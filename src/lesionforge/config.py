@@ -10,10 +10,10 @@ from __future__ import annotations
 import difflib
 import types
 from pathlib import Path
-from typing import Any, Literal, TypeVar, Union, get_args, get_origin
+from typing import Any, ClassVar, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, model_serializer
 
 from lesionforge.errors import ConfigError
 from lesionforge.presets import preset_path
@@ -28,6 +28,23 @@ class StrictModel(BaseModel):
     """Base of every config: unknown keys are an error, not silently ignored."""
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class LaterFields(StrictModel):
+    """A settings block that gained fields after result files were written: each field named in
+    ``_omitted_when_none`` is left out of dumps while None, so the config hashes and cache keys of every config
+    written before it (and the sweeps and caches made from them) stay as they were."""
+
+    _omitted_when_none: ClassVar[tuple[str, ...]] = ()
+
+    @model_serializer(mode="wrap")
+    def _omit_later_fields_when_none(self, handler):
+        out = handler(self)
+        if isinstance(out, dict):
+            for k in self._omitted_when_none:
+                if getattr(self, k) is None:
+                    out.pop(k, None)
+        return out
 
 
 M = TypeVar("M", bound=StrictModel)

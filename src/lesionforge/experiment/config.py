@@ -10,10 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field, PrivateAttr, field_serializer, model_serializer, model_validator
+from pydantic import Field, PrivateAttr, field_serializer, model_validator
 
 from lesionforge.config import (
     PROFILE_RESOLUTION,
+    LaterFields,
     ProfileName,
     StrictModel,
     load_config,
@@ -130,24 +131,7 @@ class SegmentSettings(StrictModel):
         return resolve_preset(self.preset, over, SegmentConfig, where)
 
 
-class _LaterFields(StrictModel):
-    """A settings block that gained fields after result files were written: each field named in
-    ``_omitted_when_none`` is left out of dumps while None, so the config hashes and cache keys of every config
-    written before it (and the sweeps and caches made from them) stay as they were."""
-
-    _omitted_when_none: ClassVar[tuple[str, ...]] = ()
-
-    @model_serializer(mode="wrap")
-    def _omit_later_fields_when_none(self, handler):
-        out = handler(self)
-        if isinstance(out, dict):
-            for k in self._omitted_when_none:
-                if getattr(self, k) is None:
-                    out.pop(k, None)
-        return out
-
-
-class FilterSettings(_LaterFields):
+class FilterSettings(LaterFields):
     """The synthetic-pair filter: a validator trained on the labelled subset scores every sample.
 
     ``validator: latent`` (default): an autoencoder + latent segmenter (scores the latents, cheap per sample);
@@ -172,7 +156,7 @@ class FilterSettings(_LaterFields):
         return self
 
 
-class GeneratorSpec(_LaterFields):
+class GeneratorSpec(LaterFields):
     """One generator, trained once per N (cached, shared by all arms and seeds that name it)."""
 
     _omitted_when_none = ("eta",)
@@ -205,7 +189,7 @@ class GeneratorSpec(_LaterFields):
         return self
 
 
-class ArmSettings(_LaterFields):
+class ArmSettings(LaterFields):
     """One arm. Only the training data differ between arms; the segmentation budget is shared.
 
     ``mixing`` (synthetic arms; the segment stage's own :class:`MixConfig`, its ``mode`` defaults to ``ratio``

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from lesionforge.config import StrictModel
+from lesionforge.config import LaterFields, StrictModel
 from lesionforge.devices import DeviceName
 
 NetworkName = Literal["BasicUNet", "UNet", "AttentionUnet", "SegResNet", "UNETR", "SwinUNETR"]
@@ -41,7 +41,7 @@ class CopyPasteConfig(StrictModel):
     fov_threshold: int = Field(12, ge=0, le=255)  # pixels darker than this (max channel) are outside the view
 
 
-class MixConfig(StrictModel):
+class MixConfig(LaterFields):
     """How synthetic pairs join real ones in each batch.
 
     ``none``: real only. ``ratio``: ``ratio`` synthetic per real sample in each batch on average.
@@ -49,12 +49,23 @@ class MixConfig(StrictModel):
     batches are drawn uniformly from real + admitted synthetic. ``patch-merge``: EMIT-style merging, per
     ``patch_size`` patch the real pair with probability ``alpha``, else its synthetic twin.
     ``synthetic-only``: synthetic pairs only.
+    ``synthetic_until`` (ratio and alpha): synthetic pairs join the batches only for that fraction of the steps,
+    the rest trains on the real pairs alone: learn from both, then fine-tune on real (None: every step).
     """
+
+    _omitted_when_none = ("synthetic_until",)
 
     mode: MixMode = "none"
     ratio: float = Field(1.0, ge=0)
     alpha: float = Field(0.6, ge=0, le=1)
     patch_size: int = Field(16, ge=1)
+    synthetic_until: float | None = Field(None, gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _until_needs_a_mixed_mode(self) -> MixConfig:
+        if self.synthetic_until is not None and self.mode not in ("ratio", "alpha"):
+            raise ValueError(f"synthetic_until applies to modes ratio and alpha, not {self.mode!r}")
+        return self
 
 
 class SegmentConfig(StrictModel):

@@ -41,9 +41,13 @@ class BatchSampler:
 
     def __init__(
         self, cfg: MixConfig, real_ids: list[str], n_synthetic: int, batch_size: int, seed: int,
-        twins: dict[str, list[int]] | None = None,
+        twins: dict[str, list[int]] | None = None, total_steps: int | None = None,
     ):
         self.cfg, self.batch_size, self.seed = cfg, batch_size, seed
+        if cfg.synthetic_until is not None and total_steps is None:
+            raise ConfigError("mixing synthetic_until needs the run's total steps")
+        # the first step that trains on real pairs alone
+        self.real_from = None if cfg.synthetic_until is None else round(cfg.synthetic_until * total_steps)
         self.n_real, self.n_syn = len(real_ids), n_synthetic
         if cfg.mode != "none" and n_synthetic == 0:
             raise ConfigError(f"mixing mode {cfg.mode!r} needs synthetic samples; none were given")
@@ -64,7 +68,7 @@ class BatchSampler:
         """The batch of optimizer step ``step``."""
         rng, b, mode = step_rng(self.seed, step, 0), self.batch_size, self.cfg.mode
         empty = np.zeros(0, dtype=np.int64)
-        if mode == "none":
+        if mode == "none" or (self.real_from is not None and step >= self.real_from):
             return BatchPlan(_draw(rng, self.n_real, b), empty)
         if mode == "synthetic-only":
             return BatchPlan(empty, _draw(rng, self.n_syn, b))

@@ -137,7 +137,7 @@ class _Loop:
         self.cfg, self.model, self.train, self.device = cfg, model, train, device
         self.synthetic = synthetic
         n_syn = 0 if synthetic is None else len(synthetic)
-        self.sampler = BatchSampler(cfg.mixing, train.ids, n_syn, cfg.batch_size, cfg.seed, twins)
+        self.sampler = BatchSampler(cfg.mixing, train.ids, n_syn, cfg.batch_size, cfg.seed, twins, cfg.steps)
         self.augment = build_augmentation(cfg.augment, cfg.resolution) if cfg.augment.enabled else None
         self.paster = CopyPaster(train.images, train.masks, cfg.copy_paste) if cfg.copy_paste.enabled else None
         self.loss_fn = DiceCELoss(sigmoid=True, batch=True)
