@@ -92,6 +92,9 @@ VARIANTS: dict[str, Variant] = {
     "pretrain+until0.75": Variant(_PRETRAIN, arm={"mixing": {"mode": "ratio", "ratio": 1, "synthetic_until": 0.75}}),
     "pretrain+copy-paste": Variant(_PRETRAIN, arm={"copy_paste": {"prob": 0.5}}),
     "pretrain+8per-best2": Variant(_PRETRAIN, {**_SDE25, "n_per_real": 8}, keep_best=2),
+    # more pairs per real image, all of them (no narrowing): is the set's size or diversity the limit?
+    "pretrain+8per-sde25": Variant(_PRETRAIN, {**_SDE25, "n_per_real": 8}),
+    "pretrain+16per-sde25": Variant(_PRETRAIN, {**_SDE25, "n_per_real": 16}),
     "pretrain+size": Variant(_PRETRAIN, {"mask_source": "size"}),
 }
 GENERATOR = "inpaint"  # the headline configs' generator entry the variants change
