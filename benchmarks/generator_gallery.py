@@ -40,6 +40,7 @@ from lesionforge.generate.synthesize import synthesize
 from lesionforge.generate.trainbatch import make_mask_source
 from lesionforge.generate.trainer import train_generator
 from lesionforge.presets import PRESETS_DIR
+from lesionforge.quality.metrics import speckle
 from lesionforge.utils import code_version, write_json_atomic, write_text_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,18 +92,6 @@ def _source_tiles(samples, labelled: PairArrays, backgrounds: PairArrays | None,
             i = len(tiles) % len(labelled)
             tiles.append(outline(labelled.images[i], labelled.masks[i]))
     return tiles
-
-
-def speckle(images: np.ndarray, masks: np.ndarray) -> float:
-    """Mean absolute Laplacian of the grey image inside the masks (uint8 (N, H, W, C), (N, H, W)): high-frequency
-    energy of the lesion region, on the 0-255 scale. Real lesions give the reference; a sampler that leaves
-    pixel noise in the region scores far above it."""
-    from scipy.ndimage import laplace
-
-    grey = images.astype(np.float64).mean(axis=-1)
-    lap = np.abs(np.stack([laplace(g) for g in grey]))
-    inside = masks > 0
-    return float(lap[inside].mean()) if inside.any() else float("nan")
 
 
 def mask_stats(masks: np.ndarray) -> dict:

@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from label_fidelity import own_vs_shuffled  # noqa: E402
 
-from lesionforge.data.arrays import load_arrays  # noqa: E402
+from lesionforge.data.arrays import PairArrays, load_arrays  # noqa: E402
 from lesionforge.data.manifest import read_set  # noqa: E402
 from lesionforge.experiment.agreement import rank_agreement  # noqa: E402
 from lesionforge.experiment.budget import segment_config_for  # noqa: E402
@@ -45,7 +45,7 @@ from lesionforge.experiment.stages import ExperimentData, SyntheticSet  # noqa: 
 from lesionforge.generate.models import read_meta  # noqa: E402
 from lesionforge.outputs import dir_hash  # noqa: E402
 from lesionforge.quality.features import FeatureExtractor, SegEncoder  # noqa: E402
-from lesionforge.quality.metrics import kid  # noqa: E402
+from lesionforge.quality.metrics import kid, speckle  # noqa: E402
 from lesionforge.segment.model_io import load_segmenter  # noqa: E402
 from lesionforge.utils import code_version, write_json_atomic, write_text_atomic  # noqa: E402
 
@@ -198,19 +198,31 @@ def real_extractor(checkpoint: Path) -> FeatureExtractor:
                             dir_hash(checkpoint))
 
 
+def _kept_arrays(synthetic: SyntheticSet, cfg: ExperimentConfig) -> PairArrays:
+    """The pairs a variant's rows train on: all of them, or those the filter kept."""
+    filtered = synthetic.filtered_manifest is not None
+    rows = read_set(synthetic.filtered_manifest if filtered else synthetic.manifest, kept_only=filtered)
+    return load_arrays(rows, cfg.resolution, cfg.dataset.channels, cache_dir=None)
+
+
 def quality(synthetic: SyntheticSet, cfg: ExperimentConfig, data: ExperimentData, checkpoint: Path) -> dict:
     """Label fidelity (own vs shuffled masks, real-only segmenter) and in-domain KID against real train images,
     of the pairs the rows train on (the kept ones when the variant filters)."""
-    filtered = synthetic.filtered_manifest is not None
-    rows = read_set(synthetic.filtered_manifest if filtered else synthetic.manifest, kept_only=filtered)
-    arrays = load_arrays(rows, cfg.resolution, cfg.dataset.channels, cache_dir=None)
+    arrays = _kept_arrays(synthetic, cfg)
     fidelity = own_vs_shuffled(load_segmenter(checkpoint), arrays)
     ext = real_extractor(checkpoint)
     real = ext.features(data.pool.images)
-    return {"label_fidelity": fidelity,
+    return {"label_fidelity": fidelity, "speckle": speckle_of(arrays, data),
             "kid_vs_train": kid(ext.features(arrays.images), real),
             "kid_val_vs_train": kid(ext.features(data.val.images), real),  # a real set's KID, for scale
             "extractor": ext.describe()}
+
+
+def speckle_of(arrays: PairArrays, data: ExperimentData) -> dict:
+    """High-frequency energy inside the lesions (:func:`~lesionforge.quality.metrics.speckle`), of the synthetic
+    pairs and of the real labelled train pairs (the reference): a few-step sampler's leftover noise shows here."""
+    real = data.pool.subset(np.flatnonzero(data.pool.has_mask))
+    return {"synthetic": speckle(arrays.images, arrays.masks), "real_train": speckle(real.images, real.masks)}
 
 
 def screen(config: Path, n: int, variants: list[str], results: Path, headline: Path | None = None,
@@ -267,6 +279,8 @@ def screen(config: Path, n: int, variants: list[str], results: Path, headline: P
             entry = out["variants"][v]
             if "quality" not in entry:
                 entry["quality"] = quality(synthetic, cfg, data, checkpoint)
+            elif "speckle" not in entry["quality"]:  # a row screened before speckle was measured
+                entry["quality"]["speckle"] = speckle_of(_kept_arrays(synthetic, cfg), data)
             # the rows the rank agreement needs first (a partial run still ranks the headline's arms)
             for arm in variant_arms(v):
                 rows = [run_row(cfg, data, n, arm, s, folder / v / arm.name / f"seed{s}", synthetic)
@@ -316,6 +330,11 @@ def agreement(out: dict, head_path: Path | None) -> dict:
     return res
 
 
+def _speckle(q: dict) -> str:
+    sp = q.get("speckle")
+    return "—" if sp is None else f"{sp['synthetic']:.1f} ({sp['real_train']:.1f})"
+
+
 def write_report(out: dict, path: Path) -> None:
     """The Markdown summary of a screen JSON."""
     base = out["real"].get("baseline", {}).get("val_mdice")
@@ -334,15 +353,16 @@ def write_report(out: dict, path: Path) -> None:
         lines += [row(f"{v}: {a}", r) for a, r in e.get("arms", {}).items()]
     lines += ["", "| variant | generator train s (with pretraining) | synthesize s | samples "
               "| label fidelity own − shuffled [95 % CI] "
-              "| in-domain KID vs train (real val: ref) |", "|---|---|---|---|---|---|"]
+              "| in-domain KID vs train (real val: ref) | speckle (real train: ref) |", "|---|---|---|---|---|---|---|"]
     for v, e in out["variants"].items():
         q = e.get("quality")
         if q is None:
             continue
         d = q["label_fidelity"]["own_minus_shuffled"]
-        lines.append(f"| {v} | {e['generator_train_s']} | {e['synthesize_s']:.0f} | {e['n_synthetic']} | "
+        kept = "" if e.get("n_kept") is None else f" (kept {e['n_kept']})"
+        lines.append(f"| {v} | {e['generator_train_s']} | {e['synthesize_s']:.0f} | {e['n_synthetic']}{kept} | "
                      f"{d['mean']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}] | "
-                     f"{q['kid_vs_train']['mean']:.4f} ({q['kid_val_vs_train']['mean']:.4f}) |")
+                     f"{q['kid_vs_train']['mean']:.4f} ({q['kid_val_vs_train']['mean']:.4f}) | {_speckle(q)} |")
     a = out.get("agreement", {})
     lines += ["", "## Rank agreement with the headline", ""]
     if "spearman" in a:

@@ -80,9 +80,13 @@ def test_screen_end_to_end_on_demo(tmp_path, monkeypatch):
     headline.write_text(json.dumps({"arms": {a: {"mdice_mean": m, "mdice": [m, m]} for a, m in (
         ("baseline", 0.5), ("copy-paste", 0.55), ("synthetic", 0.52), ("synthetic+copy-paste", 0.56))}}))
     budget = dict(steps=4, val_interval=2, seeds=(0,), samples_per_real=2)
-    monkeypatch.setitem(s.VARIANTS, "pretrain", s.Variant({"pretrain_steps": 2, "steps": 2}))  # the smoke's budget
-    out = s.screen(config, 8, ["today", "vpred-minsnr", "pretrain"], tmp_path / "results", headline=headline,
-                   command="test", **budget)
+    tiny = {"pretrain_steps": 2, "steps": 2}  # the smoke's budget
+    monkeypatch.setitem(s.VARIANTS, "pretrain", s.Variant(tiny))
+    monkeypatch.setitem(s.VARIANTS, "sde+best", s.Variant(tiny, {"sampler": "sde-dpm++", "sampling_steps": 2,
+                                                                 "n_per_real": 3}, keep_best=1))
+    monkeypatch.setitem(s.VARIANTS, "until", s.Variant(tiny, arm={"mixing": {"mode": "ratio", "synthetic_until": 0.5}}))
+    out = s.screen(config, 8, ["today", "vpred-minsnr", "pretrain", "sde+best", "until"], tmp_path / "results",
+                   headline=headline, command="test", **budget)
     assert set(out["real"]) == {"baseline", "copy-paste"}
     assert set(out["variants"]["today"]["arms"]) == {"synthetic-only", "synthetic", "synthetic+copy-paste"}
     assert set(out["variants"]["vpred-minsnr"]["arms"]) == {"synthetic-only", "synthetic"}
@@ -93,7 +97,11 @@ def test_screen_end_to_end_on_demo(tmp_path, monkeypatch):
     assert p["pretrained_base"] is not None and p["generator_train_s"] > p["base_train_s"] > 0
     assert out["variants"]["today"]["pretrained_base"] is None
     q = out["variants"]["today"]["quality"]
-    assert {"label_fidelity", "kid_vs_train", "kid_val_vs_train"} <= set(q)
+    assert {"label_fidelity", "kid_vs_train", "kid_val_vs_train", "speckle"} <= set(q)
+    best = out["variants"]["sde+best"]  # 3 drawn per labelled pair, at most 1 kept per pair, the rows train on those
+    assert best["n_synthetic"] == 24 and best["n_kept"] <= 8 and best["keep_best"] == 1
+    assert best["quality"]["label_fidelity"]["n_samples"] == best["n_kept"]
+    assert set(out["variants"]["until"]["arms"]) == {"synthetic"}
     row = out["real"]["baseline"]
     data = s.LesionforgeStages().load_data(s.screen_config(config, 8, "today"))
     assert 0 <= row["val_mdice"] <= 1 and sorted(row["per_image"]) == sorted(data.val.ids)  # val, not test

@@ -260,3 +260,13 @@ def write_quality_report(report: dict, out_dir: str | Path) -> Path:
     write_json_atomic(out_dir / "quality.json", report)
     write_text_atomic(out_dir / "quality.md", quality_markdown(report))
     return out_dir / "quality.json"
+
+
+def speckle(images: np.ndarray, masks: np.ndarray) -> float:
+    """Mean absolute Laplacian of the grey image inside the masks (uint8 (N, H, W, C), (N, H, W)): high-frequency
+    energy of the lesion region, on the 0-255 scale. Real lesions give the reference; a sampler that leaves
+    pixel noise in the region scores far above it."""
+    grey = images.astype(np.float64).mean(axis=-1)
+    lap = np.abs(np.stack([ndimage.laplace(g) for g in grey]))
+    inside = masks > 0
+    return float(lap[inside].mean()) if inside.any() else float("nan")
