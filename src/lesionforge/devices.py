@@ -55,3 +55,10 @@ def resolve_device(device: str | None = None):
     if dev.type not in ("cpu", "cuda", "mps"):
         raise ConfigError(f"device {device!r}: lesionforge trains on cpu, cuda or mps")
     return dev
+
+
+def data_on_device(device, resident: bool | None = None) -> bool:
+    """Whether a trainer holds its training data on ``device`` and assembles and augments its batches there
+    (no per-step copy of images from the host): ``resident`` when given (True on the CPU runs that path in tests),
+    else on CUDA only. The CPU default keeps the host path, bit for bit as before."""
+    return device.type == "cuda" if resident is None else resident
