@@ -16,8 +16,7 @@ from lesionforge.data.arrays import PairArrays
 from lesionforge.segment.augment import augment_on_device
 from lesionforge.segment.config import SegmentConfig
 from lesionforge.segment.copypaste import DeviceCopyPaster
-from lesionforge.segment.mixing import step_rng
-from lesionforge.segment.train import STREAM_AUGMENT, STREAM_COPY_PASTE
+from lesionforge.segment.mixing import STREAM_AUGMENT, STREAM_COPY_PASTE, step_rng
 
 
 def _hold(arrays: PairArrays, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -35,12 +35,20 @@ from lesionforge.segment.augment import augment_batch, build_augmentation
 from lesionforge.segment.config import SegmentConfig
 from lesionforge.segment.copypaste import CopyPaster
 from lesionforge.segment.metrics import THRESHOLD, overlap_scores
-from lesionforge.segment.mixing import BatchPlan, BatchSampler, merge_mask, merge_pairs, step_rng
+from lesionforge.segment.mixing import (
+    STREAM_AUGMENT,
+    STREAM_COPY_PASTE,
+    STREAM_MERGE,
+    BatchPlan,
+    BatchSampler,
+    merge_mask,
+    merge_pairs,
+    step_rng,
+)
 from lesionforge.segment.model_io import predict, save_segmenter
 from lesionforge.segment.networks import build_network
+from lesionforge.segment.resident import DeviceBatches
 from lesionforge.utils import seed_everything, write_json_atomic
-
-STREAM_COPY_PASTE, STREAM_AUGMENT, STREAM_MERGE = 1, 2, 3
 
 
 @dataclass
@@ -133,7 +141,7 @@ class _Loop:
     """One optimizer step: draw a batch, copy-paste, augment, forward (merging for patch-merge), update.
 
     The batch arrays come from ``batches``: :class:`_HostBatches` (numpy on the host, copied to the device each
-    step) or :class:`~lesionforge.segment.resident.DeviceBatches` (held on the device)."""
+    step) or :class:`DeviceBatches` (held on the device)."""
 
     def __init__(
         self, cfg: SegmentConfig, model: nn.Module, train: PairArrays, synthetic: PairArrays | None,
@@ -142,12 +150,8 @@ class _Loop:
         self.cfg, self.model, self.device = cfg, model, device
         n_syn = 0 if synthetic is None else len(synthetic)
         self.sampler = BatchSampler(cfg.mixing, train.ids, n_syn, cfg.batch_size, cfg.seed, twins)
-        if resident:
-            from lesionforge.segment.resident import DeviceBatches
-
-            self.batches = DeviceBatches(cfg, train, synthetic, device)
-        else:
-            self.batches = _HostBatches(cfg, train, synthetic, device)
+        batches = DeviceBatches if resident else _HostBatches
+        self.batches = batches(cfg, train, synthetic, device)
         self.loss_fn = DiceCELoss(sigmoid=True, batch=True)
         self.fast = gpu_fast_path(device)
         if self.fast:
