@@ -11,7 +11,8 @@ from safetensors.torch import load_file
 from scipy import ndimage, stats
 
 from lesionforge.data.arrays import PairArrays
-from lesionforge.devices import data_on_device
+from lesionforge.devices import DATA_ON_DEVICE_ENV, data_on_device
+from lesionforge.errors import ConfigError
 from lesionforge.segment.augment import augment_batch, augment_on_device, build_augmentation
 from lesionforge.segment.config import AugmentConfig, CopyPasteConfig, MixConfig, SegmentConfig
 from lesionforge.segment.copypaste import DeviceCopyPaster
@@ -32,9 +33,15 @@ def _weights(folder) -> dict[str, torch.Tensor]:
     return load_file(folder / "model.safetensors")
 
 
-def test_data_on_device_by_default_only_on_cuda():
+def test_data_on_device_by_default_only_on_cuda(monkeypatch):
+    monkeypatch.delenv(DATA_ON_DEVICE_ENV, raising=False)
     assert not data_on_device(CPU) and data_on_device(torch.device("cuda"))
     assert data_on_device(CPU, True) and not data_on_device(torch.device("cuda"), False)
+    monkeypatch.setenv(DATA_ON_DEVICE_ENV, "1")  # a whole sweep (the device bundle's dry run)
+    assert data_on_device(CPU) and not data_on_device(CPU, False)
+    monkeypatch.setenv(DATA_ON_DEVICE_ENV, "yes")
+    with pytest.raises(ConfigError, match="LESIONFORGE_DATA_ON_DEVICE is 'yes'"):
+        data_on_device(CPU)
 
 
 def test_resident_training_lowers_the_loss_and_resumes_exactly(split, tmp_path):

@@ -140,6 +140,11 @@ class DeviceCopyPaster:
         self.labels = torch.from_numpy(labels).to(device)
         self.lesions = np.array(lesions, np.float64).reshape(-1, 5)
         self.donors = np.unique(self.lesions[:, 0]).astype(np.int64)
+        self.feather = None
+        if cfg.feather_sigma > 0:
+            from monai.networks.layers import GaussianFilter
+
+            self.feather = GaussianFilter(2, cfg.feather_sigma).to(device)
 
     def __call__(self, images, masks, index: np.ndarray, rng: np.random.Generator):
         """Copy-paste onto each sample of a batch (uint8 tensors (B, H, W, C) and (B, H, W) on the device) with
@@ -172,7 +177,7 @@ class DeviceCopyPaster:
         lesion = self.lesions[picks[:, 0].astype(np.int64)]
         side = int(np.ceil(2 * lesion[:, 4] * picks[:, 1]).max()) + 3  # one canvas holds every warped lesion
         donor = torch.as_tensor(lesion[:, 0].astype(np.int64), device=dev)
-        label = torch.as_tensor(lesion[:, 1], device=dev)
+        label = torch.as_tensor(lesion[:, 1].astype(np.int16), device=dev)
         par = torch.as_tensor(np.column_stack([lesion[:, 2:4], picks[:, 1:4]]), dtype=torch.float32, device=dev)
         cy, cx, scale, angle, flip = par.unbind(1)
         # canvas pixel q (from the canvas centre, flipped first) reads the donor at centre + R(-angle) q / scale
@@ -187,11 +192,7 @@ class DeviceCopyPaster:
         comp = (self.labels[donor] == label[:, None, None]).float()[:, None]
         hard = F.grid_sample(comp, grid, mode="bilinear", padding_mode="zeros", align_corners=True)[:, 0] >= 0.5
         oy, ox, placed = self._place(dst, hard, torch.as_tensor(picks[:, 4:], dtype=torch.float32, device=dev))
-        alpha = hard.float()[:, None]
-        if self.cfg.feather_sigma > 0:
-            from monai.networks.layers import GaussianFilter
-
-            alpha = GaussianFilter(2, self.cfg.feather_sigma).to(dev)(alpha)
+        alpha = hard.float()[:, None] if self.feather is None else self.feather(hard.float()[:, None])
         # the canvas into a zero frame of the destination, side pixels of margin each way, at its place
         pad = torch.zeros(p, h + 2 * side, w + 2 * side, c + 2, device=dev)
         ar = torch.arange(side, device=dev)
