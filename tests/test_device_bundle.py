@@ -68,5 +68,6 @@ def test_device_scripts_dry_run_on_cpu(tmp_path):
     assert (out / "kvasir-seg-n32-tiny.md").is_file()
     timings = json.loads((out / "timings.json").read_text(encoding="utf-8"))
     assert timings["device"] == "cpu" and len(timings["runs"]) == 3
+    assert timings["data_on_device"]  # the dry run takes the on-device data path, on the CPU
     assert timings["generators"]["inpaint"]["synthesis_images_per_s"] > 0
     assert not (out / "runs").exists()  # checkpoints are not sent back

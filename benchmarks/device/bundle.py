@@ -125,16 +125,20 @@ def check(dry_run: bool) -> int:
 
 def run(out: Path, dry_run: bool) -> Path:
     """The sweep with the bundle's data and prompt encodings; result JSON, report and a timing summary into
-    ``out``. On CUDA: bf16 autocast (generator and segmenter), channels-last segmenter, TF32 matmuls."""
+    ``out``. On CUDA: bf16 autocast (generator and segmenter), channels-last segmenter, TF32 matmuls. Every
+    trainer holds its training data on the device and builds its batches there (also in the CPU dry run, which
+    so runs that path end to end; :func:`lesionforge.devices.data_on_device`)."""
     import os
 
     import torch
 
     from lesionforge.conditioning.text import TEXT_EMBEDDINGS_ENV
+    from lesionforge.devices import DATA_ON_DEVICE_ENV, data_on_device, resolve_device
     from lesionforge.experiment.report import write_report
     from lesionforge.experiment.runner import run_experiment
 
     os.environ[TEXT_EMBEDDINGS_ENV] = str((DRY_BUNDLE if dry_run else BUNDLE) / TEXT_FILE)
+    os.environ[DATA_ON_DEVICE_ENV] = "1"
     if torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     out.mkdir(parents=True, exist_ok=True)
@@ -146,6 +150,7 @@ def run(out: Path, dry_run: bool) -> Path:
     result = json.loads(path.read_text(encoding="utf-8"))
     summary = {"wall_s": round(wall, 1), "device": torch.cuda.get_device_name() if torch.cuda.is_available()
                else "cpu", "torch": torch.__version__, "result": path.name, "report": Path(report).name,
+               "data_on_device": data_on_device(resolve_device()),
                "generators": {k: g.get("timings") for k, g in result.get("generators", {}).items()},
                "runs": _run_timings(cfg.output)}
     (out / "timings.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")

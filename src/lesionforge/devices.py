@@ -55,3 +55,23 @@ def resolve_device(device: str | None = None):
     if dev.type not in ("cpu", "cuda", "mps"):
         raise ConfigError(f"device {device!r}: lesionforge trains on cpu, cuda or mps")
     return dev
+
+
+#: ``1`` / ``0``: hold training data on the device (or not) wherever a trainer is not told (a whole sweep, e.g.
+#: ``benchmarks/device/bundle.py run``, whose dry run takes the on-device path on the CPU this way).
+DATA_ON_DEVICE_ENV = "LESIONFORGE_DATA_ON_DEVICE"
+
+
+def data_on_device(device, resident: bool | None = None) -> bool:
+    """Whether a trainer holds its training data on ``device`` and assembles and augments its batches there
+    (no per-step copy of images from the host): ``resident`` when given (True on the CPU runs that path in tests),
+    else ``$LESIONFORGE_DATA_ON_DEVICE`` when set, else on CUDA only. The CPU default keeps the host path, bit for
+    bit as before."""
+    if resident is not None:
+        return resident
+    import os
+
+    flag = os.environ.get(DATA_ON_DEVICE_ENV, "").strip()
+    if flag not in ("", "0", "1"):
+        raise ConfigError(f"${DATA_ON_DEVICE_ENV} is {flag!r}; use 1 (hold training data on the device) or 0")
+    return flag == "1" if flag else device.type == "cuda"

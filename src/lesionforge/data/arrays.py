@@ -186,9 +186,10 @@ def manifest_arrays(
     return load_arrays(samples, resolution, channels, progress=progress)
 
 
-def image_to_tensor(images: np.ndarray) -> torch.Tensor:
-    """uint8 (N, H, W, C) or (H, W, C) -> float32 (N, C, H, W) / (C, H, W) in [-1, 1]."""
-    t = torch.from_numpy(np.ascontiguousarray(images)).float() / 127.5 - 1.0
+def image_to_tensor(images: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """uint8 (N, H, W, C) or (H, W, C) -> float32 (N, C, H, W) / (C, H, W) in [-1, 1] (a tensor stays on its
+    device)."""
+    t = _as_tensor(images).float() / 127.5 - 1.0
     return t.movedim(-1, -3)
 
 
@@ -198,6 +199,10 @@ def tensor_to_image(t: torch.Tensor) -> np.ndarray:
     return a.movedim(-3, -1).cpu().numpy()
 
 
-def mask_to_tensor(masks: np.ndarray) -> torch.Tensor:
-    """uint8 (N, H, W) or (H, W) -> float32 (N, 1, H, W) / (1, H, W) in {0, 1}."""
-    return torch.from_numpy(np.ascontiguousarray(masks)).float().unsqueeze(-3)
+def mask_to_tensor(masks: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """uint8 (N, H, W) or (H, W) -> float32 (N, 1, H, W) / (1, H, W) in {0, 1} (a tensor stays on its device)."""
+    return _as_tensor(masks).float().unsqueeze(-3)
+
+
+def _as_tensor(a: np.ndarray | torch.Tensor) -> torch.Tensor:
+    return a if isinstance(a, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(a))

@@ -20,45 +20,71 @@ from lesionforge.generate.config import AugmentSettings
 AUG_DIMS = 6
 
 
-def augment_pairs(images: np.ndarray, masks: np.ndarray, rng: np.random.Generator, settings: AugmentSettings
-                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def augment_pairs(images, masks, rng: np.random.Generator, settings: AugmentSettings):
     """Augment uint8 pairs ``images`` (B, H, W, C), ``masks`` (B, H, W) -> (images, masks, condition (B, 6)
-    float32). A sample left as it is has an all-zero condition, the one sampling uses."""
-    images, masks = images.copy(), masks.copy()
+    float32). A sample left as it is has an all-zero condition, the one sampling uses. numpy arrays or tensors
+    (held on a GPU, see :class:`~lesionforge.generate.trainbatch.BatchMaker`): the same draws, the same result."""
+    h, w = masks.shape[1:]
+    plans = [_draw(rng, settings, h, w) for _ in range(len(images))]
     cond = np.zeros((len(images), AUG_DIMS), np.float32)
-    for i in range(len(images)):
-        if rng.random() >= settings.p:
+    on_host = isinstance(images, np.ndarray)
+    images, masks = (images.copy(), masks.copy()) if on_host else (images.clone(), masks.clone())
+    for i, plan in enumerate(plans):
+        if plan is None:
             continue
+        hflip, vflip, k, zoom = plan
         img, m = images[i], masks[i]
-        if settings.flips:
-            if rng.random() < 0.5:
-                img, m, cond[i, 0] = img[:, ::-1], m[:, ::-1], 1.0
-            if rng.random() < 0.5:
-                img, m, cond[i, 1] = img[::-1], m[::-1], 1.0
-        if settings.rot90:
-            k = int(rng.integers(4))
-            img, m = np.rot90(img, k), np.rot90(m, k)
-            if k:
-                cond[i, 1 + k] = 1.0
-        if settings.zoom > 0:
-            amount = float(rng.random())
-            img, m = _zoom(img, m, 1.0 + amount * settings.zoom, rng)
-            cond[i, 5] = amount
+        if hflip:
+            img, m, cond[i, 0] = _flip(img, 1), _flip(m, 1), 1.0
+        if vflip:
+            img, m, cond[i, 1] = _flip(img, 0), _flip(m, 0), 1.0
+        if k:
+            img, m, cond[i, 1 + k] = _rot90(img, k), _rot90(m, k), 1.0
+        if zoom is not None:
+            img, m = _zoom(img, m, *zoom[1:])
+            cond[i, 5] = zoom[0]
         images[i], masks[i] = img, m
     return images, masks, cond
 
 
-def _zoom(image: np.ndarray, mask: np.ndarray, factor: float, rng: np.random.Generator
-          ) -> tuple[np.ndarray, np.ndarray]:
-    """A random square crop of side ``H / factor`` resized back to H (image bilinear, mask nearest)."""
+def _draw(rng: np.random.Generator, settings: AugmentSettings, h: int, w: int):
+    """One sample's transform (None: left as it is), its draws in a fixed order: apply?, flips, turn, zoom."""
+    if rng.random() >= settings.p:
+        return None
+    hflip = vflip = False
+    k, zoom = 0, None
+    if settings.flips:
+        hflip, vflip = bool(rng.random() < 0.5), bool(rng.random() < 0.5)
+    if settings.rot90:
+        k = int(rng.integers(4))
+        h, w = (w, h) if k % 2 else (h, w)
+    if settings.zoom > 0:
+        amount = float(rng.random())
+        factor = 1.0 + amount * settings.zoom
+        ch, cw = max(1, round(h / factor)), max(1, round(w / factor))  # a random crop of side H / factor
+        zoom = (amount, int(rng.integers(h - ch + 1)), int(rng.integers(w - cw + 1)), ch, cw)
+    return hflip, vflip, k, zoom
+
+
+def _flip(a, axis: int):
+    return np.flip(a, axis) if isinstance(a, np.ndarray) else a.flip(axis)
+
+
+def _rot90(a, k: int):
+    return np.rot90(a, k) if isinstance(a, np.ndarray) else a.rot90(k, (0, 1))
+
+
+def _zoom(image, mask, y: int, x: int, ch: int, cw: int):
+    """The crop at (y, x) of ``ch`` x ``cw`` resized back to the full size (image bilinear, mask nearest)."""
     h, w = mask.shape
-    ch, cw = max(1, round(h / factor)), max(1, round(w / factor))
-    y, x = int(rng.integers(h - ch + 1)), int(rng.integers(w - cw + 1))
-    crop = torch.from_numpy(np.ascontiguousarray(image[y:y + ch, x:x + cw])).permute(2, 0, 1)[None].float()
+    on_host = isinstance(image, np.ndarray)
+    as_tensor = (lambda a: torch.from_numpy(np.ascontiguousarray(a))) if on_host else (lambda a: a.contiguous())
+    crop = as_tensor(image[y:y + ch, x:x + cw]).permute(2, 0, 1)[None].float()
     img = F.interpolate(crop, size=(h, w), mode="bilinear", align_corners=False)[0].permute(1, 2, 0)
-    mcrop = torch.from_numpy(np.ascontiguousarray(mask[y:y + ch, x:x + cw]))[None, None].float()
+    mcrop = as_tensor(mask[y:y + ch, x:x + cw])[None, None].float()
     m = F.interpolate(mcrop, size=(h, w), mode="nearest")[0, 0]
-    return img.round().clamp(0, 255).to(torch.uint8).numpy(), m.to(torch.uint8).numpy()
+    img, m = img.round().clamp(0, 255).to(torch.uint8), m.to(torch.uint8)
+    return (img.numpy(), m.numpy()) if on_host else (img, m)
 
 
 def condition_maps(cond: torch.Tensor | None, batch: int, size: tuple[int, int], like: torch.Tensor) -> torch.Tensor:

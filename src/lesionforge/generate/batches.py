@@ -33,10 +33,17 @@ def to_signed(mask: torch.Tensor) -> torch.Tensor:
     return mask * 2 - 1
 
 
-def dilate_masks(masks: np.ndarray, pixels: int) -> np.ndarray:
-    """Dilate uint8 masks (N, H, W) by ``pixels`` with a cross structuring element (uint8 result)."""
+def dilate_masks(masks, pixels: int):
+    """Dilate uint8 masks (N, H, W) by ``pixels`` with a cross structuring element (uint8 result); a tensor
+    (data held on a GPU) is dilated on its device, to the same pixels as scipy's (zero border)."""
     if pixels <= 0:
         return masks
+    if not isinstance(masks, np.ndarray):
+        m = masks[:, None] > 0
+        for _ in range(pixels):  # one step of a cross: the pixel or one of its 4 neighbours
+            p = F.pad(m, (1, 1, 1, 1))
+            m = m | p[..., :-2, 1:-1] | p[..., 2:, 1:-1] | p[..., 1:-1, :-2] | p[..., 1:-1, 2:]
+        return m[:, 0].to(torch.uint8)
     return np.stack([ndimage.binary_dilation(m > 0, iterations=pixels) for m in masks]).astype(np.uint8)
 
 
@@ -51,9 +58,10 @@ def encode(codec: Codec, x: torch.Tensor) -> torch.Tensor:
 
 
 def build_inputs(
-    kind: str, images: np.ndarray, masks: np.ndarray, codec: Codec | None = None,
+    kind: str, images: np.ndarray | torch.Tensor, masks: np.ndarray | torch.Tensor, codec: Codec | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``images`` uint8 (B, H, W, C), ``masks`` uint8 (B, H, W) -> ``(x0, spatial)``.
+    """``images`` uint8 (B, H, W, C), ``masks`` uint8 (B, H, W) (numpy, or tensors on their device) ->
+    ``(x0, spatial)``.
 
     ``x0`` (B, x, h, w) in [-1, 1] (or latents); ``spatial`` (B, S, h, w) or None for ``joint``. For
     ``inpaint`` ``images`` is the target and the background is the same image with ``masks`` zeroed.
@@ -87,13 +95,20 @@ def build_spatial(kind: str, images: torch.Tensor, masks: torch.Tensor, codec: C
     raise ValueError(f"kind {kind!r} has no spatial conditions")
 
 
-def flip_pairs(images: np.ndarray, masks: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Random horizontal and vertical flips per sample; the mask follows its image (edges are computed after)."""
+def flip_pairs(images, masks, rng: np.random.Generator):
+    """Random horizontal and vertical flips per sample; the mask follows its image (edges are computed after).
+    numpy arrays, or tensors (held on a GPU) flipped on their device with the same draws."""
+    flips = np.array([(rng.random() < 0.5, rng.random() < 0.5) for _ in range(len(images))], bool).reshape(-1, 2)
+    if not isinstance(images, np.ndarray):
+        h, v = (torch.as_tensor(flips[:, j]).to(images.device)[:, None, None] for j in (0, 1))
+        images = torch.where(h[..., None], images.flip(2), images)
+        masks = torch.where(h, masks.flip(2), masks)
+        return torch.where(v[..., None], images.flip(1), images), torch.where(v, masks.flip(1), masks)
     images, masks = images.copy(), masks.copy()
-    for i in range(len(images)):
-        if rng.random() < 0.5:
+    for i, (h, v) in enumerate(flips):
+        if h:
             images[i], masks[i] = images[i, :, ::-1], masks[i, :, ::-1]
-        if rng.random() < 0.5:
+        if v:
             images[i], masks[i] = images[i, ::-1], masks[i, ::-1]
     return images, masks
 

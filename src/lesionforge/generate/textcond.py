@@ -54,10 +54,13 @@ class TextConditioner:
 
     def prompts(self, ids: list[str], classes: list[str | None], masks: np.ndarray,
                 rng: np.random.Generator) -> list[str | None]:
-        """One prompt per sample (None when the generator takes no text); ``masks`` (B, H, W)."""
+        """One prompt per sample (None when the generator takes no text); ``masks`` (B, H, W), numpy or a tensor."""
         if self.prompt_fn is None:
             return [None] * len(ids)
-        areas = masks.reshape(len(masks), -1).mean(1)
+        if isinstance(masks, np.ndarray):
+            areas = masks.reshape(len(masks), -1).mean(1)
+        else:  # held on a GPU: the same float64 means (integer sums are exact)
+            areas = masks.reshape(len(masks), -1).double().mean(1).cpu().numpy()
         return [self.prompt_fn(i, c, float(a), rng) for i, c, a in zip(ids, classes, areas, strict=True)]
 
     def encode(self, prompts: list[str | None], classes: list[str | None],

@@ -37,13 +37,32 @@ class Preview:
     grid: tuple[int, int]
 
 
+@dataclass
+class _Rows:
+    """Rows of a batch held on a device: images uint8 (B, H, W, C), masks uint8 (B, H, W), their ids and classes."""
+
+    images: torch.Tensor
+    masks: torch.Tensor
+    ids: list[str]
+    classes: list[str | None]
+
+    @staticmethod
+    def concat(parts: list[_Rows]) -> _Rows:
+        return _Rows(torch.cat([p.images for p in parts]), torch.cat([p.masks for p in parts]),
+                     [i for p in parts for i in p.ids], [c for p in parts for c in p.classes])
+
+
 class BatchMaker:
-    """Builds ``(x0, Conditions)`` training batches for ``cfg.kind`` from uint8 arrays."""
+    """Builds ``(x0, Conditions)`` training batches for ``cfg.kind`` from uint8 arrays.
+
+    ``device``: hold the training images and masks there (a GPU) and index, flip, augment, dilate and build the
+    inputs there: the same draws and, on the CPU, the same batches bit for bit as the host path (None), which
+    copies each batch's arrays. Masks of self-supervised fills are drawn on the host and copied (masks only)."""
 
     def __init__(self, cfg: GeneratorConfig, train: PairArrays, unlabelled: PairArrays | None = None,
                  backgrounds: PairArrays | None = None, codec: Codec | None = None, text_encoder=None,
-                 prompts=None, mask_source=None):
-        self.cfg, self.codec = cfg, codec
+                 prompts=None, mask_source=None, device: torch.device | None = None):
+        self.cfg, self.codec, self.device = cfg, codec, device
         self.text = TextConditioner(cfg, prompts, text_encoder)
         labelled = train.subset(np.flatnonzero(train.has_mask))
         lesion = labelled.masks.reshape(len(labelled), -1).any(1) if len(labelled) else np.zeros(0, bool)
@@ -68,6 +87,20 @@ class BatchMaker:
         self.mask_source = mask_source
         if cfg.kind == "inpaint" and mask_source is None and self.self_sup is not None and len(self.self_sup):
             self.mask_source = make_mask_source("size", self.pool, cfg.resolution)
+        self.held = {}  # on ``device``: name -> (images, masks) uint8 tensors, copied once
+        if device is not None:
+            for name, data in (("pool", self.pool), ("self_sup", self.self_sup)):
+                if data is not None and len(data):
+                    self.held[name] = tuple(torch.from_numpy(a).to(device) for a in (data.images, data.masks))
+
+    def _take(self, name: str, idx: np.ndarray) -> PairArrays | _Rows:
+        """Rows ``idx`` of the pool or the self-supervised set: a subset on the host, else gathered on the device."""
+        data = getattr(self, name)
+        if self.device is None:
+            return data.subset(idx)
+        images, masks = self.held[name]
+        i = torch.as_tensor(idx).to(self.device)
+        return _Rows(images[i], masks[i], [data.ids[k] for k in idx], [data.classes[k] for k in idx])
 
     def make(self, rng: np.random.Generator) -> tuple[torch.Tensor, Conditions]:
         """One batch of ``cfg.batch_size``: ``x0`` (B, x, h, w) and its conditions (dropout applied)."""
@@ -80,13 +113,13 @@ class BatchMaker:
         unknown = None
         if b - n_self:
             drawn = rng.integers(len(self.pool), size=b - n_self)
-            parts.append(self.pool.subset(drawn))
+            parts.append(self._take("pool", drawn))
             unknown = None if self.unknown is None else self.unknown[drawn]
         if n_self:
             idx = rng.integers(len(self.self_sup), size=n_self)
-            parts.append(self._random_masks(self.self_sup.subset(idx), rng))
+            parts.append(self._random_masks(self._take("self_sup", idx), rng))
             fill[b - n_self:] = np.where(self.fill_normal[idx], 2, 1)
-        data = PairArrays.concat(parts)
+        data = PairArrays.concat(parts) if self.device is None else _Rows.concat(parts)
         images, masks = flip_pairs(data.images, data.masks, rng) if self.cfg.flip else (data.images, data.masks)
         aug = None
         if self.cfg.augment is not None:  # no draws when off: today's batches stay bit-identical
@@ -95,12 +128,15 @@ class BatchMaker:
         x0, cond = self._inputs(images, masks, data.ids, data.classes, rng, drop, fill, aug)
         return (x0, cond) if unknown is None else _unknown(self.cfg.kind, x0, cond, unknown)
 
-    def _random_masks(self, data: PairArrays, rng: np.random.Generator) -> PairArrays:
-        drawn = self.mask_source(rng, len(data))
+    def _random_masks(self, data: PairArrays | _Rows, rng: np.random.Generator) -> PairArrays | _Rows:
+        drawn = self.mask_source(rng, len(data.ids))
         masks = np.stack([m for m, _ in drawn]).astype(np.uint8)
+        if isinstance(data, _Rows):
+            return _Rows(data.images, torch.from_numpy(masks).to(data.images.device), data.ids, [None] * len(data.ids))
         return PairArrays(data.images, masks, np.ones(len(data), bool), data.ids, [None] * len(data))
 
-    def _inputs(self, images: np.ndarray, masks: np.ndarray, ids: list[str], classes: list[str | None],
+    def _inputs(self, images: np.ndarray | torch.Tensor, masks: np.ndarray | torch.Tensor, ids: list[str],
+                classes: list[str | None],
                 rng: np.random.Generator, drop: np.ndarray, fill: np.ndarray | None = None,
                 aug: np.ndarray | None = None) -> tuple[torch.Tensor, Conditions]:
         if fill is not None and self.cfg.prompt_fills_as_known:
@@ -137,11 +173,11 @@ def _unknown(kind: str, x0: torch.Tensor, cond: Conditions, unknown: np.ndarray)
     """Rows whose mask is unknown (an image without its mask): the mask condition is set to 0, a value no real
     mask (-1 or +1) takes, so the network learns it as "mask unknown"; for ``joint``, whose mask is generated,
     the mask channel is set to 0 and weighs nothing in the loss (``Conditions.x_weight``)."""
-    rows = torch.from_numpy(unknown)
+    rows = torch.from_numpy(unknown).to(x0.device)
     if kind == "joint":
         x0 = x0.clone()
         x0[rows, -1] = 0.0
-        weight = torch.ones(len(x0), x0.shape[1], 1, 1)
+        weight = torch.ones(len(x0), x0.shape[1], 1, 1, device=x0.device)
         weight[rows, -1] = 0.0
         return x0, replace(cond, x_weight=weight)
     spatial = cond.spatial.clone()

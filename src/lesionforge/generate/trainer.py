@@ -25,7 +25,7 @@ from rich.progress import BarColumn, TextColumn, TimeRemainingColumn
 from lesionforge.checkpoints import load_tensor_state, load_torch_state, save_tensor_state, save_torch_state
 from lesionforge.config import save_config
 from lesionforge.data.arrays import PairArrays
-from lesionforge.devices import resolve_device
+from lesionforge.devices import data_on_device, resolve_device
 from lesionforge.errors import CheckpointError, ConfigError
 from lesionforge.generate.batches import Codec
 from lesionforge.generate.build import build_generator
@@ -54,6 +54,7 @@ def train_generator(
     mask_source=None,
     progress: bool = True,
     init_from: str | Path | None = None,
+    resident: bool | None = None,
 ) -> Path:
     """Train a generator of ``cfg.kind`` on ``train`` (uint8 pairs at ``cfg.resolution``) into ``out_dir``.
 
@@ -63,6 +64,8 @@ def train_generator(
     ``mask_source``: random masks for self-supervised inpainting (default: size-controlled source).
     ``init_from``: a finished generator folder of the same architecture (a pretrained base, see
     :func:`pretrain_config`) whose weights the training starts from instead of a fresh initialisation.
+    ``resident``: hold the training arrays on the device and build the batches and the step's noise there
+    (default: on CUDA, :func:`~lesionforge.devices.data_on_device`; on the CPU it trains to the same bytes).
     Writes ``checkpoint-<step>/`` every ``cfg.checkpoint_every`` steps, ``samples/``, ``loss.png`` and
     the final EMA model (``unet/``, ``scheduler/``, ``lesionforge.json``); returns ``out_dir``.
     """
@@ -97,7 +100,8 @@ def train_generator(
     if codec is not None and hasattr(codec, "to"):
         codec.to(accel.device)
     save_config(cfg, out_dir / "config.yaml")
-    maker = BatchMaker(cfg, train, unlabelled, backgrounds, codec, text_encoder, prompts, mask_source)
+    held = accel.device if data_on_device(accel.device, resident) else None
+    maker = BatchMaker(cfg, train, unlabelled, backgrounds, codec, text_encoder, prompts, mask_source, held)
     noise_sched = accel.unwrap_model(gen).noise_scheduler()
     with _progress(progress) as bar:
         task = bar.add_task(f"training {cfg.kind}", total=cfg.steps, completed=start)
@@ -182,12 +186,13 @@ def load_codec(cfg: GeneratorConfig) -> Codec | None:
 
 def _train_step(gen, opt, lr_sched, ema, noise_sched, maker: BatchMaker, accel, cfg, step: int) -> float:
     rng = np.random.default_rng([cfg.seed, step, accel.process_index])
-    g = torch.Generator().manual_seed(int(rng.integers(2**62)))
+    # data held on the device: the noise is drawn there too (on the CPU the same numbers as the host path)
+    g = torch.Generator(maker.device or "cpu").manual_seed(int(rng.integers(2**62)))
     gen.train()
     x0, cond = maker.make(rng)
     x0, cond = x0.to(accel.device), cond.to(accel.device)
-    noise = torch.randn(x0.shape, generator=g).to(accel.device)
-    t = torch.randint(0, cfg.num_train_timesteps, (len(x0),), generator=g).to(accel.device)
+    noise = torch.randn(x0.shape, generator=g, device=g.device).to(accel.device)
+    t = torch.randint(0, cfg.num_train_timesteps, (len(x0),), generator=g, device=g.device).to(accel.device)
     x_t = noise_sched.add_noise(x0, noise, t)
     target = noise if cfg.prediction_type == "epsilon" else noise_sched.get_velocity(x0, noise, t)
     with accel.autocast():

@@ -110,3 +110,119 @@ class CopyPaster:
                 images[b], masks[b], patch, hard, rng, self.cfg.fov_threshold, self.cfg.feather_sigma
             )
         return images, masks
+
+
+class DeviceCopyPaster:
+    """:class:`CopyPaster` on tensors held on a device (a GPU): the same recipe (a random lesion of another
+    training pair, zoomed by U(``scale``), turned by U(0, 360)°, flipped with p 0.5, pasted with a feathered edge
+    where all of it falls inside the image and its field of view, up to 10 places tried, the mask the union),
+    batched: one warp of every pasted lesion (``grid_sample``), every try checked at once. The lesions are found
+    once, on the host (scipy), when the data go to the device. Not bit-equal to the CPU version (different
+    resampling code and draw order); the scalar draws come from the numpy ``rng`` (a few numbers a sample).
+
+    ``images`` uint8 (N, H, W, C), ``masks`` uint8 (N, H, W) on the host; they are copied to ``device`` once
+    unless ``on_device`` already holds them there (as (images, masks) uint8 tensors)."""
+
+    def __init__(self, images: np.ndarray, masks: np.ndarray, cfg: CopyPasteConfig, device,
+                 on_device: tuple | None = None):
+        import torch
+
+        self.cfg, self.device = cfg, device
+        self.images = on_device[0] if on_device is not None else torch.from_numpy(images).to(device)
+        labels = np.zeros(masks.shape, np.int16)
+        lesions = []  # per lesion: donor, label, centre y, centre x, radius
+        for i, m in enumerate(masks):
+            labels[i], n = ndimage.label(m > 0, structure=_EIGHT)
+            for k in range(1, n + 1):
+                ys, xs = np.nonzero(labels[i] == k)
+                cy, cx = ys.mean(), xs.mean()
+                lesions.append((i, k, cy, cx, np.sqrt((ys - cy) ** 2 + (xs - cx) ** 2).max() + 1.5))
+        self.labels = torch.from_numpy(labels).to(device)
+        self.lesions = np.array(lesions, np.float64).reshape(-1, 5)
+        self.donors = np.unique(self.lesions[:, 0]).astype(np.int64)
+        self.feather = None
+        if cfg.feather_sigma > 0:
+            from monai.networks.layers import GaussianFilter
+
+            self.feather = GaussianFilter(2, cfg.feather_sigma).to(device)
+
+    def __call__(self, images, masks, index: np.ndarray, rng: np.random.Generator):
+        """Copy-paste onto each sample of a batch (uint8 tensors (B, H, W, C) and (B, H, W) on the device) with
+        probability ``cfg.prob``; ``index``: the samples' positions in the donor set. Returns new tensors."""
+        import torch
+
+        rows, picks = [], []
+        for b, i in enumerate(index):
+            donors = self.donors[self.donors != i]
+            if len(donors) == 0 or rng.random() >= self.cfg.prob:
+                continue
+            own = np.flatnonzero(self.lesions[:, 0] == rng.choice(donors))
+            lesion = own[rng.integers(len(own))]
+            picks.append((lesion, rng.uniform(*self.cfg.scale), rng.uniform(0, 2 * np.pi), rng.random() < 0.5,
+                          *rng.random(_TRIES)))
+            rows.append(b)
+        if not rows:
+            return images, masks
+        rows_t = torch.as_tensor(rows, device=self.device)
+        new_img, new_mask = self._paste(images[rows_t], masks[rows_t], np.array(picks, np.float64))
+        images, masks = images.clone(), masks.clone()
+        images[rows_t], masks[rows_t] = new_img, new_mask
+        return images, masks
+
+    def _paste(self, dst, dst_mask, picks: np.ndarray):
+        import torch
+        import torch.nn.functional as F
+
+        dev, (p, h, w, c) = self.device, dst.shape
+        lesion = self.lesions[picks[:, 0].astype(np.int64)]
+        side = int(np.ceil(2 * lesion[:, 4] * picks[:, 1]).max()) + 3  # one canvas holds every warped lesion
+        donor = torch.as_tensor(lesion[:, 0].astype(np.int64), device=dev)
+        label = torch.as_tensor(lesion[:, 1].astype(np.int16), device=dev)
+        par = torch.as_tensor(np.column_stack([lesion[:, 2:4], picks[:, 1:4]]), dtype=torch.float32, device=dev)
+        cy, cx, scale, angle, flip = par.unbind(1)
+        # canvas pixel q (from the canvas centre, flipped first) reads the donor at centre + R(-angle) q / scale
+        q = torch.arange(side, device=dev, dtype=torch.float32) - side / 2
+        qy, qx = q[None, :, None].expand(p, side, side), q[None, None, :].expand(p, side, side)
+        qx = torch.where(flip[:, None, None] > 0, -qx - 1, qx)
+        cos, sin = (torch.cos(angle) / scale)[:, None, None], (torch.sin(angle) / scale)[:, None, None]
+        sx, sy = cx[:, None, None] + cos * qx + sin * qy, cy[:, None, None] - sin * qx + cos * qy
+        grid = torch.stack([2 * sx / (w - 1) - 1, 2 * sy / (h - 1) - 1], dim=-1)  # align_corners=True
+        patch = F.grid_sample(self.images[donor].permute(0, 3, 1, 2).float(), grid, mode="bilinear",
+                              padding_mode="reflection", align_corners=True)
+        comp = (self.labels[donor] == label[:, None, None]).float()[:, None]
+        hard = F.grid_sample(comp, grid, mode="bilinear", padding_mode="zeros", align_corners=True)[:, 0] >= 0.5
+        oy, ox, placed = self._place(dst, hard, torch.as_tensor(picks[:, 4:], dtype=torch.float32, device=dev))
+        alpha = hard.float()[:, None] if self.feather is None else self.feather(hard.float()[:, None])
+        # the canvas into a zero frame of the destination, side pixels of margin each way, at its place
+        pad = torch.zeros(p, h + 2 * side, w + 2 * side, c + 2, device=dev)
+        ar = torch.arange(side, device=dev)
+        ri, ci = (oy + side)[:, None, None] + ar[None, :, None], (ox + side)[:, None, None] + ar[None, None, :]
+        canvas = torch.cat([patch, alpha, hard.float()[:, None]], 1).permute(0, 2, 3, 1)
+        pad[torch.arange(p, device=dev)[:, None, None], ri, ci] = canvas * placed[:, None, None, None]
+        pad = pad[:, side:side + h, side:side + w]
+        a = pad[..., c:c + 1]
+        out = dst.float() * (1 - a) + pad[..., :c] * a
+        return (out + 0.5).clamp(0, 255).to(torch.uint8), dst_mask | (pad[..., c + 1] > 0).to(dst_mask.dtype)
+
+    def _place(self, dst, hard, tries):
+        """Per sample the first of the tries (uniform positions among the field-of-view pixels, the lesion
+        centred there) where every lesion pixel is inside the image and its field of view: (top, left, found)."""
+        import torch
+        import torch.nn.functional as F
+
+        p, h, w, _ = dst.shape
+        side, dev = hard.shape[-1], dst.device
+        fov = dst.amax(-1) > self.cfg.fov_threshold
+        count = fov.flatten(1).sum(1)
+        kth = (tries * count[:, None]).long().clamp(max=(count - 1).clamp(min=0)[:, None])
+        flat = torch.searchsorted(fov.flatten(1).cumsum(1), kth + 1)  # the kth field-of-view pixel
+        oy, ox = flat // w - side // 2, flat % w - side // 2
+        padded = F.pad(fov, (side, side, side, side))  # outside the image counts as outside the view
+        ar = torch.arange(side, device=dev)
+        ri = (oy + side)[..., None, None] + ar[None, None, :, None]
+        ci = (ox + side)[..., None, None] + ar[None, None, None, :]
+        window = padded[torch.arange(p, device=dev)[:, None, None, None], ri, ci]  # (P, tries, side, side)
+        ok = ~(hard[:, None] & ~window).flatten(2).any(2) & (count > 0)[:, None] & hard.flatten(1).any(1)[:, None]
+        first = ok.int().argmax(1)
+        pick = torch.arange(p, device=dev)
+        return oy[pick, first], ox[pick, first], ok.any(1)

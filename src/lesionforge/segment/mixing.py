@@ -14,6 +14,9 @@ import torch
 from lesionforge.errors import ConfigError
 from lesionforge.segment.config import MixConfig
 
+#: The streams of a training step's draws besides the batch (0): copy-paste, augmentation seed, merge mask.
+STREAM_COPY_PASTE, STREAM_AUGMENT, STREAM_MERGE = 1, 2, 3
+
 
 def step_rng(seed: int, step: int, stream: int) -> np.random.Generator:
     """Independent generator for one (seed, step, stream): batches, copy-paste and merge masks each own a stream."""

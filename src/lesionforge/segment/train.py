@@ -28,19 +28,27 @@ from torch.optim.lr_scheduler import LRScheduler
 from lesionforge.checkpoints import WEIGHTS, load_torch_state, load_weights, save_torch_state
 from lesionforge.config import save_config
 from lesionforge.data.arrays import PairArrays, image_to_tensor, mask_to_tensor
-from lesionforge.devices import resolve_device
+from lesionforge.devices import data_on_device, resolve_device
 from lesionforge.errors import CheckpointError, ConfigError, DataError
 from lesionforge.outputs import announce_resume, child_path, claim_output
 from lesionforge.segment.augment import augment_batch, build_augmentation
 from lesionforge.segment.config import SegmentConfig
 from lesionforge.segment.copypaste import CopyPaster
 from lesionforge.segment.metrics import THRESHOLD, overlap_scores
-from lesionforge.segment.mixing import BatchPlan, BatchSampler, merge_mask, merge_pairs, step_rng
+from lesionforge.segment.mixing import (
+    STREAM_AUGMENT,
+    STREAM_COPY_PASTE,
+    STREAM_MERGE,
+    BatchPlan,
+    BatchSampler,
+    merge_mask,
+    merge_pairs,
+    step_rng,
+)
 from lesionforge.segment.model_io import predict, save_segmenter
 from lesionforge.segment.networks import build_network
+from lesionforge.segment.resident import DeviceBatches
 from lesionforge.utils import seed_everything, write_json_atomic
-
-STREAM_COPY_PASTE, STREAM_AUGMENT, STREAM_MERGE = 1, 2, 3
 
 
 @dataclass
@@ -69,14 +77,16 @@ class _State:
 def train_segmenter(
     cfg: SegmentConfig, train: PairArrays, val: PairArrays, out_dir: str | Path, *,
     synthetic: PairArrays | None = None, twins: dict[str, list[int]] | None = None, resume: bool = True,
-    overwrite: bool = False, stop_after: int | None = None, progress: bool = False,
+    overwrite: bool = False, stop_after: int | None = None, progress: bool = False, resident: bool | None = None,
 ) -> SegmentRun:
     """Train a segmenter on ``train`` (+ ``synthetic`` per ``cfg.mixing``); select on ``val`` mDice.
 
     Arrays are uint8 at ``cfg.resolution`` (images (N, H, W, C), masks (N, H, W) in {0, 1}). ``twins`` maps a
     real id to indices of its synthetic twins in ``synthetic`` (patch merging). With ``resume`` a run in
     ``out_dir`` continues exactly where it stopped; ``stop_after`` ends the call after that many steps (the
-    state is saved, a later call continues). Returns the best checkpoint, which :func:`load_segmenter` reads.
+    state is saved, a later call continues). ``resident``: hold the training data on the device and assemble and
+    augment the batches there (default: on CUDA, see :func:`~lesionforge.devices.data_on_device`). Returns the
+    best checkpoint, which :func:`load_segmenter` reads.
     """
     # image-only samples (has_mask False) have no ground truth: neither trained on as lesion-free nor scored
     train, val = (a.subset(np.flatnonzero(a.has_mask)) for a in (train, val))
@@ -91,7 +101,7 @@ def train_segmenter(
     state = _load_last(out, cfg, model, opt, sched) if resume else _State()
     save_config(cfg, out / "config.yaml")
     end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
-    loop = _Loop(cfg, model, train, synthetic, twins, device)
+    loop = _Loop(cfg, model, train, synthetic, twins, device, data_on_device(device, resident))
     bar = _progress(progress, state.step, end)
     while state.step < end:
         t0 = time.perf_counter()
@@ -128,18 +138,20 @@ def _check_inputs(cfg: SegmentConfig, train: PairArrays, val: PairArrays, synthe
 
 
 class _Loop:
-    """One optimizer step: draw a batch, copy-paste, augment, forward (merging for patch-merge), update."""
+    """One optimizer step: draw a batch, copy-paste, augment, forward (merging for patch-merge), update.
+
+    The batch arrays come from ``batches``: :class:`_HostBatches` (numpy on the host, copied to the device each
+    step) or :class:`DeviceBatches` (held on the device)."""
 
     def __init__(
         self, cfg: SegmentConfig, model: nn.Module, train: PairArrays, synthetic: PairArrays | None,
-        twins: dict[str, list[int]] | None, device: torch.device,
+        twins: dict[str, list[int]] | None, device: torch.device, resident: bool = False,
     ):
-        self.cfg, self.model, self.train, self.device = cfg, model, train, device
-        self.synthetic = synthetic
+        self.cfg, self.model, self.device = cfg, model, device
         n_syn = 0 if synthetic is None else len(synthetic)
         self.sampler = BatchSampler(cfg.mixing, train.ids, n_syn, cfg.batch_size, cfg.seed, twins, cfg.steps)
-        self.augment = build_augmentation(cfg.augment, cfg.resolution) if cfg.augment.enabled else None
-        self.paster = CopyPaster(train.images, train.masks, cfg.copy_paste) if cfg.copy_paste.enabled else None
+        batches = DeviceBatches if resident else _HostBatches
+        self.batches = batches(cfg, train, synthetic, device)
         self.loss_fn = DiceCELoss(sigmoid=True, batch=True)
         self.fast = gpu_fast_path(device)
         if self.fast:
@@ -152,19 +164,6 @@ class _Loop:
         with torch.autocast(self.device.type, dtype=torch.bfloat16):
             return self.model(x.contiguous(memory_format=torch.channels_last)).float()
 
-    def _real(self, idx: np.ndarray, step: int) -> tuple[np.ndarray, np.ndarray]:
-        images, masks = self.train.images[idx], self.train.masks[idx]
-        if self.paster is not None and len(idx):
-            images, masks = self.paster(images, masks, idx, step_rng(self.cfg.seed, step, STREAM_COPY_PASTE))
-        return images, masks
-
-    def _tensors(self, images: np.ndarray, masks: np.ndarray, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        x, y = image_to_tensor(images), mask_to_tensor((masks > 0).astype(np.uint8))
-        if self.augment is not None:
-            seed = int(step_rng(self.cfg.seed, step, STREAM_AUGMENT).integers(2**31))
-            x, y = augment_batch(self.augment, x, y, seed)
-        return x.to(self.device), y.to(self.device)
-
     def step(self, opt: torch.optim.Optimizer, step: int) -> tuple[float, int]:
         """Run optimizer step ``step``; returns the loss and the number of images forwarded."""
         self.model.train()
@@ -172,11 +171,10 @@ class _Loop:
         if self.cfg.mixing.mode == "patch-merge":
             loss, n = self._merged_loss(plan, step)
         else:
-            images, masks = self._real(plan.real, step)
+            images, masks = self.batches.real(plan.real, step)
             if len(plan.synthetic):
-                images = np.concatenate([images, self.synthetic.images[plan.synthetic]])
-                masks = np.concatenate([masks, self.synthetic.masks[plan.synthetic]])
-            x, y = self._tensors(images, masks, step)
+                images, masks = self.batches.with_synthetic(images, masks, plan.synthetic)
+            x, y = self.batches.tensors(images, masks, step)
             loss, n = self.loss_fn(self._forward(x), y), len(x)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -184,19 +182,49 @@ class _Loop:
         return float(loss.detach()), n
 
     def _merged_loss(self, plan: BatchPlan, step: int) -> tuple[torch.Tensor, int]:
-        real_img, real_mask = self._real(plan.real, step)
-        has_twin = plan.twin >= 0
-        twin_img, twin_mask = real_img.copy(), real_mask.copy()  # no twin: the real pair stands in for it
-        twin_img[has_twin] = self.synthetic.images[plan.twin[has_twin]]
-        twin_mask[has_twin] = self.synthetic.masks[plan.twin[has_twin]]
+        real_img, real_mask = self.batches.real(plan.real, step)
+        twin_img, twin_mask = self.batches.twins(real_img, real_mask, plan.twin)
         # the same augmentation seed gives each real sample and its twin the same geometric transform
-        xr, yr = self._tensors(real_img, real_mask, step)
-        xs, ys = self._tensors(twin_img, twin_mask, step)
+        xr, yr = self.batches.tensors(real_img, real_mask, step)
+        xs, ys = self.batches.tensors(twin_img, twin_mask, step)
         logits = self._forward(torch.cat([xr, xs]))
         m = merge_mask(len(xr), self.cfg.resolution, self.cfg.mixing.patch_size, self.cfg.mixing.alpha,
                        step_rng(self.cfg.seed, step, STREAM_MERGE)).to(self.device)
         merged_logits, merged_y = merge_pairs(logits[: len(xr)], logits[len(xr) :], yr, ys, m)
         return self.loss_fn(merged_logits, merged_y), 2 * len(xr)
+
+
+class _HostBatches:
+    """Batch arrays on the host (numpy): copy-paste and MONAI augmentation on the CPU, then a copy to ``device``."""
+
+    def __init__(self, cfg: SegmentConfig, train: PairArrays, synthetic: PairArrays | None, device: torch.device):
+        self.cfg, self.train, self.synthetic, self.device = cfg, train, synthetic, device
+        self.augment = build_augmentation(cfg.augment, cfg.resolution) if cfg.augment.enabled else None
+        self.paster = CopyPaster(train.images, train.masks, cfg.copy_paste) if cfg.copy_paste.enabled else None
+
+    def real(self, idx: np.ndarray, step: int) -> tuple[np.ndarray, np.ndarray]:
+        images, masks = self.train.images[idx], self.train.masks[idx]
+        if self.paster is not None and len(idx):
+            images, masks = self.paster(images, masks, idx, step_rng(self.cfg.seed, step, STREAM_COPY_PASTE))
+        return images, masks
+
+    def with_synthetic(self, images: np.ndarray, masks: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return (np.concatenate([images, self.synthetic.images[idx]]),
+                np.concatenate([masks, self.synthetic.masks[idx]]))
+
+    def twins(self, images: np.ndarray, masks: np.ndarray, twin: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        has_twin = twin >= 0
+        twin_img, twin_mask = images.copy(), masks.copy()  # no twin: the real pair stands in for it
+        twin_img[has_twin] = self.synthetic.images[twin[has_twin]]
+        twin_mask[has_twin] = self.synthetic.masks[twin[has_twin]]
+        return twin_img, twin_mask
+
+    def tensors(self, images: np.ndarray, masks: np.ndarray, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = image_to_tensor(images), mask_to_tensor((masks > 0).astype(np.uint8))
+        if self.augment is not None:
+            seed = int(step_rng(self.cfg.seed, step, STREAM_AUGMENT).integers(2**31))
+            x, y = augment_batch(self.augment, x, y, seed)
+        return x.to(self.device), y.to(self.device)
 
 
 def gpu_fast_path(device: torch.device) -> bool:
