@@ -92,6 +92,7 @@ VARIANTS: dict[str, Variant] = {
     "pretrain+until0.75": Variant(_PRETRAIN, arm={"mixing": {"mode": "ratio", "ratio": 1, "synthetic_until": 0.75}}),
     "pretrain+copy-paste": Variant(_PRETRAIN, arm={"copy_paste": {"prob": 0.5}}),
     "pretrain+8per-best2": Variant(_PRETRAIN, {**_SDE25, "n_per_real": 8}, keep_best=2),
+    "pretrain+16per-best4": Variant(_PRETRAIN, {**_SDE25, "n_per_real": 16}, keep_best=4),
     # more pairs per real image, all of them (no narrowing): is the set's size or diversity the limit?
     "pretrain+8per-sde25": Variant(_PRETRAIN, {**_SDE25, "n_per_real": 8}),
     "pretrain+16per-sde25": Variant(_PRETRAIN, {**_SDE25, "n_per_real": 16}),
