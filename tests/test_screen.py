@@ -54,6 +54,8 @@ def test_every_screen_variant_builds_a_valid_config_and_its_rows():
     best = s.screen_config(config, 8, "pretrain+8per-best2").generators["inpaint"]
     assert best.filter.keep_best == 2 and best.n_per_real == 8
     assert all(a.filtered for a in s.variant_arms("pretrain+8per-best2"))
+    top = s.screen_config(config, 8, "pretrain+8per-top2").generators["inpaint"].filter
+    assert (top.keep_best, top.threshold) == (2, 0.0)
     ratio = s.variant_arms("pretrain+ratio0.25")
     assert [a.name for a in ratio] == ["synthetic"] and ratio[0].mixing.ratio == 0.25 and not ratio[0].filtered
     assert [a.name for a in s.variant_arms("today")] == ["synthetic", "synthetic+copy-paste", "synthetic-only"]
@@ -83,7 +85,7 @@ def test_screen_end_to_end_on_demo(tmp_path, monkeypatch):
     tiny = {"pretrain_steps": 2, "steps": 2}  # the smoke's budget
     monkeypatch.setitem(s.VARIANTS, "pretrain", s.Variant(tiny))
     monkeypatch.setitem(s.VARIANTS, "sde+best", s.Variant(tiny, {"sampler": "sde-dpm++", "sampling_steps": 2,
-                                                                 "n_per_real": 3}, keep_best=1))
+                                                                 "n_per_real": 3}, {"keep_best": 1}))
     monkeypatch.setitem(s.VARIANTS, "until", s.Variant(tiny, arm={"mixing": {"mode": "ratio", "synthetic_until": 0.5}}))
     out = s.screen(config, 8, ["today", "vpred-minsnr", "pretrain", "sde+best", "until"], tmp_path / "results",
                    headline=headline, command="test", **budget)
@@ -99,7 +101,7 @@ def test_screen_end_to_end_on_demo(tmp_path, monkeypatch):
     q = out["variants"]["today"]["quality"]
     assert {"label_fidelity", "kid_vs_train", "kid_val_vs_train", "speckle"} <= set(q)
     best = out["variants"]["sde+best"]  # 3 drawn per labelled pair, at most 1 kept per pair, the rows train on those
-    assert best["n_synthetic"] == 24 and best["n_kept"] <= 8 and best["keep_best"] == 1
+    assert best["n_synthetic"] == 24 and best["n_kept"] <= 8 and best["filter"] == {"keep_best": 1}
     assert best["quality"]["label_fidelity"]["n_samples"] == best["n_kept"]
     assert set(out["variants"]["until"]["arms"]) == {"synthetic"}
     row = out["real"]["baseline"]
