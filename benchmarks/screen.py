@@ -35,6 +35,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from label_fidelity import own_vs_shuffled  # noqa: E402
 
 from lesionforge.data.arrays import PairArrays, load_arrays  # noqa: E402
+from lesionforge.data.bands import BANDS, band_of  # noqa: E402
 from lesionforge.data.manifest import read_set  # noqa: E402
 from lesionforge.experiment.agreement import rank_agreement  # noqa: E402
 from lesionforge.experiment.budget import segment_config_for  # noqa: E402
@@ -218,10 +219,22 @@ def quality(synthetic: SyntheticSet, cfg: ExperimentConfig, data: ExperimentData
     fidelity = own_vs_shuffled(load_segmenter(checkpoint), arrays)
     ext = real_extractor(checkpoint)
     real = ext.features(data.pool.images)
-    return {"label_fidelity": fidelity, "speckle": speckle_of(arrays, data),
+    return {"label_fidelity": fidelity, "speckle": speckle_of(arrays, data), "bands": bands_of(synthetic, arrays, cfg),
             "kid_vs_train": kid(ext.features(arrays.images), real),
             "kid_val_vs_train": kid(ext.features(data.val.images), real),  # a real set's KID, for scale
             "extractor": ext.describe()}
+
+
+def bands_of(synthetic: SyntheticSet, used: PairArrays, cfg: ExperimentConfig) -> dict:
+    """Lesion size bands (protocol) of the pairs drawn and of those the rows train on: a filter that keeps
+    only large lesions narrows what is synthesized, whatever it does to val mDice."""
+    drawn = load_arrays(read_set(synthetic.manifest), cfg.resolution, cfg.dataset.channels, cache_dir=None)
+
+    def count(a: PairArrays) -> dict[str, int]:
+        names = [band_of(float((m > 0).mean())) for m in a.masks]
+        return {b: names.count(b) for b in BANDS}
+
+    return {"drawn": count(drawn), "used": count(used)}
 
 
 def speckle_of(arrays: PairArrays, data: ExperimentData) -> dict:
@@ -285,8 +298,9 @@ def screen(config: Path, n: int, variants: list[str], results: Path, headline: P
             entry = out["variants"][v]
             if "quality" not in entry:
                 entry["quality"] = quality(synthetic, cfg, data, checkpoint)
-            elif "speckle" not in entry["quality"]:  # a row screened before speckle was measured
-                entry["quality"]["speckle"] = speckle_of(_kept_arrays(synthetic, cfg), data)
+            if not {"speckle", "bands"} <= set(entry["quality"]):  # screened before these were measured
+                used = _kept_arrays(synthetic, cfg)
+                entry["quality"].update(speckle=speckle_of(used, data), bands=bands_of(synthetic, used, cfg))
             # the rows the rank agreement needs first (a partial run still ranks the headline's arms)
             for arm in variant_arms(v):
                 rows = [run_row(cfg, data, n, arm, s, folder / v / arm.name / f"seed{s}", synthetic)
@@ -336,6 +350,13 @@ def agreement(out: dict, head_path: Path | None) -> dict:
     return res
 
 
+def _bands(q: dict) -> str:
+    b = q.get("bands")
+    if b is None:
+        return "—"
+    return "/".join(str(v) for v in b["used"].values()) + " (" + "/".join(str(v) for v in b["drawn"].values()) + ")"
+
+
 def _speckle(q: dict) -> str:
     sp = q.get("speckle")
     return "—" if sp is None else f"{sp['synthetic']:.1f} ({sp['real_train']:.1f})"
@@ -359,7 +380,8 @@ def write_report(out: dict, path: Path) -> None:
         lines += [row(f"{v}: {a}", r) for a, r in e.get("arms", {}).items()]
     lines += ["", "| variant | generator train s (with pretraining) | synthesize s | samples "
               "| label fidelity own − shuffled [95 % CI] "
-              "| in-domain KID vs train (real val: ref) | speckle (real train: ref) |", "|---|---|---|---|---|---|---|"]
+              "| in-domain KID vs train (real val: ref) | speckle (real train: ref) | lesions small/medium/large, "
+              "used (drawn) |", "|---|---|---|---|---|---|---|---|"]
     for v, e in out["variants"].items():
         q = e.get("quality")
         if q is None:
@@ -368,7 +390,8 @@ def write_report(out: dict, path: Path) -> None:
         kept = "" if e.get("n_kept") is None else f" (kept {e['n_kept']})"
         lines.append(f"| {v} | {e['generator_train_s']} | {e['synthesize_s']:.0f} | {e['n_synthetic']}{kept} | "
                      f"{d['mean']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}] | "
-                     f"{q['kid_vs_train']['mean']:.4f} ({q['kid_val_vs_train']['mean']:.4f}) | {_speckle(q)} |")
+                     f"{q['kid_vs_train']['mean']:.4f} ({q['kid_val_vs_train']['mean']:.4f}) | {_speckle(q)} | "
+                     f"{_bands(q)} |")
     a = out.get("agreement", {})
     lines += ["", "## Rank agreement with the headline", ""]
     if "spearman" in a:

@@ -103,6 +103,8 @@ def test_screen_end_to_end_on_demo(tmp_path, monkeypatch):
     best = out["variants"]["sde+best"]  # 3 drawn per labelled pair, at most 1 kept per pair, the rows train on those
     assert best["n_synthetic"] == 24 and best["n_kept"] <= 8 and best["filter"] == {"keep_best": 1}
     assert best["quality"]["label_fidelity"]["n_samples"] == best["n_kept"]
+    bands = best["quality"]["bands"]
+    assert sum(bands["drawn"].values()) == 24 and sum(bands["used"].values()) == best["n_kept"]
     assert set(out["variants"]["until"]["arms"]) == {"synthetic"}
     row = out["real"]["baseline"]
     data = s.LesionforgeStages().load_data(s.screen_config(config, 8, "today"))
