@@ -103,6 +103,9 @@ VARIANTS: dict[str, Variant] = {
     "pretrain+8per-sde25": Variant(_PRETRAIN, {**_SDE25, "n_per_real": 8}),
     "pretrain+16per-sde25": Variant(_PRETRAIN, {**_SDE25, "n_per_real": 16}),
     "pretrain+size": Variant(_PRETRAIN, {"mask_source": "size"}),
+    # the two best single levers of the first pass together (same set as pretrain+size)
+    "pretrain+size+ratio0.5": Variant(_PRETRAIN, {"mask_source": "size"}, arm={"mixing": {"mode": "ratio",
+                                                                                          "ratio": 0.5}}),
 }
 GENERATOR = "inpaint"  # the headline configs' generator entry the variants change
 #: Reduced segmentation budget (the headline: 2000 steps, validation every 100); same network and augmentation.
