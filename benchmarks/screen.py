@@ -98,6 +98,8 @@ VARIANTS: dict[str, Variant] = {
     "pretrain+8per-best2": Variant(_PRETRAIN, {**_SDE25, "n_per_real": 8}, {"keep_best": 2}),
     # the best 2 of 8 of every labelled pair, no absolute threshold: what is synthesized is not narrowed
     "pretrain+8per-top2": Variant(_PRETRAIN, {**_SDE25, "n_per_real": 8}, {"keep_best": 2, "threshold": 0.0}),
+    "pretrain+8per-top2+ratio0.5": Variant(_PRETRAIN, {**_SDE25, "n_per_real": 8}, {"keep_best": 2, "threshold": 0.0},
+                                           arm={"mixing": {"mode": "ratio", "ratio": 0.5}}),
     "pretrain+16per-top4": Variant(_PRETRAIN, {**_SDE25, "n_per_real": 16}, {"keep_best": 4, "threshold": 0.0}),
     # more pairs per real image, all of them (no narrowing): is the set's size or diversity the limit?
     "pretrain+8per-sde25": Variant(_PRETRAIN, {**_SDE25, "n_per_real": 8}),
