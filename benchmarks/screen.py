@@ -41,7 +41,7 @@ from lesionforge.experiment.agreement import rank_agreement  # noqa: E402
 from lesionforge.experiment.budget import segment_config_for  # noqa: E402
 from lesionforge.experiment.config import ArmSettings, ExperimentConfig, load_experiment_config  # noqa: E402
 from lesionforge.experiment.real_stages import LesionforgeStages  # noqa: E402
-from lesionforge.experiment.runner import SyntheticCache  # noqa: E402
+from lesionforge.experiment.runner import SyntheticCache, prepare_output  # noqa: E402
 from lesionforge.experiment.stages import ExperimentData, SyntheticSet  # noqa: E402
 from lesionforge.generate.models import read_meta  # noqa: E402
 from lesionforge.outputs import dir_hash  # noqa: E402
@@ -255,6 +255,9 @@ def screen(config: Path, n: int, variants: list[str], results: Path, headline: P
     segmenter (``budget``: :func:`screen_config`'s steps, val_interval, seeds, samples_per_real); write the JSON
     and Markdown after every row. ``headline``: the result file the rank agreement compares with."""
     base_cfg = screen_config(config, n, "today", **budget)
+    # the screen works inside the headline sweep's folder (it shares its caches): claimed as that sweep's, with the
+    # headline config, so that `lesionforge experiment run` resumes in it
+    prepare_output(load_experiment_config(config), resume=True, overwrite=False)
     dataset, seeds = base_cfg.dataset.name, tuple(base_cfg.seeds)
     data = LesionforgeStages().load_data(base_cfg)
     folder = screen_dir(base_cfg, n)

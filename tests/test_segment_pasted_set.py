@@ -109,3 +109,25 @@ def test_copy_paste_backgrounds_arm_runs_in_a_sweep(tmp_path):
     assert len(sets) == 1
     rows = read_manifest(sets[0], resolve=False)
     assert len(rows) == 2 * 8 and {r.provenance.generator for r in rows} == {"copy-paste"}
+
+
+def test_a_lesion_too_large_for_the_field_of_view_is_shrunk_until_it_fits(tmp_path):
+    """A polyp filling most of its frame fits no background whose field of view is a smaller disc at its own
+    scale: it is pasted smaller (inside the field of view) instead of stopping the set; one that fits at no
+    scale names the donor."""
+    size = 32
+    yy, xx = np.mgrid[:size, :size]
+    disc = (yy - 15.5) ** 2 + (xx - 15.5) ** 2 < 11 ** 2  # the background's field of view (dark outside)
+    bg = np.where(disc[..., None], 150, 0).astype(np.uint8).repeat(3, axis=-1)[None]
+    big = np.zeros((1, size, size), np.uint8)
+    big[0, 3:29, 3:29] = 1
+    img = np.full((1, size, size, 3), 90, np.uint8)
+    real = PairArrays(img, big, np.array([True]), ["big"], [None])
+    free = PairArrays(bg, np.zeros((1, size, size), np.uint8), np.array([False]), ["bg"], [None])
+    cfg = CopyPasteConfig(scale=(1.0, 1.0), fov_threshold=12, feather_sigma=0.0)
+    (s,) = write_pasted_set(tmp_path / "set", 1, real, free, cfg, seed=0)
+    mask = read_mask(tmp_path / "set" / s.masks[0])
+    assert 0 < mask.sum() < big.sum() and not (mask.astype(bool) & ~disc).any()
+    dark = PairArrays(np.zeros_like(bg), np.zeros((1, size, size), np.uint8), np.array([False]), ["dark"], [None])
+    with pytest.raises(ConfigError, match="big.*even shrunk"):
+        write_pasted_set(tmp_path / "none", 1, real, dark, cfg, seed=0)

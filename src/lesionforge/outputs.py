@@ -37,7 +37,8 @@ class Kind:
     contents: tuple[str, ...]
 
 
-_EXPERIMENT = ("config.yaml", "cache", "data", "n[0-9]*")
+# "screen": benchmarks/screen.py's rows, kept in the sweep folder whose generator and synthetic caches it shares
+_EXPERIMENT = ("config.yaml", "cache", "data", "n[0-9]*", "screen")
 KINDS: dict[str, Kind] = {
     "generator run": Kind(
         "train generator", True, ("config.yaml", "checkpoint-*", "lesionforge.json"),

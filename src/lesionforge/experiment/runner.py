@@ -174,7 +174,7 @@ def prepare_sweep(
         from lesionforge.experiment.real_stages import LesionforgeStages
 
         stages = LesionforgeStages()
-    _prepare_output(cfg, resume, overwrite)
+    prepare_output(cfg, resume, overwrite)
     if cfg.threads is not None:
         import torch
 
@@ -343,7 +343,7 @@ def _generators_used(cfg: ExperimentConfig) -> list[str]:
     return sorted({a.generator for a in cfg.arms if a.generator is not None})
 
 
-def _prepare_output(cfg: ExperimentConfig, resume: bool, overwrite: bool) -> None:
+def prepare_output(cfg: ExperimentConfig, resume: bool, overwrite: bool) -> None:
     # --overwrite means start over (stale runs must not be resumed), but only in a sweep folder of our own;
     # the demo runs its sweep in its own folder
     claim_output(cfg.output, "experiment sweep", overwrite=overwrite, resume=resume, accept=("demo",))

@@ -27,7 +27,8 @@ from lesionforge.utils import code_version
 
 MANIFEST = "manifest.jsonl"
 GENERATOR = "copy-paste"  # Provenance.generator of these pairs
-MAX_DRAWS = 50  # (lesion, background) draws tried before a sample is declared impossible
+MAX_DRAWS = 50  # (lesion, background) draws tried at one scale
+SHRINK = (1.0, 0.8, 0.64, 0.51)  # scale factors tried in turn before a sample is declared impossible
 BATCH = 32  # rows appended to the manifest per write
 
 
@@ -43,15 +44,20 @@ def pasted_pair(i: int, seed: int, real: PairArrays, backgrounds: PairArrays, cf
         raise ConfigError("copy-paste onto backgrounds needs lesion-free backgrounds in the dataset")
     rng = np.random.default_rng([seed, i])
     d = int(donors[i % len(donors)])
-    for _ in range(MAX_DRAWS):
+    # a lesion too large for any background's field of view at the configured scale is shrunk step by step
+    # (x0.8 per MAX_DRAWS failed draws): a large polyp still gets its pasted pairs, slightly smaller
+    for k in range(MAX_DRAWS * len(SHRINK)):
         b = int(rng.integers(len(backgrounds)))
-        patch, hard = transformed_lesion(real.images[d], real.masks[d], rng, cfg.scale)
+        shrink = SHRINK[k // MAX_DRAWS]
+        patch, hard = transformed_lesion(real.images[d], real.masks[d], rng,
+                                         (cfg.scale[0] * shrink, cfg.scale[1] * shrink))
         empty = np.zeros(backgrounds.images[b].shape[:2], dtype=np.uint8)
         image, mask, ok = paste_lesion(backgrounds.images[b], empty, patch, hard, rng, cfg.fov_threshold,
                                        cfg.feather_sigma)
         if ok:
             return image, (mask > 0).astype(np.uint8), {"source_id": real.ids[d], "background_id": backgrounds.ids[b]}
-    raise ConfigError(f"lesion of {real.ids[d]} fitted inside no background's field of view in {MAX_DRAWS} draws")
+    raise ConfigError(f"lesion of {real.ids[d]} fitted inside no background's field of view in "
+                      f"{MAX_DRAWS * len(SHRINK)} draws, even shrunk to {SHRINK[-1]:.2f} of its scale")
 
 
 def write_pasted_set(out_dir: str | Path, n: int, real: PairArrays, backgrounds: PairArrays,
