@@ -313,7 +313,9 @@ def screen(config: Path, n: int, variants: list[str], results: Path, headline: P
             for arm in variant_arms(v):
                 rows = [run_row(cfg, data, n, arm, s, folder / v / arm.name / f"seed{s}", synthetic)
                         for s in seeds[:k + 1]]
-                entry.setdefault("arms", {})[arm.name] = summarise(rows)
+                arms, new = entry.setdefault("arms", {}), summarise(rows)
+                # a summary over more seeds (an earlier run with more --seed) is kept, not replaced by fewer
+                arms[arm.name] = max(new, arms.get(arm.name, new), key=lambda r: len(r["seeds"]))
                 save()
     return out
 
