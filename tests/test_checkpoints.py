@@ -9,12 +9,11 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from test_generate_common import pairs, tiny_cfg
+from test_generate_common import killed_after_a_checkpoint, pairs, tiny_cfg
 
 from lesionforge.checkpoints import load_tensor_state, load_torch_state, save_tensor_state
 from lesionforge.data.arrays import PairArrays
 from lesionforge.errors import CheckpointError
-from lesionforge.generate import trainer
 from lesionforge.generate.autoencoder import AutoencoderConfig, train_autoencoder
 from lesionforge.generate.trainer import train_generator
 from lesionforge.quality.features import load_extractor, train_segmentation_encoder
@@ -73,16 +72,8 @@ def test_a_generator_checkpoint_with_legacy_ema_pt_resumes_identically(demo_arra
     assert (straight / "checkpoint-4" / "ema.safetensors").is_file()
     assert not (straight / "checkpoint-4" / "ema.pt").exists()
 
-    real_save = trainer.save_checkpoint
-
-    def save_then_die(*args, **kwargs):
-        real_save(*args, **kwargs)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(trainer, "save_checkpoint", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
+    with killed_after_a_checkpoint(monkeypatch):
         train_generator(cfg, data, tmp_path / "old", progress=False)
-    monkeypatch.setattr(trainer, "save_checkpoint", real_save)
     ckpt = tmp_path / "old" / "checkpoint-2"  # rewritten as an older version wrote it: EMA in a torch.save blob
     torch.save(load_tensor_state(ckpt / "ema"), ckpt / "ema.pt")
     (ckpt / "ema.safetensors").unlink()

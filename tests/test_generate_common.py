@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import numpy as np
+import pytest
 import torch
 
 from lesionforge.data.arrays import PairArrays
+from lesionforge.generate import trainer
 from lesionforge.generate.config import GeneratorConfig
 
 
@@ -52,3 +57,21 @@ class TinyCodec:
     @torch.no_grad()
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         return self.vae.decode(z).sample
+
+
+@contextmanager
+def killed_after_a_checkpoint(monkeypatch) -> Iterator[None]:
+    """Generator training inside the block stops (KeyboardInterrupt) right after it writes its first checkpoint,
+    as a killed job would; afterwards checkpoints are saved normally again."""
+    real_save = trainer.save_checkpoint
+
+    def save_then_die(*args, **kwargs):
+        real_save(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer, "save_checkpoint", save_then_die)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            yield
+    finally:
+        monkeypatch.setattr(trainer, "save_checkpoint", real_save)

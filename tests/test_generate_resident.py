@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_generate_common import normals, pairs, tiny_cfg
+from test_generate_common import killed_after_a_checkpoint, normals, pairs, tiny_cfg
 
-from lesionforge.generate import trainer
 from lesionforge.generate.batches import dilate_masks
 from lesionforge.generate.trainbatch import BatchMaker
 from lesionforge.generate.trainer import train_generator
@@ -69,16 +68,8 @@ def test_resident_training_trains_to_the_same_bytes_and_resumes(demo_arrays, tmp
     cfg = tiny_cfg("inpaint", steps=4, checkpoint_every=2, flip=True, augment={"p": 0.5})
     data, bg = pairs(demo_arrays, lesion_only=True), normals(demo_arrays)
     host = train_generator(cfg, data, tmp_path / "host", backgrounds=bg, progress=False)
-    real_save = trainer.save_checkpoint
-
-    def save_then_die(*args, **kwargs):
-        real_save(*args, **kwargs)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(trainer, "save_checkpoint", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
+    with killed_after_a_checkpoint(monkeypatch):
         train_generator(cfg, data, tmp_path / "held", backgrounds=bg, progress=False, resident=True)
-    monkeypatch.setattr(trainer, "save_checkpoint", real_save)
     held = train_generator(cfg, data, tmp_path / "held", backgrounds=bg, progress=False, resident=True)
     for folder in ("unet", "checkpoint-4/model/unet"):
         a = load_file(host / folder / "diffusion_pytorch_model.safetensors")
