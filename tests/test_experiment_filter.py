@@ -12,6 +12,7 @@ from lesionforge.data.io import write_image, write_mask
 from lesionforge.data.manifest import Provenance, Sample, read_manifest, write_manifest
 from lesionforge.errors import ConfigError
 from lesionforge.experiment.config import FilterSettings, load_experiment_config
+from lesionforge.experiment.keys import cache_key, settings_dump
 from lesionforge.experiment.real_stages import LesionforgeStages
 from lesionforge.experiment.runner import filter_key, run_experiment, synthetic_key
 
@@ -133,6 +134,9 @@ def test_adding_a_filter_rescores_the_same_samples(tmp_path, monkeypatch):
     assert [p.stat().st_mtime_ns for p in images] == stamps  # the samples were not drawn again
     marker = json.loads((calls[0] / "synthetic.json").read_text(encoding="utf-8"))
     assert marker["info"]["filter_key"] == filter_key(latent, "inpaint") and marker["filtered_manifest"]
+    # named by its filter's settings: another filter of the same samples writes its own file, not over this one
+    own = cache_key(settings_dump(latent.generators["inpaint"].filter))
+    assert Path(marker["filtered_manifest"]).name == f"filtered-{own}.jsonl"
     timings = marker["info"]["timings"]  # the drawing's timings are kept, the re-filtering's added
     assert {k: timings[k] for k in first} == first and timings["refilter_s"] > 0
     res = json.loads(next((tmp_path / "results-filtered").glob("*.json")).read_text(encoding="utf-8"))

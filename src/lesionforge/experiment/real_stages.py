@@ -25,7 +25,7 @@ from lesionforge.experiment.config import (
     paste_config,
     resolved_generator_config,
 )
-from lesionforge.experiment.keys import cache_key
+from lesionforge.experiment.keys import cache_key, settings_dump
 from lesionforge.experiment.records import BANDS
 from lesionforge.experiment.stages import ExperimentData, SyntheticSet
 from lesionforge.outputs import is_inside
@@ -204,7 +204,8 @@ class LesionforgeStages:
         manifest = synth_dir / "manifest.jsonl"
         filtered = None
         if spec.filter is not None:
-            filtered = work_dir / "filtered.jsonl"
+            # one file per filter: a set filtered two ways (two configs sharing its cache) keeps both verdicts
+            filtered = work_dir / f"filtered-{cache_key(settings_dump(spec.filter))}.jsonl"
             labelled = data.labelled(n)
             info["filter"] = self._filter(cfg, spec, labelled, data, manifest, filtered)
             info["n_kept"] = info["filter"].get("n_kept")
