@@ -88,7 +88,7 @@ def test_pixel_filter_keeps_true_pairs_and_rejects_shifted_ones(tmp_path):
             rows.append(Sample(id=f"s{i}-{'wrong' if wrong else 'true'}", image=str(img), masks=[str(msk)],
                                origin="synthetic", provenance=Provenance(source_id=labelled.ids[i])))
     write_manifest(tmp_path / "manifest.jsonl", rows)
-    report = stages._filter(cfg, cfg.generators["inpaint"], labelled, data, tmp_path / "manifest.jsonl",
+    report = stages._filter(cfg, cfg.generators["inpaint"], 8, data, tmp_path / "manifest.jsonl",
                             tmp_path / "filtered.jsonl")
     assert report["validator_kind"] == "pixel" and report["n_scored"] == 16
     assert any(p.name.startswith("pixel-") for p in (cfg.output / "cache" / "validators").iterdir())

@@ -232,3 +232,52 @@ def test_hippocampus_configs_share_runs_and_read_volumes_by_case():
         assert segment_config_for(full, full.arm(arm), 3) == segment_config_for(refs, refs.arm(arm), 3)
     gen = resolved_generator_config(full, full.generators["mask2image"])
     assert gen.kind == "mask2image" and gen.image_channels == 1 and gen.resolution == 64
+
+
+@pytest.mark.slow
+def test_every_mri_generator_kind_runs_on_volume_slices_with_the_filter(tmp_path):
+    """The MRI presets of the kinds that apply to slices (mask2image, edge-text, inpaint into the foreground-free
+    slices of train cases) train, synthesize and are filtered in a volume experiment (tiny overrides)."""
+    import yaml
+    from typer.testing import CliRunner
+
+    from lesionforge.cli import app
+
+    cases = [f"c{k}" for k in range(1, 7)]
+    root = _volume_root(tmp_path / "data", cases=tuple(cases))
+    split = {"dataset": "toy", "unit": "case", "train": cases[:3], "val": cases[3:4], "test": cases[4:],
+             "low_data_subsets": {"2": cases[:2]}}
+    (tmp_path / "split.json").write_text(json.dumps(split), encoding="utf-8")
+    tiny = {"block_out_channels": [16, 32], "norm_num_groups": 8, "attention_levels": [False, False], "steps": 2,
+            "batch_size": 2, "checkpoint_every": 2, "sample_every": 0, "num_train_timesteps": 50}
+    filt = {"validator": "pixel", "threshold": 0.0, "keep_best": 1, "validator_config": "validator-pixel-cpu.yaml",
+            "validator_overrides": {"steps": 2, "batch_size": 4, "checkpoint_every": 2}}
+    gens = {name: {"method": method, "config": f"generator-{kind}-mri-cpu.yaml", "overrides": tiny, "n_per_real": 2,
+                   "sampler": "sde-dpm++", "sampling_steps": 2, "guidance_scale": 1.0, "filter": filt}
+            for name, method, kind in [("m2i", "mask-conditioned", "mask2image"), ("edge", "edge-guided", "edge-text"),
+                                       ("inpaint", "inpaint-normal", "inpaint")]}
+    cfg = {"dataset": {"name": "toy", "root": str(root), "split": str(tmp_path / "split.json"), "channels": 1,
+                       "volumes": {"negative_share": 0.2}},
+           "profile": "tiny", "n_labelled": [2], "seeds": [0],
+           "segment": {"network": "BasicUNet", "features": [8, 8, 16, 16, 32, 8], "steps": 2, "batch_size": 4,
+                       "warmup_steps": 0, "val_interval": 2},
+           "arms": [{"name": "baseline", "kind": "baseline"}]
+           + [{"name": name, "kind": "synthetic", "generator": name, "filtered": True} for name in gens],
+           "generators": gens, "bootstrap_samples": 50, "output": "runs", "results_dir": "results"}
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    out = CliRunner().invoke(app, ["experiment", "run", str(tmp_path / "cfg.yaml"), "--threads", "1"])
+    assert out.exit_code == 0, out.output
+    res = json.loads((tmp_path / "results" / "toy-n2-tiny.json").read_text(encoding="utf-8"))
+    # the labelled slices: two cases' 4 foreground slices and 20 % of their 4 negatives each (rounded up)
+    n_labelled, n_positive = 2 * 4 + 2, 2 * 4
+    for name in gens:
+        info = res["generators"][name]
+        # keep-best 1 keeps one sample per labelled pair with foreground; a negative's samples carry no lesion
+        assert (info["n_generated"], info["n_kept"]) == (2 * n_labelled, n_positive), (name, info["filter"])
+        assert len(res["arms"][name]["mdice3d"]) == 1
+        assert res["arms"][name]["synthetic_quality"]["n_synthetic"] == n_positive  # read back grey, as the real
+    rows = [json.loads(line) for line in
+            next((tmp_path / "runs" / "cache").glob("synthetic-n2-inpaint-*/synthetic/manifest.jsonl")).open()]
+    # inpainted into the foreground-free slices of train cases, drawn from the labelled cases' masks
+    assert {case_of(r["provenance"]["background_id"]) for r in rows} <= {"c1", "c2", "c3"}
+    assert {case_of(r["provenance"]["source_id"]) for r in rows} <= {"c1", "c2"}

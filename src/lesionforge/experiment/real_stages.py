@@ -206,8 +206,7 @@ class LesionforgeStages:
         if spec.filter is not None:
             # one file per filter: a set filtered two ways (two configs sharing its cache) keeps both verdicts
             filtered = work_dir / f"filtered-{cache_key(settings_dump(spec.filter))}.jsonl"
-            labelled = data.labelled(n)
-            info["filter"] = self._filter(cfg, spec, labelled, data, manifest, filtered)
+            info["filter"] = self._filter(cfg, spec, n, data, manifest, filtered)
             info["n_kept"] = info["filter"].get("n_kept")
         return SyntheticSet(manifest, filtered, info)
 
@@ -278,7 +277,7 @@ class LesionforgeStages:
         labelled, cache = data.labelled(n), cfg.output / "cache"
         if spec.filter.validator == "pixel":
             return _pixel_validator(cfg, spec, labelled, data, cache)
-        return _latent_validator(cfg, spec, labelled, data, cache)
+        return _latent_validator(cfg, spec, n, data, cache)
 
     @staticmethod
     def _generator(cfg, gcfg, labelled: PairArrays, unlabelled, backgrounds, pretrain=None) -> Path:
@@ -302,11 +301,12 @@ class LesionforgeStages:
                                     init_from=base))
 
     @staticmethod
-    def _filter(cfg, spec: GeneratorSpec, labelled: PairArrays, data: ExperimentData, manifest: Path,
+    def _filter(cfg, spec: GeneratorSpec, n: int, data: ExperimentData, manifest: Path,
                 out_path: Path) -> dict[str, Any]:
         from lesionforge.validate.filter import filter_manifest
 
-        validator = LesionforgeStages.validator_for(cfg, spec, len(labelled), data)
+        # n is the low-data subset's key (images, or cases of a volume set), not the number of labelled pairs
+        validator = LesionforgeStages.validator_for(cfg, spec, n, data)
         # out_path is this cache's own intermediate file: a rerun after a crash rewrites it identically
         report = filter_manifest(manifest, validator, out_path, threshold=spec.filter.threshold, val=data.val,
                                  overwrite=True, auto_rule=spec.filter.auto_rule,
@@ -371,16 +371,16 @@ def _drawn_with(synth_dir: Path, output: Path) -> Path | None:
     return Path(gen) if gen and (Path(gen) / "lesionforge.json").is_file() else None
 
 
-def _latent_validator(cfg: ExperimentConfig, spec: GeneratorSpec, labelled: PairArrays, data: ExperimentData,
-                      cache: Path) -> Path:
-    """Train (cached) the autoencoder and the latent segmenter of the latent filter; returns the validator."""
+def _latent_validator(cfg: ExperimentConfig, spec: GeneratorSpec, n: int, data: ExperimentData, cache: Path) -> Path:
+    """Train (cached) the autoencoder and the latent segmenter of the latent filter of the low-data subset ``n``;
+    returns the validator."""
     from lesionforge.generate.autoencoder import LatentCodec, train_autoencoder
     from lesionforge.validate.latent_segmenter import train_latent_segmenter
 
     ae_cfg, val_cfg = _validator_configs(cfg, spec)
     # the autoencoder learns from every image it may see (labelled, lesion-free, unlabelled if allowed)
-    images = PairArrays.concat([labelled, data.backgrounds,
-                                data.unlabelled(len(labelled)) if spec.use_unlabelled else None])
+    labelled = data.labelled(n)
+    images = PairArrays.concat([labelled, data.backgrounds, data.unlabelled(n) if spec.use_unlabelled else None])
     ae_dir = cache / "autoencoders" / cache_key(ae_cfg.model_dump(mode="json"), images.ids)
     ae_path = Path(train_autoencoder(ae_cfg, images, ae_dir, val=data.val, resume=True))
     codec = LatentCodec.from_pretrained(ae_path)

@@ -52,7 +52,8 @@ def set_quality(s: SyntheticSet, work_dir: Path, data: ExperimentData, train: Pa
             return cached
     manifest = s.filtered_manifest if kept_only and s.filtered_manifest is not None else s.manifest
     try:
-        syn = manifest_arrays(manifest, resolution, origin="synthetic", kept_only=kept_only)
+        # read with the real images' channels (a grey data set's synthetic PNGs are grey too)
+        syn = manifest_arrays(manifest, resolution, train.images.shape[-1], origin="synthetic", kept_only=kept_only)
     except DataError:  # the filter kept nothing: nothing to measure, said so in the result
         syn = None
     if syn is None or len(syn) < 2 or len(data.test) < 2 or len(train) < 2:
