@@ -39,7 +39,12 @@ from lesionforge.data.bands import BANDS, band_of  # noqa: E402
 from lesionforge.data.manifest import read_set  # noqa: E402
 from lesionforge.experiment.agreement import rank_agreement  # noqa: E402
 from lesionforge.experiment.budget import segment_config_for  # noqa: E402
-from lesionforge.experiment.config import ArmSettings, ExperimentConfig, load_experiment_config  # noqa: E402
+from lesionforge.experiment.config import (  # noqa: E402
+    PASTE_METHOD,
+    ArmSettings,
+    ExperimentConfig,
+    load_experiment_config,
+)
 from lesionforge.experiment.real_stages import LesionforgeStages  # noqa: E402
 from lesionforge.experiment.runner import SyntheticCache, prepare_output  # noqa: E402
 from lesionforge.experiment.stages import ExperimentData, SyntheticSet  # noqa: E402
@@ -122,9 +127,12 @@ VARIANT_ARMS = (
     ArmSettings(name="synthetic-only", kind="synthetic", generator=GENERATOR, mixing={"mode": "synthetic-only"},
                 filtered=False),
 )
-#: Extra rows of ``today`` whose headline arm exists, for the rank agreement.
+#: Extra rows of the headline's own variant (``HEADLINE_VARIANT``), whose headline arm exists, for the rank agreement.
 AGREEMENT_ARMS = (ArmSettings(name="synthetic+copy-paste", kind="synthetic", generator=GENERATOR,
                               mixing={"mode": "ratio", "ratio": 1}, filtered=False, copy_paste={"prob": 0.5}),)
+#: The variant the headline configs hold (the screen's winner, session 9): its rows stand for the headline's
+#: synthetic arms in the rank agreement (``today`` held the headline's earlier recipe; its rows stay as measured).
+HEADLINE_VARIANT = "pretrain+8per-top2"
 
 
 def headline_config(dataset: str) -> Path:
@@ -157,6 +165,19 @@ def screen_config(config: Path, n: int, variant: str, samples_per_real: int = 2,
 def prepare(cfg: ExperimentConfig, data: ExperimentData, n: int) -> SyntheticSet:
     """Train (or reuse) the variant's generator and draw its synthetic set, in the headline's cache."""
     return SyntheticCache(cfg, LesionforgeStages(), data, n).get(GENERATOR)
+
+
+def paste_rows(config: Path, base_cfg: ExperimentConfig) -> tuple[ExperimentConfig, ArmSettings, str] | None:
+    """The headline's copy-paste-onto-backgrounds arm at the screen's budget (config, arm, generator name), or
+    None when the headline has none; its pasted set is the headline's own (same cache)."""
+    full = load_experiment_config(config, {"n_labelled": base_cfg.n_labelled})
+    for arm in full.arms:
+        spec = full.generators.get(arm.generator or "")
+        if spec is not None and spec.method == PASTE_METHOD:
+            cfg = full.model_copy(update={"generators": {arm.generator: spec}, "arms": [arm],
+                                          "segment": base_cfg.segment, "seeds": base_cfg.seeds})
+            return cfg, arm, arm.generator
+    return None
 
 
 def screen_dir(cfg: ExperimentConfig, n: int) -> Path:
@@ -250,11 +271,14 @@ def speckle_of(arrays: PairArrays, data: ExperimentData) -> dict:
 
 
 def screen(config: Path, n: int, variants: list[str], results: Path, headline: Path | None = None,
-           command: str | None = None, **budget) -> dict:
+           command: str | None = None, agree_with: str = HEADLINE_VARIANT, **budget) -> dict:
     """Screen ``variants`` (generators trained or reused) with the experiment ``config``'s data, generator and
     segmenter (``budget``: :func:`screen_config`'s steps, val_interval, seeds, samples_per_real); write the JSON
-    and Markdown after every row. ``headline``: the result file the rank agreement compares with."""
+    and Markdown after every row. ``headline``: the result file the rank agreement compares with;
+    ``agree_with``: the variant whose rows stand for its synthetic arms (screened with its synthetic +
+    copy-paste row, and the headline's copy-paste-onto-backgrounds arm, when it is among ``variants``)."""
     base_cfg = screen_config(config, n, "today", **budget)
+    paste = paste_rows(config, base_cfg)
     # the screen works inside the headline sweep's folder (it shares its caches): claimed as that sweep's, with the
     # headline config, so that `lesionforge experiment run` resumes in it
     prepare_output(load_experiment_config(config), resume=True, overwrite=False)
@@ -284,7 +308,7 @@ def screen(config: Path, n: int, variants: list[str], results: Path, headline: P
                 out["real"] = {a: max(r, now.get("real", {}).get(a, r), key=lambda x: len(x["seeds"]))
                                for a, r in {**now.get("real", {}), **out["real"]}.items()}
                 out["variants"] = {**now.get("variants", {}), **{v: out["variants"][v] for v in made}}
-            out["agreement"] = agreement(out, headline)
+            out["agreement"] = agreement(out, headline, agree_with)
             write_json_atomic(out_path, out)
             write_report(out, results / f"{stem}-cpu.md")
 
@@ -296,6 +320,13 @@ def screen(config: Path, n: int, variants: list[str], results: Path, headline: P
             rows = [run_row(base_cfg, data, n, arm, s, folder / "real" / arm.name / f"seed{s}", None)
                     for s in seeds[:k + 1]]
             out["real"][arm.name] = summarise(rows)
+            save()
+        if paste is not None and agree_with in variants:  # the fair copy-paste twin, for the rank agreement
+            pcfg, parm, pname = paste
+            pasted = SyntheticCache(pcfg, LesionforgeStages(), data, n).get(pname)
+            rows = [run_row(pcfg, data, n, parm, s, folder / "real" / parm.name / f"seed{s}", pasted)
+                    for s in seeds[:k + 1]]
+            out["real"][parm.name] = summarise(rows)
             save()
         for v in variants:
             if v not in made:
@@ -310,7 +341,7 @@ def screen(config: Path, n: int, variants: list[str], results: Path, headline: P
                 used = _kept_arrays(synthetic, cfg)
                 entry["quality"].update(speckle=speckle_of(used, data), bands=bands_of(synthetic, used, cfg))
             # the rows the rank agreement needs first (a partial run still ranks the headline's arms)
-            for arm in variant_arms(v):
+            for arm in variant_arms(v, agree_with):
                 rows = [run_row(cfg, data, n, arm, s, folder / v / arm.name / f"seed{s}", synthetic)
                         for s in seeds[:k + 1]]
                 arms, new = entry.setdefault("arms", {}), summarise(rows)
@@ -320,16 +351,17 @@ def screen(config: Path, n: int, variants: list[str], results: Path, headline: P
     return out
 
 
-def variant_arms(name: str) -> tuple[ArmSettings, ...]:
+def variant_arms(name: str, agree_with: str = HEADLINE_VARIANT) -> tuple[ArmSettings, ...]:
     """The rows of variant ``name``, those the rank agreement needs first (a partial run still ranks the
-    headline's arms); a filtered variant trains on the kept samples; a mixing variant has no synthetic-only row
-    of its own."""
+    headline's arms: ``agree_with`` also gets its synthetic + copy-paste row); a filtered variant trains on the
+    kept samples; a mixing variant has no synthetic-only row of its own."""
     v = VARIANTS[name]
     update: dict[str, Any] = {"filtered": v.filter is not None}
     # validated: the arm's dicts become the stage's MixConfig / CopyPasteConfig
     main = ArmSettings.model_validate({**VARIANT_ARMS[0].model_dump(), **update, **(v.arm or {})})
+    extra = tuple(a.model_copy(update=update) for a in AGREEMENT_ARMS) if name == agree_with and not v.arm else ()
     rest = () if v.arm else tuple(a.model_copy(update=update) for a in VARIANT_ARMS[1:])
-    return (main,) + (AGREEMENT_ARMS if name == "today" else ()) + rest
+    return (main,) + extra + rest
 
 
 def describe_variant(entry: dict, v: str, synthetic: SyntheticSet) -> dict:
@@ -344,18 +376,20 @@ def describe_variant(entry: dict, v: str, synthetic: SyntheticSet) -> dict:
             "synthesize_s": timings.get("synthesize_s"), "n_synthetic": synthetic.info["n_generated"]}
 
 
-def agreement(out: dict, head_path: Path | None) -> dict:
-    """Rank agreement of the screen (real + synthetic rows of ``today``) with the headline result's arms."""
-    if head_path is None or not head_path.is_file() or "today" not in out["variants"]:
-        return {"status": f"not computed: needs the headline result ({head_path}) and the 'today' rows"}
+def agreement(out: dict, head_path: Path | None, agree_with: str = HEADLINE_VARIANT) -> dict:
+    """Rank agreement of the screen (the real rows and those of ``agree_with``, the variant the headline holds)
+    with the headline result's arms."""
+    if head_path is None or not head_path.is_file() or agree_with not in out["variants"]:
+        return {"status": f"not computed: needs the headline result ({head_path}) and the {agree_with!r} rows"}
     head = json.loads(head_path.read_text(encoding="utf-8"))
     headline = {a: v["mdice_mean"] for a, v in head["arms"].items()}
-    rows = {**out["real"], **out["variants"]["today"].get("arms", {})}
+    rows = {**out["real"], **out["variants"][agree_with].get("arms", {})}
     screen_scores = {a: r["per_image"] for a, r in rows.items() if a in headline}
     if len(screen_scores) < 3:
         return {"status": f"not computed: {len(screen_scores)} arms shared with the headline so far"}
     res = rank_agreement(screen_scores, headline)
     res["headline_file"] = head_path.name
+    res["screen_variant"] = agree_with
     res["headline_seed_std"] = {a: float(np.std(head["arms"][a]["mdice"])) for a in res["arms"]}
     return res
 
@@ -406,7 +440,9 @@ def write_report(out: dict, path: Path) -> None:
     lines += ["", "## Rank agreement with the headline", ""]
     if "spearman" in a:
         b = a["bootstrap"]
-        lines.append(f"Spearman rho {a['spearman']:+.2f} over {len(a['arms'])} arms ({', '.join(a['arms'])}); "
+        lines.append(f"Headline file `{a['headline_file']}`; its synthetic arms are screened as variant "
+                     f"`{a.get('screen_variant', 'today')}`. "
+                     f"Spearman rho {a['spearman']:+.2f} over {len(a['arms'])} arms ({', '.join(a['arms'])}); "
                      f"bootstrap over {a['n_images']} val images 95 % CI [{b['ci95'][0]:+.2f}, {b['ci95'][1]:+.2f}]; "
                      f"exact permutation p = {a['permutation_p']:.3f} ({a['permutations']} orderings).")
     else:
@@ -450,6 +486,8 @@ def run_cmd(
     steps: int = typer.Option(STEPS, help="Segmenter steps (another budget writes its own -s<steps> file)."),
     val_interval: int = typer.Option(VAL_INTERVAL, help="Segmenter validation interval."),
     seed: list[int] = typer.Option(list(SEEDS), help="Segmenter seeds."),
+    agree_with: str = typer.Option(HEADLINE_VARIANT, help="The variant the headline config holds (its rows "
+                                   "stand for the headline's synthetic arms in the rank agreement)."),
     results: Path = typer.Option(ROOT / "benchmarks" / "results", help="Where the JSON and Markdown go."),
     threads: int | None = typer.Option(None, help="torch threads."),
 ) -> None:
@@ -459,7 +497,7 @@ def run_cmd(
     out = screen(headline_config(dataset), n, [] if real_only else variant, results,
                  headline=ROOT / "benchmarks" / "results" / f"{dataset}-n{n}-cpu.json",
                  command="python benchmarks/screen.py " + " ".join(sys.argv[1:]), steps=steps,
-                 val_interval=val_interval, seeds=tuple(seed))
+                 val_interval=val_interval, seeds=tuple(seed), agree_with=agree_with)
     typer.echo(json.dumps(out.get("agreement", {}), indent=1)[:2000])
 
 

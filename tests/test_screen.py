@@ -58,7 +58,11 @@ def test_every_screen_variant_builds_a_valid_config_and_its_rows():
     assert (top.keep_best, top.threshold) == (2, 0.0)
     ratio = s.variant_arms("pretrain+ratio0.25")
     assert [a.name for a in ratio] == ["synthetic"] and ratio[0].mixing.ratio == 0.25 and not ratio[0].filtered
-    assert [a.name for a in s.variant_arms("today")] == ["synthetic", "synthetic+copy-paste", "synthetic-only"]
+    assert [a.name for a in s.variant_arms("today")] == ["synthetic", "synthetic-only"]
+    # the headline's own variant also gets the synthetic + copy-paste row, on the kept pairs like its other rows
+    agree = s.variant_arms(s.HEADLINE_VARIANT)
+    assert [a.name for a in agree] == ["synthetic", "synthetic+copy-paste", "synthetic-only"]
+    assert all(a.filtered for a in agree) and agree[1].copy_paste.prob == 0.5
     (until,) = s.variant_arms("pretrain+until0.75")
     assert until.mixing.synthetic_until == 0.75 and until.mixing.ratio == 1
     (cp,) = s.variant_arms("pretrain+copy-paste")
@@ -69,6 +73,19 @@ def test_every_screen_variant_builds_a_valid_config_and_its_rows():
     assert eta.eta == 1.0 and "eta" not in s.screen_config(config, 8, "today").generators["inpaint"].model_dump()
 
 
+@pytest.mark.parametrize("dataset", ["kvasir-seg", "busi"])
+def test_the_headline_variant_is_what_the_headline_configs_hold(dataset):
+    """The rank agreement lets the screen's HEADLINE_VARIANT rows stand for the headline's synthetic arms: that
+    variant's generator entry (generator, synthesis, filter) must be the headline config's own."""
+    s = load_benchmark("screen")
+    config = s.headline_config(dataset)
+    n = 32 if dataset == "kvasir-seg" else 64
+    screened = s.screen_config(config, n, s.HEADLINE_VARIANT).generators["inpaint"]
+    headline = s.load_experiment_config(config).generators["inpaint"]
+    assert screened.model_dump() == headline.model_dump()
+    assert s.paste_rows(config, s.screen_config(config, n, "today"))[1].name == "copy-paste+backgrounds"
+
+
 @pytest.mark.slow
 def test_screen_end_to_end_on_demo(tmp_path, monkeypatch):
     """Real rows, three variants (today, v-prediction + min-SNR, pretraining), quality and the rank agreement,
@@ -76,11 +93,16 @@ def test_screen_end_to_end_on_demo(tmp_path, monkeypatch):
     s = load_benchmark("screen")
     cfg = yaml.safe_load((ROOT / "benchmarks" / "configs" / "smoke.yaml").read_text(encoding="utf-8"))
     cfg["output"] = str(tmp_path / "runs")
+    # the headline's copy-paste-onto-backgrounds twin, screened for the rank agreement
+    cfg["generators"]["paste"] = {"method": "copy-paste-backgrounds", "n_per_real": 1}
+    cfg["arms"].append({"name": "copy-paste+backgrounds", "kind": "synthetic", "generator": "paste",
+                        "mixing": {"mode": "ratio", "ratio": 1}, "filtered": False, "copy_paste": {"prob": 0.5}})
     config = tmp_path / "smoke.yaml"
     config.write_text(yaml.safe_dump(cfg), encoding="utf-8")
     headline = tmp_path / "headline.json"
     headline.write_text(json.dumps({"arms": {a: {"mdice_mean": m, "mdice": [m, m]} for a, m in (
-        ("baseline", 0.5), ("copy-paste", 0.55), ("synthetic", 0.52), ("synthetic+copy-paste", 0.56))}}))
+        ("baseline", 0.5), ("copy-paste", 0.55), ("copy-paste+backgrounds", 0.57), ("synthetic", 0.52),
+        ("synthetic+copy-paste", 0.56))}}))
     budget = dict(steps=4, val_interval=2, seeds=(0,), samples_per_real=2)
     tiny = {"pretrain_steps": 2, "steps": 2}  # the smoke's budget
     monkeypatch.setitem(s.VARIANTS, "pretrain", s.Variant(tiny))
@@ -88,8 +110,8 @@ def test_screen_end_to_end_on_demo(tmp_path, monkeypatch):
                                                                  "n_per_real": 3}, {"keep_best": 1}))
     monkeypatch.setitem(s.VARIANTS, "until", s.Variant(tiny, arm={"mixing": {"mode": "ratio", "synthetic_until": 0.5}}))
     out = s.screen(config, 8, ["today", "vpred-minsnr", "pretrain", "sde+best", "until"], tmp_path / "results",
-                   headline=headline, command="test", **budget)
-    assert set(out["real"]) == {"baseline", "copy-paste"}
+                   headline=headline, command="test", agree_with="today", **budget)
+    assert set(out["real"]) == {"baseline", "copy-paste", "copy-paste+backgrounds"}
     assert set(out["variants"]["today"]["arms"]) == {"synthetic-only", "synthetic", "synthetic+copy-paste"}
     assert set(out["variants"]["vpred-minsnr"]["arms"]) == {"synthetic-only", "synthetic"}
     v = out["variants"]["vpred-minsnr"]
@@ -110,9 +132,11 @@ def test_screen_end_to_end_on_demo(tmp_path, monkeypatch):
     data = s.LesionforgeStages().load_data(s.screen_config(config, 8, "today"))
     assert 0 <= row["val_mdice"] <= 1 and sorted(row["per_image"]) == sorted(data.val.ids)  # val, not test
     a = out["agreement"]
-    assert a["arms"] == ["baseline", "copy-paste", "synthetic", "synthetic+copy-paste"] and -1 <= a["spearman"] <= 1
+    assert a["arms"] == ["baseline", "copy-paste", "copy-paste+backgrounds", "synthetic", "synthetic+copy-paste"]
+    assert -1 <= a["spearman"] <= 1 and a["screen_variant"] == "today" and a["permutations"] == 120
     saved = json.loads((tmp_path / "results" / "screen-demo-n8-s4-cpu.json").read_text(encoding="utf-8"))
     assert saved["agreement"]["spearman"] == a["spearman"]
     assert "Rank agreement" in (tmp_path / "results" / "screen-demo-n8-s4-cpu.md").read_text(encoding="utf-8")
-    again = s.screen(config, 8, ["today"], tmp_path / "results", headline=headline, command="test", **budget)
+    again = s.screen(config, 8, ["today"], tmp_path / "results", headline=headline, command="test",
+                     agree_with="today", **budget)
     assert again["real"]["baseline"]["val_mdice"] == row["val_mdice"]
