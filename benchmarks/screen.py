@@ -82,7 +82,7 @@ class Variant:
 _PRETRAIN = {"pretrain_steps": 1000, "steps": 1000}  # half of today's steps on every image without a mask
 _SDE25 = {"sampler": "sde-dpm++", "sampling_steps": 25}  # stochastic DPM-Solver++, 25 network evaluations
 VARIANTS: dict[str, Variant] = {
-    "today": Variant(),
+    "today": Variant(),  # BASE itself: the first-pass headline recipe
     "vpred-minsnr": Variant({"prediction_type": "v_prediction", "min_snr_gamma": 5.0}),
     "augment": Variant({"augment": {"p": 0.5}}),
     "vpred-minsnr+augment": Variant({"prediction_type": "v_prediction", "min_snr_gamma": 5.0, "augment": {"p": 0.5}}),
@@ -115,6 +115,14 @@ VARIANTS: dict[str, Variant] = {
                                                                                           "ratio": 0.5}}),
 }
 GENERATOR = "inpaint"  # the headline configs' generator entry the variants change
+#: What every variant changes: the headline's first-pass recipe (sessions 7-8: 2000 steps of batch 8 from
+#: scratch, 100-step ancestral DDPM, the automatic `contrast` filter threshold). Fixed here, so a variant keeps
+#: its meaning when the headline config takes a new recipe (in ``overrides`` a None drops the headline's key).
+BASE: dict[str, Any] = {
+    "overrides": {"steps": 2000, "batch_size": 8, "pretrain_steps": None},
+    "sampler": "ddpm", "sampling_steps": 100, "guidance_scale": 1.0, "eta": None, "mask_source": "jitter",
+    "filter": {"threshold": "auto", "auto_rule": "contrast", "keep_best": None},
+}
 #: Reduced segmentation budget (the headline: 2000 steps, validation every 100); same network and augmentation.
 STEPS, VAL_INTERVAL, SEEDS = 400, 50, (0, 1)
 #: Real-data rows, trained once per budget; their names are the headline's arm names.
@@ -153,10 +161,12 @@ def screen_config(config: Path, n: int, variant: str, samples_per_real: int = 2,
     if v.filter is not None:
         if spec.filter is None:
             raise typer.BadParameter(f"variant {variant!r} changes the filter; {config} has none")
-        filt = {**spec.filter.model_dump(), **v.filter}
+        filt = {**spec.filter.model_dump(), **BASE.get("filter", {}), **v.filter}
+    overrides = {k: x for k, x in {**spec.overrides, **BASE.get("overrides", {}), **v.train}.items() if x is not None}
+    fields = {k: x for k, x in BASE.items() if k not in ("overrides", "filter")}
     # validated again: a lever that names a wrong field fails here, not after an hour of training
-    spec = type(spec).model_validate({**spec.model_dump(), "overrides": {**spec.overrides, **v.train},
-                                      "filter": filt, "n_per_real": samples_per_real, **v.synth})
+    spec = type(spec).model_validate({**spec.model_dump(), **fields, "overrides": overrides, "filter": filt,
+                                      "n_per_real": samples_per_real, **v.synth})
     seg = cfg.segment.model_copy(update={"steps": steps, "val_interval": val_interval})
     arms = [a for a in cfg.arms if a.generator in (None, GENERATOR)]  # the arms whose generator is kept
     return cfg.model_copy(update={"generators": {GENERATOR: spec}, "arms": arms, "segment": seg, "seeds": list(seeds)})
@@ -190,17 +200,32 @@ def run_row(cfg: ExperimentConfig, data: ExperimentData, n: int, arm: ArmSetting
     (``run_arm`` scores the data's ``test``: here that is ``val``). Cached as ``row.json`` in ``folder``."""
     done = folder / "row.json"
     folder.mkdir(parents=True, exist_ok=True)
+    used = set_identity(synthetic, arm.filtered)
     with _locked(folder / "row.lock"):  # two screens (other variants) share the real rows: one trains, one waits
         if done.is_file():
-            return json.loads(done.read_text(encoding="utf-8"))
+            row = json.loads(done.read_text(encoding="utf-8"))
+            # a row written before rows recorded their set has none to compare (all of them predate a change)
+            if row.get("synthetic_set", used) != used:
+                raise typer.BadParameter(f"{done} was trained on {row['synthetic_set']}, the variant now draws "
+                                         f"{used}: its definition changed; give the new one another name")
+            return row
         on_val = replace(data, test=data.val, subsets={}, transfer={})
         t0 = time.perf_counter()
         out = LesionforgeStages().run_arm(cfg, arm, segment_config_for(cfg, arm, seed), n, on_val, synthetic, folder)
         row = {"arm": arm.name, "seed": seed, "val_mdice": out["mdice"], "ids": out["ids"], "dice": out["dice"],
                "miss_rate": out["miss_rate"], "best_val_mdice": out["best_val_mdice"],
-               "seconds": round(time.perf_counter() - t0, 1), "checkpoint": str(folder / "segmenter" / "best")}
+               "seconds": round(time.perf_counter() - t0, 1), "checkpoint": str(folder / "segmenter" / "best"),
+               "synthetic_set": used}
         write_json_atomic(done, row)
         return row
+
+
+def set_identity(synthetic: SyntheticSet | None, filtered: bool) -> str | None:
+    """The file a row trains on: the set's manifest, or the manifest of its filter's verdicts (named by the
+    filter's settings) for a filtered arm."""
+    if synthetic is None:
+        return None
+    return str(synthetic.filtered_manifest if filtered and synthetic.filtered_manifest else synthetic.manifest)
 
 
 @contextmanager
@@ -332,7 +357,11 @@ def screen(config: Path, n: int, variants: list[str], results: Path, headline: P
             if v not in made:
                 vcfg = screen_config(config, n, v, **budget)
                 made[v] = (vcfg, prepare(vcfg, data, n))
-                out["variants"][v] = describe_variant(out["variants"].get(v, {}), v, made[v][1])
+                before = out["variants"].get(v, {})
+                if before.get("set") != set_identity(made[v][1], VARIANTS[v].filter is not None):
+                    # measured on another set (or before entries named theirs): measured again on this one
+                    before = {k: x for k, x in before.items() if k != "quality"}
+                out["variants"][v] = describe_variant(before, v, made[v][1])
             cfg, synthetic = made[v]
             entry = out["variants"][v]
             if "quality" not in entry:
@@ -369,7 +398,8 @@ def describe_variant(entry: dict, v: str, synthetic: SyntheticSet) -> dict:
     base = read_meta(synthetic.info["generator_dir"]).get("pretrained_base")
     base_s = read_meta(base).get("train_seconds") if base else None
     timings = synthetic.info["timings"]
-    return {**entry, **VARIANTS[v].describe(), "n_kept": synthetic.info.get("n_kept"),
+    return {**entry, **VARIANTS[v].describe(), "set": set_identity(synthetic, VARIANTS[v].filter is not None),
+            "n_kept": synthetic.info.get("n_kept"),
             "generator_dir": synthetic.info["generator_dir"],
             "pretrained_base": base, "base_train_s": base_s,
             "generator_train_s": (timings.get("generator_train_s") or 0) + (base_s or 0),

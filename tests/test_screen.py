@@ -73,6 +73,37 @@ def test_every_screen_variant_builds_a_valid_config_and_its_rows():
     assert eta.eta == 1.0 and "eta" not in s.screen_config(config, 8, "today").generators["inpaint"].model_dump()
 
 
+def test_variants_keep_their_meaning_when_the_headline_takes_a_new_recipe():
+    """Variants are changes to a fixed BASE (the first-pass recipe), not to whatever the headline config holds
+    now: with the headline on pretraining + sde-dpm++ 25 + top-2, `today` is still 2000 steps from scratch with
+    100-step DDPM, `pretrain` still samples with DDPM, and `8per-best2` keeps the automatic threshold."""
+    s = load_benchmark("screen")
+    config = s.headline_config("kvasir-seg")
+    today = s.screen_config(config, 32, "today").generators["inpaint"]
+    assert today.overrides == {"steps": 2000, "batch_size": 8}
+    assert (today.sampler, today.sampling_steps) == ("ddpm", 100)
+    assert today.filter is None and today.n_per_real == 2
+    pre = s.screen_config(config, 32, "pretrain").generators["inpaint"]
+    assert pre.overrides["pretrain_steps"] == 1000 and pre.sampler == "ddpm"
+    best = s.screen_config(config, 32, "pretrain+8per-best2").generators["inpaint"].filter
+    assert (best.threshold, best.keep_best) == ("auto", 2)
+
+
+def test_a_cached_screen_row_of_another_set_is_refused(tmp_path):
+    """A row trained on one synthetic set is not reused for another (a variant whose definition changed)."""
+    s = load_benchmark("screen")
+    folder = tmp_path / "row"
+    folder.mkdir()
+    one = s.SyntheticSet(tmp_path / "a" / "manifest.jsonl", tmp_path / "a" / "filtered-1.jsonl", {})
+    other = s.SyntheticSet(tmp_path / "a" / "manifest.jsonl", tmp_path / "a" / "filtered-2.jsonl", {})
+    arm = s.ArmSettings(name="synthetic", kind="synthetic", generator="inpaint", filtered=True)
+    (folder / "row.json").write_text(json.dumps({"val_mdice": 0.5, "synthetic_set": s.set_identity(one, True)}))
+    assert s.run_row(None, None, 8, arm, 0, folder, one)["val_mdice"] == 0.5  # the same set: read back
+    with pytest.raises(s.typer.BadParameter, match="definition changed"):
+        s.run_row(None, None, 8, arm, 0, folder, other)
+    assert s.set_identity(one, False) == s.set_identity(other, False)  # unfiltered rows: both draw the same set
+
+
 @pytest.mark.parametrize("dataset", ["kvasir-seg", "busi"])
 def test_the_headline_variant_is_what_the_headline_configs_hold(dataset):
     """The rank agreement lets the screen's HEADLINE_VARIANT rows stand for the headline's synthetic arms: that
@@ -91,6 +122,7 @@ def test_screen_end_to_end_on_demo(tmp_path, monkeypatch):
     """Real rows, three variants (today, v-prediction + min-SNR, pretraining), quality and the rank agreement,
     from the smoke sweep's tiny models; a rerun resumes every row from its files."""
     s = load_benchmark("screen")
+    monkeypatch.setattr(s, "BASE", {})  # the smoke's own tiny recipe is the base here
     cfg = yaml.safe_load((ROOT / "benchmarks" / "configs" / "smoke.yaml").read_text(encoding="utf-8"))
     cfg["output"] = str(tmp_path / "runs")
     # the headline's copy-paste-onto-backgrounds twin, screened for the rank agreement
@@ -128,6 +160,7 @@ def test_screen_end_to_end_on_demo(tmp_path, monkeypatch):
     bands = best["quality"]["bands"]
     assert sum(bands["drawn"].values()) == 24 and sum(bands["used"].values()) == best["n_kept"]
     assert set(out["variants"]["until"]["arms"]) == {"synthetic"}
+    assert best["set"].endswith(".jsonl") and "filtered-" in best["set"]  # the kept pairs' file, per filter
     row = out["real"]["baseline"]
     data = s.LesionforgeStages().load_data(s.screen_config(config, 8, "today"))
     assert 0 <= row["val_mdice"] <= 1 and sorted(row["per_image"]) == sorted(data.val.ids)  # val, not test
