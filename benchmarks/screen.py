@@ -304,6 +304,7 @@ def screen(config: Path, n: int, variants: list[str], results: Path, headline: P
     copy-paste row, and the headline's copy-paste-onto-backgrounds arm, when it is among ``variants``)."""
     base_cfg = screen_config(config, n, "today", **budget)
     paste = paste_rows(config, base_cfg)
+    recipe = screen_config(config, n, agree_with, **budget).generators[GENERATOR].model_dump(mode="json")
     # the screen works inside the headline sweep's folder (it shares its caches): claimed as that sweep's, with the
     # headline config, so that `lesionforge experiment run` resumes in it
     prepare_output(load_experiment_config(config), resume=True, overwrite=False)
@@ -333,7 +334,7 @@ def screen(config: Path, n: int, variants: list[str], results: Path, headline: P
                 out["real"] = {a: max(r, now.get("real", {}).get(a, r), key=lambda x: len(x["seeds"]))
                                for a, r in {**now.get("real", {}), **out["real"]}.items()}
                 out["variants"] = {**now.get("variants", {}), **{v: out["variants"][v] for v in made}}
-            out["agreement"] = agreement(out, headline, agree_with)
+            out["agreement"] = agreement(out, headline, agree_with, recipe)
             write_json_atomic(out_path, out)
             write_report(out, results / f"{stem}-cpu.md")
 
@@ -406,12 +407,31 @@ def describe_variant(entry: dict, v: str, synthetic: SyntheticSet) -> dict:
             "synthesize_s": timings.get("synthesize_s"), "n_synthetic": synthetic.info["n_generated"]}
 
 
-def agreement(out: dict, head_path: Path | None, agree_with: str = HEADLINE_VARIANT) -> dict:
+#: The generator-entry fields that make a recipe (paths and batch sizes of inference left out).
+RECIPE_FIELDS = ("method", "overrides", "n_per_real", "mask_source", "sampler", "sampling_steps", "guidance_scale",
+                 "eta", "use_unlabelled")
+
+
+def recipe_of(settings: dict) -> dict:
+    """The recipe part of a generator entry's settings (as a result file stores them): the fields that decide
+    which pairs are drawn, and the filter's choice of them."""
+    f = settings.get("filter") or {}
+    return {**{k: settings.get(k) for k in RECIPE_FIELDS},
+            "filter": None if not f else {k: f.get(k) for k in ("validator", "threshold", "auto_rule", "keep_best")}}
+
+
+def agreement(out: dict, head_path: Path | None, agree_with: str = HEADLINE_VARIANT,
+              recipe: dict | None = None) -> dict:
     """Rank agreement of the screen (the real rows and those of ``agree_with``, the variant the headline holds)
-    with the headline result's arms."""
+    with the headline result's arms; with ``recipe`` (the variant's generator settings) only if the headline
+    file was made with that recipe (an older file of another recipe is not compared)."""
     if head_path is None or not head_path.is_file() or agree_with not in out["variants"]:
         return {"status": f"not computed: needs the headline result ({head_path}) and the {agree_with!r} rows"}
     head = json.loads(head_path.read_text(encoding="utf-8"))
+    held = (head.get("generators", {}).get(GENERATOR) or {}).get("settings")
+    if recipe is not None and (held is None or recipe_of(held) != recipe_of(recipe)):
+        return {"status": f"not computed: {head_path.name} holds another recipe than variant {agree_with!r}",
+                "headline_recipe": None if held is None else recipe_of(held), "variant_recipe": recipe_of(recipe)}
     headline = {a: v["mdice_mean"] for a, v in head["arms"].items()}
     rows = {**out["real"], **out["variants"][agree_with].get("arms", {})}
     screen_scores = {a: r["per_image"] for a, r in rows.items() if a in headline}

@@ -132,10 +132,13 @@ def test_screen_end_to_end_on_demo(tmp_path, monkeypatch):
     config = tmp_path / "smoke.yaml"
     config.write_text(yaml.safe_dump(cfg), encoding="utf-8")
     headline = tmp_path / "headline.json"
-    headline.write_text(json.dumps({"arms": {a: {"mdice_mean": m, "mdice": [m, m]} for a, m in (
+    budget = dict(steps=4, val_interval=2, seeds=(0,), samples_per_real=2)
+    # a headline file made with the recipe of the variant its synthetic arms are screened as ("today")
+    held = s.screen_config(config, 8, "today", **budget).generators["inpaint"].model_dump(mode="json")
+    headline.write_text(json.dumps({"generators": {"inpaint": {"settings": held}},
+                                    "arms": {a: {"mdice_mean": m, "mdice": [m, m]} for a, m in (
         ("baseline", 0.5), ("copy-paste", 0.55), ("copy-paste+backgrounds", 0.57), ("synthetic", 0.52),
         ("synthetic+copy-paste", 0.56))}}))
-    budget = dict(steps=4, val_interval=2, seeds=(0,), samples_per_real=2)
     tiny = {"pretrain_steps": 2, "steps": 2}  # the smoke's budget
     monkeypatch.setitem(s.VARIANTS, "pretrain", s.Variant(tiny))
     monkeypatch.setitem(s.VARIANTS, "sde+best", s.Variant(tiny, {"sampler": "sde-dpm++", "sampling_steps": 2,
@@ -173,3 +176,10 @@ def test_screen_end_to_end_on_demo(tmp_path, monkeypatch):
     again = s.screen(config, 8, ["today"], tmp_path / "results", headline=headline, command="test",
                      agree_with="today", **budget)
     assert again["real"]["baseline"]["val_mdice"] == row["val_mdice"]
+    # a headline file of another recipe (its arms drew other pairs) is not compared with these rows
+    other = json.loads(headline.read_text())
+    other["generators"]["inpaint"]["settings"]["n_per_real"] = 9
+    headline.write_text(json.dumps(other))
+    old = s.screen(config, 8, ["today"], tmp_path / "results", headline=headline, command="test",
+                   agree_with="today", **budget)
+    assert old["agreement"]["status"].startswith("not computed") and "spearman" not in old["agreement"]
