@@ -13,6 +13,7 @@ The 1000-step DDPM figure is extrapolated: a k-step DDPM run with the same netwo
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import statistics
@@ -37,6 +38,12 @@ from lesionforge.validate.latent_segmenter import LatentSegmenter
 from lesionforge.validate.pixel_segmenter import PixelSegmenter
 
 RESULTS = Path(__file__).resolve().parent / "results"
+#: The usefulness screen whose sampler rows give the speed "at equal screen score" (benchmarks/screen.py).
+SCREEN = RESULTS / "screen-kvasir-seg-n32-s800-cpu.json"
+#: Synthesis fields a sampler variant of the screen may change (anything else is another recipe, not a sampler).
+SAMPLER_FIELDS = {"sampler", "sampling_steps", "eta"}
+#: The screen's base sampler (screen.BASE): ancestral DDPM with this many steps is every reference row's.
+REFERENCE_DDPM_STEPS = 100
 # network sizes of the cpu presets (configs/*-cpu.yaml), used at the profile's resolution
 FULL = {
     "generator": (32, 64, 128, 128), "autoencoder": (32, 64, 64), "ae_groups": 16, "latent_seg": (32, 64, 128),
@@ -179,6 +186,71 @@ def machine_info(device: torch.device) -> dict:
     return info
 
 
+def at_equal_screen_score(screen_path: Path = SCREEN, reference_steps: int = 1000) -> dict:
+    """Samplers of one generator compared at their usefulness-screen score, not only per network evaluation.
+
+    From the screen's JSON: each variant that changes only the sampler of a reference variant drawing with
+    ancestral DDPM (same generator, same pairs per image, no filter, same arm). For each, its images/s as the
+    screen drew its set (same machine and session conditions as the reference), its screen score (real +
+    synthetic val mDice, its pairs alone, speckle) and the paired difference over val images from the
+    reference's score with its 95 % bootstrap interval. The ``reference_steps``-step DDPM rate is the reference's
+    measured rate scaled by its step count (one network evaluation per step, so the cost is linear in steps).
+    """
+    from lesionforge.experiment.stats import bootstrap_paired
+
+    if not screen_path.is_file():
+        return {"status": f"not computed: no screen result {screen_path.name}"}
+    screen = json.loads(screen_path.read_text(encoding="utf-8"))
+    variants = screen["variants"]
+
+    def synthesis(e: dict) -> dict:
+        return e.get("synthesis") or {}
+
+    def row(e: dict, arm: str) -> dict | None:
+        return e.get("arms", {}).get(arm)
+
+    refs = {v: e for v, e in variants.items() if not synthesis(e) and not e.get("filter") and not e.get("arm")
+            and row(e, "synthetic") and e.get("synthesize_s")}
+    out: dict = {"screen_file": screen_path.name, "segment_steps": screen["segment"]["steps"],
+                 "machine": screen["machine"], "reference_steps": reference_steps, "comparisons": []}
+    for ref_name, ref in refs.items():
+        ref_rate = ref["n_synthetic"] / ref["synthesize_s"]
+        ref_steps = REFERENCE_DDPM_STEPS
+        ddpm_rate = ref_rate * ref_steps / reference_steps
+        for name, e in variants.items():
+            syn = synthesis(e)
+            if (not syn or set(syn) - SAMPLER_FIELDS or e.get("overrides") != ref.get("overrides")
+                    or e.get("filter") or e.get("arm") or e.get("n_synthetic") != ref["n_synthetic"]
+                    or not row(e, "synthetic") or not e.get("synthesize_s")):
+                continue
+            rate = e["n_synthetic"] / e["synthesize_s"]
+            mine, theirs = row(e, "synthetic"), row(ref, "synthetic")
+            diff = bootstrap_paired(mine["per_image"], theirs["per_image"])
+            q, rq = e.get("quality", {}), ref.get("quality", {})
+            out["comparisons"].append({
+                "variant": name, "reference": ref_name, "sampler": syn.get("sampler"),
+                "sampling_steps": syn.get("sampling_steps"), "images_per_s": rate,
+                "reference_images_per_s": ref_rate, "reference_sampler": f"ddpm {ref_steps}",
+                f"ddpm_{reference_steps}_images_per_s": ddpm_rate,
+                f"speedup_vs_ddpm_{reference_steps}": rate / ddpm_rate,
+                "speedup_vs_reference": rate / ref_rate,
+                "screen_val_mdice": mine["val_mdice"], "screen_seeds": mine["seeds"],
+                "reference_val_mdice": theirs["val_mdice"], "reference_seeds": theirs["seeds"],
+                "synthetic_only_val_mdice": (row(e, "synthetic-only") or {}).get("val_mdice"),
+                "reference_synthetic_only_val_mdice": (row(ref, "synthetic-only") or {}).get("val_mdice"),
+                "speckle": (q.get("speckle") or {}).get("synthetic"),
+                "reference_speckle": (rq.get("speckle") or {}).get("synthetic"),
+                "real_speckle": (q.get("speckle") or {}).get("real_train"),
+                "paired_diff_val": diff, "equal_within_ci": diff["ci95"][0] <= 0 <= diff["ci95"][1],
+            })
+    out["notes"] = (f"images/s as each screen set was drawn (inpainting generator, torch threads 1, the machine "
+                    f"shared with other jobs); ddpm_{reference_steps} scales the reference's measured rate by "
+                    f"{REFERENCE_DDPM_STEPS}/{reference_steps}. Scores: real + synthetic segmenter at the "
+                    "screen's budget, val mDice; paired_diff_val over val images (Dice averaged over each row's "
+                    "seeds), 2000 bootstrap samples.")
+    return out
+
+
 def run_speed_benchmark(profile: str = "cpu", quick: bool = False, device: str = "cpu",
                         out_dir: str | Path = RESULTS, overwrite: bool = False, seed: int = 0,
                         threads: int | None = None) -> Path:
@@ -212,6 +284,8 @@ def _measure(profile: str, quick: bool, dev: torch.device, seed: int) -> dict:
         "synthesis": bench_synthesis(res, s, dev, peak["flops_per_s"]),
         "validation": bench_validation(res, s, dev, peak["flops_per_s"]),
         "segmentation": bench_segmentation(res, s, dev, peak["flops_per_s"]),
+        "at_equal_screen_score": at_equal_screen_score() if profile == "cpu" and not quick else {
+            "status": "not computed: the screen ran at the cpu profile"},
         "notes": "ddpm_1000 is extrapolated from a timed k-step DDPM run (k = extrapolated_from_steps) x 1000/k.",
     }
 
@@ -237,6 +311,29 @@ def speed_markdown(r: dict) -> str:
     lines += ["", f"Few-step (DPM-Solver++, {r['synthesis']['dpm++']['steps']} steps) vs 1000-step DDPM: "
               f"{r['synthesis']['speedup_few_step_vs_ddpm']:.1f}x faster. Latent validation vs decode + segment: "
               f"{r['validation']['speedup_latent_vs_decode']:.1f}x faster.", "", r["notes"], ""]
+    eq = r.get("at_equal_screen_score") or {}
+    lines += ["## At equal screen score", ""]
+    if eq.get("comparisons"):
+        k = eq["reference_steps"]
+        lines += [f"From `{eq['screen_file']}` (segmenter {eq['segment_steps']} steps, {eq['machine']}).", "",
+                  f"| sampler | images/s | vs DDPM {k} | screen val mDice (seeds) | reference DDPM 100 (seeds) | "
+                  "paired diff [95 % CI] | pairs alone (ref) | speckle (ref; real) |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for c in eq["comparisons"]:
+            d = c["paired_diff_val"]
+            alone = c["synthetic_only_val_mdice"]
+            ref_alone = c["reference_synthetic_only_val_mdice"]
+            lines.append(
+                f"| {c['sampler']} {c['sampling_steps']} | {c['images_per_s']:.3f} | "
+                f"{c[f'speedup_vs_ddpm_{k}']:.0f}x | {c['screen_val_mdice']:.3f} ({len(c['screen_seeds'])}) | "
+                f"{c['reference_val_mdice']:.3f} ({len(c['reference_seeds'])}) | {d['mean']:+.3f} "
+                f"[{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}] | "
+                f"{'—' if alone is None else f'{alone:.3f}'} ({'—' if ref_alone is None else f'{ref_alone:.3f}'}) | "
+                f"{c['speckle'] or float('nan'):.1f} ({c['reference_speckle'] or float('nan'):.1f}; "
+                f"{c['real_speckle'] or float('nan'):.1f}) |")
+        lines += ["", eq["notes"], ""]
+    else:
+        lines += [eq.get("status", "not computed"), ""]
     return "\n".join(lines)
 
 
