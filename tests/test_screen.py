@@ -69,6 +69,10 @@ def test_every_screen_variant_builds_a_valid_config_and_its_rows():
     cfg = s.screen_config(config, 8, "pretrain+copy-paste")
     assert s.segment_config_for(cfg, cp, 0)["copy_paste"]["enabled"]
     assert not s.segment_config_for(cfg, s.variant_arms("pretrain")[0], 0)["copy_paste"]["enabled"]
+    for kind, method in (("mask2image", "mask-conditioned"), ("edge-text", "edge-guided")):
+        other = s.screen_config(s.headline_config("kvasir-seg"), 32, f"pretrain+{kind}-8per-top2").generators["inpaint"]
+        assert other.method == method and other.config.name == f"generator-{kind}-kvasir-cpu.yaml"
+        assert other.config.is_file() and other.filter.keep_best == 2
     eta = s.screen_config(config, 8, "pretrain+ddim25-eta1").generators["inpaint"]
     assert eta.eta == 1.0 and "eta" not in s.screen_config(config, 8, "today").generators["inpaint"].model_dump()
 
