@@ -215,8 +215,7 @@ def at_equal_screen_score(screen_path: Path = SCREEN, reference_steps: int = 100
                  "machine": screen["machine"], "reference_steps": reference_steps, "comparisons": []}
     for ref_name, ref in refs.items():
         ref_rate = ref["n_synthetic"] / ref["synthesize_s"]
-        ref_steps = REFERENCE_DDPM_STEPS
-        ddpm_rate = ref_rate * ref_steps / reference_steps
+        ddpm_rate = ref_rate * REFERENCE_DDPM_STEPS / reference_steps
         for name, e in variants.items():
             syn = synthesis(e)
             if (not syn or set(syn) - SAMPLER_FIELDS or e.get("overrides") != ref.get("overrides")
@@ -230,7 +229,7 @@ def at_equal_screen_score(screen_path: Path = SCREEN, reference_steps: int = 100
             out["comparisons"].append({
                 "variant": name, "reference": ref_name, "sampler": syn.get("sampler"),
                 "sampling_steps": syn.get("sampling_steps"), "images_per_s": rate,
-                "reference_images_per_s": ref_rate, "reference_sampler": f"ddpm {ref_steps}",
+                "reference_images_per_s": ref_rate, "reference_sampler": f"ddpm {REFERENCE_DDPM_STEPS}",
                 f"ddpm_{reference_steps}_images_per_s": ddpm_rate,
                 f"speedup_vs_ddpm_{reference_steps}": rate / ddpm_rate,
                 "speedup_vs_reference": rate / ref_rate,
