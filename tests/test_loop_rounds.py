@@ -146,3 +146,27 @@ def test_arms_without_loop_settings_dump_as_before_and_closed_loop_arms_keep_the
     assert "loop" not in dumped[0] and dumped[2]["loop"]["open_loop_arm"] == "synthetic"
     save_config(cfg, tmp_path / "again.yaml")
     assert load_experiment_config(tmp_path / "again.yaml").arm("closed-loop").loop == cfg.arm("closed-loop").loop
+
+
+@pytest.mark.parametrize("dataset, n", [("kvasir-seg", 32), ("busi", 64)])
+def test_real_data_loop_configs_share_the_headline_sweeps_runs_and_keep_the_same_share(dataset, n):
+    """The loop configs reuse the headline sweep's baseline and open-loop runs, generator and set (same output
+    folder, same arm, generator and segmentation settings), so only the closed-loop arm runs; its rounds keep the
+    open loop's share of the draws (2 of 8 per labelled pair), so both arms train on as many kept pairs."""
+    from lesionforge.experiment.budget import segment_config_for
+    from lesionforge.experiment.loop_arm import fairness, keep_share
+
+    configs = SMOKE_LOOP.parent
+    loop = load_experiment_config(configs / f"{dataset}-loop-cpu.yaml")
+    head = load_experiment_config(configs / f"{dataset}-cpu.yaml")
+    assert loop.n_labelled == [n] and n in head.n_labelled and loop.output == head.output
+    same = ("dataset", "profile", "seeds", "segment", "miss_fraction", "bootstrap_samples")
+    assert {k: getattr(loop, k) for k in same} == {k: getattr(head, k) for k in same}
+    assert loop.generators["inpaint"] == head.generators["inpaint"]
+    for name in ("baseline", "synthetic"):
+        assert loop.arm(name) == head.arm(name)
+        assert segment_config_for(loop, loop.arm(name), 0) == segment_config_for(head, head.arm(name), 0)
+    assert loop.results_dir != head.results_dir  # its own result file, beside the headline's
+    arm = loop.arm("closed-loop")
+    fair = fairness(loop, arm, n, segment_config_for(loop, arm, 0))
+    assert fair["synthetic_requested"] == 8 * n and fair["keep_share"] == keep_share(loop.generators["inpaint"]) == 0.25

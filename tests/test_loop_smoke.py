@@ -56,6 +56,8 @@ def test_loop_runs_two_rounds_resumes_and_reports_next_to_open_loop(tmp_path, mo
         assert (loop / f"round{r}" / "diagnosis.png").stat().st_size > 1000
         rows = [json.loads(x) for x in (loop / f"round{r}" / "synthetic" / "manifest.jsonl").read_text().splitlines()]
         assert len(rows) == 8 and all(x["provenance"]["mask_info"]["loop_round"] == r for x in rows)
+        # the open loop keeps the better of each pair's 2 draws; a round keeps the same half of its draws
+        assert rec["filter"]["keep_share"] == 0.5 and 0 < rec["n_kept"] <= 4
         total += rec["n_generated"]
     assert total == 16  # the open-loop arm's 2 x N, split over the rounds
 

@@ -19,6 +19,7 @@ from lesionforge.validate.filter import (
     contrast_threshold,
     filter_manifest,
     list_rejected,
+    source_quotas,
 )
 from lesionforge.validate.latent_segmenter import LatentSegmenter, LatentSegmenterConfig, train_latent_segmenter
 from lesionforge.validate.pixel_segmenter import PixelSegmenterConfig, train_pixel_segmenter
@@ -210,3 +211,37 @@ def test_filter_keep_best_keeps_one_pair_per_source_the_best_scored(validators, 
     assert report.keep_best == 1 and all(x.get("keep_best") == 1 for x in v.values() if x["dice"] is not None)
     with pytest.raises(ConfigError, match="keep_best"):
         filter_manifest(path, validators[1], tmp_path / "x.jsonl", keep_best=0)
+
+
+def test_source_quotas_keep_the_share_of_each_sources_draws_and_the_share_of_all():
+    # open loop: 8 draws per pair, keep 1/4 -> 2 each, the same as keep_best=2
+    assert source_quotas(["a"] * 8 + ["b"] * 8, 0.25) == {"a": 2, "b": 2}
+    # a steered round: a drawn 10 times, b 5, c once -> 16 draws, 4 kept, by largest remainder (2.5, 1.25, 0.25)
+    quota = source_quotas(["a"] * 10 + ["b"] * 5 + ["c"], 0.25)
+    assert quota == {"a": 3, "b": 1, "c": 0} and sum(quota.values()) == 4
+    with pytest.raises(ConfigError, match="keep share"):
+        source_quotas(["a"], 0.0)
+
+
+def test_filter_keep_share_keeps_the_same_count_when_draws_per_source_differ(validators, synthetic_manifest, tmp_path):
+    # a closed-loop round draws some pairs more often: source "s0" holds 12 samples, "s1" 6, the sizeless ones
+    # are grouped by the band their mask was drawn in; keep_share 1/3 keeps a third of each group, the best
+    rows = read_manifest(synthetic_manifest, resolve=False)
+    lesion = [s for s in rows if s.origin == "synthetic" and s.has_mask]
+    regrouped = []
+    for j, s in enumerate(lesion):
+        src = "s0" if j < 12 else "s1" if j < 18 else None
+        extra = {} if src is not None else {"mask_info": {"band_drawn": "small"}}
+        regrouped.append(s.model_copy(update={"provenance": Provenance(generator="test", seed=j, source_id=src,
+                                                                        **extra)}))
+    path = write_manifest(synthetic_manifest.parent / f"steered-{tmp_path.name}.jsonl", regrouped)
+    report = filter_manifest(path, validators[1], tmp_path / "share.jsonl", threshold=0.0, keep_share=1 / 3)
+    v = _validation(tmp_path / "share.jsonl")
+    groups = {"s0": lesion[:12], "s1": lesion[12:18], "band": lesion[18:]}
+    assert {k: sum(v[s.id]["kept"] for s in g) for k, g in groups.items()} == {"s0": 4, "s1": 2, "band": 2}
+    for g in groups.values():  # the kept ones are the best scored of their group
+        kept = [v[s.id]["dice"] for s in g if v[s.id]["kept"]]
+        assert min(kept) >= max(v[s.id]["dice"] for s in g if not v[s.id]["kept"])
+    assert report.n_kept == 8 and report.keep_share == pytest.approx(1 / 3)
+    with pytest.raises(ConfigError, match="not both"):
+        filter_manifest(path, validators[1], tmp_path / "x.jsonl", keep_best=1, keep_share=0.5)

@@ -36,8 +36,17 @@ def fairness(cfg: ExperimentConfig, arm: ArmSettings, n: int, segment_config: di
         raise ConfigError(f"arm {arm.name!r}: its synthetic count ({total}) or segmentation settings differ from "
                           f"open-loop arm {open_arm.name!r} ({open_total}); the comparison would not be fair")
     return {"open_loop_arm": open_arm.name, "synthetic_requested": total, "open_loop_synthetic_requested": open_total,
+            "keep_share": keep_share(cfg.generators[arm.generator]) if arm.filtered else None,
             "final_steps": segment_config["steps"], "open_loop_steps": theirs["steps"],
             "round_steps": arm.loop.round_steps or segment_config["steps"]}
+
+
+def keep_share(spec) -> float | None:
+    """The open-loop filter's ``keep_best`` of ``n_per_real`` draws per labelled pair, as the share of each
+    source's draws a round keeps: a steered round draws some pairs more often than others, so a fixed number per
+    pair would keep fewer pairs in all than open loop does (or more); the same share keeps the same count."""
+    keep = spec.filter.keep_best if spec.filter is not None else None
+    return None if keep is None else min(1.0, keep / spec.n_per_real)
 
 
 def _kept(manifest: Path, filtered: bool, res: int, channels: int) -> PairArrays | None:
@@ -123,7 +132,7 @@ class ExperimentLoopWorker:
             validator = self.stages.validator_for(self.cfg, self.spec, self.n, self.data)
             report = filter_manifest(manifest, validator, out / "filtered.jsonl", threshold=self.spec.filter.threshold,
                                      val=self.data.val, overwrite=True, auto_rule=self.spec.filter.auto_rule,
-                                     keep_best=self.spec.filter.keep_best)
+                                     keep_share=keep_share(self.spec))
             manifest = out / "filtered.jsonl"
             made["filter"] = {k: v for k, v in report.to_dict().items() if k != "rejected_ids"}
             made["n_kept"] = int(made["filter"]["n_kept"])

@@ -55,6 +55,7 @@ class FilterReport:
     mean_dice_rejected: float | None
     rejected_ids: list[str] = field(default_factory=list)
     keep_best: int | None = None  # at most this many kept samples per source (see :func:`best_per_source`)
+    keep_share: float | None = None  # at most this share of each source's draws kept (see :func:`source_quotas`)
 
     @property
     def acceptance_rate(self) -> float:
@@ -124,9 +125,11 @@ def keep_decisions(scores: dict[str, np.ndarray], threshold: float,
                     scores["dice"] >= threshold)
 
 
-def best_per_source(dice: np.ndarray, kept: np.ndarray, sources: list[str | None], k: int) -> np.ndarray:
-    """``kept`` with at most ``k`` samples kept per source (the real pair a sample's mask came from): the ``k``
-    with the highest validator Dice, earlier samples first on ties. Samples without a source are left as they are.
+def best_per_source(dice: np.ndarray, kept: np.ndarray, sources: list[str | None],
+                    k: int | dict[str, int]) -> np.ndarray:
+    """``kept`` with at most ``k`` samples kept per source (the real pair a sample's mask came from; ``k`` a
+    number, or one per source as :func:`source_quotas` gives): those with the highest validator Dice, earlier
+    samples first on ties. Samples without a source are left as they are.
     Drawing many pairs per real image and keeping the best few is how a filter can raise precision without
     repeating the same few pairs (issue 13)."""
     out = kept.copy()
@@ -134,10 +137,38 @@ def best_per_source(dice: np.ndarray, kept: np.ndarray, sources: list[str | None
     for i, src in enumerate(sources):
         if src is not None and kept[i]:
             groups.setdefault(src, []).append(i)
-    for members in groups.values():
+    for src, members in groups.items():
         ranked = sorted(members, key=lambda i: (-float(dice[i]), i))
-        out[ranked[k:]] = False
+        out[ranked[k if isinstance(k, int) else k[src]:]] = False
     return out
+
+
+def source_quotas(sources: list[str], share: float) -> dict[str, int]:
+    """How many of each source's draws to keep so that ``share`` of all draws are kept, each source's quota
+    proportional to its draws (largest remainder, ties to the earlier source). With the same number of draws per
+    source this is ``keep_best = share x draws``; it is the same rule for a set whose draws per source differ,
+    such as a closed-loop round steered towards some sources (experiment/loop_arm.py)."""
+    if not 0.0 < share <= 1.0:
+        raise ConfigError(f"keep share must be in (0, 1], got {share}")
+    counts: dict[str, int] = {}
+    for src in sources:
+        counts[src] = counts.get(src, 0) + 1
+    exact = {src: c * share for src, c in counts.items()}
+    quota = {src: int(np.floor(e + 1e-9)) for src, e in exact.items()}
+    left = int(round(len(sources) * share)) - sum(quota.values())
+    for src in sorted(counts, key=lambda s: -(exact[s] - quota[s]))[: max(left, 0)]:
+        quota[src] += 1
+    return quota
+
+
+def _draw_group(sample: Sample) -> str:
+    """The group a synthetic sample is ranked in for ``keep_share``: its source pair, else the size band its
+    mask was drawn in (a size-controlled lesion has no source), else one group of all the rest."""
+    prov = sample.provenance
+    if prov is not None and prov.source_id is not None:
+        return prov.source_id
+    band = ((prov.model_extra or {}).get("mask_info") or {}).get("band_drawn") if prov is not None else None
+    return f"band:{band}" if band is not None else "other"
 
 
 def filter_manifest(
@@ -145,6 +176,7 @@ def filter_manifest(
     threshold: Literal["auto"] | float = "auto", val: PairArrays | None = None, in_place: bool = False,
     overwrite: bool = False, empty_fraction_max: float = DEFAULT_EMPTY_FRACTION_MAX, auto_rule: AutoRule = "contrast",
     keep_best: int | None = None,
+    keep_share: float | None = None,
 ) -> FilterReport:
     """Score the synthetic samples of a manifest and write ``Provenance.validation`` for each.
 
@@ -152,9 +184,13 @@ def filter_manifest(
     the input when ``in_place``; real rows are copied unchanged; no image or mask file is touched.
     ``threshold``: ``"auto"`` (by ``auto_rule``, see :func:`auto_threshold`) or a Dice value in [0, 1].
     ``keep_best``: of the samples that pass, keep at most this many per source (:func:`best_per_source`).
+    ``keep_share``: instead, keep at most this share of each source's draws (:func:`source_quotas`; samples
+    without a source are grouped by the band their mask was drawn in).
     """
     if keep_best is not None and keep_best < 1:
         raise ConfigError(f"keep_best must be at least 1, got {keep_best}")
+    if keep_best is not None and keep_share is not None:
+        raise ConfigError("give keep_best or keep_share, not both")
     manifest_path = Path(manifest_path)
     out = _output_path(manifest_path, out_path, in_place, overwrite)
     validator = load_validator(validator_dir)
@@ -178,6 +214,10 @@ def filter_manifest(
         sources = [(rows[i].provenance.source_id if rows[i].provenance else None) for i in synthetic]
         kept = best_per_source(scores["dice"], kept, sources, keep_best)
         common["keep_best"] = keep_best
+    elif keep_share is not None:
+        groups = [_draw_group(rows[i]) for i in synthetic]
+        kept = best_per_source(scores["dice"], kept, groups, source_quotas(groups, keep_share))
+        common["keep_share"] = keep_share
     for j, i in enumerate(synthetic):
         rows[i] = _with_validation(rows[i], {
             "dice": None if scores["lesion_free"][j] else float(scores["dice"][j]),
@@ -185,7 +225,7 @@ def filter_manifest(
             "foreground_fraction": float(scores["foreground_fraction"][j]), "kept": bool(kept[j]), **common})
     write_manifest(out, rows)
     report = _report(out, validator, thr, rule, empty_fraction_max, scores, kept, [rows[i].id for i in synthetic])
-    report.keep_best = keep_best
+    report.keep_best, report.keep_share = keep_best, keep_share
     write_json_atomic(out.with_suffix(".filter.json"), report.to_dict())
     return report
 
