@@ -232,6 +232,10 @@ def test_hippocampus_configs_share_runs_and_read_volumes_by_case():
         assert segment_config_for(full, full.arm(arm), 3) == segment_config_for(refs, refs.arm(arm), 3)
     gen = resolved_generator_config(full, full.generators["mask2image"])
     assert gen.kind == "mask2image" and gen.image_channels == 1 and gen.resolution == 64
+    # the headline recipe (kvasir-seg-cpu.yaml): pretrained base, 8 draws per labelled slice, the best 2 kept
+    spec = full.generators["mask2image"]
+    assert (gen.pretrain_steps, gen.steps, spec.use_unlabelled, spec.n_per_real, spec.filter.keep_best) == \
+        (1000, 1000, True, 8, 2) and full.arm("synthetic").filtered
 
 
 @pytest.mark.slow
@@ -252,7 +256,9 @@ def test_every_mri_generator_kind_runs_on_volume_slices_with_the_filter(tmp_path
             "batch_size": 2, "checkpoint_every": 2, "sample_every": 0, "num_train_timesteps": 50}
     filt = {"validator": "pixel", "threshold": 0.0, "keep_best": 1, "validator_config": "validator-pixel-cpu.yaml",
             "validator_overrides": {"steps": 2, "batch_size": 4, "checkpoint_every": 2}}
-    gens = {name: {"method": method, "config": f"generator-{kind}-mri-cpu.yaml", "overrides": tiny, "n_per_real": 2,
+    # the headline recipe: a base pretrained on every slice without its mask (the other train case), then tuned
+    gens = {name: {"method": method, "config": f"generator-{kind}-mri-cpu.yaml",
+                   "overrides": {**tiny, "pretrain_steps": 2}, "use_unlabelled": True, "n_per_real": 2,
                    "sampler": "sde-dpm++", "sampling_steps": 2, "guidance_scale": 1.0, "filter": filt}
             for name, method, kind in [("m2i", "mask-conditioned", "mask2image"), ("edge", "edge-guided", "edge-text"),
                                        ("inpaint", "inpaint-normal", "inpaint")]}
@@ -274,8 +280,11 @@ def test_every_mri_generator_kind_runs_on_volume_slices_with_the_filter(tmp_path
         info = res["generators"][name]
         # keep-best 1 keeps one sample per labelled pair with foreground; a negative's samples carry no lesion
         assert (info["n_generated"], info["n_kept"]) == (2 * n_labelled, n_positive), (name, info["filter"])
+        assert info["unlabelled_used"]
         assert len(res["arms"][name]["mdice3d"]) == 1
         assert res["arms"][name]["synthetic_quality"]["n_synthetic"] == n_positive  # read back grey, as the real
+    for kind in ("mask2image", "edge-text", "inpaint"):  # each kind's pretrained base, cached for every N
+        assert len(list((tmp_path / "runs" / "cache" / "generators").glob(f"{kind}-base-*"))) == 1, kind
     rows = [json.loads(line) for line in
             next((tmp_path / "runs" / "cache").glob("synthetic-n2-inpaint-*/synthetic/manifest.jsonl")).open()]
     # inpainted into the foreground-free slices of train cases, drawn from the labelled cases' masks
