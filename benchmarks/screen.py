@@ -41,8 +41,10 @@ from lesionforge.experiment.agreement import rank_agreement  # noqa: E402
 from lesionforge.experiment.budget import segment_config_for  # noqa: E402
 from lesionforge.experiment.config import (  # noqa: E402
     PASTE_METHOD,
+    UNION_METHOD,
     ArmSettings,
     ExperimentConfig,
+    GeneratorSpec,
     load_experiment_config,
 )
 from lesionforge.experiment.real_stages import LesionforgeStages  # noqa: E402
@@ -148,6 +150,12 @@ VARIANT_ARMS = (
 #: Extra rows of the headline's own variant (``HEADLINE_VARIANT``), whose headline arm exists, for the rank agreement.
 AGREEMENT_ARMS = (ArmSettings(name="synthetic+copy-paste", kind="synthetic", generator=GENERATOR,
                               mixing={"mode": "ratio", "ratio": 1}, filtered=False, copy_paste={"prob": 0.5}),)
+#: A row of the headline's own variant when the headline has the copy-paste-onto-backgrounds arm: that arm (the
+#: pasted set and copy-paste on the real half) with the variant's kept pairs joined to its pasted pairs (generator
+#: method ``union``), at the same ratio: do the diffusion pairs add to real lesions pasted onto the backgrounds?
+UNION = "pasted+variant"  # the union's generator entry in the row's config
+UNION_ARM = ArmSettings(name="synthetic+copy-paste+backgrounds", kind="synthetic", generator=UNION,
+                        mixing={"mode": "ratio", "ratio": 1}, filtered=False, copy_paste={"prob": 0.5})
 #: The variant the headline configs hold (the screen's winner, session 9): its rows stand for the headline's
 #: synthetic arms in the rank agreement (``today`` held the headline's earlier recipe; its rows stay as measured).
 HEADLINE_VARIANT = "pretrain+8per-top2"
@@ -201,6 +209,15 @@ def paste_rows(config: Path, base_cfg: ExperimentConfig) -> tuple[ExperimentConf
                                           "segment": base_cfg.segment, "seeds": base_cfg.seeds})
             return cfg, arm, arm.generator
     return None
+
+
+def union_config(vcfg: ExperimentConfig, paste: tuple[ExperimentConfig, ArmSettings, str]) -> ExperimentConfig:
+    """The config of the :data:`UNION_ARM` row: the variant's generator, the headline's pasted set, their union."""
+    pcfg, parm, pname = paste
+    union = GeneratorSpec(method=UNION_METHOD, of=[GENERATOR, pname])
+    return vcfg.model_copy(update={"generators": {GENERATOR: vcfg.generators[GENERATOR],
+                                                  pname: pcfg.generators[pname], UNION: union},
+                                   "arms": [UNION_ARM.model_copy(update={"copy_paste": parm.copy_paste})]})
 
 
 def screen_dir(cfg: ExperimentConfig, n: int) -> Path:
@@ -384,8 +401,12 @@ def screen(config: Path, n: int, variants: list[str], results: Path, headline: P
                 used = _kept_arrays(synthetic, cfg)
                 entry["quality"].update(speckle=speckle_of(used, data), bands=bands_of(synthetic, used, cfg))
             # the rows the rank agreement needs first (a partial run still ranks the headline's arms)
-            for arm in variant_arms(v, agree_with):
-                rows = [run_row(cfg, data, n, arm, s, folder / v / arm.name / f"seed{s}", synthetic)
+            rows_of = [(arm, cfg, synthetic) for arm in variant_arms(v, agree_with)]
+            if v == agree_with and paste is not None:
+                ucfg = union_config(cfg, paste)
+                rows_of.append((ucfg.arms[0], ucfg, SyntheticCache(ucfg, LesionforgeStages(), data, n).get(UNION)))
+            for arm, acfg, aset in rows_of:
+                rows = [run_row(acfg, data, n, arm, s, folder / v / arm.name / f"seed{s}", aset)
                         for s in seeds[:k + 1]]
                 arms, new = entry.setdefault("arms", {}), summarise(rows)
                 # a summary over more seeds (an earlier run with more --seed) is kept, not replaced by fewer

@@ -10,6 +10,7 @@ import pytest
 import yaml
 from conftest import load_benchmark
 
+from lesionforge.data.manifest import read_manifest
 from lesionforge.experiment.agreement import rank_agreement
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -151,7 +152,13 @@ def test_screen_end_to_end_on_demo(tmp_path, monkeypatch):
     out = s.screen(config, 8, ["today", "vpred-minsnr", "pretrain", "sde+best", "until"], tmp_path / "results",
                    headline=headline, command="test", agree_with="today", **budget)
     assert set(out["real"]) == {"baseline", "copy-paste", "copy-paste+backgrounds"}
-    assert set(out["variants"]["today"]["arms"]) == {"synthetic-only", "synthetic", "synthetic+copy-paste"}
+    assert set(out["variants"]["today"]["arms"]) == {"synthetic-only", "synthetic", "synthetic+copy-paste",
+                                                     "synthetic+copy-paste+backgrounds"}
+    # the headline variant's pairs joined with the pasted set: today's 16 unfiltered pairs and the 8 pasted ones
+    union = out["variants"]["today"]["arms"]["synthetic+copy-paste+backgrounds"]
+    union_rows = json.loads((Path(tmp_path / "runs" / "screen" / "n8-steps4" / "today" /
+                                  "synthetic+copy-paste+backgrounds" / "seed0" / "row.json")).read_text())
+    assert 0 <= union["val_mdice"] <= 1 and len(read_manifest(union_rows["synthetic_set"])) == 16 + 8
     assert set(out["variants"]["vpred-minsnr"]["arms"]) == {"synthetic-only", "synthetic"}
     v = out["variants"]["vpred-minsnr"]
     assert v["n_synthetic"] == 16 and v["overrides"]["min_snr_gamma"] == 5.0

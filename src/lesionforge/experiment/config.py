@@ -27,10 +27,17 @@ from lesionforge.presets import preset_path
 from lesionforge.segment.config import CopyPasteConfig, MixConfig, SegmentConfig
 
 ArmKind = Literal["baseline", "copy-paste", "synthetic", "closed-loop"]
-SynthesisMethod = Literal["mask-conditioned", "joint", "inpaint-normal", "edge-guided", "copy-paste-backgrounds"]
+SynthesisMethod = Literal["mask-conditioned", "joint", "inpaint-normal", "edge-guided", "copy-paste-backgrounds",
+                          "union"]
 #: not a diffusion generator: real lesions copy-pasted onto the lesion-free backgrounds the inpainting generator
 #: paints into (:mod:`lesionforge.segment.pasted_set`), the set a diffusion arm must beat to show its own gain
 PASTE_METHOD = "copy-paste-backgrounds"
+#: not a generator either: the pairs of other generator entries (``of``) in one set, each entry's filter-kept pairs
+#: (all of them for an entry without a filter) (:mod:`lesionforge.experiment.union_set`); e.g. diffusion pairs
+#: plus real lesions pasted onto the same backgrounds: do the diffusion pairs add to cheap augmentation?
+UNION_METHOD = "union"
+#: the methods that train no generator of their own
+NO_GENERATOR_METHODS = (PASTE_METHOD, UNION_METHOD)
 #: arm kinds that train on a synthetic set (closed loop: one made in rounds, docs/loop.md)
 SYNTHETIC_KINDS = ("synthetic", "closed-loop")
 #: SegmentConfig fields an arm decides; everything else comes from the shared ``segment`` block.
@@ -159,7 +166,7 @@ class FilterSettings(LaterFields):
 class GeneratorSpec(LaterFields):
     """One generator, trained once per N (cached, shared by all arms and seeds that name it)."""
 
-    _omitted_when_none = ("eta",)
+    _omitted_when_none = ("eta", "of")
 
     method: SynthesisMethod
     config: Path | None = None  # GeneratorConfig YAML preset; None: ``overrides`` hold the whole config
@@ -174,9 +181,21 @@ class GeneratorSpec(LaterFields):
     seed: int = 0
     use_unlabelled: bool = False  # train images without masks; recorded in the results when used
     filter: FilterSettings | None = None
+    of: list[str] | None = None  # method ``union``: the generator entries whose pairs it joins
 
     @model_validator(mode="after")
     def _paste_has_no_generator(self) -> GeneratorSpec:
+        if (self.method == UNION_METHOD) != (self.of is not None):
+            raise ValueError("`of` (the generator entries to join) is for method 'union', and required by it")
+        if self.method == UNION_METHOD:
+            given = [k for k in ("config", "sampler", "sampling_steps", "guidance_scale", "eta", "filter")
+                     if getattr(self, k) is not None] + (["overrides"] if self.overrides else []) \
+                + (["use_unlabelled"] if self.use_unlabelled else [])
+            if given:
+                raise ValueError(f"method {UNION_METHOD!r} joins the sets of `of` and makes none: remove "
+                                 f"{', '.join(given)} (each joined entry keeps its own settings and filter)")
+            if len(self.of) < 2 or len(set(self.of)) != len(self.of):
+                raise ValueError(f"method {UNION_METHOD!r}: `of` must name two or more different generator entries")
         if self.method == PASTE_METHOD:
             keys = ("config", "sampler", "sampling_steps", "guidance_scale", "eta")
             given = [k for k in keys if getattr(self, k) is not None]
@@ -285,9 +304,19 @@ class ExperimentConfig(StrictModel):
             raise ValueError(f"arm names must be unique: {names}")
         if self.baseline_arm not in names:
             raise ValueError(f"baseline_arm {self.baseline_arm!r} is not one of the arms {names}")
+        for name, spec in self.generators.items():
+            if spec.method != UNION_METHOD:
+                continue
+            bad = [p for p in spec.of if p not in self.generators or self.generators[p].method == UNION_METHOD]
+            if bad:
+                raise ValueError(f"generator {name!r}: `of` names {bad}, which are not generator entries of this "
+                                 "config (a union joins generators or pasted sets, not other unions)")
         for a in self.arms:
             if a.generator is not None and a.generator not in self.generators:
                 raise ValueError(f"arm {a.name!r}: unknown generator {a.generator!r}")
+            if a.generator and a.kind == "closed-loop" and self.generators[a.generator].method in NO_GENERATOR_METHODS:
+                raise ValueError(f"arm {a.name!r}: a closed loop needs a diffusion generator to steer, not "
+                                 f"{self.generators[a.generator].method!r}")
             # patch merging swaps patches between a real image and its twin: only edge-guided samples keep
             # the real image's anatomy, so only they are pixel-aligned twins
             if a.generator and a.mixing.mode == "patch-merge" and self.generators[a.generator].method != "edge-guided":
@@ -301,8 +330,11 @@ class ExperimentConfig(StrictModel):
 
     def is_copy_paste_reference(self, arm: ArmSettings) -> bool:
         """A copy-paste arm: real lesions copy-pasted, onto real images or onto the backgrounds (no diffusion)."""
-        return arm.kind == "copy-paste" or (arm.generator is not None
-                                            and self.generators[arm.generator].method == PASTE_METHOD)
+        return arm.kind == "copy-paste" or (arm.generator is not None and self._pasted_only(arm.generator))
+
+    def _pasted_only(self, name: str) -> bool:
+        spec = self.generators[name]
+        return spec.method == PASTE_METHOD or (spec.method == UNION_METHOD and all(map(self._pasted_only, spec.of)))
 
     def arm(self, name: str) -> ArmSettings:
         return next(a for a in self.arms if a.name == name)
@@ -391,11 +423,21 @@ def paste_config(spec: GeneratorSpec):
     return resolve_preset(None, {**spec.overrides, "enabled": True}, CopyPasteConfig, "generators.overrides")
 
 
+def uses_unlabelled(cfg: ExperimentConfig, name: str) -> bool:
+    """Whether generator entry ``name`` (any of a union's parts) trained on train images without their masks."""
+    spec = cfg.generators[name]
+    if spec.method == UNION_METHOD:
+        return any(uses_unlabelled(cfg, p) for p in spec.of)
+    return spec.use_unlabelled
+
+
 def set_recipe(cfg: ExperimentConfig, spec: GeneratorSpec) -> dict:
     """What makes a synthetic set's pairs, for cache keys: the generator's effective config, or the copy-paste
     settings of a pasted set."""
     if spec.method == PASTE_METHOD:
         return {"copy_paste": paste_config(spec).model_dump(mode="json")}
+    if spec.method == UNION_METHOD:  # its parts' own keys make its cache key (runner.synthetic_key)
+        return {"union": {p: set_recipe(cfg, cfg.generators[p]) for p in spec.of}}
     return resolved_generator_config(cfg, spec).model_dump(mode="json")
 
 
@@ -404,8 +446,8 @@ def resolved_generator_config(cfg: ExperimentConfig, spec: GeneratorSpec):
     sweep's resolution, channels and dataset and the entry's overrides, every code default filled in."""
     from lesionforge.generate.config import GeneratorConfig
 
-    if spec.method == PASTE_METHOD:
-        raise ConfigError(f"method {PASTE_METHOD!r} has no generator config")
+    if spec.method in NO_GENERATOR_METHODS:
+        raise ConfigError(f"method {spec.method!r} has no generator config")
     over = {"resolution": cfg.resolution, "image_channels": cfg.dataset.channels, "dataset": cfg.dataset.name,
             **spec.overrides}
     if spec.config is None:  # no preset: the overrides hold the whole config, of the method's kind

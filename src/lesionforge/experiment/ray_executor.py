@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lesionforge.experiment.config import PASTE_METHOD, ExperimentConfig, resolved_generator_config
+from lesionforge.experiment.config import PASTE_METHOD, UNION_METHOD, ExperimentConfig, resolved_generator_config
 from lesionforge.experiment.keys import cache_key
 from lesionforge.experiment.locks import Busy
 from lesionforge.experiment.records import RunRecord, record_path
@@ -67,6 +67,7 @@ class _Graph:
         self.shards = shards or max(1, int(ray.cluster_resources().get("CPU", 1) // resources.num_cpus))
         self.units = hasattr(stages, "generator_for")  # the real stages: train, draw and filter as separate tasks
         self._shared: dict[str, Any] = {}  # one task per generator / validator folder shared by several sets
+        self._sets: dict[tuple[int, str], Any] = {}  # one task per synthetic set
 
     def _submit(self, name: str, fn, *args):
         return submit(self.ray, name, self.resources, self.max_retries, fn, *args)
@@ -90,10 +91,21 @@ class _Graph:
         return refs
 
     def _synthetic(self, n: int, name: str):
+        """The task that makes (or reads) synthetic set ``name`` of N, submitted once (a union's parts are sets
+        arms use too)."""
+        if (n, name) not in self._sets:
+            self._sets[(n, name)] = self._submit_synthetic(n, name)
+        return self._sets[(n, name)]
+
+    def _submit_synthetic(self, n: int, name: str):
         """The task that makes (or reads) synthetic set ``name`` of N, after the tasks it needs."""
         cfg, stages = self.cfg, self.stages
         cache = SyntheticCache(cfg, stages, self.data, n)
         label = f"n{n}/{name}"
+        if cfg.generators[name].method == UNION_METHOD:  # after the sets it joins
+            parts = [self._synthetic(n, p) for p in cfg.generators[name].of]
+            return self._submit(f"synthetic {label}", _synthetic_set, cfg, stages, n, name, self.data_ref, None,
+                                *parts)
         if cache.get(name, make=False) is not None or not self.units or cfg.generators[name].method == PASTE_METHOD:
             return self._submit(f"synthetic {label}", _synthetic_set, cfg, stages, n, name, self.data_ref)
         spec = cfg.generators[name]

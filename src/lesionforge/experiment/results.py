@@ -16,7 +16,7 @@ import numpy as np
 
 from lesionforge.experiment import stats
 from lesionforge.experiment.budget import budget_of, segment_config_for
-from lesionforge.experiment.config import ExperimentConfig
+from lesionforge.experiment.config import ExperimentConfig, uses_unlabelled
 from lesionforge.experiment.keys import cache_key, settings_dump
 from lesionforge.experiment.records import BANDS, RunRecord
 from lesionforge.experiment.stages import ExperimentData, SyntheticSet
@@ -84,9 +84,7 @@ def build_result(
         "paired_vs_copy_paste": {k: v for k, v in versus_copy_paste.items() if v},
         "transfer": _transfer_summary(by_arm),
         "generators": {k: _generator_summary(cfg, k, s) for k, s in synthetic.items()},
-        "unlabelled_images_used": any(
-            cfg.generators[a.generator].use_unlabelled for a in cfg.arms if a.generator is not None
-        ),
+        "unlabelled_images_used": any(uses_unlabelled(cfg, a.generator) for a in cfg.arms if a.generator is not None),
         "timings": {name: _timing_summary(recs) for name, recs in by_arm.items()},
         "data": sources, "samples": grid, "config_hash": config_hash(cfg),
         "config": cfg.model_dump(mode="json"), "schema_version": SCHEMA_VERSION,

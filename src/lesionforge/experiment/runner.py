@@ -27,13 +27,21 @@ from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsed
 from lesionforge.config import save_config
 from lesionforge.errors import CheckpointError, ConfigError, OverwriteError, WaitTimeoutError
 from lesionforge.experiment.budget import segment_config_for
-from lesionforge.experiment.config import PASTE_METHOD, ArmSettings, ExperimentConfig, set_recipe
+from lesionforge.experiment.config import (
+    PASTE_METHOD,
+    UNION_METHOD,
+    ArmSettings,
+    ExperimentConfig,
+    set_recipe,
+    uses_unlabelled,
+)
 from lesionforge.experiment.keys import cache_key, settings_dump
 from lesionforge.experiment.locks import WAIT_TIMEOUT_S, Busy, claim, holder, release
 from lesionforge.experiment.records import RunRecord, append_run_log, read_record, record_path, run_dir, write_record
 from lesionforge.experiment.results import build_result, result_path, write_grid_samples
 from lesionforge.experiment.set_quality import set_quality
 from lesionforge.experiment.stages import ExperimentData, Stages, SyntheticSet
+from lesionforge.experiment.union_set import write_union_set
 from lesionforge.outputs import claim_output, is_inside
 from lesionforge.progress import StageProgress, progress_label
 from lesionforge.utils import seed_everything, write_json_atomic
@@ -51,6 +59,8 @@ def synthetic_key(cfg: ExperimentConfig, name: str, n: int, data: ExperimentData
     an upgrade changed how the generator trains) and data ids. The filter is not part of it (see
     :func:`filter_key`): adding or changing a filter re-scores the same samples instead of drawing them again."""
     spec = cfg.generators[name]
+    if spec.method == UNION_METHOD:  # the sets it joins, each with the filter whose kept pairs it takes
+        return cache_key(UNION_METHOD, [(p, synthetic_key(cfg, p, n, data), filter_key(cfg, p)) for p in spec.of])
     return cache_key(
         cfg.dataset.name, cfg.resolution, settings_dump(spec.model_copy(update={"filter": None})),
         set_recipe(cfg, spec), data.split.low_data(n),
@@ -118,11 +128,14 @@ class SyntheticCache:
         resumed, not redrawn) and keeps the timings of its training and drawing."""
         before = json.loads(marker.read_text(encoding="utf-8"))["info"].get("timings") if marker.is_file() else None
         t0 = time.perf_counter()
-        seed_everything(self.cfg.generators[name].seed)
-        with progress_label(f"N={self.n} generator {name}"):
-            s = self.stages.prepare_synthetic(
-                self.cfg, name, self.cfg.generators[name], self.n, self.data, self.work_dir(name)
-            )
+        spec = self.cfg.generators[name]
+        seed_everything(spec.seed)
+        if spec.method == UNION_METHOD:  # the joined sets first (each made or read under its own claim)
+            parts = {p: (self.get(p), self.cfg.generators[p].filter is not None) for p in spec.of}
+            s = write_union_set(parts, self.work_dir(name))
+        else:
+            with progress_label(f"N={self.n} generator {name}"):
+                s = self.stages.prepare_synthetic(self.cfg, name, spec, self.n, self.data, self.work_dir(name))
         s.info.setdefault("timings", {})["prepare_s"] = round(time.perf_counter() - t0, 3)
         if before:
             s.info["timings"] = {**before, "refilter_s": s.info["timings"]["prepare_s"]}
@@ -204,7 +217,7 @@ def arm_quality(cfg: ExperimentConfig, n: int, data: ExperimentData, cache: Synt
         spec = cfg.generators[arm.generator]
         kept_only = arm.filtered and spec.filter is not None
         # the images the generator saw: the labelled N, and every train image when it used unlabelled ones
-        train = data.pool if spec.use_unlabelled else data.labelled(n)
+        train = data.pool if uses_unlabelled(cfg, arm.generator) else data.labelled(n)
         out[arm.name] = set_quality(s, cache.work_dir(arm.generator), data, train, cfg.resolution, kept_only)
     return out
 
