@@ -516,7 +516,7 @@ def write_report(out: dict, path: Path) -> None:
             continue
         d = q["label_fidelity"]["own_minus_shuffled"]
         kept = "" if e.get("n_kept") is None else f" (kept {e['n_kept']})"
-        lines.append(f"| {v} | {e['generator_train_s']} | {e['synthesize_s']:.0f} | {e['n_synthetic']}{kept} | "
+        lines.append(f"| {v} | {e['generator_train_s']:.0f} | {e['synthesize_s']:.0f} | {e['n_synthetic']}{kept} | "
                      f"{d['mean']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}] | "
                      f"{q['kid_vs_train']['mean']:.4f} ({q['kid_val_vs_train']['mean']:.4f}) | {_speckle(q)} | "
                      f"{_bands(q)} |")

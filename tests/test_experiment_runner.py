@@ -247,3 +247,59 @@ def test_one_regime_at_a_time_gives_the_whole_sweeps_results(cfg, demo_arrays):
         assert part["paired_diff"]["synthetic"]["mdice"]["mean"] == res["paired_diff"]["synthetic"]["mdice"]["mean"]
     with pytest.raises(ConfigError, match=r"N = \[16\]"):
         run_experiment(again, FakeStages(demo_arrays), progress=False, only_n=[16])
+
+
+def test_every_interval_is_recomputed_from_the_result_file_alone(cfg, demo_arrays, tmp_path):
+    from lesionforge.experiment.results import paired_from_result
+
+    path = run_experiment(cfg, FakeStages(demo_arrays), progress=False)[0]
+    res = json.loads(path.read_text(encoding="utf-8"))
+    assert res["schema_version"] == 2 and len(res["image_ids"]) == 10
+    assert res["image_lesions"]["small"] == [2] * 10
+    block = res["arms"]["synthetic"]["per_image"]
+    assert block["seeds"] == [0, 1, 2] and len(block["dice"]) == 3 and len(block["dice"][0]) == 10
+    assert block["band_missed"]["small"] == [[0] * 10] * 3
+    stored = [(res["paired_diff"][a], a, "baseline") for a in ("copy-paste", "synthetic")]
+    stored.append((res["paired_vs_copy_paste"]["copy-paste"]["synthetic"], "synthetic", "copy-paste"))
+    for want, arm, ref in stored:
+        got = paired_from_result(res, arm, ref, path)
+        for metric in ("mdice", "miou", "miss_rate", "miss_rate_small"):
+            assert got[metric]["mean"] == pytest.approx(want[metric]["mean"], abs=1e-6), (arm, metric)
+            assert got[metric]["ci95"] == pytest.approx(want[metric]["ci95"], abs=1e-6), (arm, metric)
+        assert got["mdice"]["over_seeds"]["ci95"] == pytest.approx(want["mdice"]["over_seeds"]["ci95"], abs=1e-9)
+    # a pair the file did not compare: copy-paste against synthetic, the fake's exact gain difference
+    assert paired_from_result(res, "copy-paste", "synthetic")["mdice"]["mean"] == pytest.approx(-0.04, abs=1e-5)
+    with pytest.raises(DataError, match="no arm 'union'"):
+        paired_from_result(res, "union", "baseline", path)
+    from typer.testing import CliRunner
+
+    from lesionforge.cli import app
+
+    out = CliRunner().invoke(app, ["experiment", "compare", str(path), "copy-paste", "synthetic"])
+    assert out.exit_code == 0 and "| arm − synthetic |" in out.stdout and "| copy-paste | -0.040 [" in out.stdout
+    for arm in res["arms"].values():
+        del arm["per_image"]
+    with pytest.raises(DataError, match="no per-image metrics"):
+        paired_from_result(res, "synthetic", "baseline", path)
+
+
+def test_per_image_metrics_are_aligned_by_image_id_whatever_order_a_run_scored_them():
+    from lesionforge.experiment.per_image import per_image_fields, records_from_result
+    from lesionforge.experiment.records import RunRecord
+
+    def rec(arm: str, seed: int, ids: list[str], dice: list[float]) -> RunRecord:
+        return RunRecord(n_labelled=4, arm=arm, seed=seed, ids=ids, dice=dice, iou=[d / 2 for d in dice],
+                         mdice=float(np.mean(dice)), miou=float(np.mean(dice)) / 2, miss_rate=None,
+                         miss_rate_by_band=dict.fromkeys(BANDS))
+
+    by_arm = {"baseline": [rec("baseline", 0, ["a", "b"], [0.1, 0.2])],
+              "cp": [rec("cp", 0, ["b", "a"], [0.4, 0.3])]}
+    top, blocks = per_image_fields(by_arm, "baseline")
+    assert top == {"image_ids": ["a", "b"]} and blocks["cp"]["dice"] == [[0.3, 0.4]]
+    res = {"n_labelled": 4, **top, "arms": {k: {"mdice": [r[0].mdice], "miou": [r[0].miou], "miss_rate": [None],
+                                                "miss_rate_by_band": {b: [None] for b in BANDS}, "per_image": blocks[k]}
+                                            for k, r in by_arm.items()}}
+    assert records_from_result(res)["cp"][0].per_image("dice") == {"a": 0.3, "b": 0.4}
+    by_arm["cp"].append(rec("cp", 1, ["a", "c"], [0.3, 0.4]))
+    with pytest.raises(ValueError, match="other test images"):
+        per_image_fields(by_arm, "baseline")

@@ -101,3 +101,17 @@ def table(result_jsons: list[Path] = typer.Argument(..., help="Result JSONs, in 
     if not kept:
         raise DataError(result_jsons[0], "no experiment result file among the arguments")
     print(readme_table(kept))
+
+
+@app.command("compare")
+def compare(
+    result_json: Path = typer.Argument(..., help="A result JSON written by `experiment run`."),
+    arm: str = typer.Argument(..., help="The arm to compare."),
+    ref: str = typer.Argument(..., help="The arm it is compared with."),
+) -> None:
+    """Paired difference ARM − REF over test images (and over seeds), recomputed from RESULT_JSON alone."""
+    from lesionforge.experiment.report import diff_table, load_result
+    from lesionforge.experiment.results import paired_from_result
+
+    d = paired_from_result(load_result(result_json), arm, ref, result_json)
+    print(diff_table({arm: d}, ref))

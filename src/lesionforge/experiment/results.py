@@ -1,7 +1,8 @@
 """The result file of one (dataset, N, profile): PROTOCOL.md's schema, built from the run records.
 
 ``benchmarks/results/<dataset>-n<N>-<profile>.json`` holds the protocol settings, code version, seeds, every
-arm's per-seed metrics, the paired differences against the baseline with 95 % CIs (and of every synthetic arm
+arm's per-seed metrics and its per-image ones (see :mod:`lesionforge.experiment.per_image`), the paired
+differences against the baseline with 95 % CIs (and of every synthetic arm
 against every copy-paste arm, the non-diffusion reference it must also beat), the generator/filter settings,
 timings, and the paths of a few sample pairs for the report's grid.
 """
@@ -18,11 +19,12 @@ from lesionforge.experiment import stats
 from lesionforge.experiment.budget import budget_of, segment_config_for
 from lesionforge.experiment.config import ExperimentConfig, uses_unlabelled
 from lesionforge.experiment.keys import cache_key, settings_dump
+from lesionforge.experiment.per_image import per_image_fields
 from lesionforge.experiment.records import BANDS, RunRecord
 from lesionforge.experiment.stages import ExperimentData, SyntheticSet
 from lesionforge.utils import code_version
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: per-image, per-seed metrics of every arm (image_ids, arms.*.per_image)
 
 
 def result_path(cfg: ExperimentConfig, n: int) -> Path:
@@ -46,6 +48,9 @@ def build_result(
     synthetic arm's ``synthetic_quality``."""
     by_arm = {a.name: sorted((r for r in records if r.arm == a.name), key=lambda r: r.seed) for a in cfg.arms}
     arms = {name: _arm_summary(cfg, name, recs, synthetic) for name, recs in by_arm.items()}
+    per_image_top, per_image = per_image_fields(by_arm, cfg.baseline_arm)
+    for name, block in per_image.items():
+        arms[name]["per_image"] = block
     for name, q in (quality or {}).items():
         if name in arms and arms[name]["kind"] == "synthetic":
             arms[name]["synthetic_quality"] = q
@@ -78,6 +83,7 @@ def build_result(
             "per_slice_scope": "test slices with foreground; mdice3d: every slice of each test case"}
            if volumetric else {}),
         "test_lesions_by_band": _lesions_by_band(base[0]) if base else None,
+        **per_image_top,
         "arms": arms, "paired_diff": paired,
         **({"closed_loop": closed_loop_results(cfg, by_arm, cfg.bootstrap_samples, cfg.bootstrap_seed)}
            if any(a.kind == "closed-loop" for a in cfg.arms) else {}),
@@ -340,3 +346,17 @@ def closed_loop_results(cfg, by_arm: dict[str, list[RunRecord]], n_boot: int, se
             "paired_vs_open_loop": paired_diff(by_arm[arm.name], by_arm[ref], n_boot, seed),
         }
     return out
+
+
+def paired_from_result(result: dict[str, Any], arm: str, ref: str, path: str | Path = "result") -> dict[str, Any]:
+    """``arm − ref`` paired over images (and over seeds) recomputed from a result file alone, with the file's
+    bootstrap settings: the stored intervals again, or a pair of arms the file did not compare."""
+    from lesionforge.errors import DataError
+    from lesionforge.experiment.per_image import records_from_result
+
+    recs = records_from_result(result, path)
+    for name in (arm, ref):
+        if name not in recs:
+            raise DataError(path, f"has no arm {name!r} (arms: {', '.join(recs)})")
+    boot = result.get("bootstrap", {})
+    return paired_diff(recs[arm], recs[ref], boot.get("samples", 2000), boot.get("seed", 0))
