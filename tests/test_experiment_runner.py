@@ -303,3 +303,42 @@ def test_per_image_metrics_are_aligned_by_image_id_whatever_order_a_run_scored_t
     by_arm["cp"].append(rec("cp", 1, ["a", "c"], [0.3, 0.4]))
     with pytest.raises(ValueError, match="other test images"):
         per_image_fields(by_arm, "baseline")
+
+
+def test_a_packed_sweep_resumes_on_another_machine_without_redoing_its_runs(cfg, demo_arrays, tmp_path):
+    from typer.testing import CliRunner
+
+    from lesionforge.cli import app
+    from lesionforge.experiment.carry import pack_runs, unpack_runs
+    from lesionforge.experiment.records import read_run_log
+
+    first = FakeStages(demo_arrays, fail_after=5)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(cfg, first, progress=False)
+    pack = tmp_path / "runs.json"
+    assert pack_runs(cfg, pack) == 5
+    # a fresh machine: the same config, an empty output folder
+    moved = cfg.model_copy(update={"output": tmp_path / "elsewhere", "results_dir": tmp_path / "res2"})
+    assert unpack_runs(moved, pack) == (5, 0)
+    assert unpack_runs(moved, pack) == (0, 5)  # finished runs there are kept, not rewritten
+    assert sum(e["event"] == "carried" for e in read_run_log(moved.output)) == 5
+    second = FakeStages(demo_arrays)
+    [p4, _] = run_experiment(moved, second, progress=False)
+    total = len(cfg.n_labelled) * len(cfg.seeds) * len(cfg.arms)
+    assert len(second.run_calls) == total - 5
+    assert not {(n, a, s) for n, a, s, _ in first.run_calls} & {(n, a, s) for n, a, s, _ in second.run_calls}
+    whole = run_experiment(cfg.model_copy(update={"output": tmp_path / "whole", "results_dir": tmp_path / "r3"}),
+                           FakeStages(demo_arrays), progress=False)[0]
+    carried, fresh = (json.loads(p.read_text(encoding="utf-8")) for p in (p4, whole))
+    assert carried["paired_diff"] == fresh["paired_diff"]  # the same numbers as a sweep run in one go
+    # another config's runs are refused before anything is written; so is a file that is not a pack
+    other = load_experiment_config(CONFIGS / "smoke.yaml", {"output": str(tmp_path / "o3"), "seeds": [0, 1]})
+    with pytest.raises(ConfigError, match="runs.json: packed from a config with other settings"):
+        unpack_runs(other, pack)
+    assert not (tmp_path / "o3").exists()
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"kind": "x"}', encoding="utf-8")
+    with pytest.raises(DataError, match="bad.json.*not a pack of sweep runs"):
+        unpack_runs(moved, bad)
+    res = CliRunner().invoke(app, ["experiment", "unpack", str(CONFIGS / "smoke.yaml"), str(bad)])
+    assert res.exit_code != 0

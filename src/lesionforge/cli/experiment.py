@@ -115,3 +115,28 @@ def compare(
 
     d = paired_from_result(load_result(result_json), arm, ref, result_json)
     print(diff_table({arm: d}, ref))
+
+
+@app.command("pack")
+def pack(
+    config: Path = typer.Argument(..., help="Experiment YAML whose output folder holds the finished runs."),
+    dest: Path = typer.Argument(..., help="JSON file to write (e.g. committed, to finish the sweep elsewhere)."),
+) -> None:
+    """Write every finished run of CONFIG's sweep into one JSON file, to resume the sweep on another machine."""
+    from lesionforge.experiment.carry import pack_runs
+    from lesionforge.experiment.config import load_experiment_config
+
+    console.print(f"[green]packed[/] {pack_runs(load_experiment_config(config), dest)} runs into {escape(str(dest))}")
+
+
+@app.command("unpack")
+def unpack(
+    config: Path = typer.Argument(..., help="The same experiment YAML (same settings) on this machine."),
+    src: Path = typer.Argument(..., help="A file written by `experiment pack`."),
+) -> None:
+    """Put the runs packed in SRC into CONFIG's output folder; `experiment run` then does only the rest."""
+    from lesionforge.experiment.carry import unpack_runs
+    from lesionforge.experiment.config import load_experiment_config
+
+    written, kept = unpack_runs(load_experiment_config(config), src)
+    console.print(f"[green]unpacked[/] {written} runs ({kept} were already finished here and kept)")
