@@ -319,6 +319,9 @@ def test_a_packed_sweep_resumes_on_another_machine_without_redoing_its_runs(cfg,
     assert pack_runs(cfg, pack) == 5
     # a fresh machine: the same config, an empty output folder
     moved = cfg.model_copy(update={"output": tmp_path / "elsewhere", "results_dir": tmp_path / "res2"})
+    packed = json.loads(pack.read_text(encoding="utf-8"))
+    [(set_dir, fp)] = packed["sets"].items()  # the N=4 set was made before the interruption
+    assert set_dir.startswith("synthetic-n4-inpaint-") and fp["n_samples"] == 2 and fp["n_kept"] == 2
     assert unpack_runs(moved, pack) == (5, 0)
     assert unpack_runs(moved, pack) == (0, 5)  # finished runs there are kept, not rewritten
     assert sum(e["event"] == "carried" for e in read_run_log(moved.output)) == 5
@@ -331,6 +334,10 @@ def test_a_packed_sweep_resumes_on_another_machine_without_redoing_its_runs(cfg,
                            FakeStages(demo_arrays), progress=False)[0]
     carried, fresh = (json.loads(p.read_text(encoding="utf-8")) for p in (p4, whole))
     assert carried["paired_diff"] == fresh["paired_diff"]  # the same numbers as a sweep run in one go
+    # the rebuilt N=4 set is the very set the carried runs trained on (the fake draws it deterministically)
+    assert carried["generators"]["inpaint"]["carried"] == {"then": fp["fingerprint"], "now": fp["fingerprint"],
+                                                           "same": True}
+    assert "carried" not in fresh["generators"]["inpaint"]
     # another config's runs are refused before anything is written; so is a file that is not a pack
     other = load_experiment_config(CONFIGS / "smoke.yaml", {"output": str(tmp_path / "o3"), "seeds": [0, 1]})
     with pytest.raises(ConfigError, match="runs.json: packed from a config with other settings"):
@@ -342,3 +349,24 @@ def test_a_packed_sweep_resumes_on_another_machine_without_redoing_its_runs(cfg,
         unpack_runs(moved, bad)
     res = CliRunner().invoke(app, ["experiment", "unpack", str(CONFIGS / "smoke.yaml"), str(bad)])
     assert res.exit_code != 0
+
+
+def test_a_rebuilt_set_that_differs_from_the_carried_one_is_recorded_as_such(tmp_path, demo_arrays):
+    from lesionforge.experiment.set_fingerprint import compare_with_carried, fingerprint, note_carried
+
+    work = tmp_path / "out" / "cache" / "synthetic-n4-inpaint-k"
+    work.mkdir(parents=True)
+    rows = []
+    for i in range(2):
+        write_image(work / f"s{i}.png", demo_arrays.images[i])
+        write_mask(work / f"s{i}_mask.png", demo_arrays.masks[i])
+        rows.append(Sample(id=f"syn{i}", image=str(work / f"s{i}.png"), masks=[str(work / f"s{i}_mask.png")],
+                           origin="synthetic"))
+    write_manifest(work / "manifest.jsonl", rows)
+    s = SyntheticSet(work / "manifest.jsonl", None, {})
+    assert compare_with_carried(tmp_path / "out", work, s) is None  # no carried run used it
+    note_carried(tmp_path / "out", {work.name: fingerprint(s)})
+    assert compare_with_carried(tmp_path / "out", work, s)["same"] is True
+    write_image(work / "s1.png", demo_arrays.images[5])  # one pixel of the rebuild came out otherwise
+    got = compare_with_carried(tmp_path / "out", work, s)
+    assert got["same"] is False and got["then"] != got["now"]

@@ -5,7 +5,9 @@ next session may start on a fresh machine where the output folder is gone. ``pac
 run record of a config's output folder into one small JSON (no checkpoints, no images: about 30 kB a run);
 ``unpack_runs`` writes them back into a (new) output folder of the same config, so ``experiment run`` resumes
 and does only the runs that are left. Synthetic sets and generators are not carried: the runner rebuilds them
-from the config (seeded), which costs the generator's training time again.
+from the config (seeded), which costs the generator's training time again; the pack holds each set's content
+fingerprint, and a rebuilt set records in its ``info.carried`` (so in the result file's ``generators``) whether
+it is the very set the carried runs trained on (:mod:`lesionforge.experiment.set_fingerprint`).
 
 Checks, so that carried runs can never mix into another sweep: the pack stores the config hash (every setting
 that shapes the numbers) and unpacking into a config with another hash is refused; every record is validated
@@ -26,6 +28,7 @@ from lesionforge.experiment.config import ExperimentConfig
 from lesionforge.experiment.records import RunRecord, append_run_log, read_record, record_path, write_record
 from lesionforge.experiment.results import config_hash
 from lesionforge.experiment.runner import prepare_output
+from lesionforge.experiment.set_fingerprint import note_carried, sweep_fingerprints
 from lesionforge.utils import write_json_atomic
 
 KIND = "lesionforge-sweep-runs"
@@ -37,7 +40,8 @@ def pack_runs(cfg: ExperimentConfig, dest: str | Path) -> int:
                for n in cfg.n_labelled for arm in cfg.arms for seed in cfg.seeds
                if (p := record_path(cfg.output, n, arm.name, seed)).is_file()]
     write_json_atomic(Path(dest), {"kind": KIND, "dataset": cfg.dataset.name, "profile": cfg.profile,
-                                   "config_hash": config_hash(cfg), "runs": records})
+                                   "config_hash": config_hash(cfg), "sets": sweep_fingerprints(cfg.output),
+                                   "runs": records})
     return len(records)
 
 
@@ -62,6 +66,7 @@ def unpack_runs(cfg: ExperimentConfig, src: str | Path) -> tuple[int, int]:
                                  "config")
         records.append(rec)
     prepare_output(cfg, resume=True, overwrite=False)
+    note_carried(cfg.output, pack.get("sets") or {})
     written = 0
     for rec in records:
         path = record_path(cfg.output, rec.n_labelled, rec.arm, rec.seed)

@@ -39,6 +39,7 @@ from lesionforge.experiment.keys import cache_key, settings_dump
 from lesionforge.experiment.locks import WAIT_TIMEOUT_S, Busy, claim, holder, release
 from lesionforge.experiment.records import RunRecord, append_run_log, read_record, record_path, run_dir, write_record
 from lesionforge.experiment.results import build_result, result_path, write_grid_samples
+from lesionforge.experiment.set_fingerprint import compare_with_carried
 from lesionforge.experiment.set_quality import set_quality
 from lesionforge.experiment.stages import ExperimentData, Stages, SyntheticSet
 from lesionforge.experiment.union_set import write_union_set
@@ -140,6 +141,12 @@ class SyntheticCache:
         if before:
             s.info["timings"] = {**before, "refilter_s": s.info["timings"]["prepare_s"]}
         s.info["filter_key"] = filter_key(self.cfg, name)
+        carried = compare_with_carried(self.cfg.output, self.work_dir(name), s)
+        if carried is not None:  # runs carried from another machine trained on this set's first build
+            s.info["carried"] = carried
+            if not carried["same"]:
+                _console.print(f"note: synthetic set {name!r} (N={self.n}) rebuilt here differs from the one the "
+                               f"carried runs used (fingerprint {carried['now']} against {carried['then']})")
         write_json_atomic(marker, s.to_dict())
         return s
 
