@@ -1,5 +1,5 @@
 """Data-efficient generator options (issue 13): v-prediction with min-SNR-gamma weighting and non-leaking
-conditioned augmentation; each off by default, leaving today's training bit for bit."""
+conditioned augmentation; each off by default, leaving today's training as it was."""
 
 from __future__ import annotations
 
@@ -20,7 +20,9 @@ from lesionforge.generate.trainbatch import BatchMaker
 from lesionforge.generate.trainer import diffusion_loss, min_snr_weights, train_generator
 
 # Per-step losses of 4 training steps of the tiny generators, recorded with the code before these options
-# existed (commit 71acfd0, torch 2.13 CPU, one thread): the defaults must keep reproducing them exactly.
+# existed (commit 71acfd0, torch 2.13 CPU, one thread): the defaults must keep reproducing them. Not bit for bit
+# across machines: oneDNN picks other kernels (another summation order) on another CPU, which moved the 7th digit
+# between an Intel and an AMD EPYC machine; any change of what is trained moves the loss by far more than 1e-5.
 BEFORE = {
     ("inpaint", "epsilon"): [1.0673097372055054, 1.07528817653656, 1.0456194877624512, 0.9922661185264587],
     ("mask2image", "epsilon"): [1.1549291610717773, 1.1209319829940796, 1.0271655321121216, 0.988354504108429],
@@ -30,13 +32,13 @@ BEFORE = {
 
 
 @pytest.mark.parametrize(("kind", "prediction"), list(BEFORE))
-def test_defaults_reproduce_todays_losses_bit_for_bit(kind, prediction, demo_arrays, tmp_path):
+def test_defaults_reproduce_todays_losses(kind, prediction, demo_arrays, tmp_path):
     torch.set_num_threads(1)
     cfg = tiny_cfg(kind, steps=4, checkpoint_every=4, prediction_type=prediction)
     out = train_generator(cfg, pairs(demo_arrays, lesion_only=True), tmp_path / "g", progress=False,
                           backgrounds=normals(demo_arrays) if kind == "inpaint" else None)
     losses = json.loads((out / "checkpoint-4" / "state.json").read_text(encoding="utf-8"))["losses"]
-    assert losses == BEFORE[(kind, prediction)]
+    assert losses == pytest.approx(BEFORE[(kind, prediction)], rel=1e-5, abs=0)
 
 
 def test_unset_options_leave_the_config_dump_and_cache_keys_unchanged():
