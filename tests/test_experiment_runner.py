@@ -249,6 +249,23 @@ def test_one_regime_at_a_time_gives_the_whole_sweeps_results(cfg, demo_arrays):
         run_experiment(again, FakeStages(demo_arrays), progress=False, only_n=[16])
 
 
+def test_a_sweep_done_arm_by_arm_writes_the_whole_sweeps_result_once_every_run_is_finished(cfg, demo_arrays):
+    whole = json.loads(run_experiment(cfg, FakeStages(demo_arrays), progress=False, only_n=[4])[0].read_text())
+    again = cfg.model_copy(update={"output": cfg.output.parent / "again", "results_dir": cfg.results_dir.parent / "r2"})
+    real = FakeStages(demo_arrays)
+    assert run_experiment(again, real, progress=False, only_n=[4], only_arms=["baseline", "copy-paste"]) == []
+    assert {a for _, a, *_ in real.run_calls} == {"baseline", "copy-paste"} and real.synth_calls == []
+    assert not again.results_dir.exists() or not any(again.results_dir.iterdir())
+    rest = FakeStages(demo_arrays)
+    paths = run_experiment(again, rest, progress=False, only_n=[4], only_arms=["synthetic"])
+    assert {a for _, a, *_ in rest.run_calls} == {"synthetic"}  # the finished real-data runs were not redone
+    part = json.loads(paths[0].read_text(encoding="utf-8"))
+    assert part["config_hash"] == whole["config_hash"] and part["arms"].keys() == whole["arms"].keys()
+    assert part["paired_diff"]["synthetic"]["mdice"] == whole["paired_diff"]["synthetic"]["mdice"]
+    with pytest.raises(ConfigError, match="--arm 'synthetc': not an arm of this config"):
+        run_experiment(again, FakeStages(demo_arrays), progress=False, only_arms=["synthetc"])
+
+
 def test_every_interval_is_recomputed_from_the_result_file_alone(cfg, demo_arrays, tmp_path):
     from lesionforge.experiment.results import paired_from_result
 

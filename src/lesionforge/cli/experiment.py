@@ -23,6 +23,11 @@ def run(
     report: bool = typer.Option(True, "--report/--no-report", help="Write the Markdown report of each result."),
     threads: int = typer.Option(None, "--threads", help="torch threads of this worker (overrides the config)."),
     only_n: list[int] = typer.Option(None, "--n", help="Run only this N of the config (repeatable)."),
+    only_arms: list[str] = typer.Option(
+        None, "--arm",
+        help="Run only this arm's runs (repeatable; e.g. the real-data arms while no generator is trained); the "
+             "result is written once every run is finished, by any worker or session.",
+    ),
     wait_timeout: float = typer.Option(
         WAIT_TIMEOUT_S / 60, "--wait-timeout", min=0.0,
         help="Minutes to wait for runs other workers hold, with nothing else left to do, before giving up.",
@@ -53,6 +58,8 @@ def run(
     if threads is not None:
         cfg = cfg.model_copy(update={"threads": threads})
     if executor == "ray":
+        if only_arms:
+            raise ConfigError("--arm: only with --executor local (Ray schedules every run of the sweep)")
         from lesionforge.experiment.ray_executor import run_experiment_ray
         from lesionforge.raycluster import TaskResources
 
@@ -61,7 +68,7 @@ def run(
                                   resources=res, max_retries=max_retries)
     elif executor == "local":
         runs = run_experiment(cfg, resume=resume, overwrite=overwrite, only_n=only_n,
-                              wait_timeout_s=wait_timeout * 60)
+                              wait_timeout_s=wait_timeout * 60, only_arms=only_arms)
     else:
         raise ConfigError(f"--executor {executor!r}: choose 'local' or 'ray'")
     for path in runs:

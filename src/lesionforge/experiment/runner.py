@@ -161,6 +161,7 @@ def run_experiment(
     poll_s: float = 30.0,
     only_n: list[int] | None = None,
     wait_timeout_s: float = WAIT_TIMEOUT_S,
+    only_arms: list[str] | None = None,
 ) -> list[Path]:
     """Run the whole sweep of ``cfg``; returns the result JSON paths (one per N).
 
@@ -171,18 +172,47 @@ def run_experiment(
     so a sweep can be finished one N at a time, e.g. one N per session).
     ``poll_s``/``wait_timeout_s``: when every remaining run is held by other workers, look again every
     ``poll_s`` seconds and stop with :class:`WaitTimeoutError` after ``wait_timeout_s`` without progress.
+    ``only_arms``: do just these arms' runs (e.g. the real-data arms while no generator can be trained to the
+    end in this session); an N's result is written only once every run of it is finished, by any worker.
     """
+    arms = _selected_arms(cfg, only_arms)
     n_values, stages, data = prepare_sweep(cfg, stages, resume, overwrite, only_n)
     paths = []
-    total = len(n_values) * len(cfg.seeds) * len(cfg.arms)
+    total = len(n_values) * len(cfg.seeds) * len(arms)
     bar = _progress() if progress else nullcontext()
     with bar as prog:
         task = prog.add_task("runs", total=total) if prog is not None else None
         for n in n_values:
             cache = SyntheticCache(cfg, stages, data, n)
-            records = _run_n(cfg, stages, data, n, cache, prog, task, poll_s, wait_timeout_s)
+            records = _run_n(cfg, stages, data, n, cache, prog, task, poll_s, wait_timeout_s, arms)
+            if len(arms) < len(cfg.arms):
+                records = _finished_records(cfg, n)
+                if records is None:
+                    (prog.console if prog is not None else _console).print(
+                        f"N={n}: the runs of {', '.join(a.name for a in arms)} are finished; the result is written "
+                        "once the other arms' runs are too")
+                    continue
             paths.append(write_n_result(cfg, n, data, records, cache, overwrite))
     return paths
+
+
+def _selected_arms(cfg: ExperimentConfig, only_arms: list[str] | None) -> list[ArmSettings]:
+    """The arms named by ``only_arms`` (all when None), in the config's order; an unknown name is an error."""
+    if not only_arms:
+        return list(cfg.arms)
+    names = [a.name for a in cfg.arms]
+    unknown = [a for a in only_arms if a not in names]
+    if unknown:
+        raise ConfigError(f"--arm {unknown[0]!r}: not an arm of this config (its arms: {', '.join(names)})")
+    return [a for a in cfg.arms if a.name in only_arms]
+
+
+def _finished_records(cfg: ExperimentConfig, n: int) -> list[RunRecord] | None:
+    """Every run record of N in the sweep's order, or None while one is not finished yet."""
+    paths = [record_path(cfg.output, n, arm.name, seed) for seed in cfg.seeds for arm in cfg.arms]
+    if not all(p.is_file() for p in paths):
+        return None
+    return [read_record(p) for p in paths]
 
 
 def prepare_sweep(
@@ -259,10 +289,11 @@ def ensure_run(cfg: ExperimentConfig, stages: Stages, data: ExperimentData, n: i
 
 def _run_n(
     cfg: ExperimentConfig, stages: Stages, data: ExperimentData, n: int, cache: SyntheticCache, prog, task,
-    poll_s: float = 30.0, wait_timeout_s: float = WAIT_TIMEOUT_S,
+    poll_s: float = 30.0, wait_timeout_s: float = WAIT_TIMEOUT_S, arms: list[ArmSettings] | None = None,
 ) -> list[RunRecord]:
-    """Every (seed, arm) run of N, in order. Runs claimed by another worker are passed over and waited for."""
-    order = [(seed, arm) for seed in cfg.seeds for arm in cfg.arms]
+    """Every (seed, arm) run of N (of ``arms``: all by default), in order. Runs claimed by another worker are
+    passed over and waited for."""
+    order = [(seed, arm) for seed in cfg.seeds for arm in (cfg.arms if arms is None else arms)]
     # Synthetic arms first: the first one trains the generator, the long pole of a sweep, so that the other
     # workers fill the real-data runs meanwhile instead of waiting for it at the end.
     pending = sorted(order, key=lambda sa: (sa[0], sa[1].generator is None))
