@@ -585,5 +585,29 @@ def run_cmd(
     typer.echo(json.dumps(out.get("agreement", {}), indent=1)[:2000])
 
 
+@app.command("agree")
+def agree_cmd(
+    dataset: str = typer.Option("kvasir-seg", help="kvasir-seg or busi."),
+    n: int = typer.Option(32, help="Labelled pairs."),
+    steps: int = typer.Option(STEPS, help="Segmenter steps of the screen file (its -s<steps> suffix)."),
+    agree_with: str = typer.Option(HEADLINE_VARIANT, help="The variant the headline config holds."),
+    results: Path = typer.Option(ROOT / "benchmarks" / "results", help="Where the screen JSON and Markdown are."),
+    headline: Path = typer.Option(
+        None, help="The headline result (default: benchmarks/results/<dataset>-n<N>-cpu.json)."),
+) -> None:
+    """Recompute the rank agreement of a finished screen file with the headline result as it is now (e.g. after
+    the headline sweep gained arms), from the two files alone: no segmenter is trained."""
+    stem = f"screen-{dataset}-n{n}" + ("" if steps == STEPS else f"-s{steps}")
+    out_path = results / f"{stem}-cpu.json"
+    if not out_path.is_file():
+        raise typer.BadParameter(f"{out_path}: no screen file (run `screen.py run` first)")
+    out = json.loads(out_path.read_text(encoding="utf-8"))
+    recipe = screen_config(headline_config(dataset), n, agree_with, steps=steps).generators[GENERATOR]
+    headline = headline or ROOT / "benchmarks" / "results" / f"{dataset}-n{n}-cpu.json"
+    out["agreement"] = agreement(out, headline, agree_with, recipe.model_dump(mode="json"))
+    write_json_atomic(out_path, out)
+    write_report(out, results / f"{stem}-cpu.md")
+    typer.echo(json.dumps(out["agreement"], indent=1)[:2000])
+
 if __name__ == "__main__":
     app()

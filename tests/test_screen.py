@@ -122,6 +122,36 @@ def test_the_headline_variant_is_what_the_headline_configs_hold(dataset):
     assert s.paste_rows(config, s.screen_config(config, n, "today"))[1].name == "copy-paste+backgrounds"
 
 
+def test_agree_recomputes_the_rank_agreement_from_the_two_files_alone(tmp_path):
+    """`screen.py agree`: the committed Kvasir-SEG screen against its headline file, no segmenter trained; the
+    headline's sixth arm joins the ranking, and a headline of another recipe is not compared."""
+    from typer.testing import CliRunner
+
+    s = load_benchmark("screen")
+    name = "screen-kvasir-seg-n32-s800-cpu.json"
+    (tmp_path / name).write_bytes((ROOT / "benchmarks" / "results" / name).read_bytes())
+    head_path = ROOT / "benchmarks" / "results" / "kvasir-seg-n32-cpu.json"
+    args = ["agree", "--steps", "800", "--results", str(tmp_path), "--headline"]
+    res = CliRunner().invoke(s.app, [*args, str(head_path)])
+    assert res.exit_code == 0, res.output
+    a = json.loads((tmp_path / name).read_text(encoding="utf-8"))["agreement"]
+    head = json.loads(head_path.read_text(encoding="utf-8"))
+    assert a["arms"] == sorted(head["arms"]) and len(a["arms"]) == 6 and a["permutations"] == 720
+    screen = json.loads((tmp_path / name).read_text(encoding="utf-8"))
+    rows = {**screen["real"], **screen["variants"][s.HEADLINE_VARIANT]["arms"]}
+    direct = rank_agreement({k: rows[k]["per_image"] for k in a["arms"]},
+                            {k: head["arms"][k]["mdice_mean"] for k in a["arms"]})
+    assert a["spearman"] == direct["spearman"] and a["bootstrap"]["ci95"] == direct["bootstrap"]["ci95"]
+    assert "Rank agreement" in (tmp_path / name.replace(".json", ".md")).read_text(encoding="utf-8")
+    other = json.loads(head_path.read_text(encoding="utf-8"))
+    other["generators"]["inpaint"]["settings"]["n_per_real"] = 9
+    (tmp_path / "other.json").write_text(json.dumps(other), encoding="utf-8")
+    assert CliRunner().invoke(s.app, [*args, str(tmp_path / "other.json")]).exit_code == 0
+    assert json.loads((tmp_path / name).read_text())["agreement"]["status"].startswith("not computed")
+    missing = CliRunner().invoke(s.app, ["agree", "--steps", "123", "--results", str(tmp_path)])
+    assert missing.exit_code != 0 and "no screen file" in missing.output
+
+
 @pytest.mark.slow
 def test_screen_end_to_end_on_demo(tmp_path, monkeypatch):
     """Real rows, three variants (today, v-prediction + min-SNR, pretraining), quality and the rank agreement,
