@@ -13,9 +13,9 @@ from lesionforge.data.arrays import PairArrays
 from lesionforge.data.bands import BAND_EDGES, band_of
 from lesionforge.loop.conditions import (
     TargetedMaskSource,
-    floored_shares,
     move_into_cell,
     plan_conditions,
+    steered_shares,
     weighted_backgrounds,
 )
 from lesionforge.loop.diagnose import diagnose, write_diagnosis
@@ -56,7 +56,7 @@ def test_planted_small_lesion_failure_concentrates_draws_on_the_small_band(tmp_p
     d = diagnose(fake, val, settings=SETTINGS)
     assert d["by_band"]["small"]["failure_rate"] == 1.0 and d["by_band"]["small"]["missed"] == 6
     assert d["by_band"]["medium"]["failure_rate"] == 0.0 and d["by_band"]["large"]["failure_rate"] == 0.0
-    plan = plan_conditions(d, real.masks, SETTINGS.floor)
+    plan = plan_conditions(d, real.masks, SETTINGS.max_gain)
     assert plan["targeted_bands"] == ["small"]
     masks_from = TargetedMaskSource(plan, real.masks, SIZE, move_to_cell=True, tag={"loop_round": 0}, source=source,
                                     ids=real.ids)
@@ -65,8 +65,12 @@ def test_planted_small_lesion_failure_concentrates_draws_on_the_small_band(tmp_p
     share = {b: bands.count(b) / len(bands) for b in ("small", "medium", "large")}
     real_small = plan["real_band_shares"]["small"]
     assert real_small == pytest.approx(4 / 24)
-    assert share["small"] > 3 * real_small, share  # concentrated on the failing band
-    assert min(share["medium"], share["large"]) >= SETTINGS.floor * 0.7, share  # the others keep the floor
+    natural = plan["band_natural_shares"]
+    assert natural["small"] == pytest.approx(6.5 / 23.5)  # val's small lesions, smoothed
+    assert share["small"] > 1.8 * natural["small"] and share["small"] > 3 * real_small, share  # the failing band
+    # the others are drawn less, never below half their natural share (max_gain 2): none is dropped
+    for b in ("medium", "large"):
+        assert natural[b] / SETTINGS.max_gain * 0.8 <= share[b] < natural[b], share
     assert all(info["loop_round"] == 0 and info["mask_source"].startswith("closed-loop") for _, info in drawn)
     if source == "jitter":  # real masks of the drawn band, deformed, with their source id as provenance
         assert all(info["source_id"] in real.ids for _, info in drawn)
@@ -77,13 +81,27 @@ def test_planted_small_lesion_failure_concentrates_draws_on_the_small_band(tmp_p
 def test_without_failures_every_band_is_drawn_and_none_is_targeted():
     real, val = _pairs(0, _areas(4, 10, 10)), _pairs(1, _areas(6, 8, 8))
     d = diagnose(lambda images: (val.masks > 0).astype(np.float32), val, settings=SETTINGS)
-    plan = plan_conditions(d, real.masks, SETTINGS.floor)
-    assert plan["targeted_bands"] == [] and plan["band_shares"]["small"] == pytest.approx(1 / 3)
+    plan = plan_conditions(d, real.masks, SETTINGS.max_gain)
+    assert plan["targeted_bands"] == [] and plan["band_shares"] == plan["band_natural_shares"]
+    assert plan["band_shares"]["small"] == pytest.approx(6.5 / 23.5)  # val's own share: open loop's draw
 
 
-def test_floored_shares_keep_every_key_and_sum_to_one():
-    s = floored_shares({"a": 1.0, "b": 0.0, "c": 0.0}, 0.15)
-    assert s == pytest.approx({"a": 0.7, "b": 0.15, "c": 0.15}) and sum(s.values()) == pytest.approx(1.0)
+def _groups(lesions: list[int], failed: list[int], prior: float = 5.0) -> dict:
+    overall = sum(failed) / sum(lesions)
+    return {f"g{i}": {"lesions": n, "failed": f, "weight_rate": (f + prior * overall) / (n + prior)}
+            for i, (n, f) in enumerate(zip(lesions, failed, strict=True))}
+
+
+def test_steered_shares_are_bounded_and_a_group_of_two_lesions_cannot_swing_the_draw():
+    # the first real run: 2 small val lesions, both failed, among 104 (25 failed): drawn at most 2x its share
+    g = _groups([2, 24, 78], [2, 6, 17])
+    s, natural = steered_shares(g, 2.0), steered_shares(g, 1.0)
+    assert sum(s.values()) == pytest.approx(1.0) and natural["g0"] == pytest.approx(2.5 / 105.5)
+    assert natural["g0"] < s["g0"] <= 2 * natural["g0"] + 1e-9 and s["g0"] < 0.06  # not the half it was
+    assert all(s[k] >= natural[k] / 2 - 1e-9 for k in g)  # nothing dropped
+    heavy = steered_shares(_groups([20, 20, 20], [20, 0, 0]), 3.0)  # a well-evidenced failure moves it more
+    assert heavy["g0"] > 0.5 and min(heavy["g1"], heavy["g2"]) > 0.05
+    assert steered_shares(_groups([5, 5], [0, 0]), 2.0) == pytest.approx({"g0": 0.5, "g1": 0.5})
 
 
 def test_move_into_cell_puts_the_centroid_in_the_cell():

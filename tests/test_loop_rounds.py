@@ -87,10 +87,11 @@ def test_rounds_resume_at_the_round_they_were_in_and_keep_each_rounds_record(tmp
         assert rec["round"] == r and rec["targeted"]["bands"] == ["small"]
         assert rec["trained_on_rounds"] == list(range(r))
         assert (rdir / "diagnosis.json").is_file() and (rdir / "diagnosis.png").is_file()
-        assert json.loads((rdir / "conditions.json").read_text())["band_shares"]["medium"] >= settings.floor
+        cond = json.loads((rdir / "conditions.json").read_text())
+        assert cond["band_shares"]["medium"] >= cond["band_natural_shares"]["medium"] / settings.max_gain - 1e-9
     assert (tmp_path / "loop" / "final" / "diagnosis.png").is_file()
     with pytest.raises(ConfigError, match="other settings"):  # a loop folder is not reused with other settings
-        run_rounds(tmp_path / "loop", settings.model_copy(update={"floor": 0.2}), 10, FakeWorker(),
+        run_rounds(tmp_path / "loop", settings.model_copy(update={"max_gain": 3.0}), 10, FakeWorker(),
                    final_dir=tmp_path / "final")
 
 

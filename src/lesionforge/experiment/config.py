@@ -223,7 +223,7 @@ class ArmSettings(LaterFields):
     mixing: MixConfig | None = None
     filtered: bool = True
     copy_paste: CopyPasteConfig | None = None
-    # closed-loop arms: rounds, floor, the open-loop arm compared with (docs/loop.md)
+    # closed-loop arms: rounds, max_gain, the open-loop arm compared with (docs/loop.md)
     loop: LoopSettings | None = None
     _omitted_when_none: ClassVar[tuple[str, ...]] = ("loop",)
 

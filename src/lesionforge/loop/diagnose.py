@@ -14,8 +14,9 @@ is *missed* when less than ``miss_fraction`` of it is predicted and *under-segme
 Images without masks (the unlabelled pool, lesion-free backgrounds) get the mean binary entropy of the predicted
 probability and, with a second checkpoint, the disagreement ``1 - Dice`` between the two predictions.
 
-Each group's ``weight_rate`` is its failure rate shrunk towards the overall rate by one pseudo-lesion, so a group
-seen once does not swing the draw to 0 or 1; a group without lesions gets the overall rate.
+Each group's ``weight_rate`` is its failure rate shrunk towards the overall rate by ``prior_lesions`` pseudo-lesions
+(``LoopSettings``), so a group seen once or twice does not swing the draw; a group without lesions gets the overall
+rate.
 """
 
 from __future__ import annotations
@@ -38,7 +39,6 @@ Predictor = Callable[[np.ndarray], np.ndarray]
 ELONGATION = ((0.6, "round"), (0.85, "oval"), (1.01, "elongated"))
 SOLIDITY_CONVEX = 0.9
 SHAPES = tuple(f"{e}-{s}" for _, e in ELONGATION for s in ("convex", "irregular"))
-PRIOR = 1.0  # pseudo-lesions at the overall rate added to each group (weight_rate)
 TOP_UNCERTAIN = 10
 
 _EIGHT = np.ones((3, 3), dtype=bool)
@@ -136,8 +136,10 @@ def cluster_labels(centroids: np.ndarray) -> list[str]:
     return [f"{relative.get(rank[k], '')}{w}" for k, w in enumerate(words)]
 
 
-def group_stats(keys: np.ndarray, rows: dict[str, np.ndarray], names: list[str] | tuple[str, ...]) -> dict:
-    """Per group: lesion, miss, under-segmentation and failure counts, ``failure_rate`` and ``weight_rate``."""
+def group_stats(keys: np.ndarray, rows: dict[str, np.ndarray], names: list[str] | tuple[str, ...],
+                prior: float = 5.0) -> dict:
+    """Per group: lesion, miss, under-segmentation and failure counts, ``failure_rate`` and ``weight_rate``
+    (shrunk towards the overall rate by ``prior`` pseudo-lesions)."""
     failed = rows["failed"]
     overall = float(failed.mean()) if len(failed) else 0.0
     out = {}
@@ -146,7 +148,7 @@ def group_stats(keys: np.ndarray, rows: dict[str, np.ndarray], names: list[str] 
         n, f = int(sel.sum()), int(failed[sel].sum())
         out[name] = {"lesions": n, "missed": int(rows["missed"][sel].sum()), "under": int(rows["under"][sel].sum()),
                      "failed": f, "failure_rate": f / n if n else None,
-                     "weight_rate": (f + PRIOR * overall) / (n + PRIOR)}
+                     "weight_rate": (f + prior * overall) / (n + prior) if n + prior > 0 else overall}
     return out
 
 
@@ -189,9 +191,10 @@ def diagnose(
     prob = predictor(val.images)
     rows = lesion_rows(val.images, val.masks, prob, miss_fraction=miss_fraction,
                        under_fraction=settings.under_fraction, grid=settings.grid)
+    prior = settings.prior_lesions
     labels, centroids = appearance_clusters(rows["colour"], settings.appearance_clusters)
     clusters = [f"c{k}" for k in range(len(centroids))]
-    by_appearance = group_stats(np.asarray([f"c{k}" for k in labels]), rows, clusters)
+    by_appearance = group_stats(np.asarray([f"c{k}" for k in labels]), rows, clusters, prior)
     words = cluster_labels(centroids)
     for k, name in enumerate(clusters):
         by_appearance[name] |= {"mean_colour": centroids[k].round(1).tolist(), "label": words[k]}
@@ -200,18 +203,18 @@ def diagnose(
     by_subset = {}
     for name, ids in (subsets or {}).items():
         members = np.isin(image_of, list(ids))
-        by_subset[name] = group_stats(np.where(members, name, ""), rows, [name])[name]
+        by_subset[name] = group_stats(np.where(members, name, ""), rows, [name], prior)[name]
     n = len(rows["failed"])
     return {
         "n_val_images": len(val), "n_val_lesions": n, "miss_fraction": miss_fraction,
-        "under_fraction": settings.under_fraction, "grid": settings.grid,
+        "under_fraction": settings.under_fraction, "grid": settings.grid, "prior_lesions": prior,
         "overall": {"lesions": n, "missed": int(rows["missed"].sum()), "under": int(rows["under"].sum()),
                     "failed": int(rows["failed"].sum()),
                     "failure_rate": float(rows["failed"].mean()) if n else None,
                     "miss_rate": float(rows["missed"].mean()) if n else None},
-        "by_band": group_stats(rows["band"], rows, BANDS),
-        "by_cell": group_stats(rows["cell"], rows, cells),
-        "by_shape": group_stats(rows["shape"], rows, SHAPES),
+        "by_band": group_stats(rows["band"], rows, BANDS, prior),
+        "by_cell": group_stats(rows["cell"], rows, cells, prior),
+        "by_shape": group_stats(rows["shape"], rows, SHAPES, prior),
         "by_appearance": by_appearance,
         "by_subset": by_subset,
         "uncertainty": {"pool": uncertainty(pool, predictor, second),

@@ -17,10 +17,16 @@ class LoopSettings(StrictModel):
     #: the open-loop synthetic arm this one is compared with: same generator, ratio, mixing and filter use,
     #: so the same total synthetic count and the same segmentation steps (checked when the config is read)
     open_loop_arm: str
-    #: every size band keeps at least this share of the draws (shape classes half, cells a third of it), so no
-    #: band is ever dropped: the loop shifts weight towards failures, it never narrows the set. 1/3 or more gives
-    #: even shares whatever the diagnosis (no steering: the control of an ablation)
-    floor: float = Field(0.15, gt=0.0, le=0.34)
+    #: how hard to steer: each group (size band, shape class, grid cell, appearance cluster) is drawn at its
+    #: natural share (its share of the val lesions, as the open loop draws it) times its relative failure rate,
+    #: clipped to [1 / max_gain, max_gain]: a failing group is drawn at most ``max_gain`` times as often as
+    #: open loop draws it, a well-handled one at least 1 / ``max_gain`` as often, so no group is ever dropped
+    #: and the set is never narrowed. 1 gives the natural shares whatever the diagnosis (no steering: the
+    #: control of an ablation)
+    max_gain: float = Field(2.0, ge=1.0, le=10.0)
+    #: a group's failure rate is shrunk towards the overall rate by this many pseudo-lesions, so a group of two
+    #: val lesions, both missed, cannot swing the draw (the first real run targeted small polyps on 2 val lesions)
+    prior_lesions: float = Field(5.0, ge=0.0)
     #: a lesion is under-segmented when less than this share of it is predicted (missed below ``miss_fraction``)
     under_fraction: float = Field(0.5, gt=0.0, lt=1.0)
     #: how a lesion of the drawn band is made: ``jitter`` a real mask of that band (size-controlled when the band
