@@ -186,7 +186,7 @@ def run_experiment(
             cache = SyntheticCache(cfg, stages, data, n)
             records = _run_n(cfg, stages, data, n, cache, prog, task, poll_s, wait_timeout_s, arms)
             if len(arms) < len(cfg.arms):
-                records = _finished_records(cfg, n)
+                records = _finished_records(cfg, stages, data, n)
                 if records is None:
                     (prog.console if prog is not None else _console).print(
                         f"N={n}: the runs of {', '.join(a.name for a in arms)} are finished; the result is written "
@@ -207,12 +207,13 @@ def _selected_arms(cfg: ExperimentConfig, only_arms: list[str] | None) -> list[A
     return [a for a in cfg.arms if a.name in only_arms]
 
 
-def _finished_records(cfg: ExperimentConfig, n: int) -> list[RunRecord] | None:
-    """Every run record of N in the sweep's order, or None while one is not finished yet."""
-    paths = [record_path(cfg.output, n, arm.name, seed) for seed in cfg.seeds for arm in cfg.arms]
-    if not all(p.is_file() for p in paths):
+def _finished_records(cfg: ExperimentConfig, stages: Stages, data: ExperimentData, n: int) -> list[RunRecord] | None:
+    """Every run record of N in the sweep's order (each checked against the config by :func:`ensure_run`, as
+    a finished run is), or None while one is not finished yet."""
+    order = [(seed, arm) for seed in cfg.seeds for arm in cfg.arms]
+    if not all(record_path(cfg.output, n, arm.name, seed).is_file() for seed, arm in order):
         return None
-    return [read_record(p) for p in paths]
+    return [ensure_run(cfg, stages, data, n, arm, seed, lambda: None) for seed, arm in order]
 
 
 def prepare_sweep(

@@ -137,7 +137,7 @@ def cluster_labels(centroids: np.ndarray) -> list[str]:
 
 
 def group_stats(keys: np.ndarray, rows: dict[str, np.ndarray], names: list[str] | tuple[str, ...],
-                prior: float = 5.0) -> dict:
+                prior: float) -> dict:
     """Per group: lesion, miss, under-segmentation and failure counts, ``failure_rate`` and ``weight_rate``
     (shrunk towards the overall rate by ``prior`` pseudo-lesions)."""
     failed = rows["failed"]
