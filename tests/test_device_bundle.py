@@ -3,9 +3,11 @@ benchmarks/device/prepare.sh + run.sh (tiny sizes, nothing downloaded)."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -60,14 +62,45 @@ def test_device_scripts_dry_run_on_cpu(tmp_path):
     assert prep.returncode == 0, prep.stdout + prep.stderr
     assert "MiB of 64 MiB" in prep.stdout
     out = tmp_path / "out"
-    run = subprocess.run(["bash", str(DEVICE / "run.sh"), "--dry-run", str(out)], env=env, capture_output=True,
-                         text=True, timeout=1200)
+    run = subprocess.run(["bash", str(DEVICE / "run.sh"), "--dry-run", str(out), "--workers", "2"], env=env,
+                         capture_output=True, text=True, timeout=1200)
     assert run.returncode == 0, run.stdout + run.stderr
-    result = json.loads((out / "kvasir-seg-n32-tiny.json").read_text(encoding="utf-8"))
-    assert set(result["arms"]) == {"baseline", "copy-paste", "synthetic+copy-paste"}
-    assert (out / "kvasir-seg-n32-tiny.md").is_file()
+    assert sorted(p.name for p in out.iterdir()) == ["run.log", "sweep.tar.gz", "timings.json"]  # <= 8 files
     timings = json.loads((out / "timings.json").read_text(encoding="utf-8"))
-    assert timings["device"] == "cpu" and len(timings["runs"]) == 3
+    assert timings["device"] == "cpu" and timings["stopped"] is None and timings["workers"] == 2
+    assert len(timings["runs"]) == 4 and timings["result"] == "kvasir-seg-n32-tiny.json"
     assert timings["data_on_device"]  # the dry run takes the on-device data path, on the CPU
-    assert timings["generators"]["inpaint"]["synthesis_images_per_s"] > 0
-    assert not (out / "runs").exists()  # checkpoints are not sent back
+    assert {g["steps"] for g in timings["generators"].values()} == {2}  # the pretrained base and the fine-tune
+    with tarfile.open(out / "sweep.tar.gz") as tar:
+        names = tar.getnames()
+        result = json.loads(tar.extractfile("sweep/results/kvasir-seg-n32-tiny.json").read())
+    assert set(result["arms"]) == {"baseline", "copy-paste", "copy-paste+backgrounds",
+                                   "synthetic+copy-paste+backgrounds"}
+    assert "sweep/results/kvasir-seg-n32-tiny.md" in names and "worker1.log" in names
+    assert not any(n.endswith(".safetensors") for n in names)  # no weights come back
+    kept = bundle_module().summarize(out / "sweep.tar.gz", tmp_path / "kept")
+    assert kept["arms"]["baseline"]["seeds"] == [0]
+    assert "synthetic+copy-paste+backgrounds - copy-paste+backgrounds" in kept["paired"]
+    assert (tmp_path / "kept" / "baseline__seed0__run.json").is_file()
+    # a deadline stops the workers; what exists comes back, without a result
+    cut = tmp_path / "cut"
+    run = subprocess.run(["bash", str(DEVICE / "run.sh"), "--dry-run", str(cut), "--workers", "1", "--deadline",
+                          "3"], env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout + run.stderr
+    timings = json.loads((cut / "timings.json").read_text(encoding="utf-8"))
+    assert timings["stopped"] == "deadline of 3 s" and timings["result"] is None
+
+
+def bundle_module():
+    spec = importlib.util.spec_from_file_location("device_bundle", DEVICE / "bundle.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_the_bundle_encodes_every_prompt_a_run_can_ask_for():
+    """The lesion-free frames' prompts (the library's own classes) are encoded too: pretraining an inpaint
+    generator on them asked for prompts the first device run had not packed."""
+    prompts = set(bundle_module().library_prompts("kvasir-seg", []))
+    assert "colonoscopy, normal colon mucosa, no polyp" in prompts
+    assert len(prompts) > 100

@@ -233,3 +233,24 @@ def test_pretrained_base_is_cached_once_across_n(kind, demo_arrays, tmp_path):
     from lesionforge.generate.models import read_meta
 
     assert read_meta(a)["pretrained_base"] == read_meta(b)["pretrained_base"] == str(bases[0])
+
+
+def test_a_time_budget_stops_training_short_of_its_steps_and_a_resume_keeps_it(demo_arrays, tmp_path):
+    """max_train_seconds: the step that ends past the budget is the last; it is checkpointed, the saved model
+    records the steps really trained, and resuming the spent run trains nothing more."""
+    from lesionforge.generate.models import read_meta
+    from lesionforge.generate.trainer import latest_checkpoint
+
+    cfg = tiny_cfg("mask2image", steps=40, checkpoint_every=20, max_train_seconds=1e-6)
+    data = pairs(demo_arrays, lesion_only=True)
+    out = train_generator(cfg, data, tmp_path / "g", progress=False)
+    assert latest_checkpoint(out).name == "checkpoint-1"
+    assert read_meta(out)["steps"] == 1
+    assert GeneratorConfig.model_validate(cfg.model_dump(mode="json")).max_train_seconds == 1e-6
+    out = train_generator(cfg, data, tmp_path / "g", progress=False, resume=True)
+    assert latest_checkpoint(out).name == "checkpoint-1" and read_meta(out)["steps"] == 1
+    full = train_generator(cfg.model_copy(update={"max_train_seconds": None}), data, tmp_path / "h", progress=False)
+    assert read_meta(full)["steps"] == 40
+    assert "max_train_seconds" not in GeneratorConfig(kind="inpaint").model_dump(mode="json")
+    with pytest.raises(ConfigError, match="max_train_seconds"):
+        GeneratorConfig(kind="inpaint", max_train_seconds=0)

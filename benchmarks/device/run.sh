@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # The gpu-profile sweep on the device, from the bundle prepare.sh built: install the carried wheels, run
-# Kvasir-SEG N = 32 (3 seeds; baseline, copy-paste, inpaint + copy-paste), write kvasir-seg-n32-gpu.json, its
-# report and timings.json into $OUT. One device call (carry benchmarks/device/bundle), e.g.:
-#   run(command="bash benchmarks/device/run.sh", carry=["benchmarks/device/bundle"], timeout_s=600)
-#   bash benchmarks/device/run.sh --dry-run [OUT]   # on CPU with the dry-run bundle: tiny sizes
+# Kvasir-SEG N = 32 (3 seeds; 4 arms: kvasir-seg-n32-gpu.yaml) in 4 worker processes sharing the GPU, stopped at
+# a deadline; into $OUT: timings.json, sweep.tar.gz (result JSON + report when finished, run records, logs),
+# run.log and gpu-load.csv. One device call (carry benchmarks/device/bundle), e.g.:
+#   run(command="bash benchmarks/device/run.sh --workers 4 --deadline 510", carry=["benchmarks/device/bundle"],
+#       timeout_s=600)
+#   bash benchmarks/device/run.sh --dry-run [OUT] --workers 2   # on CPU with the dry-run bundle: tiny sizes
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 DRY=""
 if [[ "${1:-}" == "--dry-run" ]]; then DRY="--dry-run"; shift; fi
-OUT="${1:-${OUT:?set OUT or give a folder}}"
+if [[ -n "${1:-}" && "${1:-}" != --* ]]; then OUT="$1"; shift; fi
+OUT="${OUT:?set OUT or give a folder}"   # the rest (--workers K, --deadline S) goes to bundle.py run
 PY="${PYTHON:-python3}"
 mkdir -p "$OUT"
 BUNDLE=benchmarks/device/bundle   # the dry run reads bundle-dry (no wheels: it runs in this environment)
@@ -20,5 +23,10 @@ if [[ -z "$DRY" ]] && compgen -G "$BUNDLE/wheels/*.whl" > /dev/null; then  # the
 fi
 export PYTHONPATH="$PWD/src${SITE:+:$SITE}${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
-command -v nvidia-smi > /dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-"$PY" benchmarks/device/bundle.py run "$OUT" $DRY 2>&1 | tee "$OUT/run.log"
+if command -v nvidia-smi > /dev/null; then
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+  # GPU load every 10 s while the sweep runs (stopped with this script)
+  nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -l 10 > "$OUT/gpu-load.csv" & SMI=$!
+  trap "kill $SMI 2> /dev/null || true" EXIT
+fi
+"$PY" benchmarks/device/bundle.py run "$OUT" $DRY "$@" 2>&1 | tee "$OUT/run.log"

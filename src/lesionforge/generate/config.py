@@ -45,7 +45,7 @@ class AugmentSettings(StrictModel):
 
 #: Options added after generators were cached: left out of the config's dump while unset, so the cache keys
 #: (a hash of the dump) and saved configs of every generator trained without them stay what they were.
-OPTIONAL_FIELDS = ("min_snr_gamma", "augment", "pretrain_steps")
+OPTIONAL_FIELDS = ("min_snr_gamma", "augment", "pretrain_steps", "max_train_seconds")
 
 
 class GeneratorConfig(StrictModel):
@@ -107,6 +107,11 @@ class GeneratorConfig(StrictModel):
     # rest of ``train`` without its masks, the lesion-free frames); the base is cached and shared across N and
     # seeds (experiment.real_stages). None: no pretraining.
     pretrain_steps: int | None = None
+    # a wall-time budget: training stops after the first step that ends past this many seconds (summed over
+    # resumed sessions; a pretrained base gets its own budget), even short of ``steps``. The LR schedule still
+    # follows ``steps``, so a stop ends it early; the saved model records the steps it reached. For a fixed
+    # machine budget (e.g. one lent GPU call); None: train all ``steps``.
+    max_train_seconds: float | None = None
     checkpoint_every: int = 500
     keep_checkpoints: int = 2
     sample_every: int = 500
@@ -135,6 +140,8 @@ class GeneratorConfig(StrictModel):
             raise ConfigError("outside_loss_weight must be in [0, 1]")
         if self.min_snr_gamma is not None and self.min_snr_gamma <= 0:
             raise ConfigError("min_snr_gamma must be > 0 (or null for no weighting)")
+        if self.max_train_seconds is not None and self.max_train_seconds <= 0:
+            raise ConfigError("max_train_seconds must be > 0 (or null for no time budget)")
         if self.pretrain_steps is not None and (self.pretrain_steps < 1 or self.pretrained is not None):
             raise ConfigError("pretrain_steps must be >= 1 and needs a generator trained from scratch")
         if self.augment is not None and self.pretrained is not None:

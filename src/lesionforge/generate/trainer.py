@@ -105,12 +105,16 @@ def train_generator(
     noise_sched = accel.unwrap_model(gen).noise_scheduler()
     with _progress(progress) as bar:
         task = bar.add_task(f"training {cfg.kind}", total=cfg.steps, completed=start)
+        out_of_time = _out_of_time(cfg, accel, seconds_before)  # a resumed run that had spent its budget
         for step in range(start, cfg.steps):
+            if out_of_time:
+                break
             loss = _train_step(gen, opt, lr_sched, ema, noise_sched, maker, accel, cfg, step)
             losses.append(loss)
             bar.update(task, advance=1, description=f"training {cfg.kind} loss {np.mean(losses[-50:]):.4f}")
             done = step + 1
-            if accel.is_main_process and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
+            out_of_time = _out_of_time(cfg, accel, seconds_before + time.perf_counter() - t0)
+            if accel.is_main_process and (done % cfg.checkpoint_every == 0 or done == cfg.steps or out_of_time):
                 save_checkpoint(out_dir, done, accel.unwrap_model(gen), opt, lr_sched, ema, losses,
                                 seconds_before + time.perf_counter() - t0)
             if accel.is_main_process and cfg.sample_every and done % cfg.sample_every == 0:
@@ -135,6 +139,18 @@ def _rank_digests(accel, gen: LesionGenerator, ema: EMAModel) -> list[list[float
     if not all(torch.equal(every[0], r) for r in every[1:]):
         raise CheckpointError(f"the {accel.num_processes} training processes ended with different weights")
     return every.tolist()
+
+
+def _out_of_time(cfg: GeneratorConfig, accel: Accelerator, seconds: float) -> bool:
+    """Has training spent ``cfg.max_train_seconds``? With several processes every rank stops at the same step
+    (any rank past the budget stops them all), so their weights stay equal."""
+    if cfg.max_train_seconds is None:
+        return False
+    past = seconds >= cfg.max_train_seconds
+    if accel.num_processes == 1:
+        return past
+    flags = accel.gather(torch.tensor([float(past)], device=accel.device))
+    return bool(flags.max().item())
 
 
 def _precision(cfg: GeneratorConfig, device: torch.device) -> str:
@@ -323,7 +339,8 @@ def _finish(out_dir: Path, gen: LesionGenerator, ema: EMAModel, maker: BatchMake
     """Save the EMA weights as the final model (with the training wall time, summed over resumed sessions,
     and the thread count of this last session), a last sample grid and the loss curve."""
     ema.copy_to(gen.trainable_parameters())
-    gen.eval().save_pretrained(out_dir, extra={"steps": cfg.steps, "code_version": code_version(),
+    # the steps really trained: fewer than cfg.steps when a time budget (max_train_seconds) stopped it
+    gen.eval().save_pretrained(out_dir, extra={"steps": len(losses), "code_version": code_version(),
                                                "autoencoder": cfg.autoencoder, "train_seconds": round(train_seconds, 1),
                                                "torch_threads": torch.get_num_threads(),
                                                **({"rank_digests": digests} if digests else {}),
