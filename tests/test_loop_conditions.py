@@ -137,3 +137,20 @@ def test_appearance_cluster_labels_tell_similar_clusters_apart():
     labels = cluster_labels(np.array([[150.0, 60, 60], [120.0, 40, 40], [180.0, 80, 80]]))
     assert len(set(labels)) == 3 and labels[1].startswith("darker") and labels[2].startswith("lighter")
     assert cluster_labels(np.array([[30.0, 30, 30], [220.0, 220, 220]])) == ["dark pale", "bright pale"]
+
+
+def test_an_ablation_steers_only_the_parts_it_names_and_an_unset_steer_leaves_config_dumps_unchanged():
+    real, val = _pairs(0, _areas(4, 10, 10)), _pairs(1, _areas(6, 8, 8))
+    d = diagnose(lambda images: _misses_small(images, val.masks), val, settings=SETTINGS)
+    shapes_only = LoopSettings(open_loop_arm="synthetic", steer=["shape"])
+    plan = plan_conditions(d, real.masks, shapes_only.max_gain, shapes_only.steers)
+    assert plan["band_shares"] == plan["band_natural_shares"] and plan["targeted_bands"] == []  # band declined
+    full = plan_conditions(d, real.masks, SETTINGS.max_gain, SETTINGS.steers)
+    assert full["targeted_bands"] == ["small"] and full["shape_shares"] == plan["shape_shares"]
+    none = LoopSettings(open_loop_arm="synthetic", steer=[])
+    assert not any(none.steers(p) for p in ("band", "shape", "position", "backgrounds", "appearance"))
+    assert all(SETTINGS.steers(p) for p in ("band", "backgrounds"))
+    assert "steer" not in SETTINGS.model_dump(mode="json")  # configs written before it keep their hashes
+    assert none.model_dump(mode="json")["steer"] == []
+    with pytest.raises(ValueError, match="steer"):
+        LoopSettings(open_loop_arm="synthetic", steer=["colour"])

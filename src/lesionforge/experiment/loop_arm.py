@@ -103,21 +103,24 @@ class ExperimentLoopWorker:
         from lesionforge.validate.filter import filter_manifest
 
         args = self.stages.synthesis_args(self.cfg, self.spec, self.n, self.data)
-        kind = self.gcfg.kind
+        kind, loop = self.gcfg.kind, self.arm.loop
         steered = []
         tag = {"loop_round": round_index, "targeted_bands": plan["targeted_bands"]}
         if kind in ("mask2image", "inpaint"):
             ids = [i for i, h in zip(self.labelled.ids, self.labelled.has_mask, strict=True) if h]
             args["masks_from"] = TargetedMaskSource(plan, self.real_masks, self.cfg.resolution,
-                                                    move_to_cell=kind == "mask2image", tag=tag,
+                                                    move_to_cell=kind == "mask2image" and loop.steers("position"),
+                                                    tag=tag,
                                                     source=self.arm.loop.mask_source, ids=ids)
-            steered += ["size band", "shape"] + (["position"] if kind == "mask2image" else [])
+            steered += [name for part, name in (("band", "size band"), ("shape", "shape"))
+                        if loop.steers(part)]
+            steered += ["position"] if kind == "mask2image" and loop.steers("position") else []
         background_shares = None
-        if kind == "inpaint" and self.data.backgrounds is not None:
+        if kind == "inpaint" and self.data.backgrounds is not None and loop.steers("backgrounds"):
             args["backgrounds"], background_shares = weighted_backgrounds(
                 self.data.backgrounds, diagnosis["uncertainty"]["backgrounds"])
             steered.append("uncertain backgrounds")
-        if self.gcfg.uses_text and plan["appearance_shares"]:
+        if self.gcfg.uses_text and plan["appearance_shares"] and loop.steers("appearance"):
             from lesionforge.generate.textcond import prompt_function
 
             args["prompts"] = appearance_prompts(plan, prompt_function(self.gcfg))

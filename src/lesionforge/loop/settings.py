@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from lesionforge.config import StrictModel
+from lesionforge.config import LaterFields
+
+#: what a diagnosis can steer: the size band and shape class of the drawn masks, their position (mask2image),
+#: the uncertain backgrounds (inpaint) and the appearance words of the prompts (text-conditioned generators)
+Steerable = Literal["band", "shape", "position", "backgrounds", "appearance"]
 
 
-class LoopSettings(StrictModel):
+class LoopSettings(LaterFields):
     """How the loop steers synthesis. The synthetic budget (``n_per_real`` x N of the arm's generator) is split
     over ``rounds``; the final segmenter trains with the shared segmentation steps, like every other arm."""
+
+    _omitted_when_none: ClassVar[tuple[str, ...]] = ("steer",)
 
     rounds: int = Field(2, ge=1, le=10)
     #: the open-loop synthetic arm this one is compared with: same generator, ratio, mixing and filter use,
@@ -36,3 +42,11 @@ class LoopSettings(StrictModel):
     appearance_clusters: int = Field(3, ge=1, le=8)  # k-means on the lesion's mean colour (fixed seed)
     #: steps of the segmenters trained only to be diagnosed (rounds before the last); None: the shared steps
     round_steps: int | None = Field(None, ge=1)
+    #: what the diagnosis steers; the rest is drawn as open loop draws it (natural shares, the plain prompts,
+    #: every background equally). None: all of it. An ablation names a part (``[band]``) or none (``[]``: the
+    #: loop's rounds and per-round filtering without any steering)
+    steer: list[Steerable] | None = None
+
+    def steers(self, what: str) -> bool:
+        """Does this loop steer ``what`` (one of :data:`Steerable`)?"""
+        return self.steer is None or what in self.steer
