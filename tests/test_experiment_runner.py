@@ -355,6 +355,23 @@ def test_a_packed_sweep_resumes_on_another_machine_without_redoing_its_runs(cfg,
     assert carried["generators"]["inpaint"]["carried"] == {"then": fp["fingerprint"], "now": fp["fingerprint"],
                                                            "same": True}
     assert "carried" not in fresh["generators"]["inpaint"]
+    # every synthetic run records the set it trained on: here all on the one draw, carried or not
+    synthetic_arms = [a.name for a in cfg.arms if a.kind == "synthetic"]
+    assert synthetic_arms and all(carried["arms"][a]["set_draws"] == {fp["fingerprint"]: list(cfg.seeds)}
+                                  for a in synthetic_arms)
+    assert "set_draws" not in carried["arms"][cfg.baseline_arm]
+    # a run on another draw (as when a rebuilt set differs from the carried one) shows up beside the others
+    from lesionforge.experiment.records import read_record, record_path, write_record
+    from lesionforge.experiment.runner import SyntheticCache, write_n_result
+
+    path = record_path(moved.output, 4, synthetic_arms[0], cfg.seeds[0])
+    write_record(path, read_record(path).model_copy(update={"synthetic_set": "0123456789abcdef"}))
+    records = [read_record(record_path(moved.output, 4, a.name, sd)) for sd in cfg.seeds for a in cfg.arms]
+    data = second.load_data(moved)
+    mixed = json.loads(write_n_result(moved, 4, data, records, SyntheticCache(moved, second, data, 4),
+                                      overwrite=True).read_text(encoding="utf-8"))
+    assert mixed["arms"][synthetic_arms[0]]["set_draws"] == {"0123456789abcdef": [cfg.seeds[0]],
+                                                            fp["fingerprint"]: list(cfg.seeds[1:])}
     # another config's runs are refused before anything is written; so is a file that is not a pack
     other = load_experiment_config(CONFIGS / "smoke.yaml", {"output": str(tmp_path / "o3"), "seeds": [0, 1]})
     with pytest.raises(ConfigError, match="runs.json: packed from a config with other settings"):

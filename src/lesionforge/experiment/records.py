@@ -56,6 +56,9 @@ class RunRecord(BaseModel):
     segment_config: dict[str, Any] = Field(default_factory=dict)
     timings: dict[str, float] = Field(default_factory=dict)
     loop: dict[str, Any] | None = None  # closed-loop arms: every round's targets, counts and diagnosis summary
+    #: synthetic arms: the content fingerprint of the set this run trained on (set_fingerprint.fingerprint), so a
+    #: sweep whose runs were carried between machines shows which draw of a rebuilt set each run used
+    synthetic_set: str | None = None
 
     @model_validator(mode="after")
     def _aligned(self) -> RunRecord:

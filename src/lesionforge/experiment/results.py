@@ -148,6 +148,12 @@ def _arm_summary(
         s = synthetic.get(arm.generator)
         if s is not None:
             out["n_synthetic"] = s.info.get("n_kept" if out["filtered"] else "n_generated")
+        draws: dict[str, list[int]] = {}
+        for r in recs:
+            if r.synthetic_set is not None:
+                draws.setdefault(r.synthetic_set, []).append(r.seed)
+        if draws:  # seeds by the set fingerprint they trained on: more than one key = runs on different draws
+            out["set_draws"] = draws
     return out
 
 

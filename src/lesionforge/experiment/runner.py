@@ -39,7 +39,7 @@ from lesionforge.experiment.keys import cache_key, settings_dump
 from lesionforge.experiment.locks import WAIT_TIMEOUT_S, Busy, claim, holder, release
 from lesionforge.experiment.records import RunRecord, append_run_log, read_record, record_path, run_dir, write_record
 from lesionforge.experiment.results import build_result, result_path, write_grid_samples
-from lesionforge.experiment.set_fingerprint import compare_with_carried
+from lesionforge.experiment.set_fingerprint import compare_with_carried, fingerprint
 from lesionforge.experiment.set_quality import set_quality
 from lesionforge.experiment.stages import ExperimentData, Stages, SyntheticSet
 from lesionforge.experiment.union_set import write_union_set
@@ -378,7 +378,10 @@ def _run_one(
     elapsed = round(time.perf_counter() - t0, 3)
     return RunRecord(
         n_labelled=n, arm=arm.name, seed=seed, segment_config=seg_cfg,
-        timings={**out.pop("timings", {}), "run_s": elapsed}, **out,
+        timings={**out.pop("timings", {}), "run_s": elapsed},
+        # the set it trained on (a closed-loop run trains on its own rounds' sets, kept in its loop record)
+        synthetic_set=fingerprint(synthetic)["fingerprint"] if synthetic is not None and arm.kind == "synthetic"
+        else None, **out,
     )
 
 
