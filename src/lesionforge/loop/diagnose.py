@@ -269,8 +269,10 @@ def plot_diagnosis(d: dict[str, Any], path: Path, title: str = "") -> Path:
     names, rates, counts = _rates(app)
     colours = [np.clip(np.resize(np.asarray(app[k]["mean_colour"]) / 255.0, 3), 0, 1) for k in names]
     axes[1, 1].bar(range(len(names)), rates, color=colours, edgecolor="black")
+    # the labels are several words long ("darker mid-toned reddish"): turned, as the shape names, so they do
+    # not run into each other
     axes[1, 1].set_xticks(range(len(names)), [f"{app[k]['label']}\n({c})" for k, c in zip(names, counts, strict=True)],
-                          fontsize=7)
+                          fontsize=7, rotation=20)
     axes[1, 1].set_ylim(0, 1)
     axes[1, 1].set_title("failure rate by appearance cluster", fontsize=9)
     ax = axes[1, 2]
