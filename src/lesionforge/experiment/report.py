@@ -366,7 +366,7 @@ def closed_loop_lines(res: dict[str, Any]) -> list[str]:
 
         targets = ", ".join(f"seed {s}: {'/'.join(b) or 'none'}" for s, b in cl["targeted_bands_by_seed"].items())
         lines += [f"## Closed loop: `{name}` against open loop `{ref}`", "",
-                  f"Bands the loop targeted (drawn above an even share in some round): {targets}.", "",
+                  f"Bands the loop targeted (drawn above their natural share in some round): {targets}.", "",
                   "| arm | test miss rate in the targeted bands (pooled over seeds) |", "|---|---|",
                   *(f"| {arm} | {rate(arm)} |" for arm in pooled), "",
                   f"Paired difference `{name}` − `{ref}` (same pairing as above):", "",
