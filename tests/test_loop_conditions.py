@@ -56,7 +56,7 @@ def test_planted_small_lesion_failure_concentrates_draws_on_the_small_band(tmp_p
     d = diagnose(fake, val, settings=SETTINGS)
     assert d["by_band"]["small"]["failure_rate"] == 1.0 and d["by_band"]["small"]["missed"] == 6
     assert d["by_band"]["medium"]["failure_rate"] == 0.0 and d["by_band"]["large"]["failure_rate"] == 0.0
-    plan = plan_conditions(d, real.masks, SETTINGS.max_gain)
+    plan = plan_conditions(d, real.masks, SETTINGS)
     assert plan["targeted_bands"] == ["small"]
     masks_from = TargetedMaskSource(plan, real.masks, SIZE, move_to_cell=True, tag={"loop_round": 0}, source=source,
                                     ids=real.ids)
@@ -81,7 +81,7 @@ def test_planted_small_lesion_failure_concentrates_draws_on_the_small_band(tmp_p
 def test_without_failures_every_band_is_drawn_and_none_is_targeted():
     real, val = _pairs(0, _areas(4, 10, 10)), _pairs(1, _areas(6, 8, 8))
     d = diagnose(lambda images: (val.masks > 0).astype(np.float32), val, settings=SETTINGS)
-    plan = plan_conditions(d, real.masks, SETTINGS.max_gain)
+    plan = plan_conditions(d, real.masks, SETTINGS)
     assert plan["targeted_bands"] == [] and plan["band_shares"] == plan["band_natural_shares"]
     assert plan["band_shares"]["small"] == pytest.approx(6.5 / 23.5)  # val's own share: open loop's draw
 
@@ -143,9 +143,9 @@ def test_an_ablation_steers_only_the_parts_it_names_and_an_unset_steer_leaves_co
     real, val = _pairs(0, _areas(4, 10, 10)), _pairs(1, _areas(6, 8, 8))
     d = diagnose(lambda images: _misses_small(images, val.masks), val, settings=SETTINGS)
     shapes_only = LoopSettings(open_loop_arm="synthetic", steer=["shape"])
-    plan = plan_conditions(d, real.masks, shapes_only.max_gain, shapes_only.steers)
+    plan = plan_conditions(d, real.masks, shapes_only)
     assert plan["band_shares"] == plan["band_natural_shares"] and plan["targeted_bands"] == []  # band declined
-    full = plan_conditions(d, real.masks, SETTINGS.max_gain, SETTINGS.steers)
+    full = plan_conditions(d, real.masks, SETTINGS)
     assert full["targeted_bands"] == ["small"] and full["shape_shares"] == plan["shape_shares"]
     none = LoopSettings(open_loop_arm="synthetic", steer=[])
     assert not any(none.steers(p) for p in ("band", "shape", "position", "backgrounds", "appearance"))

@@ -111,7 +111,7 @@ class ExperimentLoopWorker:
             args["masks_from"] = TargetedMaskSource(plan, self.real_masks, self.cfg.resolution,
                                                     move_to_cell=kind == "mask2image" and loop.steers("position"),
                                                     tag=tag,
-                                                    source=self.arm.loop.mask_source, ids=ids)
+                                                    source=loop.mask_source, ids=ids)
             steered += [name for part, name in (("band", "size band"), ("shape", "shape"))
                         if loop.steers(part)]
             steered += ["position"] if kind == "mask2image" and loop.steers("position") else []

@@ -7,11 +7,11 @@ Presets are the packaged ``generator-<kind>-<dataset>-<profile>.yaml`` (:mod:`le
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
-from pydantic import Field, model_serializer, model_validator
+from pydantic import Field, model_validator
 
-from lesionforge.config import StrictModel, resolve_preset, validate_config
+from lesionforge.config import LaterFields, StrictModel, resolve_preset, validate_config
 from lesionforge.devices import DeviceName
 from lesionforge.errors import ConfigError
 
@@ -43,13 +43,13 @@ class AugmentSettings(StrictModel):
         return self
 
 
-#: Options added after generators were cached: left out of the config's dump while unset, so the cache keys
-#: (a hash of the dump) and saved configs of every generator trained without them stay what they were.
-OPTIONAL_FIELDS = ("min_snr_gamma", "augment", "pretrain_steps", "max_train_seconds")
-
-
-class GeneratorConfig(StrictModel):
+class GeneratorConfig(LaterFields):
     """Everything needed to build, train and sample one generator."""
+
+    #: options added after generators were cached: left out of the config's dump while unset, so the cache keys
+    #: (a hash of the dump) and saved configs of every generator trained without them stay what they were
+    _omitted_when_none: ClassVar[tuple[str, ...]] = ("min_snr_gamma", "augment", "pretrain_steps",
+                                                     "max_train_seconds")
 
     kind: Kind
     dataset: str = "demo"  # names the prompt domain (see conditioning.prompts.domain_for_dataset)
@@ -149,14 +149,6 @@ class GeneratorConfig(StrictModel):
         if any(c % self.norm_num_groups for c in self.block_out_channels):
             raise ConfigError("every block_out_channels entry must be divisible by norm_num_groups")
         return self
-
-    @model_serializer(mode="wrap")
-    def _drop_unset_options(self, handler):
-        out = handler(self)
-        for k in OPTIONAL_FIELDS:
-            if out.get(k, 0) is None:
-                del out[k]
-        return out
 
     @property
     def uses_text(self) -> bool:

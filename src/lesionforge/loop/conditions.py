@@ -20,7 +20,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -36,6 +35,7 @@ from lesionforge.conditioning.masks import (
 from lesionforge.data.arrays import PairArrays
 from lesionforge.data.bands import BANDS, band_of
 from lesionforge.loop.diagnose import SHAPES, shape_class
+from lesionforge.loop.settings import LoopSettings
 
 BACKGROUND_GAIN = 3.0  # the most uncertain background is drawn (1 + gain) times as often as the least
 BACKGROUND_COPIES = 4  # repeated background list length / number of backgrounds (resolution of the weights)
@@ -57,19 +57,19 @@ def steered_shares(groups: dict[str, dict], max_gain: float) -> dict[str, float]
     return {k: float(v) for k, v in zip(names, w / w.sum(), strict=True)}
 
 
-def plan_conditions(diagnosis: dict[str, Any], real_masks: np.ndarray, max_gain: float,
-                    steers: Callable[[str], bool] = lambda _: True) -> dict[str, Any]:
+def plan_conditions(diagnosis: dict[str, Any], real_masks: np.ndarray, settings: LoopSettings) -> dict[str, Any]:
     """The draw plan of one round (JSON-ready): band, shape, cell and appearance shares, the natural shares
     they were steered from, the real band shares for comparison, and the groups targeted (drawn more than
-    their natural share). ``steers(part)`` (``LoopSettings.steers``): a part it declines is planned at its
-    natural shares."""
+    their natural share). Steered with ``settings.max_gain``; a part ``settings`` does not steer
+    (``LoopSettings.steer``) is planned at its natural shares."""
     real = area_fractions(real_masks)
     real_bands = {b: float(np.mean([band_of(a) == b for a in real])) if len(real) else None for b in BANDS}
+    max_gain = settings.max_gain
     plan: dict[str, Any] = {"max_gain": max_gain, "grid": diagnosis["grid"], "real_band_shares": real_bands}
     app = diagnosis["by_appearance"]
     for key, groups in (("band", diagnosis["by_band"]), ("shape", diagnosis["by_shape"]),
                         ("cell", diagnosis["by_cell"]), ("appearance", app)):
-        gain = max_gain if steers("position" if key == "cell" else key) else 1.0
+        gain = max_gain if settings.steers("position" if key == "cell" else key) else 1.0
         shares = steered_shares(groups, gain) if groups else {}
         natural = steered_shares(groups, 1.0) if groups else {}
         plan[f"{key}_shares"], plan[f"{key}_natural_shares"] = shares, natural

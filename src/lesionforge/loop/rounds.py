@@ -110,7 +110,7 @@ def run_rounds(folder: Path, settings: LoopSettings, total: int, worker: LoopWor
         t1 = time.perf_counter()
         diagnosis = worker.diagnose(run, rdir)
         write_diagnosis(diagnosis, rdir, f"round {r}:")
-        plan = plan_conditions(diagnosis, worker.real_masks, settings.max_gain, settings.steers)
+        plan = plan_conditions(diagnosis, worker.real_masks, settings)
         write_json_atomic(rdir / "conditions.json", {"round": r, "n_requested": n, **plan})
         t2 = time.perf_counter()
         made = worker.synthesize(r, plan, diagnosis, n, rdir)
