@@ -13,6 +13,7 @@ from lesionforge.data.arrays import PairArrays
 from lesionforge.data.bands import BAND_EDGES, band_of
 from lesionforge.loop.conditions import (
     TargetedMaskSource,
+    keep_weights,
     move_into_cell,
     plan_conditions,
     steered_shares,
@@ -154,3 +155,43 @@ def test_an_ablation_steers_only_the_parts_it_names_and_an_unset_steer_leaves_co
     assert none.model_dump(mode="json")["steer"] == []
     with pytest.raises(ValueError, match="steer"):
         LoopSettings(open_loop_arm="synthetic", steer=["colour"])
+
+
+def test_keep_steering_weights_the_failing_band_up_bounded_and_leaves_the_draw_alone():
+    real, val = _pairs(0, _areas(4, 10, 10)), _pairs(1, _areas(6, 8, 8))
+    d = diagnose(lambda images: _misses_small(images, val.masks), val, settings=SETTINGS)
+    keep = LoopSettings(open_loop_arm="synthetic", steer_by="keep")
+    plan = plan_conditions(d, real.masks, keep)
+    assert plan["steer_by"] == "keep" and plan["targeted_bands"] == ["small"]
+    assert plan_conditions(d, real.masks, SETTINGS)["steer_by"] == "draw"
+    made = _pairs(2, _areas(5, 5, 5))  # pairs as the open loop draws them: every band
+    w, groups = keep_weights(plan, made.images, made.masks, position=False, max_gain=keep.max_gain)
+    assert groups["band"] == ["small"] * 5 + ["medium"] * 5 + ["large"] * 5 and groups["cell"] == [None] * 15
+    assert set(groups["appearance"]) <= set(plan["appearance_colours"])
+    small, rest = w[:5], w[5:]
+    assert small.min() > 1.0 > rest.max() and small.mean() > 2 * rest.mean()  # the failing band is kept more
+    assert w.max() <= keep.max_gain and w.min() >= 1 / keep.max_gain  # bounded: nothing is dropped
+    # an ablation that declines every part: no weight moves
+    flat = plan_conditions(d, real.masks, LoopSettings(open_loop_arm="synthetic", steer_by="keep", steer=[]))
+    assert np.allclose(keep_weights(flat, made.images, made.masks, position=True, max_gain=2.0)[0], 1.0)
+    # a lesion-free pair is not weighted
+    empty = np.zeros_like(made.masks[:1])
+    assert keep_weights(plan, made.images[:1], empty, position=True, max_gain=2.0)[0].tolist() == [1.0]
+
+
+def test_keep_steering_is_omitted_from_dumps_while_unset_and_needs_a_filter_that_keeps_the_best():
+    from lesionforge.experiment.config import ExperimentConfig
+
+    assert "steer_by" not in SETTINGS.model_dump(mode="json")
+    assert LoopSettings(open_loop_arm="s", steer_by="keep").steers_keep and not SETTINGS.steers_keep
+    with pytest.raises(ValueError, match="steer_by"):
+        LoopSettings(open_loop_arm="s", steer_by="reweight")
+    cfg = {"dataset": {"name": "d", "demo": {"n": 40, "size": 32}}, "profile": "tiny", "n_labelled": [8],
+           "seeds": [0], "segment": {"steps": 4},
+           "arms": [{"name": "baseline", "kind": "baseline"},
+                    {"name": "synthetic", "kind": "synthetic", "generator": "g", "filtered": False},
+                    {"name": "loop", "kind": "closed-loop", "generator": "g", "filtered": False,
+                     "loop": {"open_loop_arm": "synthetic", "steer_by": "keep"}}],
+           "generators": {"g": {"method": "inpaint-normal", "n_per_real": 2}}}
+    with pytest.raises(ValueError, match="steer_by 'keep'"):
+        ExperimentConfig.model_validate(cfg)

@@ -77,3 +77,30 @@ def test_loop_runs_two_rounds_resumes_and_reports_next_to_open_loop(tmp_path, mo
                                                                                     "baseline"}
     assert set(cl["miss_rate_targeted_pooled"]["synthetic"]) == {"missed", "lesions", "miss_rate"}
     assert "mdice" in cl["paired_vs_open_loop"] and "closed-loop" in res["paired_diff"]
+
+
+@pytest.mark.slow
+def test_a_loop_steering_what_it_keeps_draws_as_open_loop_and_keeps_the_same_count(tmp_path):
+    cfg = yaml.safe_load(SMOKE_LOOP.read_text(encoding="utf-8"))
+    cfg.update(output="runs", results_dir="results", seeds=[0])
+    cfg["arms"][2]["loop"]["steer_by"] = "keep"
+    config = tmp_path / "smoke-loop-keep.yaml"
+    config.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    out = CliRunner().invoke(app, ["loop", str(config)])
+    assert out.exit_code == 0, out.output
+    loop = tmp_path / "runs" / "n8" / "closed-loop" / "seed0" / "loop"
+    for r in (0, 1):
+        rdir = loop / f"round{r}"
+        rec = json.loads((rdir / "round.json").read_text())
+        plan = json.loads((rdir / "conditions.json").read_text())
+        assert plan["steer_by"] == "keep" and rec["background_shares"] is None
+        assert rec["steered"] and all(s.startswith("kept pairs by") for s in rec["steered"])
+        rows = [json.loads(x) for x in (rdir / "synthetic" / "manifest.jsonl").read_text().splitlines()]
+        prov = [x["provenance"] for x in rows]
+        # drawn by the open loop's own mask source (jittered labelled masks), tagged with the round
+        assert all(p["mask_source"] == "jitter" and p["mask_info"]["loop_round"] == r for p in prov)
+        kept = [json.loads(x) for x in (rdir / "filtered.jsonl").read_text().splitlines()]
+        val = [x["provenance"]["validation"] for x in kept if x["origin"] == "synthetic"]
+        assert all(v["keep_weighted"] for v in val) and sum(v["kept"] for v in val) == rec["n_kept"] == 4
+        assert set(rec["kept_by_band"]) <= {"small", "medium", "large"}
+        assert sum(b["made"] for b in rec["kept_by_band"].values()) == pytest.approx(1.0)

@@ -223,6 +223,21 @@ def test_source_quotas_keep_the_share_of_each_sources_draws_and_the_share_of_all
         source_quotas(["a"], 0.0)
 
 
+def test_weighted_source_quotas_follow_the_weights_keep_the_total_and_never_exceed_a_sources_draws():
+    src = ["a"] * 8 + ["b"] * 8 + ["c"] * 8  # 24 draws, keep 1/4 = 6
+    assert source_quotas(src, 0.25, [1.0] * 24) == {"a": 2, "b": 2, "c": 2}  # equal weights: open loop's rule
+    assert source_quotas(src, 0.25, [4.0] * 8 + [1.0] * 16) == {"a": 4, "b": 1, "c": 1}  # 6 x 4/6, 6 x 1/6 each
+    # a source cannot keep more than it drew: the surplus of a's share goes to the others, in proportion
+    big = source_quotas(["a"] * 2 + ["b"] * 8 + ["c"] * 8, 0.5, [100.0] * 2 + [1.0] * 8 + [3.0] * 8)
+    assert big == {"a": 2, "b": 2, "c": 5} and sum(big.values()) == 9
+    # weights on draws, not on sources: a source drawn twice as often holds twice the mass at equal weight
+    assert source_quotas(["a"] * 8 + ["b"] * 4, 0.5, [1.0] * 12) == {"a": 4, "b": 2}
+    with pytest.raises(ConfigError, match="positive weights"):
+        source_quotas(src, 0.25, [1.0] * 23)
+    with pytest.raises(ConfigError, match="positive weights"):
+        source_quotas(src, 0.25, [0.0] * 24)
+
+
 def test_filter_keep_share_keeps_the_same_count_when_draws_per_source_differ(validators, synthetic_manifest, tmp_path):
     # a closed-loop round draws some pairs more often: source "s0" holds 12 samples, "s1" 6, the sizeless ones
     # are grouped by the band their mask was drawn in; keep_share 1/3 keeps a third of each group, the best
@@ -243,5 +258,14 @@ def test_filter_keep_share_keeps_the_same_count_when_draws_per_source_differ(val
         kept = [v[s.id]["dice"] for s in g if v[s.id]["kept"]]
         assert min(kept) >= max(v[s.id]["dice"] for s in g if not v[s.id]["kept"])
     assert report.n_kept == 8 and report.keep_share == pytest.approx(1 / 3)
+    # keep weights shift the quotas towards heavily weighted draws, the same 8 kept in all
+    weights = [3.0] * 12 + [1.0] * (len(lesion) - 12)
+    filter_manifest(path, validators[1], tmp_path / "weighted.jsonl", threshold=0.0, keep_share=1 / 3,
+                    keep_weights=weights)
+    w = _validation(tmp_path / "weighted.jsonl")
+    counts = {k: sum(w[s.id]["kept"] for s in g) for k, g in groups.items()}
+    assert counts["s0"] > 4 and sum(counts.values()) == 8 and all(x["keep_weighted"] for x in w.values())
+    with pytest.raises(ConfigError, match="keep_share too"):
+        filter_manifest(path, validators[1], tmp_path / "y.jsonl", keep_weights=weights)
     with pytest.raises(ConfigError, match="not both"):
         filter_manifest(path, validators[1], tmp_path / "x.jsonl", keep_best=1, keep_share=0.5)

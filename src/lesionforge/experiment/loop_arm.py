@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from lesionforge.data.arrays import PairArrays, load_arrays
+from lesionforge.data.bands import BANDS
 from lesionforge.errors import ConfigError
 from lesionforge.experiment.config import ArmSettings, ExperimentConfig, resolved_generator_config
 from lesionforge.experiment.stages import ExperimentData, SyntheticSet
@@ -104,9 +105,10 @@ class ExperimentLoopWorker:
 
         args = self.stages.synthesis_args(self.cfg, self.spec, self.n, self.data)
         kind, loop = self.gcfg.kind, self.arm.loop
+        by_draw = not loop.steers_keep  # steer_by keep: draw as open loop, reweight what the filter keeps
         steered = []
         tag = {"loop_round": round_index, "targeted_bands": plan["targeted_bands"]}
-        if kind in ("mask2image", "inpaint"):
+        if kind in ("mask2image", "inpaint") and by_draw:
             ids = [i for i, h in zip(self.labelled.ids, self.labelled.has_mask, strict=True) if h]
             args["masks_from"] = TargetedMaskSource(plan, self.real_masks, self.cfg.resolution,
                                                     move_to_cell=kind == "mask2image" and loop.steers("position"),
@@ -115,12 +117,14 @@ class ExperimentLoopWorker:
             steered += [name for part, name in (("band", "size band"), ("shape", "shape"))
                         if loop.steers(part)]
             steered += ["position"] if kind == "mask2image" and loop.steers("position") else []
+        elif args.get("masks_from") is not None:  # the open loop's own masks, with the round on each
+            args["masks_from"] = _tagged(args["masks_from"], tag)
         background_shares = None
-        if kind == "inpaint" and self.data.backgrounds is not None and loop.steers("backgrounds"):
+        if kind == "inpaint" and self.data.backgrounds is not None and loop.steers("backgrounds") and by_draw:
             args["backgrounds"], background_shares = weighted_backgrounds(
                 self.data.backgrounds, diagnosis["uncertainty"]["backgrounds"])
             steered.append("uncertain backgrounds")
-        if self.gcfg.uses_text and plan["appearance_shares"] and loop.steers("appearance"):
+        if self.gcfg.uses_text and plan["appearance_shares"] and loop.steers("appearance") and by_draw:
             from lesionforge.generate.textcond import prompt_function
 
             args["prompts"] = appearance_prompts(plan, prompt_function(self.gcfg))
@@ -132,16 +136,50 @@ class ExperimentLoopWorker:
         manifest = out / "synthetic" / "manifest.jsonl"
         filtered = self.arm.filtered and self.spec.filter is not None
         if filtered:
+            weights = None
+            if not by_draw:
+                weights, groups = self._keep_weights(manifest, plan, kind)
+                made["steered"] = [f"kept pairs by {p}" for p in ("band", "shape", "position", "appearance")
+                                   if loop.steers(p) and (p != "position" or kind == "mask2image")]
             validator = self.stages.validator_for(self.cfg, self.spec, self.n, self.data)
             report = filter_manifest(manifest, validator, out / "filtered.jsonl", threshold=self.spec.filter.threshold,
                                      val=self.data.val, overwrite=True, auto_rule=self.spec.filter.auto_rule,
-                                     keep_share=keep_share(self.spec))
+                                     keep_share=keep_share(self.spec), keep_weights=weights)
             manifest = out / "filtered.jsonl"
             made["filter"] = {k: v for k, v in report.to_dict().items() if k != "rejected_ids"}
             made["n_kept"] = int(made["filter"]["n_kept"])
+            if weights is not None:
+                made["kept_by_band"] = _kept_by_band(manifest, groups["band"])
         else:
             made["n_kept"] = len(samples)
         return {"manifest": str(manifest), "filtered": filtered, **made}
+
+    def _keep_weights(self, manifest: Path, plan: dict[str, Any], kind: str) -> tuple[Any, dict[str, list]]:
+        """The keep weights of a round's made pairs, in manifest order (``steer_by: keep``)."""
+        from lesionforge.data.manifest import read_manifest
+        from lesionforge.loop.conditions import keep_weights
+
+        rows = [s for s in read_manifest(manifest) if s.origin == "synthetic"]
+        arrays = load_arrays(rows, self.cfg.resolution, self.cfg.dataset.channels)
+        return keep_weights(plan, arrays.images, arrays.masks, position=kind == "mask2image"
+                            and self.arm.loop.steers("position"), max_gain=self.arm.loop.max_gain)
+
+
+def _tagged(source, tag: dict[str, Any]):
+    """``source`` (a mask source) with ``tag`` added to every mask's provenance."""
+    return lambda rng, n: [(mask, {**info, **tag}) for mask, info in source(rng, n)]
+
+
+def _kept_by_band(filtered: Path, bands: list[str | None]) -> dict[str, dict[str, float]]:
+    """Per size band: its share of the round's made pairs and of the kept ones (``bands`` in manifest order)."""
+    from lesionforge.data.manifest import kept, read_manifest
+
+    rows = [s for s in read_manifest(filtered) if s.origin == "synthetic"]
+    keep = {s.id for s in kept(rows)}
+    made = [b for b in bands if b is not None]
+    held = [b for s, b in zip(rows, bands, strict=True) if b is not None and s.id in keep]
+    return {b: {"made": made.count(b) / max(len(made), 1), "kept": held.count(b) / max(len(held), 1)}
+            for b in BANDS if b in made}
 
 
 def val_subsets(cfg: ExperimentConfig, data: ExperimentData) -> dict[str, list[str]]:

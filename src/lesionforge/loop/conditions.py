@@ -16,6 +16,8 @@
   (``"dark reddish"``) drawn with the clusters' steered shares.
 - **Backgrounds** (``inpaint``): the lesion-free frames repeated in proportion to ``1 + 3 x`` their normalised
   uncertainty, so the most uncertain frame is drawn four times as often as the least, and none is dropped.
+- **Keep weights** (``steer_by: keep``, :func:`keep_weights`): nothing above; the round draws as open loop does
+  and each made pair gets a weight from the same shares, by which the filter apportions what it keeps.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from lesionforge.conditioning.masks import (
 )
 from lesionforge.data.arrays import PairArrays
 from lesionforge.data.bands import BANDS, band_of
-from lesionforge.loop.diagnose import SHAPES, shape_class
+from lesionforge.loop.diagnose import SHAPES, cell_of, shape_class
 from lesionforge.loop.settings import LoopSettings
 
 BACKGROUND_GAIN = 3.0  # the most uncertain background is drawn (1 + gain) times as often as the least
@@ -76,7 +78,41 @@ def plan_conditions(diagnosis: dict[str, Any], real_masks: np.ndarray, settings:
         plan[f"targeted_{key}s" if key != "appearance" else "targeted_appearance"] = [
             k for k in shares if shares[k] > natural[k] + 1e-9]
     plan["appearance_labels"] = {k: g["label"] for k, g in app.items()}
+    plan["appearance_colours"] = {k: g["mean_colour"] for k, g in app.items()}
+    plan["steer_by"] = settings.steer_by or "draw"
     return plan
+
+
+def keep_weights(plan: dict[str, Any], images: np.ndarray, masks: np.ndarray, *, position: bool,
+                 max_gain: float) -> tuple[np.ndarray, dict[str, list]]:
+    """Each made pair's weight for a round that steers what it keeps (``steer_by: keep``): the product over its
+    groups (size band and shape class of its mask; the grid cell of its centroid when ``position``; the
+    appearance cluster nearest to the made lesion's mean colour) of steered share / natural share, clipped to
+    [1 / max_gain, max_gain]. A part the plan does not steer has equal shares and so factor 1. ``images`` uint8
+    (N, H, W, C), ``masks`` (N, H, W). Returns the weights and each pair's groups (for the round's record)."""
+    colours = plan.get("appearance_colours") or {}
+    names = list(colours)
+    centres = np.array([colours[k] for k in names], dtype=np.float64) if names else None
+    weights, groups = np.ones(len(masks)), {"band": [], "shape": [], "cell": [], "appearance": []}
+    for i, m in enumerate(masks > 0):
+        if not m.any():  # a lesion-free pair is not steered
+            for v in groups.values():
+                v.append(None)
+            continue
+        cy, cx = ndimage.center_of_mass(m)
+        found = {"band": band_of(float(m.mean())), "shape": shape_class(m)[0],
+                 "cell": cell_of(cy, cx, m.shape[0], plan["grid"]) if position else None, "appearance": None}
+        if centres is not None:
+            colour = images[i][m].reshape(-1, images.shape[-1] if images.ndim == 4 else 1).mean(0)
+            found["appearance"] = names[int(np.argmin(((centres - colour) ** 2).sum(1)))]
+        w = 1.0
+        for key, g in found.items():
+            groups[key].append(g)
+            shares, natural = plan.get(f"{key}_shares") or {}, plan.get(f"{key}_natural_shares") or {}
+            if g is not None and natural.get(g):
+                w *= shares[g] / natural[g]
+        weights[i] = float(np.clip(w, 1.0 / max_gain, max_gain))
+    return weights, groups
 
 
 class TargetedMaskSource:

@@ -30,6 +30,9 @@ def check_closed_loop_arms(cfg) -> None:
             raise ValueError(f"arm {arm.name!r}: mixing 'patch-merge' needs pixel-aligned twins, which the loop's "
                              "new masks do not have")
         spec = cfg.generators[arm.generator]
+        if arm.loop.steers_keep and not (arm.filtered and spec.filter is not None and spec.filter.keep_best):
+            raise ValueError(f"arm {arm.name!r}: loop.steer_by 'keep' reweights what the filter keeps; it needs a "
+                             "filtered arm whose generator's filter sets keep_best")
         small = [n for n in cfg.n_labelled if spec.n_per_real * n < arm.loop.rounds]
         if small:
             raise ValueError(f"arm {arm.name!r}: N = {small} gives fewer synthetic pairs than "

@@ -17,7 +17,7 @@ class LoopSettings(LaterFields):
     """How the loop steers synthesis. The synthetic budget (``n_per_real`` x N of the arm's generator) is split
     over ``rounds``; the final segmenter trains with the shared segmentation steps, like every other arm."""
 
-    _omitted_when_none: ClassVar[tuple[str, ...]] = ("steer",)
+    _omitted_when_none: ClassVar[tuple[str, ...]] = ("steer", "steer_by")
 
     rounds: int = Field(2, ge=1, le=10)
     #: the open-loop synthetic arm this one is compared with: same generator, ratio, mixing and filter use,
@@ -46,7 +46,20 @@ class LoopSettings(LaterFields):
     #: every background equally). None: all of it. An ablation names a part (``[band]``) or none (``[]``: the
     #: loop's rounds and per-round filtering without any steering)
     steer: list[Steerable] | None = None
+    #: how the steering acts. ``draw`` (None: the default): masks, prompts and backgrounds are drawn by the plan
+    #: (conditions.py). ``keep``: every round draws exactly as the open-loop arm does (its mask source, plain
+    #: prompts, every background equally) and the plan reweights which pairs the filter keeps: each source's
+    #: quota follows the summed weights of its draws, a draw's weight the product of its groups' steered /
+    #: natural shares (size band and shape of its mask, position for ``mask2image``, appearance of the made
+    #: lesion), clipped to [1 / max_gain, max_gain]; the same count kept in all. Needs a filtered arm
+    #: (docs/loop.md: the ablation that suggested it)
+    steer_by: Literal["draw", "keep"] | None = None
 
     def steers(self, what: str) -> bool:
         """Does this loop steer ``what`` (one of :data:`Steerable`)?"""
         return self.steer is None or what in self.steer
+
+    @property
+    def steers_keep(self) -> bool:
+        """Does the plan reweight what the filter keeps (``steer_by: keep``) rather than what is drawn?"""
+        return self.steer_by == "keep"

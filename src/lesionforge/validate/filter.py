@@ -18,6 +18,7 @@ Lesion-free samples (empty intended mask) are kept when the predicted foreground
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -143,22 +144,59 @@ def best_per_source(dice: np.ndarray, kept: np.ndarray, sources: list[str | None
     return out
 
 
-def source_quotas(sources: list[str], share: float) -> dict[str, int]:
+def source_quotas(sources: list[str], share: float, weights: Sequence[float] | None = None) -> dict[str, int]:
     """How many of each source's draws to keep so that ``share`` of all draws are kept, each source's quota
     proportional to its draws (largest remainder, ties to the earlier source). With the same number of draws per
     source this is ``keep_best = share x draws``; it is the same rule for a set whose draws per source differ,
-    such as a closed-loop round steered towards some sources (experiment/loop_arm.py)."""
+    such as a closed-loop round steered towards some sources (experiment/loop_arm.py).
+
+    ``weights`` (one per draw): quotas proportional to each source's summed weights instead, the same total kept
+    and no source keeping more than it drew (a closed loop that steers by what it keeps, ``LoopSettings.steer_by``;
+    its weights are bounded, so a group is kept less, never dropped)."""
     if not 0.0 < share <= 1.0:
         raise ConfigError(f"keep share must be in (0, 1], got {share}")
     counts: dict[str, int] = {}
     for src in sources:
         counts[src] = counts.get(src, 0) + 1
+    total = int(round(len(sources) * share))
+    if weights is not None:
+        if len(weights) != len(sources) or min(weights, default=1.0) <= 0:
+            raise ConfigError(f"keep weights: need {len(sources)} positive weights, got {len(weights)}")
+        mass: dict[str, float] = {}
+        for src, w in zip(sources, weights, strict=True):
+            mass[src] = mass.get(src, 0.0) + float(w)
+        return _apportion(total, mass, counts)
     exact = {src: c * share for src, c in counts.items()}
     quota = {src: int(np.floor(e + 1e-9)) for src, e in exact.items()}
-    left = int(round(len(sources) * share)) - sum(quota.values())
+    left = total - sum(quota.values())
     for src in sorted(counts, key=lambda s: -(exact[s] - quota[s]))[: max(left, 0)]:
         quota[src] += 1
     return quota
+
+
+def _apportion(total: int, mass: dict[str, float], caps: dict[str, int]) -> dict[str, int]:
+    """``total`` split over the keys in proportion to ``mass``, none above its cap: the shares of capped keys
+    go to the rest (water filling), then largest remainder (ties to the earlier key). Written here because it is
+    this one rule; no library we use apportions with caps."""
+    free = {k for k in mass if caps[k] > 0}
+    left = float(min(total, sum(caps.values())))
+    exact = dict.fromkeys(mass, 0.0)
+    while free and left > 1e-9:
+        m = sum(mass[k] for k in free)
+        over = {k for k in free if left * mass[k] / m >= caps[k]}
+        if not over:
+            for k in free:
+                exact[k] = left * mass[k] / m
+            break
+        for k in over:
+            exact[k] = float(caps[k])
+        left -= sum(caps[k] for k in over)
+        free -= over
+    out = {k: int(np.floor(exact[k] + 1e-9)) for k in mass}
+    short = min(total, sum(caps.values())) - sum(out.values())
+    for k in sorted((k for k in mass if out[k] < caps[k]), key=lambda k: -(exact[k] - out[k]))[: max(short, 0)]:
+        out[k] += 1
+    return out
 
 
 def _draw_group(sample: Sample) -> str:
@@ -177,6 +215,7 @@ def filter_manifest(
     overwrite: bool = False, empty_fraction_max: float = DEFAULT_EMPTY_FRACTION_MAX, auto_rule: AutoRule = "contrast",
     keep_best: int | None = None,
     keep_share: float | None = None,
+    keep_weights: Sequence[float] | None = None,
 ) -> FilterReport:
     """Score the synthetic samples of a manifest and write ``Provenance.validation`` for each.
 
@@ -185,12 +224,15 @@ def filter_manifest(
     ``threshold``: ``"auto"`` (by ``auto_rule``, see :func:`auto_threshold`) or a Dice value in [0, 1].
     ``keep_best``: of the samples that pass, keep at most this many per source (:func:`best_per_source`).
     ``keep_share``: instead, keep at most this share of each source's draws (:func:`source_quotas`; samples
-    without a source are grouped by the band their mask was drawn in).
+    without a source are grouped by the band their mask was drawn in); with ``keep_weights`` (one per synthetic
+    row, in manifest order) each source's quota follows its summed weights (:func:`source_quotas`).
     """
     if keep_best is not None and keep_best < 1:
         raise ConfigError(f"keep_best must be at least 1, got {keep_best}")
     if keep_best is not None and keep_share is not None:
         raise ConfigError("give keep_best or keep_share, not both")
+    if keep_weights is not None and keep_share is None:
+        raise ConfigError("keep_weights reweight keep_share's quotas; give keep_share too")
     manifest_path = Path(manifest_path)
     out = _output_path(manifest_path, out_path, in_place, overwrite)
     validator = load_validator(validator_dir)
@@ -216,8 +258,10 @@ def filter_manifest(
         common["keep_best"] = keep_best
     elif keep_share is not None:
         groups = [_draw_group(rows[i]) for i in synthetic]
-        kept = best_per_source(scores["dice"], kept, groups, source_quotas(groups, keep_share))
+        kept = best_per_source(scores["dice"], kept, groups, source_quotas(groups, keep_share, keep_weights))
         common["keep_share"] = keep_share
+        if keep_weights is not None:
+            common["keep_weighted"] = True
     for j, i in enumerate(synthetic):
         rows[i] = _with_validation(rows[i], {
             "dice": None if scores["lesion_free"][j] else float(scores["dice"][j]),
