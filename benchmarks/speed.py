@@ -14,8 +14,6 @@ The 1000-step DDPM figure is extrapolated: a k-step DDPM run with the same netwo
 from __future__ import annotations
 
 import json
-import os
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -26,6 +24,7 @@ import typer
 from torch.utils.flop_counter import FlopCounterMode
 
 from lesionforge.config import PROFILE_RESOLUTION
+from lesionforge.devices import machine_facts
 from lesionforge.errors import OverwriteError
 from lesionforge.generate.autoencoder import AutoencoderConfig, build_autoencoder
 from lesionforge.generate.build import build_generator
@@ -177,13 +176,9 @@ def bench_segmentation(res: int, s: dict, device: torch.device, peak: float) -> 
 
 
 def machine_info(device: torch.device) -> dict:
-    """Core count, torch threads and device: every speed number depends on them."""
-    info = {"cpu_count": os.cpu_count(), "cpus_usable": len(os.sched_getaffinity(0)),
-            "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "device": str(device),
-            "platform": platform.platform(), "processor": platform.processor() or platform.machine()}
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    return info
+    """Core count, torch threads and device: every speed number depends on them (devices.machine_facts)."""
+    return {**machine_facts(), "device": str(device),
+            **({"gpu": torch.cuda.get_device_name(device)} if device.type == "cuda" else {})}
 
 
 def at_equal_screen_score(screen_path: Path = SCREEN, reference_steps: int = 1000) -> dict:

@@ -32,6 +32,9 @@ def test_packed_dataset_round_trip_keeps_masks_ids_and_images_close(demo_arrays,
     assert np.array_equal(back.masks, arrays.masks) and np.array_equal(back.has_mask, arrays.has_mask)
     assert back.images.shape == arrays.images.shape and back.images.dtype == np.uint8
     assert np.abs(back.images.astype(int) - arrays.images.astype(int)).mean() < 3  # JPEG q95
+    exact = load_packed(save_packed(tmp_path / "exact.npz", arrays, lossless=True))  # small images: pixel for pixel
+    assert np.array_equal(exact.images, arrays.images) and np.array_equal(exact.masks, arrays.masks)
+    assert exact.ids == arrays.ids and exact.classes == arrays.classes
     (tmp_path / "bad.npz").write_bytes(b"not an npz")
     with pytest.raises(DataError, match="bad.npz"):
         load_packed(tmp_path / "bad.npz")
@@ -89,6 +92,74 @@ def test_device_scripts_dry_run_on_cpu(tmp_path):
     assert run.returncode == 0, run.stdout + run.stderr
     timings = json.loads((cut / "timings.json").read_text(encoding="utf-8"))
     assert timings["stopped"] == "deadline of 3 s" and timings["result"] is None
+
+
+@pytest.mark.slow
+def test_device_scripts_pack_any_sweep_of_one_dataset(tmp_path):
+    """The cpu-profile Kvasir-SEG headline packed and run in part (--n, --arm), as a GPU session would run a CPU
+    sweep too long for the 2 cores; BUSI packs its lesion-free frames (split ids) with the pairs, and its prompt
+    encodings are too large for a device call, which the size check says."""
+    from conftest import need_dataset
+
+    need_dataset("kvasir-seg")
+    need_dataset("colon-normal")
+    env = {**os.environ, "PYTHON": os.sys.executable, "PIP_NO_INDEX": "1"}
+    prep = subprocess.run(["bash", str(DEVICE / "prepare.sh"), "--dry-run", "--config",
+                           str(ROOT / "benchmarks" / "configs" / "kvasir-seg-cpu.yaml")], env=env,
+                          capture_output=True, text=True, timeout=1200)
+    assert prep.returncode == 0, prep.stdout + prep.stderr
+    import yaml
+
+    bundle = DEVICE / "bundle-dry"
+    cfg = yaml.safe_load((bundle / "config.yaml").read_text(encoding="utf-8"))
+    ds = cfg["dataset"]
+    assert ds["root"] == "data/kvasir-seg-32.npz" and ds["split"] == "data/kvasir-seg-split.json"
+    assert cfg["dataset"]["backgrounds_root"] == "data/backgrounds-32.npz"
+    assert cfg["dataset"]["subsets"] == {"flat": "data/subset-flat.txt"}
+    assert "output" not in cfg and cfg["profile"] == "tiny"  # the dry run's sizes; run sets where outputs go
+    assert "pixels" in np.load(bundle / "data" / "kvasir-seg-32.npz").files  # lossless at this size
+    out = tmp_path / "out"
+    run = subprocess.run(["bash", str(DEVICE / "run.sh"), "--dry-run", str(out), "--workers", "2", "--n", "16",
+                          "--arm", "baseline", "--arm", "synthetic"], env=env, capture_output=True, text=True,
+                         timeout=1200)
+    assert run.returncode == 0, run.stdout + run.stderr
+    timings = json.loads((out / "timings.json").read_text(encoding="utf-8"))
+    assert timings["dataset"] == "kvasir-seg" and timings["arms"] == ["baseline", "synthetic"]
+    assert timings["only_n"] == [16] and timings["stopped"] is None
+    assert sorted(timings["runs"]) == ["n16/baseline/seed0", "n16/synthetic/seed0"]
+    assert timings["results"] == []  # the other arms have not run: no result yet, as with experiment run --arm
+
+    need_dataset("busi")
+    mod = bundle_module()
+    mod.pack(True, ROOT / "benchmarks" / "configs" / "busi-cpu.yaml")
+    packed = load_packed(bundle / "data" / "busi-32.npz")
+    split = json.loads((bundle / "data" / "busi-split.json").read_text(encoding="utf-8"))
+    assert set(split["normal_backgrounds"]) <= set(packed.ids)  # the lesion-free frames travel with the pairs
+    with pytest.raises(SystemExit, match="over the 64 MiB"):
+        mod.check(True)
+
+
+def test_summarize_keeps_the_regimes_of_a_sweep_of_several_n_apart(tmp_path):
+    from lesionforge.data.bands import BANDS
+    from lesionforge.experiment.records import RunRecord
+
+    tar_path = tmp_path / "sweep.tar.gz"
+    with tarfile.open(tar_path, "w:gz") as tar:
+        for n in (16, 64):
+            for arm, base in (("baseline", 0.6), ("copy-paste", 0.7)):
+                for seed in (0, 1):
+                    d = [base + 0.01 * seed + 0.001 * n, base, base + 0.02]
+                    rec = RunRecord(n_labelled=n, arm=arm, seed=seed, ids=["a", "b", "c"], dice=d, iou=d,
+                                    mdice=sum(d) / 3, miou=sum(d) / 3, miss_rate=None,
+                                    miss_rate_by_band=dict.fromkeys(BANDS))
+                    path = tmp_path / f"{n}-{arm}-{seed}.json"
+                    path.write_text(rec.model_dump_json(), encoding="utf-8")
+                    tar.add(path, arcname=f"sweep/runs/n{n}/{arm}/seed{seed}/run.json")
+    kept = bundle_module().summarize(tar_path, tmp_path / "kept")
+    assert set(kept["arms"]) == {"n16/baseline", "n16/copy-paste", "n64/baseline", "n64/copy-paste"}
+    assert set(kept["paired"]) == {"n16/copy-paste - n16/baseline", "n64/copy-paste - n64/baseline"}
+    assert kept["arms"]["n64/baseline"]["seeds"] == [0, 1]
+    assert (tmp_path / "kept" / "n16__baseline__seed1__run.json").is_file()
 
 
 def bundle_module():

@@ -114,6 +114,13 @@ def test_result_json_follows_protocol_schema(cfg, demo_arrays):
     vs_cp = res["paired_vs_copy_paste"]["copy-paste"]
     assert set(vs_cp) == {"synthetic"}
     assert vs_cp["synthetic"]["mdice"]["mean"] == pytest.approx(GAIN["synthetic"] - GAIN["copy-paste"], abs=1e-9)
+    # where the runs ran: one machine here, every run of every arm on it; each run record keeps its own
+    from lesionforge.devices import machine_facts
+
+    here = {k: v for k, v in machine_facts().items() if k not in ("host", "torch_threads")}
+    assert res["machines"] == [{"machine": here, "runs": 9, "arms": {a: [0, 1, 2] for a in res["arms"]}}]
+    rec = json.loads((cfg.output / "n4" / "baseline" / "seed0" / "run.json").read_text(encoding="utf-8"))
+    assert rec["machine"]["cpu_count"] >= 1 and rec["machine"]["torch"] == here["torch"]
 
 
 def test_interrupted_sweep_resumes_without_redoing_finished_runs(cfg, demo_arrays):
@@ -204,6 +211,7 @@ def test_report_is_rebuilt_from_the_json_alone(cfg, demo_arrays, tmp_path):
     assert f"{np.mean(res['arms']['synthetic']['mdice']):.3f}" in text
     assert "| flat | synthetic | +0.060 [+0.060, +0.060]" in text  # the subset's own paired difference
     assert "| arm − copy-paste |" in text and "| synthetic | +0.040 [+0.040, +0.040]" in text
+    assert f"Machines: {res['machines'][0]['machine']['processor']}" in text and ": 9 runs" in text
     table = readme_table(paths)
     assert table.count("\n") == 2 + 2 * 3 - 1
     assert "demo-n4-tiny.json" in table and f"{res['paired_diff']['synthetic']['mdice']['mean']:+.3f}" in table

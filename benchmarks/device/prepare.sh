@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
-# Build the carry bundle of the gpu-profile device run in benchmarks/device/bundle (git-ignored):
-# wheels for Python 3.12 of the packages the device image lacks, Kvasir-SEG and colon-normal packed at 256 px,
-# the encodings of every prompt the run uses, then a size check (< 64 MiB). Needs the shared datasets beside the
-# checkout and, for the wheels, network access to PyPI.
-#   bash benchmarks/device/prepare.sh             # the real bundle
+# Build the carry bundle of a device run in benchmarks/device/bundle (git-ignored): wheels for Python 3.12 of the
+# packages the device image lacks, the sweep's dataset packed at its profile resolution (lossless up to 128 px; a
+# volume dataset's folder as it is), the sweep's config reading them there (bundle/config.yaml), the encodings of
+# every prompt the run uses, then a size check (< 64 MiB). Needs the shared datasets beside the checkout and, for
+# the wheels, network access to PyPI.
+#   bash benchmarks/device/prepare.sh             # the gpu-profile sweep (kvasir-seg-n32-gpu.yaml)
+#   bash benchmarks/device/prepare.sh --config benchmarks/configs/kvasir-seg-cpu.yaml   # any sweep of one dataset
 #   bash benchmarks/device/prepare.sh --dry-run   # tiny (32 px), no wheels, nothing downloaded
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 DRY=""
-[[ "${1:-}" == "--dry-run" ]] && DRY="--dry-run"
+if [[ "${1:-}" == "--dry-run" ]]; then DRY="--dry-run"; shift; fi   # the rest (--config PATH) goes to bundle.py pack
 PY="${PYTHON:-python}"
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 BUNDLE=benchmarks/device/bundle
@@ -27,5 +29,5 @@ if [[ -z "$DRY" ]]; then
     typing-inspection==0.4.5 typing-extensions==4.16.0 ImageHash==4.3.2 PyWavelets==1.9.0 nibabel==5.4.2 \
     pytorch-msssim==1.0.0 importlib-metadata==10.2.0
 fi
-"$PY" benchmarks/device/bundle.py pack $DRY
+"$PY" benchmarks/device/bundle.py pack $DRY "$@"
 "$PY" benchmarks/device/bundle.py check $DRY

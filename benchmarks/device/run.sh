@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The gpu-profile sweep on the device, from the bundle prepare.sh built: install the carried wheels, run
-# Kvasir-SEG N = 32 (3 seeds; 4 arms: kvasir-seg-n32-gpu.yaml) in 4 worker processes sharing the GPU, stopped at
-# a deadline; into $OUT: timings.json, sweep.tar.gz (result JSON + report when finished, run records, logs),
-# run.log and gpu-load.csv. One device call (carry benchmarks/device/bundle), e.g.:
+# The sweep prepare.sh packed (bundle/config.yaml; by default Kvasir-SEG N = 32 at the gpu profile, 3 seeds, 4 arms:
+# kvasir-seg-n32-gpu.yaml) on the device, from the bundle: install the carried wheels, run it in K worker
+# processes sharing the GPU, stopped at a deadline; into $OUT: timings.json, sweep.tar.gz (result JSONs + reports
+# when finished, run records, logs), run.log and gpu-load.csv. `--n N` / `--arm A` (repeatable) run a part of it.
+# One device call (carry benchmarks/device/bundle), e.g.:
 #   run(command="bash benchmarks/device/run.sh --workers 4 --deadline 510", carry=["benchmarks/device/bundle"],
 #       timeout_s=600)
 #   bash benchmarks/device/run.sh --dry-run [OUT] --workers 2   # on CPU with the dry-run bundle: tiny sizes
@@ -11,7 +12,7 @@ cd "$(dirname "$0")/../.."
 DRY=""
 if [[ "${1:-}" == "--dry-run" ]]; then DRY="--dry-run"; shift; fi
 if [[ -n "${1:-}" && "${1:-}" != --* ]]; then OUT="$1"; shift; fi
-OUT="${OUT:?set OUT or give a folder}"   # the rest (--workers K, --deadline S) goes to bundle.py run
+OUT="${OUT:?set OUT or give a folder}"   # the rest (--workers K, --deadline S, --n, --arm) to bundle.py run
 PY="${PYTHON:-python3}"
 mkdir -p "$OUT"
 BUNDLE=benchmarks/device/bundle   # the dry run reads bundle-dry (no wheels: it runs in this environment)

@@ -75,3 +75,24 @@ def data_on_device(device, resident: bool | None = None) -> bool:
     if flag not in ("", "0", "1"):
         raise ConfigError(f"${DATA_ON_DEVICE_ENV} is {flag!r}; use 1 (hold training data on the device) or 0")
     return flag == "1" if flag else device.type == "cuda"
+
+
+def machine_facts() -> dict:
+    """Where a number was measured: host, processor model, cores usable, torch threads and version, and the GPU
+    when one is visible (every run record and the speed benchmark carry it; docs quote it with each number)."""
+    import os
+    import platform
+    import socket
+
+    import torch
+
+    model = platform.processor() or platform.machine()
+    try:  # Linux names the model here; platform.processor() is often empty there
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
+    except OSError:
+        pass
+    return {"host": socket.gethostname(), "processor": model, "cpu_count": os.cpu_count(),
+            "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}

@@ -59,6 +59,8 @@ class RunRecord(BaseModel):
     #: synthetic arms: the content fingerprint of the set this run trained on (set_fingerprint.fingerprint), so a
     #: sweep whose runs were carried between machines shows which draw of a rebuilt set each run used
     synthetic_set: str | None = None
+    #: where the run ran (devices.machine_facts); None in records written before it was kept
+    machine: dict[str, Any] | None = None
 
     @model_validator(mode="after")
     def _aligned(self) -> RunRecord:

@@ -297,6 +297,18 @@ def write_report(result_json: str | Path, out_dir: str | Path | None = None) -> 
     return out / f"{stem}.md"
 
 
+def machines_line(machines: list[dict[str, Any]]) -> str:
+    """The result's ``machines`` in words: each machine with how many runs it made."""
+    parts = []
+    for m in machines:
+        d = m["machine"]
+        what = ("not recorded (runs made before run records kept it)" if d is None else
+                f"{d.get('processor')}, {d.get('cpus_usable')} cores usable, torch {d.get('torch')}"
+                + (f", GPU {d['gpu']}" if d.get("gpu") else ""))
+        parts.append(f"{what}: {m['runs']} runs")
+    return "; ".join(parts)
+
+
 def _markdown(res: dict[str, Any], name: str, vs_n: Path, bands: Path, grid: Path | None) -> str:
     seg = (f"{res.get('network', '?')} features {res.get('features', '?')}, {res['steps']} steps of batch "
            f"{res.get('batch_size', '?')}, {res.get('selection', 'best val checkpoint')}")
@@ -310,7 +322,8 @@ def _markdown(res: dict[str, Any], name: str, vs_n: Path, bands: Path, grid: Pat
         + f". Segmentation (identical for every arm): {seg}. "
         f"Lesion miss fraction {res.get('miss_fraction', 0.1)}; test lesions by band "
         f"{res.get('test_lesions_by_band') or 'n/a'}. Unlabelled images used: "
-        f"{'yes' if res.get('unlabelled_images_used') else 'no'}.",
+        f"{'yes' if res.get('unlabelled_images_used') else 'no'}."
+        + (f" Machines: {machines_line(res['machines'])}." if res.get("machines") else ""),
         "", "## Test metrics (mean ± std over seeds)", "", arms_table(res), "",
         "## Paired difference against the baseline", "",
         "Bootstrap over test images (paired by image id, seeds averaged per image first; miss rates as pooled "

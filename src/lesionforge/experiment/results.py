@@ -9,6 +9,7 @@ timings, and the paths of a few sample pairs for the report's grid.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -92,9 +93,23 @@ def build_result(
         "generators": {k: _generator_summary(cfg, k, s) for k, s in synthetic.items()},
         "unlabelled_images_used": any(uses_unlabelled(cfg, a.generator) for a in cfg.arms if a.generator is not None),
         "timings": {name: _timing_summary(recs) for name, recs in by_arm.items()},
+        "machines": machines(records),
         "data": sources, "samples": grid, "config_hash": config_hash(cfg),
         "config": cfg.model_dump(mode="json"), "schema_version": SCHEMA_VERSION,
     }
+
+
+def machines(records: list[RunRecord]) -> list[dict[str, Any]]:
+    """The machines the runs ran on (processor, cores, torch, GPU; not the host name, which says nothing to a
+    reader), each with the runs per arm it ran; runs recorded before machines were kept count as unrecorded."""
+    found: dict[str, dict[str, Any]] = {}
+    for r in records:
+        m = {k: v for k, v in (r.machine or {}).items() if k not in ("host", "torch_threads")} or None
+        key = json.dumps(m, sort_keys=True)
+        entry = found.setdefault(key, {"machine": m, "runs": 0, "arms": {}})
+        entry["runs"] += 1
+        entry["arms"].setdefault(r.arm, []).append(r.seed)
+    return [found[k] for k in sorted(found, key=lambda k: -found[k]["runs"])]
 
 
 def _lesions_by_band(rec: RunRecord) -> dict[str, int] | None:

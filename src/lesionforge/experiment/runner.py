@@ -25,6 +25,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
 from lesionforge.config import save_config
+from lesionforge.devices import machine_facts
 from lesionforge.errors import CheckpointError, ConfigError, OverwriteError, WaitTimeoutError
 from lesionforge.experiment.budget import segment_config_for
 from lesionforge.experiment.config import (
@@ -381,7 +382,7 @@ def _run_one(
         timings={**out.pop("timings", {}), "run_s": elapsed},
         # the set it trained on (a closed-loop run trains on its own rounds' sets, kept in its loop record)
         synthetic_set=fingerprint(synthetic)["fingerprint"] if synthetic is not None and arm.kind == "synthetic"
-        else None, **out,
+        else None, machine=machine_facts(), **out,
     )
 
 
