@@ -118,7 +118,7 @@ class ExperimentLoopWorker:
                         if loop.steers(part)]
             steered += ["position"] if kind == "mask2image" and loop.steers("position") else []
         elif args.get("masks_from") is not None:  # the open loop's own masks, with the round on each
-            args["masks_from"] = _tagged(args["masks_from"], tag)
+            args["masks_from"] = _Tagged(args["masks_from"], tag)
         background_shares = None
         if kind == "inpaint" and self.data.backgrounds is not None and loop.steers("backgrounds") and by_draw:
             args["backgrounds"], background_shares = weighted_backgrounds(
@@ -165,9 +165,15 @@ class ExperimentLoopWorker:
                             and self.arm.loop.steers("position"), max_gain=self.arm.loop.max_gain)
 
 
-def _tagged(source, tag: dict[str, Any]):
-    """``source`` (a mask source) with ``tag`` added to every mask's provenance."""
-    return lambda rng, n: [(mask, {**info, **tag}) for mask, info in source(rng, n)]
+class _Tagged:
+    """A mask source with ``tag`` added to every mask's provenance (a class, not a closure: it pickles, as a
+    source sent to synthesis shards must)."""
+
+    def __init__(self, source, tag: dict[str, Any]):
+        self.source, self.tag = source, tag
+
+    def __call__(self, rng, n: int) -> list:
+        return [(mask, {**info, **self.tag}) for mask, info in self.source(rng, n)]
 
 
 def _kept_by_band(filtered: Path, bands: list[str | None]) -> dict[str, dict[str, float]]:
