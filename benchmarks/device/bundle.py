@@ -1,8 +1,8 @@
-"""The carry bundle of the gpu-profile device run, and the run itself (called by prepare.sh and run.sh).
+"""The carry bundle of a device run, and the run itself (called by prepare.sh and run.sh).
 
-    python benchmarks/device/bundle.py pack [--dry-run]        # data + prompt encodings into ./bundle (-dry)
+    python benchmarks/device/bundle.py pack [--dry-run] [--config CONFIG]  # data, prompt encodings, config.yaml
     python benchmarks/device/bundle.py check [--dry-run]       # bundle (wheels included) under the carry limit
-    python benchmarks/device/bundle.py run OUT [--dry-run]     # the sweep; result JSON, report, timings into OUT
+    python benchmarks/device/bundle.py run OUT [--dry-run] [--n N] [--arm A]  # the sweep into OUT
     python benchmarks/device/bundle.py summarize SWEEP_TAR --into DIR  # keep a stopped sweep's records
 
 ``--dry-run``: the same path on CPU at the tiny profile (32 px) with tiny models and one seed, so the scripts
@@ -349,8 +349,11 @@ def summarize(sweep_tar: Path, out_dir: Path) -> dict:
     def regime_and_arm(key: str) -> tuple[str, str]:
         return tuple(key.split("/", 1)) if "/" in key else ("", key)
 
-    order = sorted(by_arm, key=lambda k: (regime_and_arm(k)[0], regime_and_arm(k)[1] != "baseline",
-                                          not regime_and_arm(k)[1].startswith("copy-paste"), regime_and_arm(k)[1]))
+    def rank(key: str) -> tuple:  # per regime: the baseline, then the copy-paste arms, then the rest
+        regime, arm = regime_and_arm(key)
+        return regime, arm != "baseline", not arm.startswith("copy-paste"), arm
+
+    order = sorted(by_arm, key=rank)
     arms = {a: sorted(by_arm[a], key=lambda r: r.seed) for a in order}
     refs = [a for a in order if regime_and_arm(a)[1] == "baseline" or regime_and_arm(a)[1].startswith("copy-paste")]
     paired = {}
