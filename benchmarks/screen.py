@@ -120,6 +120,13 @@ VARIANTS: dict[str, Variant] = {
     "pretrain+edge-text-8per-top2": Variant(_PRETRAIN, {**_SDE25, "n_per_real": 8, "method": "edge-guided",
                                                         "config": "generator-edge-text-{preset}-cpu.yaml"},
                                             {"keep_best": 2, "threshold": 0.0}),
+    # the headline's pairs, but painted onto the labelled image each jittered mask comes from (its own lesion
+    # repainted inside the joined mask) instead of onto the lesion-free frames: all of them, or every other one;
+    # the same generator (only the set is new)
+    "pretrain+8per-top2+repaint": Variant(_PRETRAIN, {**_SDE25, "n_per_real": 8, "repaint_share": 1.0},
+                                          {"keep_best": 2, "threshold": 0.0}),
+    "pretrain+8per-top2+repaint0.5": Variant(_PRETRAIN, {**_SDE25, "n_per_real": 8, "repaint_share": 0.5},
+                                             {"keep_best": 2, "threshold": 0.0}),
     "pretrain+size": Variant(_PRETRAIN, {"mask_source": "size"}),
     # the two best single levers of the first pass together (same set as pretrain+size)
     "pretrain+size+ratio0.5": Variant(_PRETRAIN, {"mask_source": "size"}, arm={"mixing": {"mode": "ratio",

@@ -52,6 +52,29 @@ def test_keep_best_changes_the_filter_key_only_when_set(tmp_path):
         FilterSettings.model_validate({"validator": "pixel", "keep_best": 0})
 
 
+def test_repaint_share_draws_a_new_set_with_the_same_generator_and_is_inpaint_jitter_only(tmp_path):
+    """``repaint_share`` is omitted from dumps while unset (existing sets keep their keys); set, it keys a new
+    synthetic set but the same generator (the generator trains as before), and the synthesis gets it; it is
+    refused for another method or mask source."""
+    from lesionforge.experiment.config import GeneratorSpec, resolved_generator_config
+
+    plain = _cfg(tmp_path, None)
+    spec = plain.generators["inpaint"]
+    repaint = plain.model_copy(update={"generators": {"inpaint": spec.model_copy(update={"repaint_share": 0.5})}})
+    assert "repaint_share" not in spec.model_dump()
+    data = LesionforgeStages().load_data(plain)
+    assert synthetic_key(plain, "inpaint", 8, data) != synthetic_key(repaint, "inpaint", 8, data)
+    assert resolved_generator_config(plain, spec) == resolved_generator_config(repaint, repaint.generators["inpaint"])
+    args = LesionforgeStages.synthesis_args(repaint, repaint.generators["inpaint"], 8, data)
+    assert args["repaint_share"] == 0.5
+    assert LesionforgeStages.synthesis_args(plain, spec, 8, data)["repaint_share"] == 0.0
+    for bad in ({"method": "mask-conditioned"}, {"method": "inpaint-normal", "mask_source": "size"}):
+        with pytest.raises(ValueError, match="repaint_share"):
+            GeneratorSpec.model_validate({**bad, "repaint_share": 0.5})
+    with pytest.raises(ValueError, match="repaint_share"):
+        GeneratorSpec.model_validate({"method": "inpaint-normal", "repaint_share": 1.5})
+
+
 def test_a_set_drawn_by_a_differently_trained_generator_is_not_reused(tmp_path, monkeypatch):
     """Code defaults of the generator (not only its preset file) are part of the synthesis key: after an
     upgrade that changes how the generator trains, the runner draws a new set instead of reusing the old."""

@@ -85,3 +85,18 @@ def test_cli_sampling_options_default_to_the_generators_settings(tmp_path):
     assert res.exit_code == 0, res.output
     run = json.loads((tmp_path / "given" / "synthesis.json").read_text())
     assert (run["sampler"], run["steps"]) == ("ddim", 3)  # the option wins, the rest stays the generator's
+
+
+def test_cli_synthesize_repaint_share_paints_onto_the_data_images(demo_root, tmp_path):
+    """``--repaint-share 1``: every inpainted sample lies on the --data image its jittered mask comes from."""
+    from lesionforge.cli import app
+    from lesionforge.data.manifest import read_manifest
+
+    torch.manual_seed(0)
+    build_generator(tiny_cfg("inpaint", sampler="ddim", sample_steps=2)).eval().save_pretrained(tmp_path / "g")
+    res = CliRunner().invoke(app, ["synthesize", str(tmp_path / "g"), "--n", "3", "--data",
+                                   str(demo_root), "--repaint-share", "1", "--out", str(tmp_path / "s")])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "s" / "synthesis.json").read_text())["repaint_share"] == 1.0
+    rows = read_manifest(tmp_path / "s" / "manifest.jsonl")
+    assert len(rows) == 3 and all(r.provenance.background_id == r.provenance.source_id for r in rows)

@@ -77,6 +77,37 @@ def test_inpaint_keeps_every_pixel_outside_the_mask(demo_arrays, tmp_path):
                    progress=False)
 
 
+def test_repaint_share_repaints_the_source_lesion_and_leaves_the_other_draws_alone(demo_arrays, tmp_path):
+    """``repaint_share``: every other sample (share 0.5) is painted onto the labelled image its jittered mask came
+    from, with the label joined with that image's lesion (nothing of the real lesion left unlabelled) and every
+    pixel outside the label kept; the other samples are bit for bit those of a set without repainting."""
+    gen_dir = _saved("inpaint", tmp_path / "g")
+    real, bg = pairs(demo_arrays, lesion_only=True), normals(demo_arrays)
+    kw = dict(masks_from=make_mask_source("jitter", real, 32), real=real, batch_size=4, progress=False,
+              sampling=SamplingConfig(sampler="ddim", steps=3))
+    mixed = synthesize(gen_dir, tmp_path / "mixed", 6, backgrounds=bg, repaint_share=0.5, **kw)
+    plain = synthesize(gen_dir, tmp_path / "plain", 6, backgrounds=bg, **kw)
+    for i, (s, t) in enumerate(zip(mixed, plain, strict=True)):
+        img, m = read_image(tmp_path / "mixed" / s.image), read_mask(tmp_path / "mixed" / s.masks[0])
+        p = s.provenance
+        if i % 2:  # indices 1, 3, 5 repaint
+            assert p.background_id == p.source_id and p.mask_info["repainted"] is True
+            j = real.ids.index(p.source_id)
+            assert m[real.masks[j] > 0].all()  # the real lesion lies inside the label
+            assert np.array_equal(img[m == 0], real.images[j][m == 0])
+            assert p.mask_info["area_frac"] == pytest.approx(m.mean())
+        else:
+            assert p.background_id in bg.ids
+            assert (tmp_path / "mixed" / s.image).read_bytes() == (tmp_path / "plain" / t.image).read_bytes()
+    # share 1: no lesion-free backgrounds needed
+    assert len(synthesize(gen_dir, tmp_path / "all", 2, repaint_share=1.0, **kw)) == 2
+    with pytest.raises(ConfigError, match="mask_source 'jitter'"):
+        synthesize(gen_dir, tmp_path / "size", 2, repaint_share=1.0,
+                   **{**kw, "masks_from": make_mask_source("size", real, 32)})
+    with pytest.raises(ConfigError, match="lesion-free backgrounds"):
+        synthesize(gen_dir, tmp_path / "none", 2, repaint_share=0.5, **kw)
+
+
 def _files(root) -> dict[str, bytes]:
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*.png"))}
 

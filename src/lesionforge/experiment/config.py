@@ -166,7 +166,7 @@ class FilterSettings(LaterFields):
 class GeneratorSpec(LaterFields):
     """One generator, trained once per N (cached, shared by all arms and seeds that name it)."""
 
-    _omitted_when_none = ("eta", "of")
+    _omitted_when_none = ("eta", "of", "repaint_share")
 
     method: SynthesisMethod
     config: Path | None = None  # GeneratorConfig YAML preset; None: ``overrides`` hold the whole config
@@ -182,11 +182,18 @@ class GeneratorSpec(LaterFields):
     use_unlabelled: bool = False  # train images without masks; recorded in the results when used
     filter: FilterSettings | None = None
     of: list[str] | None = None  # method ``union``: the generator entries whose pairs it joins
+    #: method ``inpaint-normal``: the share of draws painted onto the labelled image their jittered mask comes
+    #: from (its own lesion repainted inside the jittered mask joined with the real one), the rest onto the
+    #: lesion-free backgrounds; None: all onto the backgrounds (generate/synthesize.py ``repaint_share``)
+    repaint_share: float | None = Field(None, ge=0, le=1)
 
     @model_validator(mode="after")
     def _paste_has_no_generator(self) -> GeneratorSpec:
         if (self.method == UNION_METHOD) != (self.of is not None):
             raise ValueError("`of` (the generator entries to join) is for method 'union', and required by it")
+        if self.repaint_share is not None and (self.method != "inpaint-normal" or self.mask_source != "jitter"):
+            raise ValueError("repaint_share repaints the labelled image a jittered mask comes from: it needs method "
+                             "'inpaint-normal' and mask_source 'jitter'")
         if self.method == UNION_METHOD:
             given = [k for k in ("config", "sampler", "sampling_steps", "guidance_scale", "eta", "filter")
                      if getattr(self, k) is not None] + (["overrides"] if self.overrides else []) \

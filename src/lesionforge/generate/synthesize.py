@@ -68,6 +68,7 @@ def synthesize(
     text_encoder=None,
     progress: bool = True,
     indices: Sequence[int] | None = None,
+    repaint_share: float = 0.0,
 ) -> list[Sample]:
     """Write ``n`` synthetic pairs to ``out_dir/images``, ``out_dir/masks`` and ``out_dir/manifest.jsonl``,
     drawn batch by batch with the generator's :class:`~lesionforge.generate.pipeline.LesionPipeline`.
@@ -76,6 +77,9 @@ def synthesize(
     ``(rng, n) -> [(mask uint8 (H, W), info)]``); ``inpaint`` paints into lesion-free ``backgrounds``
     (mask placed inside the field of view; pixels outside the mask are the background's, bit for bit);
     ``edge-text`` cycles over ``real`` pairs (their masks are the labels); ``joint`` needs nothing.
+    ``repaint_share`` (``inpaint``): that share of the samples (every k-th index, no random draw) is painted onto
+    the labelled ``real`` image its jittered mask comes from, inside the jittered mask joined with the image's own
+    lesion, so the real lesion is repainted and the label is the joined mask; the rest onto ``backgrounds``.
     ``sampling``: sampler, steps, guidance, RePaint jumps, eta; a field left None (or no ``sampling``) takes
     the generator's own setting. Returns every sample of the manifest (the real ``real`` pairs also give the
     class of a jittered mask's source sample). ``indices``: draw only these sample indices of the ``n`` (one
@@ -86,12 +90,14 @@ def synthesize(
     pipe = LesionPipeline.from_pretrained(gen_dir, vae=codec, text_encoder=text_encoder)
     gcfg = pipe.unet.cfg
     kind, sampling = gcfg.kind, (sampling or SamplingConfig()).resolved(gcfg)
-    _check_inputs(kind, masks_from, backgrounds, real)
+    _check_inputs(kind, masks_from, backgrounds, real, repaint_share)
     out_dir = claim_output(out_dir, "synthetic set", overwrite=overwrite, resume=resume)
     common = {"generator": kind, "checkpoint": str(gen_dir.resolve()), "checkpoint_hash": _weights_hash(gen_dir),
               "sampler": sampling.sampler, "steps": sampling.steps, "guidance_scale": sampling.guidance_scale}
     if sampling.eta:  # recorded only when used, so that deterministic runs keep the files they always had
         common["eta"] = sampling.eta
+    if repaint_share:  # recorded only when used: sets drawn before it keep their run files
+        common["repaint_share"] = repaint_share
     _check_same_run(out_dir, {**common, "seed": seed, "repaint_jumps": sampling.repaint_jumps})
     common["code_version"] = code_version()
     if kind == "inpaint":
@@ -108,7 +114,8 @@ def synthesize(
     with StageProgress(disable=not progress) as bar:
         task = bar.add_task(f"synthesizing ({kind})", total=len(wanted), completed=len(wanted) - len(todo))
         for start in range(0, len(todo), batch_size):
-            plans = [_plan(kind, seed, i, masks_from, backgrounds, real, text) for i in todo[start:start + batch_size]]
+            plans = [_plan(kind, seed, i, masks_from, backgrounds, real, text, repaint_share)
+                     for i in todo[start:start + batch_size]]
             rows = _draw(pipe, plans, sampling, seed, out_dir, common)
             append_manifest(out_dir / MANIFEST, rows)
             bar.update(task, advance=len(plans))
@@ -138,17 +145,30 @@ def _check_same_run(out_dir: Path, settings: dict) -> None:
         write_json_atomic(path, settings)
 
 
-def _check_inputs(kind: str, masks_from, backgrounds: PairArrays | None, real: PairArrays | None) -> None:
+def _check_inputs(kind: str, masks_from, backgrounds: PairArrays | None, real: PairArrays | None,
+                  repaint_share: float = 0.0) -> None:
     if kind in ("mask2image", "inpaint") and masks_from is None:
         raise ConfigError(f"kind {kind!r} needs masks_from (a mask source)")
-    if kind == "inpaint" and (backgrounds is None or len(backgrounds) == 0):
+    if not 0.0 <= repaint_share <= 1.0:
+        raise ConfigError(f"repaint_share must lie in [0, 1], got {repaint_share}")
+    if repaint_share and kind != "inpaint":
+        raise ConfigError(f"repaint_share is for kind 'inpaint', not {kind!r}")
+    if repaint_share and (real is None or not real.has_mask.any()):
+        raise ConfigError("repaint_share needs the labelled pairs (real) whose lesions are repainted")
+    if kind == "inpaint" and repaint_share < 1.0 and (backgrounds is None or len(backgrounds) == 0):
         raise ConfigError("kind 'inpaint' needs lesion-free backgrounds")
     if kind == "edge-text" and (real is None or not real.has_mask.any()):
         raise ConfigError("kind 'edge-text' needs real labelled pairs (their masks are the labels)")
 
 
+def _repaints(i: int, share: float) -> bool:
+    """Whether sample ``i`` repaints its source image: exactly ``share`` of every run of indices, spread evenly,
+    without a random draw (so the other samples' draws are those of a set without repainting)."""
+    return share > 0 and int((i + 1) * share) > int(i * share)
+
+
 def _plan(kind: str, seed: int, i: int, masks_from, backgrounds: PairArrays | None, real: PairArrays | None,
-          text: TextConditioner) -> Plan:
+          text: TextConditioner, repaint_share: float = 0.0) -> Plan:
     rng = np.random.default_rng([seed, i])
     info: dict = {}
     image = mask = None
@@ -161,6 +181,9 @@ def _plan(kind: str, seed: int, i: int, masks_from, backgrounds: PairArrays | No
     elif kind == "mask2image":
         mask, minfo = masks_from(rng, 1)[0]
         label_class, info = _class_of(minfo, real), _mask_info(minfo)
+    elif kind == "inpaint" and _repaints(i, repaint_share):
+        image, mask, minfo = _repainted(masks_from(rng, 1)[0], real)
+        label_class, info = _class_of(minfo, real), {**_mask_info(minfo), "background_id": minfo["source_id"]}
     elif kind == "inpaint":
         j = int(rng.integers(len(backgrounds)))
         image = backgrounds.images[j]
@@ -170,6 +193,20 @@ def _plan(kind: str, seed: int, i: int, masks_from, backgrounds: PairArrays | No
     sid = _sample_id(kind, seed, i)
     prompt = text.prompts([sid], [label_class], area, rng)[0]
     return Plan(i, sid, None if mask is None else (mask > 0).astype(np.uint8), image, prompt, label_class, info)
+
+
+def _repainted(drawn: tuple[np.ndarray, dict], real: PairArrays) -> tuple[np.ndarray, np.ndarray, dict]:
+    """(background, mask, info) of a sample that repaints the labelled image its jittered mask was drawn from:
+    the mask joined with that image's own lesion, so that no part of the real lesion is left outside the label."""
+    mask, info = drawn
+    src = info.get("source_id")
+    if src not in real.ids:
+        raise ConfigError(f"repaint_share: a drawn mask comes from {src!r}, not a labelled pair; repainting needs "
+                          "masks jittered from the labelled pairs (mask_source 'jitter')")
+    j = real.ids.index(src)
+    joined = ((mask > 0) | (real.masks[j] > 0)).astype(np.uint8)
+    return real.images[j], joined, {**info, "repainted": True, "jitter_area_frac": info.get("area_frac"),
+                                    "area_frac": float(joined.mean())}
 
 
 def field_of_view_of(image: np.ndarray) -> np.ndarray:
