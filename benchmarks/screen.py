@@ -288,9 +288,11 @@ def summarise(rows: list[dict]) -> dict:
 
 
 def real_extractor(checkpoint: Path) -> FeatureExtractor:
-    """In-domain features (``quality.features.SegEncoder``) from the screen's own real-only segmenter."""
-    return FeatureExtractor(SegEncoder(load_segmenter(checkpoint)), "seg-encoder-screen-baseline",
-                            dir_hash(checkpoint))
+    """In-domain features (``quality.features.SegEncoder``) from the screen's own real-only segmenter, fed
+    images of its own channel count (1 for grey ultrasound)."""
+    model = load_segmenter(checkpoint)
+    return FeatureExtractor(SegEncoder(model), "seg-encoder-screen-baseline", dir_hash(checkpoint),
+                            channels=model.in_channels)
 
 
 def _kept_arrays(synthetic: SyntheticSet, cfg: ExperimentConfig) -> PairArrays:

@@ -152,6 +152,24 @@ def test_agree_recomputes_the_rank_agreement_from_the_two_files_alone(tmp_path):
     assert missing.exit_code != 0 and "no screen file" in missing.output
 
 
+def test_in_domain_features_of_a_grey_segmenter_take_grey_images(tmp_path):
+    """BUSI is grey: the screen's real-only segmenter takes 1 channel, and its KID features must be fed so
+    (the first BUSI screen crashed here when grey images were repeated to 3 channels)."""
+    import torch
+
+    from lesionforge.segment.config import SegmentConfig
+    from lesionforge.segment.model_io import save_segmenter
+    from lesionforge.segment.networks import build_network
+
+    s = load_benchmark("screen")
+    cfg = SegmentConfig(features=(4, 4, 8, 8, 16, 4), resolution=32)
+    torch.manual_seed(0)
+    save_segmenter(build_network("BasicUNet", 1, cfg.features, 32), cfg, 1, tmp_path / "seg")
+    grey = np.random.default_rng(0).integers(0, 255, (3, 32, 32, 1), dtype=np.uint8)
+    feats = s.real_extractor(tmp_path / "seg").features(grey)
+    assert feats.shape == (3, 4 + 4 + 8 + 8 + 16) and np.isfinite(feats).all()
+
+
 @pytest.mark.slow
 def test_screen_end_to_end_on_demo(tmp_path, monkeypatch):
     """Real rows, three variants (today, v-prediction + min-SNR, pretraining), quality and the rank agreement,
