@@ -195,3 +195,8 @@ def test_keep_steering_is_omitted_from_dumps_while_unset_and_needs_a_filter_that
            "generators": {"g": {"method": "inpaint-normal", "n_per_real": 2}}}
     with pytest.raises(ValueError, match="steer_by 'keep'"):
         ExperimentConfig.model_validate(cfg)
+    # a generator that repaints the labelled images needs every drawn mask to come from one: keep mode only
+    cfg["generators"]["g"]["repaint_share"] = 1.0
+    cfg["arms"][2]["loop"] = {"open_loop_arm": "synthetic"}
+    with pytest.raises(ValueError, match="repaint_share"):
+        ExperimentConfig.model_validate(cfg)

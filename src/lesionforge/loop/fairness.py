@@ -33,6 +33,9 @@ def check_closed_loop_arms(cfg) -> None:
         if arm.loop.steers_keep and not (arm.filtered and spec.filter is not None and spec.filter.keep_best):
             raise ValueError(f"arm {arm.name!r}: loop.steer_by 'keep' reweights what the filter keeps; it needs a "
                              "filtered arm whose generator's filter sets keep_best")
+        if spec.repaint_share and not arm.loop.steers_keep:
+            raise ValueError(f"arm {arm.name!r}: its generator repaints labelled images (repaint_share), but a loop "
+                             "steering by draw makes masks of bands with no labelled source; use steer_by 'keep'")
         small = [n for n in cfg.n_labelled if spec.n_per_real * n < arm.loop.rounds]
         if small:
             raise ValueError(f"arm {arm.name!r}: N = {small} gives fewer synthetic pairs than "
