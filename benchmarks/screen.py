@@ -109,6 +109,13 @@ VARIANTS: dict[str, Variant] = {
     "pretrain+8per-top2+ratio0.5": Variant(_PRETRAIN, {**_SDE25, "n_per_real": 8}, {"keep_best": 2, "threshold": 0.0},
                                            arm={"mixing": {"mode": "ratio", "ratio": 0.5}}),
     "pretrain+16per-top4": Variant(_PRETRAIN, {**_SDE25, "n_per_real": 16}, {"keep_best": 4, "threshold": 0.0}),
+    # twice the draws for the same 2 kept per labelled pair: more choice for the validator, same set size
+    "pretrain+16per-top2": Variant(_PRETRAIN, {**_SDE25, "n_per_real": 16}, {"keep_best": 2, "threshold": 0.0}),
+    # the same choices with the kept lesions' size bands in the shares drawn (the validator prefers large jitters)
+    "pretrain+8per-top2-bands": Variant(_PRETRAIN, {**_SDE25, "n_per_real": 8},
+                                        {"keep_best": 2, "threshold": 0.0, "keep_bands": True}),
+    "pretrain+16per-top2-bands": Variant(_PRETRAIN, {**_SDE25, "n_per_real": 16},
+                                         {"keep_best": 2, "threshold": 0.0, "keep_bands": True}),
     # more pairs per real image, all of them (no narrowing): is the set's size or diversity the limit?
     "pretrain+8per-sde25": Variant(_PRETRAIN, {**_SDE25, "n_per_real": 8}),
     "pretrain+16per-sde25": Variant(_PRETRAIN, {**_SDE25, "n_per_real": 16}),
@@ -335,12 +342,15 @@ def speckle_of(arrays: PairArrays, data: ExperimentData) -> dict:
 
 
 def screen(config: Path, n: int, variants: list[str], results: Path, headline: Path | None = None,
-           command: str | None = None, agree_with: str = HEADLINE_VARIANT, **budget) -> dict:
+           command: str | None = None, agree_with: str = HEADLINE_VARIANT, union: bool = False,
+           **budget) -> dict:
     """Screen ``variants`` (generators trained or reused) with the experiment ``config``'s data, generator and
     segmenter (``budget``: :func:`screen_config`'s steps, val_interval, seeds, samples_per_real); write the JSON
     and Markdown after every row. ``headline``: the result file the rank agreement compares with;
     ``agree_with``: the variant whose rows stand for its synthetic arms (screened with its synthetic +
-    copy-paste row, and the headline's copy-paste-onto-backgrounds arm, when it is among ``variants``)."""
+    copy-paste row, and the headline's copy-paste-onto-backgrounds arm, when it is among ``variants``);
+    ``union``: every variant also gets the :data:`UNION_ARM` row (its pairs joined to the pasted ones), not only
+    ``agree_with``, and the pasted arm's row is trained for the comparison."""
     base_cfg = screen_config(config, n, "today", **budget)
     paste = paste_rows(config, base_cfg)
     recipe = screen_config(config, n, agree_with, **budget).generators[GENERATOR].model_dump(mode="json")
@@ -386,7 +396,7 @@ def screen(config: Path, n: int, variants: list[str], results: Path, headline: P
                     for s in seeds[:k + 1]]
             out["real"][arm.name] = summarise(rows)
             save()
-        if paste is not None and agree_with in variants:  # the fair copy-paste twin, for the rank agreement
+        if paste is not None and (agree_with in variants or union):  # the fair copy-paste twin
             pcfg, parm, pname = paste
             pasted = SyntheticCache(pcfg, LesionforgeStages(), data, n).get(pname)
             rows = [run_row(pcfg, data, n, parm, s, folder / "real" / parm.name / f"seed{s}", pasted)
@@ -411,9 +421,10 @@ def screen(config: Path, n: int, variants: list[str], results: Path, headline: P
                 entry["quality"].update(speckle=speckle_of(used, data), bands=bands_of(synthetic, used, cfg))
             # the rows the rank agreement needs first (a partial run still ranks the headline's arms)
             rows_of = [(arm, cfg, synthetic) for arm in variant_arms(v, agree_with)]
-            if v == agree_with and paste is not None:
+            if (v == agree_with or union) and paste is not None:
                 ucfg = union_config(cfg, paste)
-                rows_of.append((ucfg.arms[0], ucfg, SyntheticCache(ucfg, LesionforgeStages(), data, n).get(UNION)))
+                at = len(rows_of) - sum(a.name == VARIANT_ARMS[1].name for a, _, _ in rows_of)  # before pairs alone
+                rows_of.insert(at, (ucfg.arms[0], ucfg, SyntheticCache(ucfg, LesionforgeStages(), data, n).get(UNION)))
             for arm, acfg, aset in rows_of:
                 rows = [run_row(acfg, data, n, arm, s, folder / v / arm.name / f"seed{s}", aset)
                         for s in seeds[:k + 1]]
@@ -581,6 +592,8 @@ def run_cmd(
     seed: list[int] = typer.Option(list(SEEDS), help="Segmenter seeds."),
     agree_with: str = typer.Option(HEADLINE_VARIANT, help="The variant the headline config holds (its rows "
                                    "stand for the headline's synthetic arms in the rank agreement)."),
+    union: bool = typer.Option(False, help="Every variant also trains the row of its pairs joined to copy-paste "
+                               "onto the backgrounds (the headline's best arm), not only --agree-with."),
     results: Path = typer.Option(ROOT / "benchmarks" / "results", help="Where the JSON and Markdown go."),
     threads: int | None = typer.Option(None, help="torch threads."),
 ) -> None:
@@ -590,7 +603,7 @@ def run_cmd(
     out = screen(headline_config(dataset), n, [] if real_only else variant, results,
                  headline=ROOT / "benchmarks" / "results" / f"{dataset}-n{n}-cpu.json",
                  command="python benchmarks/screen.py " + " ".join(sys.argv[1:]), steps=steps,
-                 val_interval=val_interval, seeds=tuple(seed), agree_with=agree_with)
+                 val_interval=val_interval, seeds=tuple(seed), agree_with=agree_with, union=union)
     typer.echo(json.dumps(out.get("agreement", {}), indent=1)[:2000])
 
 

@@ -50,6 +50,14 @@ def test_keep_best_changes_the_filter_key_only_when_set(tmp_path):
     assert filter_key(pixel, "inpaint") != filter_key(best, "inpaint")
     with pytest.raises(ValueError, match="keep_best"):
         FilterSettings.model_validate({"validator": "pixel", "keep_best": 0})
+    # keep_bands: omitted while unset (same keys as before), keys its own filtered file, needs keep_best
+    banded = _cfg(tmp_path, {"validator": "pixel", "keep_best": 2, "keep_bands": True})
+    assert "keep_bands" not in best.generators["inpaint"].filter.model_dump()
+    assert filter_key(banded, "inpaint") != filter_key(best, "inpaint")
+    assert (cache_key(settings_dump(banded.generators["inpaint"].filter))
+            != cache_key(settings_dump(best.generators["inpaint"].filter)))
+    with pytest.raises(ValueError, match="keep_bands balances keep_best"):
+        FilterSettings.model_validate({"validator": "pixel", "keep_bands": True})
 
 
 def test_repaint_share_draws_a_new_set_with_the_same_generator_and_is_inpaint_jitter_only(tmp_path):

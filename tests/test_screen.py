@@ -242,3 +242,11 @@ def test_screen_end_to_end_on_demo(tmp_path, monkeypatch):
     old = s.screen(config, 8, ["today"], tmp_path / "results", headline=headline, command="test",
                    agree_with="today", **budget)
     assert old["agreement"]["status"].startswith("not computed") and "spearman" not in old["agreement"]
+    # --union: a variant other than the headline's also gets its pairs joined to the pasted ones, from its kept pairs
+    joined = s.screen(config, 8, ["sde+best"], tmp_path / "results", headline=headline, command="test",
+                      agree_with="today", union=True, **budget)
+    arms = joined["variants"]["sde+best"]["arms"]
+    assert list(arms) == ["synthetic", "synthetic-only", "synthetic+copy-paste+backgrounds"]
+    urow = json.loads((tmp_path / "runs" / "screen" / "n8-steps4" / "sde+best" / "synthetic+copy-paste+backgrounds"
+                       / "seed0" / "row.json").read_text())
+    assert len(read_manifest(urow["synthetic_set"])) == best["n_kept"] + 8

@@ -15,6 +15,7 @@ from lesionforge.errors import ConfigError, OverwriteError
 from lesionforge.generate.autoencoder import AutoencoderConfig, LatentCodec, build_autoencoder, latent_scale
 from lesionforge.validate.filter import (
     auto_threshold,
+    best_by_band,
     best_per_source,
     contrast_threshold,
     filter_manifest,
@@ -170,6 +171,13 @@ def test_cli_filter_and_list_rejected(validators, synthetic_manifest, tmp_path):
     bad = CliRunner().invoke(app, ["filter", str(synthetic_manifest), "--validator", str(validators[0]),
                                    "--threshold", "high"])
     assert bad.exit_code != 0
+    banded = CliRunner().invoke(app, ["filter", str(synthetic_manifest), "--validator", str(validators[0]),
+                                      "--out", str(tmp_path / "banded.jsonl"), "--threshold", "0",
+                                      "--keep-best", "1", "--keep-bands"])
+    assert banded.exit_code == 0, banded.output
+    assert all(s.provenance.validation.get("keep_bands") for s in read_manifest(tmp_path / "banded.jsonl",
+                                                                                 allow_outside=True)
+               if s.origin == "synthetic" and s.provenance.validation.get("dice") is not None)
 
 
 def test_validator_kinds_are_registered_and_an_unknown_kind_is_named(tmp_path):
@@ -192,6 +200,35 @@ def test_best_per_source_keeps_the_k_best_passing_samples_of_each_source():
     assert best_per_source(dice, kept, sources, 5).tolist() == kept.tolist()
 
 
+def test_best_by_band_keeps_the_bands_drawn_where_best_per_source_keeps_only_large_lesions():
+    # 4 sources, each: one small draw (Dice 0.3), one medium (0.5), two large (0.8, 0.7), k = 2
+    dice = np.array([0.3, 0.5, 0.8, 0.7] * 4)
+    bands = np.array([0, 1, 2, 2] * 4)
+    sources = [s for s in "abcd" for _ in range(4)]
+    kept = np.ones(16, bool)
+    plain = best_per_source(dice, kept, sources, 2)
+    assert sorted(bands[plain].tolist()) == [2] * 8  # the validator's ranking keeps no small or medium lesion
+    balanced = best_by_band(dice, kept, sources, bands, 2)
+    # drawn 4 / 4 / 8 -> kept 2 / 2 / 4 of the 8, still 2 per source, the best of each band first
+    assert sorted(bands[balanced].tolist()) == [0, 0, 1, 1, 2, 2, 2, 2]
+    assert all(balanced[[i for i, s in enumerate(sources) if s == src]].sum() == 2 for src in "abcd")
+    assert balanced[[2, 6, 10, 14]].all() and balanced[[1, 5]].all() and balanced[[8, 12]].all()
+
+
+def test_best_by_band_still_fills_every_source_when_its_band_is_full():
+    # x and y draw large lesions only, z small ones; quotas 3 large / 3 small of 6: y's second large draw
+    # is over its band's quota, and is kept all the same (no source keeps fewer than best_per_source gives it)
+    dice = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2])
+    bands = np.array([2, 2, 2, 2, 0, 0, 0, 0])
+    sources = ["x", "x", "y", "y", "z", "z", "z", "z"]
+    out = best_by_band(dice, np.ones(8, bool), sources, bands, 2)
+    assert out.tolist() == [True, True, True, True, True, True, False, False]
+    # failed samples stay failed, sourceless ones as they are
+    kept = np.array([True, False, True, True, True, True, True, True])
+    out = best_by_band(dice, kept, ["x", "x", "y", "y", "z", "z", None, None], bands, 1)
+    assert out.tolist() == [True, False, True, False, True, False, True, True]
+
+
 def test_filter_keep_best_keeps_one_pair_per_source_the_best_scored(validators, synthetic_manifest, tmp_path):
     # the three masks of one image (true, shifted, swapped) come from one source, as n_per_real samples of one
     # labelled pair do; with every lesion passing (threshold 0), keep_best=1 keeps the best-scored one of each
@@ -211,6 +248,14 @@ def test_filter_keep_best_keeps_one_pair_per_source_the_best_scored(validators, 
     assert report.keep_best == 1 and all(x.get("keep_best") == 1 for x in v.values() if x["dice"] is not None)
     with pytest.raises(ConfigError, match="keep_best"):
         filter_manifest(path, validators[1], tmp_path / "x.jsonl", keep_best=0)
+    with pytest.raises(ConfigError, match="keep_bands balances keep_best"):
+        filter_manifest(path, validators[1], tmp_path / "x.jsonl", keep_bands=True)
+    # keep_bands: still one per source, recorded on every scored sample
+    banded = filter_manifest(path, validators[1], tmp_path / "banded.jsonl", threshold=0.0, keep_best=1,
+                             keep_bands=True)
+    vb = _validation(tmp_path / "banded.jsonl")
+    assert banded.n_kept == report.n_kept and banded.keep_bands
+    assert all(x.get("keep_bands") for x in vb.values() if x["dice"] is not None)
 
 
 def test_source_quotas_keep_the_share_of_each_sources_draws_and_the_share_of_all():

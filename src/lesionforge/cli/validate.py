@@ -79,6 +79,8 @@ def filter_cmd(
         "masks; 'percentile': 10th percentile of Dice on real val pairs."),
     keep_best: int | None = typer.Option(
         None, help="Of the samples that pass, keep at most this many per source pair (the best by Dice)."),
+    keep_bands: bool = typer.Option(
+        False, help="With --keep-best: keep the lesion size bands (small/medium/large) in the shares drawn."),
 ) -> None:
     """Score synthetic samples with the validator; mark kept/rejected in a new manifest (deletes nothing)."""
     from rich import print as rprint
@@ -96,7 +98,7 @@ def filter_cmd(
         raise ConfigError("filter needs --validator (or --list-rejected)")
     thr: str | float = threshold if threshold == "auto" else _parse_threshold(threshold)
     report = filter_from_files(manifest, validator, out, thr, val, in_place, overwrite, empty_fraction_max, auto_rule,
-                               progress=True, keep_best=keep_best)
+                               progress=True, keep_best=keep_best, keep_bands=keep_bands)
     rprint(f"threshold {report.threshold:.3f} ({report.threshold_rule})")
     rprint(f"kept {report.n_kept}/{report.n_scored} ({report.acceptance_rate:.1%}); manifest: {report.manifest}")
 

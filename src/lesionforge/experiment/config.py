@@ -154,7 +154,15 @@ class FilterSettings(LaterFields):
     validator_overrides: dict = Field(default_factory=dict)
     #: keep at most this many passing samples per labelled pair (the best by validator Dice); None: all that pass
     keep_best: int | None = Field(None, ge=1)
-    _omitted_when_none: ClassVar[tuple[str, ...]] = ("keep_best",)
+    #: True: keep_best's choice keeps the lesion size bands in the shares drawn (validate/filter.py best_by_band)
+    keep_bands: bool | None = None
+    _omitted_when_none: ClassVar[tuple[str, ...]] = ("keep_best", "keep_bands")
+
+    @model_validator(mode="after")
+    def _bands_need_keep_best(self) -> FilterSettings:
+        if self.keep_bands and self.keep_best is None:
+            raise ValueError("filter: keep_bands balances keep_best's choice over lesion sizes; set keep_best")
+        return self
 
     @model_validator(mode="after")
     def _autoencoder_for_latent_only(self) -> FilterSettings:

@@ -311,7 +311,7 @@ class LesionforgeStages:
         # out_path is this cache's own intermediate file: a rerun after a crash rewrites it identically
         report = filter_manifest(manifest, validator, out_path, threshold=spec.filter.threshold, val=data.val,
                                  overwrite=True, auto_rule=spec.filter.auto_rule,
-                                 keep_best=spec.filter.keep_best).to_dict()
+                                 keep_best=spec.filter.keep_best, keep_bands=bool(spec.filter.keep_bands)).to_dict()
         report["n_rejected"] = len(report.pop("rejected_ids"))  # the ids stay listed in the filtered manifest
         return report
 

@@ -69,7 +69,8 @@ def train_validator_from_files(config: str | Path, data: str | Path, out: str | 
 def filter_from_files(manifest: str | Path, validator: str | Path, out: str | Path | None = None,
                       threshold: str | float = "auto", val: str | Path | None = None, in_place: bool = False,
                       overwrite: bool = False, empty_fraction_max: float = 0.01, auto_rule: str = "contrast",
-                      progress: bool = False, keep_best: int | None = None) -> FilterReport:
+                      progress: bool = False, keep_best: int | None = None,
+                      keep_bands: bool = False) -> FilterReport:
     """Score the synthetic rows of ``manifest`` with the validator folder ``validator`` and write the kept /
     rejected marks (see :func:`~lesionforge.validate.filter.filter_manifest`); ``val``: a manifest of real
     pairs for the automatic threshold (default: the scores stored with the validator)."""
@@ -78,4 +79,4 @@ def filter_from_files(manifest: str | Path, validator: str | Path, out: str | Pa
         v = load_validator(validator)
         val_arrays = manifest_arrays(val, v.resolution, v.image_channels, progress=progress)
     return filter_manifest(manifest, validator, out, threshold, val_arrays, in_place, overwrite, empty_fraction_max,
-                           auto_rule, keep_best)
+                           auto_rule, keep_best, keep_bands=keep_bands)
