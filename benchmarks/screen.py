@@ -225,13 +225,18 @@ def paste_rows(config: Path, base_cfg: ExperimentConfig) -> tuple[ExperimentConf
     return None
 
 
-def union_config(vcfg: ExperimentConfig, paste: tuple[ExperimentConfig, ArmSettings, str]) -> ExperimentConfig:
-    """The config of the :data:`UNION_ARM` row: the variant's generator, the headline's pasted set, their union."""
+def union_config(vcfg: ExperimentConfig, paste: tuple[ExperimentConfig, ArmSettings, str],
+                 variant: str | None = None) -> ExperimentConfig:
+    """The config of the :data:`UNION_ARM` row: the variant's generator, the headline's pasted set, their union;
+    a variant that changes its arm's mixing (e.g. ratio 0.5) changes the union row's mixing the same way."""
     pcfg, parm, pname = paste
     union = GeneratorSpec(method=UNION_METHOD, of=[GENERATOR, pname])
+    mixing = ((VARIANTS[variant].arm or {}) if variant is not None else {}).get("mixing")
+    arm = UNION_ARM.model_copy(update={"copy_paste": parm.copy_paste})
+    if mixing is not None:  # validated as the stage's MixConfig, as variant_arms does
+        arm = ArmSettings.model_validate({**arm.model_dump(), "mixing": mixing})
     return vcfg.model_copy(update={"generators": {GENERATOR: vcfg.generators[GENERATOR],
-                                                  pname: pcfg.generators[pname], UNION: union},
-                                   "arms": [UNION_ARM.model_copy(update={"copy_paste": parm.copy_paste})]})
+                                                  pname: pcfg.generators[pname], UNION: union}, "arms": [arm]})
 
 
 def screen_dir(cfg: ExperimentConfig, n: int) -> Path:
@@ -422,7 +427,7 @@ def screen(config: Path, n: int, variants: list[str], results: Path, headline: P
             # the rows the rank agreement needs first (a partial run still ranks the headline's arms)
             rows_of = [(arm, cfg, synthetic) for arm in variant_arms(v, agree_with)]
             if (v == agree_with or union) and paste is not None:
-                ucfg = union_config(cfg, paste)
+                ucfg = union_config(cfg, paste, v)
                 at = len(rows_of) - sum(a.name == VARIANT_ARMS[1].name for a, _, _ in rows_of)  # before pairs alone
                 rows_of.insert(at, (ucfg.arms[0], ucfg, SyntheticCache(ucfg, LesionforgeStages(), data, n).get(UNION)))
             for arm, acfg, aset in rows_of:

@@ -76,6 +76,16 @@ def test_every_screen_variant_builds_a_valid_config_and_its_rows():
         assert other.config.is_file() and other.filter.keep_best == 2
     eta = s.screen_config(config, 8, "pretrain+ddim25-eta1").generators["inpaint"]
     assert eta.eta == 1.0 and "eta" not in s.screen_config(config, 8, "today").generators["inpaint"].model_dump()
+    bands = s.screen_config(config, 8, "pretrain+16per-top2-bands").generators["inpaint"]
+    assert (bands.n_per_real, bands.filter.keep_best, bands.filter.keep_bands) == (16, 2, True)
+    # the union row (pairs joined to copy-paste onto the backgrounds) takes a variant's mixing change too
+    head = s.headline_config("kvasir-seg")
+    paste = s.paste_rows(head, s.screen_config(head, 32, "today"))
+    plain = s.union_config(s.screen_config(head, 32, "pretrain+8per-top2"), paste, "pretrain+8per-top2").arms[0]
+    half = s.union_config(s.screen_config(head, 32, "pretrain+8per-top2+ratio0.5"), paste,
+                          "pretrain+8per-top2+ratio0.5").arms[0]
+    assert (plain.mixing.ratio, half.mixing.ratio) == (1, 0.5) and plain.name == half.name == s.UNION_ARM.name
+    assert half.copy_paste == plain.copy_paste and half.copy_paste.prob == 0.5
 
 
 def test_variants_keep_their_meaning_when_the_headline_takes_a_new_recipe():
