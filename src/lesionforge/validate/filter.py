@@ -18,6 +18,7 @@ Lesion-free samples (empty intended mask) are kept when the predicted foreground
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -163,11 +164,8 @@ def best_by_band(dice: np.ndarray, kept: np.ndarray, sources: list[str | None], 
     out = kept.copy()
     cand = [i for i, src in enumerate(sources) if src is not None and kept[i]]
     out[cand] = False
-    per_source: dict[str, int] = {}
-    for i in cand:
-        per_source[sources[i]] = per_source.get(sources[i], 0) + 1
-    total = sum(min(c, k) for c in per_source.values())
-    drawn = {b: sum(1 for i in cand if bands[i] == b) for b in sorted({int(bands[i]) for i in cand})}
+    total = sum(min(c, k) for c in Counter(sources[i] for i in cand).values())
+    drawn = dict(sorted(Counter(int(bands[i]) for i in cand).items()))  # smaller band first: ties go to it
     quota = _apportion(total, {b: float(c) for b, c in drawn.items()}, drawn)
     order = sorted(cand, key=lambda i: (-float(dice[i]), i))
     have: dict[str, int] = {}
