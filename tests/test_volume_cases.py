@@ -215,6 +215,12 @@ def test_volume_experiment_writes_3d_dice_per_case_beside_per_slice(tmp_path):
     d = res["paired_diff"]["copy-paste"]["mdice3d"]
     assert d["unit"] == "cases" and d["n_images"] == 2
     assert "mDice 3D" in (tmp_path / "results" / "toy-n2-tiny.md").read_text(encoding="utf-8")
+    from lesionforge.experiment.report import readme_table
+
+    table = readme_table([tmp_path / "results" / "toy-n2-tiny.json"]).splitlines()
+    assert "3D Dice per case" in table[0] and all(r.count("|") == 11 for r in table)
+    assert f"| {np.mean(res['arms']['copy-paste']['mdice3d']):.3f} ± " in table[3]
+    assert f"| {d['mean']:+.3f} [" in table[3] and table[2].endswith("| — | `toy-n2-tiny.json` |")
 
 
 def test_hippocampus_configs_share_runs_and_read_volumes_by_case():

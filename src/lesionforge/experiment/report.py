@@ -191,11 +191,15 @@ def quality_table(res: dict[str, Any]) -> str | None:
 
 def readme_table(paths: list[str | Path]) -> str:
     """The headline Markdown table the README quotes, rendered from result files (never typed by hand)."""
+    results = [(p, load_result(p)) for p in paths]
+    # volume results (MRI/CT) add the 3D Dice per test case beside the per-slice mDice; 2D rows show "—" there
+    vol = any("mdice3d" in a for _, res in results for a in res["arms"].values())
     head = ("| dataset | N | profile | arm | mDice (mean ± std) | ΔmDice vs baseline [95 % CI] | "
-            "ΔmDice vs copy-paste [95 % CI] | file |\n|---|---|---|---|---|---|---|---|")
+            "ΔmDice vs copy-paste [95 % CI] |"
+            + (" 3D Dice per case (mean ± std) | Δ3D Dice vs baseline [95 % CI, cases] |" if vol else "")
+            + " file |\n" + "|---" * (10 if vol else 8) + "|")
     rows = []
-    for p in paths:
-        res = load_result(p)
+    for p, res in results:
         # the first copy-paste arm is the column's reference (the headline configs have one); results written
         # before the comparison existed say so instead of leaving a blank
         vs_cp = next(iter(res["paired_vs_copy_paste"].values()), {}) if "paired_vs_copy_paste" in res else None
@@ -203,8 +207,10 @@ def readme_table(paths: list[str | Path]) -> str:
             d = res["paired_diff"].get(name, {}).get("mdice")
             c = (vs_cp or {}).get(name, {}).get("mdice")
             c_s = _ci(c) if c else ("n/a (older file)" if vs_cp is None and a.get("kind") == "synthetic" else "—")
+            d3 = res["paired_diff"].get(name, {}).get("mdice3d")
+            v_s = (f" {_pm(a['mdice3d']) if 'mdice3d' in a else '—'} | {_ci(d3) if d3 else '—'} |" if vol else "")
             rows.append(f"| {res['dataset']} | {res['n_labelled']} | {res['profile']} | {_arm_label(name, a)} | "
-                        f"{_pm(a['mdice'])} | {_ci(d) if d else '—'} | {c_s} | `{Path(p).name}` |")
+                        f"{_pm(a['mdice'])} | {_ci(d) if d else '—'} | {c_s} |{v_s} `{Path(p).name}` |")
     return "\n".join([head, *rows])
 
 
