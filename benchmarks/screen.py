@@ -134,6 +134,14 @@ VARIANTS: dict[str, Variant] = {
                                           {"keep_best": 2, "threshold": 0.0}),
     "pretrain+8per-top2+repaint0.5": Variant(_PRETRAIN, {**_SDE25, "n_per_real": 8, "repaint_share": 0.5},
                                              {"keep_best": 2, "threshold": 0.0}),
+    # copy-paste's own pairs re-drawn by the generator: each draw starts from a real lesion pasted onto a frame
+    # (the copy-paste-onto-backgrounds pair of the same index) noised to this share of the schedule (SDEdit), so
+    # the lesion keeps its real size and layout but gets new texture and a border drawn into the frame; the best
+    # 2 of 8 per labelled pair kept; the same generator (only the set is new)
+    "pretrain+8per-top2+paste0.5": Variant(_PRETRAIN, {**_SDE25, "n_per_real": 8, "paste_strength": 0.5},
+                                           {"keep_best": 2, "threshold": 0.0}),
+    "pretrain+8per-top2+paste0.3": Variant(_PRETRAIN, {**_SDE25, "n_per_real": 8, "paste_strength": 0.3},
+                                           {"keep_best": 2, "threshold": 0.0}),
     "pretrain+size": Variant(_PRETRAIN, {"mask_source": "size"}),
     # the two best single levers of the first pass together (same set as pretrain+size)
     "pretrain+size+ratio0.5": Variant(_PRETRAIN, {"mask_source": "size"}, arm={"mixing": {"mode": "ratio",

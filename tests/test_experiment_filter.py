@@ -83,6 +83,29 @@ def test_repaint_share_draws_a_new_set_with_the_same_generator_and_is_inpaint_ji
         GeneratorSpec.model_validate({"method": "inpaint-normal", "repaint_share": 1.5})
 
 
+def test_paste_strength_keys_a_new_set_of_the_same_generator_and_is_inpaint_only(tmp_path):
+    """``paste_strength`` (re-draw pasted real lesions) is omitted while unset, keys a new set but the same
+    generator, reaches the synthesis, and is refused for another method, with repaint_share, or outside (0, 1]."""
+    from lesionforge.experiment.config import GeneratorSpec, resolved_generator_config
+
+    plain = _cfg(tmp_path, None)
+    spec = plain.generators["inpaint"]
+    pasted = plain.model_copy(update={"generators": {"inpaint": spec.model_copy(update={"paste_strength": 0.5})}})
+    assert "paste_strength" not in spec.model_dump()
+    data = LesionforgeStages().load_data(plain)
+    assert synthetic_key(plain, "inpaint", 8, data) != synthetic_key(pasted, "inpaint", 8, data)
+    assert resolved_generator_config(plain, spec) == resolved_generator_config(pasted, pasted.generators["inpaint"])
+    assert LesionforgeStages.synthesis_args(pasted, pasted.generators["inpaint"], 8, data)["paste_strength"] == 0.5
+    assert LesionforgeStages.synthesis_args(plain, spec, 8, data)["paste_strength"] == 0.0
+    for bad in ({"method": "mask-conditioned", "paste_strength": 0.5},
+                {"method": "inpaint-normal", "paste_strength": 0.5, "repaint_share": 0.5}):
+        with pytest.raises(ValueError, match="paste_strength"):
+            GeneratorSpec.model_validate(bad)
+    for out_of_range in (0.0, 1.5):
+        with pytest.raises(ValueError, match="paste_strength"):
+            GeneratorSpec.model_validate({"method": "inpaint-normal", "paste_strength": out_of_range})
+
+
 def test_a_set_drawn_by_a_differently_trained_generator_is_not_reused(tmp_path, monkeypatch):
     """Code defaults of the generator (not only its preset file) are part of the synthesis key: after an
     upgrade that changes how the generator trains, the runner draws a new set instead of reusing the old."""

@@ -3,6 +3,8 @@ provenance, resume after a kill, joint mask cleaning, edge-text with prompts."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -106,6 +108,55 @@ def test_repaint_share_repaints_the_source_lesion_and_leaves_the_other_draws_alo
                    **{**kw, "masks_from": make_mask_source("size", real, 32)})
     with pytest.raises(ConfigError, match="lesion-free backgrounds"):
         synthesize(gen_dir, tmp_path / "none", 2, repaint_share=0.5, **kw)
+
+
+def test_paste_strength_redraws_the_pasted_real_lesion_from_its_noised_image(demo_arrays, tmp_path):
+    """``paste_strength``: sample i starts from copy-paste's pair i (same lesion, background, place and label) and
+    the generator re-draws inside the label; outside it every pixel is the pasted image's. A low strength keeps the
+    re-drawn lesion nearer the pasted one than strength 1 (drawn from pure noise in the same outline)."""
+    from lesionforge.segment.config import CopyPasteConfig
+    from lesionforge.segment.pasted_set import pasted_pair
+
+    gen_dir = _saved("inpaint", tmp_path / "g")
+    real, bg = pairs(demo_arrays, lesion_only=True), normals(demo_arrays)
+    kw = dict(backgrounds=bg, real=real, batch_size=3, progress=False, sampling=SamplingConfig(sampler="ddim", steps=4))
+    gap = {}
+    for strength in (0.25, 1.0):
+        out = tmp_path / f"s{strength}"
+        samples = synthesize(gen_dir, out, 4, paste_strength=strength, **kw)
+        diffs = []
+        for s in samples:
+            img, m = read_image(out / s.image), read_mask(out / s.masks[0])
+            ref, ref_mask, info = pasted_pair(s.provenance.sample_index, 0, real, bg, CopyPasteConfig())
+            p = s.provenance
+            assert np.array_equal(m, ref_mask) and m.any()  # the label is the pasted lesion's mask
+            assert (p.mask_source, p.source_id, p.background_id) == ("pasted", info["source_id"], info["background_id"])
+            assert p.mask_info["paste_strength"] == strength
+            assert np.array_equal(img[m == 0], ref[m == 0])  # outside the label: the pasted image, bit for bit
+            diffs.append(np.abs(img[m == 1].astype(float) - ref[m == 1]).mean())
+        gap[strength] = float(np.mean(diffs))
+    assert 0 < gap[0.25] < gap[1.0] / 2  # re-drawn, but from the pasted lesion
+    assert json.loads((tmp_path / "s0.25" / "synthesis.json").read_text())["paste_strength"] == 0.25
+    with pytest.raises(ConfigError, match="give one"):
+        synthesize(gen_dir, tmp_path / "both", 2, paste_strength=0.5, repaint_share=0.5, **kw)
+    with pytest.raises(ConfigError, match="labelled pairs"):
+        synthesize(gen_dir, tmp_path / "nolabels", 2, paste_strength=0.5, **{**kw, "real": None})
+
+
+def test_sdedit_strength_one_is_the_plain_run_and_a_low_strength_stays_near_init():
+    torch.manual_seed(0)
+    gen = build_generator(tiny_cfg("mask2image")).eval()
+    cond = Conditions(torch.zeros(2, 1, 32, 32))
+    init = torch.linspace(-0.8, 0.8, 2 * 3 * 32 * 32).reshape(2, 3, 32, 32)
+    plain = sample(gen, cond, [1, 2], sampler="dpm++", steps=5)
+    assert torch.equal(plain, sample(gen, cond, [1, 2], sampler="dpm++", steps=5, init=init, strength=1.0))
+    for sampler in ("dpm++", "sde-dpm++", "ddim", "ddpm"):
+        near = sample(gen, cond, [1, 2], sampler=sampler, steps=5, init=init, strength=0.2)  # the last step only
+        assert (near - init).abs().mean() < (plain - init).abs().mean() / 2, sampler
+    with pytest.raises(ConfigError, match="give init"):
+        sample(gen, cond, [1], steps=5, strength=0.5)
+    with pytest.raises(ConfigError, match="strength must lie"):
+        sample(gen, cond, [1], steps=5, init=init[:1], strength=0.0)
 
 
 def _files(root) -> dict[str, bytes]:

@@ -53,6 +53,9 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         mask_source: str = typer.Option("jitter", help="'jitter' (real masks deformed) or 'size' (size-controlled)."),
         repaint_share: float = typer.Option(0.0, min=0.0, max=1.0, help="Inpaint: share of samples painted onto "
                                             "the --data image their jittered mask comes from (its lesion repainted)."),
+        paste_strength: float = typer.Option(0.0, min=0.0, max=1.0, help="Inpaint: start each sample from a --data "
+                                             "lesion pasted onto a background, re-drawn from this noise level "
+                                             "(SDEdit; 0: off, masks from --mask-source)."),
         seed: int = typer.Option(0, help="Run seed: same seed, same output."),
         sampler: str = typer.Option(None, help=f"ddim, dpm++, sde-dpm++ or ddpm. {_own('sampler')}"),
         steps: int = typer.Option(None, help=f"Sampling steps. {_own('sample_steps')}"),
@@ -83,6 +86,6 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         synthesize_from_files(generator, out, n, data=data, split=split, labelled=labelled, backgrounds=backgrounds,
                               mask_source=mask_source, seed=seed, sampling=sampling, batch_size=batch_size,
                               prompts=prompts, resume=resume, overwrite=overwrite, executor=executor,
-                              repaint_share=repaint_share,
+                              repaint_share=repaint_share, paste_strength=paste_strength,
                               ray_options={"address": address, "shards": shards, "gpus_per_task": gpus_per_task,
                                            "max_retries": max_retries})

@@ -174,7 +174,7 @@ class FilterSettings(LaterFields):
 class GeneratorSpec(LaterFields):
     """One generator, trained once per N (cached, shared by all arms and seeds that name it)."""
 
-    _omitted_when_none = ("eta", "of", "repaint_share")
+    _omitted_when_none = ("eta", "of", "repaint_share", "paste_strength")
 
     method: SynthesisMethod
     config: Path | None = None  # GeneratorConfig YAML preset; None: ``overrides`` hold the whole config
@@ -194,6 +194,11 @@ class GeneratorSpec(LaterFields):
     #: from (its own lesion repainted inside the jittered mask joined with the real one), the rest onto the
     #: lesion-free backgrounds; None: all onto the backgrounds (generate/synthesize.py ``repaint_share``)
     repaint_share: float | None = Field(None, ge=0, le=1)
+    #: method ``inpaint-normal``: every draw starts from a real lesion of a labelled pair pasted onto a lesion-free
+    #: background (as the copy-paste-backgrounds method pastes it) and the generator re-draws lesion and border
+    #: from it noised to this share of the schedule (SDEdit); the label is the pasted mask, so ``mask_source`` is
+    #: unused. None: masks from ``mask_source`` painted from noise (generate/synthesize.py ``paste_strength``)
+    paste_strength: float | None = Field(None, gt=0, le=1)
 
     @model_validator(mode="after")
     def _paste_has_no_generator(self) -> GeneratorSpec:
@@ -202,6 +207,9 @@ class GeneratorSpec(LaterFields):
         if self.repaint_share is not None and (self.method != "inpaint-normal" or self.mask_source != "jitter"):
             raise ValueError("repaint_share repaints the labelled image a jittered mask comes from: it needs method "
                              "'inpaint-normal' and mask_source 'jitter'")
+        if self.paste_strength is not None and (self.method != "inpaint-normal" or self.repaint_share is not None):
+            raise ValueError("paste_strength re-draws real lesions pasted onto the backgrounds: it needs method "
+                             "'inpaint-normal' and no repaint_share")
         if self.method == UNION_METHOD:
             given = [k for k in ("config", "sampler", "sampling_steps", "guidance_scale", "eta", "filter")
                      if getattr(self, k) is not None] + (["overrides"] if self.overrides else []) \

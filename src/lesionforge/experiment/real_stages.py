@@ -263,7 +263,7 @@ class LesionforgeStages:
         return dict(
             n=spec.n_per_real * len(labelled), masks_from=masks_from, real=labelled,
             backgrounds=data.backgrounds if spec.method == "inpaint-normal" else None,
-            repaint_share=spec.repaint_share or 0.0,
+            repaint_share=spec.repaint_share or 0.0, paste_strength=spec.paste_strength or 0.0,
             seed=spec.seed, batch_size=spec.batch_size,
             # the entry's sampling settings where given, else the generator's own
             sampling=SamplingConfig(sampler=spec.sampler, steps=spec.sampling_steps,

@@ -86,13 +86,16 @@ class LesionPipeline(DiffusionPipeline):
         *,
         seeds: list[int],
         sampling: SamplingConfig | None = None,
+        strength: float = 1.0,
     ) -> LesionPipelineOutput:
         """Draw ``len(seeds)`` pairs, sample ``k`` from its own noise ``seeds[k]`` (same seed, same pair,
         whatever the batch). Conditions by kind: ``masks`` uint8 (B, H, W) the labels (``mask2image``,
         ``inpaint``, ``edge-text``); ``images`` uint8 (B, H, W, C) the lesion-free backgrounds painted into
         (``inpaint``: outside the mask every pixel is kept bit for bit) or the real images whose edges guide
         (``edge-text``); ``prompts`` and ``classes`` for text / class conditioned generators; ``joint`` needs
-        none. ``sampling``: None fields take the generator's own settings."""
+        none. ``sampling``: None fields take the generator's own settings. ``strength`` < 1 (``inpaint``): the
+        region starts from ``images``' own content there noised to that share of the schedule (SDEdit), so a
+        lesion already in the image (a real one pasted onto the background) is re-drawn, not painted from noise."""
         gen, codec = self.unet, self.vae
         kind, b = gen.cfg.kind, len(seeds)
         sampling = (sampling or SamplingConfig()).resolved(gen.cfg)
@@ -100,11 +103,14 @@ class LesionPipeline(DiffusionPipeline):
             raise ConfigError(f"kind {kind!r} draws from masks: give one per seed ({b})")
         if kind in ("inpaint", "edge-text") and (images is None or len(images) != b):
             raise ConfigError(f"kind {kind!r} needs an image per seed ({b})")
+        if strength != 1.0 and kind != "inpaint":
+            raise ConfigError(f"strength re-draws what an inpainting region holds; kind {kind!r} has no region")
         prompts, classes = prompts or [None] * b, classes or [None] * b
         cond, uncond, guide, grid = self._conditions(masks, images, prompts, classes)
         x0 = sample(gen, cond, list(seeds), sampler=sampling.sampler, steps=sampling.steps,
                     guidance_scale=sampling.guidance_scale, uncond=uncond, inpaint=guide,
-                    repaint_jumps=sampling.repaint_jumps, grid=grid, eta=sampling.eta)
+                    repaint_jumps=sampling.repaint_jumps, grid=grid, eta=sampling.eta,
+                    init=None if guide is None else guide.known, strength=strength)
         decoded, prob = decode_samples(kind, x0, codec)
         out = tensor_to_image(decoded)
         cleaning = None

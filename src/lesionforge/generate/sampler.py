@@ -93,14 +93,23 @@ def sample(
     repaint_jumps: int = 0,
     grid: tuple[int, int] | None = None,
     eta: float = 0.0,
+    init: torch.Tensor | None = None,
+    strength: float = 1.0,
 ) -> torch.Tensor:
     """Draw ``len(seeds)`` samples -> ``x0`` (B, x, h, w) (pixels in [-1, 1] or latents).
 
     ``seeds``: one per sample (see :func:`sample_seed`). ``grid``: (h, w) of ``x`` when there are no
     spatial conditions (``joint``). ``repaint_jumps``: extra re-noise/re-denoise rounds per step that
     harmonise the inpainted border (RePaint); needs a stateless sampler (ddim or ddpm). ``eta``: DDIM's
-    stochasticity (0: deterministic), its noise drawn from the samples' own generators.
+    stochasticity (0: deterministic), its noise drawn from the samples' own generators. ``init`` (same shape as
+    ``x``) with ``strength`` < 1: SDEdit, the run starts from ``init`` noised to the timestep that leaves the last
+    ``round(strength * steps)`` steps (at least one) and denoises from there, so what ``init`` shows (a pasted
+    lesion) is re-drawn rather than drawn from pure noise; ``strength`` 1 ignores ``init``, bit for bit.
     """
+    if not 0.0 < strength <= 1.0:
+        raise ConfigError(f"strength must lie in (0, 1], got {strength}")
+    if strength < 1.0 and init is None:
+        raise ConfigError("strength < 1 re-draws an init image (SDEdit): give init")
     if repaint_jumps and sampler in MULTISTEP_SAMPLERS:
         raise ConfigError("repaint_jumps needs sampler 'ddim' or 'ddpm' (DPM-Solver++ keeps a multistep history)")
     device = next(gen.parameters()).device
@@ -113,6 +122,16 @@ def sample(
     cond = cond.to(device)
     uncond = uncond.to(device) if uncond is not None and gen.guidable else None
     timesteps = list(sched.timesteps)
+    if strength < 1.0:
+        # the last k steps of the same schedule, as diffusers' img2img pipelines do (set_begin_index tells a
+        # multistep solver where it starts); every scheduler here is variance-preserving with init sigma 1
+        k = max(1, round(strength * len(timesteps)))
+        start = len(timesteps) - k
+        timesteps = timesteps[start:]
+        if hasattr(sched, "set_begin_index"):
+            sched.set_begin_index(start)
+        a = sched.alphas_cumprod[int(timesteps[0])].to(x.dtype)
+        x = a.sqrt() * init.to(device, x.dtype) + (1 - a).sqrt() * x
     for i, t in enumerate(timesteps):
         t_prev = int(timesteps[i + 1]) if i + 1 < len(timesteps) else -1
         for jump in range(repaint_jumps + 1):

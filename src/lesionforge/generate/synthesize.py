@@ -69,6 +69,7 @@ def synthesize(
     progress: bool = True,
     indices: Sequence[int] | None = None,
     repaint_share: float = 0.0,
+    paste_strength: float = 0.0,
 ) -> list[Sample]:
     """Write ``n`` synthetic pairs to ``out_dir/images``, ``out_dir/masks`` and ``out_dir/manifest.jsonl``,
     drawn batch by batch with the generator's :class:`~lesionforge.generate.pipeline.LesionPipeline`.
@@ -80,6 +81,11 @@ def synthesize(
     ``repaint_share`` (``inpaint``): that share of the samples (every k-th index, no random draw) is painted onto
     the labelled ``real`` image its jittered mask comes from, inside the jittered mask joined with the image's own
     lesion, so the real lesion is repainted and the label is the joined mask; the rest onto ``backgrounds``.
+    ``paste_strength`` (``inpaint``, in (0, 1]): each sample starts from a lesion of a labelled ``real`` pair pasted
+    onto a background exactly as copy-paste onto backgrounds pastes it (:func:`~lesionforge.segment.pasted_set.
+    pasted_pair`: the donors cycle over the labelled pairs), and the generator re-draws the lesion and its border
+    from that image noised to this share of the schedule (SDEdit; 1: from pure noise, only the pasted outline
+    kept); the label is the pasted mask. 0: masks from ``masks_from``, painted from noise.
     ``sampling``: sampler, steps, guidance, RePaint jumps, eta; a field left None (or no ``sampling``) takes
     the generator's own setting. Returns every sample of the manifest (the real ``real`` pairs also give the
     class of a jittered mask's source sample). ``indices``: draw only these sample indices of the ``n`` (one
@@ -90,7 +96,7 @@ def synthesize(
     pipe = LesionPipeline.from_pretrained(gen_dir, vae=codec, text_encoder=text_encoder)
     gcfg = pipe.unet.cfg
     kind, sampling = gcfg.kind, (sampling or SamplingConfig()).resolved(gcfg)
-    _check_inputs(kind, masks_from, backgrounds, real, repaint_share)
+    _check_inputs(kind, masks_from, backgrounds, real, repaint_share, paste_strength)
     out_dir = claim_output(out_dir, "synthetic set", overwrite=overwrite, resume=resume)
     common = {"generator": kind, "checkpoint": str(gen_dir.resolve()), "checkpoint_hash": _weights_hash(gen_dir),
               "sampler": sampling.sampler, "steps": sampling.steps, "guidance_scale": sampling.guidance_scale}
@@ -98,6 +104,8 @@ def synthesize(
         common["eta"] = sampling.eta
     if repaint_share:  # recorded only when used: sets drawn before it keep their run files
         common["repaint_share"] = repaint_share
+    if paste_strength:  # recorded only when used, as repaint_share
+        common["paste_strength"] = paste_strength
     _check_same_run(out_dir, {**common, "seed": seed, "repaint_jumps": sampling.repaint_jumps})
     common["code_version"] = code_version()
     if kind == "inpaint":
@@ -114,9 +122,9 @@ def synthesize(
     with StageProgress(disable=not progress) as bar:
         task = bar.add_task(f"synthesizing ({kind})", total=len(wanted), completed=len(wanted) - len(todo))
         for start in range(0, len(todo), batch_size):
-            plans = [_plan(kind, seed, i, masks_from, backgrounds, real, text, repaint_share)
+            plans = [_plan(kind, seed, i, masks_from, backgrounds, real, text, repaint_share, paste_strength)
                      for i in todo[start:start + batch_size]]
-            rows = _draw(pipe, plans, sampling, seed, out_dir, common)
+            rows = _draw(pipe, plans, sampling, seed, out_dir, common, paste_strength or 1.0)
             append_manifest(out_dir / MANIFEST, rows)
             bar.update(task, advance=len(plans))
     return read_manifest(out_dir / MANIFEST, resolve=False)
@@ -146,8 +154,16 @@ def _check_same_run(out_dir: Path, settings: dict) -> None:
 
 
 def _check_inputs(kind: str, masks_from, backgrounds: PairArrays | None, real: PairArrays | None,
-                  repaint_share: float = 0.0) -> None:
-    if kind in ("mask2image", "inpaint") and masks_from is None:
+                  repaint_share: float = 0.0, paste_strength: float = 0.0) -> None:
+    if not 0.0 <= paste_strength <= 1.0:
+        raise ConfigError(f"paste_strength must lie in (0, 1] (0: off), got {paste_strength}")
+    if paste_strength and kind != "inpaint":
+        raise ConfigError(f"paste_strength re-draws real lesions pasted onto backgrounds: kind 'inpaint', not {kind!r}")
+    if paste_strength and repaint_share:
+        raise ConfigError("paste_strength and repaint_share each choose what a sample is painted onto: give one")
+    if paste_strength and (real is None or not real.has_mask.any()):
+        raise ConfigError("paste_strength needs the labelled pairs (real) whose lesions are pasted")
+    if kind in ("mask2image", "inpaint") and masks_from is None and not paste_strength:
         raise ConfigError(f"kind {kind!r} needs masks_from (a mask source)")
     if not 0.0 <= repaint_share <= 1.0:
         raise ConfigError(f"repaint_share must lie in [0, 1], got {repaint_share}")
@@ -168,7 +184,7 @@ def _repaints(i: int, share: float) -> bool:
 
 
 def _plan(kind: str, seed: int, i: int, masks_from, backgrounds: PairArrays | None, real: PairArrays | None,
-          text: TextConditioner, repaint_share: float = 0.0) -> Plan:
+          text: TextConditioner, repaint_share: float = 0.0, paste_strength: float = 0.0) -> Plan:
     rng = np.random.default_rng([seed, i])
     info: dict = {}
     image = mask = None
@@ -181,6 +197,15 @@ def _plan(kind: str, seed: int, i: int, masks_from, backgrounds: PairArrays | No
     elif kind == "mask2image":
         mask, minfo = masks_from(rng, 1)[0]
         label_class, info = _class_of(minfo, real), _mask_info(minfo)
+    elif kind == "inpaint" and paste_strength:
+        from lesionforge.segment.config import CopyPasteConfig
+        from lesionforge.segment.pasted_set import pasted_pair
+
+        # one home for pasting: the copy-paste-onto-backgrounds pair of the same index and seed, re-drawn later
+        image, mask, pinfo = pasted_pair(i, seed, real, backgrounds, CopyPasteConfig())
+        label_class = _class_of(pinfo, real)
+        info = {"mask_source": "pasted", "source_id": pinfo["source_id"], "background_id": pinfo["background_id"],
+                "mask_info": {"area_frac": float(mask.mean()), "paste_strength": paste_strength}}
     elif kind == "inpaint" and _repaints(i, repaint_share):
         image, mask, minfo = _repainted(masks_from(rng, 1)[0], real)
         label_class, info = _class_of(minfo, real), {**_mask_info(minfo), "background_id": minfo["source_id"]}
@@ -243,12 +268,12 @@ def _mask_info(info: dict) -> dict:
 
 
 def _draw(pipe: LesionPipeline, plans: list[Plan], sampling: SamplingConfig, seed: int, out_dir: Path,
-          common: dict) -> list[Sample]:
+          common: dict, strength: float = 1.0) -> list[Sample]:
     """Draw the samples of ``plans`` in one pipeline call and write their files; returns their manifest rows."""
     out = pipe(None if plans[0].mask is None else np.stack([p.mask for p in plans]),
                None if plans[0].image is None else np.stack([p.image for p in plans]),
                [p.prompt for p in plans], [p.label_class for p in plans],
-               seeds=[sample_seed(seed, p.index) for p in plans], sampling=sampling)
+               seeds=[sample_seed(seed, p.index) for p in plans], sampling=sampling, strength=strength)
     rows = []
     for k, p in enumerate(plans):
         extra = {} if out.mask_cleaning is None else {"mask_source": "joint", "mask_cleaning": out.mask_cleaning[k]}

@@ -36,6 +36,9 @@ def check_closed_loop_arms(cfg) -> None:
         if spec.repaint_share and not arm.loop.steers_keep:
             raise ValueError(f"arm {arm.name!r}: its generator repaints labelled images (repaint_share), but a loop "
                              "steering by draw makes masks of bands with no labelled source; use steer_by 'keep'")
+        if spec.paste_strength and not arm.loop.steers_keep:
+            raise ValueError(f"arm {arm.name!r}: its generator re-draws pasted real lesions (paste_strength), but a "
+                             "loop steering by draw makes masks of bands with no labelled donor; use steer_by 'keep'")
         small = [n for n in cfg.n_labelled if spec.n_per_real * n < arm.loop.rounds]
         if small:
             raise ValueError(f"arm {arm.name!r}: N = {small} gives fewer synthetic pairs than "
