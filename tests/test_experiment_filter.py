@@ -60,50 +60,33 @@ def test_keep_best_changes_the_filter_key_only_when_set(tmp_path):
         FilterSettings.model_validate({"validator": "pixel", "keep_bands": True})
 
 
-def test_repaint_share_draws_a_new_set_with_the_same_generator_and_is_inpaint_jitter_only(tmp_path):
-    """``repaint_share`` is omitted from dumps while unset (existing sets keep their keys); set, it keys a new
-    synthetic set but the same generator (the generator trains as before), and the synthesis gets it; it is
-    refused for another method or mask source."""
+@pytest.mark.parametrize("field, bad", [
+    ("repaint_share", [{"method": "mask-conditioned", "repaint_share": 0.5},
+                       {"method": "inpaint-normal", "mask_source": "size", "repaint_share": 0.5},
+                       {"method": "inpaint-normal", "repaint_share": 1.5}]),
+    ("paste_strength", [{"method": "mask-conditioned", "paste_strength": 0.5},
+                        {"method": "inpaint-normal", "paste_strength": 0.5, "repaint_share": 0.5},
+                        {"method": "inpaint-normal", "paste_strength": 0.0},
+                        {"method": "inpaint-normal", "paste_strength": 1.5}]),
+])
+def test_what_a_set_is_painted_onto_keys_a_new_set_of_the_same_generator(tmp_path, field, bad):
+    """``repaint_share`` (repaint the labelled images) and ``paste_strength`` (re-draw pasted real lesions) are
+    omitted from dumps while unset (existing sets keep their keys); set, each keys a new synthetic set but the same
+    generator (it trains as before), and the synthesis gets it; each is refused where it cannot apply."""
     from lesionforge.experiment.config import GeneratorSpec, resolved_generator_config
 
     plain = _cfg(tmp_path, None)
     spec = plain.generators["inpaint"]
-    repaint = plain.model_copy(update={"generators": {"inpaint": spec.model_copy(update={"repaint_share": 0.5})}})
-    assert "repaint_share" not in spec.model_dump()
+    other = plain.model_copy(update={"generators": {"inpaint": spec.model_copy(update={field: 0.5})}})
+    assert field not in spec.model_dump()
     data = LesionforgeStages().load_data(plain)
-    assert synthetic_key(plain, "inpaint", 8, data) != synthetic_key(repaint, "inpaint", 8, data)
-    assert resolved_generator_config(plain, spec) == resolved_generator_config(repaint, repaint.generators["inpaint"])
-    args = LesionforgeStages.synthesis_args(repaint, repaint.generators["inpaint"], 8, data)
-    assert args["repaint_share"] == 0.5
-    assert LesionforgeStages.synthesis_args(plain, spec, 8, data)["repaint_share"] == 0.0
-    for bad in ({"method": "mask-conditioned"}, {"method": "inpaint-normal", "mask_source": "size"}):
-        with pytest.raises(ValueError, match="repaint_share"):
-            GeneratorSpec.model_validate({**bad, "repaint_share": 0.5})
-    with pytest.raises(ValueError, match="repaint_share"):
-        GeneratorSpec.model_validate({"method": "inpaint-normal", "repaint_share": 1.5})
-
-
-def test_paste_strength_keys_a_new_set_of_the_same_generator_and_is_inpaint_only(tmp_path):
-    """``paste_strength`` (re-draw pasted real lesions) is omitted while unset, keys a new set but the same
-    generator, reaches the synthesis, and is refused for another method, with repaint_share, or outside (0, 1]."""
-    from lesionforge.experiment.config import GeneratorSpec, resolved_generator_config
-
-    plain = _cfg(tmp_path, None)
-    spec = plain.generators["inpaint"]
-    pasted = plain.model_copy(update={"generators": {"inpaint": spec.model_copy(update={"paste_strength": 0.5})}})
-    assert "paste_strength" not in spec.model_dump()
-    data = LesionforgeStages().load_data(plain)
-    assert synthetic_key(plain, "inpaint", 8, data) != synthetic_key(pasted, "inpaint", 8, data)
-    assert resolved_generator_config(plain, spec) == resolved_generator_config(pasted, pasted.generators["inpaint"])
-    assert LesionforgeStages.synthesis_args(pasted, pasted.generators["inpaint"], 8, data)["paste_strength"] == 0.5
-    assert LesionforgeStages.synthesis_args(plain, spec, 8, data)["paste_strength"] == 0.0
-    for bad in ({"method": "mask-conditioned", "paste_strength": 0.5},
-                {"method": "inpaint-normal", "paste_strength": 0.5, "repaint_share": 0.5}):
-        with pytest.raises(ValueError, match="paste_strength"):
-            GeneratorSpec.model_validate(bad)
-    for out_of_range in (0.0, 1.5):
-        with pytest.raises(ValueError, match="paste_strength"):
-            GeneratorSpec.model_validate({"method": "inpaint-normal", "paste_strength": out_of_range})
+    assert synthetic_key(plain, "inpaint", 8, data) != synthetic_key(other, "inpaint", 8, data)
+    assert resolved_generator_config(plain, spec) == resolved_generator_config(other, other.generators["inpaint"])
+    assert LesionforgeStages.synthesis_args(other, other.generators["inpaint"], 8, data)[field] == 0.5
+    assert LesionforgeStages.synthesis_args(plain, spec, 8, data)[field] == 0.0
+    for settings in bad:
+        with pytest.raises(ValueError, match=field):
+            GeneratorSpec.model_validate(settings)
 
 
 def test_a_set_drawn_by_a_differently_trained_generator_is_not_reused(tmp_path, monkeypatch):
