@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -314,3 +315,24 @@ def test_filter_keep_share_keeps_the_same_count_when_draws_per_source_differ(val
         filter_manifest(path, validators[1], tmp_path / "y.jsonl", keep_weights=weights)
     with pytest.raises(ConfigError, match="not both"):
         filter_manifest(path, validators[1], tmp_path / "x.jsonl", keep_best=1, keep_share=0.5)
+
+
+def test_a_finished_validator_is_reused_as_it_is_and_a_changed_one_trains_on(validators, demo_arrays, tmp_path):
+    """A resumed call on a validator trained to the end returns it untouched (no re-save with a blank final
+    loss, no new code version); with other settings (more steps) it trains on from its last state."""
+    import shutil
+
+    latent, pixel = validators
+    train = _pairs(demo_arrays, range(N_TRAIN))
+    pcfg = PixelSegmenterConfig(resolution=32, features=(8, 8, 16, 16, 32, 8), steps=40, batch_size=8, lr=3e-3)
+    lcfg = LatentSegmenterConfig(resolution=32, block_out_channels=(16, 32), max_timestep=50, steps=200,
+                                 batch_size=8, lr=5e-3, checkpoint_every=100)
+    for path, again in ((pixel, lambda: train_pixel_segmenter(pcfg, train, pixel)),
+                        (latent, lambda: train_latent_segmenter(lcfg, train, None, latent))):
+        files = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in Path(path).rglob("*") if p.is_file()}
+        assert Path(again()) == Path(path)
+        assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in Path(path).rglob("*") if p.is_file()} == files
+    copy = shutil.copytree(pixel, tmp_path / "pixel")
+    train_pixel_segmenter(pcfg.model_copy(update={"steps": 41}), train, copy)
+    info = json.loads((copy / "validator.json").read_text(encoding="utf-8"))
+    assert info["config"]["steps"] == 41 and info["final_train_loss"] > 0

@@ -26,7 +26,14 @@ from lesionforge.generate.autoencoder import LatentCodec
 from lesionforge.outputs import claim_output
 from lesionforge.utils import code_version, seed_everything
 from lesionforge.validate.training import train_loop
-from lesionforge.validate.validator import SEGMENTER_DIR, load_validator, register_kind, save_validator_info, val_scores
+from lesionforge.validate.validator import (
+    SEGMENTER_DIR,
+    finished_validator,
+    load_validator,
+    register_kind,
+    save_validator_info,
+    val_scores,
+)
 
 
 class LatentSegmenter(ModelMixin, ConfigMixin):
@@ -123,6 +130,8 @@ def train_latent_segmenter(
     (with per-image Dice on real ``val`` images, used for the automatic filter threshold). Returns it.
     """
     out_dir = claim_output(out_dir, "validator run", overwrite=overwrite, resume=resume)
+    if resume and finished_validator(out_dir, cfg.model_dump(mode="json")):
+        return out_dir
     seed_everything(cfg.seed)
     labelled = train.subset(np.flatnonzero(train.has_mask))
     z_all, m_all = encode_flipped(codec, labelled)

@@ -81,6 +81,18 @@ def save_validator_info(path: str | Path, info: dict[str, Any]) -> None:
     write_json_atomic(Path(path) / INFO_FILE, info)
 
 
+def finished_validator(path: str | Path, config: dict[str, Any]) -> bool:
+    """Whether ``path`` holds a validator already trained to the end with ``config`` (its ``validator.json`` is
+    written last): a resumed call then reuses it as it is, instead of re-saving it with a blank final loss."""
+    info_file = Path(path) / INFO_FILE
+    if not info_file.is_file():
+        return False
+    try:
+        return json.loads(info_file.read_text(encoding="utf-8")).get("config") == config
+    except (OSError, ValueError):
+        return False
+
+
 def load_validator(path: str | Path) -> Validator:
     """Load a validator folder written by ``train_latent_segmenter`` or ``train_pixel_segmenter``."""
     path = Path(path)
