@@ -210,10 +210,22 @@ def test_best_by_band_keeps_the_bands_drawn_where_best_per_source_keeps_only_lar
     plain = best_per_source(dice, kept, sources, 2)
     assert sorted(bands[plain].tolist()) == [2] * 8  # the validator's ranking keeps no small or medium lesion
     balanced = best_by_band(dice, kept, sources, bands, 2)
-    # drawn 4 / 4 / 8 -> kept 2 / 2 / 4 of the 8, still 2 per source, the best of each band first
+    # drawn 4 / 4 / 8 -> kept 2 / 2 / 4 of the 8, still 2 per source; the small band is filled first
     assert sorted(bands[balanced].tolist()) == [0, 0, 1, 1, 2, 2, 2, 2]
     assert all(balanced[[i for i, s in enumerate(sources) if s == src]].sum() == 2 for src in "abcd")
-    assert balanced[[2, 6, 10, 14]].all() and balanced[[1, 5]].all() and balanced[[8, 12]].all()
+    assert balanced[[0, 4]].all() and balanced[[1, 5]].all() and balanced[[10, 11, 14, 15]].all()
+
+
+def test_best_by_band_reaches_the_small_quota_when_each_source_ranks_its_small_draw_last():
+    # every source draws one small (low Dice) and three medium / large ones, k = 2; in one Dice order over all
+    # bands each source's two slots go to its medium and large draws before any small one is reached
+    dice = np.array([0.2, 0.6, 0.7, 0.9] * 6)
+    bands = np.array([0, 1, 2, 2] * 6)
+    sources = [s for s in "abcdef" for _ in range(4)]
+    out = best_by_band(dice, np.ones(24, bool), sources, bands, 2)
+    # drawn 6 / 6 / 12 of 24 -> quotas 3 / 3 / 6 of 12
+    assert sorted(bands[out].tolist()) == [0] * 3 + [1] * 3 + [2] * 6
+    assert all(out[4 * k:4 * k + 4].sum() == 2 for k in range(6))
 
 
 def test_best_by_band_still_fills_every_source_when_its_band_is_full():

@@ -156,20 +156,23 @@ def best_by_band(dice: np.ndarray, kept: np.ndarray, sources: list[str | None], 
     Why: a validator finds a large lesion more easily than a small one, so ranking each source's draws by Dice
     keeps the large jitters of its mask and the set loses its small lesions (Kvasir-SEG N = 32: 3 % small kept
     of 4 % drawn, 16 % medium of 21 %). Band quotas are set over the whole set (largest remainder, ties to the
-    smaller band), not per source, where a band drawn 1 time in 16 would round to 0 in every source. Greedy in
-    descending Dice: a sample is kept while its source has fewer than ``k`` and its band is under quota; then
-    sources still short of ``k`` take their best remaining samples whatever the band (so every source keeps as
-    many as :func:`best_per_source` would). Written here: it is this one selection rule; no library has it.
-    Samples without a source are left as they are."""
+    smaller band), not per source, where a band drawn 1 time in 16 would round to 0 in every source. The bands
+    are filled smallest first, each in descending Dice: a sample is kept while its source has fewer than ``k``
+    and its band is under quota (filled in one Dice order over all bands, a source's two slots went to its
+    large jitters before its small ones came up, and the small quota was never reached: 1 small kept where 3
+    were due, session 18). Then sources still short of ``k`` take their best remaining samples whatever the
+    band (so every source keeps as many as :func:`best_per_source` would). Written here: it is this one
+    selection rule; no library has it. Samples without a source are left as they are."""
     out = kept.copy()
     cand = [i for i, src in enumerate(sources) if src is not None and kept[i]]
     out[cand] = False
     total = sum(min(c, k) for c in Counter(sources[i] for i in cand).values())
     drawn = dict(sorted(Counter(int(bands[i]) for i in cand).items()))  # smaller band first: ties go to it
     quota = _apportion(total, {b: float(c) for b, c in drawn.items()}, drawn)
-    order = sorted(cand, key=lambda i: (-float(dice[i]), i))
     have: dict[str, int] = {}
     for relax in (False, True):
+        # strict pass: the smallest band first; relaxed pass: whatever the band, in descending Dice
+        order = sorted(cand, key=lambda i: (0 if relax else int(bands[i]), -float(dice[i]), i))
         for i in order:
             src, b = sources[i], int(bands[i])
             if out[i] or have.get(src, 0) >= k or (not relax and quota[b] <= 0):
