@@ -25,15 +25,9 @@ from lesionforge.devices import DeviceName
 from lesionforge.generate.autoencoder import LatentCodec
 from lesionforge.outputs import claim_output
 from lesionforge.utils import code_version, seed_everything
+from lesionforge.validate import validator as registry
 from lesionforge.validate.training import train_loop
-from lesionforge.validate.validator import (
-    SEGMENTER_DIR,
-    finished_validator,
-    load_validator,
-    register_kind,
-    save_validator_info,
-    val_scores,
-)
+from lesionforge.validate.validator import SEGMENTER_DIR, load_validator, register_kind, save_validator_info, val_scores
 
 
 class LatentSegmenter(ModelMixin, ConfigMixin):
@@ -130,7 +124,7 @@ def train_latent_segmenter(
     (with per-image Dice on real ``val`` images, used for the automatic filter threshold). Returns it.
     """
     out_dir = claim_output(out_dir, "validator run", overwrite=overwrite, resume=resume)
-    if resume and finished_validator(out_dir, cfg.model_dump(mode="json")):
+    if resume and registry.finished_validator(out_dir, cfg.model_dump(mode="json")):
         return out_dir
     seed_everything(cfg.seed)
     labelled = train.subset(np.flatnonzero(train.has_mask))

@@ -17,15 +17,9 @@ from lesionforge.data.arrays import PairArrays, image_to_tensor, mask_to_tensor
 from lesionforge.devices import DeviceName
 from lesionforge.outputs import claim_output
 from lesionforge.utils import code_version, seed_everything
+from lesionforge.validate import validator as registry
 from lesionforge.validate.training import flip_batch, train_loop
-from lesionforge.validate.validator import (
-    SEGMENTER_DIR,
-    finished_validator,
-    load_validator,
-    register_kind,
-    save_validator_info,
-    val_scores,
-)
+from lesionforge.validate.validator import SEGMENTER_DIR, load_validator, register_kind, save_validator_info, val_scores
 
 
 class PixelSegmenter(ModelMixin, ConfigMixin):
@@ -74,7 +68,7 @@ def train_pixel_segmenter(
     """Train a :class:`PixelSegmenter` (Dice + BCE, random flips) on the labelled images of ``train``;
     write a validator folder (``segmenter/`` + ``validator.json`` with real-``val`` scores). Returns it."""
     out_dir = claim_output(out_dir, "validator run", overwrite=overwrite, resume=resume)
-    if resume and finished_validator(out_dir, cfg.model_dump(mode="json")):
+    if resume and registry.finished_validator(out_dir, cfg.model_dump(mode="json")):
         return out_dir
     seed_everything(cfg.seed)
     labelled = train.subset(np.flatnonzero(train.has_mask))
