@@ -487,6 +487,11 @@ def recipe_of(settings: dict) -> dict:
             "filter": None if not f else {k: f.get(k) for k in ("validator", "threshold", "auto_rule", "keep_best")}}
 
 
+#: Headline arms screened as another variant's row: arm -> (variant, row). The headline's `synthetic-redrawn` arm is
+#: the `synthetic` row of the variant it was chosen from, so the rank agreement covers it too.
+HEADLINE_ROWS_OF_VARIANTS = {"synthetic-redrawn": ("pretrain+8per-top2+paste0.5", "synthetic")}
+
+
 def agreement(out: dict, head_path: Path | None, agree_with: str = HEADLINE_VARIANT,
               recipe: dict | None = None) -> dict:
     """Rank agreement of the screen (the real rows and those of ``agree_with``, the variant the headline holds)
@@ -501,6 +506,8 @@ def agreement(out: dict, head_path: Path | None, agree_with: str = HEADLINE_VARI
                 "headline_recipe": None if held is None else recipe_of(held), "variant_recipe": recipe_of(recipe)}
     headline = {a: v["mdice_mean"] for a, v in head["arms"].items()}
     rows = {**out["real"], **out["variants"][agree_with].get("arms", {})}
+    rows.update({arm: out["variants"][v]["arms"][r] for arm, (v, r) in HEADLINE_ROWS_OF_VARIANTS.items()
+                 if r in out["variants"].get(v, {}).get("arms", {})})
     screen_scores = {a: r["per_image"] for a, r in rows.items() if a in headline}
     if len(screen_scores) < 3:
         return {"status": f"not computed: {len(screen_scores)} arms shared with the headline so far"}

@@ -134,7 +134,7 @@ def test_the_headline_variant_is_what_the_headline_configs_hold(dataset):
 
 def test_agree_recomputes_the_rank_agreement_from_the_two_files_alone(tmp_path):
     """`screen.py agree`: the committed Kvasir-SEG screen against its headline file, no segmenter trained; the
-    headline's sixth arm joins the ranking, and a headline of another recipe is not compared."""
+    headline's sixth and seventh arms join the ranking, and a headline of another recipe is not compared."""
     from typer.testing import CliRunner
 
     s = load_benchmark("screen")
@@ -146,9 +146,11 @@ def test_agree_recomputes_the_rank_agreement_from_the_two_files_alone(tmp_path):
     assert res.exit_code == 0, res.output
     a = json.loads((tmp_path / name).read_text(encoding="utf-8"))["agreement"]
     head = json.loads(head_path.read_text(encoding="utf-8"))
-    assert a["arms"] == sorted(head["arms"]) and len(a["arms"]) == 6 and a["permutations"] == 720
+    # the headline's seventh arm is scored by the row of the variant it was chosen from
+    assert a["arms"] == sorted(head["arms"]) and len(a["arms"]) == 7 and a["permutations"] == 5040
     screen = json.loads((tmp_path / name).read_text(encoding="utf-8"))
-    rows = {**screen["real"], **screen["variants"][s.HEADLINE_VARIANT]["arms"]}
+    rows = {**screen["real"], **screen["variants"][s.HEADLINE_VARIANT]["arms"],
+            "synthetic-redrawn": screen["variants"]["pretrain+8per-top2+paste0.5"]["arms"]["synthetic"]}
     direct = rank_agreement({k: rows[k]["per_image"] for k in a["arms"]},
                             {k: head["arms"][k]["mdice_mean"] for k in a["arms"]})
     assert a["spearman"] == direct["spearman"] and a["bootstrap"]["ci95"] == direct["bootstrap"]["ci95"]
