@@ -190,3 +190,17 @@ def test_unknown_filter_validator_is_refused(tmp_path):
     (tmp_path / "bad.yaml").write_text(text, encoding="utf-8")
     with pytest.raises(ConfigError, match="validator"):
         load_experiment_config(tmp_path / "bad.yaml")
+
+
+def test_a_resumed_set_reports_no_synthesis_speed(tmp_path):
+    """A set's images/s counts only what this call drew: a finished set found again has no speed (None), not
+    its whole size divided by the seconds spent checking it."""
+    from lesionforge.experiment.config import GeneratorSpec
+
+    cfg = _cfg(tmp_path, None)
+    data = LesionforgeStages().load_data(cfg)
+    spec = GeneratorSpec.model_validate({"method": "copy-paste-backgrounds", "n_per_real": 1})
+    first = LesionforgeStages._pasted(spec, 8, data, tmp_path / "set")
+    again = LesionforgeStages._pasted(spec, 8, data, tmp_path / "set")
+    assert first["n_generated"] == again["n_generated"] == 8
+    assert first["timings"]["synthesis_images_per_s"] > 0 and again["timings"]["synthesis_images_per_s"] is None
