@@ -274,6 +274,50 @@ def test_a_sweep_done_arm_by_arm_writes_the_whole_sweeps_result_once_every_run_i
         run_experiment(again, FakeStages(demo_arrays), progress=False, only_arms=["synthetc"])
 
 
+def _smoke_with(tmp_path, old: str, new: str, name: str = "cfg.yaml"):
+    text = (CONFIGS / "smoke.yaml").read_text(encoding="utf-8")
+    assert old in text
+    (tmp_path / name).write_text(text.replace(old, new, 1), encoding="utf-8")
+    over = {"output": str(tmp_path / "runs"), "results_dir": str(tmp_path / "results"), "n_labelled": [4, 8]}
+    return load_experiment_config(tmp_path / name, over)
+
+
+def test_an_arm_measured_at_some_n_only_is_run_and_reported_there_only(tmp_path, demo_arrays):
+    synthetic = "{name: synthetic, kind: synthetic,"
+    cfg = _smoke_with(tmp_path, synthetic, "{name: synthetic, n_labelled: [8], kind: synthetic,")
+    stages = FakeStages(demo_arrays)
+    paths = run_experiment(cfg, stages, progress=False)
+    runs = {(n, a) for n, a, *_ in stages.run_calls}
+    assert runs == {(4, "baseline"), (4, "copy-paste"), (8, "baseline"), (8, "copy-paste"), (8, "synthetic")}
+    assert stages.synth_calls == [(8, "inpaint")]  # no generator is trained for an N that no arm of it needs
+    n4, n8 = (json.loads(p.read_text(encoding="utf-8")) for p in sorted(paths))
+    assert (n4["n_labelled"], n8["n_labelled"]) == (4, 8)
+    assert set(n4["arms"]) == {"baseline", "copy-paste"} and "synthetic" in n8["arms"]
+    assert "synthetic" not in n4["paired_diff"] and not n4["generators"]
+    assert n8["paired_vs_copy_paste"]["copy-paste"]["synthetic"]["mdice"]["mean"] > 0
+    assert n4["config_hash"] == n8["config_hash"]  # one sweep, one config
+    # resumed: nothing is redone, and the runs of N = 8 pack and unpack as runs of this config
+    again = FakeStages(demo_arrays)
+    run_experiment(cfg, again, progress=False)
+    assert again.run_calls == []
+    from lesionforge.experiment.carry import pack_runs, unpack_runs
+
+    assert pack_runs(cfg, tmp_path / "pack.json") == 5 * len(cfg.seeds)
+    moved = cfg.model_copy(update={"output": tmp_path / "elsewhere"})
+    assert unpack_runs(moved, tmp_path / "pack.json") == (5 * len(cfg.seeds), 0)
+    # the field is left out of dumps while unset: configs written before it keep their hashes
+    assert "n_labelled" not in cfg.arms[0].model_dump() and cfg.arms[2].model_dump()["n_labelled"] == [8]
+
+
+@pytest.mark.parametrize(("arm", "message"), [
+    ("{name: baseline, n_labelled: [8], kind: baseline}", "baseline arm is measured at every N"),
+    ("{name: baseline, kind: baseline}\n  - {name: other, n_labelled: [], kind: baseline}", "at least 1"),
+])
+def test_a_bad_arm_n_labelled_is_refused(tmp_path, arm, message):
+    with pytest.raises(ConfigError, match=message):
+        _smoke_with(tmp_path, "{name: baseline, kind: baseline}", arm)
+
+
 def test_every_interval_is_recomputed_from_the_result_file_alone(cfg, demo_arrays, tmp_path):
     from lesionforge.experiment.results import paired_from_result
 

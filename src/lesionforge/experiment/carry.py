@@ -37,7 +37,7 @@ KIND = "lesionforge-sweep-runs"
 def pack_runs(cfg: ExperimentConfig, dest: str | Path) -> int:
     """Write every finished run of ``cfg``'s output folder to ``dest`` (JSON, atomically); returns the count."""
     records = [read_record(p).model_dump(mode="json")
-               for n in cfg.n_labelled for arm in cfg.arms for seed in cfg.seeds
+               for n in cfg.n_labelled for arm in cfg.arms_at(n) for seed in cfg.seeds
                if (p := record_path(cfg.output, n, arm.name, seed)).is_file()]
     write_json_atomic(Path(dest), {"kind": KIND, "dataset": cfg.dataset.name, "profile": cfg.profile,
                                    "config_hash": config_hash(cfg), "sets": sweep_fingerprints(cfg.output),
@@ -54,14 +54,14 @@ def unpack_runs(cfg: ExperimentConfig, src: str | Path) -> tuple[int, int]:
     if pack["config_hash"] != config_hash(cfg):
         raise ConfigError(f"{src}: packed from a config with other settings (hash {pack['config_hash']}, this "
                           f"config {config_hash(cfg)}); its runs cannot be mixed into this sweep")
-    names = {a.name for a in cfg.arms}
     records = []
     for k, raw in enumerate(pack["runs"]):
         try:
             rec = RunRecord.model_validate(raw)
         except ValidationError as e:
             raise DataError(src, f"run {k} is not a valid run record ({e.errors()[0]['msg']})") from e
-        if rec.n_labelled not in cfg.n_labelled or rec.arm not in names or rec.seed not in cfg.seeds:
+        if (rec.n_labelled not in cfg.n_labelled or rec.seed not in cfg.seeds
+                or rec.arm not in {a.name for a in cfg.arms_at(rec.n_labelled)}):
             raise DataError(src, f"run {k} (N={rec.n_labelled}, {rec.arm}, seed {rec.seed}) is not a run of this "
                                  "config")
         records.append(rec)

@@ -248,7 +248,14 @@ class ArmSettings(LaterFields):
     copy_paste: CopyPasteConfig | None = None
     # closed-loop arms: rounds, max_gain, the open-loop arm compared with (docs/loop.md)
     loop: LoopSettings | None = None
-    _omitted_when_none: ClassVar[tuple[str, ...]] = ("loop",)
+    #: measure this arm only at these N of the sweep (None: at every N), e.g. an arm that lost at one N and is not
+    #: worth its runs at the others; its numbers at that N stay in that N's result
+    n_labelled: list[int] | None = None
+    _omitted_when_none: ClassVar[tuple[str, ...]] = ("loop", "n_labelled")
+
+    def measured_at(self, n: int) -> bool:
+        """Whether the sweep runs this arm at N labelled."""
+        return self.n_labelled is None or n in self.n_labelled
 
     @model_validator(mode="before")
     @classmethod
@@ -346,6 +353,14 @@ class ExperimentConfig(StrictModel):
                 raise ValueError(f"arm {a.name!r}: mixing 'patch-merge' needs an edge-guided generator")
         if not self.n_labelled or not self.seeds:
             raise ValueError("n_labelled and seeds must not be empty")
+        for a in self.arms:
+            if a.n_labelled is None:
+                continue
+            if a.name == self.baseline_arm:
+                raise ValueError(f"arm {a.name!r}: the baseline arm is measured at every N (drop its n_labelled)")
+            # an N the sweep does not run is allowed: a config narrowed to one N (``--n``, the screen) keeps its arms
+            if not a.n_labelled or min(a.n_labelled) < 1:
+                raise ValueError(f"arm {a.name!r}: n_labelled {a.n_labelled} must list N values of at least 1")
         from lesionforge.loop.fairness import check_closed_loop_arms
 
         check_closed_loop_arms(self)
@@ -361,6 +376,10 @@ class ExperimentConfig(StrictModel):
 
     def arm(self, name: str) -> ArmSettings:
         return next(a for a in self.arms if a.name == name)
+
+    def arms_at(self, n: int) -> list[ArmSettings]:
+        """The arms measured at N labelled, in the config's order (see :attr:`ArmSettings.n_labelled`)."""
+        return [a for a in self.arms if a.measured_at(n)]
 
     def shared_segment(self, where: str = "segment") -> SegmentConfig:
         """The ``SegmentConfig`` every arm shares (preset + named fields + ``extra``), read once."""

@@ -36,7 +36,7 @@ def run_loop(cfg: ExperimentConfig, arm: str | None = None, only_n: list[int] | 
         raise ConfigError(f"seed {unknown} is not among the config's seeds {cfg.seeds}")
     n_values, stages, data = prepare_sweep(cfg, stages, True, False, only_n)
     records = []
-    for n in n_values:
+    for n in (n for n in n_values if chosen.measured_at(n)):
         cache = SyntheticCache(cfg, stages, data, n)
         for seed in seeds or cfg.seeds:
             try:

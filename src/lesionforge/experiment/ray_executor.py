@@ -77,7 +77,7 @@ class _Graph:
         cfg, sets = self.cfg, {}
         refs = []
         for seed in cfg.seeds:
-            for arm in cfg.arms:
+            for arm in cfg.arms_at(n):
                 if record_path(cfg.output, n, arm.name, seed).is_file():  # finished: read (and checked) here
                     refs.append(self.ray.put(ensure_run(cfg, self.stages, self.data, n, arm, seed, lambda: None)))
                     continue

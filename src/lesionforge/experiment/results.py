@@ -47,7 +47,8 @@ def build_result(
     """Assemble the result dict of regime ``n`` from its run records (every arm x seed of the config);
     ``subsets`` (name -> test ids) get their own paired differences; ``quality`` (arm -> dict) becomes each
     synthetic arm's ``synthetic_quality``."""
-    by_arm = {a.name: sorted((r for r in records if r.arm == a.name), key=lambda r: r.seed) for a in cfg.arms}
+    at_n = cfg.arms_at(n)
+    by_arm = {a.name: sorted((r for r in records if r.arm == a.name), key=lambda r: r.seed) for a in at_n}
     arms = {name: _arm_summary(cfg, name, recs, synthetic) for name, recs in by_arm.items()}
     per_image_top, per_image = per_image_fields(by_arm, cfg.baseline_arm)
     for name, block in per_image.items():
@@ -66,8 +67,8 @@ def build_result(
     # is compared with
     versus_copy_paste = {
         ref.name: {a.name: paired_diff(by_arm[a.name], by_arm[ref.name], cfg.bootstrap_samples, cfg.bootstrap_seed)
-                   for a in cfg.arms if a.kind == "synthetic" and not cfg.is_copy_paste_reference(a)}
-        for ref in cfg.arms if cfg.is_copy_paste_reference(ref) and ref.name != cfg.baseline_arm
+                   for a in at_n if a.kind == "synthetic" and not cfg.is_copy_paste_reference(a)}
+        for ref in at_n if cfg.is_copy_paste_reference(ref) and ref.name != cfg.baseline_arm
     }
     return {
         "dataset": cfg.dataset.name, "n_labelled": n, "profile": cfg.profile, "resolution": cfg.resolution,
@@ -87,11 +88,11 @@ def build_result(
         **per_image_top,
         "arms": arms, "paired_diff": paired,
         **({"closed_loop": closed_loop_results(cfg, by_arm, cfg.bootstrap_samples, cfg.bootstrap_seed)}
-           if any(a.kind == "closed-loop" for a in cfg.arms) else {}),
+           if any(a.kind == "closed-loop" for a in at_n) else {}),
         "paired_vs_copy_paste": {k: v for k, v in versus_copy_paste.items() if v},
         "transfer": _transfer_summary(by_arm),
         "generators": {k: _generator_summary(cfg, k, s) for k, s in synthetic.items()},
-        "unlabelled_images_used": any(uses_unlabelled(cfg, a.generator) for a in cfg.arms if a.generator is not None),
+        "unlabelled_images_used": any(uses_unlabelled(cfg, a.generator) for a in at_n if a.generator is not None),
         "timings": {name: _timing_summary(recs) for name, recs in by_arm.items()},
         "machines": machines(records),
         "data": sources, "samples": grid, "config_hash": config_hash(cfg),
@@ -348,7 +349,7 @@ def closed_loop_results(cfg, by_arm: dict[str, list[RunRecord]], n_boot: int, se
     """``closed_loop.<arm>``: targeted-band miss rates against open loop and baseline, paired differences."""
     out: dict[str, Any] = {}
     for arm in cfg.arms:
-        if arm.kind != "closed-loop":
+        if arm.kind != "closed-loop" or arm.name not in by_arm:
             continue
         ref = arm.loop.open_loop_arm
         compared = {arm.name: by_arm[arm.name], ref: by_arm[ref], cfg.baseline_arm: by_arm[cfg.baseline_arm]}

@@ -179,19 +179,20 @@ def run_experiment(
     arms = _selected_arms(cfg, only_arms)
     n_values, stages, data = prepare_sweep(cfg, stages, resume, overwrite, only_n)
     paths = []
-    total = len(n_values) * len(cfg.seeds) * len(arms)
+    total = sum(len(cfg.seeds) * sum(a.measured_at(n) for a in arms) for n in n_values)
     bar = _progress() if progress else nullcontext()
     with bar as prog:
         task = prog.add_task("runs", total=total) if prog is not None else None
         for n in n_values:
             cache = SyntheticCache(cfg, stages, data, n)
-            records = _run_n(cfg, stages, data, n, cache, prog, task, poll_s, wait_timeout_s, arms)
-            if len(arms) < len(cfg.arms):
+            arms_n = [a for a in arms if a.measured_at(n)]
+            records = _run_n(cfg, stages, data, n, cache, prog, task, poll_s, wait_timeout_s, arms_n)
+            if len(arms_n) < len(cfg.arms_at(n)):
                 records = _finished_records(cfg, stages, data, n)
                 if records is None:
                     (prog.console if prog is not None else _console).print(
-                        f"N={n}: the runs of {', '.join(a.name for a in arms)} are finished; the result is written "
-                        "once the other arms' runs are too")
+                        f"N={n}: the runs of {', '.join(a.name for a in arms_n) or 'no selected arm'} are finished; "
+                        "the result is written once the other arms' runs are too")
                     continue
             paths.append(write_n_result(cfg, n, data, records, cache, overwrite))
     return paths
@@ -211,7 +212,7 @@ def _selected_arms(cfg: ExperimentConfig, only_arms: list[str] | None) -> list[A
 def _finished_records(cfg: ExperimentConfig, stages: Stages, data: ExperimentData, n: int) -> list[RunRecord] | None:
     """Every run record of N in the sweep's order (each checked against the config by :func:`ensure_run`, as
     a finished run is), or None while one is not finished yet."""
-    order = [(seed, arm) for seed in cfg.seeds for arm in cfg.arms]
+    order = [(seed, arm) for seed in cfg.seeds for arm in cfg.arms_at(n)]
     if not all(record_path(cfg.output, n, arm.name, seed).is_file() for seed, arm in order):
         return None
     return [ensure_run(cfg, stages, data, n, arm, seed, lambda: None) for seed, arm in order]
@@ -237,7 +238,7 @@ def prepare_sweep(
 def write_n_result(cfg: ExperimentConfig, n: int, data: ExperimentData, records: list[RunRecord],
                    cache: SyntheticCache, overwrite: bool) -> Path:
     """The result JSON of N (with its grid of samples) from its finished runs and synthetic sets."""
-    synth = {name: s for name in _generators_used(cfg) if (s := cache.get(name, make=False)) is not None}
+    synth = {name: s for name in _generators_used(cfg, n) if (s := cache.get(name, make=False)) is not None}
     grid = write_grid_samples(cfg, n, data, synth)
     result = build_result(cfg, n, records, synth, data.sources, grid, data.subsets,
                           arm_quality(cfg, n, data, cache, synth))
@@ -249,7 +250,7 @@ def arm_quality(cfg: ExperimentConfig, n: int, data: ExperimentData, cache: Synt
     """Quality and memorization of the set each synthetic arm trains on (kept samples for filtered arms);
     cached in the set's work folder, so a resumed sweep reads it back."""
     out: dict[str, dict] = {}
-    for arm in cfg.arms:
+    for arm in cfg.arms_at(n):
         s = synth.get(arm.generator) if arm.kind == "synthetic" else None
         if s is None:
             continue
@@ -295,7 +296,7 @@ def _run_n(
 ) -> list[RunRecord]:
     """Every (seed, arm) run of N (of ``arms``: all by default), in order. Runs claimed by another worker are
     passed over and waited for."""
-    order = [(seed, arm) for seed in cfg.seeds for arm in (cfg.arms if arms is None else arms)]
+    order = [(seed, arm) for seed in cfg.seeds for arm in (cfg.arms_at(n) if arms is None else arms)]
     # Synthetic arms first: the first one trains the generator, the long pole of a sweep, so that the other
     # workers fill the real-data runs meanwhile instead of waiting for it at the end.
     pending = sorted(order, key=lambda sa: (sa[0], sa[1].generator is None))
@@ -395,8 +396,8 @@ def _selected_n(cfg: ExperimentConfig, only_n: list[int] | None) -> list[int]:
     return [n for n in cfg.n_labelled if n in only_n]
 
 
-def _generators_used(cfg: ExperimentConfig) -> list[str]:
-    return sorted({a.generator for a in cfg.arms if a.generator is not None})
+def _generators_used(cfg: ExperimentConfig, n: int) -> list[str]:
+    return sorted({a.generator for a in cfg.arms_at(n) if a.generator is not None})
 
 
 def prepare_output(cfg: ExperimentConfig, resume: bool, overwrite: bool) -> None:

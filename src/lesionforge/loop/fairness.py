@@ -22,6 +22,9 @@ def check_closed_loop_arms(cfg) -> None:
         if ref is None or ref.kind != "synthetic":
             raise ValueError(f"arm {arm.name!r}: loop.open_loop_arm {arm.loop.open_loop_arm!r} must name a synthetic "
                              "arm of this config")
+        if ref.n_labelled is not None and not set(arm.n_labelled or cfg.n_labelled) <= set(ref.n_labelled):
+            raise ValueError(f"arm {arm.name!r}: measured at an N where its open-loop arm {ref.name!r} is not "
+                             f"(that arm's n_labelled: {ref.n_labelled})")
         differ = [k for k in SAME_AS_OPEN_LOOP if getattr(arm, k) != getattr(ref, k)]
         if differ:
             raise ValueError(f"arm {arm.name!r}: {', '.join(differ)} differ from open-loop arm {ref.name!r}; "
