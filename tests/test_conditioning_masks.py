@@ -126,6 +126,8 @@ def test_build_mask_source_by_name(demo_arrays):
         build_mask_source("jitter", np.zeros((2, 32, 32), np.uint8), ["a", "b"])
     with pytest.raises(ConfigError, match="unknown mask source"):
         build_mask_source("gan", demo_arrays.masks, demo_arrays.ids)
+    with pytest.raises(ConfigError, match="takes no jitter options"):
+        build_mask_source("size", demo_arrays.masks, demo_arrays.ids, jitter={"max_shift": 0.0})
 
 
 def _endoscopy_frame(size: int = 64) -> np.ndarray:

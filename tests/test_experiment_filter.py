@@ -89,6 +89,41 @@ def test_what_a_set_is_painted_onto_keys_a_new_set_of_the_same_generator(tmp_pat
             GeneratorSpec.model_validate(settings)
 
 
+def test_jitter_settings_key_a_new_set_and_reach_the_mask_source(tmp_path):
+    """``jitter`` (how real masks are deformed) is omitted while unset (existing sets keep their keys); set, it
+    keys a new set of the same generator, and the synthesis's mask source deforms with it: no shift, rotation,
+    scaling or warp gives back the real lesions where they were. Refused where no real mask is deformed."""
+    from lesionforge.experiment.config import GeneratorSpec, resolved_generator_config
+
+    plain = _cfg(tmp_path, None)
+    spec = plain.generators["inpaint"]
+    still = spec.model_validate({**spec.model_dump(), "jitter": {"max_shift": 0, "max_rotate": 0, "scale": [1, 1],
+                                                                 "elastic": False}})
+    other = plain.model_copy(update={"generators": {"inpaint": still}})
+    assert "jitter" not in spec.model_dump()
+    data = LesionforgeStages().load_data(plain)
+    assert synthetic_key(plain, "inpaint", 8, data) != synthetic_key(other, "inpaint", 8, data)
+    assert resolved_generator_config(plain, spec) == resolved_generator_config(other, still)
+    real = {i: m for i, m in zip(data.labelled(8).ids, data.labelled(8).masks, strict=True)}
+
+    def moved(cfg, s) -> list[float]:  # how far each drawn lesion's centre is from its source lesion's
+        source = LesionforgeStages.synthesis_args(cfg, s, 8, data)["masks_from"]
+        out = []
+        for mask, info in source(np.random.default_rng(0), 12):
+            a, b = np.argwhere(mask > 0).mean(0), np.argwhere(real[info["source_id"]] > 0).mean(0)
+            out.append(float(np.abs(a - b).max()))
+        return out
+
+    assert max(moved(other, still)) <= 0.5 and max(moved(plain, spec)) > 1.0
+    for settings in [{"method": "inpaint-normal", "mask_source": "size", "jitter": {"max_shift": 0}},
+                     {"method": "edge-guided", "jitter": {"max_shift": 0}},
+                     {"method": "inpaint-normal", "paste_strength": 0.5, "jitter": {"max_shift": 0}},
+                     {"method": "inpaint-normal", "jitter": {"scale": [1.2, 0.8]}},
+                     {"method": "inpaint-normal", "jitter": {"max_shift": 0.7}}]:
+        with pytest.raises(ValueError, match="jitter"):
+            GeneratorSpec.model_validate(settings)
+
+
 def test_a_set_drawn_by_a_differently_trained_generator_is_not_reused(tmp_path, monkeypatch):
     """Code defaults of the generator (not only its preset file) are part of the synthesis key: after an
     upgrade that changes how the generator trains, the runner draws a new set instead of reusing the old."""

@@ -450,10 +450,12 @@ def build_mask_source(
     size: int | None = None,
     small_boost: float = 1.0,
     use_shapes: bool = True,
+    jitter: dict | None = None,
 ) -> MaskSource:
     """A mask source by name from real training masks (N, H, W), N may be 0.
 
-    ``"jitter"``: :class:`RealJitterSource` (needs at least one lesion). ``"size"``:
+    ``"jitter"``: :class:`RealJitterSource` (needs at least one lesion; ``jitter``: :func:`jitter_mask`'s options,
+    which no other source takes). ``"size"``:
     :class:`SizeControlledSource` with the real area distribution boosted by ``small_boost`` and, if
     ``use_shapes``, the real lesion shapes; with no real lesions, random blobs and log-uniform sizes on
     ``size`` x ``size`` images (``size`` defaults to the masks' size). Raises :class:`ConfigError`.
@@ -462,7 +464,9 @@ def build_mask_source(
     if kind == "jitter":
         if not lesions:
             raise ConfigError("mask source 'jitter' needs real lesion masks; none of the masks has a lesion")
-        return RealJitterSource([masks[i] for i in lesions], [ids[i] for i in lesions])
+        return RealJitterSource([masks[i] for i in lesions], [ids[i] for i in lesions], **(jitter or {}))
+    if jitter:
+        raise ConfigError(f"mask source {kind!r} takes no jitter options (they deform real masks: source 'jitter')")
     if kind == "size":
         if size is None and len(masks) == 0:
             raise ConfigError("mask source 'size' needs an image size when no real masks are given")

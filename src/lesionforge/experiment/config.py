@@ -138,6 +138,28 @@ class SegmentSettings(StrictModel):
         return resolve_preset(self.preset, over, SegmentConfig, where)
 
 
+class JitterSettings(StrictModel):
+    """How real masks are deformed into new ones (``mask_source: jitter``): the keyword arguments of
+    :func:`lesionforge.conditioning.masks.jitter_mask`; a field left unset keeps that function's default (up to
+    30 degrees of rotation, scale 0.8-1.2, a shift of up to 0.1 of the image, an elastic warp). A structure bound
+    to its anatomical place (a hippocampus in its MRI crop) keeps it with ``max_shift: 0`` and a small rotation."""
+
+    max_rotate: float | None = Field(None, ge=0, le=180)
+    scale: tuple[float, float] | None = None
+    max_shift: float | None = Field(None, ge=0, le=0.5)
+    elastic: bool | None = None
+
+    @model_validator(mode="after")
+    def _scale_is_a_range(self) -> JitterSettings:
+        if self.scale is not None and not 0 < self.scale[0] <= self.scale[1]:
+            raise ValueError(f"jitter.scale {list(self.scale)} must be [low, high] with 0 < low <= high")
+        return self
+
+    def kwargs(self) -> dict[str, Any]:
+        """The settings given, as ``jitter_mask`` keyword arguments."""
+        return self.model_dump(exclude_none=True)
+
+
 class FilterSettings(LaterFields):
     """The synthetic-pair filter: a validator trained on the labelled subset scores every sample.
 
@@ -174,7 +196,7 @@ class FilterSettings(LaterFields):
 class GeneratorSpec(LaterFields):
     """One generator, trained once per N (cached, shared by all arms and seeds that name it)."""
 
-    _omitted_when_none = ("eta", "of", "repaint_share", "paste_strength")
+    _omitted_when_none = ("eta", "of", "repaint_share", "paste_strength", "jitter")
 
     method: SynthesisMethod
     config: Path | None = None  # GeneratorConfig YAML preset; None: ``overrides`` hold the whole config
@@ -199,9 +221,16 @@ class GeneratorSpec(LaterFields):
     #: from it noised to this share of the schedule (SDEdit); the label is the pasted mask, so ``mask_source`` is
     #: unused. None: masks from ``mask_source`` painted from noise (generate/synthesize.py ``paste_strength``)
     paste_strength: float | None = Field(None, gt=0, le=1)
+    #: ``mask_source: jitter``: how the real masks are deformed (None: ``jitter_mask``'s defaults)
+    jitter: JitterSettings | None = None
 
     @model_validator(mode="after")
     def _paste_has_no_generator(self) -> GeneratorSpec:
+        if self.jitter is not None and (self.mask_source != "jitter" or self.paste_strength is not None
+                                        or self.method not in ("mask-conditioned", "inpaint-normal")):
+            raise ValueError("jitter sets how real masks are deformed into new ones: it needs mask_source 'jitter', "
+                             "a method drawing from masks ('mask-conditioned' or 'inpaint-normal') and no "
+                             "paste_strength")
         if (self.method == UNION_METHOD) != (self.of is not None):
             raise ValueError("`of` (the generator entries to join) is for method 'union', and required by it")
         if self.repaint_share is not None and (self.method != "inpaint-normal" or self.mask_source != "jitter"):

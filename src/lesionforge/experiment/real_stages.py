@@ -258,7 +258,8 @@ class LesionforgeStages:
         from lesionforge.generate.trainbatch import make_mask_source
 
         labelled, gcfg = data.labelled(n), resolved_generator_config(cfg, spec)
-        masks_from = make_mask_source(spec.mask_source, labelled, cfg.resolution) if gcfg.kind in (
+        jitter = spec.jitter.kwargs() if spec.jitter is not None else {}
+        masks_from = make_mask_source(spec.mask_source, labelled, cfg.resolution, **jitter) if gcfg.kind in (
             "mask2image", "inpaint") else None
         return dict(
             n=spec.n_per_real * len(labelled), masks_from=masks_from, real=labelled,
