@@ -3,7 +3,8 @@
     python benchmarks/screen.py prepare --dataset kvasir-seg --n 32 --variant today --threads 1
     python benchmarks/screen.py run --dataset kvasir-seg --n 32 --variant today --variant vpred-minsnr --threads 1
 
-A variant is the headline generator (``benchmarks/configs/<dataset>-cpu.yaml``) with some generator-config
+A variant is the headline generator (``benchmarks/configs/<dataset>-cpu.yaml``, the entry of its ``synthetic`` arm:
+``inpaint`` on Kvasir-SEG and BUSI, ``mask2image`` on the MSD hippocampus MRI slices) with some generator-config
 fields changed (``VARIANTS``). ``prepare`` trains it (into the headline's own generator cache, through the
 runner's stages, so the headline reuses it) and draws its synthetic set. ``run`` then trains the protocol
 segmenter (the headline's network and augmentation) at a reduced budget, on (a) the synthetic pairs alone and
@@ -142,13 +143,25 @@ VARIANTS: dict[str, Variant] = {
                                            {"keep_best": 2, "threshold": 0.0}),
     "pretrain+8per-top2+paste0.3": Variant(_PRETRAIN, {**_SDE25, "n_per_real": 8, "paste_strength": 0.3},
                                            {"keep_best": 2, "threshold": 0.0}),
+    # the headline's recipe at a lower synthetic:real ratio (the MRI levers of docs/volumes.md)
+    "pretrain+8per-top2+ratio0.25": Variant(_PRETRAIN, {**_SDE25, "n_per_real": 8}, {"keep_best": 2, "threshold": 0.0},
+                                            arm={"mixing": {"mode": "ratio", "ratio": 0.25}}),
+    # masks jittered in shape only, where they are: a structure bound to its anatomical place (the hippocampus in
+    # its MRI crop) is not moved off it (no shift, up to 10 degrees of rotation); the same generator, a new set
+    "pretrain+8per-top2+in-place": Variant(_PRETRAIN, {**_SDE25, "n_per_real": 8,
+                                                       "jitter": {"max_shift": 0.0, "max_rotate": 10.0}},
+                                           {"keep_best": 2, "threshold": 0.0}),
     "pretrain+size": Variant(_PRETRAIN, {"mask_source": "size"}),
     # the two best single levers of the first pass together (same set as pretrain+size)
     "pretrain+size+ratio0.5": Variant(_PRETRAIN, {"mask_source": "size"}, arm={"mixing": {"mode": "ratio",
                                                                                           "ratio": 0.5}}),
 }
-GENERATOR = "inpaint"  # the headline configs' generator entry the variants change
-PRESET_NAMES = {"kvasir-seg": "kvasir"}  # a dataset's name in the generator presets' file names, where it differs
+#: The generator entry the variants change: the headline config's ``synthetic`` arm's (``inpaint`` on Kvasir-SEG and
+#: BUSI, ``mask2image`` on the MRI volumes); the screen's rows are defined with this name and take the config's.
+GENERATOR = "inpaint"
+#: a dataset's name in the generator presets' file names, where it differs
+PRESET_NAMES = {"kvasir-seg": "kvasir", "msd-hippocampus": "mri"}
+DATASETS = "kvasir-seg, busi or msd-hippocampus"
 #: What every variant changes: the headline's first-pass recipe (sessions 7-8: 2000 steps of batch 8 from
 #: scratch, 100-step ancestral DDPM, the automatic `contrast` filter threshold). Fixed here, so a variant keeps
 #: its meaning when the headline config takes a new recipe (in ``overrides`` a None drops the headline's key).
@@ -196,7 +209,8 @@ def screen_config(config: Path, n: int, variant: str, samples_per_real: int = 2,
         raise typer.BadParameter(f"unknown variant {variant!r}; choose from {sorted(VARIANTS)}")
     v = VARIANTS[variant]
     cfg = load_experiment_config(config, {"n_labelled": [n]})
-    spec = cfg.generators[GENERATOR]
+    gen = headline_generator(cfg)
+    spec = cfg.generators[gen]
     filt = None
     if v.filter is not None:
         if spec.filter is None:
@@ -211,13 +225,26 @@ def screen_config(config: Path, n: int, variant: str, samples_per_real: int = 2,
     spec = type(spec).model_validate({**spec.model_dump(), **fields, "overrides": overrides, "filter": filt,
                                       "n_per_real": samples_per_real, **synth})
     seg = cfg.segment.model_copy(update={"steps": steps, "val_interval": val_interval})
-    arms = [a for a in cfg.arms if a.generator in (None, GENERATOR)]  # the arms whose generator is kept
-    return cfg.model_copy(update={"generators": {GENERATOR: spec}, "arms": arms, "segment": seg, "seeds": list(seeds)})
+    arms = [a for a in cfg.arms if a.generator in (None, gen)]  # the arms whose generator is kept
+    return cfg.model_copy(update={"generators": {gen: spec}, "arms": arms, "segment": seg, "seeds": list(seeds)})
+
+
+def headline_generator(cfg: ExperimentConfig) -> str:
+    """The generator entry of the headline's ``synthetic`` arm: the one the variants change."""
+    arm = next((a for a in cfg.arms if a.name == "synthetic"), None)
+    if arm is None or arm.generator is None:
+        raise typer.BadParameter("the headline config has no arm 'synthetic' with a generator: nothing to screen")
+    return arm.generator
+
+
+def variant_generator(cfg: ExperimentConfig) -> str:
+    """The generator entry of a screen config (:func:`screen_config`; a union row's config holds it as well)."""
+    return next(k for k, s in cfg.generators.items() if s.method not in (PASTE_METHOD, UNION_METHOD))
 
 
 def prepare(cfg: ExperimentConfig, data: ExperimentData, n: int) -> SyntheticSet:
     """Train (or reuse) the variant's generator and draw its synthetic set, in the headline's cache."""
-    return SyntheticCache(cfg, LesionforgeStages(), data, n).get(GENERATOR)
+    return SyntheticCache(cfg, LesionforgeStages(), data, n).get(variant_generator(cfg))
 
 
 def paste_rows(config: Path, base_cfg: ExperimentConfig) -> tuple[ExperimentConfig, ArmSettings, str] | None:
@@ -238,12 +265,13 @@ def union_config(vcfg: ExperimentConfig, paste: tuple[ExperimentConfig, ArmSetti
     """The config of the :data:`UNION_ARM` row: the variant's generator, the headline's pasted set, their union;
     a variant that changes its arm's mixing (e.g. ratio 0.5) changes the union row's mixing the same way."""
     pcfg, parm, pname = paste
-    union = GeneratorSpec(method=UNION_METHOD, of=[GENERATOR, pname])
+    gen = variant_generator(vcfg)
+    union = GeneratorSpec(method=UNION_METHOD, of=[gen, pname])
     mixing = ((VARIANTS[variant].arm or {}) if variant is not None else {}).get("mixing")
     arm = UNION_ARM.model_copy(update={"copy_paste": parm.copy_paste})
     if mixing is not None:  # validated as the stage's MixConfig, as variant_arms does
         arm = ArmSettings.model_validate({**arm.model_dump(), "mixing": mixing})
-    return vcfg.model_copy(update={"generators": {GENERATOR: vcfg.generators[GENERATOR],
+    return vcfg.model_copy(update={"generators": {gen: vcfg.generators[gen],
                                                   pname: pcfg.generators[pname], UNION: union}, "arms": [arm]})
 
 
@@ -366,7 +394,8 @@ def screen(config: Path, n: int, variants: list[str], results: Path, headline: P
     ``agree_with``, and the pasted arm's row is trained for the comparison."""
     base_cfg = screen_config(config, n, "today", **budget)
     paste = paste_rows(config, base_cfg)
-    recipe = screen_config(config, n, agree_with, **budget).generators[GENERATOR].model_dump(mode="json")
+    held = screen_config(config, n, agree_with, **budget)
+    recipe, gen = held.generators[variant_generator(held)].model_dump(mode="json"), variant_generator(held)
     # the screen works inside the headline sweep's folder (it shares its caches): claimed as that sweep's, with the
     # headline config, so that `lesionforge experiment run` resumes in it
     prepare_output(load_experiment_config(config), resume=True, overwrite=False)
@@ -396,7 +425,7 @@ def screen(config: Path, n: int, variants: list[str], results: Path, headline: P
                 out["real"] = {a: max(r, now.get("real", {}).get(a, r), key=lambda x: len(x["seeds"]))
                                for a, r in {**now.get("real", {}), **out["real"]}.items()}
                 out["variants"] = {**now.get("variants", {}), **{v: out["variants"][v] for v in made}}
-            out["agreement"] = agreement(out, headline, agree_with, recipe)
+            out["agreement"] = agreement(out, headline, agree_with, recipe, gen)
             write_json_atomic(out_path, out)
             write_report(out, results / f"{stem}-cpu.md")
 
@@ -433,7 +462,7 @@ def screen(config: Path, n: int, variants: list[str], results: Path, headline: P
                 used = _kept_arrays(synthetic, cfg)
                 entry["quality"].update(speckle=speckle_of(used, data), bands=bands_of(synthetic, used, cfg))
             # the rows the rank agreement needs first (a partial run still ranks the headline's arms)
-            rows_of = [(arm, cfg, synthetic) for arm in variant_arms(v, agree_with)]
+            rows_of = [(arm, cfg, synthetic) for arm in variant_arms(v, agree_with, gen)]
             if (v == agree_with or union) and paste is not None:
                 ucfg = union_config(cfg, paste, v)
                 at = len(rows_of) - sum(a.name == VARIANT_ARMS[1].name for a, _, _ in rows_of)  # before pairs alone
@@ -448,12 +477,14 @@ def screen(config: Path, n: int, variants: list[str], results: Path, headline: P
     return out
 
 
-def variant_arms(name: str, agree_with: str = HEADLINE_VARIANT) -> tuple[ArmSettings, ...]:
+def variant_arms(name: str, agree_with: str = HEADLINE_VARIANT,
+                 generator: str = GENERATOR) -> tuple[ArmSettings, ...]:
     """The rows of variant ``name``, those the rank agreement needs first (a partial run still ranks the
     headline's arms: ``agree_with`` also gets its synthetic + copy-paste row); a filtered variant trains on the
-    kept samples; a mixing variant has no synthetic-only row of its own."""
+    kept samples; a mixing variant has no synthetic-only row of its own. ``generator``: the screen config's entry
+    (:func:`variant_generator`)."""
     v = VARIANTS[name]
-    update: dict[str, Any] = {"filtered": v.filter is not None}
+    update: dict[str, Any] = {"filtered": v.filter is not None, "generator": generator}
     # validated: the arm's dicts become the stage's MixConfig / CopyPasteConfig
     main = ArmSettings.model_validate({**VARIANT_ARMS[0].model_dump(), **update, **(v.arm or {})})
     extra = tuple(a.model_copy(update=update) for a in AGREEMENT_ARMS) if name == agree_with and not v.arm else ()
@@ -476,7 +507,7 @@ def describe_variant(entry: dict, v: str, synthetic: SyntheticSet) -> dict:
 
 #: The generator-entry fields that make a recipe (paths and batch sizes of inference left out).
 RECIPE_FIELDS = ("method", "overrides", "n_per_real", "mask_source", "sampler", "sampling_steps", "guidance_scale",
-                 "eta", "use_unlabelled")
+                 "eta", "use_unlabelled", "jitter")
 
 
 def recipe_of(settings: dict) -> dict:
@@ -493,14 +524,14 @@ HEADLINE_ROWS_OF_VARIANTS = {"synthetic-redrawn": ("pretrain+8per-top2+paste0.5"
 
 
 def agreement(out: dict, head_path: Path | None, agree_with: str = HEADLINE_VARIANT,
-              recipe: dict | None = None) -> dict:
+              recipe: dict | None = None, generator: str = GENERATOR) -> dict:
     """Rank agreement of the screen (the real rows and those of ``agree_with``, the variant the headline holds)
     with the headline result's arms; with ``recipe`` (the variant's generator settings) only if the headline
-    file was made with that recipe (an older file of another recipe is not compared)."""
+    file was made with that recipe by its entry ``generator`` (an older file of another recipe is not compared)."""
     if head_path is None or not head_path.is_file() or agree_with not in out["variants"]:
         return {"status": f"not computed: needs the headline result ({head_path}) and the {agree_with!r} rows"}
     head = json.loads(head_path.read_text(encoding="utf-8"))
-    held = (head.get("generators", {}).get(GENERATOR) or {}).get("settings")
+    held = (head.get("generators", {}).get(generator) or {}).get("settings")
     if recipe is not None and (held is None or recipe_of(held) != recipe_of(recipe)):
         return {"status": f"not computed: {head_path.name} holds another recipe than variant {agree_with!r}",
                 "headline_recipe": None if held is None else recipe_of(held), "variant_recipe": recipe_of(recipe)}
@@ -584,7 +615,7 @@ def _group() -> None:
 
 @app.command("prepare")
 def prepare_cmd(
-    dataset: str = typer.Option("kvasir-seg", help="kvasir-seg or busi."),
+    dataset: str = typer.Option("kvasir-seg", help=DATASETS),
     n: int = typer.Option(32, help="Labelled pairs."),
     variant: list[str] = typer.Option(["today"], help="Variants to train, in order."),
     threads: int | None = typer.Option(None, help="torch threads."),
@@ -603,7 +634,7 @@ def prepare_cmd(
 
 @app.command("run")
 def run_cmd(
-    dataset: str = typer.Option("kvasir-seg", help="kvasir-seg or busi."),
+    dataset: str = typer.Option("kvasir-seg", help=DATASETS),
     n: int = typer.Option(32, help="Labelled pairs."),
     variant: list[str] = typer.Option(["today"], help="Variants to screen, in order (trained if not cached)."),
     real_only: bool = typer.Option(False, help="Only the real-data rows (while the generators still train)."),
@@ -629,7 +660,7 @@ def run_cmd(
 
 @app.command("agree")
 def agree_cmd(
-    dataset: str = typer.Option("kvasir-seg", help="kvasir-seg or busi."),
+    dataset: str = typer.Option("kvasir-seg", help=DATASETS),
     n: int = typer.Option(32, help="Labelled pairs."),
     steps: int = typer.Option(STEPS, help="Segmenter steps of the screen file (its -s<steps> suffix)."),
     agree_with: str = typer.Option(HEADLINE_VARIANT, help="The variant the headline config holds."),
@@ -644,9 +675,10 @@ def agree_cmd(
     if not out_path.is_file():
         raise typer.BadParameter(f"{out_path}: no screen file (run `screen.py run` first)")
     out = json.loads(out_path.read_text(encoding="utf-8"))
-    recipe = screen_config(headline_config(dataset), n, agree_with, steps=steps).generators[GENERATOR]
+    held = screen_config(headline_config(dataset), n, agree_with, steps=steps)
+    recipe = held.generators[variant_generator(held)]
     headline = headline or ROOT / "benchmarks" / "results" / f"{dataset}-n{n}-cpu.json"
-    out["agreement"] = agreement(out, headline, agree_with, recipe.model_dump(mode="json"))
+    out["agreement"] = agreement(out, headline, agree_with, recipe.model_dump(mode="json"), variant_generator(held))
     write_json_atomic(out_path, out)
     write_report(out, results / f"{stem}-cpu.md")
     typer.echo(json.dumps(out["agreement"], indent=1)[:2000])

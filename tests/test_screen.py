@@ -88,6 +88,29 @@ def test_every_screen_variant_builds_a_valid_config_and_its_rows():
     assert half.copy_paste == plain.copy_paste and half.copy_paste.prob == 0.5
 
 
+def test_the_mri_headline_is_screened_with_its_own_generator_entry():
+    """The MRI headline's synthetic arm draws with the entry ``mask2image``: the screen changes that entry, its rows
+    name it, its headline variant is the headline's own recipe (its generator and set are the sweep's, and the rank
+    agreement compares), and the MRI levers of docs/volumes.md are variants of it."""
+    from lesionforge.experiment.config import load_experiment_config
+
+    s = load_benchmark("screen")
+    head = s.headline_config("msd-hippocampus")
+    cfg = s.screen_config(head, 4, s.HEADLINE_VARIANT)
+    assert list(cfg.generators) == ["mask2image"] == [s.variant_generator(cfg)]
+    assert [a.name for a in cfg.arms] == ["baseline", "copy-paste", "synthetic"]
+    assert {a.generator for a in s.variant_arms(s.HEADLINE_VARIANT, generator="mask2image")} == {"mask2image"}
+    full = load_experiment_config(head).generators["mask2image"].model_dump(mode="json")
+    assert s.recipe_of(cfg.generators["mask2image"].model_dump(mode="json")) == s.recipe_of(full)
+    in_place = s.screen_config(head, 4, "pretrain+8per-top2+in-place").generators["mask2image"]
+    assert (in_place.jitter.max_shift, in_place.jitter.max_rotate) == (0.0, 10.0)
+    assert in_place.config.name == "generator-mask2image-mri-cpu.yaml" and in_place.filter.keep_best == 2
+    assert s.recipe_of(in_place.model_dump(mode="json")) != s.recipe_of(full)
+    (quarter,) = s.variant_arms("pretrain+8per-top2+ratio0.25", generator="mask2image")
+    assert quarter.mixing.ratio == 0.25 and quarter.filtered and quarter.generator == "mask2image"
+    assert s.paste_rows(head, cfg) is None  # the MRI headline has no copy-paste-onto-backgrounds arm
+
+
 def test_variants_keep_their_meaning_when_the_headline_takes_a_new_recipe():
     """Variants are changes to a fixed BASE (the first-pass recipe), not to whatever the headline config holds
     now: with the headline on pretraining + sde-dpm++ 25 + top-2, `today` is still 2000 steps from scratch with
