@@ -44,8 +44,11 @@ def test_mask_stats_counts_area_components_and_empty_masks():
     masks[0, 0:2, 0:5] = 1  # one lesion, 10 % of the image
     masks[1, 0:1, 0:1] = masks[1, 5:6, 5:6] = 1  # two single-pixel lesions, 2 %
     s = mask_stats(masks)
-    assert s == {"n": 3, "area_share_mean": pytest.approx(0.06), "components_mean": 1.0, "n_empty": 1}
+    # both means over the non-empty masks: an empty one (a negative slice) is counted, not averaged in
+    assert s == {"n": 3, "area_share_mean": pytest.approx(0.06), "components_mean": 1.5, "n_empty": 1}
     assert mask_stats(np.zeros((0, 4, 4), np.uint8))["area_share_mean"] is None
+    assert mask_stats(np.zeros((2, 4, 4), np.uint8)) == {"n": 2, "area_share_mean": None, "components_mean": None,
+                                                         "n_empty": 2}
 
 
 def test_set_quality_is_cached_in_the_work_folder_and_reported_on_kept_samples(tmp_path, monkeypatch):

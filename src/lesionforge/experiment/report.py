@@ -172,10 +172,13 @@ def quality_table(res: dict[str, Any]) -> str | None:
         def area(d: dict) -> str:
             return "—" if d.get("area_share_mean") is None else f"{d['area_share_mean']:.1%}"
 
+        def parts(d: dict) -> str:  # None when every mask is empty
+            return "—" if d.get("components_mean") is None else f"{d['components_mean']:.2f}"
+
         rows.append(
             f"| {name} | {q['n_synthetic']} | {q['fid']:.3f} | {1000 * q['kid']:.2f} ± {1000 * q['kid_std']:.2f} | "
             f"{q['ms_ssim']:.3f} / {q['ms_ssim_real']:.3f} | {area(ms['synthetic'])} / {area(ms['real'])} | "
-            f"{ms['synthetic']['components_mean']:.2f} / {ms['real']['components_mean']:.2f} | "
+            f"{parts(ms['synthetic'])} / {parts(ms['real'])} | "
             f"{ms['synthetic']['n_empty']} / {ms['real']['n_empty']} | {mem['flagged_share']:.1%} |"
         )
     if not rows:

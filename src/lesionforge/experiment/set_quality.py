@@ -21,7 +21,7 @@ from lesionforge.quality.metrics import fid, kid, mask_stats, ms_ssim_diversity
 from lesionforge.utils import write_json_atomic
 
 #: Bump when the numbers below change meaning, so caches made by older code are recomputed.
-QUALITY_VERSION = 1
+QUALITY_VERSION = 2  # 2: mask_stats' components_mean over non-empty masks (1: over all, negatives counted as 0)
 #: Cheapest honest in-domain extractor: area-downscaled pixels need no network trained on other data (the
 #: Inception FID network is out-of-domain, and a seg-encoder would have to be trained per set).
 EXTRACTOR_SIZE = 8
