@@ -51,6 +51,7 @@ from lesionforge.experiment.config import (  # noqa: E402
 from lesionforge.experiment.real_stages import LesionforgeStages  # noqa: E402
 from lesionforge.experiment.runner import SyntheticCache, prepare_output  # noqa: E402
 from lesionforge.experiment.stages import ExperimentData, SyntheticSet  # noqa: E402
+from lesionforge.experiment.stats import bootstrap_paired  # noqa: E402
 from lesionforge.generate.models import read_meta  # noqa: E402
 from lesionforge.outputs import dir_hash  # noqa: E402
 from lesionforge.presets import preset_path  # noqa: E402
@@ -426,6 +427,7 @@ def screen(config: Path, n: int, variants: list[str], results: Path, headline: P
                                for a, r in {**now.get("real", {}), **out["real"]}.items()}
                 out["variants"] = {**now.get("variants", {}), **{v: out["variants"][v] for v in made}}
             out["agreement"] = agreement(out, headline, agree_with, recipe, gen)
+            out["gate"] = gate(out, agree_with)
             write_json_atomic(out_path, out)
             write_report(out, results / f"{stem}-cpu.md")
 
@@ -549,6 +551,60 @@ def agreement(out: dict, head_path: Path | None, agree_with: str = HEADLINE_VARI
     return res
 
 
+#: The bar a variant's row clears before it costs a headline run (session 18: a one-seed pick, +0.022 on val with
+#: its interval through 0, lost on test): the same seeds as each row it is compared with, at least GATE_SEEDS of
+#: them, every seed above that row, and the paired interval over val images above 0.
+GATE_SEEDS = 2
+#: A variant's rows that could become a headline arm: real + its pairs, and its pairs joined to the pasted ones.
+GATE_ROWS = ("synthetic", UNION_ARM.name)
+
+
+def gate(out: dict, agree_with: str = HEADLINE_VARIANT) -> dict:
+    """For every variant row of :data:`GATE_ROWS`, the paired val difference with the rows it must beat: the
+    headline variant's same row (today's recipe), and the strongest cheap row (copy-paste, or copy-paste onto the
+    backgrounds where screened: the higher on val). ``promote``: some row clears the bar (:data:`GATE_SEEDS`)
+    against every row it is compared with; ``why`` says what is missing otherwise."""
+    cheap = [(a, r) for a, r in out.get("real", {}).items() if a != "baseline"]
+    strongest = max(cheap, key=lambda ar: ar[1]["val_mdice"], default=None)
+    held = out.get("variants", {}).get(agree_with, {}).get("arms", {})
+    res: dict[str, Any] = {"min_seeds": GATE_SEEDS, "variants": {}}
+    for v, entry in out.get("variants", {}).items():
+        rows, missing = {}, []
+        for name in GATE_ROWS:
+            r = entry.get("arms", {}).get(name)
+            if r is None:
+                continue
+            refs = dict([strongest] if strongest else [])
+            if v != agree_with and name in held:
+                refs[f"{agree_with}: {name}"] = held[name]
+            versus = {ref: _versus(r, rr) for ref, rr in refs.items()}
+            rows[name] = {"versus": versus, "clears": bool(versus) and all(x["clears"] for x in versus.values())}
+            missing += [f"{name} vs {ref}: {x['why']}" for ref, x in versus.items() if not x["clears"]]
+        promote = any(r["clears"] for r in rows.values())
+        res["variants"][v] = {"rows": rows, "promote": promote, "why": None if promote else "; ".join(missing)}
+    return res
+
+
+def _versus(row: dict, ref: dict) -> dict:
+    """The paired val difference of one row with one reference row, and whether it clears :func:`gate`'s bar."""
+    diff = bootstrap_paired(row["per_image"], ref["per_image"]) if row["seeds"] == ref["seeds"] else None
+    by_seed = dict(zip(ref["seeds"], ref["val_mdice_by_seed"], strict=True))
+    per_seed = [round(m - by_seed[s], 4) for s, m in zip(row["seeds"], row["val_mdice_by_seed"], strict=True)
+                if s in by_seed]
+    if diff is None:
+        why = f"seeds {row['seeds']} against {ref['seeds']}: screen the same seeds"
+    elif len(row["seeds"]) < GATE_SEEDS:
+        why = f"{len(row['seeds'])} seed(s), {GATE_SEEDS} needed"
+    elif min(per_seed) <= 0:
+        why = f"not above it on every seed ({per_seed})"
+    elif diff["ci95"][0] <= 0:
+        why = f"interval over val images [{diff['ci95'][0]:+.3f}, {diff['ci95'][1]:+.3f}] reaches 0"
+    else:
+        why = None
+    return {"mean": None if diff is None else diff["mean"], "ci95": None if diff is None else diff["ci95"],
+            "per_seed": per_seed, "seeds": row["seeds"], "clears": why is None, "why": why}
+
+
 def _bands(q: dict) -> str:
     b = q.get("bands")
     if b is None:
@@ -591,6 +647,23 @@ def write_report(out: dict, path: Path) -> None:
                      f"{d['mean']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}] | "
                      f"{q['kid_vs_train']['mean']:.4f} ({q['kid_val_vs_train']['mean']:.4f}) | {_speckle(q)} | "
                      f"{_bands(q)} |")
+    g = out.get("gate")
+    if g is not None:
+        lines += ["", "## Which variant may cost a headline run", "",
+                  f"A row clears the bar against a row it must beat with the same seeds (at least {g['min_seeds']}), "
+                  "every seed above it, and the paired 95 % interval over val images above 0. A variant is promoted "
+                  "when one of its rows clears it against all of them.", "",
+                  "| variant | row | vs | Δ val mDice [95 % CI over images] | Δ per seed | clears |",
+                  "|---|---|---|---|---|---|"]
+        for v, e in g["variants"].items():
+            for name, r in e["rows"].items():
+                for ref, x in r["versus"].items():
+                    d = "—" if x["mean"] is None else f"{x['mean']:+.3f} [{x['ci95'][0]:+.3f}, {x['ci95'][1]:+.3f}]"
+                    seeds = ", ".join(f"{p:+.3f}" for p in x["per_seed"]) or "—"
+                    lines.append(f"| {v} | {name} | {ref} | {d} | {seeds} | "
+                                 f"{'yes' if x['clears'] else 'no: ' + x['why']} |")
+        promoted = [v for v, e in g["variants"].items() if e["promote"]]
+        lines += ["", f"Promoted: {', '.join(promoted) if promoted else 'none'}."]
     a = out.get("agreement", {})
     lines += ["", "## Rank agreement with the headline", ""]
     if "spearman" in a:
@@ -679,6 +752,7 @@ def agree_cmd(
     recipe = held.generators[variant_generator(held)]
     headline = headline or ROOT / "benchmarks" / "results" / f"{dataset}-n{n}-cpu.json"
     out["agreement"] = agreement(out, headline, agree_with, recipe.model_dump(mode="json"), variant_generator(held))
+    out["gate"] = gate(out, agree_with)
     write_json_atomic(out_path, out)
     write_report(out, results / f"{stem}-cpu.md")
     typer.echo(json.dumps(out["agreement"], indent=1)[:2000])

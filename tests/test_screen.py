@@ -88,6 +88,47 @@ def test_every_screen_variant_builds_a_valid_config_and_its_rows():
     assert half.copy_paste == plain.copy_paste and half.copy_paste.prob == 0.5
 
 
+def test_the_gate_promotes_only_a_variant_that_beats_every_reference_on_two_seeds_and_over_images(tmp_path):
+    """Session 18's lesson made a rule: a row must beat the strongest cheap row and the headline recipe's same row
+    with the same seeds (at least 2), on every seed, and with a paired interval over val images above 0."""
+    s = load_benchmark("screen")
+    rng = np.random.default_rng(0)
+    base = rng.random(60)  # image difficulty, shared by every row (paired)
+
+    def row(gain: float, seeds=(0, 1), per_seed=None, noise: float = 0.005) -> dict:
+        img = {f"v{i}": float(base[i] + gain + noise * rng.standard_normal()) for i in range(60)}
+        mean = float(np.mean(list(img.values())))
+        return {"val_mdice": mean, "seeds": list(seeds), "per_image": img, "seconds": 1.0,
+                "val_mdice_by_seed": list(per_seed) if per_seed else [mean] * len(seeds)}
+
+    out = {"real": {"baseline": row(0.0), "copy-paste": row(0.02), "copy-paste+backgrounds": row(0.04)},
+           "variants": {
+               s.HEADLINE_VARIANT: {"arms": {"synthetic": row(0.03)}},
+               "clear": {"arms": {"synthetic": row(0.08)}},
+               "one-seed": {"arms": {"synthetic": row(0.08, seeds=(0,))}},
+               "noisy": {"arms": {"synthetic": row(0.045, noise=0.3)}},
+               "one-seed-lost": {"arms": {"synthetic": row(0.08, per_seed=(0.9, 0.3))}},
+               # its pairs alone lose, but joined to the pasted ones they clear the bar
+               "joined": {"arms": {"synthetic": row(0.0), s.UNION_ARM.name: row(0.09)}}}}
+    g = s.gate(out)
+    assert {v: e["promote"] for v, e in g["variants"].items()} == {
+        s.HEADLINE_VARIANT: False, "clear": True, "one-seed": False, "noisy": False, "one-seed-lost": False,
+        "joined": True}
+    refs = g["variants"]["clear"]["rows"]["synthetic"]["versus"]
+    assert set(refs) == {"copy-paste+backgrounds", f"{s.HEADLINE_VARIANT}: synthetic"}  # strongest cheap + today's
+    assert refs["copy-paste+backgrounds"]["mean"] == pytest.approx(0.04, abs=0.01)
+    assert "screen the same seeds" in g["variants"]["one-seed"]["why"]
+    assert "reaches 0" in g["variants"]["noisy"]["why"]
+    assert "every seed" in g["variants"]["one-seed-lost"]["why"]
+    # the headline's own variant is compared with the cheap rows only, and loses to copy-paste onto backgrounds
+    assert set(g["variants"][s.HEADLINE_VARIANT]["rows"]["synthetic"]["versus"]) == {"copy-paste+backgrounds"}
+    path = tmp_path / "screen.md"
+    s.write_report({**out, "dataset": "d", "n_labelled": 8, "resolution": 64, "machine": "m", "command": "c",
+                    "segment": {"steps": 400, "seeds": [0, 1]}, "gate": g}, path)
+    text = path.read_text(encoding="utf-8")
+    assert "Promoted: clear, joined." in text and "| one-seed | synthetic | copy-paste+backgrounds |" in text
+
+
 def test_the_mri_headline_is_screened_with_its_own_generator_entry():
     """The MRI headline's synthetic arm draws with the entry ``mask2image``: the screen changes that entry, its rows
     name it, its headline variant is the headline's own recipe (its generator and set are the sweep's, and the rank
