@@ -309,6 +309,57 @@ def test_an_arm_measured_at_some_n_only_is_run_and_reported_there_only(tmp_path,
     assert "n_labelled" not in cfg.arms[0].model_dump() and cfg.arms[2].model_dump()["n_labelled"] == [8]
 
 
+def test_status_reads_where_a_sweep_stands_from_its_folder_alone(tmp_path, demo_arrays):
+    """Done, running (a live claim), stale (a dead worker's claim), pending with the step it resumes from, and
+    whether the result file was made from this config; the CLI prints it without reading data or claiming."""
+    import os
+    import socket
+
+    from typer.testing import CliRunner
+
+    from lesionforge.cli import app
+    from lesionforge.experiment.locks import claim, release
+    from lesionforge.experiment.records import run_dir
+    from lesionforge.experiment.status import sweep_status
+
+    text = (CONFIGS / "smoke.yaml").read_text(encoding="utf-8")
+    text = text.replace("output: ../runs/smoke", f"output: {tmp_path / 'runs'}").replace(
+        "results_dir: ../runs/smoke/results", f"results_dir: {tmp_path / 'results'}")
+    (tmp_path / "cfg.yaml").write_text(text, encoding="utf-8")
+    cfg = load_experiment_config(tmp_path / "cfg.yaml")
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(cfg, FakeStages(demo_arrays, fail_after=4), progress=False)
+    (reg,) = sweep_status(cfg)
+    assert (reg.n, reg.count("done"), reg.count("pending"), reg.result) == (8, 4, 5, "missing")
+    pending = [r for r in reg.runs if r.state == "pending"]
+    live = run_dir(cfg.output, 8, pending[0].arm, pending[0].seed) / "run.lock"
+    dead = run_dir(cfg.output, 8, pending[1].arm, pending[1].seed)
+    resumes = run_dir(cfg.output, 8, pending[2].arm, pending[2].seed) / "segmenter"
+    assert claim(live)
+    try:
+        dead.mkdir(parents=True, exist_ok=True)
+        (dead / "run.lock").write_text(f"{socket.gethostname()} 999999999 token\n", encoding="utf-8")
+        resumes.mkdir(parents=True)
+        (resumes / "last.json").write_text('{"folder": "last-0000300", "step": 300}', encoding="utf-8")
+        (reg,) = sweep_status(cfg)
+        states = {(r.arm, r.seed): r for r in reg.runs}
+        running = states[(pending[0].arm, pending[0].seed)]
+        assert running.state == "running" and running.holder.endswith(f"pid {os.getpid()}")
+        assert states[(pending[1].arm, pending[1].seed)].state == "stale"
+        assert states[(pending[2].arm, pending[2].seed)].step == 300
+        out = CliRunner().invoke(app, ["experiment", "status", str(tmp_path / "cfg.yaml")], env={"COLUMNS": "250"})
+        assert out.exit_code == 0, out.output
+        assert "4/9 done, 1 running, 1 stale; result missing" in out.output and "pending 300/" in out.output
+    finally:
+        release(live)
+    (dead / "run.lock").unlink()
+    run_experiment(cfg, FakeStages(demo_arrays), progress=False)
+    (reg,) = sweep_status(cfg)
+    assert (reg.count("done"), reg.result) == (9, "current")
+    changed = cfg.model_copy(update={"bootstrap_samples": 100})
+    assert sweep_status(changed)[0].result == "other config"
+
+
 @pytest.mark.parametrize(("arm", "message"), [
     ("{name: baseline, n_labelled: [8], kind: baseline}", "baseline arm is measured at every N"),
     ("{name: baseline, kind: baseline}\n  - {name: other, n_labelled: [], kind: baseline}", "at least 1"),

@@ -77,6 +77,40 @@ def run(
             console.print(f"[green]report[/] {write_report(path)}")
 
 
+@app.command("status")
+def status(
+    config: Path = typer.Argument(..., help="Experiment YAML (see docs/experiments.md)."),
+    only_n: list[int] = typer.Option(None, "--n", help="Only this N of the config (repeatable)."),
+) -> None:
+    """Where the sweep of CONFIG stands: every run done, running (which worker), stale or pending (the step an
+    unfinished one resumes from), and whether each N's result file is written from this config. Reads the output
+    folder only: instant, and safe beside running workers."""
+    from rich.table import Table
+
+    from lesionforge.experiment.config import load_experiment_config
+    from lesionforge.experiment.status import sweep_status
+
+    cfg = load_experiment_config(config)
+    if only_n and (unknown := sorted(set(only_n) - set(cfg.n_labelled))):
+        raise ConfigError(f"--n {unknown}: not among the config's n_labelled {cfg.n_labelled}")
+    steps = cfg.shared_segment().steps
+    style = {"done": "green", "running": "yellow", "stale": "red", "pending": "dim"}
+    for reg in sweep_status(cfg, only_n):
+        table = Table(title=f"N = {reg.n}: {reg.count('done')}/{len(reg.runs)} done, {reg.count('running')} running, "
+                            f"{reg.count('stale')} stale; result {reg.result} ({escape(str(reg.result_path))})")
+        table.add_column("arm")
+        for seed in cfg.seeds:
+            table.add_column(f"seed {seed}")
+        for arm in dict.fromkeys(r.arm for r in reg.runs):
+            cells = []
+            for r in (r for r in reg.runs if r.arm == arm):
+                text = r.state + (f" {r.step}/{steps}" if r.step is not None and r.state != "done" else "")
+                text += f" ({r.holder})" if r.holder else ""
+                cells.append(f"[{style[r.state]}]{escape(text)}[/]")
+            table.add_row(escape(arm), *cells)
+        console.print(table)
+
+
 @app.command("report")
 def report(
     result_json: Path = typer.Argument(..., help="A result JSON written by `experiment run`."),

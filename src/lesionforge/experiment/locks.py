@@ -150,6 +150,21 @@ def holder(lock: Path) -> Holder | None:
         return None
 
 
+def holder_alive(h: Holder, stale_after_s: float = STALE_AFTER_S) -> bool:
+    """Whether the holder a claim file names looks alive, without touching its lock (for a status report; a
+    claim itself is decided by the flock, see :func:`claim`): on this host its process exists, on another host its
+    heartbeat is fresh."""
+    if h.host != socket.gethostname():
+        return h.age_s < stale_after_s
+    try:
+        os.kill(h.pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        return True
+    return True
+
+
 def _stale(fd: int, stale_after_s: float) -> bool:
     """With the flock in hand: is the claim in ``fd`` free to take? (See the module docstring.)"""
     text = os.pread(fd, 4096, 0).decode("utf-8", errors="replace").split()

@@ -275,6 +275,16 @@ def _last_name(step: int) -> str:
     return f"last-{step:07d}"
 
 
+def resumable_step(out: Path) -> int | None:
+    """The step an unfinished training in ``out`` resumes from (its ``last.json``), None when it has none."""
+    pointer = Path(out) / "last.json"
+    try:
+        step = json.loads(pointer.read_text(encoding="utf-8")).get("step")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return step if isinstance(step, int) else None
+
+
 def _last_folder(out: Path) -> Path | None:
     """The folder ``last.json`` names: a ``last-<step>`` child of ``out`` (it is replaced and deleted later,
     so a crafted pointer must not reach anything else)."""

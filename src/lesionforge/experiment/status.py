@@ -1,0 +1,77 @@
+"""Where a sweep stands (``lesionforge experiment status CONFIG``), read from its output folder alone.
+
+No data set is read and nothing is claimed or written, so it is instant and safe beside running workers: each run
+of the config (N x arm x seed, the arms measured at that N) is ``done`` (its record is written), ``running`` (a live
+worker holds its claim), ``stale`` (a claim whose holder is gone: the next worker takes it over) or ``pending``;
+an unfinished run shows the step it resumes from. Each N's result file is ``missing``, ``current`` (made from this
+config) or ``other config`` (the runner will not write over it: move it aside, and it is rebuilt from the records).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from lesionforge.experiment.config import ExperimentConfig
+from lesionforge.experiment.locks import holder, holder_alive
+from lesionforge.experiment.records import record_path, run_dir
+from lesionforge.experiment.results import config_hash, result_path
+
+RunStateName = Literal["done", "running", "stale", "pending"]
+
+
+@dataclass(frozen=True)
+class RunState:
+    n: int
+    arm: str
+    seed: int
+    state: RunStateName
+    holder: str | None = None  # "host pid N" of a running or stale claim
+    step: int | None = None  # the step an unfinished run resumes from
+
+
+@dataclass(frozen=True)
+class RegimeStatus:
+    n: int
+    runs: list[RunState]
+    result: Literal["missing", "current", "other config", "unreadable"]
+    result_path: Path
+
+    def count(self, state: RunStateName) -> int:
+        return sum(r.state == state for r in self.runs)
+
+
+def run_state(cfg: ExperimentConfig, n: int, arm: str, seed: int) -> RunState:
+    """The state of one run, from its folder."""
+    from lesionforge.segment.train import resumable_step
+
+    if record_path(cfg.output, n, arm, seed).is_file():
+        return RunState(n, arm, seed, "done")
+    folder = run_dir(cfg.output, n, arm, seed)
+    step = resumable_step(folder / "segmenter")
+    h = holder(folder / "run.lock")
+    if h is None:
+        return RunState(n, arm, seed, "pending", step=step)
+    return RunState(n, arm, seed, "running" if holder_alive(h) else "stale", str(h), step)
+
+
+def sweep_status(cfg: ExperimentConfig, only_n: list[int] | None = None) -> list[RegimeStatus]:
+    """Every selected N's runs (in the sweep's order) and the state of its result file."""
+    out = []
+    for n in [n for n in cfg.n_labelled if not only_n or n in only_n]:
+        runs = [run_state(cfg, n, arm.name, seed) for seed in cfg.seeds for arm in cfg.arms_at(n)]
+        out.append(RegimeStatus(n, runs, _result_state(cfg, n), result_path(cfg, n)))
+    return out
+
+
+def _result_state(cfg: ExperimentConfig, n: int) -> Literal["missing", "current", "other config", "unreadable"]:
+    path = result_path(cfg, n)
+    if not path.is_file():
+        return "missing"
+    try:
+        held = json.loads(path.read_text(encoding="utf-8")).get("config_hash")
+    except (OSError, ValueError, AttributeError):
+        return "unreadable"
+    return "current" if held == config_hash(cfg) else "other config"
