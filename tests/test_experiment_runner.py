@@ -358,6 +358,14 @@ def test_status_reads_where_a_sweep_stands_from_its_folder_alone(tmp_path, demo_
     assert (reg.count("done"), reg.result) == (9, "current")
     changed = cfg.model_copy(update={"bootstrap_samples": 100})
     assert sweep_status(changed)[0].result == "other config"
+    # the runner does not write over it, and says how to get the new result without losing a run
+    with pytest.raises(OverwriteError, match="every run is kept: move that file aside") as err:
+        run_experiment(changed, FakeStages(demo_arrays), progress=False)
+    assert "--overwrite" not in str(err.value)
+    reg.result_path.rename(tmp_path / "old-result.json")
+    again = FakeStages(demo_arrays)
+    run_experiment(changed, again, progress=False)
+    assert again.run_calls == [] and sweep_status(changed)[0].result == "current"
 
 
 @pytest.mark.parametrize(("arm", "message"), [

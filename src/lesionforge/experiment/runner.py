@@ -412,8 +412,11 @@ def _write_result(cfg: ExperimentConfig, n: int, result: dict, overwrite: bool) 
     if path.is_file() and not overwrite:
         old = json.loads(path.read_text(encoding="utf-8"))
         if old.get("config_hash") != result["config_hash"]:
+            # not "--overwrite": that deletes the sweep folder, every finished run with it
             raise OverwriteError(
-                f"{path} holds results of a different config; pass --overwrite to replace it"
+                f"{path} holds the result of another config (hash {old.get('config_hash')}, this config "
+                f"{result['config_hash']}); every run is kept: move that file aside and run again, and this "
+                "config's result is written from the finished runs"
             )
     write_json_atomic(path, result)
     return path
