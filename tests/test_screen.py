@@ -89,8 +89,8 @@ def test_every_screen_variant_builds_a_valid_config_and_its_rows():
 
 
 def test_the_gate_promotes_only_a_variant_that_beats_every_reference_on_two_seeds_and_over_images(tmp_path):
-    """Session 18's lesson made a rule: a row must beat the strongest cheap row and the headline recipe's same row
-    with the same seeds (at least 2), on every seed, and with a paired interval over val images above 0."""
+    """Session 18's lesson made a rule: a row must beat the strongest real-data row and the headline recipe's same
+    row with the same seeds (at least 2), on every seed, and with a paired interval over val images above 0."""
     s = load_benchmark("screen")
     rng = np.random.default_rng(0)
     base = rng.random(60)  # image difficulty, shared by every row (paired)
@@ -115,13 +115,18 @@ def test_the_gate_promotes_only_a_variant_that_beats_every_reference_on_two_seed
         s.HEADLINE_VARIANT: False, "clear": True, "one-seed": False, "noisy": False, "one-seed-lost": False,
         "joined": True}
     refs = g["variants"]["clear"]["rows"]["synthetic"]["versus"]
-    assert set(refs) == {"copy-paste+backgrounds", f"{s.HEADLINE_VARIANT}: synthetic"}  # strongest cheap + today's
+    assert set(refs) == {"copy-paste+backgrounds", f"{s.HEADLINE_VARIANT}: synthetic"}  # strongest real + today's
     assert refs["copy-paste+backgrounds"]["mean"] == pytest.approx(0.04, abs=0.01)
     assert "screen the same seeds" in g["variants"]["one-seed"]["why"]
     assert "reaches 0" in g["variants"]["noisy"]["why"]
     assert "every seed" in g["variants"]["one-seed-lost"]["why"]
     # the headline's own variant is compared with the cheap rows only, and loses to copy-paste onto backgrounds
     assert set(g["variants"][s.HEADLINE_VARIANT]["rows"]["synthetic"]["versus"]) == {"copy-paste+backgrounds"}
+    # where the baseline beats both cheap rows (BUSI), it is the row to beat
+    busi = s.gate({**out, "real": {**out["real"], "baseline": row(0.10)}})
+    assert set(busi["variants"]["clear"]["rows"]["synthetic"]["versus"]) == {"baseline",
+                                                                             f"{s.HEADLINE_VARIANT}: synthetic"}
+    assert not any(e["promote"] for e in busi["variants"].values())
     path = tmp_path / "screen.md"
     s.write_report({**out, "dataset": "d", "n_labelled": 8, "resolution": 64, "machine": "m", "command": "c",
                     "segment": {"steps": 400, "seeds": [0, 1]}, "gate": g}, path)
