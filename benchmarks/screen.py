@@ -144,6 +144,13 @@ VARIANTS: dict[str, Variant] = {
                                            {"keep_best": 2, "threshold": 0.0}),
     "pretrain+8per-top2+paste0.3": Variant(_PRETRAIN, {**_SDE25, "n_per_real": 8, "paste_strength": 0.3},
                                            {"keep_best": 2, "threshold": 0.0}),
+    # the headline's pairs, with the loss leaving out their labels' border band (1 or 2 pixels at 64 px): a painted
+    # lesion and the mask it was asked to fill disagree at the border, where Dice is decided (segment/losses.py);
+    # the same set, only the segmenter's loss changes (with --union, the joined row's too)
+    "pretrain+8per-top2+border1": Variant(_PRETRAIN, {**_SDE25, "n_per_real": 8}, {"keep_best": 2, "threshold": 0.0},
+                                          arm={"mixing": {"mode": "ratio", "ratio": 1, "synthetic_border_ignore": 1}}),
+    "pretrain+8per-top2+border2": Variant(_PRETRAIN, {**_SDE25, "n_per_real": 8}, {"keep_best": 2, "threshold": 0.0},
+                                          arm={"mixing": {"mode": "ratio", "ratio": 1, "synthetic_border_ignore": 2}}),
     # the headline's recipe at a lower synthetic:real ratio (the MRI levers of docs/volumes.md)
     "pretrain+8per-top2+ratio0.25": Variant(_PRETRAIN, {**_SDE25, "n_per_real": 8}, {"keep_best": 2, "threshold": 0.0},
                                             arm={"mixing": {"mode": "ratio", "ratio": 0.25}}),

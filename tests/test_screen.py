@@ -85,6 +85,13 @@ def test_every_screen_variant_builds_a_valid_config_and_its_rows():
     half = s.union_config(s.screen_config(head, 32, "pretrain+8per-top2+ratio0.5"), paste,
                           "pretrain+8per-top2+ratio0.5").arms[0]
     assert (plain.mixing.ratio, half.mixing.ratio) == (1, 0.5) and plain.name == half.name == s.UNION_ARM.name
+    # the border lever changes the loss of the same pairs, in the joined row as well
+    (border,) = s.variant_arms("pretrain+8per-top2+border1")
+    assert border.filtered and border.mixing.synthetic_border_ignore == 1
+    joined = s.union_config(s.screen_config(head, 32, "pretrain+8per-top2+border1"), paste,
+                            "pretrain+8per-top2+border1").arms[0]
+    assert joined.mixing.synthetic_border_ignore == 1 and s.segment_config_for(
+        s.screen_config(head, 32, "pretrain+8per-top2+border1"), border, 0)["mixing"]["synthetic_border_ignore"] == 1
     assert half.copy_paste == plain.copy_paste and half.copy_paste.prob == 0.5
 
 

@@ -51,20 +51,27 @@ class MixConfig(LaterFields):
     ``synthetic-only``: synthetic pairs only.
     ``synthetic_until`` (ratio and alpha): synthetic pairs join the batches only for that fraction of the steps,
     the rest trains on the real pairs alone: learn from both, then fine-tune on real (None: every step).
+    ``synthetic_border_ignore`` (ratio, alpha, synthetic-only): the loss leaves out the synthetic samples' pixels
+    within this many pixels of their label's border, where a generated lesion and the mask it was asked to fill
+    disagree (:mod:`lesionforge.segment.losses`; None: every pixel counts).
     """
 
-    _omitted_when_none = ("synthetic_until",)
+    _omitted_when_none = ("synthetic_until", "synthetic_border_ignore")
 
     mode: MixMode = "none"
     ratio: float = Field(1.0, ge=0)
     alpha: float = Field(0.6, ge=0, le=1)
     patch_size: int = Field(16, ge=1)
     synthetic_until: float | None = Field(None, gt=0, le=1)
+    synthetic_border_ignore: int | None = Field(None, ge=1)
 
     @model_validator(mode="after")
     def _until_needs_a_mixed_mode(self) -> MixConfig:
         if self.synthetic_until is not None and self.mode not in ("ratio", "alpha"):
             raise ValueError(f"synthetic_until applies to modes ratio and alpha, not {self.mode!r}")
+        if self.synthetic_border_ignore is not None and self.mode not in ("ratio", "alpha", "synthetic-only"):
+            raise ValueError(f"synthetic_border_ignore applies to modes ratio, alpha and synthetic-only (batches "
+                             f"that hold synthetic samples as they are), not {self.mode!r}")
         return self
 
 

@@ -34,6 +34,7 @@ from lesionforge.outputs import announce_resume, child_path, claim_output
 from lesionforge.segment.augment import augment_batch, build_augmentation
 from lesionforge.segment.config import SegmentConfig
 from lesionforge.segment.copypaste import CopyPaster
+from lesionforge.segment.losses import MaskedDiceCELoss, trusted_pixels
 from lesionforge.segment.metrics import THRESHOLD, overlap_scores
 from lesionforge.segment.mixing import (
     STREAM_AUGMENT,
@@ -153,6 +154,8 @@ class _Loop:
         batches = DeviceBatches if resident else _HostBatches
         self.batches = batches(cfg, train, synthetic, device)
         self.loss_fn = DiceCELoss(sigmoid=True, batch=True)
+        self.border = cfg.mixing.synthetic_border_ignore  # pixels of synthetic labels the loss leaves out
+        self.masked_loss = MaskedDiceCELoss() if self.border else None
         self.fast = gpu_fast_path(device)
         if self.fast:
             self.model.to(memory_format=torch.channels_last)
@@ -175,7 +178,12 @@ class _Loop:
             if len(plan.synthetic):
                 images, masks = self.batches.with_synthetic(images, masks, plan.synthetic)
             x, y = self.batches.tensors(images, masks, step)
-            loss, n = self.loss_fn(self._forward(x), y), len(x)
+            if self.masked_loss is not None and len(plan.synthetic):
+                # the real samples come first in the batch, the synthetic ones after them
+                w = trusted_pixels(y, len(x) - len(plan.synthetic), self.border)
+                loss, n = self.masked_loss(self._forward(x), y, w), len(x)
+            else:
+                loss, n = self.loss_fn(self._forward(x), y), len(x)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
