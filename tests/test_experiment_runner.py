@@ -331,6 +331,8 @@ def test_status_reads_where_a_sweep_stands_from_its_folder_alone(tmp_path, demo_
         run_experiment(cfg, FakeStages(demo_arrays, fail_after=4), progress=False)
     (reg,) = sweep_status(cfg)
     assert (reg.n, reg.count("done"), reg.count("pending"), reg.result) == (8, 4, 5, "missing")
+    with pytest.raises(ConfigError, match=r"N = \[16\]"):  # the same check as `experiment run --n`
+        sweep_status(cfg, [16])
     pending = [r for r in reg.runs if r.state == "pending"]
     live = run_dir(cfg.output, 8, pending[0].arm, pending[0].seed) / "run.lock"
     dead = run_dir(cfg.output, 8, pending[1].arm, pending[1].seed)

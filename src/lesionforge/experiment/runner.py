@@ -222,7 +222,7 @@ def prepare_sweep(
     cfg: ExperimentConfig, stages: Stages | None, resume: bool, overwrite: bool, only_n: list[int] | None
 ) -> tuple[list[int], Stages, ExperimentData]:
     """What every executor does first: pick the N values, prepare the output folder, load the data."""
-    n_values = _selected_n(cfg, only_n)
+    n_values = selected_n(cfg, only_n)
     if stages is None:
         from lesionforge.experiment.real_stages import LesionforgeStages
 
@@ -387,7 +387,7 @@ def _run_one(
     )
 
 
-def _selected_n(cfg: ExperimentConfig, only_n: list[int] | None) -> list[int]:
+def selected_n(cfg: ExperimentConfig, only_n: list[int] | None) -> list[int]:
     if not only_n:
         return list(cfg.n_labelled)
     unknown = sorted(set(only_n) - set(cfg.n_labelled))

@@ -58,9 +58,12 @@ def run_state(cfg: ExperimentConfig, n: int, arm: str, seed: int) -> RunState:
 
 
 def sweep_status(cfg: ExperimentConfig, only_n: list[int] | None = None) -> list[RegimeStatus]:
-    """Every selected N's runs (in the sweep's order) and the state of its result file."""
+    """Every selected N's runs (in the sweep's order) and the state of its result file; an N not in the config
+    is a :class:`~lesionforge.errors.ConfigError`, as for ``experiment run --n``."""
+    from lesionforge.experiment.runner import selected_n
+
     out = []
-    for n in [n for n in cfg.n_labelled if not only_n or n in only_n]:
+    for n in selected_n(cfg, only_n):
         runs = [run_state(cfg, n, arm.name, seed) for seed in cfg.seeds for arm in cfg.arms_at(n)]
         out.append(RegimeStatus(n, runs, _result_state(cfg, n), result_path(cfg, n)))
     return out

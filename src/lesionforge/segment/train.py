@@ -283,11 +283,16 @@ def _last_name(step: int) -> str:
     return f"last-{step:07d}"
 
 
+def _last_pointer(out: Path) -> dict | None:
+    """``out/last.json`` (the latest state's folder and step), None when absent."""
+    pointer = Path(out) / "last.json"
+    return json.loads(pointer.read_text(encoding="utf-8")) if pointer.is_file() else None
+
+
 def resumable_step(out: Path) -> int | None:
     """The step an unfinished training in ``out`` resumes from (its ``last.json``), None when it has none."""
-    pointer = Path(out) / "last.json"
     try:
-        step = json.loads(pointer.read_text(encoding="utf-8")).get("step")
+        step = (_last_pointer(out) or {}).get("step")
     except (OSError, ValueError, AttributeError):
         return None
     return step if isinstance(step, int) else None
@@ -297,9 +302,10 @@ def _last_folder(out: Path) -> Path | None:
     """The folder ``last.json`` names: a ``last-<step>`` child of ``out`` (it is replaced and deleted later,
     so a crafted pointer must not reach anything else)."""
     pointer = out / "last.json"
-    if not pointer.is_file():
+    last = _last_pointer(out)
+    if last is None:
         return None
-    name = json.loads(pointer.read_text(encoding="utf-8")).get("folder")
+    name = last.get("folder")
     folder = child_path(out, name if isinstance(name, str) else "", pointer)
     if folder.parent != out or not name.startswith("last-"):
         raise CheckpointError(f"{pointer}: names {name!r}, not a last-<step> folder of {out}; the state file is "
