@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import AfterValidator
+from pydantic import AfterValidator, Field
 
+from lesionforge.config import StrictModel
 from lesionforge.errors import ConfigError
 
 AUTO = "auto"
@@ -38,6 +39,14 @@ def _checked_name(device: str | None) -> str | None:
 
 #: A config's ``device`` field: ``None`` / ``"auto"`` or a torch device name (checked when the config is read).
 DeviceName = Annotated[str | None, AfterValidator(_checked_name)]
+
+
+class TrainedHere(StrictModel):
+    """Base of the settings of every model lesionforge trains (generator, autoencoder, validators): the
+    ``device`` to train on (:func:`resolve_device`). Where a model trains is not part of it, so the field is left
+    out of dumps and cache keys: a model trained on a GPU and one trained on the CPU share a cache entry."""
+
+    device: DeviceName = Field(None, exclude=True)
 
 
 def resolve_device(device: str | None = None):

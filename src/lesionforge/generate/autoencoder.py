@@ -17,9 +17,8 @@ from diffusers import AutoencoderKL
 from pydantic import Field
 from pytorch_msssim import ssim
 
-from lesionforge.config import StrictModel
 from lesionforge.data.arrays import PairArrays, image_to_tensor
-from lesionforge.devices import DeviceName, resolve_device
+from lesionforge.devices import TrainedHere, resolve_device
 from lesionforge.errors import CheckpointError
 from lesionforge.outputs import claim_output
 from lesionforge.train_state import load_train_state, save_train_state
@@ -118,7 +117,7 @@ def _vae_folder(path: Path) -> Path:
     raise CheckpointError(f"{path}: no {AE_CONFIG} (expected an AutoencoderKL folder or a pipeline with vae/)")
 
 
-class AutoencoderConfig(StrictModel):
+class AutoencoderConfig(TrainedHere):
     """Autoencoder architecture and training settings (the packaged ``autoencoder-*.yaml`` presets)."""
 
     resolution: int = 64
@@ -139,9 +138,6 @@ class AutoencoderConfig(StrictModel):
     flip_augment: bool = True
     checkpoint_every: int = 250
     seed: int = 0
-    # where to train (lesionforge.devices.resolve_device: None/"auto" = CUDA if visible, else CPU); not part of
-    # the model, so left out of dumps and cache keys
-    device: DeviceName = Field(None, exclude=True)
 
 
 def build_autoencoder(cfg: AutoencoderConfig) -> AutoencoderKL:

@@ -12,7 +12,7 @@ from typing import ClassVar, Literal
 from pydantic import Field, model_validator
 
 from lesionforge.config import LaterFields, StrictModel, resolve_preset, validate_config
-from lesionforge.devices import DeviceName
+from lesionforge.devices import TrainedHere
 from lesionforge.errors import ConfigError
 
 Kind = Literal["mask2image", "joint", "edge-text", "inpaint"]
@@ -43,7 +43,7 @@ class AugmentSettings(StrictModel):
         return self
 
 
-class GeneratorConfig(LaterFields):
+class GeneratorConfig(LaterFields, TrainedHere):
     """Everything needed to build, train and sample one generator."""
 
     #: options added after generators were cached: left out of the config's dump while unset, so the cache keys
@@ -116,9 +116,6 @@ class GeneratorConfig(LaterFields):
     keep_checkpoints: int = 2
     sample_every: int = 500
     seed: int = 0
-    # where to train (lesionforge.devices.resolve_device: None/"auto" = CUDA if visible, else CPU); not part of
-    # the model, so left out of dumps and cache keys
-    device: DeviceName = Field(None, exclude=True)
 
     # sampling defaults
     sampler: SamplerName = "dpm++"

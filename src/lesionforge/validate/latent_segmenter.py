@@ -16,12 +16,10 @@ import numpy as np
 import torch
 from diffusers import DDPMScheduler, ModelMixin, UNet2DModel
 from diffusers.configuration_utils import ConfigMixin, register_to_config
-from pydantic import Field
 from torch import nn
 
-from lesionforge.config import StrictModel
 from lesionforge.data.arrays import PairArrays, image_to_tensor, mask_to_tensor
-from lesionforge.devices import DeviceName
+from lesionforge.devices import TrainedHere
 from lesionforge.generate.autoencoder import LatentCodec
 from lesionforge.outputs import claim_output
 from lesionforge.utils import code_version, seed_everything
@@ -75,7 +73,7 @@ def load_latent_networks(path: Path) -> tuple[LatentSegmenter, LatentCodec]:
     return LatentSegmenter.from_pretrained(path / SEGMENTER_DIR), LatentCodec.from_pretrained(path / CODEC_DIR)
 
 
-class LatentSegmenterConfig(StrictModel):
+class LatentSegmenterConfig(TrainedHere):
     """Latent segmenter settings (the packaged ``validator-*.yaml`` presets with ``kind: latent``)."""
 
     kind: Literal["latent"] = "latent"
@@ -94,9 +92,6 @@ class LatentSegmenterConfig(StrictModel):
     lr: float = 1e-3
     checkpoint_every: int = 250
     seed: int = 0
-    # where to train (lesionforge.devices.resolve_device: None/"auto" = CUDA if visible, else CPU); not part of
-    # the model, so left out of dumps and cache keys
-    device: DeviceName = Field(None, exclude=True)
 
 
 @torch.no_grad()

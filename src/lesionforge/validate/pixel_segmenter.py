@@ -10,11 +10,9 @@ import torch
 from diffusers import ModelMixin
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from monai.networks.nets import BasicUNet
-from pydantic import Field
 
-from lesionforge.config import StrictModel
 from lesionforge.data.arrays import PairArrays, image_to_tensor, mask_to_tensor
-from lesionforge.devices import DeviceName
+from lesionforge.devices import TrainedHere
 from lesionforge.outputs import claim_output
 from lesionforge.utils import code_version, seed_everything
 from lesionforge.validate import validator as registry
@@ -44,7 +42,7 @@ def load_pixel_networks(path: Path) -> tuple[PixelSegmenter, None]:
     return PixelSegmenter.from_pretrained(path / SEGMENTER_DIR), None
 
 
-class PixelSegmenterConfig(StrictModel):
+class PixelSegmenterConfig(TrainedHere):
     """Pixel validator settings (the packaged ``validator-*.yaml`` presets with ``kind: pixel``)."""
 
     kind: Literal["pixel"] = "pixel"
@@ -56,9 +54,6 @@ class PixelSegmenterConfig(StrictModel):
     lr: float = 1e-3
     checkpoint_every: int = 250
     seed: int = 0
-    # where to train (lesionforge.devices.resolve_device: None/"auto" = CUDA if visible, else CPU); not part of
-    # the model, so left out of dumps and cache keys
-    device: DeviceName = Field(None, exclude=True)
 
 
 def train_pixel_segmenter(
