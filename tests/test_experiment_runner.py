@@ -333,6 +333,17 @@ def test_status_reads_where_a_sweep_stands_from_its_folder_alone(tmp_path, demo_
     assert (reg.n, reg.count("done"), reg.count("pending"), reg.result) == (8, 4, 5, "missing")
     with pytest.raises(ConfigError, match=r"N = \[16\]"):  # the same check as `experiment run --n`
         sweep_status(cfg, [16])
+    assert reg.median_run_s() is not None  # the runner records each run's wall time
+    # the time left comes from the finished runs' own records: give them known times
+    from lesionforge.experiment.records import read_record, record_path, write_record
+
+    for r, secs in zip((r for r in reg.runs if r.state == "done"), (600, 600, 720, 900), strict=True):
+        path = record_path(cfg.output, 8, r.arm, r.seed)
+        rec = read_record(path)
+        write_record(path, rec.model_copy(update={"timings": {**rec.timings, "run_s": secs}}))
+    (reg,) = sweep_status(cfg)
+    steps = cfg.shared_segment().steps
+    assert reg.median_run_s() == 660 and reg.seconds_left(steps) == 5 * 660
     pending = [r for r in reg.runs if r.state == "pending"]
     live = run_dir(cfg.output, 8, pending[0].arm, pending[0].seed) / "run.lock"
     dead = run_dir(cfg.output, 8, pending[1].arm, pending[1].seed)
@@ -342,16 +353,19 @@ def test_status_reads_where_a_sweep_stands_from_its_folder_alone(tmp_path, demo_
         dead.mkdir(parents=True, exist_ok=True)
         (dead / "run.lock").write_text(f"{socket.gethostname()} 999999999 token\n", encoding="utf-8")
         resumes.mkdir(parents=True)
-        (resumes / "last.json").write_text('{"folder": "last-0000300", "step": 300}', encoding="utf-8")
+        (resumes / "last.json").write_text('{"folder": "last-0000003", "step": 3}', encoding="utf-8")
         (reg,) = sweep_status(cfg)
         states = {(r.arm, r.seed): r for r in reg.runs}
         running = states[(pending[0].arm, pending[0].seed)]
         assert running.state == "running" and running.holder.endswith(f"pid {os.getpid()}")
         assert states[(pending[1].arm, pending[1].seed)].state == "stale"
-        assert states[(pending[2].arm, pending[2].seed)].step == 300
+        assert states[(pending[2].arm, pending[2].seed)].step == 3
+        # five runs left, one of them 3 of 12 steps in, one live worker
+        assert reg.seconds_left(steps) == pytest.approx(660 * (5 - 3 / steps))
         out = CliRunner().invoke(app, ["experiment", "status", str(tmp_path / "cfg.yaml")], env={"COLUMNS": "250"})
         assert out.exit_code == 0, out.output
-        assert "4/9 done, 1 running, 1 stale; result missing" in out.output and "pending 300/" in out.output
+        assert "4/9 done, 1 running, 1 stale; result missing" in out.output and "pending 3/12" in out.output
+        assert "of runs left with 1 worker(s) (median run 11 min" in out.output
     finally:
         release(live)
     (dead / "run.lock").unlink()

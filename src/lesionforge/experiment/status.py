@@ -5,18 +5,21 @@ of the config (N x arm x seed, the arms measured at that N) is ``done`` (its rec
 worker holds its claim), ``stale`` (a claim whose holder is gone: the next worker takes it over) or ``pending``;
 an unfinished run shows the step it resumes from. Each N's result file is ``missing``, ``current`` (made from this
 config) or ``other config`` (the runner will not write over it: move it aside, and it is rebuilt from the records).
+The time left is an estimate from the finished runs' own wall times (their records), for the segmentation runs only.
 """
 
 from __future__ import annotations
 
 import json
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from lesionforge.errors import DataError
 from lesionforge.experiment.config import ExperimentConfig
 from lesionforge.experiment.locks import holder, holder_alive
-from lesionforge.experiment.records import record_path, run_dir
+from lesionforge.experiment.records import read_record, record_path, run_dir
 from lesionforge.experiment.results import config_hash, result_path
 
 RunStateName = Literal["done", "running", "stale", "pending"]
@@ -30,6 +33,7 @@ class RunState:
     state: RunStateName
     holder: str | None = None  # "host pid N" of a running or stale claim
     step: int | None = None  # the step an unfinished run resumes from
+    seconds: float | None = None  # a done run's wall time (its record's ``timings.run_s``)
 
 
 @dataclass(frozen=True)
@@ -42,13 +46,33 @@ class RegimeStatus:
     def count(self, state: RunStateName) -> int:
         return sum(r.state == state for r in self.runs)
 
+    def median_run_s(self) -> float | None:
+        """The median wall time of this N's finished runs (None before the first)."""
+        times = [r.seconds for r in self.runs if r.seconds is not None]
+        return statistics.median(times) if times else None
+
+    def seconds_left(self, steps: int) -> float | None:
+        """Wall time until every run is done: each unfinished run costs the median finished run, less the share
+        of its ``steps`` already trained, shared among the live workers (at least one). Segmentation runs only: a
+        generator or set still to be built adds its own time. None before the first run has finished."""
+        median = self.median_run_s()
+        if median is None:
+            return None
+        work = sum(median * (1 - min(r.step or 0, steps) / steps) for r in self.runs if r.state != "done")
+        return work / max(1, self.count("running"))
+
 
 def run_state(cfg: ExperimentConfig, n: int, arm: str, seed: int) -> RunState:
     """The state of one run, from its folder."""
     from lesionforge.segment.train import resumable_step
 
-    if record_path(cfg.output, n, arm, seed).is_file():
-        return RunState(n, arm, seed, "done")
+    record = record_path(cfg.output, n, arm, seed)
+    if record.is_file():
+        try:
+            seconds = read_record(record).timings.get("run_s")
+        except DataError:  # the runner names a corrupt record when it reads it; status only leaves its time out
+            seconds = None
+        return RunState(n, arm, seed, "done", seconds=seconds)
     folder = run_dir(cfg.output, n, arm, seed)
     step = resumable_step(folder / "segmenter")
     h = holder(folder / "run.lock")
