@@ -194,3 +194,25 @@ def test_clean_generated_mask_removes_specks_and_fills():
     raw_cleaned, info0 = clean_generated_mask(prob, opening_radius=0, min_area_frac=0.005, fill_holes=False)
     assert info0["removed_components"] == 2 and info0["filled_pixels"] == 0
     assert raw_cleaned[14, 20:28].all() and not raw_cleaned[13:16, 13:16].any()
+
+
+def test_even_jitter_source_draws_every_mask_equally_often_by_sample_index(demo_arrays):
+    """``even``: sample i takes the mask at its place in a shuffled pass over all masks, so a set of any size
+    draws each mask within one of the others, and a sample's mask depends on (seed, i) alone; the random draw
+    (the default) leaves masks out and repeats others."""
+    from collections import Counter
+
+    source = build_mask_source("jitter", demo_arrays.masks, demo_arrays.ids, even=True)
+    m = len(source.masks)
+    drawn = [source.draw_at(np.random.default_rng([5, i]), 5, i)[1]["source_id"] for i in range(3 * m + 7)]
+    counts = Counter(drawn)
+    assert set(counts) == set(source.ids) and max(counts.values()) - min(counts.values()) == 1
+    assert Counter(drawn[:m]) == Counter(source.ids)  # the first pass holds every mask once
+    assert drawn[:m] != list(source.ids) and drawn[:m] != drawn[m:2 * m]  # shuffled, each pass its own order
+    again = source.draw_at(np.random.default_rng([5, 11]), 5, 11)[1]["source_id"]
+    assert again == drawn[11] and source.draw_at(np.random.default_rng(0), 6, 11)[1]["source_id"] in source.ids
+    rng = np.random.default_rng(5)
+    random_draws = Counter(source(rng, 1)[0][1]["source_id"] for _ in range(m))
+    assert len(random_draws) < m  # at random, m draws miss some of the m masks
+    with pytest.raises(ConfigError, match="takes no jitter options"):
+        build_mask_source("size", demo_arrays.masks, demo_arrays.ids, size=32, even=True)

@@ -115,6 +115,15 @@ def test_jitter_settings_key_a_new_set_and_reach_the_mask_source(tmp_path):
         return out
 
     assert max(moved(other, still)) <= 0.5 and max(moved(plain, spec)) > 1.0
+    # even draws: left out of the dump while unset (the sets above keep their keys), set they key another set and
+    # reach the synthesis's source; not a jitter_mask option
+    assert "even" not in still.model_dump()["jitter"] and "even" not in still.jitter.kwargs()
+    even = still.model_validate({**still.model_dump(), "jitter": {**still.model_dump()["jitter"], "even": True}})
+    evened = plain.model_copy(update={"generators": {"inpaint": even}})
+    assert even.model_dump()["jitter"]["even"] is True and "even" not in even.jitter.kwargs()
+    assert synthetic_key(evened, "inpaint", 8, data) != synthetic_key(other, "inpaint", 8, data)
+    assert LesionforgeStages.synthesis_args(evened, even, 8, data)["masks_from"].even
+    assert not LesionforgeStages.synthesis_args(other, still, 8, data)["masks_from"].even
     for settings in [{"method": "inpaint-normal", "mask_source": "size", "jitter": {"max_shift": 0}},
                      {"method": "edge-guided", "jitter": {"max_shift": 0}},
                      {"method": "inpaint-normal", "paste_strength": 0.5, "jitter": {"max_shift": 0}},

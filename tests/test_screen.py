@@ -159,6 +159,8 @@ def test_the_mri_headline_is_screened_with_its_own_generator_entry():
     assert (in_place.jitter.max_shift, in_place.jitter.max_rotate) == (0.0, 10.0)
     assert in_place.config.name == "generator-mask2image-mri-cpu.yaml" and in_place.filter.keep_best == 2
     assert s.recipe_of(in_place.model_dump(mode="json")) != s.recipe_of(full)
+    even = s.screen_config(head, 4, "pretrain+8per-top2+even").generators["mask2image"]
+    assert even.jitter.even and even.jitter.kwargs() == {} and even.n_per_real == 8
     (quarter,) = s.variant_arms("pretrain+8per-top2+ratio0.25", generator="mask2image")
     assert quarter.mixing.ratio == 0.25 and quarter.filtered and quarter.generator == "mask2image"
     assert s.paste_rows(head, cfg) is None  # the MRI headline has no copy-paste-onto-backgrounds arm

@@ -404,24 +404,40 @@ class RealJitterSource:
 
     ``masks`` (N, H, W) or a list of (H, W); ``ids`` the sample ids (length N). Empty masks are skipped;
     ``jitter`` passes options to :func:`jitter_mask`.
+
+    Called as ``source(rng, n)`` each draw picks a mask at random. With ``even``, a synthesis that numbers its
+    samples asks :meth:`draw_at` instead: sample ``index`` of a set takes the mask at that place of a pass over all
+    masks in a shuffled order (one pass per ``len(masks)`` samples, each pass its own order), so every mask is drawn
+    equally often (within one) whatever the set's size, and a sample's mask depends on its index alone (a sharded
+    synthesis draws the same set).
     """
 
-    def __init__(self, masks: Sequence[np.ndarray] | np.ndarray, ids: Sequence[str], **jitter: object):
+    def __init__(self, masks: Sequence[np.ndarray] | np.ndarray, ids: Sequence[str], even: bool = False,
+                 **jitter: object):
         if len(masks) != len(ids):
             raise ValueError(f"RealJitterSource: {len(masks)} masks but {len(ids)} ids")
         pairs = [(np.asarray(m), i) for m, i in zip(masks, ids, strict=True) if _binary(m).any()]
         if not pairs:
             raise ValueError("RealJitterSource: every mask is empty; no lesion to jitter")
         self.masks, self.ids = [p[0] for p in pairs], [p[1] for p in pairs]
-        self.jitter = jitter
+        self.jitter, self.even = jitter, even
 
     def __call__(self, rng: np.random.Generator, n: int) -> list[tuple[np.ndarray, dict]]:
         out = []
         for _ in range(n):
-            i = int(rng.integers(len(self.masks)))
-            mask = jitter_mask(self.masks[i], rng, **self.jitter)
-            out.append((mask, {"mask_source": "jitter", "source_id": self.ids[i], "area_frac": float(mask.mean())}))
+            out.append(self._jittered(int(rng.integers(len(self.masks))), rng))
         return out
+
+    def draw_at(self, rng: np.random.Generator, seed: int, index: int) -> tuple[np.ndarray, dict]:
+        """Sample ``index`` of a set drawn with ``seed``: its mask from the shuffled pass it falls in (``even``),
+        jittered with ``rng``."""
+        m = len(self.masks)
+        order = np.random.default_rng([seed, index // m, m]).permutation(m)
+        return self._jittered(int(order[index % m]), rng)
+
+    def _jittered(self, i: int, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
+        mask = jitter_mask(self.masks[i], rng, **self.jitter)
+        return mask, {"mask_source": "jitter", "source_id": self.ids[i], "area_frac": float(mask.mean())}
 
 
 class SizeControlledSource:
@@ -451,6 +467,7 @@ def build_mask_source(
     small_boost: float = 1.0,
     use_shapes: bool = True,
     jitter: dict | None = None,
+    even: bool = False,
 ) -> MaskSource:
     """A mask source by name from real training masks (N, H, W), N may be 0.
 
@@ -464,8 +481,8 @@ def build_mask_source(
     if kind == "jitter":
         if not lesions:
             raise ConfigError("mask source 'jitter' needs real lesion masks; none of the masks has a lesion")
-        return RealJitterSource([masks[i] for i in lesions], [ids[i] for i in lesions], **(jitter or {}))
-    if jitter:
+        return RealJitterSource([masks[i] for i in lesions], [ids[i] for i in lesions], even=even, **(jitter or {}))
+    if jitter or even:
         raise ConfigError(f"mask source {kind!r} takes no jitter options (they deform real masks: source 'jitter')")
     if kind == "size":
         if size is None and len(masks) == 0:

@@ -138,16 +138,20 @@ class SegmentSettings(StrictModel):
         return resolve_preset(self.preset, over, SegmentConfig, where)
 
 
-class JitterSettings(StrictModel):
-    """How real masks are deformed into new ones (``mask_source: jitter``): the keyword arguments of
+class JitterSettings(LaterFields):
+    """How real masks are drawn and deformed into new ones (``mask_source: jitter``): the keyword arguments of
     :func:`lesionforge.conditioning.masks.jitter_mask`; a field left unset keeps that function's default (up to
     30 degrees of rotation, scale 0.8-1.2, a shift of up to 0.1 of the image, an elastic warp). A structure bound
-    to its anatomical place (a hippocampus in its MRI crop) keeps it with ``max_shift: 0`` and a small rotation."""
+    to its anatomical place (a hippocampus in its MRI crop) keeps it with ``max_shift: 0`` and a small rotation.
+    ``even``: every labelled mask is drawn equally often (each pass over the masks in a shuffled order), where by
+    default each draw picks a mask at random (8 draws per pair on average: some masks drawn far more, some never)."""
 
+    _omitted_when_none: ClassVar[tuple[str, ...]] = ("even",)
     max_rotate: float | None = Field(None, ge=0, le=180)
     scale: tuple[float, float] | None = None
     max_shift: float | None = Field(None, ge=0, le=0.5)
     elastic: bool | None = None
+    even: bool | None = None
 
     @model_validator(mode="after")
     def _scale_is_a_range(self) -> JitterSettings:
@@ -156,8 +160,8 @@ class JitterSettings(StrictModel):
         return self
 
     def kwargs(self) -> dict[str, Any]:
-        """The settings given, as ``jitter_mask`` keyword arguments."""
-        return self.model_dump(exclude_none=True)
+        """The deformation settings given, as ``jitter_mask`` keyword arguments (``even`` is not one)."""
+        return self.model_dump(exclude_none=True, exclude={"even"})
 
 
 class FilterSettings(LaterFields):

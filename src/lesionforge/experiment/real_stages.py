@@ -259,7 +259,8 @@ class LesionforgeStages:
 
         labelled, gcfg = data.labelled(n), resolved_generator_config(cfg, spec)
         jitter = spec.jitter.kwargs() if spec.jitter is not None else {}
-        masks_from = make_mask_source(spec.mask_source, labelled, cfg.resolution, **jitter) if gcfg.kind in (
+        even = bool(spec.jitter is not None and spec.jitter.even)
+        masks_from = make_mask_source(spec.mask_source, labelled, cfg.resolution, even=even, **jitter) if gcfg.kind in (
             "mask2image", "inpaint") else None
         return dict(
             n=spec.n_per_real * len(labelled), masks_from=masks_from, real=labelled,

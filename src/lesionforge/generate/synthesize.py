@@ -195,7 +195,7 @@ def _plan(kind: str, seed: int, i: int, masks_from, backgrounds: PairArrays | No
         image, mask, label_class = real.images[j], real.masks[j], real.classes[j]
         info = {"mask_source": "real", "source_id": real.ids[j]}
     elif kind == "mask2image":
-        mask, minfo = masks_from(rng, 1)[0]
+        mask, minfo = _drawn(masks_from, rng, seed, i)
         label_class, info = _class_of(minfo, real), _mask_info(minfo)
     elif kind == "inpaint" and paste_strength:
         from lesionforge.segment.config import CopyPasteConfig
@@ -207,12 +207,12 @@ def _plan(kind: str, seed: int, i: int, masks_from, backgrounds: PairArrays | No
         info = {"mask_source": "pasted", "source_id": pinfo["source_id"], "background_id": pinfo["background_id"],
                 "mask_info": {"area_frac": float(mask.mean()), "paste_strength": paste_strength}}
     elif kind == "inpaint" and _repaints(i, repaint_share):
-        image, mask, minfo = _repainted(masks_from(rng, 1)[0], real)
+        image, mask, minfo = _repainted(_drawn(masks_from, rng, seed, i), real)
         label_class, info = _class_of(minfo, real), {**_mask_info(minfo), "background_id": minfo["source_id"]}
     elif kind == "inpaint":
         j = int(rng.integers(len(backgrounds)))
         image = backgrounds.images[j]
-        mask, minfo = _placed_mask(masks_from, field_of_view_of(image), rng)
+        mask, minfo = _placed_mask(masks_from, field_of_view_of(image), rng, seed, i)
         label_class, info = _class_of(minfo, real), {**_mask_info(minfo), "background_id": backgrounds.ids[j]}
     area = np.zeros((1, 1, 1)) if mask is None else mask[None]
     sid = _sample_id(kind, seed, i)
@@ -241,12 +241,22 @@ def field_of_view_of(image: np.ndarray) -> np.ndarray:
     return field_of_view(image)
 
 
-def _placed_mask(masks_from, fov: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
-    """Draw masks until one fits inside ``fov`` (a large lesion may fit nowhere on a small FOV)."""
+def _drawn(masks_from, rng: np.random.Generator, seed: int, i: int) -> tuple[np.ndarray, dict]:
+    """Sample ``i``'s mask: by its index where the source draws its masks evenly
+    (:meth:`~lesionforge.conditioning.masks.RealJitterSource.draw_at`), else at random from ``rng``."""
+    if getattr(masks_from, "even", False):
+        return masks_from.draw_at(rng, seed, i)
+    return masks_from(rng, 1)[0]
+
+
+def _placed_mask(masks_from, fov: np.ndarray, rng: np.random.Generator, seed: int,
+                 i: int) -> tuple[np.ndarray, dict]:
+    """Draw masks until one fits inside ``fov`` (a large lesion may fit nowhere on a small FOV); an even source
+    re-jitters sample ``i``'s own mask."""
     from lesionforge.conditioning.masks import place_mask
 
     for _ in range(MAX_PLACEMENT_TRIES):
-        mask, info = masks_from(rng, 1)[0]
+        mask, info = _drawn(masks_from, rng, seed, i)
         placed = place_mask(mask, fov, rng)
         if placed is not None:
             return placed, info
