@@ -216,3 +216,10 @@ def test_even_jitter_source_draws_every_mask_equally_often_by_sample_index(demo_
     assert len(random_draws) < m  # at random, m draws miss some of the m masks
     with pytest.raises(ConfigError, match="takes no jitter options"):
         build_mask_source("size", demo_arrays.masks, demo_arrays.ids, size=32, even=True)
+    # a closed-loop round tags its source's masks: the tagged source still draws evenly, and tags them
+    from lesionforge.experiment.loop_arm import _Tagged
+
+    tagged = _Tagged(source, {"round": 1})
+    mask, info = tagged.draw_at(np.random.default_rng([5, 11]), 5, 11)
+    assert tagged.even and info["source_id"] == drawn[11] and info["round"] == 1
+    assert not _Tagged(build_mask_source("jitter", demo_arrays.masks, demo_arrays.ids), {}).even

@@ -23,6 +23,12 @@ T = TypeVar("T")
 _LABEL: ContextVar[str | None] = ContextVar("lesionforge_progress_label", default=None)
 
 
+def duration_text(seconds: float) -> str:
+    """A wait or a time left as a person reads it: ``45 s``, ``12 min``, ``2.5 h``."""
+    s = seconds
+    return f"{s:.0f} s" if s < 120 else f"{s / 60:.0f} min" if s < 7200 else f"{s / 3600:.1f} h"
+
+
 @contextmanager
 def progress_label(label: str) -> Iterator[None]:
     """Bars made inside this block start their description with ``label`` (nested labels join with ``/``)."""

@@ -77,12 +77,6 @@ def run(
             console.print(f"[green]report[/] {write_report(path)}")
 
 
-def _duration(seconds: float) -> str:
-    """``1 h 05 min`` / ``12 min`` (at least 1 min)."""
-    minutes = max(1, round(seconds / 60))
-    return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min"
-
-
 @app.command("status")
 def status(
     config: Path = typer.Argument(..., help="Experiment YAML (see docs/experiments.md)."),
@@ -115,8 +109,10 @@ def status(
         console.print(table)
         left = reg.seconds_left(steps)
         if left:
-            console.print(f"N = {reg.n}: about {_duration(left)} of runs left with {max(1, reg.count('running'))} "
-                          f"worker(s) (median run {_duration(reg.median_run_s())}; a generator still to train adds "
+            from lesionforge.progress import duration_text
+
+            console.print(f"N = {reg.n}: about {duration_text(left)} of runs left with {max(1, reg.count('running'))} "
+                          f"worker(s) (median run {duration_text(reg.median_run_s())}; a generator still to train adds "
                           "its time)", soft_wrap=True)
 
 

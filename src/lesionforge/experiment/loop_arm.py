@@ -175,6 +175,15 @@ class _Tagged:
     def __call__(self, rng, n: int) -> list:
         return [(mask, {**info, **self.tag}) for mask, info in self.source(rng, n)]
 
+    @property
+    def even(self) -> bool:
+        """Whether the wrapped source draws its masks evenly by sample index (synthesis then asks :meth:`draw_at`)."""
+        return getattr(self.source, "even", False)
+
+    def draw_at(self, rng, seed: int, index: int) -> tuple:
+        mask, info = self.source.draw_at(rng, seed, index)
+        return mask, {**info, **self.tag}
+
 
 def _kept_by_band(filtered: Path, bands: list[str | None]) -> dict[str, dict[str, float]]:
     """Per size band: its share of the round's made pairs and of the kept ones (``bands`` in manifest order)."""

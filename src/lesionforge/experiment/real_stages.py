@@ -22,6 +22,7 @@ from lesionforge.experiment.config import (
     ArmSettings,
     ExperimentConfig,
     GeneratorSpec,
+    JitterSettings,
     paste_config,
     resolved_generator_config,
 )
@@ -258,9 +259,9 @@ class LesionforgeStages:
         from lesionforge.generate.trainbatch import make_mask_source
 
         labelled, gcfg = data.labelled(n), resolved_generator_config(cfg, spec)
-        jitter = spec.jitter.kwargs() if spec.jitter is not None else {}
-        even = bool(spec.jitter is not None and spec.jitter.even)
-        masks_from = make_mask_source(spec.mask_source, labelled, cfg.resolution, even=even, **jitter) if gcfg.kind in (
+        jitter = spec.jitter or JitterSettings()
+        masks_from = make_mask_source(spec.mask_source, labelled, cfg.resolution, even=bool(jitter.even),
+                                      **jitter.kwargs()) if gcfg.kind in (
             "mask2image", "inpaint") else None
         return dict(
             n=spec.n_per_real * len(labelled), masks_from=masks_from, real=labelled,

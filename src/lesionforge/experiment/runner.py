@@ -45,7 +45,7 @@ from lesionforge.experiment.set_quality import set_quality
 from lesionforge.experiment.stages import ExperimentData, Stages, SyntheticSet
 from lesionforge.experiment.union_set import write_union_set
 from lesionforge.outputs import claim_output, is_inside
-from lesionforge.progress import StageProgress, progress_label
+from lesionforge.progress import StageProgress, duration_text, progress_label
 from lesionforge.utils import seed_everything, write_json_atomic
 
 _console = Console(stderr=True)
@@ -347,23 +347,19 @@ class _Wait:
         line = f"N={self.n}: waiting for {what}{more} (held by {who or 'another worker'})"
         waited = now - self.since
         if waited > self.timeout_s:
-            seen = f", last seen {_duration(who.age_s)} ago" if who else ""
+            seen = f", last seen {duration_text(who.age_s)} ago" if who else ""
             raise WaitTimeoutError(
-                f"{lock}: gave up after {_duration(waited)} waiting for N={self.n} {what}{more} (held by "
+                f"{lock}: gave up after {duration_text(waited)} waiting for N={self.n} {what}{more} (held by "
                 f"{who or 'another worker'}{seen}); that worker still finishes and writes the result; if it hangs, "
                 "stop it and run again (--wait-timeout sets the wait)"
             )
         if self.prog is not None:
-            self.prog.update(self.task, description=f"{line} for {_duration(waited)}")
+            self.prog.update(self.task, description=f"{line} for {duration_text(waited)}")
         if line != self.told:  # once per wait and whenever what it waits on changes
             (self.prog.console if self.prog is not None else _console).print(line)
             self.told = line
         # soon at first (a worker killed just now is taken over within seconds), then every poll_s
         return min(self.poll_s, 1.0 + waited / 10)
-
-
-def _duration(s: float) -> str:
-    return f"{s:.0f} s" if s < 120 else f"{s / 60:.0f} min" if s < 7200 else f"{s / 3600:.1f} h"
 
 
 def _run_one(
