@@ -148,6 +148,53 @@ def test_paired_mdice3d_over_cases_in_results_and_report():
     assert "ΔmDice 3D over cases" in diff_table({"cp": {"mdice3d": d}})
 
 
+def test_position_subsets_split_each_structure_into_its_ends_and_its_middle():
+    from lesionforge.data.volumes import position_subsets
+
+    # case a: foreground slices 10..18 (positions 0, 1/8, ..., 1); case b: one slice; case c on another axis
+    ids = [f"a/2_{k:04d}" for k in range(10, 19)] + ["b/2_0040", "c/0_0005", "c/0_0009", "not-a-slice.png"]
+    got = position_subsets(ids)
+    assert got["structure-ends"] == ["a/2_0010", "a/2_0011", "a/2_0017", "a/2_0018", "c/0_0005", "c/0_0009"]
+    assert got["structure-middle"] == [f"a/2_{k:04d}" for k in range(12, 17)] + ["b/2_0040"]
+    assert len(position_subsets(ids, ends=0.4)["structure-middle"]) == 2  # a/2_0014 and the one-slice case
+    with pytest.raises(ValueError, match="ends must lie in"):
+        position_subsets(ids, ends=0.5)
+
+
+def test_compare_of_a_volume_result_shows_ends_and_middle(tmp_path):
+    from typer.testing import CliRunner
+
+    from lesionforge.cli import app
+    from lesionforge.experiment.results import paired_from_result
+
+    ids = [f"c{c}/2_{k:04d}" for c in (1, 2) for k in range(8)]
+    ends = {i for i in ids if int(i[-4:]) in (0, 1, 6, 7)}
+    # the arm loses 0.2 on every end slice and gains 0.05 in the middle: the mean alone would hide both
+    base = [[0.7] * len(ids) for _ in range(3)]
+    arm = [[0.5 if i in ends else 0.75 for i in ids] for _ in range(3)]
+
+    def summary(dice: list[list[float]]) -> dict:
+        means = [float(np.mean(d)) for d in dice]
+        return {"mdice": means, "miou": means, "miss_rate": [None] * 3, "mdice3d": [0.8] * 3,
+                "miss_rate_by_band": {b: [None] * 3 for b in ("small", "medium", "large")},
+                "per_image": {"seeds": [0, 1, 2], "dice": dice, "iou": dice, "dice3d": [[0.8, 0.8]] * 3}}
+
+    res = {"image_ids": ids, "test_cases": ["c1", "c2"], "n_labelled": 4, "bootstrap": {"samples": 200, "seed": 0},
+           "arms": {"baseline": summary(base), "synthetic": summary(arm)}}
+    d = paired_from_result(res, "synthetic", "baseline")
+    assert d["mdice"]["mean"] == pytest.approx((8 * -0.2 + 8 * 0.05) / 16)
+    assert d["subsets"]["structure-ends"]["mdice"]["mean"] == pytest.approx(-0.2)
+    assert d["subsets"]["structure-middle"]["mdice"]["mean"] == pytest.approx(0.05)
+    assert d["subsets"]["structure-ends"]["mdice"]["n_images"] == 8
+    path = tmp_path / "r.json"
+    header = {"dataset": "toy", "profile": "tiny", "resolution": 32, "code_version": "x", "steps": 4,
+              "seeds": [0, 1, 2], "paired_diff": {}}
+    path.write_text(json.dumps({**header, **res}), encoding="utf-8")
+    out = CliRunner().invoke(app, ["experiment", "compare", str(path), "synthetic", "baseline"])
+    assert out.exit_code == 0, out.output
+    assert "| structure-ends | synthetic | -0.200 [" in out.output and "| arm − baseline |" in out.output
+
+
 @pytest.mark.slow
 def test_reading_msd_hippocampus_gives_slices_carrying_case_ids():
     root = need_dataset("msd-hippocampus")
@@ -214,6 +261,11 @@ def test_volume_experiment_writes_3d_dice_per_case_beside_per_slice(tmp_path):
     assert all(0 <= d <= 1 for a in res["arms"].values() for d in a["mdice3d"])
     d = res["paired_diff"]["copy-paste"]["mdice3d"]
     assert d["unit"] == "cases" and d["n_images"] == 2
+    # where along each test structure: its end slices and its middle ones, scored and paired separately
+    position = res["paired_diff"]["copy-paste"]["subsets"]
+    assert position["structure-ends"]["mdice"]["n_images"] + position["structure-middle"]["mdice"]["n_images"] == 8
+    assert position["structure-ends"]["mdice"]["n_images"] > 0 < position["structure-middle"]["mdice"]["n_images"]
+    assert set(res["arms"]["baseline"]["subsets"]) == {"structure-ends", "structure-middle"}
     assert "mDice 3D" in (tmp_path / "results" / "toy-n2-tiny.md").read_text(encoding="utf-8")
     from lesionforge.experiment.report import readme_table
 

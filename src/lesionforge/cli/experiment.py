@@ -155,12 +155,16 @@ def compare(
     arm: str = typer.Argument(..., help="The arm to compare."),
     ref: str = typer.Argument(..., help="The arm it is compared with."),
 ) -> None:
-    """Paired difference ARM − REF over test images (and over seeds), recomputed from RESULT_JSON alone."""
-    from lesionforge.experiment.report import diff_table, load_result
+    """Paired difference ARM − REF over test images (and over seeds), recomputed from RESULT_JSON alone; for
+    volumes also at the ends and in the middle of each test structure."""
+    from lesionforge.experiment.report import diff_table, load_result, subset_diff_table
     from lesionforge.experiment.results import paired_from_result
 
     d = paired_from_result(load_result(result_json), arm, ref, result_json)
     print(diff_table({arm: d}, ref))
+    if d.get("subsets"):
+        print()
+        print(subset_diff_table({"paired_diff": {arm: d}}, ref))
 
 
 @app.command("pack")

@@ -69,6 +69,36 @@ def slice_order(sample_id: str) -> tuple[int, int]:
     return int(m["axis"]), int(m["index"])
 
 
+#: the share of a case's foreground range at each end that :func:`position_subsets` calls its ends
+ENDS_SHARE = 0.25
+
+
+def position_subsets(ids: list[str], ends: float = ENDS_SHARE) -> dict[str, list[str]]:
+    """Foreground slices grouped by where they lie along their case's foreground range: ``structure-ends`` (the
+    outer ``ends`` share at each end, where the structure is small and thin) and ``structure-middle`` (the rest).
+
+    ``ids`` are the slices with foreground (of any cases; ids that are not volume slices are left out). A slice's
+    position is ``(index - first) / (last - first)`` over its case's slices in ``ids`` along their axis; a case with
+    one slice counts as middle. A per-slice mean hides where along a structure an arm gains or loses (a small
+    structure's end slices are few pixels, the hardest to draw and to segment), so results of volumes report both.
+    """
+    if not 0 < ends < 0.5:
+        raise ValueError(f"ends must lie in (0, 0.5), got {ends}")
+    by_case: dict[tuple[str, int], list[tuple[int, str]]] = {}
+    for i in ids:
+        case = case_of(i)
+        if case is not None:
+            axis, index = slice_order(i)
+            by_case.setdefault((case, axis), []).append((index, i))
+    out: dict[str, list[str]] = {"structure-ends": [], "structure-middle": []}
+    for slices in by_case.values():
+        first, last = min(k for k, _ in slices), max(k for k, _ in slices)
+        for k, i in slices:
+            pos = 0.5 if last == first else (k - first) / (last - first)
+            out["structure-ends" if pos < ends or pos > 1 - ends else "structure-middle"].append(i)
+    return {name: sorted(v) for name, v in out.items()}
+
+
 def read_volume(path: str | Path) -> np.ndarray:
     """Read a 3D volume in ``(X, Y, Z)`` index order, native dtype. DICOM: a folder of ``.dcm`` files.
 

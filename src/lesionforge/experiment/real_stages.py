@@ -16,6 +16,7 @@ import numpy as np
 from lesionforge.data.arrays import PairArrays, load_arrays
 from lesionforge.data.manifest import Sample, read_set
 from lesionforge.data.splits import BenchmarkSplit, load_benchmark_split
+from lesionforge.data.volumes import position_subsets
 from lesionforge.errors import CheckpointError, ConfigError, DataError
 from lesionforge.experiment.config import (
     PASTE_METHOD,
@@ -160,6 +161,9 @@ class LesionforgeStages:
         test = load(split.test)
         test_ids = set(test.ids)
         subsets = {k: [i for i in read_id_list(p) if i in test_ids] for k, p in ds.subsets.items()}
+        if ds.volumes is not None:  # where along each test structure an arm gains or loses (slices with foreground)
+            fg = [i for i, m in zip(test.ids, test.masks, strict=True) if m.any()]
+            subsets = {**position_subsets(fg), **subsets}
         return ExperimentData(
             split=split, pool=load(split.train), val=load(split.val), test=test, backgrounds=backgrounds,
             transfer={t.name: self._transfer(t, res, ds.channels) for t in cfg.transfer}, subsets=subsets,

@@ -114,9 +114,9 @@ def diff_table(diffs: dict[str, Any], ref: str = "baseline") -> str:
     return "\n".join([head, *rows])
 
 
-def subset_diff_table(res: dict[str, Any]) -> str:
+def subset_diff_table(res: dict[str, Any], ref: str = "baseline") -> str:
     """Markdown table of paired differences restricted to each named test subset (bootstrap over its images)."""
-    head = "| subset | arm − baseline | ΔmDice [95 % CI] | Δmiss rate [95 % CI] |\n|---|---|---|---|"
+    head = f"| subset | arm − {ref} | ΔmDice [95 % CI] | Δmiss rate [95 % CI] |\n|---|---|---|---|"
     rows = [
         f"| {sub} | {name} | {_ci(d.get('mdice'))} | {_ci(d.get('miss_rate'))} |"
         for name, arm in res["paired_diff"].items() for sub, d in arm.get("subsets", {}).items()

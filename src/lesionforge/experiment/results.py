@@ -372,7 +372,11 @@ def closed_loop_results(cfg, by_arm: dict[str, list[RunRecord]], n_boot: int, se
 
 def paired_from_result(result: dict[str, Any], arm: str, ref: str, path: str | Path = "result") -> dict[str, Any]:
     """``arm − ref`` paired over images (and over seeds) recomputed from a result file alone, with the file's
-    bootstrap settings: the stored intervals again, or a pair of arms the file did not compare."""
+    bootstrap settings: the stored intervals again, or a pair of arms the file did not compare. A file of volume
+    slices also gets the difference at the ends and in the middle of each test structure
+    (:func:`~lesionforge.data.volumes.position_subsets`), so files written before the runner stored those
+    subsets show them too."""
+    from lesionforge.data.volumes import case_of, position_subsets
     from lesionforge.errors import DataError
     from lesionforge.experiment.per_image import records_from_result
 
@@ -381,4 +385,6 @@ def paired_from_result(result: dict[str, Any], arm: str, ref: str, path: str | P
         if name not in recs:
             raise DataError(path, f"has no arm {name!r} (arms: {', '.join(recs)})")
     boot = result.get("bootstrap", {})
-    return paired_diff(recs[arm], recs[ref], boot.get("samples", 2000), boot.get("seed", 0))
+    ids = result.get("image_ids") or []
+    subsets = position_subsets(ids) if ids and all(case_of(i) is not None for i in ids) else None
+    return paired_diff(recs[arm], recs[ref], boot.get("samples", 2000), boot.get("seed", 0), subsets)
