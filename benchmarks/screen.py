@@ -154,6 +154,10 @@ VARIANTS: dict[str, Variant] = {
     # the headline's recipe at a lower synthetic:real ratio (the MRI levers of docs/volumes.md)
     "pretrain+8per-top2+ratio0.25": Variant(_PRETRAIN, {**_SDE25, "n_per_real": 8}, {"keep_best": 2, "threshold": 0.0},
                                             arm={"mixing": {"mode": "ratio", "ratio": 0.25}}),
+    # the headline's pairs in the first half of the steps only, then the real pairs alone (fine-tuning on real):
+    # the real slices of a structure's thin ends, where the MRI arms lose (docs/volumes.md), get the last half whole
+    "pretrain+8per-top2+until0.5": Variant(_PRETRAIN, {**_SDE25, "n_per_real": 8}, {"keep_best": 2, "threshold": 0.0},
+                                           arm={"mixing": {"mode": "ratio", "ratio": 1, "synthetic_until": 0.5}}),
     # masks jittered in shape only, where they are: a structure bound to its anatomical place (the hippocampus in
     # its MRI crop) is not moved off it (no shift, up to 10 degrees of rotation); the same generator, a new set
     "pretrain+8per-top2+in-place": Variant(_PRETRAIN, {**_SDE25, "n_per_real": 8,

@@ -66,6 +66,10 @@ def test_every_screen_variant_builds_a_valid_config_and_its_rows():
     assert all(a.filtered for a in agree) and agree[1].copy_paste.prob == 0.5
     (until,) = s.variant_arms("pretrain+until0.75")
     assert until.mixing.synthetic_until == 0.75 and until.mixing.ratio == 1
+    (half,) = s.variant_arms("pretrain+8per-top2+until0.5")  # the headline's kept pairs, the first half of the steps
+    assert half.filtered and half.mixing.synthetic_until == 0.5
+    assert (s.screen_config(config, 8, "pretrain+8per-top2+until0.5").generators["inpaint"]
+            == s.screen_config(config, 8, "pretrain+8per-top2").generators["inpaint"])  # the same set, not re-drawn
     (cp,) = s.variant_arms("pretrain+copy-paste")
     cfg = s.screen_config(config, 8, "pretrain+copy-paste")
     assert s.segment_config_for(cfg, cp, 0)["copy_paste"]["enabled"]
