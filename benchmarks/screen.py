@@ -38,6 +38,7 @@ from label_fidelity import own_vs_shuffled  # noqa: E402
 from lesionforge.data.arrays import PairArrays, load_arrays  # noqa: E402
 from lesionforge.data.bands import BANDS, band_of  # noqa: E402
 from lesionforge.data.manifest import read_set  # noqa: E402
+from lesionforge.data.volumes import case_of, position_subsets  # noqa: E402
 from lesionforge.experiment.agreement import rank_agreement  # noqa: E402
 from lesionforge.experiment.budget import segment_config_for  # noqa: E402
 from lesionforge.experiment.config import (  # noqa: E402
@@ -616,8 +617,25 @@ def _versus(row: dict, ref: dict) -> dict:
         why = f"interval over val images [{diff['ci95'][0]:+.3f}, {diff['ci95'][1]:+.3f}] reaches 0"
     else:
         why = None
-    return {"mean": None if diff is None else diff["mean"], "ci95": None if diff is None else diff["ci95"],
-            "per_seed": per_seed, "seeds": row["seeds"], "clears": why is None, "why": why}
+    out = {"mean": None if diff is None else diff["mean"], "ci95": None if diff is None else diff["ci95"],
+           "per_seed": per_seed, "seeds": row["seeds"], "clears": why is None, "why": why}
+    ids = list(row["per_image"])
+    if diff is not None and ids and all(case_of(i) is not None for i in ids):
+        # volumes: the same difference at the ends and in the middle of each val structure (shown, not gated)
+        out["by_position"] = {
+            name: bootstrap_paired({i: row["per_image"][i] for i in members},
+                                   {i: ref["per_image"][i] for i in members if i in ref["per_image"]})
+            for name, members in position_subsets(ids).items() if members}
+    return out
+
+
+def _by_position(x: dict) -> str:
+    """``ends / middle`` of a gate comparison of volume rows (see :func:`_versus`), or ``—``."""
+    pos = x.get("by_position")
+    if not pos:
+        return "—"
+    return " / ".join(f"{pos[k]['mean']:+.3f} [{pos[k]['ci95'][0]:+.3f}, {pos[k]['ci95'][1]:+.3f}]"
+                      if k in pos else "—" for k in ("structure-ends", "structure-middle"))
 
 
 def _bands(q: dict) -> str:
@@ -668,15 +686,16 @@ def write_report(out: dict, path: Path) -> None:
                   f"A row clears the bar against a row it must beat with the same seeds (at least {g['min_seeds']}), "
                   "every seed above it, and the paired 95 % interval over val images above 0. A variant is promoted "
                   "when one of its rows clears it against all of them.", "",
-                  "| variant | row | vs | Δ val mDice [95 % CI over images] | Δ per seed | clears |",
-                  "|---|---|---|---|---|---|"]
+                  "| variant | row | vs | Δ val mDice [95 % CI over images] | Δ per seed | clears "
+                  "| volumes: Δ at structure ends / middle |",
+                  "|---|---|---|---|---|---|---|"]
         for v, e in g["variants"].items():
             for name, r in e["rows"].items():
                 for ref, x in r["versus"].items():
                     d = "—" if x["mean"] is None else f"{x['mean']:+.3f} [{x['ci95'][0]:+.3f}, {x['ci95'][1]:+.3f}]"
                     seeds = ", ".join(f"{p:+.3f}" for p in x["per_seed"]) or "—"
                     lines.append(f"| {v} | {name} | {ref} | {d} | {seeds} | "
-                                 f"{'yes' if x['clears'] else 'no: ' + x['why']} |")
+                                 f"{'yes' if x['clears'] else 'no: ' + x['why']} | {_by_position(x)} |")
         promoted = [v for v, e in g["variants"].items() if e["promote"]]
         lines += ["", f"Promoted: {', '.join(promoted) if promoted else 'none'}."]
     a = out.get("agreement", {})

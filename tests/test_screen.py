@@ -145,6 +145,26 @@ def test_the_gate_promotes_only_a_variant_that_beats_every_reference_on_two_seed
     assert "Promoted: clear, joined." in text and "| one-seed | synthetic | copy-paste+backgrounds |" in text
 
 
+def test_the_gate_of_volume_rows_shows_the_difference_at_structure_ends_and_middle(tmp_path):
+    s = load_benchmark("screen")
+    ids = [f"c{c}/2_{k:04d}" for c in range(6) for k in range(8)]
+    ends = {i for i in ids if int(i[-4:]) in (0, 1, 6, 7)}
+
+    def row(end: float, middle: float) -> dict:
+        img = {i: 0.6 + (end if i in ends else middle) for i in ids}
+        mean = float(np.mean(list(img.values())))
+        return {"val_mdice": mean, "seeds": [0, 1], "per_image": img, "seconds": 1.0, "val_mdice_by_seed": [mean] * 2}
+
+    out = {"real": {"baseline": row(0.0, 0.0)}, "variants": {"v": {"arms": {"synthetic": row(-0.1, 0.05)}}}}
+    x = s.gate(out)["variants"]["v"]["rows"]["synthetic"]["versus"]["baseline"]
+    assert x["by_position"]["structure-ends"]["mean"] == pytest.approx(-0.1)
+    assert x["by_position"]["structure-middle"]["mean"] == pytest.approx(0.05)
+    path = tmp_path / "screen.md"
+    s.write_report({**out, "dataset": "d", "n_labelled": 4, "resolution": 64, "machine": "m", "command": "c",
+                    "segment": {"steps": 400, "seeds": [0, 1]}, "gate": s.gate(out)}, path)
+    assert "| -0.100 [-0.100, -0.100] / +0.050 [+0.050, +0.050] |" in path.read_text(encoding="utf-8")
+
+
 def test_the_mri_headline_is_screened_with_its_own_generator_entry():
     """The MRI headline's synthetic arm draws with the entry ``mask2image``: the screen changes that entry, its rows
     name it, its headline variant is the headline's own recipe (its generator and set are the sweep's, and the rank
