@@ -329,8 +329,11 @@ def test_status_reads_where_a_sweep_stands_from_its_folder_alone(tmp_path, demo_
     cfg = load_experiment_config(tmp_path / "cfg.yaml")
     with pytest.raises(KeyboardInterrupt):
         run_experiment(cfg, FakeStages(demo_arrays, fail_after=4), progress=False)
+    (fresh,) = sweep_status(cfg.model_copy(update={"output": tmp_path / "fresh"}))
+    assert fresh.unbuilt == ("inpaint",)  # no run of the synthetic arm yet: its generator and set are still ahead
     (reg,) = sweep_status(cfg)
     assert (reg.n, reg.count("done"), reg.count("pending"), reg.result) == (8, 4, 5, "missing")
+    assert reg.unbuilt == ()  # seed 0 of the synthetic arm is done, so its set was built
     with pytest.raises(ConfigError, match=r"N = \[16\]"):  # the same check as `experiment run --n`
         sweep_status(cfg, [16])
     assert reg.median_run_s() is not None  # the runner records each run's wall time
@@ -365,7 +368,7 @@ def test_status_reads_where_a_sweep_stands_from_its_folder_alone(tmp_path, demo_
         out = CliRunner().invoke(app, ["experiment", "status", str(tmp_path / "cfg.yaml")], env={"COLUMNS": "250"})
         assert out.exit_code == 0, out.output
         assert "4/9 done, 1 running, 1 stale; result missing" in out.output and "pending 3/12" in out.output
-        assert "of runs left with 1 worker(s) (median run 11 min" in out.output
+        assert "of runs left with 1 worker(s) (median run 11 min)" in out.output  # no generator left to build
     finally:
         release(live)
     (dead / "run.lock").unlink()

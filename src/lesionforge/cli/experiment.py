@@ -111,9 +111,10 @@ def status(
         if left:
             from lesionforge.progress import duration_text
 
+            ahead = (f"; generator {', '.join(reg.unbuilt)} not built yet, which adds its own time" if reg.unbuilt
+                     else "")
             console.print(f"N = {reg.n}: about {duration_text(left)} of runs left with {max(1, reg.count('running'))} "
-                          f"worker(s) (median run {duration_text(reg.median_run_s())}; a generator still to train adds "
-                          "its time)", soft_wrap=True)
+                          f"worker(s) (median run {duration_text(reg.median_run_s())}{ahead})", soft_wrap=True)
 
 
 @app.command("report")

@@ -42,6 +42,9 @@ class RegimeStatus:
     runs: list[RunState]
     result: Literal["missing", "current", "other config", "unreadable"]
     result_path: Path
+    #: generator entries of this N whose set no run has used yet (no run of an arm that trains on it has started):
+    #: their training and synthesis are still ahead, beside :meth:`seconds_left`
+    unbuilt: tuple[str, ...] = ()
 
     def count(self, state: RunStateName) -> int:
         return sum(r.state == state for r in self.runs)
@@ -89,7 +92,13 @@ def sweep_status(cfg: ExperimentConfig, only_n: list[int] | None = None) -> list
     out = []
     for n in selected_n(cfg, only_n):
         runs = [run_state(cfg, n, arm.name, seed) for seed in cfg.seeds for arm in cfg.arms_at(n)]
-        out.append(RegimeStatus(n, runs, _result_state(cfg, n), result_path(cfg, n)))
+        started = {r.arm for r in runs if r.state != "pending" or r.step}
+        used = {a.generator: [] for a in cfg.arms_at(n) if a.generator is not None}
+        for a in cfg.arms_at(n):
+            if a.generator is not None:
+                used[a.generator].append(a.name)
+        unbuilt = tuple(g for g, arms in used.items() if not started.intersection(arms))
+        out.append(RegimeStatus(n, runs, _result_state(cfg, n), result_path(cfg, n), unbuilt))
     return out
 
 
