@@ -38,7 +38,7 @@ from label_fidelity import own_vs_shuffled  # noqa: E402
 from lesionforge.data.arrays import PairArrays, load_arrays  # noqa: E402
 from lesionforge.data.bands import BANDS, band_of  # noqa: E402
 from lesionforge.data.manifest import read_set  # noqa: E402
-from lesionforge.data.volumes import case_of, position_subsets  # noqa: E402
+from lesionforge.data.volumes import position_subsets  # noqa: E402
 from lesionforge.experiment.agreement import rank_agreement  # noqa: E402
 from lesionforge.experiment.budget import segment_config_for  # noqa: E402
 from lesionforge.experiment.config import (  # noqa: E402
@@ -58,6 +58,7 @@ from lesionforge.outputs import dir_hash  # noqa: E402
 from lesionforge.presets import preset_path  # noqa: E402
 from lesionforge.quality.features import FeatureExtractor, SegEncoder  # noqa: E402
 from lesionforge.quality.metrics import kid, speckle  # noqa: E402
+from lesionforge.segment.metrics import is_volumetric  # noqa: E402
 from lesionforge.segment.model_io import load_segmenter  # noqa: E402
 from lesionforge.utils import code_version, write_json_atomic, write_text_atomic  # noqa: E402
 
@@ -620,7 +621,7 @@ def _versus(row: dict, ref: dict) -> dict:
     out = {"mean": None if diff is None else diff["mean"], "ci95": None if diff is None else diff["ci95"],
            "per_seed": per_seed, "seeds": row["seeds"], "clears": why is None, "why": why}
     ids = list(row["per_image"])
-    if diff is not None and ids and all(case_of(i) is not None for i in ids):
+    if diff is not None and is_volumetric(ids):
         # volumes: the same difference at the ends and in the middle of each val structure (shown, not gated)
         out["by_position"] = {
             name: bootstrap_paired({i: row["per_image"][i] for i in members},

@@ -376,9 +376,10 @@ def paired_from_result(result: dict[str, Any], arm: str, ref: str, path: str | P
     slices also gets the difference at the ends and in the middle of each test structure
     (:func:`~lesionforge.data.volumes.position_subsets`), so files written before the runner stored those
     subsets show them too."""
-    from lesionforge.data.volumes import case_of, position_subsets
+    from lesionforge.data.volumes import position_subsets
     from lesionforge.errors import DataError
     from lesionforge.experiment.per_image import records_from_result
+    from lesionforge.segment.metrics import is_volumetric
 
     recs = records_from_result(result, path)
     for name in (arm, ref):
@@ -386,5 +387,5 @@ def paired_from_result(result: dict[str, Any], arm: str, ref: str, path: str | P
             raise DataError(path, f"has no arm {name!r} (arms: {', '.join(recs)})")
     boot = result.get("bootstrap", {})
     ids = result.get("image_ids") or []
-    subsets = position_subsets(ids) if ids and all(case_of(i) is not None for i in ids) else None
+    subsets = position_subsets(ids) if is_volumetric(ids) else None
     return paired_diff(recs[arm], recs[ref], boot.get("samples", 2000), boot.get("seed", 0), subsets)

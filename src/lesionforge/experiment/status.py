@@ -93,10 +93,10 @@ def sweep_status(cfg: ExperimentConfig, only_n: list[int] | None = None) -> list
     for n in selected_n(cfg, only_n):
         runs = [run_state(cfg, n, arm.name, seed) for seed in cfg.seeds for arm in cfg.arms_at(n)]
         started = {r.arm for r in runs if r.state != "pending" or r.step}
-        used = {a.generator: [] for a in cfg.arms_at(n) if a.generator is not None}
+        used: dict[str, list[str]] = {}
         for a in cfg.arms_at(n):
             if a.generator is not None:
-                used[a.generator].append(a.name)
+                used.setdefault(a.generator, []).append(a.name)
         unbuilt = tuple(g for g, arms in used.items() if not started.intersection(arms))
         out.append(RegimeStatus(n, runs, _result_state(cfg, n), result_path(cfg, n), unbuilt))
     return out
