@@ -247,6 +247,12 @@ def screen_config(config: Path, n: int, variant: str, samples_per_real: int = 2,
     return cfg.model_copy(update={"generators": {gen: spec}, "arms": arms, "segment": seg, "seeds": list(seeds)})
 
 
+def claim_sweep(config: Path) -> None:
+    """The screen works inside the headline sweep's folder (it shares its caches): claimed as that sweep's, with
+    the headline config, so that `lesionforge experiment run` resumes in it."""
+    prepare_output(load_experiment_config(config), resume=True, overwrite=False)
+
+
 def headline_generator(cfg: ExperimentConfig) -> str:
     """The generator entry of the headline's ``synthetic`` arm: the one the variants change."""
     arm = next((a for a in cfg.arms if a.name == "synthetic"), None)
@@ -414,9 +420,7 @@ def screen(config: Path, n: int, variants: list[str], results: Path, headline: P
     paste = paste_rows(config, base_cfg)
     held = screen_config(config, n, agree_with, **budget)
     recipe, gen = held.generators[variant_generator(held)].model_dump(mode="json"), variant_generator(held)
-    # the screen works inside the headline sweep's folder (it shares its caches): claimed as that sweep's, with the
-    # headline config, so that `lesionforge experiment run` resumes in it
-    prepare_output(load_experiment_config(config), resume=True, overwrite=False)
+    claim_sweep(config)
     dataset, seeds = base_cfg.dataset.name, tuple(base_cfg.seeds)
     data = LesionforgeStages().load_data(base_cfg)
     folder = screen_dir(base_cfg, n)
@@ -731,13 +735,21 @@ def prepare_cmd(
     """Train the variants' generators and draw their synthetic sets (resumable)."""
     if threads:
         torch.set_num_threads(threads)
+    for v, s, seconds in prepare_variants(headline_config(dataset), n, variant):
+        typer.echo(f"{v}: {s.manifest} ({seconds:.0f} s)")
+
+
+def prepare_variants(config: Path, n: int, variants: list[str]) -> Iterator[tuple[str, SyntheticSet, float]]:
+    """Train (or reuse) each variant's generator and draw its set in the headline sweep's folder, claimed first
+    as :func:`screen` claims it (an unclaimed folder with a cache in it is refused by every later run)."""
+    claim_sweep(config)
     data = None
-    for v in variant:
-        cfg = screen_config(headline_config(dataset), n, v)
+    for v in variants:
+        cfg = screen_config(config, n, v)
         data = data or LesionforgeStages().load_data(cfg)
         t0 = time.perf_counter()
         s = prepare(cfg, data, n)
-        typer.echo(f"{v}: {s.manifest} ({time.perf_counter() - t0:.0f} s)")
+        yield v, s, time.perf_counter() - t0
 
 
 @app.command("run")

@@ -311,8 +311,14 @@ def test_screen_end_to_end_on_demo(tmp_path, monkeypatch):
     monkeypatch.setitem(s.VARIANTS, "sde+best", s.Variant(tiny, {"sampler": "sde-dpm++", "sampling_steps": 2,
                                                                  "n_per_real": 3}, {"keep_best": 1}))
     monkeypatch.setitem(s.VARIANTS, "until", s.Variant(tiny, arm={"mixing": {"mode": "ratio", "synthetic_until": 0.5}}))
+    # `prepare` first (generators and sets only), as on a machine where the generators train before the rows: it
+    # claims the sweep folder, so the screen (and `experiment run`) continue in it; its set is the one the rows use
+    (name, made, _), = s.prepare_variants(config, 8, ["today"])
+    assert name == "today" and json.loads((tmp_path / "runs" / ".lesionforge-output.json").read_text())["kind"] \
+        == "experiment sweep"
     out = s.screen(config, 8, ["today", "vpred-minsnr", "pretrain", "sde+best", "until"], tmp_path / "results",
                    headline=headline, command="test", agree_with="today", **budget)
+    assert out["variants"]["today"]["set"] == str(made.manifest)
     assert set(out["real"]) == {"baseline", "copy-paste", "copy-paste+backgrounds"}
     assert set(out["variants"]["today"]["arms"]) == {"synthetic-only", "synthetic", "synthetic+copy-paste",
                                                      "synthetic+copy-paste+backgrounds"}
