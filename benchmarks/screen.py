@@ -169,6 +169,10 @@ VARIANTS: dict[str, Variant] = {
     # Kvasir-SEG N = 64's masks undrawn (session 20, docs/quality.md): the same generator, a new set
     "pretrain+8per-top2+even": Variant(_PRETRAIN, {**_SDE25, "n_per_real": 8, "jitter": {"even": True}},
                                        {"keep_best": 2, "threshold": 0.0}),
+    # a longer training budget: twice the fine-tuning steps on the labelled pairs (2000), the cached pretrained base
+    # reused as it is (its settings are the headline's: only the tuning's steps change); the headline's selection
+    "pretrain+8per-top2+tune2000": Variant({**_PRETRAIN, "steps": 2000}, {**_SDE25, "n_per_real": 8},
+                                           {"keep_best": 2, "threshold": 0.0}),
     "pretrain+size": Variant(_PRETRAIN, {"mask_source": "size"}),
     # the two best single levers of the first pass together (same set as pretrain+size)
     "pretrain+size+ratio0.5": Variant(_PRETRAIN, {"mask_source": "size"}, arm={"mixing": {"mode": "ratio",

@@ -206,6 +206,21 @@ def test_variants_keep_their_meaning_when_the_headline_takes_a_new_recipe():
     assert (best.threshold, best.keep_best) == ("auto", 2)
 
 
+def test_the_longer_tuning_lever_reuses_the_headlines_pretrained_base():
+    """`+tune2000` doubles the fine-tuning on the labelled pairs only: its generator is new, its pretrained base
+    has the headline's settings (so the cached base is reused, not retrained)."""
+    from lesionforge.experiment.config import resolved_generator_config
+    from lesionforge.generate.trainer import pretrain_config
+
+    s = load_benchmark("screen")
+    config = s.headline_config("kvasir-seg")
+    head, long = (s.screen_config(config, 32, v) for v in ("pretrain+8per-top2", "pretrain+8per-top2+tune2000"))
+    g_head, g_long = (resolved_generator_config(c, c.generators["inpaint"]) for c in (head, long))
+    assert (g_head.steps, g_long.steps) == (1000, 2000)
+    assert pretrain_config(g_long) == pretrain_config(g_head)
+    assert long.generators["inpaint"].filter == head.generators["inpaint"].filter
+
+
 def test_a_cached_screen_row_of_another_set_is_refused(tmp_path):
     """A row trained on one synthetic set is not reused for another (a variant whose definition changed)."""
     s = load_benchmark("screen")
