@@ -654,6 +654,14 @@ def _bands(q: dict) -> str:
     return "/".join(str(v) for v in b["used"].values()) + " (" + "/".join(str(v) for v in b["drawn"].values()) + ")"
 
 
+def _fidelity_bands(q: dict) -> str:
+    """The real-only segmenter's Dice against each pair's own mask, by the mask's size band (small/medium/large)."""
+    b = q["label_fidelity"].get("by_band")
+    if b is None:  # measured before the bands were
+        return "—"
+    return "/".join(f"{b[k]['mdice_own_mask']:.2f}" if k in b else "—" for k in BANDS)
+
+
 def _speckle(q: dict) -> str:
     sp = q.get("speckle")
     return "—" if sp is None else f"{sp['synthetic']:.1f} ({sp['real_train']:.1f})"
@@ -676,9 +684,9 @@ def write_report(out: dict, path: Path) -> None:
     for v, e in out["variants"].items():
         lines += [row(f"{v}: {a}", r) for a, r in e.get("arms", {}).items()]
     lines += ["", "| variant | generator train s (with pretraining) | synthesize s | samples "
-              "| label fidelity own − shuffled [95 % CI] "
+              "| label fidelity own − shuffled [95 % CI] | own-mask Dice small/medium/large "
               "| in-domain KID vs train (real val: ref) | speckle (real train: ref) | lesions small/medium/large, "
-              "used (drawn) |", "|---|---|---|---|---|---|---|---|"]
+              "used (drawn) |", "|---|---|---|---|---|---|---|---|---|"]
     for v, e in out["variants"].items():
         q = e.get("quality")
         if q is None:
@@ -686,7 +694,7 @@ def write_report(out: dict, path: Path) -> None:
         d = q["label_fidelity"]["own_minus_shuffled"]
         kept = "" if e.get("n_kept") is None else f" (kept {e['n_kept']})"
         lines.append(f"| {v} | {e['generator_train_s']:.0f} | {e['synthesize_s']:.0f} | {e['n_synthetic']}{kept} | "
-                     f"{d['mean']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}] | "
+                     f"{d['mean']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}] | {_fidelity_bands(q)} | "
                      f"{q['kid_vs_train']['mean']:.4f} ({q['kid_val_vs_train']['mean']:.4f}) | {_speckle(q)} | "
                      f"{_bands(q)} |")
     g = out.get("gate")

@@ -23,6 +23,27 @@ def test_own_mask_scores_above_a_shuffled_mask(monkeypatch):
     r = f.own_vs_shuffled(None, arrays)
     assert r["mdice_own_mask"] == 1.0 and r["mdice_shuffled_mask"] == 0.0 and r["n_samples"] == 4
     assert r["own_minus_shuffled"]["mean"] == 1.0 and r["miss_rate"] == 0.0
+    assert r["by_band"] == {"large": {"n_samples": 4, "mdice_own_mask": 1.0, "mdice_shuffled_mask": 0.0,
+                                      "miss_rate": 0.0}}  # 16 of 256 pixels (0.0625): a large share
+
+
+def test_label_fidelity_by_band_shows_a_generator_that_ignores_small_masks(monkeypatch):
+    """Pairs whose drawn image fills a large blob whatever the mask: the large masks are followed, the small ones
+    are not (the segmenter finds the blob, which the small mask does not mark)."""
+    f = load_benchmark("label_fidelity")
+    masks = np.zeros((4, 32, 32), np.uint8)
+    blob = np.zeros((32, 32), np.uint8)
+    blob[4:20, 4:20] = 1  # 256 of 1024 pixels: large
+    masks[0], masks[1] = blob, blob
+    masks[2, 28:31, 28:31] = 1  # 9 pixels, far from the blob: small
+    masks[3, 28:30, 1:4] = 1  # 6 pixels: small
+    arrays = PairArrays(np.zeros((4, 32, 32, 1), np.uint8), masks, np.ones(4, bool), list("abcd"), [None] * 4)
+    monkeypatch.setattr(f, "predict", lambda model, images: torch.from_numpy(
+        np.repeat(blob[None, None].astype(np.float32), 4, axis=0)))
+    r = f.own_vs_shuffled(None, arrays)["by_band"]
+    assert set(r) == {"small", "large"}
+    assert r["large"]["n_samples"] == 2 and r["large"]["mdice_own_mask"] == 1.0 and r["large"]["miss_rate"] == 0.0
+    assert r["small"]["n_samples"] == 2 and r["small"]["mdice_own_mask"] == 0.0 and r["small"]["miss_rate"] == 1.0
 
 
 @pytest.mark.slow

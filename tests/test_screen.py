@@ -354,6 +354,8 @@ def test_screen_end_to_end_on_demo(tmp_path, monkeypatch):
     best = out["variants"]["sde+best"]  # 3 drawn per labelled pair, at most 1 kept per pair, the rows train on those
     assert best["n_synthetic"] == 24 and best["n_kept"] <= 8 and best["filter"] == {"keep_best": 1}
     assert best["quality"]["label_fidelity"]["n_samples"] == best["n_kept"]
+    by_band = best["quality"]["label_fidelity"]["by_band"]  # every kept pair in one size band of its mask
+    assert sum(b["n_samples"] for b in by_band.values()) == best["n_kept"]
     bands = best["quality"]["bands"]
     assert sum(bands["drawn"].values()) == 24 and sum(bands["used"].values()) == best["n_kept"]
     assert set(out["variants"]["until"]["arms"]) == {"synthetic"}
@@ -366,7 +368,8 @@ def test_screen_end_to_end_on_demo(tmp_path, monkeypatch):
     assert -1 <= a["spearman"] <= 1 and a["screen_variant"] == "today" and a["permutations"] == 120
     saved = json.loads((tmp_path / "results" / "screen-demo-n8-s4-cpu.json").read_text(encoding="utf-8"))
     assert saved["agreement"]["spearman"] == a["spearman"]
-    assert "Rank agreement" in (tmp_path / "results" / "screen-demo-n8-s4-cpu.md").read_text(encoding="utf-8")
+    page = (tmp_path / "results" / "screen-demo-n8-s4-cpu.md").read_text(encoding="utf-8")
+    assert "Rank agreement" in page and "own-mask Dice small/medium/large" in page
     again = s.screen(config, 8, ["today"], tmp_path / "results", headline=headline, command="test",
                      agree_with="today", **budget)
     assert again["real"]["baseline"]["val_mdice"] == row["val_mdice"]
