@@ -412,14 +412,15 @@ def speckle_of(arrays: PairArrays, data: ExperimentData) -> dict:
 
 def screen(config: Path, n: int, variants: list[str], results: Path, headline: Path | None = None,
            command: str | None = None, agree_with: str = HEADLINE_VARIANT, union: bool = False,
-           **budget) -> dict:
+           gate_rows_only: bool = False, **budget) -> dict:
     """Screen ``variants`` (generators trained or reused) with the experiment ``config``'s data, generator and
     segmenter (``budget``: :func:`screen_config`'s steps, val_interval, seeds, samples_per_real); write the JSON
     and Markdown after every row. ``headline``: the result file the rank agreement compares with;
     ``agree_with``: the variant whose rows stand for its synthetic arms (screened with its synthetic +
     copy-paste row, and the headline's copy-paste-onto-backgrounds arm, when it is among ``variants``);
     ``union``: every variant also gets the :data:`UNION_ARM` row (its pairs joined to the pasted ones), not only
-    ``agree_with``, and the pasted arm's row is trained for the comparison."""
+    ``agree_with``, and the pasted arm's row is trained for the comparison; ``gate_rows_only``: only the rows the
+    gate judges (real + pairs, and the joined row), not the pairs alone nor the rank agreement's extra row."""
     base_cfg = screen_config(config, n, "today", **budget)
     paste = paste_rows(config, base_cfg)
     held = screen_config(config, n, agree_with, **budget)
@@ -489,7 +490,8 @@ def screen(config: Path, n: int, variants: list[str], results: Path, headline: P
                 used = _kept_arrays(synthetic, cfg)
                 entry["quality"].update(speckle=speckle_of(used, data), bands=bands_of(synthetic, used, cfg))
             # the rows the rank agreement needs first (a partial run still ranks the headline's arms)
-            rows_of = [(arm, cfg, synthetic) for arm in variant_arms(v, agree_with, gen)]
+            arms_of = variant_arms(v, agree_with, gen)[:1 if gate_rows_only else None]
+            rows_of = [(arm, cfg, synthetic) for arm in arms_of]
             if (v == agree_with or union) and paste is not None:
                 ucfg = union_config(cfg, paste, v)
                 at = len(rows_of) - sum(a.name == VARIANT_ARMS[1].name for a, _, _ in rows_of)  # before pairs alone
@@ -777,6 +779,8 @@ def run_cmd(
                                    "stand for the headline's synthetic arms in the rank agreement)."),
     union: bool = typer.Option(False, help="Every variant also trains the row of its pairs joined to copy-paste "
                                "onto the backgrounds (the headline's best arm), not only --agree-with."),
+    gate_rows_only: bool = typer.Option(False, help="Only the rows the gate judges (real + pairs, and the joined "
+                                        "row): no pairs-alone row, no rank-agreement row (about half the time)."),
     results: Path = typer.Option(ROOT / "benchmarks" / "results", help="Where the JSON and Markdown go."),
     threads: int | None = typer.Option(None, help="torch threads."),
 ) -> None:
@@ -786,7 +790,8 @@ def run_cmd(
     out = screen(headline_config(dataset), n, [] if real_only else variant, results,
                  headline=ROOT / "benchmarks" / "results" / f"{dataset}-n{n}-cpu.json",
                  command="python benchmarks/screen.py " + " ".join(sys.argv[1:]), steps=steps,
-                 val_interval=val_interval, seeds=tuple(seed), agree_with=agree_with, union=union)
+                 val_interval=val_interval, seeds=tuple(seed), agree_with=agree_with, union=union,
+                 gate_rows_only=gate_rows_only)
     typer.echo(json.dumps(out.get("agreement", {}), indent=1)[:2000])
 
 

@@ -388,3 +388,9 @@ def test_screen_end_to_end_on_demo(tmp_path, monkeypatch):
     urow = json.loads((tmp_path / "runs" / "screen" / "n8-steps4" / "sde+best" / "synthetic+copy-paste+backgrounds"
                        / "seed0" / "row.json").read_text())
     assert len(read_manifest(urow["synthetic_set"])) == best["n_kept"] + 8
+    # --gate-rows-only: the rows the gate judges (real + pairs, the joined one), not the pairs alone
+    monkeypatch.setitem(s.VARIANTS, "sde+best2", s.Variant(tiny, {"sampler": "sde-dpm++", "sampling_steps": 2,
+                                                                  "n_per_real": 3}, {"keep_best": 2}))
+    lean = s.screen(config, 8, ["sde+best2"], tmp_path / "results", headline=headline, command="test",
+                    agree_with="today", union=True, gate_rows_only=True, **budget)
+    assert list(lean["variants"]["sde+best2"]["arms"]) == ["synthetic", "synthetic+copy-paste+backgrounds"]
