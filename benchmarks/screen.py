@@ -382,7 +382,11 @@ def quality(synthetic: SyntheticSet, cfg: ExperimentConfig, data: ExperimentData
     """Label fidelity (own vs shuffled masks, real-only segmenter) and in-domain KID against real train images,
     of the pairs the rows train on (the kept ones when the variant filters)."""
     arrays = _kept_arrays(synthetic, cfg)
-    fidelity = own_vs_shuffled(load_segmenter(checkpoint), arrays)
+    model = load_segmenter(checkpoint)
+    fidelity = own_vs_shuffled(model, arrays)
+    # the same segmenter on the real val pairs with a mask: how well it finds a real structure of each size band,
+    # the scale against which the synthetic pairs' own-mask Dice by band is read
+    fidelity["real_val_by_band"] = own_vs_shuffled(model, data.val.subset(np.flatnonzero(data.val.has_mask)))["by_band"]
     ext = real_extractor(checkpoint)
     real = ext.features(data.pool.images)
     return {"label_fidelity": fidelity, "speckle": speckle_of(arrays, data), "bands": bands_of(synthetic, arrays, cfg),
@@ -658,10 +662,12 @@ def _bands(q: dict) -> str:
 
 def _fidelity_bands(q: dict) -> str:
     """The real-only segmenter's Dice against each pair's own mask, by the mask's size band (small/medium/large)."""
-    b = q["label_fidelity"].get("by_band")
+    b, real = q["label_fidelity"].get("by_band"), q["label_fidelity"].get("real_val_by_band")
     if b is None:  # measured before the bands were
         return "—"
-    return "/".join(f"{b[k]['mdice_own_mask']:.2f}" if k in b else "—" for k in BANDS)
+    out = "/".join(f"{b[k]['mdice_own_mask']:.2f}" if k in b else "—" for k in BANDS)
+    return out if real is None else out + " (real val " + "/".join(
+        f"{real[k]['mdice_own_mask']:.2f}" if k in real else "—" for k in BANDS) + ")"
 
 
 def _speckle(q: dict) -> str:
@@ -686,7 +692,7 @@ def write_report(out: dict, path: Path) -> None:
     for v, e in out["variants"].items():
         lines += [row(f"{v}: {a}", r) for a, r in e.get("arms", {}).items()]
     lines += ["", "| variant | generator train s (with pretraining) | synthesize s | samples "
-              "| label fidelity own − shuffled [95 % CI] | own-mask Dice small/medium/large "
+              "| label fidelity own − shuffled [95 % CI] | own-mask Dice small/medium/large (real val) "
               "| in-domain KID vs train (real val: ref) | speckle (real train: ref) | lesions small/medium/large, "
               "used (drawn) |", "|---|---|---|---|---|---|---|---|---|"]
     for v, e in out["variants"].items():

@@ -356,12 +356,14 @@ def test_screen_end_to_end_on_demo(tmp_path, monkeypatch):
     assert best["quality"]["label_fidelity"]["n_samples"] == best["n_kept"]
     by_band = best["quality"]["label_fidelity"]["by_band"]  # every kept pair in one size band of its mask
     assert sum(b["n_samples"] for b in by_band.values()) == best["n_kept"]
+    real_val = best["quality"]["label_fidelity"]["real_val_by_band"]  # the scale: the real val pairs with a mask
+    data = s.LesionforgeStages().load_data(s.screen_config(config, 8, "today"))
+    assert sum(b["n_samples"] for b in real_val.values()) == int(data.val.has_mask.sum())
     bands = best["quality"]["bands"]
     assert sum(bands["drawn"].values()) == 24 and sum(bands["used"].values()) == best["n_kept"]
     assert set(out["variants"]["until"]["arms"]) == {"synthetic"}
     assert best["set"].endswith(".jsonl") and "filtered-" in best["set"]  # the kept pairs' file, per filter
     row = out["real"]["baseline"]
-    data = s.LesionforgeStages().load_data(s.screen_config(config, 8, "today"))
     assert 0 <= row["val_mdice"] <= 1 and sorted(row["per_image"]) == sorted(data.val.ids)  # val, not test
     a = out["agreement"]
     assert a["arms"] == ["baseline", "copy-paste", "copy-paste+backgrounds", "synthetic", "synthetic+copy-paste"]
