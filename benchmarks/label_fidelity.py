@@ -58,14 +58,19 @@ def own_vs_shuffled(model, synthetic: PairArrays) -> dict:
             "by_band": _by_band(synthetic, own, control)}
 
 
+#: The group of the pairs whose mask is empty (negatives, e.g. an MRI slice without the structure)
+EMPTY = "empty"
+
+
 def _by_band(synthetic: PairArrays, own, control) -> dict[str, dict]:
     """The same scores per protocol size band of each sample's own mask (area share): does the drawn image follow
     a small mask as well as a large one? (A generator that draws structure beyond a thin mask teaches a
     segmenter to leave such tissue unlabelled; the MRI arms lose most at a structure's thin ends.)"""
     area = {i: float((m > 0).mean()) for i, m in zip(synthetic.ids, synthetic.masks, strict=True)}
-    rows = np.array([band_of(area[i]) for i in own.ids])
+    # an empty mask (a negative) is no lesion: its own group, not the small band
+    rows = np.array([EMPTY if area[i] == 0 else band_of(area[i]) for i in own.ids])
     out = {}
-    for b in BANDS:
+    for b in (*BANDS, EMPTY):
         sel = np.flatnonzero(rows == b)
         if len(sel):
             out[b] = {"n_samples": int(len(sel)), "mdice_own_mask": float(own.dice[sel].mean()),

@@ -37,11 +37,13 @@ def test_label_fidelity_by_band_shows_a_generator_that_ignores_small_masks(monke
     masks[0], masks[1] = blob, blob
     masks[2, 28:31, 28:31] = 1  # 9 pixels, far from the blob: small
     masks[3, 28:30, 1:4] = 1  # 6 pixels: small
-    arrays = PairArrays(np.zeros((4, 32, 32, 1), np.uint8), masks, np.ones(4, bool), list("abcd"), [None] * 4)
+    # a fifth pair with an empty mask (a negative): its own group, not a small lesion
+    masks = np.concatenate([masks, np.zeros((1, 32, 32), np.uint8)])
+    arrays = PairArrays(np.zeros((5, 32, 32, 1), np.uint8), masks, np.ones(5, bool), list("abcde"), [None] * 5)
     monkeypatch.setattr(f, "predict", lambda model, images: torch.from_numpy(
-        np.repeat(blob[None, None].astype(np.float32), 4, axis=0)))
+        np.repeat(blob[None, None].astype(np.float32), 5, axis=0)))
     r = f.own_vs_shuffled(None, arrays)["by_band"]
-    assert set(r) == {"small", "large"}
+    assert set(r) == {"small", "large", "empty"} and r["empty"]["n_samples"] == 1
     assert r["large"]["n_samples"] == 2 and r["large"]["mdice_own_mask"] == 1.0 and r["large"]["miss_rate"] == 0.0
     assert r["small"]["n_samples"] == 2 and r["small"]["mdice_own_mask"] == 0.0 and r["small"]["miss_rate"] == 1.0
 

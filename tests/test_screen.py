@@ -350,7 +350,7 @@ def test_screen_end_to_end_on_demo(tmp_path, monkeypatch):
     assert p["pretrained_base"] is not None and p["generator_train_s"] > p["base_train_s"] > 0
     assert out["variants"]["today"]["pretrained_base"] is None
     q = out["variants"]["today"]["quality"]
-    assert {"label_fidelity", "kid_vs_train", "kid_val_vs_train", "speckle"} <= set(q)
+    assert {"label_fidelity", "kid_vs_train", "kid_val_vs_train", "speckle"} <= set(q) and q["version"] == 2
     best = out["variants"]["sde+best"]  # 3 drawn per labelled pair, at most 1 kept per pair, the rows train on those
     assert best["n_synthetic"] == 24 and best["n_kept"] <= 8 and best["filter"] == {"keep_best": 1}
     assert best["quality"]["label_fidelity"]["n_samples"] == best["n_kept"]
@@ -361,6 +361,7 @@ def test_screen_end_to_end_on_demo(tmp_path, monkeypatch):
     assert sum(b["n_samples"] for b in real_val.values()) == int(data.val.has_mask.sum())
     bands = best["quality"]["bands"]
     assert sum(bands["drawn"].values()) == 24 and sum(bands["used"].values()) == best["n_kept"]
+    assert set(bands["used"]) == {"small", "medium", "large", "empty"}  # empty masks counted apart
     assert set(out["variants"]["until"]["arms"]) == {"synthetic"}
     assert best["set"].endswith(".jsonl") and "filtered-" in best["set"]  # the kept pairs' file, per filter
     row = out["real"]["baseline"]
