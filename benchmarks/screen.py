@@ -165,6 +165,14 @@ VARIANTS: dict[str, Variant] = {
     "pretrain+8per-top2+in-place": Variant(_PRETRAIN, {**_SDE25, "n_per_real": 8,
                                                        "jitter": {"max_shift": 0.0, "max_rotate": 10.0}},
                                            {"keep_best": 2, "threshold": 0.0}),
+    # the two MRI levers that each recovered part of the loss, together (session 22): masks kept in place, and
+    # the pairs for the first half of the steps only / at ratio 0.25; the in-place set reused
+    "pretrain+8per-top2+in-place+until0.5": Variant(
+        _PRETRAIN, {**_SDE25, "n_per_real": 8, "jitter": {"max_shift": 0.0, "max_rotate": 10.0}},
+        {"keep_best": 2, "threshold": 0.0}, arm={"mixing": {"mode": "ratio", "ratio": 1, "synthetic_until": 0.5}}),
+    "pretrain+8per-top2+in-place+ratio0.25": Variant(
+        _PRETRAIN, {**_SDE25, "n_per_real": 8, "jitter": {"max_shift": 0.0, "max_rotate": 10.0}},
+        {"keep_best": 2, "threshold": 0.0}, arm={"mixing": {"mode": "ratio", "ratio": 0.25}}),
     # every labelled mask drawn equally often (8 each) instead of 8 per pair on average at random, which left 2 of
     # Kvasir-SEG N = 64's masks undrawn (session 20, docs/quality.md): the same generator, a new set
     "pretrain+8per-top2+even": Variant(_PRETRAIN, {**_SDE25, "n_per_real": 8, "jitter": {"even": True}},
