@@ -29,7 +29,7 @@ from generator_gallery import KINDS, PRESET_NAME  # noqa: E402
 
 from lesionforge.config import load_config  # noqa: E402
 from lesionforge.data.arrays import PairArrays, load_arrays  # noqa: E402
-from lesionforge.data.bands import BANDS, band_of  # noqa: E402
+from lesionforge.data.bands import BANDS, EMPTY, mask_group  # noqa: E402
 from lesionforge.data.manifest import read_manifest  # noqa: E402
 from lesionforge.experiment.config import load_experiment_config  # noqa: E402
 from lesionforge.experiment.real_stages import LesionforgeStages  # noqa: E402
@@ -58,17 +58,12 @@ def own_vs_shuffled(model, synthetic: PairArrays) -> dict:
             "by_band": _by_band(synthetic, own, control)}
 
 
-#: The group of the pairs whose mask is empty (negatives, e.g. an MRI slice without the structure)
-EMPTY = "empty"
-
-
 def _by_band(synthetic: PairArrays, own, control) -> dict[str, dict]:
     """The same scores per protocol size band of each sample's own mask (area share): does the drawn image follow
     a small mask as well as a large one? (A generator that draws structure beyond a thin mask teaches a
     segmenter to leave such tissue unlabelled; the MRI arms lose most at a structure's thin ends.)"""
-    area = {i: float((m > 0).mean()) for i, m in zip(synthetic.ids, synthetic.masks, strict=True)}
-    # an empty mask (a negative) is no lesion: its own group, not the small band
-    rows = np.array([EMPTY if area[i] == 0 else band_of(area[i]) for i in own.ids])
+    group = {i: mask_group(m) for i, m in zip(synthetic.ids, synthetic.masks, strict=True)}
+    rows = np.array([group[i] for i in own.ids])  # an empty mask (a negative) is its own group, not a small lesion
     out = {}
     for b in (*BANDS, EMPTY):
         sel = np.flatnonzero(rows == b)

@@ -33,10 +33,10 @@ import typer
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from label_fidelity import EMPTY, own_vs_shuffled  # noqa: E402
+from label_fidelity import own_vs_shuffled  # noqa: E402
 
 from lesionforge.data.arrays import PairArrays, load_arrays  # noqa: E402
-from lesionforge.data.bands import BANDS, band_of  # noqa: E402
+from lesionforge.data.bands import BANDS, EMPTY, mask_group  # noqa: E402
 from lesionforge.data.manifest import read_set  # noqa: E402
 from lesionforge.data.volumes import position_subsets  # noqa: E402
 from lesionforge.experiment.agreement import rank_agreement  # noqa: E402
@@ -88,6 +88,7 @@ class Variant:
 
 _PRETRAIN = {"pretrain_steps": 1000, "steps": 1000}  # half of today's steps on every image without a mask
 _SDE25 = {"sampler": "sde-dpm++", "sampling_steps": 25}  # stochastic DPM-Solver++, 25 network evaluations
+_IN_PLACE = {"max_shift": 0.0, "max_rotate": 10.0}  # masks jittered in shape only, where they are
 VARIANTS: dict[str, Variant] = {
     "today": Variant(),  # BASE itself: the first-pass headline recipe
     "vpred-minsnr": Variant({"prediction_type": "v_prediction", "min_snr_gamma": 5.0}),
@@ -163,15 +164,15 @@ VARIANTS: dict[str, Variant] = {
     # masks jittered in shape only, where they are: a structure bound to its anatomical place (the hippocampus in
     # its MRI crop) is not moved off it (no shift, up to 10 degrees of rotation); the same generator, a new set
     "pretrain+8per-top2+in-place": Variant(_PRETRAIN, {**_SDE25, "n_per_real": 8,
-                                                       "jitter": {"max_shift": 0.0, "max_rotate": 10.0}},
+                                                       "jitter": _IN_PLACE},
                                            {"keep_best": 2, "threshold": 0.0}),
     # the two MRI levers that each recovered part of the loss, together (session 22): masks kept in place, and
     # the pairs for the first half of the steps only / at ratio 0.25; the in-place set reused
     "pretrain+8per-top2+in-place+until0.5": Variant(
-        _PRETRAIN, {**_SDE25, "n_per_real": 8, "jitter": {"max_shift": 0.0, "max_rotate": 10.0}},
+        _PRETRAIN, {**_SDE25, "n_per_real": 8, "jitter": _IN_PLACE},
         {"keep_best": 2, "threshold": 0.0}, arm={"mixing": {"mode": "ratio", "ratio": 1, "synthetic_until": 0.5}}),
     "pretrain+8per-top2+in-place+ratio0.25": Variant(
-        _PRETRAIN, {**_SDE25, "n_per_real": 8, "jitter": {"max_shift": 0.0, "max_rotate": 10.0}},
+        _PRETRAIN, {**_SDE25, "n_per_real": 8, "jitter": _IN_PLACE},
         {"keep_best": 2, "threshold": 0.0}, arm={"mixing": {"mode": "ratio", "ratio": 0.25}}),
     # every labelled mask drawn equally often (8 each) instead of 8 per pair on average at random, which left 2 of
     # Kvasir-SEG N = 64's masks undrawn (session 20, docs/quality.md): the same generator, a new set
@@ -415,8 +416,7 @@ def bands_of(synthetic: SyntheticSet, used: PairArrays, cfg: ExperimentConfig) -
     drawn = load_arrays(read_set(synthetic.manifest), cfg.resolution, cfg.dataset.channels, cache_dir=None)
 
     def count(a: PairArrays) -> dict[str, int]:
-        # an empty mask (a negative slice) is no lesion: counted apart, not as a small one
-        names = [EMPTY if not m.any() else band_of(float((m > 0).mean())) for m in a.masks]
+        names = [mask_group(m) for m in a.masks]  # an empty mask (a negative slice) counted apart, not as small
         return {b: names.count(b) for b in (*BANDS, EMPTY)}
 
     return {"drawn": count(drawn), "used": count(used)}

@@ -7,7 +7,7 @@ import pytest
 
 from lesionforge.conditioning.masks import SizeSampler
 from lesionforge.conditioning.prompts import PromptLibrary
-from lesionforge.data.bands import BANDS, band_index, band_of
+from lesionforge.data.bands import BANDS, EMPTY, band_index, band_of, mask_group
 from lesionforge.segment.metrics import lesion_table
 
 EDGE_CASES = [(0.0, "small"), (0.0099, "small"), (0.01, "medium"), (0.03, "medium"), (0.05, "medium"),
@@ -46,3 +46,12 @@ def test_a_prompt_file_with_other_band_edges_is_refused(tmp_path):
                    "templates: [x]\n", encoding="utf-8")
     with pytest.raises(PromptFileError, match="protocol's 3 size bands"):
         PromptLibrary.from_file(bad)
+
+
+def test_an_empty_mask_is_in_no_band_and_a_lesion_is_in_its_own():
+    mask = np.zeros((10, 10), np.uint8)
+    assert mask_group(mask) == EMPTY  # a negative, not a small lesion
+    mask[0, 0] = 1  # 1 %: the medium band's lower edge
+    assert mask_group(mask) == "medium" == band_of(0.01)
+    mask[:, :6] = 255  # 60 %, any non-zero value is foreground
+    assert mask_group(mask) == "large"

@@ -25,3 +25,14 @@ def band_index(area_fraction: float | np.ndarray) -> int | np.ndarray:
 def band_of(area_fraction: float) -> str:
     """The band name of one area share (``small`` < 0.01 <= ``medium`` <= 0.05 < ``large``)."""
     return BANDS[band_index(area_fraction)]
+
+
+#: The group of a mask without foreground (a negative, e.g. an MRI slice without the structure): no lesion, so
+#: in no band; counts of synthetic pairs by band keep such masks apart from small lesions.
+EMPTY = "empty"
+
+
+def mask_group(mask: np.ndarray) -> str:
+    """The band of a mask's foreground share, or :data:`EMPTY` for a mask without foreground."""
+    fg = np.asarray(mask) > 0
+    return EMPTY if not fg.any() else band_of(float(fg.mean()))
