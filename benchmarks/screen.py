@@ -199,6 +199,7 @@ DATASETS = "kvasir-seg, busi or msd-hippocampus"
 BASE: dict[str, Any] = {
     "overrides": {"steps": 2000, "batch_size": 8, "pretrain_steps": None},
     "sampler": "ddpm", "sampling_steps": 100, "guidance_scale": 1.0, "eta": None, "mask_source": "jitter",
+    "jitter": None,
     "filter": {"threshold": "auto", "auto_rule": "contrast", "keep_best": None},
 }
 #: Reduced segmentation budget (the headline: 2000 steps, validation every 100); same network and augmentation.
@@ -266,12 +267,19 @@ def claim_sweep(config: Path) -> None:
     prepare_output(load_experiment_config(config), resume=True, overwrite=False)
 
 
+def headline_arm(cfg: ExperimentConfig) -> ArmSettings:
+    """The headline's synthetic arm: its first arm whose pairs a generator draws (not real lesions pasted, not a
+    union of sets): ``synthetic`` on Kvasir-SEG and BUSI, ``synthetic-in-place`` on the MRI volumes."""
+    arm = next((a for a in cfg.arms if a.kind == "synthetic" and a.generator in cfg.generators
+                and cfg.generators[a.generator].method not in (PASTE_METHOD, UNION_METHOD)), None)
+    if arm is None:
+        raise typer.BadParameter("the headline config has no synthetic arm drawn by a generator: nothing to screen")
+    return arm
+
+
 def headline_generator(cfg: ExperimentConfig) -> str:
-    """The generator entry of the headline's ``synthetic`` arm: the one the variants change."""
-    arm = next((a for a in cfg.arms if a.name == "synthetic"), None)
-    if arm is None or arm.generator is None:
-        raise typer.BadParameter("the headline config has no arm 'synthetic' with a generator: nothing to screen")
-    return arm.generator
+    """The generator entry of the headline's synthetic arm (:func:`headline_arm`): the one the variants change."""
+    return headline_arm(cfg).generator
 
 
 def variant_generator(cfg: ExperimentConfig) -> str:
@@ -565,7 +573,8 @@ def recipe_of(settings: dict) -> dict:
 
 #: Headline arms screened as another variant's row: arm -> (variant, row). The headline's `synthetic-redrawn` arm is
 #: the `synthetic` row of the variant it was chosen from, so the rank agreement covers it too.
-HEADLINE_ROWS_OF_VARIANTS = {"synthetic-redrawn": ("pretrain+8per-top2+paste0.5", "synthetic")}
+HEADLINE_ROWS_OF_VARIANTS = {"synthetic-redrawn": ("pretrain+8per-top2+paste0.5", "synthetic"),
+                             "synthetic-in-place": ("pretrain+8per-top2+in-place+until0.5", "synthetic")}
 
 
 def agreement(out: dict, head_path: Path | None, agree_with: str = HEADLINE_VARIANT,

@@ -309,6 +309,26 @@ def test_an_arm_measured_at_some_n_only_is_run_and_reported_there_only(tmp_path,
     assert "n_labelled" not in cfg.arms[0].model_dump() and cfg.arms[2].model_dump()["n_labelled"] == [8]
 
 
+def test_a_synthetic_arm_that_leaves_the_batches_early_says_so_in_its_result_and_report(tmp_path, demo_arrays):
+    """``synthetic_until`` and ``synthetic_border_ignore`` change what an arm trains on: the result file stores them
+    and the report's (and README's) arm label names them; an arm without them keeps its label and fields."""
+    old = "generator: inpaint, mixing: {mode: ratio, ratio: 1}"
+    cfg = _smoke_with(tmp_path, old, "generator: inpaint, mixing: {mode: ratio, ratio: 1, synthetic_until: 0.5, "
+                      "synthetic_border_ignore: 1}")
+    cfg = cfg.model_copy(update={"n_labelled": [4]})
+    (path,) = run_experiment(cfg, FakeStages(demo_arrays), progress=False)
+    arm = json.loads(path.read_text(encoding="utf-8"))["arms"]["synthetic"]
+    assert (arm["synthetic_until"], arm["synthetic_border_ignore"]) == (0.5, 1)
+    write_report(path)
+    report = path.with_suffix(".md").read_text(encoding="utf-8")
+    assert "1.0:1 synthetic:real for the first 50% of steps, label border 1 px ignored, filtered" in report
+    assert "synthetic:real for the first 50% of steps" in readme_table([path])
+    (tmp_path / "p").mkdir()
+    plain = json.loads(run_experiment(_smoke_with(tmp_path / "p", old, old).model_copy(
+        update={"n_labelled": [4]}), FakeStages(demo_arrays), progress=False)[0].read_text(encoding="utf-8"))
+    assert "synthetic_until" not in plain["arms"]["synthetic"]
+
+
 def test_status_reads_where_a_sweep_stands_from_its_folder_alone(tmp_path, demo_arrays):
     """Done, running (a live claim), stale (a dead worker's claim), pending with the step it resumes from, and
     whether the result file was made from this config; the CLI prints it without reading data or claiming."""

@@ -166,23 +166,34 @@ def test_the_gate_of_volume_rows_shows_the_difference_at_structure_ends_and_midd
 
 
 def test_the_mri_headline_is_screened_with_its_own_generator_entry():
-    """The MRI headline's synthetic arm draws with the entry ``mask2image``: the screen changes that entry, its rows
-    name it, its headline variant is the headline's own recipe (its generator and set are the sweep's, and the rank
-    agreement compares), and the MRI levers of docs/volumes.md are variants of it."""
+    """The MRI headline's synthetic arm (``synthetic-in-place``) draws with the entry ``mask2image``: the screen
+    changes that entry and its rows name it; the headline holds the variant the screen promoted (masks jittered in
+    place, the pairs in the first half of the steps), and the MRI levers of docs/volumes.md are still the same
+    changes to the fixed BASE (their sets stay the screen's): the headline's jitter does not leak into them."""
     from lesionforge.experiment.config import load_experiment_config
 
     s = load_benchmark("screen")
     head = s.headline_config("msd-hippocampus")
+    full_cfg = load_experiment_config(head)
+    assert s.headline_arm(full_cfg).name == "synthetic-in-place" and s.headline_generator(full_cfg) == "mask2image"
     cfg = s.screen_config(head, 4, s.HEADLINE_VARIANT)
     assert list(cfg.generators) == ["mask2image"] == [s.variant_generator(cfg)]
-    assert [a.name for a in cfg.arms] == ["baseline", "copy-paste", "synthetic"]
+    assert [a.name for a in cfg.arms] == ["baseline", "copy-paste", "synthetic-in-place"]
     assert {a.generator for a in s.variant_arms(s.HEADLINE_VARIANT, generator="mask2image")} == {"mask2image"}
-    full = load_experiment_config(head).generators["mask2image"].model_dump(mode="json")
-    assert s.recipe_of(cfg.generators["mask2image"].model_dump(mode="json")) == s.recipe_of(full)
-    in_place = s.screen_config(head, 4, "pretrain+8per-top2+in-place").generators["mask2image"]
+    full = full_cfg.generators["mask2image"].model_dump(mode="json")
+    # the headline is the promoted variant: its generator entry's recipe, and its arm's mixing and filter
+    promoted = "pretrain+8per-top2+in-place+until0.5"
+    assert s.HEADLINE_ROWS_OF_VARIANTS["synthetic-in-place"] == (promoted, "synthetic")
+    in_place = s.screen_config(head, 4, promoted).generators["mask2image"]
     assert (in_place.jitter.max_shift, in_place.jitter.max_rotate) == (0.0, 10.0)
     assert in_place.config.name == "generator-mask2image-mri-cpu.yaml" and in_place.filter.keep_best == 2
-    assert s.recipe_of(in_place.model_dump(mode="json")) != s.recipe_of(full)
+    assert s.recipe_of(in_place.model_dump(mode="json")) == s.recipe_of(full)
+    (row,) = s.variant_arms(promoted, generator="mask2image")
+    arm = full_cfg.arm("synthetic-in-place")
+    assert row.mixing == arm.mixing and arm.mixing.synthetic_until == 0.5 and row.filtered == arm.filtered is True
+    # the headline recipe's own rows are drawn with the default jitter (shifted masks), not the headline's
+    today = cfg.generators["mask2image"]
+    assert today.jitter is None and s.recipe_of(today.model_dump(mode="json")) != s.recipe_of(full)
     even = s.screen_config(head, 4, "pretrain+8per-top2+even").generators["mask2image"]
     assert even.jitter.even and even.jitter.kwargs() == {} and even.n_per_real == 8
     (quarter,) = s.variant_arms("pretrain+8per-top2+ratio0.25", generator="mask2image")

@@ -290,10 +290,13 @@ def test_hippocampus_configs_share_runs_and_read_volumes_by_case():
         assert segment_config_for(full, full.arm(arm), 3) == segment_config_for(refs, refs.arm(arm), 3)
     gen = resolved_generator_config(full, full.generators["mask2image"])
     assert gen.kind == "mask2image" and gen.image_channels == 1 and gen.resolution == 64
-    # the headline recipe (kvasir-seg-cpu.yaml): pretrained base, 8 draws per labelled slice, the best 2 kept
+    # the headline recipe (kvasir-seg-cpu.yaml): pretrained base, 8 draws per labelled slice, the best 2 kept, with
+    # the MRI screen's two levers (tests/test_screen.py): masks jittered in place, pairs in the first half only
     spec = full.generators["mask2image"]
     assert (gen.pretrain_steps, gen.steps, spec.use_unlabelled, spec.n_per_real, spec.filter.keep_best) == \
-        (1000, 1000, True, 8, 2) and full.arm("synthetic").filtered
+        (1000, 1000, True, 8, 2) and full.arm("synthetic-in-place").filtered
+    assert spec.jitter.kwargs() == {"max_shift": 0.0, "max_rotate": 10.0}
+    assert full.arm("synthetic-in-place").mixing.synthetic_until == 0.5
 
 
 @pytest.mark.slow

@@ -77,6 +77,10 @@ def _arm_label(name: str, arm: dict) -> str:
         "alpha": f"alpha {arm.get('alpha')}",
         "patch-merge": f"patch-merge alpha {arm.get('alpha')}, {arm.get('patch_size')} px",
     }.get(arm.get("mixing"), arm.get("mixing"))
+    if arm.get("synthetic_until") is not None:  # the pairs leave the batches after this share of the steps
+        mixing += f" for the first {arm['synthetic_until']:.0%} of steps"
+    if arm.get("synthetic_border_ignore") is not None:
+        mixing += f", label border {arm['synthetic_border_ignore']} px ignored"
     filt = "filtered" if arm.get("filtered") else "unfiltered"
     paste = f", + copy-paste p {arm['copy_paste_p']}" if arm.get("copy_paste_p") is not None else ""
     return f"{name} ({arm.get('method')}, {mixing}, {filt}{paste})"

@@ -161,6 +161,10 @@ def _arm_summary(
             out["alpha"] = arm.mixing.alpha
         if arm.mixing.mode == "patch-merge":
             out["patch_size"] = arm.mixing.patch_size
+        # set only where the arm sets them, so older results keep their fields
+        for key in ("synthetic_until", "synthetic_border_ignore"):
+            if getattr(arm.mixing, key) is not None:
+                out[key] = getattr(arm.mixing, key)
         s = synthetic.get(arm.generator)
         if s is not None:
             out["n_synthetic"] = s.info.get("n_kept" if out["filtered"] else "n_generated")
