@@ -88,7 +88,8 @@ class Variant:
 
 _PRETRAIN = {"pretrain_steps": 1000, "steps": 1000}  # half of today's steps on every image without a mask
 _SDE25 = {"sampler": "sde-dpm++", "sampling_steps": 25}  # stochastic DPM-Solver++, 25 network evaluations
-_IN_PLACE = {"max_shift": 0.0, "max_rotate": 10.0}  # masks jittered in shape only, where they are
+_IN_PLACE = {**_SDE25, "n_per_real": 8,  # 8 per labelled pair from masks jittered in shape only, where they are
+             "jitter": {"max_shift": 0.0, "max_rotate": 10.0}}
 VARIANTS: dict[str, Variant] = {
     "today": Variant(),  # BASE itself: the first-pass headline recipe
     "vpred-minsnr": Variant({"prediction_type": "v_prediction", "min_snr_gamma": 5.0}),
@@ -163,16 +164,14 @@ VARIANTS: dict[str, Variant] = {
                                            arm={"mixing": {"mode": "ratio", "ratio": 1, "synthetic_until": 0.5}}),
     # masks jittered in shape only, where they are: a structure bound to its anatomical place (the hippocampus in
     # its MRI crop) is not moved off it (no shift, up to 10 degrees of rotation); the same generator, a new set
-    "pretrain+8per-top2+in-place": Variant(_PRETRAIN, {**_SDE25, "n_per_real": 8,
-                                                       "jitter": _IN_PLACE},
-                                           {"keep_best": 2, "threshold": 0.0}),
+    "pretrain+8per-top2+in-place": Variant(_PRETRAIN, _IN_PLACE, {"keep_best": 2, "threshold": 0.0}),
     # the two MRI levers that each recovered part of the loss, together (session 22): masks kept in place, and
     # the pairs for the first half of the steps only / at ratio 0.25; the in-place set reused
     "pretrain+8per-top2+in-place+until0.5": Variant(
-        _PRETRAIN, {**_SDE25, "n_per_real": 8, "jitter": _IN_PLACE},
+        _PRETRAIN, _IN_PLACE,
         {"keep_best": 2, "threshold": 0.0}, arm={"mixing": {"mode": "ratio", "ratio": 1, "synthetic_until": 0.5}}),
     "pretrain+8per-top2+in-place+ratio0.25": Variant(
-        _PRETRAIN, {**_SDE25, "n_per_real": 8, "jitter": _IN_PLACE},
+        _PRETRAIN, _IN_PLACE,
         {"keep_best": 2, "threshold": 0.0}, arm={"mixing": {"mode": "ratio", "ratio": 0.25}}),
     # every labelled mask drawn equally often (8 each) instead of 8 per pair on average at random, which left 2 of
     # Kvasir-SEG N = 64's masks undrawn (session 20, docs/quality.md): the same generator, a new set
@@ -271,7 +270,7 @@ def headline_arm(cfg: ExperimentConfig) -> ArmSettings:
     """The headline's synthetic arm: its first arm whose pairs a generator draws (not real lesions pasted, not a
     union of sets): ``synthetic`` on Kvasir-SEG and BUSI, ``synthetic-in-place`` on the MRI volumes."""
     arm = next((a for a in cfg.arms if a.kind == "synthetic" and a.generator in cfg.generators
-                and cfg.generators[a.generator].method not in (PASTE_METHOD, UNION_METHOD)), None)
+                and _drawn(cfg.generators[a.generator])), None)
     if arm is None:
         raise typer.BadParameter("the headline config has no synthetic arm drawn by a generator: nothing to screen")
     return arm
@@ -284,7 +283,12 @@ def headline_generator(cfg: ExperimentConfig) -> str:
 
 def variant_generator(cfg: ExperimentConfig) -> str:
     """The generator entry of a screen config (:func:`screen_config`; a union row's config holds it as well)."""
-    return next(k for k, s in cfg.generators.items() if s.method not in (PASTE_METHOD, UNION_METHOD))
+    return next(k for k, s in cfg.generators.items() if _drawn(s))
+
+
+def _drawn(spec: GeneratorSpec) -> bool:
+    """A generator entry whose pairs a generator draws: not real lesions pasted, not a union of sets."""
+    return spec.method not in (PASTE_METHOD, UNION_METHOD)
 
 
 def prepare(cfg: ExperimentConfig, data: ExperimentData, n: int) -> SyntheticSet:
