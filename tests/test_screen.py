@@ -184,6 +184,11 @@ def test_the_mri_headline_is_screened_with_its_own_generator_entry():
     # the headline is the promoted variant: its generator entry's recipe, and its arm's mixing and filter
     promoted = "pretrain+8per-top2+in-place+until0.5"
     assert s.HEADLINE_ROWS_OF_VARIANTS["synthetic-in-place"] == (promoted, "synthetic")
+    # so the screen's default for the rows the gate and the rank agreement hold up is the promoted variant here,
+    # and still the first-pass headline variant where the headline's synthetic arm is the plain one
+    assert s.held_variant(head) == promoted
+    assert s.held_variant(s.headline_config("kvasir-seg")) == s.HEADLINE_VARIANT == s.held_variant(
+        s.headline_config("busi"))
     in_place = s.screen_config(head, 4, promoted).generators["mask2image"]
     assert (in_place.jitter.max_shift, in_place.jitter.max_rotate) == (0.0, 10.0)
     assert in_place.config.name == "generator-mask2image-mri-cpu.yaml" and in_place.filter.keep_best == 2
@@ -199,6 +204,12 @@ def test_the_mri_headline_is_screened_with_its_own_generator_entry():
     (quarter,) = s.variant_arms("pretrain+8per-top2+ratio0.25", generator="mask2image")
     assert quarter.mixing.ratio == 0.25 and quarter.filtered and quarter.generator == "mask2image"
     assert s.paste_rows(head, cfg) is None  # the MRI headline has no copy-paste-onto-backgrounds arm
+    # the promoted recipe's share of the steps bracketed: the same in-place set, only the arm's mixing changes
+    for share in (0.25, 0.75):
+        name = f"pretrain+8per-top2+in-place+until{share}"
+        assert s.screen_config(head, 4, name).generators["mask2image"] == in_place
+        (bracket,) = s.variant_arms(name, generator="mask2image")
+        assert bracket.filtered and (bracket.mixing.ratio, bracket.mixing.synthetic_until) == (1, share)
 
 
 def test_variants_keep_their_meaning_when_the_headline_takes_a_new_recipe():
