@@ -182,6 +182,10 @@ VARIANTS: dict[str, Variant] = {
     "pretrain+8per-top2+in-place+until0.75": Variant(
         _PRETRAIN, _IN_PLACE,
         {"keep_best": 2, "threshold": 0.0}, arm={"mixing": {"mode": "ratio", "ratio": 1, "synthetic_until": 0.75}}),
+    # and its ratio halved: 1 synthetic pair to 2 real ones in the first half of the steps
+    "pretrain+8per-top2+in-place+until0.5+ratio0.5": Variant(
+        _PRETRAIN, _IN_PLACE,
+        {"keep_best": 2, "threshold": 0.0}, arm={"mixing": {"mode": "ratio", "ratio": 0.5, "synthetic_until": 0.5}}),
     # every labelled mask drawn equally often (8 each) instead of 8 per pair on average at random, which left 2 of
     # Kvasir-SEG N = 64's masks undrawn (session 20, docs/quality.md): the same generator, a new set
     "pretrain+8per-top2+even": Variant(_PRETRAIN, {**_SDE25, "n_per_real": 8, "jitter": {"even": True}},

@@ -210,6 +210,8 @@ def test_the_mri_headline_is_screened_with_its_own_generator_entry():
         assert s.screen_config(head, 4, name).generators["mask2image"] == in_place
         (bracket,) = s.variant_arms(name, generator="mask2image")
         assert bracket.filtered and (bracket.mixing.ratio, bracket.mixing.synthetic_until) == (1, share)
+    (halved,) = s.variant_arms("pretrain+8per-top2+in-place+until0.5+ratio0.5", generator="mask2image")
+    assert (halved.mixing.ratio, halved.mixing.synthetic_until) == (0.5, 0.5)
 
 
 def test_variants_keep_their_meaning_when_the_headline_takes_a_new_recipe():
