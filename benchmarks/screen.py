@@ -830,8 +830,9 @@ def run_cmd(
     steps: int = typer.Option(STEPS, help="Segmenter steps (another budget writes its own -s<steps> file)."),
     val_interval: int = typer.Option(VAL_INTERVAL, help="Segmenter validation interval."),
     seed: list[int] = typer.Option(list(SEEDS), help="Segmenter seeds."),
-    agree_with: str = typer.Option(None, help="The variant the headline config holds (its rows stand for the "
-                                   "headline's synthetic arms in the rank agreement; default: held_variant)."),
+    agree_with: str | None = typer.Option(
+        None, help="The variant the headline config holds (its rows stand for the headline's synthetic arms in the "
+        "rank agreement; default: held_variant)."),
     union: bool = typer.Option(False, help="Every variant also trains the row of its pairs joined to copy-paste "
                                "onto the backgrounds (the headline's best arm), not only --agree-with."),
     gate_rows_only: bool = typer.Option(False, help="Only the rows the gate judges (real + pairs, and the joined "
@@ -856,7 +857,8 @@ def agree_cmd(
     dataset: str = typer.Option("kvasir-seg", help=DATASETS),
     n: int = typer.Option(32, help="Labelled pairs."),
     steps: int = typer.Option(STEPS, help="Segmenter steps of the screen file (its -s<steps> suffix)."),
-    agree_with: str = typer.Option(None, help="The variant the headline config holds (default: held_variant)."),
+    agree_with: str | None = typer.Option(
+        None, help="The variant the headline config holds (default: held_variant)."),
     results: Path = typer.Option(ROOT / "benchmarks" / "results", help="Where the screen JSON and Markdown are."),
     headline: Path = typer.Option(
         None, help="The headline result (default: benchmarks/results/<dataset>-n<N>-cpu.json)."),
