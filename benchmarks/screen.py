@@ -90,6 +90,15 @@ _PRETRAIN = {"pretrain_steps": 1000, "steps": 1000}  # half of today's steps on 
 _SDE25 = {"sampler": "sde-dpm++", "sampling_steps": 25}  # stochastic DPM-Solver++, 25 network evaluations
 _IN_PLACE = {**_SDE25, "n_per_real": 8,  # 8 per labelled pair from masks jittered in shape only, where they are
              "jitter": {"max_shift": 0.0, "max_rotate": 10.0}}
+_TOP2 = {"keep_best": 2, "threshold": 0.0}  # the best 2 of each labelled pair's draws, no absolute cut
+
+
+def _mix(ratio: float, **fields: float) -> dict[str, Any]:
+    """A variant's arm change: synthetic:real ``ratio`` in the batches, with the mixing's other ``fields``
+    (``synthetic_until``, ``synthetic_border_ignore``)."""
+    return {"mixing": {"mode": "ratio", "ratio": ratio, **fields}}
+
+
 VARIANTS: dict[str, Variant] = {
     "today": Variant(),  # BASE itself: the first-pass headline recipe
     "vpred-minsnr": Variant({"prediction_type": "v_prediction", "min_snr_gamma": 5.0}),
@@ -102,26 +111,25 @@ VARIANTS: dict[str, Variant] = {
     "pretrain+ddim25-eta1": Variant(_PRETRAIN, {"sampler": "ddim", "sampling_steps": 25, "eta": 1.0}),
     # what is synthesized: the synthetic:real ratio, more pairs per real image with the filter keeping the best,
     # size-controlled masks with small lesions over-sampled
-    "pretrain+ratio0.5": Variant(_PRETRAIN, arm={"mixing": {"mode": "ratio", "ratio": 0.5}}),
-    "pretrain+ratio0.25": Variant(_PRETRAIN, arm={"mixing": {"mode": "ratio", "ratio": 0.25}}),
+    "pretrain+ratio0.5": Variant(_PRETRAIN, arm=_mix(0.5)),
+    "pretrain+ratio0.25": Variant(_PRETRAIN, arm=_mix(0.25)),
     # how the pairs are used: synthetic in the first 75 % of the steps, then the real pairs alone (fine-tuning);
     # copy-paste on the real half of each batch as well
-    "pretrain+until0.75": Variant(_PRETRAIN, arm={"mixing": {"mode": "ratio", "ratio": 1, "synthetic_until": 0.75}}),
+    "pretrain+until0.75": Variant(_PRETRAIN, arm=_mix(1, synthetic_until=0.75)),
     "pretrain+copy-paste": Variant(_PRETRAIN, arm={"copy_paste": {"prob": 0.5}}),
     # (the automatic threshold keeps large lesions only at N = 32: every small and most medium ones fail it)
     "pretrain+8per-best2": Variant(_PRETRAIN, {**_SDE25, "n_per_real": 8}, {"keep_best": 2}),
     # the best 2 of 8 of every labelled pair, no absolute threshold: what is synthesized is not narrowed
-    "pretrain+8per-top2": Variant(_PRETRAIN, {**_SDE25, "n_per_real": 8}, {"keep_best": 2, "threshold": 0.0}),
-    "pretrain+8per-top2+ratio0.5": Variant(_PRETRAIN, {**_SDE25, "n_per_real": 8}, {"keep_best": 2, "threshold": 0.0},
-                                           arm={"mixing": {"mode": "ratio", "ratio": 0.5}}),
+    "pretrain+8per-top2": Variant(_PRETRAIN, {**_SDE25, "n_per_real": 8}, _TOP2),
+    "pretrain+8per-top2+ratio0.5": Variant(_PRETRAIN, {**_SDE25, "n_per_real": 8}, _TOP2, arm=_mix(0.5)),
     "pretrain+16per-top4": Variant(_PRETRAIN, {**_SDE25, "n_per_real": 16}, {"keep_best": 4, "threshold": 0.0}),
     # twice the draws for the same 2 kept per labelled pair: more choice for the validator, same set size
-    "pretrain+16per-top2": Variant(_PRETRAIN, {**_SDE25, "n_per_real": 16}, {"keep_best": 2, "threshold": 0.0}),
+    "pretrain+16per-top2": Variant(_PRETRAIN, {**_SDE25, "n_per_real": 16}, _TOP2),
     # the same choices with the kept lesions' size bands in the shares drawn (the validator prefers large jitters)
     "pretrain+8per-top2-bands": Variant(_PRETRAIN, {**_SDE25, "n_per_real": 8},
-                                        {"keep_best": 2, "threshold": 0.0, "keep_bands": True}),
+                                        {**_TOP2, "keep_bands": True}),
     "pretrain+16per-top2-bands": Variant(_PRETRAIN, {**_SDE25, "n_per_real": 16},
-                                         {"keep_best": 2, "threshold": 0.0, "keep_bands": True}),
+                                         {**_TOP2, "keep_bands": True}),
     # more pairs per real image, all of them (no narrowing): is the set's size or diversity the limit?
     "pretrain+8per-sde25": Variant(_PRETRAIN, {**_SDE25, "n_per_real": 8}),
     "pretrain+16per-sde25": Variant(_PRETRAIN, {**_SDE25, "n_per_real": 16}),
@@ -129,75 +137,58 @@ VARIANTS: dict[str, Variant] = {
     # label-fidelity test mask2image and edge-text draw the more faithful pairs (docs/results.md)
     "pretrain+mask2image-8per-top2": Variant(_PRETRAIN, {**_SDE25, "n_per_real": 8, "method": "mask-conditioned",
                                                          "config": "generator-mask2image-{preset}-cpu.yaml"},
-                                             {"keep_best": 2, "threshold": 0.0}),
+                                             _TOP2),
     "pretrain+edge-text-8per-top2": Variant(_PRETRAIN, {**_SDE25, "n_per_real": 8, "method": "edge-guided",
                                                         "config": "generator-edge-text-{preset}-cpu.yaml"},
-                                            {"keep_best": 2, "threshold": 0.0}),
+                                            _TOP2),
     # the headline's pairs, but painted onto the labelled image each jittered mask comes from (its own lesion
     # repainted inside the joined mask) instead of onto the lesion-free frames: all of them, or every other one;
     # the same generator (only the set is new)
-    "pretrain+8per-top2+repaint": Variant(_PRETRAIN, {**_SDE25, "n_per_real": 8, "repaint_share": 1.0},
-                                          {"keep_best": 2, "threshold": 0.0}),
-    "pretrain+8per-top2+repaint0.5": Variant(_PRETRAIN, {**_SDE25, "n_per_real": 8, "repaint_share": 0.5},
-                                             {"keep_best": 2, "threshold": 0.0}),
+    "pretrain+8per-top2+repaint": Variant(_PRETRAIN, {**_SDE25, "n_per_real": 8, "repaint_share": 1.0}, _TOP2),
+    "pretrain+8per-top2+repaint0.5": Variant(_PRETRAIN, {**_SDE25, "n_per_real": 8, "repaint_share": 0.5}, _TOP2),
     # copy-paste's own pairs re-drawn by the generator: each draw starts from a real lesion pasted onto a frame
     # (the copy-paste-onto-backgrounds pair of the same index) noised to this share of the schedule (SDEdit), so
     # the lesion keeps its real size and layout but gets new texture and a border drawn into the frame; the best
     # 2 of 8 per labelled pair kept; the same generator (only the set is new)
-    "pretrain+8per-top2+paste0.5": Variant(_PRETRAIN, {**_SDE25, "n_per_real": 8, "paste_strength": 0.5},
-                                           {"keep_best": 2, "threshold": 0.0}),
-    "pretrain+8per-top2+paste0.3": Variant(_PRETRAIN, {**_SDE25, "n_per_real": 8, "paste_strength": 0.3},
-                                           {"keep_best": 2, "threshold": 0.0}),
+    "pretrain+8per-top2+paste0.5": Variant(_PRETRAIN, {**_SDE25, "n_per_real": 8, "paste_strength": 0.5}, _TOP2),
+    "pretrain+8per-top2+paste0.3": Variant(_PRETRAIN, {**_SDE25, "n_per_real": 8, "paste_strength": 0.3}, _TOP2),
     # the headline's pairs, with the loss leaving out their labels' border band (1 or 2 pixels at 64 px): a painted
     # lesion and the mask it was asked to fill disagree at the border, where Dice is decided (segment/losses.py);
     # the same set, only the segmenter's loss changes (with --union, the joined row's too)
-    "pretrain+8per-top2+border1": Variant(_PRETRAIN, {**_SDE25, "n_per_real": 8}, {"keep_best": 2, "threshold": 0.0},
-                                          arm={"mixing": {"mode": "ratio", "ratio": 1, "synthetic_border_ignore": 1}}),
-    "pretrain+8per-top2+border2": Variant(_PRETRAIN, {**_SDE25, "n_per_real": 8}, {"keep_best": 2, "threshold": 0.0},
-                                          arm={"mixing": {"mode": "ratio", "ratio": 1, "synthetic_border_ignore": 2}}),
+    "pretrain+8per-top2+border1": Variant(_PRETRAIN, {**_SDE25, "n_per_real": 8}, _TOP2,
+                                          arm=_mix(1, synthetic_border_ignore=1)),
+    "pretrain+8per-top2+border2": Variant(_PRETRAIN, {**_SDE25, "n_per_real": 8}, _TOP2,
+                                          arm=_mix(1, synthetic_border_ignore=2)),
     # the headline's recipe at a lower synthetic:real ratio (the MRI levers of docs/volumes.md)
-    "pretrain+8per-top2+ratio0.25": Variant(_PRETRAIN, {**_SDE25, "n_per_real": 8}, {"keep_best": 2, "threshold": 0.0},
-                                            arm={"mixing": {"mode": "ratio", "ratio": 0.25}}),
+    "pretrain+8per-top2+ratio0.25": Variant(_PRETRAIN, {**_SDE25, "n_per_real": 8}, _TOP2, arm=_mix(0.25)),
     # the headline's pairs in the first half of the steps only, then the real pairs alone (fine-tuning on real):
     # the real slices of a structure's thin ends, where the MRI arms lose (docs/volumes.md), get the last half whole
-    "pretrain+8per-top2+until0.5": Variant(_PRETRAIN, {**_SDE25, "n_per_real": 8}, {"keep_best": 2, "threshold": 0.0},
-                                           arm={"mixing": {"mode": "ratio", "ratio": 1, "synthetic_until": 0.5}}),
+    "pretrain+8per-top2+until0.5": Variant(_PRETRAIN, {**_SDE25, "n_per_real": 8}, _TOP2,
+                                           arm=_mix(1, synthetic_until=0.5)),
     # masks jittered in shape only, where they are: a structure bound to its anatomical place (the hippocampus in
     # its MRI crop) is not moved off it (no shift, up to 10 degrees of rotation); the same generator, a new set
-    "pretrain+8per-top2+in-place": Variant(_PRETRAIN, _IN_PLACE, {"keep_best": 2, "threshold": 0.0}),
+    "pretrain+8per-top2+in-place": Variant(_PRETRAIN, _IN_PLACE, _TOP2),
     # the two MRI levers that each recovered part of the loss, together (session 22): masks kept in place, and
     # the pairs for the first half of the steps only / at ratio 0.25; the in-place set reused
-    "pretrain+8per-top2+in-place+until0.5": Variant(
-        _PRETRAIN, _IN_PLACE,
-        {"keep_best": 2, "threshold": 0.0}, arm={"mixing": {"mode": "ratio", "ratio": 1, "synthetic_until": 0.5}}),
-    "pretrain+8per-top2+in-place+ratio0.25": Variant(
-        _PRETRAIN, _IN_PLACE,
-        {"keep_best": 2, "threshold": 0.0}, arm={"mixing": {"mode": "ratio", "ratio": 0.25}}),
+    "pretrain+8per-top2+in-place+until0.5": Variant(_PRETRAIN, _IN_PLACE, _TOP2, arm=_mix(1, synthetic_until=0.5)),
+    "pretrain+8per-top2+in-place+ratio0.25": Variant(_PRETRAIN, _IN_PLACE, _TOP2, arm=_mix(0.25)),
     # the promoted MRI recipe's share of the steps bracketed (session 24): the in-place pairs for the first quarter
     # or three quarters of the steps; at 2000 steps the test gain of the first half was a fifth of its val gain
     # (docs/volumes.md), and the loss left is at the thin ends; the in-place set reused
-    "pretrain+8per-top2+in-place+until0.25": Variant(
-        _PRETRAIN, _IN_PLACE,
-        {"keep_best": 2, "threshold": 0.0}, arm={"mixing": {"mode": "ratio", "ratio": 1, "synthetic_until": 0.25}}),
-    "pretrain+8per-top2+in-place+until0.75": Variant(
-        _PRETRAIN, _IN_PLACE,
-        {"keep_best": 2, "threshold": 0.0}, arm={"mixing": {"mode": "ratio", "ratio": 1, "synthetic_until": 0.75}}),
+    "pretrain+8per-top2+in-place+until0.25": Variant(_PRETRAIN, _IN_PLACE, _TOP2, arm=_mix(1, synthetic_until=0.25)),
+    "pretrain+8per-top2+in-place+until0.75": Variant(_PRETRAIN, _IN_PLACE, _TOP2, arm=_mix(1, synthetic_until=0.75)),
     # and its ratio halved: 1 synthetic pair to 2 real ones in the first half of the steps
     "pretrain+8per-top2+in-place+until0.5+ratio0.5": Variant(
-        _PRETRAIN, _IN_PLACE,
-        {"keep_best": 2, "threshold": 0.0}, arm={"mixing": {"mode": "ratio", "ratio": 0.5, "synthetic_until": 0.5}}),
+        _PRETRAIN, _IN_PLACE, _TOP2, arm=_mix(0.5, synthetic_until=0.5)),
     # every labelled mask drawn equally often (8 each) instead of 8 per pair on average at random, which left 2 of
     # Kvasir-SEG N = 64's masks undrawn (session 20, docs/quality.md): the same generator, a new set
-    "pretrain+8per-top2+even": Variant(_PRETRAIN, {**_SDE25, "n_per_real": 8, "jitter": {"even": True}},
-                                       {"keep_best": 2, "threshold": 0.0}),
+    "pretrain+8per-top2+even": Variant(_PRETRAIN, {**_SDE25, "n_per_real": 8, "jitter": {"even": True}}, _TOP2),
     # a longer training budget: twice the fine-tuning steps on the labelled pairs (2000), the cached pretrained base
     # reused as it is (its settings are the headline's: only the tuning's steps change); the headline's selection
-    "pretrain+8per-top2+tune2000": Variant({**_PRETRAIN, "steps": 2000}, {**_SDE25, "n_per_real": 8},
-                                           {"keep_best": 2, "threshold": 0.0}),
+    "pretrain+8per-top2+tune2000": Variant({**_PRETRAIN, "steps": 2000}, {**_SDE25, "n_per_real": 8}, _TOP2),
     "pretrain+size": Variant(_PRETRAIN, {"mask_source": "size"}),
     # the two best single levers of the first pass together (same set as pretrain+size)
-    "pretrain+size+ratio0.5": Variant(_PRETRAIN, {"mask_source": "size"}, arm={"mixing": {"mode": "ratio",
-                                                                                          "ratio": 0.5}}),
+    "pretrain+size+ratio0.5": Variant(_PRETRAIN, {"mask_source": "size"}, arm=_mix(0.5)),
 }
 #: The generator entry the variants change: the headline config's ``synthetic`` arm's (``inpaint`` on Kvasir-SEG and
 #: BUSI, ``mask2image`` on the MRI volumes); the screen's rows are defined with this name and take the config's.
@@ -843,11 +834,12 @@ def run_cmd(
     """Screen the variants: real rows once, then each variant's rows, quality and the rank agreement."""
     if threads:
         torch.set_num_threads(threads)
-    out = screen(headline_config(dataset), n, [] if real_only else variant, results,
+    config = headline_config(dataset)
+    out = screen(config, n, [] if real_only else variant, results,
                  headline=ROOT / "benchmarks" / "results" / f"{dataset}-n{n}-cpu.json",
                  command="python benchmarks/screen.py " + " ".join(sys.argv[1:]), steps=steps,
                  val_interval=val_interval, seeds=tuple(seed),
-                 agree_with=agree_with or held_variant(headline_config(dataset)), union=union,
+                 agree_with=agree_with or held_variant(config), union=union,
                  gate_rows_only=gate_rows_only)
     typer.echo(json.dumps(out.get("agreement", {}), indent=1)[:2000])
 
@@ -870,8 +862,9 @@ def agree_cmd(
     if not out_path.is_file():
         raise typer.BadParameter(f"{out_path}: no screen file (run `screen.py run` first)")
     out = json.loads(out_path.read_text(encoding="utf-8"))
-    agree_with = agree_with or held_variant(headline_config(dataset))
-    held = screen_config(headline_config(dataset), n, agree_with, steps=steps)
+    config = headline_config(dataset)
+    agree_with = agree_with or held_variant(config)
+    held = screen_config(config, n, agree_with, steps=steps)
     recipe = held.generators[variant_generator(held)]
     headline = headline or ROOT / "benchmarks" / "results" / f"{dataset}-n{n}-cpu.json"
     out["agreement"] = agreement(out, headline, agree_with, recipe.model_dump(mode="json"), variant_generator(held))
