@@ -180,6 +180,13 @@ VARIANTS: dict[str, Variant] = {
     # and its ratio halved: 1 synthetic pair to 2 real ones in the first half of the steps
     "pretrain+8per-top2+in-place+until0.5+ratio0.5": Variant(
         _PRETRAIN, _IN_PLACE, _TOP2, arm=_mix(0.5, synthetic_until=0.5)),
+    # the promoted MRI recipe with the draws shifted to the thin ends, where its loss is left (docs/volumes.md): the
+    # masks of a structure's end slices drawn twice as often as the middle ones, for the same number of draws, so
+    # the best 2 kept of each end slice are chosen from about twice as many (the drawn small pairs are the least
+    # faithful); a new set from the same generator
+    "pretrain+8per-top2+in-place+until0.5+ends2": Variant(
+        _PRETRAIN, {**_IN_PLACE, "jitter": {**_IN_PLACE["jitter"], "ends_weight": 2}}, _TOP2,
+        arm=_mix(1, synthetic_until=0.5)),
     # every labelled mask drawn equally often (8 each) instead of 8 per pair on average at random, which left 2 of
     # Kvasir-SEG N = 64's masks undrawn (session 20, docs/quality.md): the same generator, a new set
     "pretrain+8per-top2+even": Variant(_PRETRAIN, {**_SDE25, "n_per_real": 8, "jitter": {"even": True}}, _TOP2),

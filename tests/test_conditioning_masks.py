@@ -223,3 +223,32 @@ def test_even_jitter_source_draws_every_mask_equally_often_by_sample_index(demo_
     mask, info = tagged.draw_at(np.random.default_rng([5, 11]), 5, 11)
     assert tagged.even and info["source_id"] == drawn[11] and info["round"] == 1
     assert not _Tagged(build_mask_source("jitter", demo_arrays.masks, demo_arrays.ids), {}).even
+
+
+def test_ends_weight_draws_a_volume_structures_end_slices_more_often():
+    """``ends_weight``: a volume case's end-slice masks (outer quarter of its foreground range at each end) drawn
+    k times as often, evenly (k times in each pass) or at random; for the same number of draws; masks that are not
+    volume slices raise instead of silently doing nothing."""
+    from collections import Counter
+
+    masks = np.zeros((9, 16, 16), np.uint8)
+    masks[:, 6:10, 6:10] = 1
+    ids = [f"case_{c}/2_{k:04d}" for c in (1, 2) for k in range(10, 14 if c == 1 else 15)]  # 4 + 5 slices
+    ends = {"case_1/2_0010", "case_1/2_0013", "case_2/2_0010", "case_2/2_0014"}
+    source = build_mask_source("jitter", masks, ids, even=True, ends_weight=3)
+    assert {i for i, w in zip(source.ids, source.weights, strict=True) if w == 3} == ends
+    per_pass = len(ids) + 2 * len(ends)
+    drawn = Counter(source.draw_at(np.random.default_rng([1, i]), 1, i)[1]["source_id"] for i in range(2 * per_pass))
+    assert all(drawn[i] == (6 if i in ends else 2) for i in ids)
+    rng = np.random.default_rng(0)
+    at_random = Counter(info["source_id"] for _, info in source(rng, 3000))
+    share = sum(at_random[i] for i in ends) / 3000
+    assert abs(share - 12 / 17) < 0.03  # 4 ends x 3 of 17 slots
+    with pytest.raises(ConfigError, match="no labelled mask is a volume slice"):
+        build_mask_source("jitter", masks, [f"img{k}" for k in range(9)], ends_weight=2)
+    with pytest.raises(ConfigError, match="takes no jitter options"):
+        build_mask_source("size", masks, ids, size=16, ends_weight=2)
+    from lesionforge.experiment.config import JitterSettings
+
+    settings = JitterSettings(max_shift=0.0, ends_weight=2)
+    assert settings.kwargs() == {"max_shift": 0.0} and "ends_weight" not in JitterSettings().model_dump()

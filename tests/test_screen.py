@@ -212,6 +212,14 @@ def test_the_mri_headline_is_screened_with_its_own_generator_entry():
         assert bracket.filtered and (bracket.mixing.ratio, bracket.mixing.synthetic_until) == (1, share)
     (halved,) = s.variant_arms("pretrain+8per-top2+in-place+until0.5+ratio0.5", generator="mask2image")
     assert (halved.mixing.ratio, halved.mixing.synthetic_until) == (0.5, 0.5)
+    # the draws shifted to the thin ends: the in-place set's settings but the end slices' weight, the promoted
+    # mixing; a set of its own (its entry differs only there) from the same generator (same training recipe)
+    ends = s.screen_config(head, 4, "pretrain+8per-top2+in-place+until0.5+ends2").generators["mask2image"]
+    assert ends.jitter.ends_weight == 2 and ends.model_copy(update={"jitter": in_place.jitter}) == in_place
+    assert ends.jitter.kwargs() == in_place.jitter.kwargs() and s.recipe_of(ends.model_dump(mode="json")) != \
+        s.recipe_of(in_place.model_dump(mode="json"))
+    (ends_row,) = s.variant_arms("pretrain+8per-top2+in-place+until0.5+ends2", generator="mask2image")
+    assert ends_row.mixing == row.mixing
 
 
 def test_variants_keep_their_meaning_when_the_headline_takes_a_new_recipe():

@@ -410,30 +410,40 @@ class RealJitterSource:
     masks in a shuffled order (one pass per ``len(masks)`` samples, each pass its own order), so every mask is drawn
     equally often (within one) whatever the set's size, and a sample's mask depends on its index alone (a sharded
     synthesis draws the same set).
+
+    ``weights`` (one whole number >= 1 per mask, default all 1): a mask of weight k is drawn k times as often as
+    one of weight 1, at random, or k times in each pass (``even``).
     """
 
     def __init__(self, masks: Sequence[np.ndarray] | np.ndarray, ids: Sequence[str], even: bool = False,
-                 **jitter: object):
-        if len(masks) != len(ids):
-            raise ValueError(f"RealJitterSource: {len(masks)} masks but {len(ids)} ids")
-        pairs = [(np.asarray(m), i) for m, i in zip(masks, ids, strict=True) if _binary(m).any()]
-        if not pairs:
+                 weights: Sequence[int] | None = None, **jitter: object):
+        if len(masks) != len(ids) or (weights is not None and len(weights) != len(ids)):
+            raise ValueError(f"RealJitterSource: {len(masks)} masks, {len(ids)} ids"
+                             + ("" if weights is None else f", {len(weights)} weights"))
+        if weights is not None and any(int(w) != w or w < 1 for w in weights):
+            raise ValueError(f"RealJitterSource: weights must be whole numbers >= 1, got {sorted(set(weights))}")
+        w_all = [1] * len(ids) if weights is None else [int(w) for w in weights]
+        kept = [(np.asarray(m), i, w) for m, i, w in zip(masks, ids, w_all, strict=True) if _binary(m).any()]
+        if not kept:
             raise ValueError("RealJitterSource: every mask is empty; no lesion to jitter")
-        self.masks, self.ids = [p[0] for p in pairs], [p[1] for p in pairs]
+        self.masks, self.ids = [k[0] for k in kept], [k[1] for k in kept]
         self.jitter, self.even = jitter, even
+        # None keeps the unweighted draws (and so every set drawn before weights existed) exactly as they were
+        self.weights = None if weights is None else np.array([k[2] for k in kept])
 
     def __call__(self, rng: np.random.Generator, n: int) -> list[tuple[np.ndarray, dict]]:
-        out = []
-        for _ in range(n):
-            out.append(self._jittered(int(rng.integers(len(self.masks))), rng))
-        return out
+        m = len(self.masks)
+        p = None if self.weights is None else self.weights / self.weights.sum()
+        return [self._jittered(int(rng.integers(m) if p is None else rng.choice(m, p=p)), rng) for _ in range(n)]
 
     def draw_at(self, rng: np.random.Generator, seed: int, index: int) -> tuple[np.ndarray, dict]:
-        """Sample ``index`` of a set drawn with ``seed``: its mask from the shuffled pass it falls in (``even``),
-        jittered with ``rng``."""
-        m = len(self.masks)
+        """Sample ``index`` of a set drawn with ``seed``: its mask from the shuffled pass it falls in (``even``;
+        a pass holds each mask as many times as its weight), jittered with ``rng``."""
+        slots = np.arange(len(self.masks)) if self.weights is None else np.repeat(np.arange(len(self.masks)),
+                                                                                  self.weights)
+        m = len(slots)
         order = np.random.default_rng([seed, index // m, m]).permutation(m)
-        return self._jittered(int(order[index % m]), rng)
+        return self._jittered(int(slots[order[index % m]]), rng)
 
     def _jittered(self, i: int, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
         mask = jitter_mask(self.masks[i], rng, **self.jitter)
@@ -468,11 +478,13 @@ def build_mask_source(
     use_shapes: bool = True,
     jitter: dict | None = None,
     even: bool = False,
+    ends_weight: int | None = None,
 ) -> MaskSource:
     """A mask source by name from real training masks (N, H, W), N may be 0.
 
     ``"jitter"``: :class:`RealJitterSource` (needs at least one lesion; ``jitter``: :func:`jitter_mask`'s options,
-    which no other source takes). ``"size"``:
+    which no other source takes; ``ends_weight``: the masks of volume slices at a structure's ends, as
+    :func:`lesionforge.data.volumes.position_subsets` groups ``ids``, drawn this many times as often). ``"size"``:
     :class:`SizeControlledSource` with the real area distribution boosted by ``small_boost`` and, if
     ``use_shapes``, the real lesion shapes; with no real lesions, random blobs and log-uniform sizes on
     ``size`` x ``size`` images (``size`` defaults to the masks' size). Raises :class:`ConfigError`.
@@ -481,8 +493,11 @@ def build_mask_source(
     if kind == "jitter":
         if not lesions:
             raise ConfigError("mask source 'jitter' needs real lesion masks; none of the masks has a lesion")
-        return RealJitterSource([masks[i] for i in lesions], [ids[i] for i in lesions], even=even, **(jitter or {}))
-    if jitter or even:
+        lesion_ids = [ids[i] for i in lesions]
+        weights = None if ends_weight is None else _ends_weights(lesion_ids, ends_weight)
+        return RealJitterSource([masks[i] for i in lesions], lesion_ids, even=even, weights=weights,
+                                **(jitter or {}))
+    if jitter or even or ends_weight is not None:
         raise ConfigError(f"mask source {kind!r} takes no jitter options (they deform real masks: source 'jitter')")
     if kind == "size":
         if size is None and len(masks) == 0:
@@ -492,3 +507,18 @@ def build_mask_source(
         sampler = SizeSampler(area_fractions(masks) if lesions else None, small_boost=small_boost)
         return SizeControlledSource(bank, sampler, size)
     raise ConfigError(f"unknown mask source {kind!r}; use 'jitter' or 'size'")
+
+
+def _ends_weights(ids: list[str], weight: int) -> list[int]:
+    """``weight`` for each id among a volume structure's end slices, 1 for the others; a ConfigError where no id
+    is a volume slice (the weights would silently do nothing)."""
+    from lesionforge.data.volumes import position_subsets  # data.volumes reads files: imported where needed
+
+    if weight < 1:
+        raise ConfigError(f"ends_weight must be a whole number >= 1, got {weight}")
+    groups = position_subsets(ids)
+    if not groups["structure-ends"] and not groups["structure-middle"]:
+        raise ConfigError("ends_weight weighs the end slices of volume structures, but no labelled mask is a "
+                          "volume slice")
+    ends = set(groups["structure-ends"])
+    return [weight if i in ends else 1 for i in ids]

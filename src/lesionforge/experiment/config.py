@@ -144,14 +144,18 @@ class JitterSettings(LaterFields):
     30 degrees of rotation, scale 0.8-1.2, a shift of up to 0.1 of the image, an elastic warp). A structure bound
     to its anatomical place (a hippocampus in its MRI crop) keeps it with ``max_shift: 0`` and a small rotation.
     ``even``: every labelled mask is drawn equally often (each pass over the masks in a shuffled order), where by
-    default each draw picks a mask at random (8 draws per pair on average: some masks drawn far more, some never)."""
+    default each draw picks a mask at random (8 draws per pair on average: some masks drawn far more, some never).
+    ``ends_weight`` (volume slices only): the masks of the slices at a structure's ends (the outer quarter at each
+    end, as the results' ``structure-ends`` rows count them) drawn this many times as often as the others, for the
+    same number of draws in all: the filter's best-of choice then has more draws of the thin end slices."""
 
-    _omitted_when_none: ClassVar[tuple[str, ...]] = ("even",)
+    _omitted_when_none: ClassVar[tuple[str, ...]] = ("even", "ends_weight")
     max_rotate: float | None = Field(None, ge=0, le=180)
     scale: tuple[float, float] | None = None
     max_shift: float | None = Field(None, ge=0, le=0.5)
     elastic: bool | None = None
     even: bool | None = None
+    ends_weight: int | None = Field(None, ge=1)
 
     @model_validator(mode="after")
     def _scale_is_a_range(self) -> JitterSettings:
@@ -160,8 +164,9 @@ class JitterSettings(LaterFields):
         return self
 
     def kwargs(self) -> dict[str, Any]:
-        """The deformation settings given, as ``jitter_mask`` keyword arguments (``even`` is not one)."""
-        return self.model_dump(exclude_none=True, exclude={"even"})
+        """The deformation settings given, as ``jitter_mask`` keyword arguments (``even`` and ``ends_weight``,
+        which choose the masks, are not)."""
+        return self.model_dump(exclude_none=True, exclude={"even", "ends_weight"})
 
 
 class FilterSettings(LaterFields):

@@ -265,7 +265,7 @@ class LesionforgeStages:
         labelled, gcfg = data.labelled(n), resolved_generator_config(cfg, spec)
         jitter = spec.jitter or JitterSettings()
         masks_from = make_mask_source(spec.mask_source, labelled, cfg.resolution, even=bool(jitter.even),
-                                      **jitter.kwargs()) if gcfg.kind in (
+                                      ends_weight=jitter.ends_weight, **jitter.kwargs()) if gcfg.kind in (
             "mask2image", "inpaint") else None
         return dict(
             n=spec.n_per_real * len(labelled), masks_from=masks_from, real=labelled,
