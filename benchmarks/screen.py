@@ -49,6 +49,7 @@ from lesionforge.experiment.config import (  # noqa: E402
     GeneratorSpec,
     load_experiment_config,
 )
+from lesionforge.experiment.locks import WAIT_TIMEOUT_S, Busy  # noqa: E402
 from lesionforge.experiment.real_stages import LesionforgeStages  # noqa: E402
 from lesionforge.experiment.runner import SyntheticCache, prepare_output  # noqa: E402
 from lesionforge.experiment.stages import ExperimentData, SyntheticSet  # noqa: E402
@@ -302,9 +303,20 @@ def _drawn(spec: GeneratorSpec) -> bool:
     return spec.method not in (PASTE_METHOD, UNION_METHOD)
 
 
-def prepare(cfg: ExperimentConfig, data: ExperimentData, n: int) -> SyntheticSet:
-    """Train (or reuse) the variant's generator and draw its synthetic set, in the headline's cache."""
-    return SyntheticCache(cfg, LesionforgeStages(), data, n).get(variant_generator(cfg))
+def prepare(cfg: ExperimentConfig, data: ExperimentData, n: int, poll_s: float = 30.0) -> SyntheticSet:
+    """Train (or reuse) the variant's generator and draw its synthetic set, in the headline's cache. Where another
+    screen process draws the same set now (its claim held), wait for it and take its set, as rows wait for rows."""
+    cache, waited = SyntheticCache(cfg, LesionforgeStages(), data, n), 0.0
+    while True:
+        try:
+            return cache.get(variant_generator(cfg))
+        except Busy as busy:
+            if waited >= WAIT_TIMEOUT_S:
+                raise
+            if waited == 0:
+                typer.echo(f"waiting for another process to finish {busy} ({busy.lock})", err=True)
+            time.sleep(poll_s)
+            waited += poll_s
 
 
 def paste_rows(config: Path, base_cfg: ExperimentConfig) -> tuple[ExperimentConfig, ArmSettings, str] | None:

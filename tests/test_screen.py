@@ -268,6 +268,33 @@ def test_a_cached_screen_row_of_another_set_is_refused(tmp_path):
     assert s.set_identity(one, False) == s.set_identity(other, False)  # unfiltered rows: both draw the same set
 
 
+def test_a_set_another_screen_is_drawing_is_waited_for_not_a_crash(monkeypatch, tmp_path):
+    """Two screen processes that reach the same new set: the second waits while the first holds its claim (as rows
+    wait for rows), takes the set once it is made, and gives up with the claim's Busy only after the wait limit."""
+    s = load_benchmark("screen")
+    made = s.SyntheticSet(tmp_path / "manifest.jsonl", None, {})
+    calls = []
+
+    class Drawing:  # the claim is held for the first two polls, then the set is there
+        def __init__(self, *args):
+            pass
+
+        def get(self, name):
+            calls.append(name)
+            if len(calls) <= 2:
+                raise s.Busy(f"synthetic set {name!r}", tmp_path / "set.lock")
+            return made
+
+    monkeypatch.setattr(s, "SyntheticCache", Drawing)
+    monkeypatch.setattr(s, "variant_generator", lambda cfg: "inpaint")
+    assert s.prepare(None, None, 32, poll_s=0.0) is made and calls == ["inpaint"] * 3
+    calls.clear()
+    monkeypatch.setattr(s, "WAIT_TIMEOUT_S", 1.0)
+    with pytest.raises(s.Busy, match="synthetic set 'inpaint'"):
+        s.prepare(None, None, 32, poll_s=1.0)
+    assert len(calls) == 2
+
+
 @pytest.mark.parametrize("dataset", ["kvasir-seg", "busi"])
 def test_the_headline_variant_is_what_the_headline_configs_hold(dataset):
     """The rank agreement lets the screen's HEADLINE_VARIANT rows stand for the headline's synthetic arms: that
