@@ -251,6 +251,13 @@ def test_the_longer_tuning_lever_reuses_the_headlines_pretrained_base():
     assert (g_head.steps, g_long.steps) == (1000, 2000)
     assert pretrain_config(g_long) == pretrain_config(g_head)
     assert long.generators["inpaint"].filter == head.generators["inpaint"].filter
+    # the other direction (session 25): half the tuning on the same base, or a base pretrained twice as long
+    short, based = (s.screen_config(config, 32, v) for v in ("pretrain+8per-top2+tune500", "pretrain2000+8per-top2"))
+    g_short, g_based = (resolved_generator_config(c, c.generators["inpaint"]) for c in (short, based))
+    assert (g_short.steps, g_based.steps) == (500, 1000) and pretrain_config(g_short) == pretrain_config(g_head)
+    assert pretrain_config(g_based).steps == 2000 != pretrain_config(g_head).steps
+    assert pretrain_config(g_based).model_copy(update={"steps": 1000}) == pretrain_config(g_head)
+    assert short.generators["inpaint"].filter == based.generators["inpaint"].filter == head.generators["inpaint"].filter
 
 
 def test_a_cached_screen_row_of_another_set_is_refused(tmp_path):
