@@ -115,3 +115,43 @@ def test_even_mask_draws_give_each_labelled_mask_its_share_and_shard_the_same(in
         synthesize(gen_dir, part_dir(sharded, k), n, indices=part, **kw)
     merge_parts(sharded)
     assert _tree(sharded) == _tree(whole)
+
+
+def test_an_even_draws_large_mask_is_placed_on_another_background_where_it_fits_nowhere_on_the_first():
+    """An even source fixes sample i's mask by its index, so where that (large) mask fits nowhere on the drawn
+    frame's field of view the placement tries other frames (it did not: Kvasir-SEG's even set stopped with 'no mask
+    fitted'); a random source still draws other masks on the same frame, its draws as before."""
+    import numpy as np
+
+    from lesionforge.conditioning.masks import build_mask_source, place_mask
+    from lesionforge.generate import synthesize as synth
+
+    class Frames:  # what placement reads of the lesion-free frames (PairArrays)
+        def __init__(self, images: list) -> None:
+            self.images = images
+
+        def __len__(self) -> int:
+            return len(self.images)
+
+    small_fov = np.zeros((64, 64, 3), np.uint8)
+    small_fov[24:40, 24:40] = 150  # a 16 px visible square: a 40 px lesion fits nowhere on it
+    backgrounds = Frames([small_fov] * 7 + [np.full((64, 64, 3), 150, np.uint8)])
+    large = np.zeros((1, 64, 64), np.uint8)
+    large[0, 10:50, 10:50] = 1
+    even = build_mask_source("jitter", large, ["big"], even=True,
+                             jitter={"scale": (1.0, 1.0), "max_shift": 0.0, "max_rotate": 0.0, "elastic": False})
+    for i in range(6):
+        j, placed, info = synth._placed_mask(even, backgrounds, np.random.default_rng([3, i]), 3, i)
+        assert j == 7 and placed.sum() == large.sum() and info["source_id"] == "big"
+    # a random source: the frame drawn first, then masks drawn on it until one fits (the same rng use as before)
+    masks = np.zeros((2, 64, 64), np.uint8)
+    masks[0, 10:50, 10:50], masks[1, 30:34, 30:34] = 1, 1
+    rand = build_mask_source("jitter", masks, ["big", "small"],
+                             jitter={"scale": (1.0, 1.0), "max_shift": 0.0, "max_rotate": 0.0, "elastic": False})
+    j, placed, info = synth._placed_mask(rand, backgrounds, np.random.default_rng(11), 0, 0)
+    rng = np.random.default_rng(11)
+    j0 = int(rng.integers(8))
+    fov = synth.field_of_view_of(backgrounds.images[j0])
+    while (again := place_mask(*(d := rand(rng, 1)[0])[:1], fov, rng)) is None:
+        pass
+    assert (j, info["source_id"]) == (j0, d[1]["source_id"]) and np.array_equal(placed, again)

@@ -210,9 +210,8 @@ def _plan(kind: str, seed: int, i: int, masks_from, backgrounds: PairArrays | No
         image, mask, minfo = _repainted(_drawn(masks_from, rng, seed, i), real)
         label_class, info = _class_of(minfo, real), {**_mask_info(minfo), "background_id": minfo["source_id"]}
     elif kind == "inpaint":
-        j = int(rng.integers(len(backgrounds)))
+        j, mask, minfo = _placed_mask(masks_from, backgrounds, rng, seed, i)
         image = backgrounds.images[j]
-        mask, minfo = _placed_mask(masks_from, field_of_view_of(image), rng, seed, i)
         label_class, info = _class_of(minfo, real), {**_mask_info(minfo), "background_id": backgrounds.ids[j]}
     area = np.zeros((1, 1, 1)) if mask is None else mask[None]
     sid = _sample_id(kind, seed, i)
@@ -249,17 +248,24 @@ def _drawn(masks_from, rng: np.random.Generator, seed: int, i: int) -> tuple[np.
     return masks_from(rng, 1)[0]
 
 
-def _placed_mask(masks_from, fov: np.ndarray, rng: np.random.Generator, seed: int,
-                 i: int) -> tuple[np.ndarray, dict]:
-    """Draw masks until one fits inside ``fov`` (a large lesion may fit nowhere on a small FOV); an even source
-    re-jitters sample ``i``'s own mask."""
+def _placed_mask(masks_from, backgrounds: PairArrays, rng: np.random.Generator, seed: int,
+                 i: int) -> tuple[int, np.ndarray, dict]:
+    """A background (its index) and sample ``i``'s mask placed inside its field of view. A random source draws
+    other masks until one fits the background; an even source keeps sample ``i``'s mask (its index decides it), so
+    it re-jitters it and tries other backgrounds too: a large lesion may fit nowhere on a frame with a small field
+    of view. (A random source's draws are the ones made before even sources existed.)"""
     from lesionforge.conditioning.masks import place_mask
 
+    j = int(rng.integers(len(backgrounds)))
+    fov = field_of_view_of(backgrounds.images[j])
     for _ in range(MAX_PLACEMENT_TRIES):
         mask, info = _drawn(masks_from, rng, seed, i)
         placed = place_mask(mask, fov, rng)
         if placed is not None:
-            return placed, info
+            return j, placed, info
+        if getattr(masks_from, "even", False):
+            j = int(rng.integers(len(backgrounds)))
+            fov = field_of_view_of(backgrounds.images[j])
     raise ConfigError(f"no mask fitted inside a background's field of view in {MAX_PLACEMENT_TRIES} draws")
 
 
