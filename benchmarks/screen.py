@@ -680,7 +680,9 @@ def gate(out: dict, agree_with: str = HEADLINE_VARIANT) -> dict:
 
 def _versus(row: dict, ref: dict) -> dict:
     """The paired val difference of one row with one reference row, and whether it clears :func:`gate`'s bar."""
-    diff = bootstrap_paired(row["per_image"], ref["per_image"]) if row["seeds"] == ref["seeds"] else None
+    # the same seeds in any order (two processes run a variant's seeds in the orders they were given)
+    same = sorted(row["seeds"]) == sorted(ref["seeds"])
+    diff = bootstrap_paired(row["per_image"], ref["per_image"]) if same else None
     by_seed = dict(zip(ref["seeds"], ref["val_mdice_by_seed"], strict=True))
     per_seed = [round(m - by_seed[s], 4) for s, m in zip(row["seeds"], row["val_mdice_by_seed"], strict=True)
                 if s in by_seed]

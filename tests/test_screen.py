@@ -116,6 +116,8 @@ def test_the_gate_promotes_only_a_variant_that_beats_every_reference_on_two_seed
            "variants": {
                s.HEADLINE_VARIANT: {"arms": {"synthetic": row(0.03)}},
                "clear": {"arms": {"synthetic": row(0.08)}},
+               # the same two seeds, run in the other order (a second process given --seed 1 --seed 0)
+               "clear-seeds-reversed": {"arms": {"synthetic": row(0.08, seeds=(1, 0))}},
                "one-seed": {"arms": {"synthetic": row(0.08, seeds=(0,))}},
                "noisy": {"arms": {"synthetic": row(0.045, noise=0.3)}},
                "one-seed-lost": {"arms": {"synthetic": row(0.08, per_seed=(0.9, 0.3))}},
@@ -123,7 +125,7 @@ def test_the_gate_promotes_only_a_variant_that_beats_every_reference_on_two_seed
                "joined": {"arms": {"synthetic": row(0.0), s.UNION_ARM.name: row(0.09)}}}}
     g = s.gate(out)
     assert {v: e["promote"] for v, e in g["variants"].items()} == {
-        s.HEADLINE_VARIANT: False, "clear": True, "one-seed": False, "noisy": False, "one-seed-lost": False,
+        s.HEADLINE_VARIANT: False, "clear": True, "clear-seeds-reversed": True, "one-seed": False, "noisy": False, "one-seed-lost": False,
         "joined": True}
     refs = g["variants"]["clear"]["rows"]["synthetic"]["versus"]
     assert set(refs) == {"copy-paste+backgrounds", f"{s.HEADLINE_VARIANT}: synthetic"}  # strongest real + today's
@@ -142,7 +144,7 @@ def test_the_gate_promotes_only_a_variant_that_beats_every_reference_on_two_seed
     s.write_report({**out, "dataset": "d", "n_labelled": 8, "resolution": 64, "machine": "m", "command": "c",
                     "segment": {"steps": 400, "seeds": [0, 1]}, "gate": g}, path)
     text = path.read_text(encoding="utf-8")
-    assert "Promoted: clear, joined." in text and "| one-seed | synthetic | copy-paste+backgrounds |" in text
+    assert "Promoted: clear, clear-seeds-reversed, joined." in text and "| one-seed | synthetic | copy-paste+backgrounds |" in text
 
 
 def test_the_gate_of_volume_rows_shows_the_difference_at_structure_ends_and_middle(tmp_path):
