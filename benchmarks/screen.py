@@ -51,7 +51,7 @@ from lesionforge.experiment.config import (  # noqa: E402
 )
 from lesionforge.experiment.locks import WAIT_TIMEOUT_S, Busy  # noqa: E402
 from lesionforge.experiment.real_stages import LesionforgeStages  # noqa: E402
-from lesionforge.experiment.runner import SyntheticCache, prepare_output  # noqa: E402
+from lesionforge.experiment.runner import SyntheticCache, _Wait, prepare_output  # noqa: E402
 from lesionforge.experiment.stages import ExperimentData, SyntheticSet  # noqa: E402
 from lesionforge.experiment.stats import bootstrap_paired  # noqa: E402
 from lesionforge.generate.models import read_meta  # noqa: E402
@@ -308,20 +308,17 @@ def _drawn(spec: GeneratorSpec) -> bool:
     return spec.method not in (PASTE_METHOD, UNION_METHOD)
 
 
-def prepare(cfg: ExperimentConfig, data: ExperimentData, n: int, poll_s: float = 30.0) -> SyntheticSet:
+def prepare(cfg: ExperimentConfig, data: ExperimentData, n: int, poll_s: float = 30.0,
+            wait_timeout_s: float = WAIT_TIMEOUT_S) -> SyntheticSet:
     """Train (or reuse) the variant's generator and draw its synthetic set, in the headline's cache. Where another
-    screen process draws the same set now (its claim held), wait for it and take its set, as rows wait for rows."""
-    cache, waited = SyntheticCache(cfg, LesionforgeStages(), data, n), 0.0
+    screen process draws the same set now (its claim held), wait for it as the sweep runner's workers wait (its
+    ``_Wait``: says on what, gives up with a WaitTimeoutError naming the claim), then take its set."""
+    cache, wait = SyntheticCache(cfg, LesionforgeStages(), data, n), _Wait(n, None, None, poll_s, wait_timeout_s)
     while True:
         try:
             return cache.get(variant_generator(cfg))
         except Busy as busy:
-            if waited >= WAIT_TIMEOUT_S:
-                raise
-            if waited == 0:
-                typer.echo(f"waiting for another process to finish {busy} ({busy.lock})", err=True)
-            time.sleep(poll_s)
-            waited += poll_s
+            time.sleep(wait.tick([(str(busy), busy.lock)]))
 
 
 def paste_rows(config: Path, base_cfg: ExperimentConfig) -> tuple[ExperimentConfig, ArmSettings, str] | None:

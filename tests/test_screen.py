@@ -280,7 +280,8 @@ def test_a_cached_screen_row_of_another_set_is_refused(tmp_path):
 
 def test_a_set_another_screen_is_drawing_is_waited_for_not_a_crash(monkeypatch, tmp_path):
     """Two screen processes that reach the same new set: the second waits while the first holds its claim (as rows
-    wait for rows), takes the set once it is made, and gives up with the claim's Busy only after the wait limit."""
+    wait for rows), takes the set once it is made, and gives up with a WaitTimeoutError naming the claim only
+    after the wait limit."""
     s = load_benchmark("screen")
     made = s.SyntheticSet(tmp_path / "manifest.jsonl", None, {})
     calls = []
@@ -299,9 +300,10 @@ def test_a_set_another_screen_is_drawing_is_waited_for_not_a_crash(monkeypatch, 
     monkeypatch.setattr(s, "variant_generator", lambda cfg: "inpaint")
     assert s.prepare(None, None, 32, poll_s=0.0) is made and calls == ["inpaint"] * 3
     calls.clear()
-    monkeypatch.setattr(s, "WAIT_TIMEOUT_S", 1.0)
-    with pytest.raises(s.Busy, match="synthetic set 'inpaint'"):
-        s.prepare(None, None, 32, poll_s=1.0)
+    from lesionforge.errors import WaitTimeoutError
+
+    with pytest.raises(WaitTimeoutError, match=r"set\.lock: gave up .*synthetic set 'inpaint'"):
+        s.prepare(None, None, 32, poll_s=0.6, wait_timeout_s=0.5)
     assert len(calls) == 2
 
 

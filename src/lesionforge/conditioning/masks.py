@@ -514,8 +514,6 @@ def _ends_weights(ids: list[str], weight: int) -> list[int]:
     is a volume slice (the weights would silently do nothing)."""
     from lesionforge.data.volumes import position_subsets  # data.volumes reads files: imported where needed
 
-    if weight < 1:
-        raise ConfigError(f"ends_weight must be a whole number >= 1, got {weight}")
     groups = position_subsets(ids)
     if not groups["structure-ends"] and not groups["structure-middle"]:
         raise ConfigError("ends_weight weighs the end slices of volume structures, but no labelled mask is a "
