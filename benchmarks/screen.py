@@ -38,7 +38,7 @@ from label_fidelity import own_vs_shuffled  # noqa: E402
 from lesionforge.data.arrays import PairArrays, load_arrays  # noqa: E402
 from lesionforge.data.bands import BANDS, EMPTY, mask_group  # noqa: E402
 from lesionforge.data.manifest import read_set  # noqa: E402
-from lesionforge.data.volumes import position_subsets  # noqa: E402
+from lesionforge.data.volumes import case_of, position_subsets  # noqa: E402
 from lesionforge.experiment.agreement import rank_agreement  # noqa: E402
 from lesionforge.experiment.budget import segment_config_for  # noqa: E402
 from lesionforge.experiment.config import (  # noqa: E402
@@ -367,6 +367,8 @@ def run_row(cfg: ExperimentConfig, data: ExperimentData, n: int, arm: ArmSetting
             if row.get("synthetic_set", used) != used:
                 raise typer.BadParameter(f"{done} was trained on {row['synthetic_set']}, the variant now draws "
                                          f"{used}: its definition changed; give the new one another name")
+            if "last_val_mdice" not in row:  # a row written before rows recorded it: from its segmenter's record
+                row["last_val_mdice"] = last_val_mdice(folder)
             return row
         on_val = replace(data, test=data.val, subsets={}, transfer={})
         t0 = time.perf_counter()
@@ -374,9 +376,32 @@ def run_row(cfg: ExperimentConfig, data: ExperimentData, n: int, arm: ArmSetting
         row = {"arm": arm.name, "seed": seed, "val_mdice": out["mdice"], "ids": out["ids"], "dice": out["dice"],
                "miss_rate": out["miss_rate"], "best_val_mdice": out["best_val_mdice"],
                "seconds": round(time.perf_counter() - t0, 1), "checkpoint": str(folder / "segmenter" / "best"),
-               "synthetic_set": used}
+               "synthetic_set": used, "last_val_mdice": last_val_mdice(folder)}
         write_json_atomic(done, row)
         return row
+
+
+def last_val_mdice(folder: Path) -> float | None:
+    """The val mDice of a row's segmenter at its last step (no checkpoint selection), from the segmenter's run
+    record (``segment/train.py``'s ``run.json`` history); None where the record is missing. The best-of-every-
+    evaluation score a row reports is biased upwards, the more so the more its val curve wavers (session 26)."""
+    record = folder / "segmenter" / "run.json"
+    if not record.is_file():
+        return None
+    scored = [h["val_mdice"] for h in json.loads(record.read_text(encoding="utf-8")).get("history", [])
+              if h.get("val_mdice") is not None]
+    return float(scored[-1]) if scored else None
+
+
+def fill_last_steps(out: dict, folder: Path) -> None:
+    """Give every row of a screen file whose seeds' run records are all in ``folder`` (the screen's rows, as
+    :func:`screen` lays them out) its ``last_val_mdice_by_seed``: rows summarised before rows kept it."""
+    rows = [(folder / "real" / a, r) for a, r in out.get("real", {}).items()]
+    rows += [(folder / v / a, r) for v, e in out.get("variants", {}).items() for a, r in e.get("arms", {}).items()]
+    for path, r in rows:
+        last = [last_val_mdice(path / f"seed{s}") for s in r["seeds"]]
+        if None not in last:
+            r["last_val_mdice_by_seed"] = last
 
 
 def set_identity(synthetic: SyntheticSet | None, filtered: bool) -> str | None:
@@ -404,9 +429,11 @@ def summarise(rows: list[dict]) -> dict:
     for r in rows:
         for i, d in zip(r["ids"], r["dice"], strict=True):
             per_image.setdefault(i, []).append(d)
+    last = [r.get("last_val_mdice") for r in rows]
     return {"val_mdice": float(np.mean([r["val_mdice"] for r in rows])), "seeds": [r["seed"] for r in rows],
             "val_mdice_by_seed": [r["val_mdice"] for r in rows], "seconds": sum(r["seconds"] for r in rows),
-            "per_image": {i: float(np.mean(v)) for i, v in sorted(per_image.items())}}
+            "per_image": {i: float(np.mean(v)) for i, v in sorted(per_image.items())},
+            **({"last_val_mdice_by_seed": last} if None not in last else {})}
 
 
 def real_extractor(checkpoint: Path) -> FeatureExtractor:
@@ -643,7 +670,7 @@ def agreement(out: dict, head_path: Path | None, agree_with: str = HEADLINE_VARI
 
 #: The bar a variant's row clears before it costs a headline run (session 18: a one-seed pick, +0.022 on val with
 #: its interval through 0, lost on test): the same seeds as each row it is compared with, at least GATE_SEEDS of
-#: them, every seed above that row, and the paired interval over val images above 0.
+#: them, every seed above that row, and the paired interval over val images (volumes: val cases) above 0.
 GATE_SEEDS = 2
 #: A variant's rows that could become a headline arm: real + its pairs, and its pairs joined to the pasted ones.
 GATE_ROWS = ("synthetic", UNION_ARM.name)
@@ -679,7 +706,12 @@ def _versus(row: dict, ref: dict) -> dict:
     """The paired val difference of one row with one reference row, and whether it clears :func:`gate`'s bar."""
     # the same seeds in any order (two processes run a variant's seeds in the orders they were given)
     same = sorted(row["seeds"]) == sorted(ref["seeds"])
-    diff = bootstrap_paired(row["per_image"], ref["per_image"]) if same else None
+    ids = list(row["per_image"])
+    volumes = is_volumetric(ids)
+    # volumes: resampled by val case, each with all its slices (a volume's slices are not independent draws)
+    groups = {i: case_of(i) or i for i in ids} if volumes else None
+    unit = "val cases" if volumes else "val images"
+    diff = bootstrap_paired(row["per_image"], ref["per_image"], groups=groups) if same else None
     by_seed = dict(zip(ref["seeds"], ref["val_mdice_by_seed"], strict=True))
     per_seed = [round(m - by_seed[s], 4) for s, m in zip(row["seeds"], row["val_mdice_by_seed"], strict=True)
                 if s in by_seed]
@@ -690,13 +722,17 @@ def _versus(row: dict, ref: dict) -> dict:
     elif min(per_seed) <= 0:
         why = f"not above it on every seed ({per_seed})"
     elif diff["ci95"][0] <= 0:
-        why = f"interval over val images [{diff['ci95'][0]:+.3f}, {diff['ci95'][1]:+.3f}] reaches 0"
+        why = f"interval over {unit} [{diff['ci95'][0]:+.3f}, {diff['ci95'][1]:+.3f}] reaches 0"
     else:
         why = None
     out = {"mean": None if diff is None else diff["mean"], "ci95": None if diff is None else diff["ci95"],
-           "per_seed": per_seed, "seeds": row["seeds"], "clears": why is None, "why": why}
-    ids = list(row["per_image"])
-    if diff is not None and is_volumetric(ids):
+           "unit": unit, "per_seed": per_seed, "seeds": row["seeds"], "clears": why is None, "why": why}
+    if "last_val_mdice_by_seed" in row and "last_val_mdice_by_seed" in ref:
+        # the same difference at the last step, without the selection of the best val evaluation (shown, not gated)
+        last = dict(zip(ref["seeds"], ref["last_val_mdice_by_seed"], strict=True))
+        out["per_seed_last"] = [round(m - last[s], 4) for s, m in
+                                zip(row["seeds"], row["last_val_mdice_by_seed"], strict=True) if s in last]
+    if diff is not None and volumes:
         # volumes: the same difference at the ends and in the middle of each val structure (shown, not gated)
         out["by_position"] = {
             name: bootstrap_paired({i: row["per_image"][i] for i in members},
@@ -745,11 +781,13 @@ def write_report(out: dict, path: Path) -> None:
              "", "Written by `benchmarks/screen.py` from the JSON beside it. Segmenter: the headline network at "
              f"{out['segment']['steps']} steps (headline 2000), seeds {out['segment']['seeds']}, selected and "
              f"scored on real `val` (test never read). Machine: {out['machine']}. Command: `{out['command']}`.", "",
-             "| row | val mDice (mean of seeds) | vs real only | seeds | segmenter s |", "|---|---|---|---|---|"]
+             "| row | val mDice (mean of seeds) | vs real only | at the last step, no selection, by seed | seeds "
+             "| segmenter s |", "|---|---|---|---|---|---|"]
 
     def row(name: str, r: dict) -> str:
         gain = "—" if base is None or name == "baseline" else f"{r['val_mdice'] - base:+.3f}"
-        return f"| {name} | {r['val_mdice']:.3f} | {gain} | {len(r['seeds'])} | {r['seconds']:.0f} |"
+        last = " / ".join(f"{x:.3f}" for x in r.get("last_val_mdice_by_seed", [])) or "—"
+        return f"| {name} | {r['val_mdice']:.3f} | {gain} | {last} | {len(r['seeds'])} | {r['seconds']:.0f} |"
 
     lines += [row(a, r) for a, r in out["real"].items()]
     for v, e in out["variants"].items():
@@ -772,17 +810,20 @@ def write_report(out: dict, path: Path) -> None:
     if g is not None:
         lines += ["", "## Which variant may cost a headline run", "",
                   f"A row clears the bar against a row it must beat with the same seeds (at least {g['min_seeds']}), "
-                  "every seed above it, and the paired 95 % interval over val images above 0. A variant is promoted "
-                  "when one of its rows clears it against all of them.", "",
-                  "| variant | row | vs | Δ val mDice [95 % CI over images] | Δ per seed | clears "
+                  "every seed above it, and the paired 95 % interval over val images (volumes: over val cases, each "
+                  "with all its slices) above 0. A variant is promoted when one of its rows clears it against all "
+                  "of them. The last step's Δ is the same comparison without choosing each run's best val "
+                  "evaluation (shown, not gated).", "",
+                  "| variant | row | vs | Δ val mDice [95 % CI] | Δ per seed | Δ per seed at the last step | clears "
                   "| volumes: Δ at structure ends / middle |",
-                  "|---|---|---|---|---|---|---|"]
+                  "|---|---|---|---|---|---|---|---|"]
         for v, e in g["variants"].items():
             for name, r in e["rows"].items():
                 for ref, x in r["versus"].items():
                     d = "—" if x["mean"] is None else f"{x['mean']:+.3f} [{x['ci95'][0]:+.3f}, {x['ci95'][1]:+.3f}]"
                     seeds = ", ".join(f"{p:+.3f}" for p in x["per_seed"]) or "—"
-                    lines.append(f"| {v} | {name} | {ref} | {d} | {seeds} | "
+                    last = ", ".join(f"{p:+.3f}" for p in x.get("per_seed_last", [])) or "—"
+                    lines.append(f"| {v} | {name} | {ref} | {d} | {seeds} | {last} | "
                                  f"{'yes' if x['clears'] else 'no: ' + x['why']} | {_by_position(x)} |")
         promoted = [v for v, e in g["variants"].items() if e["promote"]]
         lines += ["", f"Promoted: {', '.join(promoted) if promoted else 'none'}."]
@@ -879,7 +920,8 @@ def agree_cmd(
         None, help="The headline result (default: benchmarks/results/<dataset>-n<N>-cpu.json)."),
 ) -> None:
     """Recompute the rank agreement of a finished screen file with the headline result as it is now (e.g. after
-    the headline sweep gained arms), from the two files alone: no segmenter is trained."""
+    the headline sweep gained arms), and the gate, from the two files alone: no segmenter is trained. Rows whose
+    segmenters' run records are on this machine also get their last step's val score (:func:`fill_last_steps`)."""
     stem = f"screen-{dataset}-n{n}" + ("" if steps == STEPS else f"-s{steps}")
     out_path = results / f"{stem}-cpu.json"
     if not out_path.is_file():
@@ -890,6 +932,7 @@ def agree_cmd(
     held = screen_config(config, n, agree_with, steps=steps)
     recipe = held.generators[variant_generator(held)]
     headline = headline or ROOT / "benchmarks" / "results" / f"{dataset}-n{n}-cpu.json"
+    fill_last_steps(out, screen_dir(held, n))
     out["agreement"] = agreement(out, headline, agree_with, recipe.model_dump(mode="json"), variant_generator(held))
     out["gate"] = gate(out, agree_with)
     write_json_atomic(out_path, out)

@@ -40,6 +40,35 @@ def test_bootstrap_pairs_by_id_not_by_order_and_is_reproducible():
     assert stats.bootstrap_paired(arm, base, n_boot=500, seed=3) == d
 
 
+def test_bootstrap_by_group_resamples_whole_volumes_and_widens_where_their_slices_move_together():
+    """Slices of one volume share its difference: resampled one by one they look like 10x more evidence than the
+    10 volumes give; resampled by volume (``groups``) the interval has the volumes' own spread."""
+    rng = np.random.default_rng(0)
+    ids = [f"case{c}/2_{k:04d}" for c in range(10) for k in range(20)]
+    shift = {f"case{c}": rng.normal(0.01, 0.03) for c in range(10)}  # each volume's own gain
+    base = {i: 0.7 for i in ids}
+    arm = {i: 0.7 + shift[i.split("/")[0]] + rng.normal(0, 0.002) for i in ids}
+    groups = {i: i.split("/")[0] for i in ids}
+    flat = stats.bootstrap_paired(arm, base, n_boot=2000, seed=0)
+    by_case = stats.bootstrap_paired(arm, base, n_boot=2000, seed=0, groups=groups)
+    assert by_case["mean"] == flat["mean"] and by_case["n_images"] == 200 and by_case["n_groups"] == 10
+    assert "n_groups" not in flat
+    width = lambda d: d["ci95"][1] - d["ci95"][0]  # noqa: E731
+    assert width(by_case) > 3 * width(flat)
+    gains = np.array(list(shift.values()))
+    assert width(by_case) == pytest.approx(2 * 1.96 * gains.std() / np.sqrt(10), rel=0.35)
+    # every slice moving alone (no shared shift; 50 volumes of 4): about the same interval either way
+    many = [f"case{c}/2_{k:04d}" for c in range(50) for k in range(4)]
+    iid = {i: 0.7 + rng.normal(0.01, 0.03) for i in many}
+    flat_base, many_groups = dict.fromkeys(many, 0.7), {i: i.split("/")[0] for i in many}
+    volume_means = [np.mean([iid[i] - 0.7 for i in many[4 * c:4 * c + 4]]) for c in range(50)]
+    by_volume = width(stats.bootstrap_paired(iid, flat_base, groups=many_groups))
+    assert by_volume == pytest.approx(2 * 1.96 * np.std(volume_means) / np.sqrt(50), rel=0.15)
+    assert by_volume == pytest.approx(width(stats.bootstrap_paired(iid, flat_base)), rel=0.3)
+    with pytest.raises(ValueError, match="no group for image"):
+        stats.bootstrap_paired(arm, base, groups={i: g for i, g in list(groups.items())[1:]})
+
+
 def test_bootstrap_rejects_different_image_sets():
     with pytest.raises(ValueError, match="different image ids"):
         stats.bootstrap_paired({"a": 1.0, "b": 1.0}, {"a": 1.0, "c": 1.0})

@@ -160,6 +160,7 @@ def test_the_gate_of_volume_rows_shows_the_difference_at_structure_ends_and_midd
 
     out = {"real": {"baseline": row(0.0, 0.0)}, "variants": {"v": {"arms": {"synthetic": row(-0.1, 0.05)}}}}
     x = s.gate(out)["variants"]["v"]["rows"]["synthetic"]["versus"]["baseline"]
+    assert x["unit"] == "val cases"  # the interval resamples the 6 val volumes, each with its slices
     assert x["by_position"]["structure-ends"]["mean"] == pytest.approx(-0.1)
     assert x["by_position"]["structure-middle"]["mean"] == pytest.approx(0.05)
     path = tmp_path / "screen.md"
@@ -261,6 +262,54 @@ def test_the_longer_tuning_lever_reuses_the_headlines_pretrained_base():
     assert pretrain_config(g_based).steps == 2000 != pretrain_config(g_head).steps
     assert pretrain_config(g_based).model_copy(update={"steps": 1000}) == pretrain_config(g_head)
     assert short.generators["inpaint"].filter == based.generators["inpaint"].filter == head.generators["inpaint"].filter
+
+
+def test_the_gate_of_volume_rows_resamples_val_cases_and_shows_the_last_steps_difference(tmp_path):
+    """A gain that one val volume carries (its slices move together) is not 48 slices' evidence: over slices its
+    interval clears 0, over cases it does not; the last step's per-seed difference is shown beside the gate."""
+    s = load_benchmark("screen")
+    ids = [f"c{c}/2_{k:04d}" for c in range(6) for k in range(8)]
+    rng = np.random.default_rng(0)
+    base = {i: 0.6 for i in ids}
+    lucky = {i: 0.6 + (0.12 if i.startswith("c0/") else 0.0) + 0.001 * rng.standard_normal() for i in ids}
+
+    def row(img: dict, last: list[float]) -> dict:
+        mean = float(np.mean(list(img.values())))
+        return {"val_mdice": mean, "seeds": [0, 1], "per_image": img, "seconds": 1.0,
+                "val_mdice_by_seed": [mean + 0.001, mean - 0.001], "last_val_mdice_by_seed": last}
+
+    out = {"real": {"baseline": row(base, [0.6, 0.59])},
+           "variants": {"v": {"arms": {"synthetic": row(lucky, [0.6, 0.6])}}}}
+    x = s.gate(out)["variants"]["v"]["rows"]["synthetic"]["versus"]["baseline"]
+    assert x["mean"] == pytest.approx(0.02, abs=1e-3) and min(x["per_seed"]) > 0
+    assert s.bootstrap_paired(lucky, base)["ci95"][0] > 0  # counted as independent slices it would clear
+    assert x["unit"] == "val cases" and x["ci95"][0] <= 0 and not x["clears"]
+    assert x["why"].startswith("interval over val cases")
+    assert x["per_seed_last"] == [0.0, 0.01]
+    path = tmp_path / "screen.md"
+    s.write_report({**out, "dataset": "d", "n_labelled": 4, "resolution": 64, "machine": "m", "command": "c",
+                    "segment": {"steps": 400, "seeds": [0, 1]}, "gate": s.gate(out)}, path)
+    text = path.read_text(encoding="utf-8")
+    assert "| +0.000, +0.010 |" in text and "| 0.600 / 0.590 |" in text
+
+
+def test_rows_summarised_before_get_their_last_steps_score_from_the_run_records(tmp_path):
+    """`agree` fills a row's ``last_val_mdice_by_seed`` from its segmenters' records, only when every seed has one."""
+    s = load_benchmark("screen")
+
+    def record(path: Path, scores: list[float | None]) -> None:
+        (path / "segmenter").mkdir(parents=True)
+        history = [{"step": 100 * (k + 1), "loss": 1.0, "val_mdice": v} for k, v in enumerate(scores)]
+        (path / "segmenter" / "run.json").write_text(json.dumps({"history": history}))
+
+    record(tmp_path / "real" / "baseline" / "seed0", [0.5, 0.7, 0.6])
+    record(tmp_path / "real" / "baseline" / "seed1", [0.5, 0.65])
+    record(tmp_path / "v" / "synthetic" / "seed0", [0.4, 0.8, None])  # the last evaluation had no val score
+    out = {"real": {"baseline": {"seeds": [0, 1]}}, "variants": {"v": {"arms": {"synthetic": {"seeds": [0, 1]}}}}}
+    s.fill_last_steps(out, tmp_path)
+    assert out["real"]["baseline"]["last_val_mdice_by_seed"] == [0.6, 0.65]
+    assert "last_val_mdice_by_seed" not in out["variants"]["v"]["arms"]["synthetic"]  # seed 1 has no record
+    assert s.last_val_mdice(tmp_path / "v" / "synthetic" / "seed0") == 0.8
 
 
 def test_a_cached_screen_row_of_another_set_is_refused(tmp_path):
@@ -413,6 +462,10 @@ def test_screen_end_to_end_on_demo(tmp_path, monkeypatch):
     union_rows = json.loads((Path(tmp_path / "runs" / "screen" / "n8-steps4" / "today" /
                                   "synthetic+copy-paste+backgrounds" / "seed0" / "row.json")).read_text())
     assert 0 <= union["val_mdice"] <= 1 and len(read_manifest(union_rows["synthetic_set"])) == 16 + 8
+    # each row also keeps its val score at the last step (no best-evaluation selection), from the run's record
+    history = json.loads((Path(union_rows["checkpoint"]).parent / "run.json").read_text())["history"]
+    assert union["last_val_mdice_by_seed"] == [union_rows["last_val_mdice"]] == [history[-1]["val_mdice"]]
+    assert union["val_mdice"] == max(h["val_mdice"] for h in history) >= union_rows["last_val_mdice"]
     assert set(out["variants"]["vpred-minsnr"]["arms"]) == {"synthetic-only", "synthetic"}
     v = out["variants"]["vpred-minsnr"]
     assert v["n_synthetic"] == 16 and v["overrides"]["min_snr_gamma"] == 5.0

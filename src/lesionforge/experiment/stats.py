@@ -37,13 +37,19 @@ def per_image_means(per_seed: Sequence[Mapping[str, float]]) -> dict[str, float]
 
 
 def bootstrap_paired(
-    arm: Mapping[str, float], base: Mapping[str, float], n_boot: int = 2000, seed: int = 0
+    arm: Mapping[str, float], base: Mapping[str, float], n_boot: int = 2000, seed: int = 0,
+    groups: Mapping[str, str] | None = None,
 ) -> dict:
     """Paired bootstrap over images of the mean difference ``arm − base``.
 
     ``arm`` and ``base`` map image id -> metric (already averaged over seeds); they must hold the same ids.
     Returns ``{"mean", "ci95": [lo, hi], "n_images", "relative_pct"}`` where ``relative_pct`` is
     100 · mean difference / base mean. Images whose value is NaN in either arm are left out.
+
+    ``groups`` (image id -> group, e.g. the volume a slice was cut from): a cluster bootstrap that resamples whole
+    groups, each with all its images, and takes the mean over the images drawn (the same per-image mean). The
+    slices of one volume are not independent draws, so an interval over them alone is too narrow; the result
+    then also holds ``n_groups``.
     """
     if set(arm) != set(base):
         raise ValueError("bootstrap_paired: the two arms were scored on different image ids")
@@ -55,12 +61,23 @@ def bootstrap_paired(
     if d.size == 0:
         return {"mean": float("nan"), "ci95": [float("nan"), float("nan")], "n_images": 0, "relative_pct": None}
     rng = np.random.default_rng(seed)
-    idx = rng.integers(0, d.size, size=(n_boot, d.size))
-    boots = d[idx].mean(axis=1)
+    out: dict = {}
+    if groups is None:
+        idx = rng.integers(0, d.size, size=(n_boot, d.size))
+        boots = d[idx].mean(axis=1)
+    else:
+        missing = [i for i in ids if i not in groups]
+        if missing:
+            raise ValueError(f"bootstrap_paired: no group for image {missing[0]!r}")
+        _, member = np.unique([groups[i] for i, keep in zip(ids, ok, strict=True) if keep], return_inverse=True)
+        sums, counts = np.bincount(member, weights=d), np.bincount(member).astype(float)
+        pick = rng.integers(0, sums.size, size=(n_boot, sums.size))
+        boots = sums[pick].sum(axis=1) / counts[pick].sum(axis=1)
+        out["n_groups"] = int(sums.size)
     lo, hi = np.percentile(boots, [2.5, 97.5])
     return {
         "mean": float(d.mean()), "ci95": [float(lo), float(hi)], "n_images": int(d.size),
-        "relative_pct": relative_change(float(d.mean()), float(b.mean())),
+        "relative_pct": relative_change(float(d.mean()), float(b.mean())), **out,
     }
 
 
