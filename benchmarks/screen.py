@@ -11,6 +11,8 @@ segmenter (the headline's network and augmentation) at a reduced budget, on (a) 
 (b) the N real pairs plus the synthetic ones, selects and scores on real ``val`` (``test`` is never read), and
 sets beside them the label fidelity (``label_fidelity.own_vs_shuffled``) and the in-domain KID of the synthetic
 images. Real-only and copy-paste rows at the same budget make the scores comparable; they are trained once.
+Each row also keeps its val score at the last step, without choosing the best evaluation; on volumes the gate's
+paired intervals resample val cases, each with all its slices.
 Writes ``benchmarks/results/screen-<dataset>-n<N>-cpu.json`` and ``.md``; every stage resumes from its files.
 """
 
