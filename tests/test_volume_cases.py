@@ -127,6 +127,30 @@ def test_dice3d_of_a_known_toy_volume():
     assert score_masks(pred, gt, ["a", "b", "c", "d"]).cases == []  # 2D images: no 3D Dice
 
 
+def test_the_per_slice_interval_of_volumes_resamples_test_cases_with_their_slices():
+    """Two test cases whose slices all move together: over 8 slices the interval looks tight, over the 2 cases
+    it spans both cases' differences."""
+    from lesionforge.experiment.records import RunRecord
+    from lesionforge.experiment.results import paired_diff
+
+    ids = [f"c{c}/2_{k:04d}" for c in (1, 2) for k in range(4)]
+
+    def rec(arm: str, seed: int, gain: dict[str, float]) -> RunRecord:
+        dice = [0.5 + gain[i.split("/")[0]] + 0.001 * k for k, i in enumerate(ids)]
+        return RunRecord(n_labelled=4, arm=arm, seed=seed, ids=ids, dice=dice, iou=dice, mdice=float(np.mean(dice)),
+                         miou=float(np.mean(dice)), miss_rate=None,
+                         miss_rate_by_band={"small": None, "medium": None, "large": None},
+                         cases=["c1", "c2"], dice3d=[0.6, 0.6], mdice3d=0.6)
+
+    base = [rec("baseline", s, {"c1": 0.0, "c2": 0.0}) for s in range(2)]
+    arm = [rec("syn", s, {"c1": 0.1, "c2": -0.02}) for s in range(2)]
+    d = paired_diff(arm, base, n_boot=500)["mdice"]
+    assert d["mean"] == pytest.approx(0.04) and d["over_cases"]["mean"] == pytest.approx(0.04)
+    assert d["over_cases"]["n_cases"] == 2
+    assert d["over_cases"]["ci95"] == pytest.approx([-0.02, 0.1])  # each draw: c1 twice, c2 twice, or one each
+    assert d["over_cases"]["ci95"][1] - d["over_cases"]["ci95"][0] > d["ci95"][1] - d["ci95"][0]
+
+
 def test_paired_mdice3d_over_cases_in_results_and_report():
     from lesionforge.experiment.records import RunRecord
     from lesionforge.experiment.report import arms_table, diff_table
@@ -139,9 +163,13 @@ def test_paired_mdice3d_over_cases_in_results_and_report():
 
     base = [rec("baseline", s, [0.5, 0.6, 0.7]) for s in range(3)]
     arm = [rec("cp", s, [0.6, 0.7, 0.8 + 0.01 * s]) for s in range(3)]
-    d = paired_diff(arm, base, n_boot=200)["mdice3d"]
+    diffs = paired_diff(arm, base, n_boot=200)
+    d = diffs["mdice3d"]
     assert d["unit"] == "cases" and d["n_images"] == 3 and d["mean"] == pytest.approx(0.1033, abs=1e-3)
     assert d["ci95"][0] > 0 and d["over_seeds"]["n_seeds"] == 3
+    # the per-slice mDice's interval resampled by case as well (one test slice of one case here)
+    assert diffs["mdice"]["over_cases"]["n_cases"] == 1 and diffs["mdice"]["over_cases"]["mean"] == 0.0
+    assert "ΔmDice over cases" in diff_table({"cp": diffs})
     table = arms_table({"arms": {"baseline": {"mdice": [0.5], "miou": [0.4], "miss_rate": [None],
                                               "mdice3d": [0.6]}}})
     assert "mDice 3D" in table and "0.600" in table

@@ -106,15 +106,15 @@ def diff_table(diffs: dict[str, Any], ref: str = "baseline") -> str:
     """Markdown table of paired differences (arm − ``ref``) with 95 % CIs over images (and over seeds)."""
     vol = any("mdice3d" in d for d in diffs.values())  # volumes: 3D Dice bootstrapped over test cases
     head = (f"| arm − {ref} | ΔmDice [95 % CI] | ΔmIoU [95 % CI] | Δmiss rate [95 % CI] | Δmiss small [95 % CI] | "
-            "ΔmDice over seeds |" + (" ΔmDice 3D over cases [95 % CI] |" if vol else "")
-            + "\n" + "|---" * (7 if vol else 6) + "|")
+            "ΔmDice over seeds |" + (" ΔmDice over cases [95 % CI] | ΔmDice 3D over cases [95 % CI] |" if vol else "")
+            + "\n" + "|---" * (8 if vol else 6) + "|")
     rows = []
     for name, d in diffs.items():
         small = d.get("miss_rate_small")
         small_s = _ci(small) if small and "ci95" in small else _rel(small)
         rows.append(f"| {name} | {_ci(d.get('mdice'))} | {_ci(d.get('miou'))} | {_ci(d.get('miss_rate'))} | "
                     f"{small_s} | {_ci(d.get('mdice', {}).get('over_seeds'))} |"
-                    + (f" {_ci(d.get('mdice3d'))} |" if vol else ""))
+                    + (f" {_ci(d.get('mdice', {}).get('over_cases'))} | {_ci(d.get('mdice3d'))} |" if vol else ""))
     return "\n".join([head, *rows])
 
 

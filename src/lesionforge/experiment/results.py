@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from lesionforge.data.volumes import case_of
 from lesionforge.experiment import stats
 from lesionforge.experiment.budget import budget_of, segment_config_for
 from lesionforge.experiment.config import ExperimentConfig, uses_unlabelled
@@ -183,12 +184,19 @@ def paired_diff(
 ) -> dict[str, Any]:
     """Paired differences ``arm − base``: mdice and miou bootstrapped over images; miss_rate overall and by
     band as pooled lesion ratios bootstrapped over images (when per-image counts exist); mdice3d (volumes)
-    bootstrapped over test cases; each also over seeds when >= 3; and the same over images restricted to each
-    named subset (``subsets[name]`` = image ids)."""
+    bootstrapped over test cases, and mdice's ``over_cases`` (volumes): the per-slice mean resampled by case;
+    each also over seeds when >= 3; and the same over images restricted to each named subset (``subsets[name]``
+    = image ids)."""
     out: dict[str, Any] = _diffs(arm, base, n_boot, seed)
     if all(r.cases is not None for r in [*arm, *base]) and arm and base:
         per_case = [stats.per_image_means([r.per_image("dice3d") for r in recs]) for recs in (arm, base)]
         out["mdice3d"] = {**stats.bootstrap_paired(*per_case, n_boot, seed), "unit": "cases"}
+        # the per-slice mDice's interval again, each test case resampled with all its slices (a volume's slices
+        # are not independent draws; the interval over slices above treats them as if they were)
+        slices = [stats.per_image_means([r.per_image("dice") for r in recs]) for recs in (arm, base)]
+        by_case = stats.bootstrap_paired(*slices, n_boot, seed, groups={i: case_of(i) or i for i in slices[0]})
+        out["mdice"]["over_cases"] = {"mean": by_case["mean"], "ci95": by_case["ci95"],
+                                      "n_cases": by_case.get("n_groups", 0)}
     for key, d in out.items():
         seeds = _seed_ci(arm, base, key)
         if seeds is not None:
