@@ -40,7 +40,7 @@ from label_fidelity import own_vs_shuffled  # noqa: E402
 from lesionforge.data.arrays import PairArrays, load_arrays  # noqa: E402
 from lesionforge.data.bands import BANDS, EMPTY, mask_group  # noqa: E402
 from lesionforge.data.manifest import read_set  # noqa: E402
-from lesionforge.data.volumes import case_of, position_subsets  # noqa: E402
+from lesionforge.data.volumes import case_groups, position_subsets  # noqa: E402
 from lesionforge.experiment.agreement import rank_agreement  # noqa: E402
 from lesionforge.experiment.budget import segment_config_for  # noqa: E402
 from lesionforge.experiment.config import (  # noqa: E402
@@ -711,7 +711,7 @@ def _versus(row: dict, ref: dict) -> dict:
     ids = list(row["per_image"])
     volumes = is_volumetric(ids)
     # volumes: resampled by val case, each with all its slices (a volume's slices are not independent draws)
-    groups = {i: case_of(i) or i for i in ids} if volumes else None
+    groups = case_groups(ids) if volumes else None
     unit = "val cases" if volumes else "val images"
     diff = bootstrap_paired(row["per_image"], ref["per_image"], groups=groups) if same else None
     by_seed = dict(zip(ref["seeds"], ref["val_mdice_by_seed"], strict=True))

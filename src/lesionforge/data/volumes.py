@@ -19,6 +19,7 @@ reassemble a whole volume for its 3D Dice.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -59,6 +60,12 @@ def case_of(sample_id: str) -> str | None:
     """The case (volume) of a slice id, or None for an id that is not a volume slice."""
     m = _SLICE_ID.match(sample_id)
     return m["case"] if m else None
+
+
+def case_groups(ids: Iterable[str]) -> dict[str, str]:
+    """Each id's case (an id that is not a volume slice is its own group): the groups of a paired bootstrap that
+    resamples cases, each with all its slices (``experiment.stats.bootstrap_paired``)."""
+    return {i: case_of(i) or i for i in ids}
 
 
 def slice_order(sample_id: str) -> tuple[int, int]:

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from lesionforge.data.volumes import case_of
+from lesionforge.data.volumes import case_groups
 from lesionforge.experiment import stats
 from lesionforge.experiment.budget import budget_of, segment_config_for
 from lesionforge.experiment.config import ExperimentConfig, uses_unlabelled
@@ -187,16 +187,11 @@ def paired_diff(
     bootstrapped over test cases, and mdice's ``over_cases`` (volumes): the per-slice mean resampled by case;
     each also over seeds when >= 3; and the same over images restricted to each named subset (``subsets[name]``
     = image ids)."""
-    out: dict[str, Any] = _diffs(arm, base, n_boot, seed)
-    if all(r.cases is not None for r in [*arm, *base]) and arm and base:
+    volumes = all(r.cases is not None for r in [*arm, *base]) and bool(arm) and bool(base)
+    out: dict[str, Any] = _diffs(arm, base, n_boot, seed, by_case=volumes)
+    if volumes:
         per_case = [stats.per_image_means([r.per_image("dice3d") for r in recs]) for recs in (arm, base)]
         out["mdice3d"] = {**stats.bootstrap_paired(*per_case, n_boot, seed), "unit": "cases"}
-        # the per-slice mDice's interval again, each test case resampled with all its slices (a volume's slices
-        # are not independent draws; the interval over slices above treats them as if they were)
-        slices = [stats.per_image_means([r.per_image("dice") for r in recs]) for recs in (arm, base)]
-        by_case = stats.bootstrap_paired(*slices, n_boot, seed, groups={i: case_of(i) or i for i in slices[0]})
-        out["mdice"]["over_cases"] = {"mean": by_case["mean"], "ci95": by_case["ci95"],
-                                      "n_cases": by_case.get("n_groups", 0)}
     for key, d in out.items():
         seeds = _seed_ci(arm, base, key)
         if seeds is not None:
@@ -207,20 +202,30 @@ def paired_diff(
 
 
 def _diffs(
-    arm: list[RunRecord], base: list[RunRecord], n_boot: int, seed: int, ids: set[str] | None = None
+    arm: list[RunRecord], base: list[RunRecord], n_boot: int, seed: int, ids: set[str] | None = None,
+    by_case: bool = False,
 ) -> dict[str, dict[str, Any]]:
-    return {**_overlap_diffs(arm, base, n_boot, seed, ids), **_miss_diffs(arm, base, n_boot, seed, ids)}
+    return {**_overlap_diffs(arm, base, n_boot, seed, ids, by_case), **_miss_diffs(arm, base, n_boot, seed, ids)}
 
 
 def _overlap_diffs(
-    arm: list[RunRecord], base: list[RunRecord], n_boot: int, seed: int, ids: set[str] | None = None
+    arm: list[RunRecord], base: list[RunRecord], n_boot: int, seed: int, ids: set[str] | None = None,
+    by_case: bool = False,
 ) -> dict[str, dict[str, Any]]:
     def means(recs: list[RunRecord], key: str) -> dict[str, float]:
         m = stats.per_image_means([r.per_image(key) for r in recs])
         return m if ids is None else {i: v for i, v in m.items() if i in ids}
 
-    return {metric: stats.bootstrap_paired(means(arm, key), means(base, key), n_boot, seed)
-            for metric, key in (("mdice", "dice"), ("miou", "iou"))}
+    out = {}
+    for metric, key in (("mdice", "dice"), ("miou", "iou")):
+        a, b = means(arm, key), means(base, key)
+        out[metric] = stats.bootstrap_paired(a, b, n_boot, seed)
+        if by_case and metric == "mdice":
+            # the same difference with each test case resampled with all its slices (a volume's slices are not
+            # independent draws; the interval over slices treats them as if they were)
+            d = stats.bootstrap_paired(a, b, n_boot, seed, groups=case_groups(a))
+            out[metric]["over_cases"] = {"mean": d["mean"], "ci95": d["ci95"], "n_cases": d.get("n_groups", 0)}
+    return out
 
 
 def _miss_diffs(
