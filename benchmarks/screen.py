@@ -54,6 +54,7 @@ from lesionforge.experiment.config import (  # noqa: E402
 from lesionforge.experiment.locks import WAIT_TIMEOUT_S, Busy  # noqa: E402
 from lesionforge.experiment.real_stages import LesionforgeStages  # noqa: E402
 from lesionforge.experiment.runner import SyntheticCache, _Wait, prepare_output  # noqa: E402
+from lesionforge.experiment.set_fingerprint import fingerprint  # noqa: E402
 from lesionforge.experiment.stages import ExperimentData, SyntheticSet  # noqa: E402
 from lesionforge.experiment.stats import bootstrap_paired  # noqa: E402
 from lesionforge.generate.models import read_meta  # noqa: E402
@@ -125,7 +126,10 @@ VARIANTS: dict[str, Variant] = {
     # the best 2 of 8 of every labelled pair, no absolute threshold: what is synthesized is not narrowed
     "pretrain+8per-top2": Variant(_PRETRAIN, {**_SDE25, "n_per_real": 8}, _TOP2),
     "pretrain+8per-top2+ratio0.5": Variant(_PRETRAIN, {**_SDE25, "n_per_real": 8}, _TOP2, arm=_mix(0.5)),
+    # twice the kept pairs (124): the best 4 of 16 per labelled pair (the headline's selectivity, a new set of 512
+    # draws), or the best 4 of the headline's own 8 (the same set, half as selective) (session 27)
     "pretrain+16per-top4": Variant(_PRETRAIN, {**_SDE25, "n_per_real": 16}, {"keep_best": 4, "threshold": 0.0}),
+    "pretrain+8per-top4": Variant(_PRETRAIN, {**_SDE25, "n_per_real": 8}, {"keep_best": 4, "threshold": 0.0}),
     # twice the draws for the same 2 kept per labelled pair: more choice for the validator, same set size
     "pretrain+16per-top2": Variant(_PRETRAIN, {**_SDE25, "n_per_real": 16}, _TOP2),
     # the same choices with the kept lesions' size bands in the shares drawn (the validator prefers large jitters)
@@ -168,6 +172,10 @@ VARIANTS: dict[str, Variant] = {
     # the real slices of a structure's thin ends, where the MRI arms lose (docs/volumes.md), get the last half whole
     "pretrain+8per-top2+until0.5": Variant(_PRETRAIN, {**_SDE25, "n_per_real": 8}, _TOP2,
                                            arm=_mix(1, synthetic_until=0.5)),
+    # the same for the last quarter of the steps (session 27, Kvasir-SEG: with --union the joined arm, the headline's
+    # best, gets the same mixing: do the pairs and the pasted lesions help most early, before the real pairs alone?)
+    "pretrain+8per-top2+until0.75": Variant(_PRETRAIN, {**_SDE25, "n_per_real": 8}, _TOP2,
+                                            arm=_mix(1, synthetic_until=0.75)),
     # masks jittered in shape only, where they are: a structure bound to its anatomical place (the hippocampus in
     # its MRI crop) is not moved off it (no shift, up to 10 degrees of rotation); the same generator, a new set
     "pretrain+8per-top2+in-place": Variant(_PRETRAIN, _IN_PLACE, _TOP2),
@@ -183,6 +191,10 @@ VARIANTS: dict[str, Variant] = {
     # and its ratio halved: 1 synthetic pair to 2 real ones in the first half of the steps
     "pretrain+8per-top2+in-place+until0.5+ratio0.5": Variant(
         _PRETRAIN, _IN_PLACE, _TOP2, arm=_mix(0.5, synthetic_until=0.5)),
+    # the promoted MRI recipe keeping the best 4 of each labelled slice's 8 draws instead of 2: twice the pairs, half
+    # as selective (session 27; the in-place set reused, only the filter and the segmenters are new)
+    "pretrain+8per-top4+in-place+until0.5": Variant(_PRETRAIN, _IN_PLACE, {"keep_best": 4, "threshold": 0.0},
+                                                    arm=_mix(1, synthetic_until=0.5)),
     # the promoted MRI recipe with the draws shifted to the thin ends, where its loss is left (docs/volumes.md): the
     # masks of a structure's end slices drawn twice as often as the middle ones, for the same number of draws, so
     # the best 2 kept of each end slice are chosen from about twice as many (the drawn small pairs are the least
@@ -361,7 +373,7 @@ def run_row(cfg: ExperimentConfig, data: ExperimentData, n: int, arm: ArmSetting
     (``run_arm`` scores the data's ``test``: here that is ``val``). Cached as ``row.json`` in ``folder``."""
     done = folder / "row.json"
     folder.mkdir(parents=True, exist_ok=True)
-    used = set_identity(synthetic, arm.filtered)
+    used, drawn = set_identity(synthetic, arm.filtered), set_fingerprint(synthetic, arm.filtered)
     with _locked(folder / "row.lock"):  # two screens (other variants) share the real rows: one trains, one waits
         if done.is_file():
             row = json.loads(done.read_text(encoding="utf-8"))
@@ -369,6 +381,10 @@ def run_row(cfg: ExperimentConfig, data: ExperimentData, n: int, arm: ArmSetting
             if row.get("synthetic_set", used) != used:
                 raise typer.BadParameter(f"{done} was trained on {row['synthetic_set']}, the variant now draws "
                                          f"{used}: its definition changed; give the new one another name")
+            if row.get("synthetic_fingerprint", drawn) != drawn:  # rows written before rows recorded it: unknown
+                raise typer.BadParameter(f"{done} was trained on another draw of {used} (content fingerprint "
+                                         f"{row['synthetic_fingerprint']}, the set now {drawn}): the set was made "
+                                         "again since (another machine or code); screen into a fresh folder")
             if "last_val_mdice" not in row:  # a row written before rows recorded it: from its segmenter's record
                 row["last_val_mdice"] = last_val_mdice(folder)
             return row
@@ -378,7 +394,7 @@ def run_row(cfg: ExperimentConfig, data: ExperimentData, n: int, arm: ArmSetting
         row = {"arm": arm.name, "seed": seed, "val_mdice": out["mdice"], "ids": out["ids"], "dice": out["dice"],
                "miss_rate": out["miss_rate"], "best_val_mdice": out["best_val_mdice"],
                "seconds": round(time.perf_counter() - t0, 1), "checkpoint": str(folder / "segmenter" / "best"),
-               "synthetic_set": used, "last_val_mdice": last_val_mdice(folder)}
+               "synthetic_set": used, "synthetic_fingerprint": drawn, "last_val_mdice": last_val_mdice(folder)}
         write_json_atomic(done, row)
         return row
 
@@ -412,6 +428,15 @@ def set_identity(synthetic: SyntheticSet | None, filtered: bool) -> str | None:
     if synthetic is None:
         return None
     return str(synthetic.filtered_manifest if filtered and synthetic.filtered_manifest else synthetic.manifest)
+
+
+def set_fingerprint(synthetic: SyntheticSet | None, filtered: bool) -> str | None:
+    """The content of what a row trains on (:func:`set_identity` names only the file, and a set made again on
+    another machine, or a filter's code changed, keeps its file name): every drawn file, and for a filtered row
+    which of them the filter kept (``experiment/set_fingerprint.py``, the carried runs' check)."""
+    if synthetic is None:
+        return None
+    return fingerprint(synthetic if filtered else replace(synthetic, filtered_manifest=None))["fingerprint"]
 
 
 @contextmanager
@@ -562,11 +587,7 @@ def screen(config: Path, n: int, variants: list[str], results: Path, headline: P
             if v not in made:
                 vcfg = screen_config(config, n, v, **budget)
                 made[v] = (vcfg, prepare(vcfg, data, n))
-                before = out["variants"].get(v, {})
-                if before.get("set") != set_identity(made[v][1], VARIANTS[v].filter is not None):
-                    # measured on another set (or before entries named theirs): measured again on this one
-                    before = {k: x for k, x in before.items() if k != "quality"}
-                out["variants"][v] = describe_variant(before, v, made[v][1])
+                out["variants"][v] = describe_variant(out["variants"].get(v, {}), v, made[v][1])
             cfg, synthetic = made[v]
             entry = out["variants"][v]
             if entry.get("quality", {}).get("version") != QUALITY_VERSION:  # not measured, or measured otherwise
@@ -604,11 +625,25 @@ def variant_arms(name: str, agree_with: str = HEADLINE_VARIANT,
 
 
 def describe_variant(entry: dict, v: str, synthetic: SyntheticSet) -> dict:
-    """The variant's settings and costs: generator (and pretrained base) training seconds, synthesis."""
+    """The variant's settings and costs: generator (and pretrained base) training seconds, synthesis. An entry
+    measured on another set (:func:`set_identity`, :func:`set_fingerprint`) gets its quality measured again, and
+    its rows, known to be of another set, move to ``earlier_sets``: one entry's rows are all of one set."""
+    filtered = VARIANTS[v].filter is not None
+    now, drawn = set_identity(synthetic, filtered), set_fingerprint(synthetic, filtered)
+    # an entry written before entries named their set, or recorded its content, cannot be told apart: its rows stay
+    other = (entry.get("set") not in (None, now)
+             or entry.get("set_fingerprint", drawn) != drawn)
+    if other:
+        earlier = {k: entry[k] for k in ("set", "set_fingerprint", "arms") if k in entry}
+        entry = {k: x for k, x in entry.items() if k not in ("set", "set_fingerprint", "arms", "quality")}
+        if earlier.get("arms"):
+            entry["earlier_sets"] = [*entry.get("earlier_sets", []), earlier]
+    elif entry.get("set") != now or "set_fingerprint" not in entry:
+        entry = {k: x for k, x in entry.items() if k != "quality"}  # measured before it named its set: again
     base = read_meta(synthetic.info["generator_dir"]).get("pretrained_base")
     base_s = read_meta(base).get("train_seconds") if base else None
     timings = synthetic.info["timings"]
-    return {**entry, **VARIANTS[v].describe(), "set": set_identity(synthetic, VARIANTS[v].filter is not None),
+    return {**entry, **VARIANTS[v].describe(), "set": now, "set_fingerprint": drawn,
             "n_kept": synthetic.info.get("n_kept"),
             "generator_dir": synthetic.info["generator_dir"],
             "pretrained_base": base, "base_train_s": base_s,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -10,8 +11,10 @@ import pytest
 import yaml
 from conftest import load_benchmark
 
-from lesionforge.data.manifest import read_manifest
+from lesionforge.data.io import write_image, write_mask
+from lesionforge.data.manifest import Provenance, Sample, read_manifest, write_manifest
 from lesionforge.experiment.agreement import rank_agreement
+from lesionforge.experiment.stages import SyntheticSet
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -312,19 +315,67 @@ def test_rows_summarised_before_get_their_last_steps_score_from_the_run_records(
     assert s.last_val_mdice(tmp_path / "v" / "synthetic" / "seed0") == 0.8
 
 
+def _drawn_set(folder: Path, pixel: int, kept: tuple[bool, ...], filter_name: str = "filtered-1.jsonl"):
+    """A set of len(kept) drawn pairs on disk (images filled with ``pixel``) and its filter's verdicts."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i, k in enumerate(kept):
+        write_image(folder / f"{i}.png", np.full((8, 8, 3), pixel, np.uint8))
+        write_mask(folder / f"{i}_mask.png", np.eye(8, dtype=np.uint8))
+        rows.append(Sample(id=f"syn-{i}", image=str(folder / f"{i}.png"), masks=[str(folder / f"{i}_mask.png")],
+                           origin="synthetic", provenance=Provenance(validation={"kept": k})))
+    write_manifest(folder / "manifest.jsonl", [r.model_copy(update={"provenance": None}) for r in rows])
+    write_manifest(folder / filter_name, rows)
+    return SyntheticSet(folder / "manifest.jsonl", folder / filter_name, {})
+
+
 def test_a_cached_screen_row_of_another_set_is_refused(tmp_path):
-    """A row trained on one synthetic set is not reused for another (a variant whose definition changed)."""
+    """A row trained on one synthetic set is not reused for another: a variant whose definition changed (another
+    filter file), or the same files drawn again with other content (another machine, a filter's code changed)."""
     s = load_benchmark("screen")
     folder = tmp_path / "row"
     folder.mkdir()
-    one = s.SyntheticSet(tmp_path / "a" / "manifest.jsonl", tmp_path / "a" / "filtered-1.jsonl", {})
-    other = s.SyntheticSet(tmp_path / "a" / "manifest.jsonl", tmp_path / "a" / "filtered-2.jsonl", {})
+    one = _drawn_set(tmp_path / "a", 100, (True, False))
+    other = replace(one, filtered_manifest=_drawn_set(tmp_path / "a", 100, (True, False), "filtered-2.jsonl")
+                    .filtered_manifest)
     arm = s.ArmSettings(name="synthetic", kind="synthetic", generator="inpaint", filtered=True)
-    (folder / "row.json").write_text(json.dumps({"val_mdice": 0.5, "synthetic_set": s.set_identity(one, True)}))
+    (folder / "row.json").write_text(json.dumps({"val_mdice": 0.5, "synthetic_set": s.set_identity(one, True),
+                                                 "synthetic_fingerprint": s.set_fingerprint(one, True)}))
     assert s.run_row(None, None, 8, arm, 0, folder, one)["val_mdice"] == 0.5  # the same set: read back
     with pytest.raises(s.typer.BadParameter, match="definition changed"):
         s.run_row(None, None, 8, arm, 0, folder, other)
     assert s.set_identity(one, False) == s.set_identity(other, False)  # unfiltered rows: both draw the same set
+    assert s.set_fingerprint(one, False) == s.set_fingerprint(other, False)
+    # the same file names, other kept pairs (the filter's code changed): the filtered row is refused
+    _drawn_set(tmp_path / "a", 100, (False, True))
+    assert s.set_fingerprint(one, False) == s.set_fingerprint(other, False)  # the draws themselves did not change
+    with pytest.raises(s.typer.BadParameter, match="another draw"):
+        s.run_row(None, None, 8, arm, 0, folder, one)
+    # a row written before rows recorded their content is still read back by its file name
+    (folder / "row.json").write_text(json.dumps({"val_mdice": 0.5, "synthetic_set": s.set_identity(one, True)}))
+    assert s.run_row(None, None, 8, arm, 0, folder, one)["val_mdice"] == 0.5
+
+
+def test_a_screen_entry_keeps_rows_of_one_set_and_moves_those_of_an_earlier_draw_aside(tmp_path, monkeypatch):
+    """A variant screened again on a set made again (same files, other content) does not mix the earlier set's
+    rows (e.g. a one-seed pairs-alone row) with the new ones: they move to ``earlier_sets`` and its quality is
+    measured again; an entry of the same set keeps its rows and quality."""
+    s = load_benchmark("screen")
+    monkeypatch.setattr(s, "read_meta", lambda _: {})
+    synthetic = _drawn_set(tmp_path / "a", 100, (True, False))
+    synthetic = replace(synthetic, info={"generator_dir": str(tmp_path), "timings": {}, "n_generated": 2})
+    v = "pretrain+8per-top2-bands"
+    entry = s.describe_variant({"arms": {"synthetic": {"seeds": [0]}}, "quality": {"version": 2}}, v, synthetic)
+    assert "quality" not in entry and entry["arms"] and entry["set_fingerprint"]  # unknown set: measured again
+    entry["quality"] = {"version": 2}
+    again = s.describe_variant(entry, v, synthetic)
+    assert again["arms"] == entry["arms"] and again["quality"] == entry["quality"] and "earlier_sets" not in again
+    _drawn_set(tmp_path / "a", 120, (True, False))  # the set drawn again: other images under the same names
+    moved = s.describe_variant(again, v, synthetic)
+    assert "arms" not in moved and "quality" not in moved
+    assert moved["earlier_sets"] == [{"set": again["set"], "set_fingerprint": again["set_fingerprint"],
+                                      "arms": again["arms"]}]
+    assert moved["set_fingerprint"] != again["set_fingerprint"] and moved["set"] == again["set"]
 
 
 def test_a_set_another_screen_is_drawing_is_waited_for_not_a_crash(monkeypatch, tmp_path):
