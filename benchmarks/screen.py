@@ -130,6 +130,8 @@ VARIANTS: dict[str, Variant] = {
     # draws), or the best 4 of the headline's own 8 (the same set, half as selective) (session 27)
     "pretrain+16per-top4": Variant(_PRETRAIN, {**_SDE25, "n_per_real": 16}, {"keep_best": 4, "threshold": 0.0}),
     "pretrain+8per-top4": Variant(_PRETRAIN, {**_SDE25, "n_per_real": 8}, {"keep_best": 4, "threshold": 0.0}),
+    # and the other way: the best 1 of each labelled pair's 8 (31 pairs, twice as selective; the same set)
+    "pretrain+8per-top1": Variant(_PRETRAIN, {**_SDE25, "n_per_real": 8}, {"keep_best": 1, "threshold": 0.0}),
     # twice the draws for the same 2 kept per labelled pair: more choice for the validator, same set size
     "pretrain+16per-top2": Variant(_PRETRAIN, {**_SDE25, "n_per_real": 16}, _TOP2),
     # the same choices with the kept lesions' size bands in the shares drawn (the validator prefers large jitters)
@@ -191,9 +193,12 @@ VARIANTS: dict[str, Variant] = {
     # and its ratio halved: 1 synthetic pair to 2 real ones in the first half of the steps
     "pretrain+8per-top2+in-place+until0.5+ratio0.5": Variant(
         _PRETRAIN, _IN_PLACE, _TOP2, arm=_mix(0.5, synthetic_until=0.5)),
-    # the promoted MRI recipe keeping the best 4 of each labelled slice's 8 draws instead of 2: twice the pairs, half
-    # as selective (session 27; the in-place set reused, only the filter and the segmenters are new)
+    # the promoted MRI recipe keeping the best 4 (or 1) of each labelled slice's 8 draws instead of 2: twice the
+    # pairs and half as selective, or the other way (session 27; the in-place set reused, only the filter and the
+    # segmenters are new)
     "pretrain+8per-top4+in-place+until0.5": Variant(_PRETRAIN, _IN_PLACE, {"keep_best": 4, "threshold": 0.0},
+                                                    arm=_mix(1, synthetic_until=0.5)),
+    "pretrain+8per-top1+in-place+until0.5": Variant(_PRETRAIN, _IN_PLACE, {"keep_best": 1, "threshold": 0.0},
                                                     arm=_mix(1, synthetic_until=0.5)),
     # the promoted MRI recipe with the draws shifted to the thin ends, where its loss is left (docs/volumes.md): the
     # masks of a structure's end slices drawn twice as often as the middle ones, for the same number of draws, so
