@@ -636,15 +636,13 @@ def describe_variant(entry: dict, v: str, synthetic: SyntheticSet) -> dict:
     filtered = VARIANTS[v].filter is not None
     now, drawn = set_identity(synthetic, filtered), set_fingerprint(synthetic, filtered)
     # an entry written before entries named their set, or recorded its content, cannot be told apart: its rows stay
-    other = (entry.get("set") not in (None, now)
-             or entry.get("set_fingerprint", drawn) != drawn)
-    if other:
+    if entry.get("set") not in (None, now) or entry.get("set_fingerprint", drawn) != drawn:
         earlier = {k: entry[k] for k in ("set", "set_fingerprint", "arms") if k in entry}
         entry = {k: x for k, x in entry.items() if k not in ("set", "set_fingerprint", "arms", "quality")}
         if earlier.get("arms"):
             entry["earlier_sets"] = [*entry.get("earlier_sets", []), earlier]
-    elif entry.get("set") != now or "set_fingerprint" not in entry:
-        entry = {k: x for k, x in entry.items() if k != "quality"}  # measured before it named its set: again
+    elif "set_fingerprint" not in entry:  # (written with its set's name): its quality is measured again
+        entry = {k: x for k, x in entry.items() if k != "quality"}
     base = read_meta(synthetic.info["generator_dir"]).get("pretrained_base")
     base_s = read_meta(base).get("train_seconds") if base else None
     timings = synthetic.info["timings"]
