@@ -95,6 +95,9 @@ _SDE25 = {"sampler": "sde-dpm++", "sampling_steps": 25}  # stochastic DPM-Solver
 _IN_PLACE = {**_SDE25, "n_per_real": 8,  # 8 per labelled pair from masks jittered in shape only, where they are
              "jitter": {"max_shift": 0.0, "max_rotate": 10.0}}
 _TOP2 = {"keep_best": 2, "threshold": 0.0}  # the best 2 of each labelled pair's draws, no absolute cut
+#: the mask2image kind, 8 per labelled pair from jittered masks
+_MASK2IMAGE = {**_SDE25, "n_per_real": 8, "method": "mask-conditioned",
+               "config": "generator-mask2image-{preset}-cpu.yaml"}
 
 
 def _mix(ratio: float, **fields: float) -> dict[str, Any]:
@@ -144,9 +147,9 @@ VARIANTS: dict[str, Variant] = {
     "pretrain+16per-sde25": Variant(_PRETRAIN, {**_SDE25, "n_per_real": 16}),
     # the other kinds, with the winning recipe (pretraining without masks, 8 per pair, the best 2 kept): by the
     # label-fidelity test mask2image and edge-text draw the more faithful pairs (docs/results.md)
-    "pretrain+mask2image-8per-top2": Variant(_PRETRAIN, {**_SDE25, "n_per_real": 8, "method": "mask-conditioned",
-                                                         "config": "generator-mask2image-{preset}-cpu.yaml"},
-                                             _TOP2),
+    "pretrain+mask2image-8per-top2": Variant(_PRETRAIN, _MASK2IMAGE, _TOP2),
+    # BUSI's screen (session 28): the mask2image pairs at half the synthetic:real ratio (the set reused, rows only)
+    "pretrain+mask2image-8per-top2+ratio0.5": Variant(_PRETRAIN, _MASK2IMAGE, _TOP2, arm=_mix(0.5)),
     "pretrain+edge-text-8per-top2": Variant(_PRETRAIN, {**_SDE25, "n_per_real": 8, "method": "edge-guided",
                                                         "config": "generator-edge-text-{preset}-cpu.yaml"},
                                             _TOP2),
