@@ -421,13 +421,19 @@ def last_val_mdice(folder: Path) -> float | None:
 
 def fill_last_steps(out: dict, folder: Path) -> None:
     """Give every row of a screen file whose seeds' run records are all in ``folder`` (the screen's rows, as
-    :func:`screen` lays them out) its ``last_val_mdice_by_seed``: rows summarised before rows kept it."""
+    :func:`screen` lays them out) its ``last_val_mdice_by_seed``, and its ``per_image_by_seed`` from the seeds'
+    ``row.json``: rows summarised before rows kept them."""
     rows = [(folder / "real" / a, r) for a, r in out.get("real", {}).items()]
     rows += [(folder / v / a, r) for v, e in out.get("variants", {}).items() for a, r in e.get("arms", {}).items()]
     for path, r in rows:
         last = [last_val_mdice(path / f"seed{s}") for s in r["seeds"]]
         if None not in last:
             r["last_val_mdice_by_seed"] = last
+        done = [path / f"seed{s}" / "row.json" for s in r["seeds"]]
+        if "per_image_by_seed" not in r and "per_image" in r and all(f.is_file() for f in done):
+            seeds = [json.loads(f.read_text(encoding="utf-8")) for f in done]
+            if all(sorted(x["ids"]) == list(r["per_image"]) for x in seeds):  # the rows this summary was made of
+                r["per_image_by_seed"] = _by_seed(seeds, list(r["per_image"]))
 
 
 def set_identity(synthetic: SyntheticSet | None, filtered: bool) -> str | None:
@@ -459,7 +465,9 @@ def _locked(path: Path) -> Iterator[None]:
 
 
 def summarise(rows: list[dict]) -> dict:
-    """Seeds of one arm: mean val mDice, per-seed values, per-image Dice averaged over seeds."""
+    """Seeds of one arm: mean val mDice, per-seed values, per-image Dice averaged over seeds, and each seed's
+    per-image Dice (``per_image_by_seed``, in ``per_image``'s order: :func:`_versus` compares rows over the seeds
+    they share)."""
     per_image: dict[str, list[float]] = {}
     for r in rows:
         for i, d in zip(r["ids"], r["dice"], strict=True):
@@ -468,7 +476,13 @@ def summarise(rows: list[dict]) -> dict:
     return {"val_mdice": float(np.mean([r["val_mdice"] for r in rows])), "seeds": [r["seed"] for r in rows],
             "val_mdice_by_seed": [r["val_mdice"] for r in rows], "seconds": sum(r["seconds"] for r in rows),
             "per_image": {i: float(np.mean(v)) for i, v in sorted(per_image.items())},
+            "per_image_by_seed": _by_seed(rows, sorted(per_image)),
             **({"last_val_mdice_by_seed": last} if None not in last else {})}
+
+
+def _by_seed(rows: list[dict], ids: list[str]) -> list[list[float]]:
+    """Each row's per-image Dice in the order of ``ids`` (rounded: the file keeps one list per seed)."""
+    return [[round(float(dict(zip(r["ids"], r["dice"], strict=True))[i]), 6) for i in ids] for r in rows]
 
 
 def real_extractor(checkpoint: Path) -> FeatureExtractor:
@@ -745,10 +759,30 @@ def gate(out: dict, agree_with: str = HEADLINE_VARIANT) -> dict:
     return res
 
 
+def _on_common_seeds(row: dict, other: dict) -> dict:
+    """``row`` summarised over only the seeds it shares with ``other`` (its per-image means, per-seed and last-step
+    scores), or ``row`` itself where it does not keep each seed's per-image scores (summaries made before)."""
+    if "per_image_by_seed" not in row or "per_image_by_seed" not in other:
+        return row
+    keep = [k for k, s in enumerate(row["seeds"]) if s in other["seeds"]]
+    ids, by_seed = list(row["per_image"]), [row["per_image_by_seed"][k] for k in keep]
+    out = {**row, "seeds": [row["seeds"][k] for k in keep],
+           "val_mdice_by_seed": [row["val_mdice_by_seed"][k] for k in keep], "per_image_by_seed": by_seed,
+           "per_image": {i: float(np.mean([d[j] for d in by_seed])) if by_seed else 0.0 for j, i in enumerate(ids)}}
+    if "last_val_mdice_by_seed" in row:
+        out["last_val_mdice_by_seed"] = [row["last_val_mdice_by_seed"][k] for k in keep]
+    return out
+
+
 def _versus(row: dict, ref: dict) -> dict:
     """The paired val difference of one row with one reference row, and whether it clears :func:`gate`'s bar."""
-    # the same seeds in any order (two processes run a variant's seeds in the orders they were given)
+    # the same seeds in any order (two processes run a variant's seeds in the orders they were given); rows of other
+    # seed sets (a reference screened with a third seed) are compared over the seeds they share, from each seed's
+    # per-image scores, where both rows keep them
     same = sorted(row["seeds"]) == sorted(ref["seeds"])
+    if not same:
+        row, ref = _on_common_seeds(row, ref), _on_common_seeds(ref, row)
+        same = sorted(row["seeds"]) == sorted(ref["seeds"]) and bool(row["seeds"])
     ids = list(row["per_image"])
     volumes = is_volumetric(ids)
     # volumes: resampled by val case, each with all its slices (a volume's slices are not independent draws)

@@ -296,6 +296,32 @@ def test_the_gate_of_volume_rows_resamples_val_cases_and_shows_the_last_steps_di
     assert "| +0.000, +0.010 |" in text and "| 0.600 / 0.590 |" in text
 
 
+def test_the_gate_compares_rows_of_other_seed_sets_over_the_seeds_they_share():
+    """A reference screened with a third seed does not block a 2-seed variant's interval: both rows are compared
+    over their shared seeds, from each seed's per-image scores (summaries made before keep the old refusal)."""
+    s = load_benchmark("screen")
+    rng = np.random.default_rng(1)
+    base = rng.random(40)
+
+    def seed_row(seed: int, gain: float) -> dict:
+        dice = base + gain + 0.002 * rng.standard_normal(40)
+        return {"seed": seed, "ids": [f"v{i:02d}" for i in range(40)], "dice": [float(d) for d in dice],
+                "val_mdice": float(dice.mean()), "seconds": 1.0}
+
+    # the reference's seed 2 is far worse: a comparison over all its seeds would favour the variant by ~0.03
+    ref = s.summarise([seed_row(0, 0.0), seed_row(1, 0.0), seed_row(2, -0.09)])
+    var = s.summarise([seed_row(1, 0.02), seed_row(0, 0.02)])
+    assert len(ref["per_image_by_seed"]) == 3 and len(ref["per_image_by_seed"][0]) == 40
+    x = s._versus(var, ref)
+    assert x["seeds"] == [1, 0] and x["clears"]
+    assert x["mean"] == pytest.approx(0.02, abs=0.002)  # over seeds 0 and 1 only
+    assert len(x["per_seed"]) == 2 and min(x["per_seed"]) > 0.015
+    # one shared seed is not enough; a summary without per-seed scores cannot be cut down
+    assert s._versus(s.summarise([seed_row(2, 0.02), seed_row(3, 0.02)]), ref)["why"] == "1 seed(s), 2 needed"
+    old = {k: v for k, v in var.items() if k != "per_image_by_seed"}
+    assert "screen the same seeds" in s._versus(old, ref)["why"]
+
+
 def test_rows_summarised_before_get_their_last_steps_score_from_the_run_records(tmp_path):
     """`agree` fills a row's ``last_val_mdice_by_seed`` from its segmenters' records, only when every seed has one."""
     s = load_benchmark("screen")
@@ -313,6 +339,13 @@ def test_rows_summarised_before_get_their_last_steps_score_from_the_run_records(
     assert out["real"]["baseline"]["last_val_mdice_by_seed"] == [0.6, 0.65]
     assert "last_val_mdice_by_seed" not in out["variants"]["v"]["arms"]["synthetic"]  # seed 1 has no record
     assert s.last_val_mdice(tmp_path / "v" / "synthetic" / "seed0") == 0.8
+    # each seed's per-image scores come from its row.json, only where they are the rows the summary was made of
+    for seed, dice in ((0, [0.1, 0.2]), (1, [0.3, 0.4])):
+        (tmp_path / "real" / "baseline" / f"seed{seed}" / "row.json").write_text(
+            json.dumps({"ids": ["b", "a"], "dice": dice}))
+    out["real"]["baseline"]["per_image"] = {"a": 0.3, "b": 0.2}
+    s.fill_last_steps(out, tmp_path)
+    assert out["real"]["baseline"]["per_image_by_seed"] == [[0.2, 0.1], [0.4, 0.3]]
 
 
 def _drawn_set(folder: Path, pixel: int, kept: tuple[bool, ...], filter_name: str = "filtered-1.jsonl"):
