@@ -779,6 +779,7 @@ def _versus(row: dict, ref: dict) -> dict:
     # the same seeds in any order (two processes run a variant's seeds in the orders they were given); rows of other
     # seed sets (a reference screened with a third seed) are compared over the seeds they share, from each seed's
     # per-image scores, where both rows keep them
+    given = f"seeds {row['seeds']} against {ref['seeds']}"
     same = sorted(row["seeds"]) == sorted(ref["seeds"])
     if not same:
         row, ref = _on_common_seeds(row, ref), _on_common_seeds(ref, row)
@@ -793,7 +794,7 @@ def _versus(row: dict, ref: dict) -> dict:
     per_seed = [round(m - by_seed[s], 4) for s, m in zip(row["seeds"], row["val_mdice_by_seed"], strict=True)
                 if s in by_seed]
     if diff is None:
-        why = f"seeds {row['seeds']} against {ref['seeds']}: screen the same seeds"
+        why = f"{given}: screen the same seeds"
     elif len(row["seeds"]) < GATE_SEEDS:
         why = f"{len(row['seeds'])} seed(s), {GATE_SEEDS} needed"
     elif min(per_seed) <= 0:

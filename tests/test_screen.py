@@ -319,7 +319,9 @@ def test_the_gate_compares_rows_of_other_seed_sets_over_the_seeds_they_share():
     # one shared seed is not enough; a summary without per-seed scores cannot be cut down
     assert s._versus(s.summarise([seed_row(2, 0.02), seed_row(3, 0.02)]), ref)["why"] == "1 seed(s), 2 needed"
     old = {k: v for k, v in var.items() if k != "per_image_by_seed"}
-    assert "screen the same seeds" in s._versus(old, ref)["why"]
+    assert s._versus(old, ref)["why"] == "seeds [1, 0] against [0, 1, 2]: screen the same seeds"
+    no_shared = s._versus(s.summarise([seed_row(5, 0.02)]), ref)["why"]
+    assert no_shared == "seeds [5] against [0, 1, 2]: screen the same seeds"
 
 
 def test_rows_summarised_before_get_their_last_steps_score_from_the_run_records(tmp_path):
