@@ -94,7 +94,12 @@ _PRETRAIN = {"pretrain_steps": 1000, "steps": 1000}  # half of today's steps on 
 _SDE25 = {"sampler": "sde-dpm++", "sampling_steps": 25}  # stochastic DPM-Solver++, 25 network evaluations
 _IN_PLACE = {**_SDE25, "n_per_real": 8,  # 8 per labelled pair from masks jittered in shape only, where they are
              "jitter": {"max_shift": 0.0, "max_rotate": 10.0}}
-_TOP2 = {"keep_best": 2, "threshold": 0.0}  # the best 2 of each labelled pair's draws, no absolute cut
+def _top(k: int) -> dict[str, Any]:
+    """The filter keeping the best ``k`` of each labelled pair's draws, no absolute cut."""
+    return {"keep_best": k, "threshold": 0.0}
+
+
+_TOP2 = _top(2)
 #: the mask2image kind, 8 per labelled pair from jittered masks
 _MASK2IMAGE = {**_SDE25, "n_per_real": 8, "method": "mask-conditioned",
                "config": "generator-mask2image-{preset}-cpu.yaml"}
@@ -131,10 +136,10 @@ VARIANTS: dict[str, Variant] = {
     "pretrain+8per-top2+ratio0.5": Variant(_PRETRAIN, {**_SDE25, "n_per_real": 8}, _TOP2, arm=_mix(0.5)),
     # twice the kept pairs (124): the best 4 of 16 per labelled pair (the headline's selectivity, a new set of 512
     # draws), or the best 4 of the headline's own 8 (the same set, half as selective) (session 27)
-    "pretrain+16per-top4": Variant(_PRETRAIN, {**_SDE25, "n_per_real": 16}, {"keep_best": 4, "threshold": 0.0}),
-    "pretrain+8per-top4": Variant(_PRETRAIN, {**_SDE25, "n_per_real": 8}, {"keep_best": 4, "threshold": 0.0}),
+    "pretrain+16per-top4": Variant(_PRETRAIN, {**_SDE25, "n_per_real": 16}, _top(4)),
+    "pretrain+8per-top4": Variant(_PRETRAIN, {**_SDE25, "n_per_real": 8}, _top(4)),
     # and the other way: the best 1 of each labelled pair's 8 (31 pairs, twice as selective; the same set)
-    "pretrain+8per-top1": Variant(_PRETRAIN, {**_SDE25, "n_per_real": 8}, {"keep_best": 1, "threshold": 0.0}),
+    "pretrain+8per-top1": Variant(_PRETRAIN, {**_SDE25, "n_per_real": 8}, _top(1)),
     # twice the draws for the same 2 kept per labelled pair: more choice for the validator, same set size
     "pretrain+16per-top2": Variant(_PRETRAIN, {**_SDE25, "n_per_real": 16}, _TOP2),
     # the same choices with the kept lesions' size bands in the shares drawn (the validator prefers large jitters)
@@ -199,10 +204,8 @@ VARIANTS: dict[str, Variant] = {
     # the promoted MRI recipe keeping the best 4 (or 1) of each labelled slice's 8 draws instead of 2: twice the
     # pairs and half as selective, or the other way (session 27; the in-place set reused, only the filter and the
     # segmenters are new)
-    "pretrain+8per-top4+in-place+until0.5": Variant(_PRETRAIN, _IN_PLACE, {"keep_best": 4, "threshold": 0.0},
-                                                    arm=_mix(1, synthetic_until=0.5)),
-    "pretrain+8per-top1+in-place+until0.5": Variant(_PRETRAIN, _IN_PLACE, {"keep_best": 1, "threshold": 0.0},
-                                                    arm=_mix(1, synthetic_until=0.5)),
+    "pretrain+8per-top4+in-place+until0.5": Variant(_PRETRAIN, _IN_PLACE, _top(4), arm=_mix(1, synthetic_until=0.5)),
+    "pretrain+8per-top1+in-place+until0.5": Variant(_PRETRAIN, _IN_PLACE, _top(1), arm=_mix(1, synthetic_until=0.5)),
     # the promoted MRI recipe with the draws shifted to the thin ends, where its loss is left (docs/volumes.md): the
     # masks of a structure's end slices drawn twice as often as the middle ones, for the same number of draws, so
     # the best 2 kept of each end slice are chosen from about twice as many (the drawn small pairs are the least
@@ -419,7 +422,7 @@ def last_val_mdice(folder: Path) -> float | None:
     return float(scored[-1]) if scored else None
 
 
-def fill_last_steps(out: dict, folder: Path) -> None:
+def fill_from_run_records(out: dict, folder: Path) -> None:
     """Give every row of a screen file whose seeds' run records are all in ``folder`` (the screen's rows, as
     :func:`screen` lays them out) its ``last_val_mdice_by_seed``, and its ``per_image_by_seed`` from the seeds'
     ``row.json``: rows summarised before rows kept them."""
@@ -482,7 +485,8 @@ def summarise(rows: list[dict]) -> dict:
 
 def _by_seed(rows: list[dict], ids: list[str]) -> list[list[float]]:
     """Each row's per-image Dice in the order of ``ids`` (rounded: the file keeps one list per seed)."""
-    return [[round(float(dict(zip(r["ids"], r["dice"], strict=True))[i]), 6) for i in ids] for r in rows]
+    dice = [dict(zip(r["ids"], r["dice"], strict=True)) for r in rows]
+    return [[round(float(d[i]), 6) for i in ids] for d in dice]
 
 
 def real_extractor(checkpoint: Path) -> FeatureExtractor:
@@ -761,14 +765,15 @@ def gate(out: dict, agree_with: str = HEADLINE_VARIANT) -> dict:
 
 def _on_common_seeds(row: dict, other: dict) -> dict:
     """``row`` summarised over only the seeds it shares with ``other`` (its per-image means, per-seed and last-step
-    scores), or ``row`` itself where it does not keep each seed's per-image scores (summaries made before)."""
-    if "per_image_by_seed" not in row or "per_image_by_seed" not in other:
-        return row
+    scores), or ``row`` itself where they share none or it does not keep each seed's per-image scores (summaries
+    made before)."""
     keep = [k for k, s in enumerate(row["seeds"]) if s in other["seeds"]]
+    if not keep or "per_image_by_seed" not in row or "per_image_by_seed" not in other:
+        return row
     ids, by_seed = list(row["per_image"]), [row["per_image_by_seed"][k] for k in keep]
     out = {**row, "seeds": [row["seeds"][k] for k in keep],
            "val_mdice_by_seed": [row["val_mdice_by_seed"][k] for k in keep], "per_image_by_seed": by_seed,
-           "per_image": {i: float(np.mean([d[j] for d in by_seed])) if by_seed else 0.0 for j, i in enumerate(ids)}}
+           "per_image": {i: float(np.mean([d[j] for d in by_seed])) for j, i in enumerate(ids)}}
     if "last_val_mdice_by_seed" in row:
         out["last_val_mdice_by_seed"] = [row["last_val_mdice_by_seed"][k] for k in keep]
     return out
@@ -779,11 +784,9 @@ def _versus(row: dict, ref: dict) -> dict:
     # the same seeds in any order (two processes run a variant's seeds in the orders they were given); rows of other
     # seed sets (a reference screened with a third seed) are compared over the seeds they share, from each seed's
     # per-image scores, where both rows keep them
-    given = f"seeds {row['seeds']} against {ref['seeds']}"
-    same = sorted(row["seeds"]) == sorted(ref["seeds"])
-    if not same:
+    if sorted(row["seeds"]) != sorted(ref["seeds"]):
         row, ref = _on_common_seeds(row, ref), _on_common_seeds(ref, row)
-        same = sorted(row["seeds"]) == sorted(ref["seeds"]) and bool(row["seeds"])
+    same = sorted(row["seeds"]) == sorted(ref["seeds"])
     ids = list(row["per_image"])
     volumes = is_volumetric(ids)
     # volumes: resampled by val case, each with all its slices (a volume's slices are not independent draws)
@@ -794,7 +797,7 @@ def _versus(row: dict, ref: dict) -> dict:
     per_seed = [round(m - by_seed[s], 4) for s, m in zip(row["seeds"], row["val_mdice_by_seed"], strict=True)
                 if s in by_seed]
     if diff is None:
-        why = f"{given}: screen the same seeds"
+        why = f"seeds {row['seeds']} against {ref['seeds']}: screen the same seeds"
     elif len(row["seeds"]) < GATE_SEEDS:
         why = f"{len(row['seeds'])} seed(s), {GATE_SEEDS} needed"
     elif min(per_seed) <= 0:
@@ -999,7 +1002,7 @@ def agree_cmd(
 ) -> None:
     """Recompute the rank agreement of a finished screen file with the headline result as it is now (e.g. after
     the headline sweep gained arms), and the gate, from the two files alone: no segmenter is trained. Rows whose
-    segmenters' run records are on this machine also get their last step's val score (:func:`fill_last_steps`)."""
+    segmenters' run records are on this machine also get their last step's val score (:func:`fill_from_run_records`)."""
     stem = f"screen-{dataset}-n{n}" + ("" if steps == STEPS else f"-s{steps}")
     out_path = results / f"{stem}-cpu.json"
     if not out_path.is_file():
@@ -1010,7 +1013,7 @@ def agree_cmd(
     held = screen_config(config, n, agree_with, steps=steps)
     recipe = held.generators[variant_generator(held)]
     headline = headline or ROOT / "benchmarks" / "results" / f"{dataset}-n{n}-cpu.json"
-    fill_last_steps(out, screen_dir(held, n))
+    fill_from_run_records(out, screen_dir(held, n))
     out["agreement"] = agreement(out, headline, agree_with, recipe.model_dump(mode="json"), variant_generator(held))
     out["gate"] = gate(out, agree_with)
     write_json_atomic(out_path, out)

@@ -337,7 +337,7 @@ def test_rows_summarised_before_get_their_last_steps_score_from_the_run_records(
     record(tmp_path / "real" / "baseline" / "seed1", [0.5, 0.65])
     record(tmp_path / "v" / "synthetic" / "seed0", [0.4, 0.8, None])  # the last evaluation had no val score
     out = {"real": {"baseline": {"seeds": [0, 1]}}, "variants": {"v": {"arms": {"synthetic": {"seeds": [0, 1]}}}}}
-    s.fill_last_steps(out, tmp_path)
+    s.fill_from_run_records(out, tmp_path)
     assert out["real"]["baseline"]["last_val_mdice_by_seed"] == [0.6, 0.65]
     assert "last_val_mdice_by_seed" not in out["variants"]["v"]["arms"]["synthetic"]  # seed 1 has no record
     assert s.last_val_mdice(tmp_path / "v" / "synthetic" / "seed0") == 0.8
@@ -346,7 +346,7 @@ def test_rows_summarised_before_get_their_last_steps_score_from_the_run_records(
         (tmp_path / "real" / "baseline" / f"seed{seed}" / "row.json").write_text(
             json.dumps({"ids": ["b", "a"], "dice": dice}))
     out["real"]["baseline"]["per_image"] = {"a": 0.3, "b": 0.2}
-    s.fill_last_steps(out, tmp_path)
+    s.fill_from_run_records(out, tmp_path)
     assert out["real"]["baseline"]["per_image_by_seed"] == [[0.2, 0.1], [0.4, 0.3]]
 
 
