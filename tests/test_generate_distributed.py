@@ -30,6 +30,7 @@ def _rank(rank: int, world: int, port: int, out: str, budget: float | None = Non
     from test_generate_common import pairs, tiny_cfg
 
     from lesionforge.data.demo import make_demo_arrays
+    from lesionforge.devices import end_processes
     from lesionforge.generate.trainer import train_generator
 
     torch.set_num_threads(1)
@@ -43,6 +44,7 @@ def _rank(rank: int, world: int, port: int, out: str, budget: float | None = Non
         time.perf_counter = lambda: real() + 1000.0 * next(ticks)
     train_generator(tiny_cfg("mask2image", steps=4, checkpoint_every=2, max_train_seconds=budget),
                     pairs(make_demo_arrays(n=40, size=32)), out, progress=False)
+    end_processes()  # as the CLI does: a rank that exits with its gloo group alive can abort in its teardown
 
 
 @pytest.mark.slow

@@ -105,3 +105,15 @@ def machine_facts() -> dict:
             "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
             "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
             "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
+
+
+def end_processes() -> None:
+    """End this process's part in a multi-process run (``accelerate launch``): destroy the process group, as
+    accelerate's ``end_training`` does, once the command's work is done. A process that exits with its gloo group
+    alive can abort in the group's teardown (SIGABRT, "terminate called without an active exception") after its
+    work was written. Nothing to do in a single process."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()  # no rank tears the group down while another still uses it
+        dist.destroy_process_group()

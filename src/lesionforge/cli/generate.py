@@ -33,10 +33,12 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         device: str = typer.Option(None, help=DEVICE_HELP),
     ) -> None:
         """Train a generator (mask2image, joint, edge-text or inpaint) from a YAML preset."""
+        from lesionforge.devices import end_processes
         from lesionforge.generate.run import train_from_files
 
         train_from_files(config, data, out, split=split, labelled=labelled, backgrounds=backgrounds,
                          prompts=prompts, steps=steps, autoencoder=autoencoder, resume=resume, device=device)
+        end_processes()  # under `accelerate launch`: each rank leaves its process group before it exits
 
     train_app.command("generator")(train_generator_cmd)
     app.command("train-generator", hidden=True)(train_generator_cmd)
