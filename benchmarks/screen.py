@@ -689,9 +689,11 @@ def recipe_of(settings: dict) -> dict:
 
 
 #: Headline arms screened as another variant's row: arm -> (variant, row). The headline's `synthetic-redrawn` arm is
-#: the `synthetic` row of the variant it was chosen from, so the rank agreement covers it too.
+#: the `synthetic` row of the variant it was chosen from (BUSI's `synthetic-mask2image` likewise), so the rank
+#: agreement covers it too.
 HEADLINE_ROWS_OF_VARIANTS = {"synthetic-redrawn": ("pretrain+8per-top2+paste0.5", "synthetic"),
-                             "synthetic-in-place": ("pretrain+8per-top2+in-place+until0.5", "synthetic")}
+                             "synthetic-in-place": ("pretrain+8per-top2+in-place+until0.5", "synthetic"),
+                             "synthetic-mask2image": ("pretrain+mask2image-8per-top2", "synthetic")}
 
 
 def held_variant(config: Path) -> str:

@@ -172,6 +172,29 @@ def test_the_gate_of_volume_rows_shows_the_difference_at_structure_ends_and_midd
     assert "| -0.100 [-0.100, -0.100] / +0.050 [+0.050, +0.050] |" in path.read_text(encoding="utf-8")
 
 
+def test_a_headline_arm_scored_by_a_variants_row_draws_with_that_variants_recipe():
+    """The rank agreement scores BUSI's ``synthetic-mask2image`` arm by the row of the screen variant it came from:
+    the headline's generator entry must be that variant's recipe (kind, budget, draws, sampler, filter) and its arm
+    that row's mixing, else the agreement would compare two different arms. Every such arm names a known variant."""
+    from lesionforge.experiment.config import load_experiment_config
+
+    s = load_benchmark("screen")
+    assert all(v in s.VARIANTS for v, _ in s.HEADLINE_ROWS_OF_VARIANTS.values())
+    head = s.headline_config("busi")
+    full = load_experiment_config(head)
+    variant, row = s.HEADLINE_ROWS_OF_VARIANTS["synthetic-mask2image"]
+    arm = next(a for a in full.arms if a.name == "synthetic-mask2image")
+    screened = s.screen_config(head, 64, variant)
+    drawn = s.variant_generator(screened)
+    assert s.recipe_of(full.generators[arm.generator].model_dump(mode="json")) == s.recipe_of(
+        screened.generators[drawn].model_dump(mode="json"))
+    (main, *_) = s.variant_arms(variant, generator=drawn)
+    assert main.name == row and (arm.mixing, arm.filtered, arm.copy_paste) == (main.mixing, main.filtered,
+                                                                             main.copy_paste)
+    # the headline's own synthetic arm (the one the gate holds up) is still the inpainting recipe
+    assert s.headline_arm(full).name == "synthetic" and s.held_variant(head) == s.HEADLINE_VARIANT
+
+
 def test_the_mri_headline_is_screened_with_its_own_generator_entry():
     """The MRI headline's synthetic arm (``synthetic-in-place``) draws with the entry ``mask2image``: the screen
     changes that entry and its rows name it; the headline holds the variant the screen promoted (masks jittered in
