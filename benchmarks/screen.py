@@ -57,6 +57,7 @@ from lesionforge.experiment.runner import SyntheticCache, _Wait, prepare_output 
 from lesionforge.experiment.set_fingerprint import fingerprint  # noqa: E402
 from lesionforge.experiment.stages import ExperimentData, SyntheticSet  # noqa: E402
 from lesionforge.experiment.stats import bootstrap_paired  # noqa: E402
+from lesionforge.experiment.union_set import write_union_set  # noqa: E402
 from lesionforge.generate.models import read_meta  # noqa: E402
 from lesionforge.outputs import dir_hash  # noqa: E402
 from lesionforge.presets import preset_path  # noqa: E402
@@ -79,15 +80,19 @@ class Variant:
     no absolute cut, so every labelled pair keeps its K best whatever its lesion's size); the arms then train on
     the kept ones. ``arm``: fields of the
     synthetic arm changed (``mixing``, ``copy_paste``): its synthetic-only row is then the same as without them,
-    and is not trained again."""
+    and is not trained again. ``join``: another variant whose pairs (its kept ones, if it filters) are joined to
+    this one's (the experiment's generator method ``union``), e.g. two generator kinds' sets; the rows train on
+    the joined set, at the arm's ratio."""
 
     train: dict[str, Any] = field(default_factory=dict)
     synth: dict[str, Any] = field(default_factory=dict)
     filter: dict[str, Any] | None = None
     arm: dict[str, Any] | None = None
+    join: str | None = None
 
     def describe(self) -> dict[str, Any]:
-        return {"overrides": self.train, "synthesis": self.synth, "filter": self.filter, "arm": self.arm}
+        return {"overrides": self.train, "synthesis": self.synth, "filter": self.filter, "arm": self.arm,
+                **({"join": self.join} if self.join else {})}
 
 
 _PRETRAIN = {"pretrain_steps": 1000, "steps": 1000}  # half of today's steps on every image without a mask
@@ -155,6 +160,17 @@ VARIANTS: dict[str, Variant] = {
     "pretrain+mask2image-8per-top2": Variant(_PRETRAIN, _MASK2IMAGE, _TOP2),
     # BUSI's screen (session 28): the mask2image pairs at half the synthetic:real ratio (the set reused, rows only)
     "pretrain+mask2image-8per-top2+ratio0.5": Variant(_PRETRAIN, _MASK2IMAGE, _TOP2, arm=_mix(0.5)),
+    # BUSI's mask2image headline arm (session 29: +3.7 % on test) with its set's kept pairs doubled (the best 4 of
+    # each labelled pair's 8: 256 pairs, half as selective), or its pairs in the first half of the segmenter's steps
+    # only (the MRI lever); the same set (session 30)
+    "pretrain+mask2image-8per-top4": Variant(_PRETRAIN, _MASK2IMAGE, _top(4)),
+    "pretrain+mask2image-8per-top2+until0.5": Variant(_PRETRAIN, _MASK2IMAGE, _TOP2,
+                                                      arm=_mix(1, synthetic_until=0.5)),
+    "pretrain+mask2image-8per-top4+until0.5": Variant(_PRETRAIN, _MASK2IMAGE, _top(4),
+                                                      arm=_mix(1, synthetic_until=0.5)),  # the two together
+    # and its pairs joined to the inpainted ones of the earlier BUSI arm (each kind's best 2 of 8 per labelled pair:
+    # 256 pairs): the faithful whole-image kind and the realistic lesions painted into the lesion-free images
+    "pretrain+mask2image-8per-top2+inpaint": Variant(_PRETRAIN, _MASK2IMAGE, _TOP2, join="pretrain+8per-top2"),
     "pretrain+edge-text-8per-top2": Variant(_PRETRAIN, {**_SDE25, "n_per_real": 8, "method": "edge-guided",
                                                         "config": "generator-edge-text-{preset}-cpu.yaml"},
                                             _TOP2),
@@ -613,7 +629,9 @@ def screen(config: Path, n: int, variants: list[str], results: Path, headline: P
             if v not in made:
                 vcfg = screen_config(config, n, v, **budget)
                 made[v] = (vcfg, prepare(vcfg, data, n))
-                out["variants"][v] = describe_variant(out["variants"].get(v, {}), v, made[v][1])
+                joined = joined_set(config, n, v, made[v][1], data, folder, **budget)
+                out["variants"][v] = describe_variant(out["variants"].get(v, {}), v, made[v][1], joined)
+                made[v] = (vcfg, joined or made[v][1])
             cfg, synthetic = made[v]
             entry = out["variants"][v]
             if entry.get("quality", {}).get("version") != QUALITY_VERSION:  # not measured, or measured otherwise
@@ -635,6 +653,26 @@ def screen(config: Path, n: int, variants: list[str], results: Path, headline: P
     return out
 
 
+def joined_set(config: Path, n: int, v: str, own: SyntheticSet, data: ExperimentData, folder: Path,
+               **budget) -> SyntheticSet | None:
+    """The set variant ``v``'s rows train on when it joins another variant's pairs (``Variant.join``): its own
+    pairs (the kept ones, if it filters) and the other's, linked into ``folder/<v>/joined-set`` by the runner's
+    own union (``experiment/union_set.py``); None for a variant that joins nothing. The other set is trained and
+    drawn as that variant's own screen would (shared cache)."""
+    other = VARIANTS[v].join
+    if other is None:
+        return None
+    if VARIANTS[other].join is not None:
+        raise typer.BadParameter(f"variant {v!r} joins {other!r}, which joins another: join a set, not a union")
+    ocfg = screen_config(config, n, other, **budget)
+    parts = {"own": (own, VARIANTS[v].filter is not None), "joined": (prepare(ocfg, data, n),
+                                                                     VARIANTS[other].filter is not None)}
+    work = folder / v / "joined-set"
+    work.mkdir(parents=True, exist_ok=True)
+    with _locked(work / "build.lock"):  # made in seconds, from links; two screens of the variant build it once each
+        return write_union_set(parts, work)
+
+
 def variant_arms(name: str, agree_with: str = HEADLINE_VARIANT,
                  generator: str = GENERATOR) -> tuple[ArmSettings, ...]:
     """The rows of variant ``name``, those the rank agreement needs first (a partial run still ranks the
@@ -642,7 +680,8 @@ def variant_arms(name: str, agree_with: str = HEADLINE_VARIANT,
     kept samples; a mixing variant has no synthetic-only row of its own. ``generator``: the screen config's entry
     (:func:`variant_generator`)."""
     v = VARIANTS[name]
-    update: dict[str, Any] = {"filtered": v.filter is not None, "generator": generator}
+    # a joined set (``Variant.join``) holds the kept pairs of its parts already: its rows train on all of it
+    update: dict[str, Any] = {"filtered": v.filter is not None and v.join is None, "generator": generator}
     # validated: the arm's dicts become the stage's MixConfig / CopyPasteConfig
     main = ArmSettings.model_validate({**VARIANT_ARMS[0].model_dump(), **update, **(v.arm or {})})
     extra = tuple(a.model_copy(update=update) for a in AGREEMENT_ARMS) if name == agree_with and not v.arm else ()
@@ -650,12 +689,13 @@ def variant_arms(name: str, agree_with: str = HEADLINE_VARIANT,
     return (main,) + extra + rest
 
 
-def describe_variant(entry: dict, v: str, synthetic: SyntheticSet) -> dict:
-    """The variant's settings and costs: generator (and pretrained base) training seconds, synthesis. An entry
+def describe_variant(entry: dict, v: str, synthetic: SyntheticSet, joined: SyntheticSet | None = None) -> dict:
+    """The variant's settings and costs: generator (and pretrained base) training seconds, synthesis (of its own
+    set ``synthetic``; the rows of a variant that joins another's pairs train on ``joined``). An entry
     measured on another set (:func:`set_identity`, :func:`set_fingerprint`) gets its quality measured again, and
     its rows, known to be of another set, move to ``earlier_sets``: one entry's rows are all of one set."""
-    filtered = VARIANTS[v].filter is not None
-    now, drawn = set_identity(synthetic, filtered), set_fingerprint(synthetic, filtered)
+    used, filtered = (joined, False) if joined is not None else (synthetic, VARIANTS[v].filter is not None)
+    now, drawn = set_identity(used, filtered), set_fingerprint(used, filtered)
     # an entry written before entries named their set, or recorded its content, cannot be told apart: its rows stay
     if entry.get("set") not in (None, now) or entry.get("set_fingerprint", drawn) != drawn:
         earlier = {k: entry[k] for k in ("set", "set_fingerprint", "arms") if k in entry}
@@ -668,7 +708,7 @@ def describe_variant(entry: dict, v: str, synthetic: SyntheticSet) -> dict:
     base_s = read_meta(base).get("train_seconds") if base else None
     timings = synthetic.info["timings"]
     return {**entry, **VARIANTS[v].describe(), "set": now, "set_fingerprint": drawn,
-            "n_kept": synthetic.info.get("n_kept"),
+            "n_kept": used.info.get("n_kept"), **({"joined_parts": joined.info["parts"]} if joined else {}),
             "generator_dir": synthetic.info["generator_dir"],
             "pretrained_base": base, "base_train_s": base_s,
             "generator_train_s": (timings.get("generator_train_s") or 0) + (base_s or 0),
@@ -1021,6 +1061,44 @@ def agree_cmd(
     write_json_atomic(out_path, out)
     write_report(out, results / f"{stem}-cpu.md")
     typer.echo(json.dumps(out["agreement"], indent=1)[:2000])
+
+def screen_row(out: dict, name: str) -> dict:
+    """A row of a screen file by name: a real row (``baseline``) or ``<variant>:<row>`` (the row ``synthetic`` when
+    only the variant is named)."""
+    if name in out.get("real", {}):
+        return out["real"][name]
+    variant, _, row = name.partition(":")
+    rows = out.get("variants", {}).get(variant, {}).get("arms", {})
+    if (row or "synthetic") not in rows:
+        known = [*out.get("real", {}),
+                 *(f"{v}:{r}" for v, e in out.get("variants", {}).items() for r in e.get("arms", {}))]
+        raise typer.BadParameter(f"no screen row {name!r}; the file has {known}")
+    return rows[row or "synthetic"]
+
+
+@app.command("compare")
+def compare_cmd(
+    row: str = typer.Argument(..., help="A row: a real one (baseline) or <variant>[:<row>] (default row synthetic)."),
+    reference: list[str] = typer.Argument(..., help="The rows it is compared with."),
+    dataset: str = typer.Option("kvasir-seg", help=DATASETS),
+    n: int = typer.Option(32, help="Labelled pairs."),
+    steps: int = typer.Option(STEPS, help="Segmenter steps of the screen file (its -s<steps> suffix)."),
+    results: Path = typer.Option(ROOT / "benchmarks" / "results", help="Where the screen JSON is."),
+) -> None:
+    """One row against others on val, from the screen file alone, as the gate compares (over the seeds they share:
+    the per-seed differences and the paired 95 % interval over val images or cases); nothing is written."""
+    stem = f"screen-{dataset}-n{n}" + ("" if steps == STEPS else f"-s{steps}")
+    path = results / f"{stem}-cpu.json"
+    if not path.is_file():
+        raise typer.BadParameter(f"{path}: no screen file (run `screen.py run` first)")
+    out = json.loads(path.read_text(encoding="utf-8"))
+    a = screen_row(out, row)
+    for ref in reference:
+        x = _versus(a, screen_row(out, ref))
+        ci = "—" if x["ci95"] is None else f"{x['mean']:+.3f} [{x['ci95'][0]:+.3f}, {x['ci95'][1]:+.3f}]"
+        typer.echo(f"{row} vs {ref}: {ci} over {x['unit']}, per seed {x['per_seed']} (seeds {x['seeds']})"
+                   + ("" if x["clears"] else f"; the gate: {x['why']}"))
+
 
 if __name__ == "__main__":
     app()

@@ -347,6 +347,35 @@ def test_the_gate_compares_rows_of_other_seed_sets_over_the_seeds_they_share():
     assert no_shared == "seeds [5] against [0, 1, 2]: screen the same seeds"
 
 
+def test_compare_sets_two_rows_of_a_screen_file_side_by_side_over_their_shared_seeds(tmp_path):
+    """``screen.py compare``: one row against others from the file alone, as the gate compares them; an unknown
+    row is refused with the rows the file has."""
+    from typer.testing import CliRunner
+
+    s = load_benchmark("screen")
+    rng = np.random.default_rng(2)
+    base = rng.random(30)
+
+    def seed_row(seed: int, gain: float) -> dict:
+        dice = base + gain + 0.002 * rng.standard_normal(30)
+        return {"seed": seed, "ids": [f"v{i:02d}" for i in range(30)], "dice": [float(d) for d in dice],
+                "val_mdice": float(dice.mean()), "seconds": 1.0}
+
+    out = {"real": {"baseline": s.summarise([seed_row(0, 0.0), seed_row(1, 0.0), seed_row(2, 0.0)])},
+           "variants": {"a": {"arms": {"synthetic": s.summarise([seed_row(0, 0.03), seed_row(1, 0.03)])}},
+                        "b": {"arms": {"synthetic": s.summarise([seed_row(0, 0.01), seed_row(1, 0.04)])}}}}
+    (tmp_path / "screen-busi-n64-s800-cpu.json").write_text(json.dumps(out))
+    args = ["--dataset", "busi", "--n", "64", "--steps", "800", "--results", str(tmp_path)]
+    res = CliRunner().invoke(s.app, ["compare", "a", "baseline", "b:synthetic", *args])
+    assert res.exit_code == 0, res.output
+    first, second = res.output.splitlines()
+    assert first.startswith("a vs baseline: +0.030 [") and "(seeds [0, 1])" in first and "the gate" not in first
+    assert second.startswith("a vs b:synthetic: +0.005 [")  # b: +0.01 on seed 0, +0.04 on seed 1
+    assert "not above it on every seed" in second  # seed 1: a is 0.01 below b
+    bad = CliRunner().invoke(s.app, ["compare", "c", "baseline", *args])
+    assert bad.exit_code != 0 and "no screen row 'c'" in bad.output
+
+
 def test_rows_summarised_before_get_their_last_steps_score_from_the_run_records(tmp_path):
     """`agree` fills a row's ``last_val_mdice_by_seed`` from its segmenters' records, only when every seed has one."""
     s = load_benchmark("screen")
@@ -434,6 +463,34 @@ def test_a_screen_entry_keeps_rows_of_one_set_and_moves_those_of_an_earlier_draw
     assert moved["earlier_sets"] == [{"set": again["set"], "set_fingerprint": again["set_fingerprint"],
                                       "arms": again["arms"]}]
     assert moved["set_fingerprint"] != again["set_fingerprint"] and moved["set"] == again["set"]
+
+
+def test_a_variant_joining_another_kinds_set_trains_on_both_kept_parts(tmp_path, monkeypatch):
+    """``Variant.join``: the rows train on the variant's kept pairs and the joined variant's kept ones (drawn as
+    that variant's own screen draws them), not on either set's rejected pairs; the entry names the joined set,
+    so a row of the variant's own set alone is not read back for it."""
+    s = load_benchmark("screen")
+    v = "pretrain+mask2image-8per-top2+inpaint"
+    assert s.VARIANTS[v].join == s.HEADLINE_VARIANT and s.VARIANTS[v].describe()["join"] == s.HEADLINE_VARIANT
+    own = _drawn_set(tmp_path / "own", 100, (True, False, True))
+    other = _drawn_set(tmp_path / "other", 200, (False, True))
+    asked = []
+    monkeypatch.setattr(s, "prepare", lambda cfg, data, n: asked.append(cfg.generators["inpaint"].method) or other)
+    config = s.headline_config("busi")
+    joined = s.joined_set(config, 64, v, own, None, tmp_path / "screen")
+    assert asked == ["inpaint-normal"]  # the joined variant's own recipe: the inpainting kind
+    rows = read_manifest(joined.manifest)
+    assert [r.id for r in rows] == ["own-syn-0", "own-syn-2", "joined-syn-1"]
+    assert all(Path(r.image).is_file() and Path(r.image).is_relative_to(tmp_path / "screen" / v) for r in rows)
+    assert joined.info["parts"] == {"own": 2, "joined": 1} and joined.filtered_manifest is None
+    arms = s.variant_arms(v)  # a joined set is made of kept pairs already: its rows take all of it
+    assert [a.name for a in arms] == ["synthetic", "synthetic-only"] and not any(a.filtered for a in arms)
+    monkeypatch.setattr(s, "read_meta", lambda _: {})
+    own = replace(own, info={"generator_dir": str(tmp_path), "timings": {}, "n_generated": 3})
+    entry = s.describe_variant({}, v, own, joined)
+    assert entry["set"] == s.set_identity(joined, False) != s.set_identity(own, True)
+    assert entry["joined_parts"] == {"own": 2, "joined": 1} and entry["n_kept"] == 3
+    assert s.joined_set(config, 64, "pretrain+mask2image-8per-top2", own, None, tmp_path / "screen") is None
 
 
 def test_a_set_another_screen_is_drawing_is_waited_for_not_a_crash(monkeypatch, tmp_path):
