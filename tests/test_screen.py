@@ -319,17 +319,25 @@ def test_the_gate_of_volume_rows_resamples_val_cases_and_shows_the_last_steps_di
     assert "| +0.000, +0.010 |" in text and "| 0.600 / 0.590 |" in text
 
 
+def _seed_rows(n_images: int, seed: int):
+    """A maker of one seed's screen ``row.json`` (per-image val Dice) over ``n_images`` val images of a shared
+    difficulty, each row ``gain`` above it with a little noise."""
+    rng = np.random.default_rng(seed)
+    base = rng.random(n_images)
+
+    def seed_row(seed: int, gain: float) -> dict:
+        dice = base + gain + 0.002 * rng.standard_normal(n_images)
+        return {"seed": seed, "ids": [f"v{i:02d}" for i in range(n_images)], "dice": [float(d) for d in dice],
+                "val_mdice": float(dice.mean()), "seconds": 1.0}
+
+    return seed_row
+
+
 def test_the_gate_compares_rows_of_other_seed_sets_over_the_seeds_they_share():
     """A reference screened with a third seed does not block a 2-seed variant's interval: both rows are compared
     over their shared seeds, from each seed's per-image scores (summaries made before keep the old refusal)."""
     s = load_benchmark("screen")
-    rng = np.random.default_rng(1)
-    base = rng.random(40)
-
-    def seed_row(seed: int, gain: float) -> dict:
-        dice = base + gain + 0.002 * rng.standard_normal(40)
-        return {"seed": seed, "ids": [f"v{i:02d}" for i in range(40)], "dice": [float(d) for d in dice],
-                "val_mdice": float(dice.mean()), "seconds": 1.0}
+    seed_row = _seed_rows(40, 1)
 
     # the reference's seed 2 is far worse: a comparison over all its seeds would favour the variant by ~0.03
     ref = s.summarise([seed_row(0, 0.0), seed_row(1, 0.0), seed_row(2, -0.09)])
@@ -353,13 +361,7 @@ def test_compare_sets_two_rows_of_a_screen_file_side_by_side_over_their_shared_s
     from typer.testing import CliRunner
 
     s = load_benchmark("screen")
-    rng = np.random.default_rng(2)
-    base = rng.random(30)
-
-    def seed_row(seed: int, gain: float) -> dict:
-        dice = base + gain + 0.002 * rng.standard_normal(30)
-        return {"seed": seed, "ids": [f"v{i:02d}" for i in range(30)], "dice": [float(d) for d in dice],
-                "val_mdice": float(dice.mean()), "seconds": 1.0}
+    seed_row = _seed_rows(30, 2)
 
     out = {"real": {"baseline": s.summarise([seed_row(0, 0.0), seed_row(1, 0.0), seed_row(2, 0.0)])},
            "variants": {"a": {"arms": {"synthetic": s.summarise([seed_row(0, 0.03), seed_row(1, 0.03)])}},
