@@ -14,6 +14,10 @@ images. Real-only and copy-paste rows at the same budget make the scores compara
 Each row also keeps its val score at the last step, without choosing the best evaluation; on volumes the gate's
 paired intervals resample val cases, each with all its slices.
 Writes ``benchmarks/results/screen-<dataset>-n<N>-cpu.json`` and ``.md``; every stage resumes from its files.
+``agree`` recomputes the rank agreement and the gate from the files; ``compare`` sets one row against others:
+
+    python benchmarks/screen.py compare pretrain+mask2image-8per-top4 baseline pretrain+mask2image-8per-top2 \
+        --dataset busi --n 64 --steps 800
 """
 
 from __future__ import annotations
@@ -733,7 +737,8 @@ def recipe_of(settings: dict) -> dict:
 #: agreement covers it too.
 HEADLINE_ROWS_OF_VARIANTS = {"synthetic-redrawn": ("pretrain+8per-top2+paste0.5", "synthetic"),
                              "synthetic-in-place": ("pretrain+8per-top2+in-place+until0.5", "synthetic"),
-                             "synthetic-mask2image": ("pretrain+mask2image-8per-top2", "synthetic")}
+                             "synthetic-mask2image": ("pretrain+mask2image-8per-top2", "synthetic"),
+                             "synthetic-mask2image-until0.5": ("pretrain+mask2image-8per-top2+until0.5", "synthetic")}
 
 
 def held_variant(config: Path) -> str:
