@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import yaml
 from conftest import load_benchmark
+from scipy.stats import spearmanr
 
 from lesionforge.data.io import write_image, write_mask
 from lesionforge.data.manifest import Provenance, Sample, read_manifest, write_manifest
@@ -560,6 +561,15 @@ def test_agree_recomputes_the_rank_agreement_from_the_two_files_alone(tmp_path):
                             {k: head["arms"][k]["mdice_mean"] for k in a["arms"]})
     assert a["spearman"] == direct["spearman"] and a["bootstrap"]["ci95"] == direct["bootstrap"]["ci95"]
     assert "Rank agreement" in (tmp_path / name.replace(".json", ".md")).read_text(encoding="utf-8")
+    # the reference: the headline runs' own val scores (their selected checkpoints) ranked against their test
+    h = a["headline_val"]
+    val = {k: float(np.mean(head["arms"][k]["best_val_mdice"])) for k in h["arms"]}
+    assert h["arms"] == sorted(head["arms"]) and h["n_seeds"] == 5 and "seeds" in h["bootstrap"]["unit"]
+    assert h["spearman"] == pytest.approx(spearmanr([val[k] for k in h["arms"]],
+                                                    [head["arms"][k]["mdice_mean"] for k in h["arms"]]).statistic)
+    assert "the headline runs' own val scores" in (tmp_path / name.replace(".json", ".md")).read_text(encoding="utf-8")
+    few = {"arms": {k: head["arms"][k] for k in list(head["arms"])[:2]}}
+    assert s.headline_val_agreement(few)["status"].startswith("not computed: 2 arms")
     other = json.loads(head_path.read_text(encoding="utf-8"))
     other["generators"]["inpaint"]["settings"]["n_per_real"] = 9
     (tmp_path / "other.json").write_text(json.dumps(other), encoding="utf-8")

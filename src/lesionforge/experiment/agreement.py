@@ -19,11 +19,13 @@ EXACT_PERMUTATION_MAX = 8
 
 
 def rank_agreement(screen: Mapping[str, Mapping[str, float]], headline: Mapping[str, float], n_boot: int = 2000,
-                   n_perm: int = 20000, seed: int = 0) -> dict:
+                   n_perm: int = 20000, seed: int = 0,
+                   unit: str = "val images, resampled jointly for every arm") -> dict:
     """Spearman rho between the screen's arm scores and the headline's.
 
     ``screen``: arm -> {val image id -> score (e.g. Dice, averaged over seeds)}, the same ids for every arm;
-    ``headline``: arm -> headline mDice. Only arms in both count (at least 3). Returns ``{"arms", "screen_mean",
+    ``headline``: arm -> headline mDice. Only arms in both count (at least 3). ``unit``: what the keys of
+    ``screen`` are, as the bootstrap resamples them (e.g. each arm's seeds, jointly). Returns ``{"arms", "screen_mean",
     "headline", "spearman", "bootstrap": {"ci95", "mean", "p_rho_le_0"}, "permutation_p", "n_images"}``:
     ``permutation_p`` is P(rho >= observed) when the headline ranks are shuffled (one-sided).
     """
@@ -53,7 +55,7 @@ def rank_agreement(screen: Mapping[str, Mapping[str, float]], headline: Mapping[
                       "ci95": [float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))]
                       if boots.size else [float("nan")] * 2,
                       "p_rho_le_0": float((boots <= 0).mean()) if boots.size else float("nan"),
-                      "samples": int(boots.size), "unit": "val images, resampled jointly for every arm"},
+                      "samples": int(boots.size), "unit": unit},
         "permutation_p": float((null >= rho - 1e-12).mean()),
         "permutations": len(perms),
     }
