@@ -1090,6 +1090,7 @@ def agree_cmd(
     write_report(out, results / f"{stem}-cpu.md")
     typer.echo(json.dumps(out["agreement"], indent=1)[:2000])
 
+
 def screen_row(out: dict, name: str) -> dict:
     """A row of a screen file by name: a real row (``baseline``) or ``<variant>:<row>`` (the row ``synthetic`` when
     only the variant is named)."""
