@@ -43,6 +43,18 @@ def test_rank_agreement_perfect_reversed_and_noisy():
         rank_agreement(_screen_scores({"a": 0.1, "b": 0.2}), head)
 
 
+def test_the_rank_correlations_of_the_bootstrap_and_permutations_are_spearmans():
+    """The bootstrap and the permutation test compute every rho at once (``_rho_rows``): each is scipy's Spearman
+    rho, ties ranked by their average; a constant ranking gives NaN, as a rank correlation is undefined there."""
+    from lesionforge.experiment.agreement import _rho_rows
+
+    rng = np.random.default_rng(3)
+    rows = np.round(rng.random((50, 8)), 1)  # rounded: many ties
+    head = np.array([0.1, 0.3, 0.3, 0.2, 0.9, 0.5, 0.5, 0.4])
+    assert np.allclose(_rho_rows(rows, head), [spearmanr(r, head).statistic for r in rows])
+    assert np.isnan(_rho_rows(np.ones((1, 8)), head)).all() and np.isnan(_rho_rows(rows[:2], np.ones(8))).all()
+
+
 def test_every_screen_variant_builds_a_valid_config_and_its_rows():
     """Each lever becomes the generator entry, filter and arms it names (validated before any training): a
     sampler lever changes only the synthesis, keep_best turns the headline's filter on with K, a mixing lever
