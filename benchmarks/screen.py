@@ -392,6 +392,15 @@ def union_config(vcfg: ExperimentConfig, paste: tuple[ExperimentConfig, ArmSetti
                                                   pname: pcfg.generators[pname], UNION: union}, "arms": [arm]})
 
 
+def screen_file(results: Path, dataset: str, n: int, steps: int, existing: bool = False) -> Path:
+    """The screen's JSON for a budget: one file per budget, the default one the screen's, others (e.g. a longer
+    segmenter) beside it with their ``-s<steps>``; with ``existing``, a missing file is a clear error."""
+    path = results / (f"screen-{dataset}-n{n}" + ("" if steps == STEPS else f"-s{steps}") + "-cpu.json")
+    if existing and not path.is_file():
+        raise typer.BadParameter(f"{path}: no screen file (run `screen.py run` first)")
+    return path
+
+
 def screen_dir(cfg: ExperimentConfig, n: int) -> Path:
     return cfg.output / "screen" / f"n{n}-steps{cfg.segment.steps}"
 
@@ -583,9 +592,7 @@ def screen(config: Path, n: int, variants: list[str], results: Path, headline: P
     dataset, seeds = base_cfg.dataset.name, tuple(base_cfg.seeds)
     data = LesionforgeStages().load_data(base_cfg)
     folder = screen_dir(base_cfg, n)
-    # one file per budget: the default one is the screen; others (e.g. a longer segmenter) sit beside it
-    stem = f"screen-{dataset}-n{n}" + ("" if base_cfg.segment.steps == STEPS else f"-s{base_cfg.segment.steps}")
-    out_path = results / f"{stem}-cpu.json"
+    out_path = screen_file(results, dataset, n, base_cfg.segment.steps)
     out = json.loads(out_path.read_text(encoding="utf-8")) if out_path.is_file() else {}
     out.update(dataset=dataset, n_labelled=n, profile="cpu", resolution=base_cfg.resolution,
                machine="2-core CPU, shared with other jobs, torch threads 1",
@@ -599,7 +606,7 @@ def screen(config: Path, n: int, variants: list[str], results: Path, headline: P
     def save() -> None:
         # another screen process (other variants) may have written the file since: keep its variants and rows
         folder.mkdir(parents=True, exist_ok=True)
-        with _locked(folder / f"{stem}.results.lock"):
+        with _locked(folder / f"{out_path.stem}.results.lock"):
             if out_path.is_file():
                 now = json.loads(out_path.read_text(encoding="utf-8"))
                 # a row summarised over more seeds (another process ran them) wins over this one's
@@ -609,7 +616,7 @@ def screen(config: Path, n: int, variants: list[str], results: Path, headline: P
             out["agreement"] = agreement(out, headline, agree_with, recipe, gen)
             out["gate"] = gate(out, agree_with)
             write_json_atomic(out_path, out)
-            write_report(out, results / f"{stem}-cpu.md")
+            write_report(out, out_path.with_suffix(".md"))
 
     # the real-only segmenter of seed 0 scores the label fidelity and gives the in-domain KID features
     checkpoint = folder / "real" / "baseline" / "seed0" / "segmenter" / "best"
@@ -1073,10 +1080,7 @@ def agree_cmd(
     """Recompute the rank agreement of a finished screen file with the headline result as it is now (e.g. after
     the headline sweep gained arms), and the gate, from the two files alone: no segmenter is trained. Rows whose
     segmenters' run records are on this machine also get their last step's val score (:func:`fill_from_run_records`)."""
-    stem = f"screen-{dataset}-n{n}" + ("" if steps == STEPS else f"-s{steps}")
-    out_path = results / f"{stem}-cpu.json"
-    if not out_path.is_file():
-        raise typer.BadParameter(f"{out_path}: no screen file (run `screen.py run` first)")
+    out_path = screen_file(results, dataset, n, steps, existing=True)
     out = json.loads(out_path.read_text(encoding="utf-8"))
     config = headline_config(dataset)
     agree_with = agree_with or held_variant(config)
@@ -1087,7 +1091,7 @@ def agree_cmd(
     out["agreement"] = agreement(out, headline, agree_with, recipe.model_dump(mode="json"), variant_generator(held))
     out["gate"] = gate(out, agree_with)
     write_json_atomic(out_path, out)
-    write_report(out, results / f"{stem}-cpu.md")
+    write_report(out, out_path.with_suffix(".md"))
     typer.echo(json.dumps(out["agreement"], indent=1)[:2000])
 
 
@@ -1116,11 +1120,7 @@ def compare_cmd(
 ) -> None:
     """One row against others on val, from the screen file alone, as the gate compares (over the seeds they share:
     the per-seed differences and the paired 95 % interval over val images or cases); nothing is written."""
-    stem = f"screen-{dataset}-n{n}" + ("" if steps == STEPS else f"-s{steps}")
-    path = results / f"{stem}-cpu.json"
-    if not path.is_file():
-        raise typer.BadParameter(f"{path}: no screen file (run `screen.py run` first)")
-    out = json.loads(path.read_text(encoding="utf-8"))
+    out = json.loads(screen_file(results, dataset, n, steps, existing=True).read_text(encoding="utf-8"))
     a = screen_row(out, row)
     for ref in reference:
         x = _versus(a, screen_row(out, ref))
