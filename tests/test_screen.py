@@ -368,6 +368,57 @@ def test_the_gate_compares_rows_of_other_seed_sets_over_the_seeds_they_share():
     assert no_shared == "seeds [5] against [0, 1, 2]: screen the same seeds"
 
 
+def test_the_gate_holds_variants_to_the_row_of_the_headlines_best_synthetic_arm(tmp_path):
+    """Session 30: BUSI's first synthetic arm (the inpainted pairs) is not its best (the mask2image pairs), and a
+    variant that beat only the first was promoted, then lost to the best on test. The gate's synthetic reference is
+    the row of the headline's best synthetic arm: a promoted variant's row, or the held variant's joined row where
+    the joined arm is best (Kvasir-SEG); without a headline file, the held variant's best row on val."""
+    s = load_benchmark("screen")
+    seed_row = _seed_rows(40, 2)
+
+    def row(gain: float) -> dict:
+        return s.summarise([seed_row(0, gain), seed_row(1, gain)])
+
+    m2i, until = s.HEADLINE_ROWS_OF_VARIANTS["synthetic-mask2image"][0], "contender"
+    out = {"real": {"baseline": row(0.0), "copy-paste": row(-0.04)},
+           "variants": {s.HEADLINE_VARIANT: {"arms": {"synthetic": row(0.005), s.UNION_ARM.name: row(0.002)}},
+                        m2i: {"arms": {"synthetic": row(0.02)}},
+                        # above the baseline and the inpainted pairs, below the mask2image pairs
+                        until: {"arms": {"synthetic": row(0.012)}}}}
+    busi = {"baseline": 0.700, "copy-paste": 0.66, "synthetic": 0.706, s.UNION_ARM.name: 0.703,
+            # an arm without a screen row is not a reference
+            "synthetic-mask2image": 0.726, "synthetic-unscreened": 0.9}
+    g = s.gate(out, s.HEADLINE_VARIANT, busi)
+    assert g["reference"] == {"variant": m2i, "row": "synthetic", "arm": "synthetic-mask2image",
+                              "headline_mdice": 0.726, "val_mdice": pytest.approx(out["variants"][m2i]["arms"][
+                                  "synthetic"]["val_mdice"])}
+    contender = g["variants"][until]["rows"]["synthetic"]
+    assert set(contender["versus"]) == {"baseline", f"{m2i}: synthetic"} and not g["variants"][until]["promote"]
+    assert contender["versus"]["baseline"]["clears"] and "every seed" in contender["versus"][f"{m2i}: synthetic"]["why"]
+    # the reference row itself is held to the real rows only; the held inpaint rows now face the mask2image row
+    assert set(g["variants"][m2i]["rows"]["synthetic"]["versus"]) == {"baseline"} and g["variants"][m2i]["promote"]
+    assert set(g["variants"][s.HEADLINE_VARIANT]["rows"][s.UNION_ARM.name]["versus"]) == {"baseline",
+                                                                                          f"{m2i}: synthetic"}
+    # the old reference (the held variant's same row) would have promoted the contender
+    held = out["variants"][s.HEADLINE_VARIANT]["arms"]["synthetic"]
+    old = s._versus(out["variants"][until]["arms"]["synthetic"], held)
+    assert old["clears"]
+    # Kvasir-SEG: the joined arm is the best: every variant's pairs row must beat the held variant's joined row
+    kvasir = s.gate(out, s.HEADLINE_VARIANT, {"baseline": 0.66, "synthetic": 0.70, s.UNION_ARM.name: 0.72})
+    assert (kvasir["reference"]["variant"], kvasir["reference"]["row"]) == (s.HEADLINE_VARIANT, s.UNION_ARM.name)
+    assert f"{s.HEADLINE_VARIANT}: {s.UNION_ARM.name}" in kvasir["variants"][until]["rows"]["synthetic"]["versus"]
+    assert kvasir["variants"][until]["promote"] and kvasir["variants"][m2i]["promote"]
+    # no headline file: the held variant's best gate row on val
+    alone = s.gate(out, s.HEADLINE_VARIANT, s.headline_scores(tmp_path / "absent.json"))
+    assert (alone["reference"]["variant"], alone["reference"]["row"], alone["reference"]["arm"]) == (
+        s.HEADLINE_VARIANT, "synthetic", None)
+    path = tmp_path / "screen.md"
+    s.write_report({**out, "dataset": "d", "n_labelled": 64, "resolution": 64, "machine": "m", "command": "c",
+                    "segment": {"steps": 800, "seeds": [0, 1]}, "gate": g}, path)
+    assert (f"and `{m2i}: synthetic` (val {g['reference']['val_mdice']:.3f}), the row of the headline's best synthetic "
+            "arm `synthetic-mask2image` (test mDice 0.726)") in path.read_text(encoding="utf-8")
+
+
 def test_compare_sets_two_rows_of_a_screen_file_side_by_side_over_their_shared_seeds(tmp_path):
     """``screen.py compare``: one row against others from the file alone, as the gate compares them; an unknown
     row is refused with the rows the file has."""
