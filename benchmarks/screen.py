@@ -249,6 +249,12 @@ VARIANTS: dict[str, Variant] = {
     "pretrain2000+mask2image-8per-top2": Variant({**_PRETRAIN, "pretrain_steps": 2000}, _MASK2IMAGE, _TOP2),
     "pretrain2000+8per-top2+in-place+until0.5": Variant({**_PRETRAIN, "pretrain_steps": 2000}, _IN_PLACE, _TOP2,
                                                         arm=_mix(1, synthetic_until=0.5)),
+    # size-controlled masks for BUSI's mask2image arm (session 31): new lesion masks of real shapes at drawn sizes,
+    # the small and medium bands drawn twice as often as their real shares, where whole images are drawn around
+    # them (no source pair); 512 draws, the best quarter of each size band kept (128, as the best 2 of 8 per
+    # labelled pair), so the kept pairs keep the drawn sizes
+    "pretrain+mask2image-size2-8per-share0.25": Variant(
+        _PRETRAIN, {**_MASK2IMAGE, "mask_source": "size", "small_boost": 2.0}, {"keep_share": 0.25, "threshold": 0.0}),
     "pretrain+size": Variant(_PRETRAIN, {"mask_source": "size"}),
     # the two best single levers of the first pass together (same set as pretrain+size)
     "pretrain+size+ratio0.5": Variant(_PRETRAIN, {"mask_source": "size"}, arm=_mix(0.5)),
@@ -732,8 +738,8 @@ def describe_variant(entry: dict, v: str, synthetic: SyntheticSet, joined: Synth
 
 
 #: The generator-entry fields that make a recipe (paths and batch sizes of inference left out).
-RECIPE_FIELDS = ("method", "overrides", "n_per_real", "mask_source", "sampler", "sampling_steps", "guidance_scale",
-                 "eta", "use_unlabelled", "jitter")
+RECIPE_FIELDS = ("method", "overrides", "n_per_real", "mask_source", "small_boost", "sampler", "sampling_steps",
+                 "guidance_scale", "eta", "use_unlabelled", "jitter")
 
 
 def recipe_of(settings: dict) -> dict:
@@ -741,7 +747,8 @@ def recipe_of(settings: dict) -> dict:
     which pairs are drawn, and the filter's choice of them."""
     f = settings.get("filter") or {}
     return {**{k: settings.get(k) for k in RECIPE_FIELDS},
-            "filter": None if not f else {k: f.get(k) for k in ("validator", "threshold", "auto_rule", "keep_best")}}
+            "filter": None if not f else {k: f.get(k) for k in ("validator", "threshold", "auto_rule", "keep_best",
+                                                                  "keep_share")}}
 
 
 #: Headline arms screened as another variant's row: arm -> (variant, row). The headline's `synthetic-redrawn` arm is

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -131,6 +132,61 @@ def test_jitter_settings_key_a_new_set_and_reach_the_mask_source(tmp_path):
                      {"method": "inpaint-normal", "jitter": {"max_shift": 0.7}}]:
         with pytest.raises(ValueError, match="jitter"):
             GeneratorSpec.model_validate(settings)
+
+
+def test_size_controlled_masks_with_small_ones_boosted_are_kept_by_share_within_their_drawn_band(tmp_path,
+                                                                                               monkeypatch):
+    """``small_boost`` (size-controlled masks, session 31) is omitted while unset, keys a new set of the same
+    generator and reaches the synthesis's size sampler; each drawn mask names the band of its target area, so
+    ``filter.keep_share`` (refused beside keep_best) ranks sourceless draws within their band and keeps the
+    drawn band shares; the runner passes the share to the filter (its own filter key)."""
+    from lesionforge.data.bands import band_of
+    from lesionforge.experiment.config import GeneratorSpec, resolved_generator_config
+    from lesionforge.validate.filter import _draw_group, source_quotas
+
+    plain = _cfg(tmp_path, None)
+    spec = plain.generators["inpaint"]
+    sized = spec.model_validate({**spec.model_dump(), "mask_source": "size"})
+    boosted = spec.model_validate({**spec.model_dump(), "mask_source": "size", "small_boost": 3.0})
+    cfg_of = {k: plain.model_copy(update={"generators": {"inpaint": s}}) for k, s in (("sized", sized),
+                                                                                    ("boosted", boosted))}
+    assert "small_boost" not in sized.model_dump() and boosted.model_dump()["small_boost"] == 3.0
+    data = LesionforgeStages().load_data(plain)
+    assert synthetic_key(cfg_of["sized"], "inpaint", 8, data) != synthetic_key(cfg_of["boosted"], "inpaint", 8, data)
+    assert resolved_generator_config(plain, sized) == resolved_generator_config(plain, boosted)
+    probs = {k: LesionforgeStages.synthesis_args(cfg_of[k], cfg_of[k].generators["inpaint"], 8, data)[
+        "masks_from"].sampler.band_probs for k in cfg_of}
+    assert probs["boosted"][:2].sum() > probs["sized"][:2].sum()  # the small and medium bands drawn more often
+    draws = LesionforgeStages.synthesis_args(cfg_of["boosted"], boosted, 8, data)["masks_from"](
+        np.random.default_rng(0), 40)
+    assert all(info["source_id"] is None and info["band_drawn"] == band_of(info["target_area_frac"])
+               for _, info in draws)
+    # the filter's grouping reads a sample's provenance only (the synthesis stores the mask info under mask_info)
+    groups = [_draw_group(SimpleNamespace(provenance=Provenance(generator="test", source_id=None, mask_info=info)))
+              for _, info in draws]
+    assert set(groups) == {f"band:{info['band_drawn']}" for _, info in draws}
+    quotas = source_quotas(groups, 0.25)
+    assert sum(quotas.values()) == 10 and all(abs(q - groups.count(g) / 4) < 1 for g, q in quotas.items())
+    share = _cfg(tmp_path, {"validator": "pixel", "threshold": 0.0, "keep_share": 0.25})
+    assert "keep_share" not in _cfg(tmp_path, {"validator": "pixel"}).generators["inpaint"].filter.model_dump()
+    assert filter_key(share, "inpaint") != filter_key(_cfg(tmp_path, {"validator": "pixel", "threshold": 0.0}),
+                                                      "inpaint")
+    seen: dict = {}
+
+    def fake_filter(*args, **kwargs):  # what the runner's filter stage hands the filter
+        seen.update(kwargs)
+        return SimpleNamespace(to_dict=lambda: {"rejected_ids": []})
+
+    import lesionforge.validate.filter as filter_module
+
+    monkeypatch.setattr(filter_module, "filter_manifest", fake_filter)
+    monkeypatch.setattr(LesionforgeStages, "validator_for", staticmethod(lambda *a: tmp_path / "validator"))
+    LesionforgeStages._filter(share, share.generators["inpaint"], 8, data, tmp_path / "m.jsonl", tmp_path / "f")
+    assert seen["keep_share"] == 0.25 and seen["keep_best"] is None
+    with pytest.raises(ValueError, match="keep_best or keep_share"):
+        FilterSettings.model_validate({"validator": "pixel", "keep_best": 2, "keep_share": 0.25})
+    with pytest.raises(ValueError, match="small_boost"):
+        GeneratorSpec.model_validate({"method": "mask-conditioned", "small_boost": 2.0})
 
 
 def test_a_set_drawn_by_a_differently_trained_generator_is_not_reused(tmp_path, monkeypatch):

@@ -20,7 +20,7 @@ from scipy import ndimage
 from scipy.signal import fftconvolve
 from skimage.morphology import disk, remove_small_objects
 
-from lesionforge.data.bands import BAND_EDGES, band_index
+from lesionforge.data.bands import BAND_EDGES, band_index, band_of
 from lesionforge.errors import ConfigError
 
 
@@ -463,8 +463,11 @@ class SizeControlledSource:
         out = []
         for target in self.sampler.sample(rng, n):
             mask, index = _size_controlled(rng, self.size, float(target), self.shape_bank)
+            # the band of its target area: a size-controlled mask has no source pair, so a filter keeping a share
+            # of each group's draws ranks it among its band's (validate/filter.py _draw_group)
             info = {"mask_source": "size_controlled", "source_id": None, "shape_index": index,
-                    "target_area_frac": float(target), "area_frac": float(mask.mean())}
+                    "target_area_frac": float(target), "area_frac": float(mask.mean()),
+                    "band_drawn": band_of(float(target))}
             out.append((mask, info))
         return out
 

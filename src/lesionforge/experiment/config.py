@@ -187,12 +187,18 @@ class FilterSettings(LaterFields):
     keep_best: int | None = Field(None, ge=1)
     #: True: keep_best's choice keeps the lesion size bands in the shares drawn (validate/filter.py best_by_band)
     keep_bands: bool | None = None
-    _omitted_when_none: ClassVar[tuple[str, ...]] = ("keep_best", "keep_bands")
+    #: instead of keep_best: keep this share of each group's draws, the best by validator Dice, where a group is a
+    #: labelled pair, or for a size-controlled mask (no source pair) the size band it was drawn in
+    #: (validate/filter.py source_quotas); None: keep_best's rule
+    keep_share: float | None = Field(None, gt=0, le=1)
+    _omitted_when_none: ClassVar[tuple[str, ...]] = ("keep_best", "keep_bands", "keep_share")
 
     @model_validator(mode="after")
     def _bands_need_keep_best(self) -> FilterSettings:
         if self.keep_bands and self.keep_best is None:
             raise ValueError("filter: keep_bands balances keep_best's choice over lesion sizes; set keep_best")
+        if self.keep_share is not None and self.keep_best is not None:
+            raise ValueError("filter: give keep_best or keep_share, not both")
         return self
 
     @model_validator(mode="after")
@@ -205,13 +211,16 @@ class FilterSettings(LaterFields):
 class GeneratorSpec(LaterFields):
     """One generator, trained once per N (cached, shared by all arms and seeds that name it)."""
 
-    _omitted_when_none = ("eta", "of", "repaint_share", "paste_strength", "jitter")
+    _omitted_when_none = ("eta", "of", "repaint_share", "paste_strength", "jitter", "small_boost")
 
     method: SynthesisMethod
     config: Path | None = None  # GeneratorConfig YAML preset; None: ``overrides`` hold the whole config
     overrides: dict = Field(default_factory=dict)  # fields changed in that preset
     n_per_real: int = 3
-    mask_source: Literal["jitter", "size"] = "jitter"  # real masks deformed, or size-controlled (small boosted)
+    mask_source: Literal["jitter", "size"] = "jitter"  # real masks deformed, or size-controlled
+    #: ``mask_source: size``: the two smaller size bands drawn this many times as often as the real areas'
+    #: shares (conditioning/masks.py SizeSampler); None: 1, the real shares (each band with one pseudo-lesion)
+    small_boost: float | None = Field(None, gt=0)
     sampler: str | None = None  # None: the preset's sampling defaults
     sampling_steps: int | None = None
     guidance_scale: float | None = None
@@ -240,6 +249,8 @@ class GeneratorSpec(LaterFields):
             raise ValueError("jitter sets how real masks are deformed into new ones: it needs mask_source 'jitter', "
                              "a method drawing from masks ('mask-conditioned' or 'inpaint-normal') and no "
                              "paste_strength")
+        if self.small_boost is not None and self.mask_source != "size":
+            raise ValueError("small_boost sets how often size-controlled masks are small: it needs mask_source 'size'")
         if (self.method == UNION_METHOD) != (self.of is not None):
             raise ValueError("`of` (the generator entries to join) is for method 'union', and required by it")
         if self.repaint_share is not None and (self.method != "inpaint-normal" or self.mask_source != "jitter"):

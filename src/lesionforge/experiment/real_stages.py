@@ -265,8 +265,8 @@ class LesionforgeStages:
         labelled, gcfg = data.labelled(n), resolved_generator_config(cfg, spec)
         jitter = spec.jitter or JitterSettings()
         masks_from = make_mask_source(spec.mask_source, labelled, cfg.resolution, even=bool(jitter.even),
-                                      ends_weight=jitter.ends_weight, **jitter.kwargs()) if gcfg.kind in (
-            "mask2image", "inpaint") else None
+                                      ends_weight=jitter.ends_weight, small_boost=spec.small_boost,
+                                      **jitter.kwargs()) if gcfg.kind in ("mask2image", "inpaint") else None
         return dict(
             n=spec.n_per_real * len(labelled), masks_from=masks_from, real=labelled,
             backgrounds=data.backgrounds if spec.method == "inpaint-normal" else None,
@@ -318,7 +318,8 @@ class LesionforgeStages:
         # out_path is this cache's own intermediate file: a rerun after a crash rewrites it identically
         report = filter_manifest(manifest, validator, out_path, threshold=spec.filter.threshold, val=data.val,
                                  overwrite=True, auto_rule=spec.filter.auto_rule,
-                                 keep_best=spec.filter.keep_best, keep_bands=bool(spec.filter.keep_bands)).to_dict()
+                                 keep_best=spec.filter.keep_best, keep_bands=bool(spec.filter.keep_bands),
+                                 keep_share=spec.filter.keep_share).to_dict()
         report["n_rejected"] = len(report.pop("rejected_ids"))  # the ids stay listed in the filtered manifest
         return report
 

@@ -187,16 +187,18 @@ def _unknown(kind: str, x0: torch.Tensor, cond: Conditions, unknown: np.ndarray)
 
 
 def make_mask_source(name: str, real: PairArrays | None, size: int, even: bool = False,
-                     ends_weight: int | None = None, **jitter: Any):
+                     ends_weight: int | None = None, small_boost: float | None = None, **jitter: Any):
     """A mask source by name (``jitter`` or ``size``) from the lesion masks of ``real`` (may be None):
     :func:`lesionforge.conditioning.masks.build_mask_source` on a :class:`PairArrays`; ``jitter``: options of
-    :func:`~lesionforge.conditioning.masks.jitter_mask`, ``even`` and ``ends_weight`` (source ``jitter`` only)."""
+    :func:`~lesionforge.conditioning.masks.jitter_mask`, ``even`` and ``ends_weight`` (source ``jitter`` only);
+    ``small_boost`` (source ``size`` only; None: 1)."""
     from lesionforge.conditioning.masks import build_mask_source
 
+    boost = {} if small_boost is None else {"small_boost": small_boost}
     if real is None:
         return build_mask_source(name, np.zeros((0, size, size), np.uint8), [], size=size, jitter=jitter, even=even,
-                                 ends_weight=ends_weight)
+                                 ends_weight=ends_weight, **boost)
     ids = [i for i, h in zip(real.ids, real.has_mask, strict=True) if h]
     return build_mask_source(name, real.masks[real.has_mask], ids, size=size, jitter=jitter, even=even,
-                             ends_weight=ends_weight)
+                             ends_weight=ends_weight, **boost)
 
