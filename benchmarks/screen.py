@@ -244,13 +244,10 @@ VARIANTS: dict[str, Variant] = {
     # every image without a mask (a new base, then the headline's 1000 steps of tuning); the headline's selection
     "pretrain+8per-top2+tune500": Variant({**_PRETRAIN, "steps": 500}, {**_SDE25, "n_per_real": 8}, _TOP2),
     "pretrain2000+8per-top2": Variant({**_PRETRAIN, "pretrain_steps": 2000}, {**_SDE25, "n_per_real": 8}, _TOP2),
-    # the whole-image kinds' realism (BUSI's mask2image pairs: FID 31 against real test, the inpainted ones 2.6;
-    # MRI's drawn slices less faithful than real ones at every size): twice the pretraining on every image without a
-    # mask (a new base, then the same 1000 tuning steps) for BUSI's mask2image arm and the MRI's promoted recipe
-    # (session 31); the headline's selection and mixing otherwise
+    # the whole-image kind's realism (BUSI's mask2image pairs: FID 31 against real test, the inpainted ones 2.6):
+    # twice the pretraining on every image without a mask (a new base, then the same 1000 tuning steps) for BUSI's
+    # mask2image arm (session 31); the headline's selection and mixing otherwise
     "pretrain2000+mask2image-8per-top2": Variant({**_PRETRAIN, "pretrain_steps": 2000}, _MASK2IMAGE, _TOP2),
-    "pretrain2000+8per-top2+in-place+until0.5": Variant({**_PRETRAIN, "pretrain_steps": 2000}, _IN_PLACE, _TOP2,
-                                                        arm=_mix(1, synthetic_until=0.5)),
     # size-controlled masks for BUSI's mask2image arm (session 31): new lesion masks of real shapes at drawn sizes,
     # the small and medium bands drawn twice as often as their real shares, where whole images are drawn around
     # them (no source pair); 512 draws, the best quarter of each size band kept (128, as the best 2 of 8 per

@@ -171,3 +171,7 @@ def test_real_data_loop_configs_share_the_headline_sweeps_runs_and_keep_the_same
     arm = loop.arm("closed-loop")
     fair = fairness(loop, arm, n, segment_config_for(loop, arm, 0))
     assert fair["synthetic_requested"] == 8 * n and fair["keep_share"] == keep_share(loop.generators["inpaint"]) == 0.25
+    # an open-loop filter given as a share (size-controlled masks have no source pair to count per) is kept as is
+    spec = loop.generators["inpaint"]
+    shared = spec.model_copy(update={"filter": spec.filter.model_copy(update={"keep_best": None, "keep_share": 0.3})})
+    assert keep_share(shared) == 0.3

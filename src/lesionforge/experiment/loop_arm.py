@@ -45,7 +45,10 @@ def fairness(cfg: ExperimentConfig, arm: ArmSettings, n: int, segment_config: di
 def keep_share(spec) -> float | None:
     """The open-loop filter's ``keep_best`` of ``n_per_real`` draws per labelled pair, as the share of each
     source's draws a round keeps: a steered round draws some pairs more often than others, so a fixed number per
-    pair would keep fewer pairs in all than open loop does (or more); the same share keeps the same count."""
+    pair would keep fewer pairs in all than open loop does (or more); the same share keeps the same count. An
+    open-loop filter given as a share already (``keep_share``) is that share."""
+    if spec.filter is not None and spec.filter.keep_share is not None:
+        return spec.filter.keep_share
     keep = spec.filter.keep_best if spec.filter is not None else None
     return None if keep is None else min(1.0, keep / spec.n_per_real)
 
