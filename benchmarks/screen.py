@@ -14,7 +14,8 @@ images. Real-only and copy-paste rows at the same budget make the scores compara
 Each row also keeps its val score at the last step, without choosing the best evaluation; on volumes the gate's
 paired intervals resample val cases, each with all its slices.
 Writes ``benchmarks/results/screen-<dataset>-n<N>-cpu.json`` and ``.md``; every stage resumes from its files.
-``agree`` recomputes the rank agreement and the gate from the files; ``compare`` sets one row against others:
+``agree`` recomputes the rank agreement and the gate from the files (the gate holds each variant to the strongest
+real row and to the row of the headline result's best synthetic arm); ``compare`` sets one row against others:
 
     python benchmarks/screen.py compare pretrain+mask2image-8per-top4 baseline pretrain+mask2image-8per-top2 \
         --dataset busi --n 64 --steps 800
