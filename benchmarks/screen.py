@@ -607,6 +607,7 @@ def screen(config: Path, n: int, variants: list[str], results: Path, headline: P
     held = screen_config(config, n, agree_with, **budget)
     recipe, gen = held.generators[variant_generator(held)].model_dump(mode="json"), variant_generator(held)
     claim_sweep(config)
+    scores = headline_scores(headline)  # the gate's reference arm: read once, not at every save
     dataset, seeds = base_cfg.dataset.name, tuple(base_cfg.seeds)
     data = LesionforgeStages().load_data(base_cfg)
     folder = screen_dir(base_cfg, n)
@@ -632,7 +633,7 @@ def screen(config: Path, n: int, variants: list[str], results: Path, headline: P
                                for a, r in {**now.get("real", {}), **out["real"]}.items()}
                 out["variants"] = {**now.get("variants", {}), **{v: out["variants"][v] for v in made}}
             out["agreement"] = agreement(out, headline, agree_with, recipe, gen)
-            out["gate"] = gate(out, agree_with, headline_scores(headline))
+            out["gate"] = gate(out, agree_with, scores)
             write_json_atomic(out_path, out)
             write_report(out, out_path.with_suffix(".md"))
 

@@ -194,11 +194,11 @@ def make_mask_source(name: str, real: PairArrays | None, size: int, even: bool =
     ``small_boost`` (source ``size`` only; None: 1)."""
     from lesionforge.conditioning.masks import build_mask_source
 
-    boost = {} if small_boost is None else {"small_boost": small_boost}
+    boost = 1.0 if small_boost is None else small_boost
     if real is None:
         return build_mask_source(name, np.zeros((0, size, size), np.uint8), [], size=size, jitter=jitter, even=even,
-                                 ends_weight=ends_weight, **boost)
+                                 ends_weight=ends_weight, small_boost=boost)
     ids = [i for i, h in zip(real.ids, real.has_mask, strict=True) if h]
     return build_mask_source(name, real.masks[real.has_mask], ids, size=size, jitter=jitter, even=even,
-                             ends_weight=ends_weight, **boost)
+                             ends_weight=ends_weight, small_boost=boost)
 
