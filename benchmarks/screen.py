@@ -57,7 +57,7 @@ from lesionforge.experiment.config import (  # noqa: E402
     load_experiment_config,
 )
 from lesionforge.experiment.locks import WAIT_TIMEOUT_S, Busy  # noqa: E402
-from lesionforge.experiment.real_stages import LesionforgeStages  # noqa: E402
+from lesionforge.experiment.real_stages import PIXEL_FILTER_FILE, LesionforgeStages  # noqa: E402
 from lesionforge.experiment.runner import SyntheticCache, _Wait, prepare_output  # noqa: E402
 from lesionforge.experiment.set_fingerprint import fingerprint  # noqa: E402
 from lesionforge.experiment.stages import ExperimentData, SyntheticSet  # noqa: E402
@@ -119,7 +119,7 @@ _MASK2IMAGE = {**_SDE25, "n_per_real": 8, "method": "mask-conditioned",
 
 def _mix(ratio: float, **fields: float) -> dict[str, Any]:
     """A variant's arm change: synthetic:real ``ratio`` in the batches, with the mixing's other ``fields``
-    (``synthetic_until``, ``synthetic_border_ignore``)."""
+    (``synthetic_until``, ``synthetic_border_ignore``, ``synthetic_pixel_filter``)."""
     return {"mixing": {"mode": "ratio", "ratio": ratio, **fields}}
 
 
@@ -260,6 +260,16 @@ VARIANTS: dict[str, Variant] = {
     # best single lever after the selection (session 9: 0.705 on one seed), never tried with it
     "pretrain+size2-8per-share0.25": Variant(_PRETRAIN, {**_SDE25, "n_per_real": 8, "mask_source": "size",
                                                           "small_boost": 2.0}, _SHARE25),
+    # FreeMask's noisy-region filter (session 32): the kept pairs as they are, but the loss leaves out each pixel
+    # whose loss under the set's validator is above 1.25x that validator's mean loss on real val pixels of its class
+    # (validate/pixel_trust.py): lesion tissue painted outside a mask, a mask corner left unpainted; the same sets,
+    # only the segmenters are new (with --union, the joined row's diffusion pairs too; its pasted lesions are real)
+    "pretrain+8per-top2+pixel1.25": Variant(_PRETRAIN, {**_SDE25, "n_per_real": 8}, _TOP2,
+                                            arm=_mix(1, synthetic_pixel_filter=1.25)),
+    "pretrain+mask2image-8per-top2+pixel1.25": Variant(_PRETRAIN, _MASK2IMAGE, _TOP2,
+                                                       arm=_mix(1, synthetic_pixel_filter=1.25)),
+    "pretrain+8per-top2+in-place+until0.5+pixel1.25": Variant(
+        _PRETRAIN, _IN_PLACE, _TOP2, arm=_mix(1, synthetic_until=0.5, synthetic_pixel_filter=1.25)),
     "pretrain+size": Variant(_PRETRAIN, {"mask_source": "size"}),
     # the two best single levers of the first pass together (same set as pretrain+size)
     "pretrain+size+ratio0.5": Variant(_PRETRAIN, {"mask_source": "size"}, arm=_mix(0.5)),
@@ -451,6 +461,8 @@ def run_row(cfg: ExperimentConfig, data: ExperimentData, n: int, arm: ArmSetting
                "miss_rate": out["miss_rate"], "best_val_mdice": out["best_val_mdice"],
                "seconds": round(time.perf_counter() - t0, 1), "checkpoint": str(folder / "segmenter" / "best"),
                "synthetic_set": used, "synthetic_fingerprint": drawn, "last_val_mdice": last_val_mdice(folder)}
+        if (folder / PIXEL_FILTER_FILE).is_file():  # mixing.synthetic_pixel_filter: the pixels it left out
+            row["pixel_filter"] = json.loads((folder / PIXEL_FILTER_FILE).read_text(encoding="utf-8"))
         write_json_atomic(done, row)
         return row
 

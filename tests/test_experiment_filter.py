@@ -233,6 +233,18 @@ def test_pixel_filter_keeps_true_pairs_and_rejects_shifted_ones(tmp_path):
     true_kept = sum(kept[k] for k in kept if k.endswith("true"))
     wrong_kept = sum(kept[k] for k in kept if k.endswith("wrong"))
     assert true_kept > wrong_kept
+    # the same validator, pixel by pixel (mixing.synthetic_pixel_filter, FreeMask's rule): a mask moved off its
+    # lesion has far more pixels left out of the segmenter's loss than the lesion's own mask; the run records it
+    from lesionforge.data.arrays import load_arrays
+    from lesionforge.experiment.real_stages import PIXEL_FILTER_FILE, _left_out
+
+    scored = read_manifest(tmp_path / "filtered.jsonl")
+    arrays = load_arrays(scored, cfg.resolution, cfg.dataset.channels)
+    left = _left_out(scored, arrays, data.val, 1.25, tmp_path / "run")
+    wrong = np.array([s.id.endswith("wrong") for s in scored])
+    assert left[wrong].mean() > 2 * left[~wrong].mean()
+    record = json.loads((tmp_path / "run" / PIXEL_FILTER_FILE).read_text(encoding="utf-8"))
+    assert record["pairs_scored"] == 16 and record["left_out_share"] == pytest.approx(left.mean())
 
 
 @pytest.mark.slow

@@ -112,6 +112,12 @@ def test_every_screen_variant_builds_a_valid_config_and_its_rows():
                             "pretrain+8per-top2+border1").arms[0]
     assert joined.mixing.synthetic_border_ignore == 1 and s.segment_config_for(
         s.screen_config(head, 32, "pretrain+8per-top2+border1"), border, 0)["mixing"]["synthetic_border_ignore"] == 1
+    # so does FreeMask's pixel filter (session 32), which the stage computes from the set's validator
+    (pixel,) = s.variant_arms("pretrain+8per-top2+pixel1.25")
+    assert pixel.filtered and pixel.mixing.synthetic_pixel_filter == 1.25
+    joined = s.union_config(s.screen_config(head, 32, "pretrain+8per-top2+pixel1.25"), paste,
+                            "pretrain+8per-top2+pixel1.25").arms[0]
+    assert joined.mixing.synthetic_pixel_filter == 1.25
     assert half.copy_paste == plain.copy_paste and half.copy_paste.prob == 0.5
 
 

@@ -325,6 +325,9 @@ class ArmSettings(LaterFields):
             raise ValueError(f"arm {self.name!r}: `loop` settings are required for closed-loop arms and only for them")
         if synthetic and self.mixing.mode == "none":
             raise ValueError(f"arm {self.name!r}: a synthetic arm needs a mixing mode other than 'none'")
+        if self.kind == "closed-loop" and self.mixing.synthetic_pixel_filter is not None:
+            raise ValueError(f"arm {self.name!r}: mixing.synthetic_pixel_filter is for synthetic arms; the closed "
+                             "loop's rounds draw new pairs that no filter scored")
         if not synthetic and self.mixing is not None:
             raise ValueError(f"arm {self.name!r}: `mixing` is for synthetic arms")
         if self.copy_paste is not None and self.kind == "baseline":

@@ -341,9 +341,13 @@ class LesionforgeStages:
 
             run, loop = train_closed_loop(self, cfg, arm, segment_config, n, data, synthetic, run_dir)
         else:
-            synth, twins = (None, None) if synthetic is None else _synthetic_arrays(cfg, synthetic, arm.filtered)
+            synth, twins, left_out = None, None, None
+            if synthetic is not None:
+                synth, twins, rows = _synthetic_arrays(cfg, synthetic, arm.filtered)
+                if scfg.mixing.synthetic_pixel_filter is not None:
+                    left_out = _left_out(rows, synth, data.val, scfg.mixing.synthetic_pixel_filter, run_dir)
             run = train_segmenter(scfg, data.labelled(n), data.val, run_dir / "segmenter", synthetic=synth,
-                                  twins=twins, resume=True, progress=True)
+                                  twins=twins, resume=True, progress=True, left_out=left_out)
         t1 = time.perf_counter()
         ev = evaluate(run.best_checkpoint, data.test, subsets=data.subsets or None, miss_fraction=cfg.miss_fraction)
         out = _eval_fields(ev)
@@ -441,13 +445,29 @@ def _validator_configs(cfg: ExperimentConfig, spec: GeneratorSpec):
 
 def _synthetic_arrays(
     cfg: ExperimentConfig, s: SyntheticSet, filtered: bool
-) -> tuple[PairArrays, dict[str, list[int]]]:
-    """The synthetic pairs an arm trains on (those the filter kept when ``filtered``) and real id -> twins."""
+) -> tuple[PairArrays, dict[str, list[int]], list[Sample]]:
+    """The synthetic pairs an arm trains on (those the filter kept when ``filtered``), real id -> twins, and
+    their manifest rows."""
     from lesionforge.segment.data import twins_of
 
     manifest = s.filtered_manifest if filtered and s.filtered_manifest is not None else s.manifest
     samples = read_set(manifest, origin="synthetic", kept_only=filtered)
-    return load_arrays(samples, cfg.resolution, cfg.dataset.channels), twins_of(samples)
+    return load_arrays(samples, cfg.resolution, cfg.dataset.channels), twins_of(samples), samples
+
+
+PIXEL_FILTER_FILE = "pixel-filter.json"
+
+
+def _left_out(rows: list[Sample], synth: PairArrays, val: PairArrays, margin: float, run_dir: Path) -> np.ndarray:
+    """The synthetic pixels the arm's loss leaves out (``mixing.synthetic_pixel_filter``), judged by each pair's
+    validator against its mean loss on real ``val``; how many is recorded in ``run_dir/pixel-filter.json``."""
+    from lesionforge.utils import write_json_atomic
+    from lesionforge.validate.pixel_trust import untrusted_in_set
+
+    left_out, summary = untrusted_in_set(rows, synth, val, margin)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(run_dir / PIXEL_FILTER_FILE, summary)
+    return left_out
 
 
 def _summary(summary: dict[str, Any]) -> dict[str, Any]:

@@ -54,9 +54,13 @@ class MixConfig(LaterFields):
     ``synthetic_border_ignore`` (ratio, alpha, synthetic-only): the loss leaves out the synthetic samples' pixels
     within this many pixels of their label's border, where a generated lesion and the mask it was asked to fill
     disagree (:mod:`lesionforge.segment.losses`; None: every pixel counts).
+    ``synthetic_pixel_filter`` (ratio, alpha, synthetic-only): FreeMask's noisy-region filter, this value its
+    tolerance margin (FreeMask: 1.25): the loss leaves out the synthetic samples' pixels whose loss under the
+    set's validator is above the margin times that validator's mean loss on real ``val`` pixels of the same
+    class (:mod:`lesionforge.validate.pixel_trust`; needs a set scored by a filter; None: every pixel counts).
     """
 
-    _omitted_when_none = ("synthetic_until", "synthetic_border_ignore")
+    _omitted_when_none = ("synthetic_until", "synthetic_border_ignore", "synthetic_pixel_filter")
 
     mode: MixMode = "none"
     ratio: float = Field(1.0, ge=0)
@@ -64,14 +68,16 @@ class MixConfig(LaterFields):
     patch_size: int = Field(16, ge=1)
     synthetic_until: float | None = Field(None, gt=0, le=1)
     synthetic_border_ignore: int | None = Field(None, ge=1)
+    synthetic_pixel_filter: float | None = Field(None, gt=0)
 
     @model_validator(mode="after")
     def _until_needs_a_mixed_mode(self) -> MixConfig:
         if self.synthetic_until is not None and self.mode not in ("ratio", "alpha"):
             raise ValueError(f"synthetic_until applies to modes ratio and alpha, not {self.mode!r}")
-        if self.synthetic_border_ignore is not None and self.mode not in ("ratio", "alpha", "synthetic-only"):
-            raise ValueError(f"synthetic_border_ignore applies to modes ratio, alpha and synthetic-only (batches "
-                             f"that hold synthetic samples as they are), not {self.mode!r}")
+        for name in ("synthetic_border_ignore", "synthetic_pixel_filter"):
+            if getattr(self, name) is not None and self.mode not in ("ratio", "alpha", "synthetic-only"):
+                raise ValueError(f"{name} applies to modes ratio, alpha and synthetic-only (batches that hold "
+                                 f"synthetic samples as they are), not {self.mode!r}")
         return self
 
 

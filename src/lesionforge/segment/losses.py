@@ -8,13 +8,31 @@ rest of each lesion and its context from both. The Dice part is MONAI's ``Masked
 cross-entropy part is written here because MONAI's ``DiceCELoss`` takes no pixel mask (a weighted
 ``binary_cross_entropy_with_logits`` averaged over the pixels that count). With every pixel counted it is
 ``DiceCELoss(sigmoid=True, batch=True)`` (tests/test_segment_losses.py).
+
+With ``mixing.synthetic_pixel_filter`` the pixels to leave out are chosen before training, per synthetic pair
+(:mod:`lesionforge.validate.pixel_trust`); each is carried in the pair's mask as ``label + LEFT_OUT``, so the flag
+moves with its label through every augmentation (they warp masks with nearest-neighbour sampling).
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from monai.losses import MaskedDiceLoss
+
+#: a synthetic mask's value ``label + LEFT_OUT`` (2: background, 3: lesion) marks a pixel the loss leaves out
+LEFT_OUT = 2
+
+
+def mark_left_out(masks: np.ndarray, left_out: np.ndarray) -> np.ndarray:
+    """uint8 masks (N, H, W) in {0, 1, 2, 3}: the binary lesion label, plus ``LEFT_OUT`` where ``left_out``."""
+    return ((masks > 0) + LEFT_OUT * left_out.astype(bool)).astype(np.uint8)
+
+
+def split_left_out(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Marked labels (B, 1, H, W) -> (the {0, 1} labels, a 0/1 mask of the pixels the loss counts)."""
+    return torch.remainder(y, LEFT_OUT), (y < LEFT_OUT).to(y.dtype)
 
 
 def trusted_pixels(y: torch.Tensor, first_synthetic: int, border: int) -> torch.Tensor:

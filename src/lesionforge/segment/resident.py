@@ -19,19 +19,22 @@ from lesionforge.segment.copypaste import DeviceCopyPaster
 from lesionforge.segment.mixing import STREAM_AUGMENT, STREAM_COPY_PASTE, step_rng
 
 
-def _hold(arrays: PairArrays, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    return (torch.from_numpy(np.ascontiguousarray(arrays.images)).to(device),
-            torch.from_numpy((arrays.masks > 0).astype(np.uint8)).to(device))
+def _hold(arrays: PairArrays, device: torch.device, marked: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images and masks as uint8 tensors on ``device``; masks binary unless ``marked`` (they then carry the pixels
+    the loss leaves out, see segment/losses.py, and are held as they are)."""
+    masks = arrays.masks if marked else (arrays.masks > 0).astype(np.uint8)
+    return torch.from_numpy(np.ascontiguousarray(arrays.images)).to(device), torch.from_numpy(masks).to(device)
 
 
 class DeviceBatches:
     """Batch tensors held on ``device``: images uint8 (B, H, W, C), masks uint8 (B, H, W) in {0, 1} until
     :meth:`tensors` makes the network's float inputs."""
 
-    def __init__(self, cfg: SegmentConfig, train: PairArrays, synthetic: PairArrays | None, device: torch.device):
+    def __init__(self, cfg: SegmentConfig, train: PairArrays, synthetic: PairArrays | None, device: torch.device,
+                 marked: bool = False):
         self.cfg, self.device = cfg, device
         self.images, self.masks = _hold(train, device)
-        self.syn_images, self.syn_masks = _hold(synthetic, device) if synthetic is not None else (None, None)
+        self.syn_images, self.syn_masks = (None, None) if synthetic is None else _hold(synthetic, device, marked)
         self.paster = None
         if cfg.copy_paste.enabled:
             self.paster = DeviceCopyPaster(train.images, train.masks, cfg.copy_paste, device,
@@ -59,9 +62,11 @@ class DeviceBatches:
         twin_img[has], twin_mask[has] = self.syn_images[src], self.syn_masks[src]
         return twin_img, twin_mask
 
-    def tensors(self, images: torch.Tensor, masks: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def tensors(self, images: torch.Tensor, masks: torch.Tensor, step: int, marked: bool = False
+                ) -> tuple[torch.Tensor, torch.Tensor]:
         """uint8 batch -> (x float (B, C, H, W) in [-1, 1], y float (B, 1, H, W)), augmented on the device with a
-        generator seeded by (seed, step) as the host path seeds MONAI."""
+        generator seeded by (seed, step) as the host path seeds MONAI. The held masks are binary or marked
+        already, so ``marked`` changes nothing here."""
         x = images.permute(0, 3, 1, 2).float() / 127.5 - 1.0
         y = masks[:, None].float()
         if self.cfg.augment.enabled:

@@ -34,7 +34,7 @@ from lesionforge.outputs import announce_resume, child_path, claim_output
 from lesionforge.segment.augment import augment_batch, build_augmentation
 from lesionforge.segment.config import SegmentConfig
 from lesionforge.segment.copypaste import CopyPaster
-from lesionforge.segment.losses import MaskedDiceCELoss, trusted_pixels
+from lesionforge.segment.losses import MaskedDiceCELoss, mark_left_out, split_left_out, trusted_pixels
 from lesionforge.segment.metrics import THRESHOLD, overlap_scores
 from lesionforge.segment.mixing import (
     STREAM_AUGMENT,
@@ -79,6 +79,7 @@ def train_segmenter(
     cfg: SegmentConfig, train: PairArrays, val: PairArrays, out_dir: str | Path, *,
     synthetic: PairArrays | None = None, twins: dict[str, list[int]] | None = None, resume: bool = True,
     overwrite: bool = False, stop_after: int | None = None, progress: bool = False, resident: bool | None = None,
+    left_out: np.ndarray | None = None,
 ) -> SegmentRun:
     """Train a segmenter on ``train`` (+ ``synthetic`` per ``cfg.mixing``); select on ``val`` mDice.
 
@@ -86,12 +87,15 @@ def train_segmenter(
     real id to indices of its synthetic twins in ``synthetic`` (patch merging). With ``resume`` a run in
     ``out_dir`` continues exactly where it stopped; ``stop_after`` ends the call after that many steps (the
     state is saved, a later call continues). ``resident``: hold the training data on the device and assemble and
-    augment the batches there (default: on CUDA, see :func:`~lesionforge.devices.data_on_device`). Returns the
-    best checkpoint, which :func:`load_segmenter` reads.
+    augment the batches there (default: on CUDA, see :func:`~lesionforge.devices.data_on_device`). ``left_out``:
+    bool (N synthetic, H, W), the synthetic pixels the loss leaves out (``cfg.mixing.synthetic_pixel_filter``'s,
+    :func:`lesionforge.validate.pixel_trust.untrusted_pixels`). Returns the best checkpoint, which
+    :func:`load_segmenter` reads.
     """
     # image-only samples (has_mask False) have no ground truth: neither trained on as lesion-free nor scored
     train, val = (a.subset(np.flatnonzero(a.has_mask)) for a in (train, val))
     _check_inputs(cfg, train, val, synthetic)
+    _check_left_out(cfg, synthetic, left_out)
     out = claim_output(out_dir, "segmentation run", overwrite=overwrite, resume=resume)
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
@@ -102,7 +106,7 @@ def train_segmenter(
     state = _load_last(out, cfg, model, opt, sched) if resume else _State()
     save_config(cfg, out / "config.yaml")
     end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
-    loop = _Loop(cfg, model, train, synthetic, twins, device, data_on_device(device, resident))
+    loop = _Loop(cfg, model, train, synthetic, twins, device, data_on_device(device, resident), left_out)
     bar = _progress(progress, state.step, end)
     while state.step < end:
         t0 = time.perf_counter()
@@ -138,6 +142,15 @@ def _check_inputs(cfg: SegmentConfig, train: PairArrays, val: PairArrays, synthe
         raise ConfigError(f"mixing mode {cfg.mixing.mode!r} needs a synthetic set")
 
 
+def _check_left_out(cfg: SegmentConfig, synthetic: PairArrays | None, left_out: np.ndarray | None) -> None:
+    if (cfg.mixing.synthetic_pixel_filter is None) != (left_out is None):
+        raise ConfigError("mixing.synthetic_pixel_filter and the pixels it leaves out go together: set both (the "
+                          "experiment runner computes them from the set's validator) or neither")
+    if left_out is not None and (synthetic is None or left_out.shape != synthetic.masks.shape):
+        raise DataError("synthetic", f"the pixels to leave out are {left_out.shape}, the synthetic masks "
+                                     f"{None if synthetic is None else synthetic.masks.shape}")
+
+
 class _Loop:
     """One optimizer step: draw a batch, copy-paste, augment, forward (merging for patch-merge), update.
 
@@ -147,15 +160,20 @@ class _Loop:
     def __init__(
         self, cfg: SegmentConfig, model: nn.Module, train: PairArrays, synthetic: PairArrays | None,
         twins: dict[str, list[int]] | None, device: torch.device, resident: bool = False,
+        left_out: np.ndarray | None = None,
     ):
         self.cfg, self.model, self.device = cfg, model, device
         n_syn = 0 if synthetic is None else len(synthetic)
         self.sampler = BatchSampler(cfg.mixing, train.ids, n_syn, cfg.batch_size, cfg.seed, twins, cfg.steps)
+        if left_out is not None:  # the synthetic masks carry the pixels to leave out (segment/losses.py)
+            synthetic = PairArrays(synthetic.images, mark_left_out(synthetic.masks, left_out), synthetic.has_mask,
+                                   synthetic.ids, synthetic.classes)
+        self.marked = left_out is not None
         batches = DeviceBatches if resident else _HostBatches
-        self.batches = batches(cfg, train, synthetic, device)
+        self.batches = batches(cfg, train, synthetic, device, marked=self.marked)
         self.loss_fn = DiceCELoss(sigmoid=True, batch=True)
-        self.border = cfg.mixing.synthetic_border_ignore  # pixels of synthetic labels the loss leaves out
-        self.masked_loss = MaskedDiceCELoss() if self.border else None
+        self.border = cfg.mixing.synthetic_border_ignore or 0  # pixels of synthetic labels the loss leaves out
+        self.masked_loss = MaskedDiceCELoss() if self.border or self.marked else None
         self.fast = gpu_fast_path(device)
         if self.fast:
             self.model.to(memory_format=torch.channels_last)
@@ -175,12 +193,16 @@ class _Loop:
             loss, n = self._merged_loss(plan, step)
         else:
             images, masks = self.batches.real(plan.real, step)
+            marked = self.marked and len(plan.synthetic) > 0
             if len(plan.synthetic):
                 images, masks = self.batches.with_synthetic(images, masks, plan.synthetic)
-            x, y = self.batches.tensors(images, masks, step)
+            x, y = self.batches.tensors(images, masks, step, marked=marked)
             if self.masked_loss is not None and len(plan.synthetic):
+                counted = 1.0
+                if marked:
+                    y, counted = split_left_out(y)
                 # the real samples come first in the batch, the synthetic ones after them
-                w = trusted_pixels(y, len(x) - len(plan.synthetic), self.border)
+                w = trusted_pixels(y, len(x) - len(plan.synthetic), self.border) * counted
                 loss, n = self.masked_loss(self._forward(x), y, w), len(x)
             else:
                 loss, n = self.loss_fn(self._forward(x), y), len(x)
@@ -205,7 +227,9 @@ class _Loop:
 class _HostBatches:
     """Batch arrays on the host (numpy): copy-paste and MONAI augmentation on the CPU, then a copy to ``device``."""
 
-    def __init__(self, cfg: SegmentConfig, train: PairArrays, synthetic: PairArrays | None, device: torch.device):
+    def __init__(self, cfg: SegmentConfig, train: PairArrays, synthetic: PairArrays | None, device: torch.device,
+                 marked: bool = False):
+        # marked: the synthetic masks carry left-out pixels (segment/losses.py), binary labels otherwise
         self.cfg, self.train, self.synthetic, self.device = cfg, train, synthetic, device
         self.augment = build_augmentation(cfg.augment, cfg.resolution) if cfg.augment.enabled else None
         self.paster = CopyPaster(train.images, train.masks, cfg.copy_paste) if cfg.copy_paste.enabled else None
@@ -217,8 +241,9 @@ class _HostBatches:
         return images, masks
 
     def with_synthetic(self, images: np.ndarray, masks: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        # real labels made binary here, so that the synthetic masks' marks (if any) are the only values above 1
         return (np.concatenate([images, self.synthetic.images[idx]]),
-                np.concatenate([masks, self.synthetic.masks[idx]]))
+                np.concatenate([(masks > 0).astype(np.uint8), self.synthetic.masks[idx]]))
 
     def twins(self, images: np.ndarray, masks: np.ndarray, twin: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         has_twin = twin >= 0
@@ -227,8 +252,10 @@ class _HostBatches:
         twin_mask[has_twin] = self.synthetic.masks[twin[has_twin]]
         return twin_img, twin_mask
 
-    def tensors(self, images: np.ndarray, masks: np.ndarray, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        x, y = image_to_tensor(images), mask_to_tensor((masks > 0).astype(np.uint8))
+    def tensors(self, images: np.ndarray, masks: np.ndarray, step: int, marked: bool = False
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``marked``: the masks carry left-out pixels (segment/losses.py ``LEFT_OUT``), kept as they are."""
+        x, y = image_to_tensor(images), mask_to_tensor(masks if marked else (masks > 0).astype(np.uint8))
         if self.augment is not None:
             seed = int(step_rng(self.cfg.seed, step, STREAM_AUGMENT).integers(2**31))
             x, y = augment_batch(self.augment, x, y, seed)
