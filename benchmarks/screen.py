@@ -537,7 +537,9 @@ def summarise(rows: list[dict]) -> dict:
             "val_mdice_by_seed": [r["val_mdice"] for r in rows], "seconds": sum(r["seconds"] for r in rows),
             "per_image": {i: float(np.mean(v)) for i, v in sorted(per_image.items())},
             "per_image_by_seed": _by_seed(rows, sorted(per_image)),
-            **({"last_val_mdice_by_seed": last} if None not in last else {})}
+            **({"last_val_mdice_by_seed": last} if None not in last else {}),
+            # mixing.synthetic_pixel_filter: what it left out of the set (the same for every seed)
+            **({"pixel_filter": rows[0]["pixel_filter"]} if "pixel_filter" in rows[0] else {})}
 
 
 def _by_seed(rows: list[dict], ids: list[str]) -> list[list[float]]:
