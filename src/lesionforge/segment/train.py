@@ -229,7 +229,8 @@ class _HostBatches:
 
     def __init__(self, cfg: SegmentConfig, train: PairArrays, synthetic: PairArrays | None, device: torch.device,
                  marked: bool = False):
-        # marked: the synthetic masks carry left-out pixels (segment/losses.py), binary labels otherwise
+        # marked (the synthetic masks carry left-out pixels, segment/losses.py): nothing to do here, the masks are
+        # kept as they are and tensors() is told per batch; the parameter keeps DeviceBatches' signature
         self.cfg, self.train, self.synthetic, self.device = cfg, train, synthetic, device
         self.augment = build_augmentation(cfg.augment, cfg.resolution) if cfg.augment.enabled else None
         self.paster = CopyPaster(train.images, train.masks, cfg.copy_paste) if cfg.copy_paste.enabled else None
