@@ -71,7 +71,7 @@ def untrusted_in_set(samples: list[Sample], arrays: PairArrays, reference: PairA
             groups.setdefault(str(validation["validator"]), []).append(i)
     if not groups:
         raise ConfigError("mixing.synthetic_pixel_filter needs pairs scored by a validator: give the set's generator "
-                          "entry a filter")
+                          "entry a filter and the arm `filtered: true`")
     left_out = np.zeros(arrays.masks.shape, bool)
     per_validator = {}
     for path, idx in groups.items():
