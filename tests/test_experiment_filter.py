@@ -245,6 +245,9 @@ def test_pixel_filter_keeps_true_pairs_and_rejects_shifted_ones(tmp_path):
     assert left[wrong].mean() > 2 * left[~wrong].mean()
     record = json.loads((tmp_path / "run" / PIXEL_FILTER_FILE).read_text(encoding="utf-8"))
     assert record["pairs_scored"] == 16 and record["left_out_share"] == pytest.approx(left.mean())
+    # background pixels only: a subset of the above, none of them inside a mask
+    bg = _left_out(scored, arrays, data.val, 1.25, tmp_path / "run-bg", only="background")
+    assert not (bg & (arrays.masks > 0)).any() and not (bg & ~left).any() and bg[wrong].any()
 
 
 @pytest.mark.slow

@@ -66,6 +66,10 @@ def test_the_pixels_a_mask_mislabels_are_left_out_and_the_ones_it_labels_right_a
     out = pixel_trust.untrusted_pixels(v, image[None], m[None], means, margin=1.25)[0]
     assert np.array_equal(out, mask ^ painted)  # mask corner left unpainted + tissue painted outside the mask
     assert not out[mask & painted].any() and not out[~mask & ~painted].any()
+    # one label's pixels only: tissue painted outside the mask (background), or the unpainted mask corner (lesion)
+    only_bg = pixel_trust.untrusted_pixels(v, image[None], m[None], means, margin=1.25, only="background")[0]
+    only_lesion = pixel_trust.untrusted_pixels(v, image[None], m[None], means, margin=1.25, only="lesion")[0]
+    assert np.array_equal(only_bg, painted & ~mask) and np.array_equal(only_lesion, mask & ~painted)
     # a wide margin forgives every pixel of this set (loss -log(0.1) = 2.3 against means near 0.1-0.6)
     assert not pixel_trust.untrusted_pixels(v, image[None], m[None], means, margin=50).any()
     with pytest.raises(ConfigError, match="8 px"):  # another resolution than the validator's: a clear refusal
@@ -144,6 +148,9 @@ def test_the_filter_is_refused_where_it_cannot_apply(tmp_path, demo_arrays):
     assert "synthetic_pixel_filter" not in MixConfig(mode="ratio").model_dump()  # old dumps and hashes unchanged
     with pytest.raises(ValueError, match="synthetic_pixel_filter"):
         MixConfig(mode="patch-merge", synthetic_pixel_filter=1.25)
+    with pytest.raises(ValueError, match="give that margin too"):
+        MixConfig(mode="ratio", synthetic_pixel_filter_class="background")
+    assert "synthetic_pixel_filter_class" not in MixConfig(mode="ratio", synthetic_pixel_filter=1.25).model_dump()
     with pytest.raises(ValueError, match="no filter scored"):
         ArmSettings(name="loop", kind="closed-loop", generator="g", loop={"open_loop_arm": "synthetic"},
                     mixing={"mode": "ratio", "synthetic_pixel_filter": 1.25})

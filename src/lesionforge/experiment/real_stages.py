@@ -345,7 +345,8 @@ class LesionforgeStages:
             if synthetic is not None:
                 synth, twins, rows = _synthetic_arrays(cfg, synthetic, arm.filtered)
                 if scfg.mixing.synthetic_pixel_filter is not None:
-                    left_out = _left_out(rows, synth, data.val, scfg.mixing.synthetic_pixel_filter, run_dir)
+                    left_out = _left_out(rows, synth, data.val, scfg.mixing.synthetic_pixel_filter, run_dir,
+                                         scfg.mixing.synthetic_pixel_filter_class)
             run = train_segmenter(scfg, data.labelled(n), data.val, run_dir / "segmenter", synthetic=synth,
                                   twins=twins, resume=True, progress=True, left_out=left_out)
         t1 = time.perf_counter()
@@ -458,13 +459,14 @@ def _synthetic_arrays(
 PIXEL_FILTER_FILE = "pixel-filter.json"
 
 
-def _left_out(rows: list[Sample], synth: PairArrays, val: PairArrays, margin: float, run_dir: Path) -> np.ndarray:
+def _left_out(rows: list[Sample], synth: PairArrays, val: PairArrays, margin: float, run_dir: Path,
+              only: str | None = None) -> np.ndarray:
     """The synthetic pixels the arm's loss leaves out (``mixing.synthetic_pixel_filter``), judged by each pair's
     validator against its mean loss on real ``val``; how many is recorded in ``run_dir/pixel-filter.json``."""
     from lesionforge.utils import write_json_atomic
     from lesionforge.validate.pixel_trust import untrusted_in_set
 
-    left_out, summary = untrusted_in_set(rows, synth, val, margin)
+    left_out, summary = untrusted_in_set(rows, synth, val, margin, only)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(run_dir / PIXEL_FILTER_FILE, summary)
     return left_out

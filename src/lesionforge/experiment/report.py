@@ -82,7 +82,9 @@ def _arm_label(name: str, arm: dict) -> str:
     if arm.get("synthetic_border_ignore") is not None:
         mixing += f", label border {arm['synthetic_border_ignore']} px ignored"
     if arm.get("synthetic_pixel_filter") is not None:  # FreeMask's noisy-region filter, its tolerance margin
-        mixing += f", pixels above {arm['synthetic_pixel_filter']:g}x the validator's real loss ignored"
+        label = arm.get("synthetic_pixel_filter_class")
+        mixing += (f", {label + ' ' if label else ''}pixels above {arm['synthetic_pixel_filter']:g}x the validator's "
+                   "real loss ignored")
     filt = "filtered" if arm.get("filtered") else "unfiltered"
     paste = f", + copy-paste p {arm['copy_paste_p']}" if arm.get("copy_paste_p") is not None else ""
     return f"{name} ({arm.get('method')}, {mixing}, {filt}{paste})"

@@ -163,7 +163,8 @@ def _arm_summary(
         if arm.mixing.mode == "patch-merge":
             out["patch_size"] = arm.mixing.patch_size
         # set only where the arm sets them, so older results keep their fields
-        for key in ("synthetic_until", "synthetic_border_ignore", "synthetic_pixel_filter"):
+        for key in ("synthetic_until", "synthetic_border_ignore", "synthetic_pixel_filter",
+                    "synthetic_pixel_filter_class"):
             if getattr(arm.mixing, key) is not None:
                 out[key] = getattr(arm.mixing, key)
         s = synthetic.get(arm.generator)

@@ -58,9 +58,12 @@ class MixConfig(LaterFields):
     tolerance margin (FreeMask: 1.25): the loss leaves out the synthetic samples' pixels whose loss under the
     set's validator is above the margin times that validator's mean loss on real ``val`` pixels of the same
     class (:mod:`lesionforge.validate.pixel_trust`; needs a set scored by a filter; None: every pixel counts).
+    ``synthetic_pixel_filter_class`` (``background`` or ``lesion``): the filter leaves out pixels of that label
+    only, e.g. ``background``: only tissue the validator sees as lesion outside the mask (None: both).
     """
 
-    _omitted_when_none = ("synthetic_until", "synthetic_border_ignore", "synthetic_pixel_filter")
+    _omitted_when_none = ("synthetic_until", "synthetic_border_ignore", "synthetic_pixel_filter",
+                          "synthetic_pixel_filter_class")
 
     mode: MixMode = "none"
     ratio: float = Field(1.0, ge=0)
@@ -69,6 +72,7 @@ class MixConfig(LaterFields):
     synthetic_until: float | None = Field(None, gt=0, le=1)
     synthetic_border_ignore: int | None = Field(None, ge=1)
     synthetic_pixel_filter: float | None = Field(None, gt=0)
+    synthetic_pixel_filter_class: Literal["background", "lesion"] | None = None
 
     @model_validator(mode="after")
     def _until_needs_a_mixed_mode(self) -> MixConfig:
@@ -78,6 +82,8 @@ class MixConfig(LaterFields):
             if getattr(self, name) is not None and self.mode not in ("ratio", "alpha", "synthetic-only"):
                 raise ValueError(f"{name} applies to modes ratio, alpha and synthetic-only (batches that hold "
                                  f"synthetic samples as they are), not {self.mode!r}")
+        if self.synthetic_pixel_filter_class is not None and self.synthetic_pixel_filter is None:
+            raise ValueError("synthetic_pixel_filter_class narrows synthetic_pixel_filter; give that margin too")
         return self
 
 

@@ -51,17 +51,23 @@ def class_mean_losses(validator: Validator, reference: PairArrays) -> dict[str, 
 
 
 def untrusted_pixels(validator: Validator, images: np.ndarray, masks: np.ndarray, means: dict[str, float],
-                     margin: float) -> np.ndarray:
-    """bool (N, H, W): the pixels whose loss is above ``margin`` x the real mean loss of their label's class."""
+                     margin: float, only: str | None = None) -> np.ndarray:
+    """bool (N, H, W): the pixels whose loss is above ``margin`` x the real mean loss of their label's class;
+    ``only`` (``background`` or ``lesion``): of that label only."""
     losses = pixel_losses(validator, images, masks)
-    return losses > margin * np.where(masks > 0, means["lesion"], means["background"])
+    lesion = masks > 0
+    out = losses > margin * np.where(lesion, means["lesion"], means["background"])
+    if only is not None:
+        out &= lesion if only == "lesion" else ~lesion
+    return out
 
 
-def untrusted_in_set(samples: list[Sample], arrays: PairArrays, reference: PairArrays, margin: float
-                     ) -> tuple[np.ndarray, dict[str, Any]]:
+def untrusted_in_set(samples: list[Sample], arrays: PairArrays, reference: PairArrays, margin: float,
+                     only: str | None = None) -> tuple[np.ndarray, dict[str, Any]]:
     """The pixels to leave out of each synthetic pair of ``arrays`` (rows ``samples``, in the same order), each
     judged by the validator its filter scored it with (``provenance.validation.validator``), against that
-    validator's class means on ``reference``. Rows no validator scored (e.g. real lesions pasted onto
+    validator's class means on ``reference`` (``only``: one label's pixels, see :func:`untrusted_pixels`). Rows no
+    validator scored (e.g. real lesions pasted onto
     backgrounds, joined to the diffusion pairs) are trusted whole. Returns the bool (N, H, W) array and a
     summary for the run's record."""
     groups: dict[str, list[int]] = {}
@@ -78,14 +84,15 @@ def untrusted_in_set(samples: list[Sample], arrays: PairArrays, reference: PairA
         validator = load_validator(Path(path))
         means = class_mean_losses(validator, reference)
         rows = np.asarray(idx)
-        left_out[rows] = untrusted_pixels(validator, arrays.images[rows], arrays.masks[rows], means, margin)
+        left_out[rows] = untrusted_pixels(validator, arrays.images[rows], arrays.masks[rows], means, margin, only)
         per_validator[path] = {"pairs": len(idx), "real_mean_loss": means}
     scored = np.zeros(len(samples), bool)
     scored[[i for idx in groups.values() for i in idx]] = True
     lesion = arrays.masks[scored] > 0
     out = left_out[scored]
     summary = {
-        "margin": margin, "validators": per_validator, "pairs_scored": int(scored.sum()),
+        "margin": margin, **({"only": only} if only else {}), "validators": per_validator,
+        "pairs_scored": int(scored.sum()),
         "pairs_trusted_whole": int((~scored).sum()),
         "left_out_share": float(out.mean()),
         "left_out_share_lesion": float(out[lesion].mean()) if lesion.any() else None,
