@@ -268,6 +268,12 @@ VARIANTS: dict[str, Variant] = {
                                             arm=_mix(1, synthetic_pixel_filter=1.25)),
     "pretrain+mask2image-8per-top2+pixel1.25": Variant(_PRETRAIN, _MASK2IMAGE, _TOP2,
                                                        arm=_mix(1, synthetic_pixel_filter=1.25)),
+    "pretrain+8per-top2+pixel1.25-background": Variant(
+        _PRETRAIN, {**_SDE25, "n_per_real": 8}, _TOP2,
+        arm=_mix(1, synthetic_pixel_filter=1.25, synthetic_pixel_filter_class="background")),
+    "pretrain+mask2image-8per-top2+pixel1.25-background": Variant(
+        _PRETRAIN, _MASK2IMAGE, _TOP2,
+        arm=_mix(1, synthetic_pixel_filter=1.25, synthetic_pixel_filter_class="background")),
     "pretrain+8per-top2+in-place+until0.5+pixel1.25": Variant(
         _PRETRAIN, _IN_PLACE, _TOP2, arm=_mix(1, synthetic_until=0.5, synthetic_pixel_filter=1.25)),
     # the same, background pixels only: the validator sees hippocampus where the mask says none (drawn tissue
