@@ -62,11 +62,9 @@ class DeviceBatches:
         twin_img[has], twin_mask[has] = self.syn_images[src], self.syn_masks[src]
         return twin_img, twin_mask
 
-    def tensors(self, images: torch.Tensor, masks: torch.Tensor, step: int, marked: bool = False
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+    def tensors(self, images: torch.Tensor, masks: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """uint8 batch -> (x float (B, C, H, W) in [-1, 1], y float (B, 1, H, W)), augmented on the device with a
-        generator seeded by (seed, step) as the host path seeds MONAI. The held masks are binary or marked
-        already, so ``marked`` changes nothing here."""
+        generator seeded by (seed, step) as the host path seeds MONAI."""
         x = images.permute(0, 3, 1, 2).float() / 127.5 - 1.0
         y = masks[:, None].float()
         if self.cfg.augment.enabled:

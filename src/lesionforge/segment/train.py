@@ -193,13 +193,12 @@ class _Loop:
             loss, n = self._merged_loss(plan, step)
         else:
             images, masks = self.batches.real(plan.real, step)
-            marked = self.marked and len(plan.synthetic) > 0
             if len(plan.synthetic):
                 images, masks = self.batches.with_synthetic(images, masks, plan.synthetic)
-            x, y = self.batches.tensors(images, masks, step, marked=marked)
+            x, y = self.batches.tensors(images, masks, step)
             if self.masked_loss is not None and len(plan.synthetic):
                 counted = 1.0
-                if marked:
+                if self.marked:
                     y, counted = split_left_out(y)
                 # the real samples come first in the batch, the synthetic ones after them
                 w = trusted_pixels(y, len(x) - len(plan.synthetic), self.border) * counted
@@ -229,8 +228,11 @@ class _HostBatches:
 
     def __init__(self, cfg: SegmentConfig, train: PairArrays, synthetic: PairArrays | None, device: torch.device,
                  marked: bool = False):
-        # marked (the synthetic masks carry left-out pixels, segment/losses.py): nothing to do here, the masks are
-        # kept as they are and tensors() is told per batch; the parameter keeps DeviceBatches' signature
+        # masks are made binary where they enter a batch (real ones after copy-paste, synthetic ones here), so
+        # tensors() takes them as they are; ``marked`` synthetic masks carry left-out pixels (segment/losses.py)
+        if synthetic is not None and not marked:
+            synthetic = PairArrays(synthetic.images, (synthetic.masks > 0).astype(np.uint8), synthetic.has_mask,
+                                   synthetic.ids, synthetic.classes)
         self.cfg, self.train, self.synthetic, self.device = cfg, train, synthetic, device
         self.augment = build_augmentation(cfg.augment, cfg.resolution) if cfg.augment.enabled else None
         self.paster = CopyPaster(train.images, train.masks, cfg.copy_paste) if cfg.copy_paste.enabled else None
@@ -239,12 +241,11 @@ class _HostBatches:
         images, masks = self.train.images[idx], self.train.masks[idx]
         if self.paster is not None and len(idx):
             images, masks = self.paster(images, masks, idx, step_rng(self.cfg.seed, step, STREAM_COPY_PASTE))
-        return images, masks
+        return images, (masks > 0).astype(np.uint8)
 
     def with_synthetic(self, images: np.ndarray, masks: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        # real labels made binary here, so that the synthetic masks' marks (if any) are the only values above 1
         return (np.concatenate([images, self.synthetic.images[idx]]),
-                np.concatenate([(masks > 0).astype(np.uint8), self.synthetic.masks[idx]]))
+                np.concatenate([masks, self.synthetic.masks[idx]]))
 
     def twins(self, images: np.ndarray, masks: np.ndarray, twin: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         has_twin = twin >= 0
@@ -253,10 +254,8 @@ class _HostBatches:
         twin_mask[has_twin] = self.synthetic.masks[twin[has_twin]]
         return twin_img, twin_mask
 
-    def tensors(self, images: np.ndarray, masks: np.ndarray, step: int, marked: bool = False
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``marked``: the masks carry left-out pixels (segment/losses.py ``LEFT_OUT``), kept as they are."""
-        x, y = image_to_tensor(images), mask_to_tensor(masks if marked else (masks > 0).astype(np.uint8))
+    def tensors(self, images: np.ndarray, masks: np.ndarray, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = image_to_tensor(images), mask_to_tensor(masks)
         if self.augment is not None:
             seed = int(step_rng(self.cfg.seed, step, STREAM_AUGMENT).integers(2**31))
             x, y = augment_batch(self.augment, x, y, seed)

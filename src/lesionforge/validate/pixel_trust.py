@@ -67,9 +67,8 @@ def untrusted_in_set(samples: list[Sample], arrays: PairArrays, reference: PairA
     """The pixels to leave out of each synthetic pair of ``arrays`` (rows ``samples``, in the same order), each
     judged by the validator its filter scored it with (``provenance.validation.validator``), against that
     validator's class means on ``reference`` (``only``: one label's pixels, see :func:`untrusted_pixels`). Rows no
-    validator scored (e.g. real lesions pasted onto
-    backgrounds, joined to the diffusion pairs) are trusted whole. Returns the bool (N, H, W) array and a
-    summary for the run's record."""
+    validator scored (e.g. real lesions pasted onto backgrounds, joined to the diffusion pairs) are trusted whole.
+    Returns the bool (N, H, W) array and a summary for the run's record."""
     groups: dict[str, list[int]] = {}
     for i, s in enumerate(samples):
         validation = s.provenance.validation if s.provenance is not None else None
