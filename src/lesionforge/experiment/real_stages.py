@@ -31,6 +31,7 @@ from lesionforge.experiment.keys import cache_key, settings_dump
 from lesionforge.experiment.records import BANDS
 from lesionforge.experiment.stages import ExperimentData, SyntheticSet
 from lesionforge.outputs import is_inside
+from lesionforge.segment.config import PixelClass
 
 
 def demo_split(samples: list[Sample], sizes: list[int]) -> BenchmarkSplit:
@@ -460,7 +461,7 @@ PIXEL_FILTER_FILE = "pixel-filter.json"
 
 
 def _left_out(rows: list[Sample], synth: PairArrays, val: PairArrays, margin: float, run_dir: Path,
-              only: str | None = None) -> np.ndarray:
+              only: PixelClass | None = None) -> np.ndarray:
     """The synthetic pixels the arm's loss leaves out (``mixing.synthetic_pixel_filter``), judged by each pair's
     validator against its mean loss on real ``val``; how many is recorded in ``run_dir/pixel-filter.json``."""
     from lesionforge.utils import write_json_atomic

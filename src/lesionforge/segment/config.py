@@ -11,6 +11,7 @@ from lesionforge.devices import DeviceName
 
 NetworkName = Literal["BasicUNet", "UNet", "AttentionUnet", "SegResNet", "UNETR", "SwinUNETR"]
 MixMode = Literal["none", "ratio", "alpha", "patch-merge", "synthetic-only"]
+PixelClass = Literal["background", "lesion"]  # one label's pixels (mixing.synthetic_pixel_filter_class)
 
 
 class AugmentConfig(StrictModel):
@@ -72,7 +73,7 @@ class MixConfig(LaterFields):
     synthetic_until: float | None = Field(None, gt=0, le=1)
     synthetic_border_ignore: int | None = Field(None, ge=1)
     synthetic_pixel_filter: float | None = Field(None, gt=0)
-    synthetic_pixel_filter_class: Literal["background", "lesion"] | None = None
+    synthetic_pixel_filter_class: PixelClass | None = None
 
     @model_validator(mode="after")
     def _until_needs_a_mixed_mode(self) -> MixConfig:

@@ -24,6 +24,7 @@ import numpy as np
 from lesionforge.data.arrays import PairArrays
 from lesionforge.data.manifest import Sample
 from lesionforge.errors import ConfigError
+from lesionforge.segment.config import PixelClass
 from lesionforge.validate.validator import Validator, load_validator
 
 _EPS = 1e-6
@@ -51,7 +52,7 @@ def class_mean_losses(validator: Validator, reference: PairArrays) -> dict[str, 
 
 
 def untrusted_pixels(validator: Validator, images: np.ndarray, masks: np.ndarray, means: dict[str, float],
-                     margin: float, only: str | None = None) -> np.ndarray:
+                     margin: float, only: PixelClass | None = None) -> np.ndarray:
     """bool (N, H, W): the pixels whose loss is above ``margin`` x the real mean loss of their label's class;
     ``only`` (``background`` or ``lesion``): of that label only."""
     losses = pixel_losses(validator, images, masks)
@@ -63,7 +64,7 @@ def untrusted_pixels(validator: Validator, images: np.ndarray, masks: np.ndarray
 
 
 def untrusted_in_set(samples: list[Sample], arrays: PairArrays, reference: PairArrays, margin: float,
-                     only: str | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+                     only: PixelClass | None = None) -> tuple[np.ndarray, dict[str, Any]]:
     """The pixels to leave out of each synthetic pair of ``arrays`` (rows ``samples``, in the same order), each
     judged by the validator its filter scored it with (``provenance.validation.validator``), against that
     validator's class means on ``reference`` (``only``: one label's pixels, see :func:`untrusted_pixels`). Rows no
