@@ -292,6 +292,20 @@ VARIANTS: dict[str, Variant] = {
     "pretrain+8per-top2+cfg3": Variant(_PRETRAIN, {**_SDE25, "n_per_real": 8, "guidance_scale": 3.0}, _TOP2),
     "pretrain+8per-top2+cfg5": Variant(_PRETRAIN, {**_SDE25, "n_per_real": 8, "guidance_scale": 5.0}, _TOP2),
     "pretrain+mask2image-8per-top2+cfg3": Variant(_PRETRAIN, {**_MASK2IMAGE, "guidance_scale": 3.0}, _TOP2),
+    # mask guidance (session 34): the MRI generator has no prompt or class, but pretraining on slices without masks
+    # taught it "mask unknown" (models.unknown_mask), so guidance can weigh the label mask against no mask. Drawn
+    # unguided, most in-place draws barely show the structure where the mask says; guided they do. Guidance only
+    # within 4 pixels of the mask: guided everywhere, the slices brighten by a third (the twins' global
+    # brightness differs); the promoted MRI recipe otherwise (in place, pairs in the first half of the steps)
+    "pretrain+8per-top2+in-place+until0.5+mask-cfg2": Variant(
+        _PRETRAIN, {**_IN_PLACE, "guidance_scale": 2.0, "mask_guidance": True, "guidance_region": 4}, _TOP2,
+        arm=_mix(1, synthetic_until=0.5)),
+    "pretrain+8per-top2+in-place+until0.5+mask-cfg3": Variant(
+        _PRETRAIN, {**_IN_PLACE, "guidance_scale": 3.0, "mask_guidance": True, "guidance_region": 4}, _TOP2,
+        arm=_mix(1, synthetic_until=0.5)),
+    # the same on BUSI's mask2image kind (its class nulled with the mask): class guidance alone was below scale 1
+    "pretrain+mask2image-8per-top2+mask-cfg2": Variant(
+        _PRETRAIN, {**_MASK2IMAGE, "guidance_scale": 2.0, "mask_guidance": True, "guidance_region": 4}, _TOP2),
     "pretrain+size": Variant(_PRETRAIN, {"mask_source": "size"}),
     # the two best single levers of the first pass together (same set as pretrain+size)
     "pretrain+size+ratio0.5": Variant(_PRETRAIN, {"mask_source": "size"}, arm=_mix(0.5)),
@@ -781,7 +795,8 @@ def describe_variant(entry: dict, v: str, synthetic: SyntheticSet, joined: Synth
 
 #: The generator-entry fields that make a recipe (paths and batch sizes of inference left out).
 RECIPE_FIELDS = ("method", "overrides", "n_per_real", "mask_source", "small_boost", "sampler", "sampling_steps",
-                 "guidance_scale", "eta", "use_unlabelled", "jitter")
+                 "guidance_scale", "eta", "mask_guidance", "guidance_region", "use_unlabelled",
+                 "jitter")
 
 
 def recipe_of(settings: dict) -> dict:

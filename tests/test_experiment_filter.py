@@ -319,3 +319,25 @@ def test_a_resumed_set_reports_no_synthesis_speed(tmp_path):
     again = LesionforgeStages._pasted(spec, 8, data, tmp_path / "set")
     assert first["n_generated"] == again["n_generated"] == 8
     assert first["timings"]["synthesis_images_per_s"] > 0 and again["timings"]["synthesis_images_per_s"] is None
+
+
+def test_guidance_settings_key_a_new_set_and_reach_the_sampling(tmp_path):
+    """``mask_guidance`` and ``guidance_region`` are omitted while unset (existing sets keep their keys); set, they
+    key a new set of the same generator and reach the synthesis's sampling settings; a joining entry refuses them."""
+    from lesionforge.experiment.config import GeneratorSpec, resolved_generator_config
+
+    plain = _cfg(tmp_path, None)
+    spec = plain.generators["inpaint"]
+    guided = spec.model_copy(update={"guidance_scale": 2.0, "mask_guidance": True, "guidance_region": 4})
+    other = plain.model_copy(update={"generators": {"inpaint": guided}})
+    assert "mask_guidance" not in spec.model_dump() and "guidance_region" not in spec.model_dump()
+    data = LesionforgeStages().load_data(plain)
+    assert synthetic_key(plain, "inpaint", 8, data) != synthetic_key(other, "inpaint", 8, data)
+    assert resolved_generator_config(plain, spec) == resolved_generator_config(other, guided)
+    sampling = LesionforgeStages.synthesis_args(other, guided, 8, data)["sampling"]
+    assert (sampling.mask_guidance, sampling.guidance_region) == (True, 4)
+    assert LesionforgeStages.synthesis_args(plain, spec, 8, data)["sampling"].guidance_region is None
+    with pytest.raises(ValueError, match="mask_guidance"):
+        GeneratorSpec.model_validate({"method": "union", "of": ["a", "b"], "mask_guidance": True})
+    with pytest.raises(ValueError, match="guidance_region"):
+        GeneratorSpec.model_validate({"method": "inpaint-normal", "guidance_region": -1})

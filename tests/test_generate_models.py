@@ -10,6 +10,7 @@ from diffusers import UNet2DConditionModel, UNet2DModel
 from test_generate_common import tiny_cfg
 
 from lesionforge.errors import ConfigError
+from lesionforge.generate import models
 from lesionforge.generate.build import build_generator
 from lesionforge.generate.models import Conditions, LesionGenerator, channel_layout
 from lesionforge.generate.sampler import guided_prediction
@@ -71,3 +72,39 @@ def test_save_load_round_trip(tmp_path):
 def test_pixel_model_is_plain_diffusers(tmp_path):
     build_generator(tiny_cfg("joint")).save_pretrained(tmp_path)
     assert UNet2DModel.from_pretrained(tmp_path / "unet").config.in_channels == 4
+
+
+def test_nulled_mask_channel_is_mask_unknown_and_nothing_to_null_is_self():
+    spatial = torch.stack([torch.full((32, 32), -1.0), torch.ones(32, 32)])[None].repeat(2, 1, 1, 1)  # edges, mask
+    cond = Conditions(spatial)
+    assert cond.nulled(None, None, 0) is cond  # no prompt, no class, no mask guidance: nothing to guide by
+    twin = cond.nulled(None, None, 0, mask_channel=models.mask_channel("edge-text"))
+    assert torch.equal(twin.spatial[:, 0], spatial[:, 0]) and torch.equal(twin.spatial[:, 1], torch.zeros(2, 32, 32))
+    assert torch.equal(cond.spatial, spatial)  # the conditions themselves are untouched
+    assert models.mask_channel("mask2image") == 0
+    assert models.mask_channel("inpaint") is None and models.mask_channel("joint") is None
+
+
+def test_mask_guidance_only_after_pretraining_without_masks():
+    assert models.learned_unknown_mask(tiny_cfg("mask2image", pretrain_steps=2))
+    assert models.learned_unknown_mask(tiny_cfg("edge-text", pretrain_steps=2))
+    assert not models.learned_unknown_mask(tiny_cfg("mask2image"))
+    assert not models.learned_unknown_mask(tiny_cfg("inpaint", pretrain_steps=2))
+
+
+def test_guidance_scale_map_guides_only_where_it_is_not_one():
+    torch.manual_seed(0)
+    gen = build_generator(tiny_cfg("mask2image", pretrain_steps=2)).eval()
+    mask = torch.zeros(2, 1, 32, 32)
+    mask[:, :, 8:20, 8:20] = 1.0
+    cond = Conditions(mask * 2 - 1)
+    uncond = cond.nulled(None, None, 0, mask_channel=0)
+    scale = 1.0 + 2.0 * mask  # 3 on the mask, 1 elsewhere
+    x, t = torch.randn(2, 3, 32, 32), torch.tensor([10, 700])
+    with torch.no_grad():
+        c, u = gen(x, t, cond), gen(x, t, uncond)
+        guided = guided_prediction(gen, x, t, cond, uncond, scale)
+    assert not torch.allclose(c, u)
+    inside = mask.expand_as(c) > 0
+    torch.testing.assert_close(guided[~inside], c[~inside], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(guided[inside], (u + 3.0 * (c - u))[inside], atol=1e-5, rtol=1e-4)

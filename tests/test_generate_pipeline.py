@@ -33,7 +33,7 @@ def _masks(n: int) -> np.ndarray:
 def test_sampling_defaults_are_the_generators_own_and_given_values_win():
     cfg = tiny_cfg("inpaint", sampler="ddim", sample_steps=7, guidance_scale=1.5, repaint_jumps=2)
     assert SamplingConfig().resolved(cfg) == SamplingConfig(sampler="ddim", steps=7, guidance_scale=1.5,
-                                                            repaint_jumps=2, eta=0.0)
+                                                            repaint_jumps=2, eta=0.0, mask_guidance=False)
     given = SamplingConfig(steps=3, eta=0.5).resolved(cfg)
     assert (given.sampler, given.steps, given.guidance_scale, given.eta) == ("ddim", 3, 1.5, 0.5)
     with pytest.raises(ConfigError, match="repaint_jumps needs sampler"):
@@ -100,3 +100,48 @@ def test_cli_synthesize_repaint_share_paints_onto_the_data_images(demo_root, tmp
     assert json.loads((tmp_path / "s" / "synthesis.json").read_text())["repaint_share"] == 1.0
     rows = read_manifest(tmp_path / "s" / "manifest.jsonl")
     assert len(rows) == 3 and all(r.provenance.background_id == r.provenance.source_id for r in rows)
+
+
+def test_mask_guidance_needs_a_generator_that_learned_mask_unknown():
+    masks = _masks(2)
+    with pytest.raises(ConfigError, match="mask_guidance needs a generator that learned 'mask unknown'.*without "
+                                          "pretraining"):
+        _pipeline()(masks, seeds=[1, 2], sampling=SamplingConfig(steps=2, guidance_scale=2.0, mask_guidance=True))
+    with pytest.raises(ConfigError, match="kind 'inpaint'"):
+        _pipeline("inpaint", pretrain_steps=2)(masks, np.zeros((2, 32, 32, 3), np.uint8), seeds=[1, 2],
+                                               sampling=SamplingConfig(steps=2, mask_guidance=True))
+    with pytest.raises(ConfigError, match="guidance_region is measured from the label mask"):
+        _pipeline("joint")(seeds=[1], sampling=SamplingConfig(steps=2, guidance_region=2))
+
+
+def test_mask_guidance_changes_the_draw_and_scale_one_is_the_unguided_draw():
+    pipe, masks = _pipeline(pretrain_steps=2), _masks(2)
+    plain = pipe(masks, seeds=[3, 4], sampling=SamplingConfig(sampler="sde-dpm++", steps=3))
+    same = pipe(masks, seeds=[3, 4], sampling=SamplingConfig(sampler="sde-dpm++", steps=3, mask_guidance=True,
+                                                             guidance_region=2))
+    assert np.array_equal(plain.images, same.images)  # scale 1: the conditional prediction, bit for bit
+    guided = pipe(masks, seeds=[3, 4], sampling=SamplingConfig(sampler="sde-dpm++", steps=3, guidance_scale=3.0,
+                                                               mask_guidance=True))
+    near = pipe(masks, seeds=[3, 4], sampling=SamplingConfig(sampler="sde-dpm++", steps=3, guidance_scale=3.0,
+                                                             mask_guidance=True, guidance_region=2))
+    assert not np.array_equal(plain.images, guided.images) and not np.array_equal(guided.images, near.images)
+    assert not np.array_equal(plain.images, near.images)
+
+
+def test_cli_mask_guidance_options_reach_the_run_file_and_bad_use_is_one_line(demo_root, tmp_path):
+    from lesionforge.cli import app
+
+    torch.manual_seed(0)
+    build_generator(tiny_cfg("mask2image", sampler="ddim", sample_steps=2, pretrain_steps=2)).eval() \
+        .save_pretrained(tmp_path / "g")
+    build_generator(tiny_cfg("joint", sampler="ddim", sample_steps=2)).eval().save_pretrained(tmp_path / "j")
+    res = CliRunner().invoke(app, ["synthesize", str(tmp_path / "g"), "--n", "1", "--out", str(tmp_path / "s"),
+                                   "--data", str(demo_root), "--guidance-scale", "2", "--mask-guidance",
+                                   "--guidance-region", "3"])
+    assert res.exit_code == 0, res.output
+    run = json.loads((tmp_path / "s" / "synthesis.json").read_text())
+    assert (run["guidance_scale"], run["mask_guidance"], run["guidance_region"]) == (2.0, True, 3)
+    res = CliRunner().invoke(app, ["synthesize", str(tmp_path / "j"), "--n", "1", "--out", str(tmp_path / "t"),
+                                   "--guidance-region", "3"])
+    assert isinstance(res.exception, ConfigError) and "guidance_region is measured" in str(res.exception)
+    assert not (tmp_path / "t").exists()  # refused before the output folder is made

@@ -64,6 +64,10 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         guidance_scale: float = typer.Option(None, help=f"Classifier-free guidance scale. {_own('guidance_scale')}"),
         repaint_jumps: int = typer.Option(None, help=f"RePaint rounds per step (inpaint). {_own('repaint_jumps')}"),
         eta: float = typer.Option(None, help="DDIM stochasticity in [0, 1] (default 0: deterministic)."),
+        mask_guidance: bool = typer.Option(False, help="Guidance weighs the mask against 'mask unknown' too "
+                                           "(mask2image / edge-text generators pretrained without masks)."),
+        guidance_region: int = typer.Option(None, min=0, help="Guidance only within this many pixels of the mask "
+                                            "(default: everywhere)."),
         batch_size: int = typer.Option(16, help="Samples per batch."),
         prompts: Path = typer.Option(None, help="User prompt file (YAML or CSV)."),
         resume: bool = typer.Option(True, help="Skip samples already in the manifest."),
@@ -83,7 +87,7 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         from lesionforge.generate.run import synthesize_from_files
 
         given = {"sampler": sampler, "steps": steps, "guidance_scale": guidance_scale, "repaint_jumps": repaint_jumps,
-                 "eta": eta}
+                 "eta": eta, "mask_guidance": mask_guidance or None, "guidance_region": guidance_region}
         sampling = validate_config(SamplingConfig, given, "synthesize options")
         synthesize_from_files(generator, out, n, data=data, split=split, labelled=labelled, backgrounds=backgrounds,
                               mask_source=mask_source, seed=seed, sampling=sampling, batch_size=batch_size,

@@ -211,7 +211,8 @@ class FilterSettings(LaterFields):
 class GeneratorSpec(LaterFields):
     """One generator, trained once per N (cached, shared by all arms and seeds that name it)."""
 
-    _omitted_when_none = ("eta", "of", "repaint_share", "paste_strength", "jitter", "small_boost")
+    _omitted_when_none = ("eta", "of", "repaint_share", "paste_strength", "jitter", "small_boost", "mask_guidance",
+                          "guidance_region")
 
     method: SynthesisMethod
     config: Path | None = None  # GeneratorConfig YAML preset; None: ``overrides`` hold the whole config
@@ -225,6 +226,9 @@ class GeneratorSpec(LaterFields):
     sampling_steps: int | None = None
     guidance_scale: float | None = None
     eta: float | None = Field(None, ge=0, le=1)  # DDIM's stochasticity (sampler ddim only)
+    #: guidance weighs the mask too (generate.config.SamplingConfig.mask_guidance); None: the preset's (off)
+    mask_guidance: bool | None = None
+    guidance_region: int | None = Field(None, ge=0)  # guidance near the label only (SamplingConfig); None: everywhere
     batch_size: int = 16
     seed: int = 0
     use_unlabelled: bool = False  # train images without masks; recorded in the results when used
@@ -260,7 +264,8 @@ class GeneratorSpec(LaterFields):
             raise ValueError("paste_strength re-draws real lesions pasted onto the backgrounds: it needs method "
                              "'inpaint-normal' and no repaint_share")
         if self.method == UNION_METHOD:
-            given = [k for k in ("config", "sampler", "sampling_steps", "guidance_scale", "eta", "filter")
+            given = [k for k in ("config", "sampler", "sampling_steps", "guidance_scale", "eta", "mask_guidance",
+                                 "guidance_region", "filter")
                      if getattr(self, k) is not None] + (["overrides"] if self.overrides else []) \
                 + (["use_unlabelled"] if self.use_unlabelled else [])
             if given:
@@ -269,7 +274,7 @@ class GeneratorSpec(LaterFields):
             if len(self.of) < 2 or len(set(self.of)) != len(self.of):
                 raise ValueError(f"method {UNION_METHOD!r}: `of` must name two or more different generator entries")
         if self.method == PASTE_METHOD:
-            keys = ("config", "sampler", "sampling_steps", "guidance_scale", "eta")
+            keys = ("config", "sampler", "sampling_steps", "guidance_scale", "eta", "mask_guidance", "guidance_region")
             given = [k for k in keys if getattr(self, k) is not None]
             if given or self.use_unlabelled or self.mask_source != "jitter":
                 bad = given + (["use_unlabelled"] if self.use_unlabelled else []) + (

@@ -275,7 +275,8 @@ class LesionforgeStages:
             seed=spec.seed, batch_size=spec.batch_size,
             # the entry's sampling settings where given, else the generator's own
             sampling=SamplingConfig(sampler=spec.sampler, steps=spec.sampling_steps,
-                                    guidance_scale=spec.guidance_scale, eta=spec.eta),
+                                    guidance_scale=spec.guidance_scale, eta=spec.eta,
+                                    mask_guidance=spec.mask_guidance, guidance_region=spec.guidance_region),
         )
 
     @staticmethod

@@ -174,15 +174,32 @@ class SamplingConfig(StrictModel):
     guidance_scale: float | None = None  # classifier-free guidance; 1: the conditional prediction alone
     repaint_jumps: int | None = Field(None, ge=0)  # RePaint resampling rounds per step (inpaint; ddim or ddpm)
     eta: float | None = Field(None, ge=0, le=1)  # DDIM only: 0 deterministic, 1 as stochastic as DDPM
+    #: guidance also weighs the label mask against "mask unknown" (the unconditional twin has its mask channel set
+    #: to 0, models.unknown_mask), pushing the image to fill its mask; only for a generator that learned "mask
+    #: unknown" (mask2image / edge-text pretrained on images without masks, ``models.learned_unknown_mask``)
+    mask_guidance: bool | None = None
+    #: guidance only within this many pixels of the label mask (a dilation; 0: the mask itself), the conditional
+    #: prediction elsewhere, so what guidance changes outside the structure (e.g. a global brightness shift
+    #: between the conditional and the unconditional twin) stays out of the image; None: guidance everywhere
+    guidance_region: int | None = Field(None, ge=0)
 
     def resolved(self, cfg: GeneratorConfig) -> SamplingConfig:
         """Every field set: the given ones, else the generator's; a combination that cannot run is an error."""
         own = {"sampler": cfg.sampler, "steps": cfg.sample_steps, "guidance_scale": cfg.guidance_scale,
-               "repaint_jumps": cfg.repaint_jumps, "eta": 0.0}
+               "repaint_jumps": cfg.repaint_jumps, "eta": 0.0, "mask_guidance": False,
+               "guidance_region": None}
         out = validate_config(SamplingConfig, {**own, **self.model_dump(exclude_none=True)}, "sampling")
         if out.repaint_jumps and out.sampler in MULTISTEP_SAMPLERS:
             raise ConfigError("sampling: repaint_jumps needs sampler 'ddim' or 'ddpm' (DPM-Solver++ keeps a "
                               "multistep history)")
         if out.eta and out.sampler != "ddim":
             raise ConfigError(f"sampling: eta is a DDIM setting; sampler {out.sampler!r} takes none")
+        from lesionforge.generate.models import learned_unknown_mask  # models imports this module
+
+        if out.mask_guidance and not learned_unknown_mask(cfg):
+            raise ConfigError(f"sampling: mask_guidance needs a generator that learned 'mask unknown' (kind "
+                              f"mask2image or edge-text with pretrain_steps); this one is kind {cfg.kind!r}"
+                              f"{'' if cfg.pretrain_steps else ' without pretraining'}")
+        if out.guidance_region is not None and cfg.kind == "joint":
+            raise ConfigError("sampling: guidance_region is measured from the label mask; kind 'joint' draws its mask")
         return out

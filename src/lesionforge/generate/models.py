@@ -96,15 +96,40 @@ class Conditions:
         return Conditions(m(self.spatial), m(self.text), m(self.text_mask), m(self.class_labels), m(self.augment),
                           m(self.x_weight))
 
-    def nulled(self, null_text: torch.Tensor | None, null_mask: torch.Tensor | None, null_class: int) -> Conditions:
-        """The unconditional twin: prompt "" states and the null class; spatial conditions stay."""
-        if self.text is None and self.class_labels is None:
+    def nulled(self, null_text: torch.Tensor | None, null_mask: torch.Tensor | None, null_class: int,
+               mask_channel: int | None = None) -> Conditions:
+        """The unconditional twin: prompt "" states and the null class; spatial conditions stay, except spatial
+        channel ``mask_channel`` (see :func:`mask_channel`) when given, set to "mask unknown" (0) as well.
+        Nothing to null returns ``self`` itself (the sampler then skips guidance)."""
+        if self.text is None and self.class_labels is None and mask_channel is None:
             return self
-        b = len(self.text if self.text is not None else self.class_labels)
+        b = len(next(a for a in (self.text, self.class_labels, self.spatial) if a is not None))
         text = None if self.text is None else null_text.expand(b, *null_text.shape[1:])
         mask = None if self.text_mask is None else null_mask.expand(b, *null_mask.shape[1:])
         labels = None if self.class_labels is None else torch.full_like(self.class_labels, null_class)
-        return replace(self, text=text, text_mask=mask, class_labels=labels)
+        spatial = self.spatial if mask_channel is None else unknown_mask(self.spatial, mask_channel)
+        return replace(self, spatial=spatial, text=text, text_mask=mask, class_labels=labels)
+
+
+def mask_channel(kind: str) -> int | None:
+    """Index of the label mask among the spatial conditions of ``kind`` (see the table above), None where the
+    mask is not a condition (``joint``) or defines where to paint (``inpaint``: nothing to guide by)."""
+    return {"mask2image": 0, "edge-text": 1}.get(kind)
+
+
+def learned_unknown_mask(cfg: GeneratorConfig) -> bool:
+    """True when a generator of ``cfg`` learned "mask unknown" (a mask2image or edge-text generator pretrained on
+    images without masks), so guidance can weigh its mask against no mask (``SamplingConfig.mask_guidance``)."""
+    return mask_channel(cfg.kind) is not None and cfg.pretrain_steps is not None
+
+
+def unknown_mask(spatial: torch.Tensor, channel: int, rows: torch.Tensor | None = None) -> torch.Tensor:
+    """``spatial`` with its mask ``channel`` set to 0 (in ``rows``, default all): "mask unknown", a value no real
+    mask (-1 or +1) takes. Generators pretrained on images without masks learn it (``trainbatch._unknown``), so
+    it is also the unconditional twin of mask guidance."""
+    out = spatial.clone()
+    out[slice(None) if rows is None else rows, channel] = 0.0
+    return out
 
 
 class LesionGenerator(nn.Module):
@@ -134,11 +159,6 @@ class LesionGenerator(nn.Module):
     @property
     def has_text(self) -> bool:
         return isinstance(self.unet, UNet2DConditionModel)
-
-    @property
-    def guidable(self) -> bool:
-        """True when some condition can be dropped, so classifier-free guidance means something."""
-        return self.has_text or self.num_classes > 0
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """Parameters that train: all of them, or with a frozen pretrained base the ControlNet and the

@@ -26,7 +26,7 @@ from lesionforge.devices import resolve_device
 from lesionforge.errors import ConfigError
 from lesionforge.generate.batches import build_spatial, decode_samples, dilate_masks, encode, latent_mask
 from lesionforge.generate.config import SamplingConfig
-from lesionforge.generate.models import Conditions, LesionGenerator, read_meta
+from lesionforge.generate.models import Conditions, LesionGenerator, mask_channel, read_meta
 from lesionforge.generate.sampler import InpaintGuide, sample
 from lesionforge.generate.textcond import TextConditioner
 
@@ -106,9 +106,13 @@ class LesionPipeline(DiffusionPipeline):
         if strength != 1.0 and kind != "inpaint":
             raise ConfigError(f"strength re-draws what an inpainting region holds; kind {kind!r} has no region")
         prompts, classes = prompts or [None] * b, classes or [None] * b
-        cond, uncond, guide, grid = self._conditions(masks, images, prompts, classes)
+        cond, uncond, guide, grid = self._conditions(masks, images, prompts, classes, sampling.mask_guidance)
+        scale = sampling.guidance_scale
+        if sampling.guidance_region is not None and scale != 1.0:  # guidance near the label only
+            near = mask_to_tensor(dilate_masks(masks, sampling.guidance_region))
+            scale = 1.0 + (scale - 1.0) * latent_mask(near, 1 if codec is None else codec.downsample_factor)
         x0 = sample(gen, cond, list(seeds), sampler=sampling.sampler, steps=sampling.steps,
-                    guidance_scale=sampling.guidance_scale, uncond=uncond, inpaint=guide,
+                    guidance_scale=scale, uncond=uncond, inpaint=guide,
                     repaint_jumps=sampling.repaint_jumps, grid=grid, eta=sampling.eta,
                     init=None if guide is None else guide.known, strength=strength)
         decoded, prob = decode_samples(kind, x0, codec)
@@ -123,8 +127,8 @@ class LesionPipeline(DiffusionPipeline):
             masks, cleaning = np.stack([m for m, _ in cleaned]), [c for _, c in cleaned]
         return LesionPipelineOutput(images=out, masks=masks, mask_cleaning=cleaning, sampling=sampling)
 
-    def _conditions(self, masks, images, prompts, classes):
-        """Batched ``(cond, uncond, inpaint guide, grid)``."""
+    def _conditions(self, masks, images, prompts, classes, mask_guidance: bool = False):
+        """Batched ``(cond, uncond, inpaint guide, grid)``; ``mask_guidance``: the uncond twin's mask is unknown."""
         gen, codec, kind = self.unet, self.vae, self.unet.cfg.kind
         t, tm, labels = self.text.encode(list(prompts), list(classes))
         spatial = guide = None
@@ -140,4 +144,5 @@ class LesionPipeline(DiffusionPipeline):
                 guide = InpaintGuide(known=known, region=latent_mask(m, factor))
         cond = Conditions(spatial, t, tm, labels)
         null_t, null_m, null_c = self.text.null()
-        return cond, cond.nulled(null_t, null_m, null_c), guide, (side, side)
+        uncond = cond.nulled(null_t, null_m, null_c, mask_channel(kind) if mask_guidance else None)
+        return cond, uncond, guide, (side, side)

@@ -57,13 +57,16 @@ def make_scheduler(name: str, gen: LesionGenerator, steps: int):
 
 
 def guided_prediction(
-    gen: LesionGenerator, x: torch.Tensor, t: torch.Tensor, cond: Conditions, uncond: Conditions | None, scale: float,
+    gen: LesionGenerator, x: torch.Tensor, t: torch.Tensor, cond: Conditions, uncond: Conditions | None,
+    scale: float | torch.Tensor,
 ) -> torch.Tensor:
     """Classifier-free guidance ``uncond + scale * (cond - uncond)``, cond and uncond in one batched pass.
 
-    ``scale == 1`` (or no droppable condition) returns the conditional prediction itself, bit for bit.
+    ``scale``: a number, or a map (B, 1, h, w) on the grid of ``x`` (guidance only where it is not 1, e.g. near
+    the label: ``SamplingConfig.guidance_region``). ``scale == 1`` (or no droppable condition) returns the
+    conditional prediction itself, bit for bit.
     """
-    if scale == 1.0 or uncond is None:
+    if uncond is None or (not torch.is_tensor(scale) and scale == 1.0):
         return gen(x, t, cond)
     both = gen(torch.cat([x, x]), torch.cat([t, t]), cond.cat(uncond))
     c, u = both.chunk(2)
@@ -87,7 +90,7 @@ def sample(
     *,
     sampler: str = "dpm++",
     steps: int = 25,
-    guidance_scale: float = 1.0,
+    guidance_scale: float | torch.Tensor = 1.0,
     uncond: Conditions | None = None,
     inpaint: InpaintGuide | None = None,
     repaint_jumps: int = 0,
@@ -98,7 +101,8 @@ def sample(
 ) -> torch.Tensor:
     """Draw ``len(seeds)`` samples -> ``x0`` (B, x, h, w) (pixels in [-1, 1] or latents).
 
-    ``seeds``: one per sample (see :func:`sample_seed`). ``grid``: (h, w) of ``x`` when there are no
+    ``seeds``: one per sample (see :func:`sample_seed`). ``guidance_scale``: a number or a map (B, 1, h, w), see
+    :func:`guided_prediction`. ``grid``: (h, w) of ``x`` when there are no
     spatial conditions (``joint``). ``repaint_jumps``: extra re-noise/re-denoise rounds per step that
     harmonise the inpainted border (RePaint); needs a stateless sampler (ddim or ddpm). ``eta``: DDIM's
     stochasticity (0: deterministic), its noise drawn from the samples' own generators. ``init`` (same shape as
@@ -119,8 +123,11 @@ def sample(
     x = randn_tensor(shape, generator=gens, device=torch.device("cpu")).to(device)
     sched = make_scheduler(sampler, gen, steps)
     x = x * sched.init_noise_sigma
+    # ``Conditions.nulled`` returns the conditions themselves when nothing can be dropped: no guidance then
+    uncond = uncond.to(device) if uncond is not None and uncond is not cond else None
     cond = cond.to(device)
-    uncond = uncond.to(device) if uncond is not None and gen.guidable else None
+    if torch.is_tensor(guidance_scale):
+        guidance_scale = guidance_scale.to(device)
     timesteps = list(sched.timesteps)
     if strength < 1.0:
         # the last k steps of the same schedule, as diffusers' img2img pipelines do (set_begin_index tells a
@@ -151,7 +158,7 @@ def _fixed_batches(gen, x, t, cond, uncond, scale) -> torch.Tensor:
         idx = torch.arange(start, start + MICRO_BATCH).clamp(max=len(x) - 1)  # pad by repeating the last row
         n = min(MICRO_BATCH, len(x) - start)
         pred = guided_prediction(gen, x[idx], t[idx], cond.rows(idx), None if uncond is None else uncond.rows(idx),
-                                 scale)
+                                 scale[idx.to(scale.device)] if torch.is_tensor(scale) else scale)
         out.append(pred[:n])
     return torch.cat(out)
 

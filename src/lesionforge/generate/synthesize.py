@@ -106,6 +106,10 @@ def synthesize(
         common["repaint_share"] = repaint_share
     if paste_strength:  # recorded only when used, as repaint_share
         common["paste_strength"] = paste_strength
+    if sampling.mask_guidance:  # recorded only when used, as eta
+        common["mask_guidance"] = True
+    if sampling.guidance_region is not None:
+        common["guidance_region"] = sampling.guidance_region
     _check_same_run(out_dir, {**common, "seed": seed, "repaint_jumps": sampling.repaint_jumps})
     common["code_version"] = code_version()
     if kind == "inpaint":

@@ -17,7 +17,7 @@ from lesionforge.errors import ConfigError
 from lesionforge.generate.augment import augment_pairs
 from lesionforge.generate.batches import Codec, build_inputs, dilate_masks, flip_pairs, latent_mask
 from lesionforge.generate.config import GeneratorConfig
-from lesionforge.generate.models import Conditions
+from lesionforge.generate.models import Conditions, mask_channel, unknown_mask
 from lesionforge.generate.sampler import InpaintGuide
 from lesionforge.generate.textcond import TextConditioner
 
@@ -181,9 +181,7 @@ def _unknown(kind: str, x0: torch.Tensor, cond: Conditions, unknown: np.ndarray)
         weight = torch.ones(len(x0), x0.shape[1], 1, 1, device=x0.device)
         weight[rows, -1] = 0.0
         return x0, replace(cond, x_weight=weight)
-    spatial = cond.spatial.clone()
-    spatial[rows, -1 if kind == "mask2image" else 1] = 0.0  # mask2image: (mask); edge-text: (edges, mask)
-    return x0, replace(cond, spatial=spatial)
+    return x0, replace(cond, spatial=unknown_mask(cond.spatial, mask_channel(kind), rows))
 
 
 def make_mask_source(name: str, real: PairArrays | None, size: int, even: bool = False,
