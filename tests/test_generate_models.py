@@ -10,8 +10,8 @@ from diffusers import UNet2DConditionModel, UNet2DModel
 from test_generate_common import tiny_cfg
 
 from lesionforge.errors import ConfigError
-from lesionforge.generate import models
 from lesionforge.generate.build import build_generator
+from lesionforge.generate.config import mask_channel
 from lesionforge.generate.models import Conditions, LesionGenerator, channel_layout
 from lesionforge.generate.sampler import guided_prediction
 
@@ -78,18 +78,18 @@ def test_nulled_mask_channel_is_mask_unknown_and_nothing_to_null_is_self():
     spatial = torch.stack([torch.full((32, 32), -1.0), torch.ones(32, 32)])[None].repeat(2, 1, 1, 1)  # edges, mask
     cond = Conditions(spatial)
     assert cond.nulled(None, None, 0) is cond  # no prompt, no class, no mask guidance: nothing to guide by
-    twin = cond.nulled(None, None, 0, mask_channel=models.mask_channel("edge-text"))
+    twin = cond.nulled(None, None, 0, mask_channel=mask_channel("edge-text"))
     assert torch.equal(twin.spatial[:, 0], spatial[:, 0]) and torch.equal(twin.spatial[:, 1], torch.zeros(2, 32, 32))
     assert torch.equal(cond.spatial, spatial)  # the conditions themselves are untouched
-    assert models.mask_channel("mask2image") == 0
-    assert models.mask_channel("inpaint") is None and models.mask_channel("joint") is None
+    assert mask_channel("mask2image") == 0
+    assert mask_channel("inpaint") is None and mask_channel("joint") is None
 
 
 def test_mask_guidance_only_after_pretraining_without_masks():
-    assert models.learned_unknown_mask(tiny_cfg("mask2image", pretrain_steps=2))
-    assert models.learned_unknown_mask(tiny_cfg("edge-text", pretrain_steps=2))
-    assert not models.learned_unknown_mask(tiny_cfg("mask2image"))
-    assert not models.learned_unknown_mask(tiny_cfg("inpaint", pretrain_steps=2))
+    assert tiny_cfg("mask2image", pretrain_steps=2).learns_unknown_mask
+    assert tiny_cfg("edge-text", pretrain_steps=2).learns_unknown_mask
+    assert not tiny_cfg("mask2image").learns_unknown_mask
+    assert not tiny_cfg("inpaint", pretrain_steps=2).learns_unknown_mask
 
 
 def test_guidance_scale_map_guides_only_where_it_is_not_one():

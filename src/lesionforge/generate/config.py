@@ -16,6 +16,13 @@ from lesionforge.devices import TrainedHere
 from lesionforge.errors import ConfigError
 
 Kind = Literal["mask2image", "joint", "edge-text", "inpaint"]
+
+
+def mask_channel(kind: str) -> int | None:
+    """Index of the label mask among the spatial conditions of ``kind`` (``generate.models`` has the channel
+    table), None where the mask is not a condition (``joint``) or defines where to paint (``inpaint``: nothing to
+    guide by)."""
+    return {"mask2image": 0, "edge-text": 1}.get(kind)
 SamplerName = Literal["ddim", "dpm++", "sde-dpm++", "ddpm"]
 #: Samplers that keep a multistep history (no RePaint jumps: a jump back would reuse a stale history).
 MULTISTEP_SAMPLERS = ("dpm++", "sde-dpm++")
@@ -148,6 +155,13 @@ class GeneratorConfig(LaterFields, TrainedHere):
         return self
 
     @property
+    def learns_unknown_mask(self) -> bool:
+        """True when the generator learns "mask unknown" (a mask2image or edge-text generator pretrained on images
+        without masks, ``trainbatch._unknown``), so guidance can weigh its mask against no mask
+        (``SamplingConfig.mask_guidance``)."""
+        return mask_channel(self.kind) is not None and self.pretrain_steps is not None
+
+    @property
     def uses_text(self) -> bool:
         return self.text or self.pretrained is not None
 
@@ -176,7 +190,7 @@ class SamplingConfig(StrictModel):
     eta: float | None = Field(None, ge=0, le=1)  # DDIM only: 0 deterministic, 1 as stochastic as DDPM
     #: guidance also weighs the label mask against "mask unknown" (the unconditional twin has its mask channel set
     #: to 0, models.unknown_mask), pushing the image to fill its mask; only for a generator that learned "mask
-    #: unknown" (mask2image / edge-text pretrained on images without masks, ``models.learned_unknown_mask``)
+    #: unknown" (mask2image / edge-text pretrained on images without masks, ``GeneratorConfig.learns_unknown_mask``)
     mask_guidance: bool | None = None
     #: guidance only within this many pixels of the label mask (a dilation; 0: the mask itself), the conditional
     #: prediction elsewhere, so what guidance changes outside the structure (e.g. a global brightness shift
@@ -194,9 +208,7 @@ class SamplingConfig(StrictModel):
                               "multistep history)")
         if out.eta and out.sampler != "ddim":
             raise ConfigError(f"sampling: eta is a DDIM setting; sampler {out.sampler!r} takes none")
-        from lesionforge.generate.models import learned_unknown_mask  # models imports this module
-
-        if out.mask_guidance and not learned_unknown_mask(cfg):
+        if out.mask_guidance and not cfg.learns_unknown_mask:
             raise ConfigError(f"sampling: mask_guidance needs a generator that learned 'mask unknown' (kind "
                               f"mask2image or edge-text with pretrain_steps); this one is kind {cfg.kind!r}"
                               f"{'' if cfg.pretrain_steps else ' without pretraining'}")

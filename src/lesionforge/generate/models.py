@@ -99,7 +99,7 @@ class Conditions:
     def nulled(self, null_text: torch.Tensor | None, null_mask: torch.Tensor | None, null_class: int,
                mask_channel: int | None = None) -> Conditions:
         """The unconditional twin: prompt "" states and the null class; spatial conditions stay, except spatial
-        channel ``mask_channel`` (see :func:`mask_channel`) when given, set to "mask unknown" (0) as well.
+        channel ``mask_channel`` (``generate.config.mask_channel``) when given, set to "mask unknown" (0) as well.
         Nothing to null returns ``self`` itself (the sampler then skips guidance)."""
         if self.text is None and self.class_labels is None and mask_channel is None:
             return self
@@ -109,18 +109,6 @@ class Conditions:
         labels = None if self.class_labels is None else torch.full_like(self.class_labels, null_class)
         spatial = self.spatial if mask_channel is None else unknown_mask(self.spatial, mask_channel)
         return replace(self, spatial=spatial, text=text, text_mask=mask, class_labels=labels)
-
-
-def mask_channel(kind: str) -> int | None:
-    """Index of the label mask among the spatial conditions of ``kind`` (see the table above), None where the
-    mask is not a condition (``joint``) or defines where to paint (``inpaint``: nothing to guide by)."""
-    return {"mask2image": 0, "edge-text": 1}.get(kind)
-
-
-def learned_unknown_mask(cfg: GeneratorConfig) -> bool:
-    """True when a generator of ``cfg`` learned "mask unknown" (a mask2image or edge-text generator pretrained on
-    images without masks), so guidance can weigh its mask against no mask (``SamplingConfig.mask_guidance``)."""
-    return mask_channel(cfg.kind) is not None and cfg.pretrain_steps is not None
 
 
 def unknown_mask(spatial: torch.Tensor, channel: int, rows: torch.Tensor | None = None) -> torch.Tensor:

@@ -25,8 +25,8 @@ from lesionforge.data.arrays import image_to_tensor, mask_to_tensor, tensor_to_i
 from lesionforge.devices import resolve_device
 from lesionforge.errors import ConfigError
 from lesionforge.generate.batches import build_spatial, decode_samples, dilate_masks, encode, latent_mask
-from lesionforge.generate.config import SamplingConfig
-from lesionforge.generate.models import Conditions, LesionGenerator, mask_channel, read_meta
+from lesionforge.generate.config import SamplingConfig, mask_channel
+from lesionforge.generate.models import Conditions, LesionGenerator, read_meta
 from lesionforge.generate.sampler import InpaintGuide, sample
 from lesionforge.generate.textcond import TextConditioner
 

@@ -16,8 +16,8 @@ from lesionforge.data.arrays import PairArrays
 from lesionforge.errors import ConfigError
 from lesionforge.generate.augment import augment_pairs
 from lesionforge.generate.batches import Codec, build_inputs, dilate_masks, flip_pairs, latent_mask
-from lesionforge.generate.config import GeneratorConfig
-from lesionforge.generate.models import Conditions, mask_channel, unknown_mask
+from lesionforge.generate.config import GeneratorConfig, mask_channel
+from lesionforge.generate.models import Conditions, unknown_mask
 from lesionforge.generate.sampler import InpaintGuide
 from lesionforge.generate.textcond import TextConditioner
 
