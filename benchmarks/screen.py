@@ -297,8 +297,8 @@ VARIANTS: dict[str, Variant] = {
     # unguided, most in-place draws barely show the structure where the mask says; guided they do. Guidance only
     # within 4 pixels of the mask: guided everywhere, the slices brighten by a third (the twins' global
     # brightness differs); the promoted MRI recipe otherwise (in place, pairs in the first half of the steps).
-    # Scales 2 and 3: level with it (the larger pairs more faithful, the small ones less, a speckled rim; docs/results.md
-    # "Session 34"); scale 1.5 brackets it from below
+    # Scales 2 and 3: level with it (the larger pairs more faithful, the small ones less, a speckled rim;
+    # docs/results.md "Session 34"); scale 1.5 brackets it from below
     "pretrain+8per-top2+in-place+until0.5+mask-cfg2": Variant(
         _PRETRAIN, {**_IN_PLACE, "guidance_scale": 2.0, "mask_guidance": True, "guidance_region": 4}, _TOP2,
         arm=_mix(1, synthetic_until=0.5)),
