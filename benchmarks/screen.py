@@ -295,7 +295,7 @@ VARIANTS: dict[str, Variant] = {
     # mask guidance (session 34): the MRI generator has no prompt or class, but pretraining on slices without masks
     # taught it "mask unknown" (models.unknown_mask), so guidance can weigh the label mask against no mask. Drawn
     # unguided, most in-place draws barely show the structure where the mask says; guided they do. Guidance only
-    # within 4 pixels of the mask: guided everywhere, the slices brighten by a third (the twins' global
+    # within 4 pixels of the mask: guided everywhere, the whole slice brightens visibly (the twins' global
     # brightness differs); the promoted MRI recipe otherwise (in place, pairs in the first half of the steps).
     # Scales 2 and 3: level with it (the larger pairs more faithful, the small ones less, a speckled rim;
     # docs/results.md "Session 34"); scale 1.5 brackets it from below
