@@ -298,7 +298,7 @@ VARIANTS: dict[str, Variant] = {
     # within 4 pixels of the mask: guided everywhere, the whole slice brightens visibly (the twins' global
     # brightness differs); the promoted MRI recipe otherwise (in place, pairs in the first half of the steps).
     # Scales 2 and 3: level with it (the larger pairs more faithful, the small ones less, a speckled rim;
-    # docs/results.md "Session 34"); scale 1.5 brackets it from below
+    # docs/results.md "Session 34"); scale 1.5: +0.003 [-0.004, +0.010], above on both seeds, not promoted
     "pretrain+8per-top2+in-place+until0.5+mask-cfg2": Variant(
         _PRETRAIN, {**_IN_PLACE, "guidance_scale": 2.0, "mask_guidance": True, "guidance_region": 4}, _TOP2,
         arm=_mix(1, synthetic_until=0.5)),
