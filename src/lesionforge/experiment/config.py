@@ -208,6 +208,10 @@ class FilterSettings(LaterFields):
         return self
 
 
+#: A generator entry's sampling settings (each None: the generator's own), refused where no generator draws
+SAMPLING_FIELDS = ("sampler", "sampling_steps", "guidance_scale", "eta", "mask_guidance", "guidance_region")
+
+
 class GeneratorSpec(LaterFields):
     """One generator, trained once per N (cached, shared by all arms and seeds that name it)."""
 
@@ -264,8 +268,7 @@ class GeneratorSpec(LaterFields):
             raise ValueError("paste_strength re-draws real lesions pasted onto the backgrounds: it needs method "
                              "'inpaint-normal' and no repaint_share")
         if self.method == UNION_METHOD:
-            given = [k for k in ("config", "sampler", "sampling_steps", "guidance_scale", "eta", "mask_guidance",
-                                 "guidance_region", "filter")
+            given = [k for k in ("config", *SAMPLING_FIELDS, "filter")
                      if getattr(self, k) is not None] + (["overrides"] if self.overrides else []) \
                 + (["use_unlabelled"] if self.use_unlabelled else [])
             if given:
@@ -274,7 +277,7 @@ class GeneratorSpec(LaterFields):
             if len(self.of) < 2 or len(set(self.of)) != len(self.of):
                 raise ValueError(f"method {UNION_METHOD!r}: `of` must name two or more different generator entries")
         if self.method == PASTE_METHOD:
-            keys = ("config", "sampler", "sampling_steps", "guidance_scale", "eta", "mask_guidance", "guidance_region")
+            keys = ("config", *SAMPLING_FIELDS)
             given = [k for k in keys if getattr(self, k) is not None]
             if given or self.use_unlabelled or self.mask_source != "jitter":
                 bad = given + (["use_unlabelled"] if self.use_unlabelled else []) + (

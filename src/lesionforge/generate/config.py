@@ -158,7 +158,8 @@ class GeneratorConfig(LaterFields, TrainedHere):
     def learns_unknown_mask(self) -> bool:
         """True when the generator learns "mask unknown" (a mask2image or edge-text generator pretrained on images
         without masks, ``trainbatch._unknown``), so guidance can weigh its mask against no mask
-        (``SamplingConfig.mask_guidance``)."""
+        (``SamplingConfig.mask_guidance``). A base pretrained on lesion-free images alone learns the empty mask,
+        not "unknown"; the config cannot tell, so such a generator passes this check and its guidance is weak."""
         return mask_channel(self.kind) is not None and self.pretrain_steps is not None
 
     @property
