@@ -21,7 +21,7 @@ from lesionforge.experiment.runner import run_experiment
 from lesionforge.experiment.stages import ExperimentData, SyntheticSet
 
 CONFIGS = Path(__file__).resolve().parents[1] / "benchmarks" / "configs"
-GAIN = {"baseline": 0.0, "copy-paste": 0.02, "synthetic": 0.06}
+GAIN = {"baseline": 0.0, "copy-paste": 0.02, "synthetic": 0.06, "synthetic-again": 0.06}
 
 
 class FakeStages:
@@ -554,3 +554,32 @@ def test_a_rebuilt_set_that_differs_from_the_carried_one_is_recorded_as_such(tmp
     write_image(work / "s1.png", demo_arrays.images[5])  # one pixel of the rebuild came out otherwise
     got = compare_with_carried(tmp_path / "out", work, s)
     assert got["same"] is False and got["then"] != got["now"]
+
+
+def test_a_set_drawn_under_another_entry_name_with_the_same_recipe_is_not_drawn_again(tmp_path, demo_arrays):
+    """The cache key holds everything that decides the pairs, not the entry's name: an entry that repeats another's
+    recipe (a renamed entry, a screen variant a headline arm now names) reuses its finished set, where the filter
+    is the same too; a set filtered otherwise is left as it is and the entry draws its own."""
+    from lesionforge.experiment.config import ArmSettings
+
+    base = load_experiment_config(CONFIGS / "smoke.yaml", {"output": str(tmp_path / "runs"), "n_labelled": [4],
+                                                           "results_dir": str(tmp_path / "results")})
+    spec = base.generators["inpaint"]
+    again = ArmSettings(name="synthetic-again", kind="synthetic", generator="inpaint-again",
+                        mixing={"mode": "ratio", "ratio": 1}, filtered=True)
+    cfg = base.model_copy(update={"generators": {**base.generators, "inpaint-again": spec},
+                                  "arms": [*base.arms, again]})
+    stages = FakeStages(demo_arrays)
+    (path,) = run_experiment(cfg, stages, progress=False)
+    assert stages.synth_calls == [(4, "inpaint")]
+    gens = json.loads(path.read_text(encoding="utf-8"))["generators"]
+    assert gens["inpaint-again"]["n_kept"] == gens["inpaint"]["n_kept"] == 2
+    folders = sorted(p.name for p in (cfg.output / "cache").glob("synthetic-n4-*"))
+    assert len(folders) == 1 and folders[0].startswith("synthetic-n4-inpaint-")
+    # another filter: the same key, but the other entry's kept pairs are not these; its own set is drawn
+    other = spec.model_copy(update={"filter": spec.filter.model_copy(update={"threshold": 0.5})})
+    cfg2 = cfg.model_copy(update={"output": tmp_path / "runs2", "results_dir": tmp_path / "results2",
+                                  "generators": {**cfg.generators, "inpaint-again": other}})
+    stages2 = FakeStages(demo_arrays)
+    run_experiment(cfg2, stages2, progress=False)
+    assert stages2.synth_calls == [(4, "inpaint"), (4, "inpaint-again")]

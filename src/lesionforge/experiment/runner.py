@@ -89,11 +89,23 @@ class SyntheticCache:
         self._dirs: dict[str, Path] = {}
 
     def work_dir(self, name: str) -> Path:
+        """The set's folder: ``synthetic-n<N>-<name>-<key>``, or a finished set of the same key and filter made
+        under another entry name (a renamed entry, or a screen variant a headline arm now names: the key holds
+        everything that decides the pairs, so they are the same pairs and are not drawn again)."""
         # the key reads the generator preset: computed once per set, not at every poll of a waiting worker
         if name not in self._dirs:
             key = synthetic_key(self.cfg, name, self.n, self.data)
-            self._dirs[name] = self.cfg.output / "cache" / f"synthetic-n{self.n}-{name}-{key}"
+            own = self.cfg.output / "cache" / f"synthetic-n{self.n}-{name}-{key}"
+            self._dirs[name] = own if own.exists() else (self._twin(name, key) or own)
         return self._dirs[name]
+
+    def _twin(self, name: str, key: str) -> Path | None:
+        """A finished set of ``key`` under another name whose kept pairs are this entry's filter's (first by
+        name); a set filtered otherwise is left alone (re-filtering it would change it under the other entry)."""
+        for marker in sorted((self.cfg.output / "cache").glob(f"synthetic-n{self.n}-*-{key}/synthetic.json")):
+            if self._current(name, marker) is not None:
+                return marker.parent
+        return None
 
     def get(self, name: str, make: bool = True) -> SyntheticSet | None:
         if name in self.sets:
