@@ -508,6 +508,14 @@ def run_row(cfg: ExperimentConfig, data: ExperimentData, n: int, arm: ArmSetting
         return row
 
 
+def with_done_seeds(wanted: tuple[int, ...], arm_folder: Path) -> list[int]:
+    """The seeds a row is summarised over: those asked for and those whose ``row.json`` an earlier run left in
+    ``arm_folder`` (``seed<s>/``). A run with ``--seed 2 --seed 3`` after one with ``--seed 0 --seed 1`` then gives
+    the 4-seed row, and never a 2-seed summary that replaces the other two seeds in the file."""
+    done = {int(p.parent.name[4:]) for p in arm_folder.glob("seed*/row.json") if p.parent.name[4:].isdigit()}
+    return sorted(set(wanted) | done)
+
+
 def last_val_mdice(folder: Path) -> float | None:
     """The val mDice of a row's segmenter at its last step (no checkpoint selection), from the segmenter's run
     record (``segment/train.py``'s ``run.json`` history); None where the record is missing. The best-of-every-
@@ -698,14 +706,14 @@ def screen(config: Path, n: int, variants: list[str], results: Path, headline: P
     for k in range(len(seeds)):  # every row's first seed before any second seed: partial results rank all rows
         for arm in REAL_ARMS:
             rows = [run_row(base_cfg, data, n, arm, s, folder / "real" / arm.name / f"seed{s}", None)
-                    for s in seeds[:k + 1]]
+                    for s in with_done_seeds(seeds[:k + 1], folder / "real" / arm.name)]
             out["real"][arm.name] = summarise(rows)
             save()
         if paste is not None and (agree_with in variants or union):  # the fair copy-paste twin
             pcfg, parm, pname = paste
             pasted = SyntheticCache(pcfg, LesionforgeStages(), data, n).get(pname)
             rows = [run_row(pcfg, data, n, parm, s, folder / "real" / parm.name / f"seed{s}", pasted)
-                    for s in seeds[:k + 1]]
+                    for s in with_done_seeds(seeds[:k + 1], folder / "real" / parm.name)]
             out["real"][parm.name] = summarise(rows)
             save()
         for v in variants:
@@ -728,7 +736,7 @@ def screen(config: Path, n: int, variants: list[str], results: Path, headline: P
                 rows_of.insert(at, (ucfg.arms[0], ucfg, SyntheticCache(ucfg, LesionforgeStages(), data, n).get(UNION)))
             for arm, acfg, aset in rows_of:
                 rows = [run_row(acfg, data, n, arm, s, folder / v / arm.name / f"seed{s}", aset)
-                        for s in seeds[:k + 1]]
+                        for s in with_done_seeds(seeds[:k + 1], folder / v / arm.name)]
                 arms, new = entry.setdefault("arms", {}), summarise(rows)
                 # a summary over more seeds (an earlier run with more --seed) is kept, not replaced by fewer
                 arms[arm.name] = max(new, arms.get(arm.name, new), key=lambda r: len(r["seeds"]))

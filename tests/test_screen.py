@@ -768,3 +768,24 @@ def test_screen_end_to_end_on_demo(tmp_path, monkeypatch):
     lean = s.screen(config, 8, ["sde+best2"], tmp_path / "results", headline=headline, command="test",
                     agree_with="today", union=True, gate_rows_only=True, **budget)
     assert list(lean["variants"]["sde+best2"]["arms"]) == ["synthetic", "synthetic+copy-paste+backgrounds"]
+    # a later run of other seeds (--seed 1 after --seed 0) summarises every seed with a row, not just its own:
+    # a 1-seed summary of seed 1 must not take the place of seed 0's in the file
+    more = s.screen(config, 8, ["until"], tmp_path / "results", headline=headline, command="test",
+                    agree_with="today", gate_rows_only=True, **{**budget, "seeds": (1,)})
+    assert more["real"]["baseline"]["seeds"] == [0, 1] and more["real"]["baseline"]["val_mdice_by_seed"][0] \
+        == row["val_mdice"]
+    assert more["variants"]["until"]["arms"]["synthetic"]["seeds"] == [0, 1]
+    saved = json.loads((tmp_path / "results" / "screen-demo-n8-s4-cpu.json").read_text(encoding="utf-8"))
+    assert saved["real"]["copy-paste"]["seeds"] == [0, 1]
+
+
+def test_a_row_is_summarised_over_the_seeds_asked_for_and_those_already_done(tmp_path):
+    s = load_benchmark("screen")
+    for seed in (0, 1, 3):
+        (tmp_path / f"seed{seed}").mkdir()
+    for seed in (0, 3):
+        (tmp_path / f"seed{seed}" / "row.json").write_text("{}")
+    (tmp_path / "seedx").mkdir()
+    (tmp_path / "seedx" / "row.json").write_text("{}")  # not a seed folder: ignored
+    assert s.with_done_seeds((2,), tmp_path) == [0, 2, 3]  # seed 1 never finished: not summarised
+    assert s.with_done_seeds((0, 1), tmp_path / "none") == [0, 1]
