@@ -827,7 +827,8 @@ def recipe_of(settings: dict) -> dict:
 HEADLINE_ROWS_OF_VARIANTS = {"synthetic-redrawn": ("pretrain+8per-top2+paste0.5", "synthetic"),
                              "synthetic-in-place": ("pretrain+8per-top2+in-place+until0.5", "synthetic"),
                              "synthetic-mask2image": ("pretrain+mask2image-8per-top2", "synthetic"),
-                             "synthetic-mask2image-until0.5": ("pretrain+mask2image-8per-top2+until0.5", "synthetic")}
+                             "synthetic-mask2image-until0.5": ("pretrain+mask2image-8per-top2+until0.5", "synthetic"),
+                             "synthetic-mask2image-guided": ("pretrain+mask2image-8per-top2+mask-cfg2", "synthetic")}
 
 
 def held_variant(config: Path) -> str:

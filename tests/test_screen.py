@@ -201,15 +201,16 @@ def test_a_headline_arm_scored_by_a_variants_row_draws_with_that_variants_recipe
     assert all(v in s.VARIANTS for v, _ in s.HEADLINE_ROWS_OF_VARIANTS.values())
     head = s.headline_config("busi")
     full = load_experiment_config(head)
-    variant, row = s.HEADLINE_ROWS_OF_VARIANTS["synthetic-mask2image"]
-    arm = next(a for a in full.arms if a.name == "synthetic-mask2image")
-    screened = s.screen_config(head, 64, variant)
-    drawn = s.variant_generator(screened)
-    assert s.recipe_of(full.generators[arm.generator].model_dump(mode="json")) == s.recipe_of(
-        screened.generators[drawn].model_dump(mode="json"))
-    (main, *_) = s.variant_arms(variant, generator=drawn)
-    assert main.name == row and (arm.mixing, arm.filtered, arm.copy_paste) == (main.mixing, main.filtered,
-                                                                             main.copy_paste)
+    for name in ("synthetic-mask2image", "synthetic-mask2image-guided"):  # the latter: mask guidance (session 35)
+        variant, row = s.HEADLINE_ROWS_OF_VARIANTS[name]
+        arm = next(a for a in full.arms if a.name == name)
+        screened = s.screen_config(head, 64, variant)
+        drawn = s.variant_generator(screened)
+        assert s.recipe_of(full.generators[arm.generator].model_dump(mode="json")) == s.recipe_of(
+            screened.generators[drawn].model_dump(mode="json"))
+        (main, *_) = s.variant_arms(variant, generator=drawn)
+        assert main.name == row and (arm.mixing, arm.filtered, arm.copy_paste) == (main.mixing, main.filtered,
+                                                                                 main.copy_paste)
     # the headline's own synthetic arm (the one the gate holds up) is still the inpainting recipe
     assert s.headline_arm(full).name == "synthetic" and s.held_variant(head) == s.HEADLINE_VARIANT
 
