@@ -516,6 +516,14 @@ def with_done_seeds(wanted: tuple[int, ...], arm_folder: Path) -> list[int]:
     return sorted(set(wanted) | done)
 
 
+def arm_rows(cfg: ExperimentConfig, data: ExperimentData, n: int, arm: ArmSettings, wanted: tuple[int, ...],
+             arm_folder: Path, synthetic: SyntheticSet | None) -> list[dict]:
+    """The rows of one arm (``arm_folder/seed<s>``, :func:`run_row`) over :func:`with_done_seeds`: the seeds asked
+    for, trained if missing, and those an earlier run finished."""
+    return [run_row(cfg, data, n, arm, s, arm_folder / f"seed{s}", synthetic)
+            for s in with_done_seeds(wanted, arm_folder)]
+
+
 def last_val_mdice(folder: Path) -> float | None:
     """The val mDice of a row's segmenter at its last step (no checkpoint selection), from the segmenter's run
     record (``segment/train.py``'s ``run.json`` history); None where the record is missing. The best-of-every-
@@ -705,15 +713,13 @@ def screen(config: Path, n: int, variants: list[str], results: Path, headline: P
     made: dict[str, tuple[ExperimentConfig, SyntheticSet]] = {}
     for k in range(len(seeds)):  # every row's first seed before any second seed: partial results rank all rows
         for arm in REAL_ARMS:
-            rows = [run_row(base_cfg, data, n, arm, s, folder / "real" / arm.name / f"seed{s}", None)
-                    for s in with_done_seeds(seeds[:k + 1], folder / "real" / arm.name)]
+            rows = arm_rows(base_cfg, data, n, arm, seeds[:k + 1], folder / "real" / arm.name, None)
             out["real"][arm.name] = summarise(rows)
             save()
         if paste is not None and (agree_with in variants or union):  # the fair copy-paste twin
             pcfg, parm, pname = paste
             pasted = SyntheticCache(pcfg, LesionforgeStages(), data, n).get(pname)
-            rows = [run_row(pcfg, data, n, parm, s, folder / "real" / parm.name / f"seed{s}", pasted)
-                    for s in with_done_seeds(seeds[:k + 1], folder / "real" / parm.name)]
+            rows = arm_rows(pcfg, data, n, parm, seeds[:k + 1], folder / "real" / parm.name, pasted)
             out["real"][parm.name] = summarise(rows)
             save()
         for v in variants:
@@ -735,8 +741,7 @@ def screen(config: Path, n: int, variants: list[str], results: Path, headline: P
                 at = len(rows_of) - sum(a.name == VARIANT_ARMS[1].name for a, _, _ in rows_of)  # before pairs alone
                 rows_of.insert(at, (ucfg.arms[0], ucfg, SyntheticCache(ucfg, LesionforgeStages(), data, n).get(UNION)))
             for arm, acfg, aset in rows_of:
-                rows = [run_row(acfg, data, n, arm, s, folder / v / arm.name / f"seed{s}", aset)
-                        for s in with_done_seeds(seeds[:k + 1], folder / v / arm.name)]
+                rows = arm_rows(acfg, data, n, arm, seeds[:k + 1], folder / v / arm.name, aset)
                 arms, new = entry.setdefault("arms", {}), summarise(rows)
                 # a summary over more seeds (an earlier run with more --seed) is kept, not replaced by fewer
                 arms[arm.name] = max(new, arms.get(arm.name, new), key=lambda r: len(r["seeds"]))
