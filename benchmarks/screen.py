@@ -311,6 +311,12 @@ VARIANTS: dict[str, Variant] = {
     # the same on BUSI's mask2image kind (its class nulled with the mask): class guidance alone was below scale 1
     "pretrain+mask2image-8per-top2+mask-cfg2": Variant(
         _PRETRAIN, {**_MASK2IMAGE, "guidance_scale": 2.0, "mask_guidance": True, "guidance_region": 4}, _TOP2),
+    # the headline's drawn lesions as copy-paste donors (session 36): copy-paste on the real half of each batch takes
+    # half its lesions from the kept synthetic pairs (a generated polyp cut with its mask, pasted onto a real
+    # frame) instead of the other real pairs, so the pasted lesions are three times as many distinct ones; the
+    # same set, only the segmenters are new (with --union, the joined row's too, whose pasted pairs are not donors)
+    "pretrain+8per-top2+donors0.5": Variant(_PRETRAIN, {**_SDE25, "n_per_real": 8}, _TOP2,
+                                            arm={"copy_paste": {"prob": 0.5, "synthetic_donors": 0.5}}),
     "pretrain+size": Variant(_PRETRAIN, {"mask_source": "size"}),
     # the two best single levers of the first pass together (same set as pretrain+size)
     "pretrain+size+ratio0.5": Variant(_PRETRAIN, {"mask_source": "size"}, arm=_mix(0.5)),
@@ -449,14 +455,18 @@ def paste_rows(config: Path, base_cfg: ExperimentConfig) -> tuple[ExperimentConf
 def union_config(vcfg: ExperimentConfig, paste: tuple[ExperimentConfig, ArmSettings, str],
                  variant: str | None = None) -> ExperimentConfig:
     """The config of the :data:`UNION_ARM` row: the variant's generator, the headline's pasted set, their union;
-    a variant that changes its arm's mixing (e.g. ratio 0.5) changes the union row's mixing the same way."""
+    a variant that changes its arm's mixing (e.g. ratio 0.5) or copy-paste (e.g. synthetic donors) changes the
+    union row's the same way (its copy-paste keys over the pasted arm's)."""
     pcfg, parm, pname = paste
     gen = variant_generator(vcfg)
     union = GeneratorSpec(method=UNION_METHOD, of=[gen, pname])
-    mixing = ((VARIANTS[variant].arm or {}) if variant is not None else {}).get("mixing")
+    change = (VARIANTS[variant].arm or {}) if variant is not None else {}
     arm = UNION_ARM.model_copy(update={"copy_paste": parm.copy_paste})
-    if mixing is not None:  # validated as the stage's MixConfig, as variant_arms does
-        arm = ArmSettings.model_validate({**arm.model_dump(), "mixing": mixing})
+    if change:  # validated as the stage's MixConfig / CopyPasteConfig, as variant_arms does
+        dumped = arm.model_dump()
+        arm = ArmSettings.model_validate({**dumped, **({"mixing": change["mixing"]} if "mixing" in change else {}),
+                                          "copy_paste": {**(dumped["copy_paste"] or {}),
+                                                         **change.get("copy_paste", {})}})
     return vcfg.model_copy(update={"generators": {gen: vcfg.generators[gen],
                                                   pname: pcfg.generators[pname], UNION: union}, "arms": [arm]})
 
@@ -516,12 +526,33 @@ def with_done_seeds(wanted: tuple[int, ...], arm_folder: Path) -> list[int]:
     return sorted(set(wanted) | done)
 
 
+def filed_rows(summary: dict | None, arm: str) -> dict[int, dict]:
+    """The per-seed rows a screen file's summary of one arm holds (seed -> the fields :func:`summarise` reads),
+    for a machine that lacks their ``row.json`` (a fresh checkout: the file is committed, the rows are not).
+    Only a summary that kept each seed's per-image Dice can give them; its seconds are split evenly over its
+    seeds (the file keeps their sum). The caller has already dropped a summary of another set
+    (:func:`describe_variant`)."""
+    if not summary or "per_image_by_seed" not in summary:
+        return {}
+    seeds, ids = summary["seeds"], list(summary["per_image"])
+    last = summary.get("last_val_mdice_by_seed", [None] * len(seeds))
+    return {s: {"arm": arm, "seed": s, "val_mdice": summary["val_mdice_by_seed"][k], "ids": ids,
+                "dice": summary["per_image_by_seed"][k], "seconds": summary["seconds"] / len(seeds),
+                "last_val_mdice": last[k], "from_file": True,
+                **({"pixel_filter": summary["pixel_filter"]} if "pixel_filter" in summary else {})}
+            for k, s in enumerate(seeds)}
+
+
 def arm_rows(cfg: ExperimentConfig, data: ExperimentData, n: int, arm: ArmSettings, wanted: tuple[int, ...],
-             arm_folder: Path, synthetic: SyntheticSet | None) -> list[dict]:
-    """The rows of one arm (``arm_folder/seed<s>``, :func:`run_row`) over :func:`with_done_seeds`: the seeds asked
-    for, trained if missing, and those an earlier run finished."""
-    return [run_row(cfg, data, n, arm, s, arm_folder / f"seed{s}", synthetic)
-            for s in with_done_seeds(wanted, arm_folder)]
+             arm_folder: Path, synthetic: SyntheticSet | None, filed: dict | None = None) -> list[dict]:
+    """The rows of one arm (``arm_folder/seed<s>``, :func:`run_row`) over :func:`with_done_seeds` and the seeds of
+    its summary in the screen file (``filed``): the seeds asked for, trained if missing, and those an earlier run
+    finished. A seed whose ``row.json`` is missing but whose numbers the file holds (:func:`filed_rows`) is taken
+    from the file, not trained again (the segmenter is deterministic on the CPU: it would give the same row)."""
+    known = filed_rows(filed, arm.name)
+    return [known[s] if s in known and not (arm_folder / f"seed{s}" / "row.json").is_file()
+            else run_row(cfg, data, n, arm, s, arm_folder / f"seed{s}", synthetic)
+            for s in sorted(set(with_done_seeds(wanted, arm_folder)) | set(known))]
 
 
 def last_val_mdice(folder: Path) -> float | None:
@@ -713,13 +744,15 @@ def screen(config: Path, n: int, variants: list[str], results: Path, headline: P
     made: dict[str, tuple[ExperimentConfig, SyntheticSet]] = {}
     for k in range(len(seeds)):  # every row's first seed before any second seed: partial results rank all rows
         for arm in REAL_ARMS:
-            rows = arm_rows(base_cfg, data, n, arm, seeds[:k + 1], folder / "real" / arm.name, None)
+            rows = arm_rows(base_cfg, data, n, arm, seeds[:k + 1], folder / "real" / arm.name, None,
+                            out["real"].get(arm.name))
             out["real"][arm.name] = summarise(rows)
             save()
         if paste is not None and (agree_with in variants or union):  # the fair copy-paste twin
             pcfg, parm, pname = paste
             pasted = SyntheticCache(pcfg, LesionforgeStages(), data, n).get(pname)
-            rows = arm_rows(pcfg, data, n, parm, seeds[:k + 1], folder / "real" / parm.name, pasted)
+            rows = arm_rows(pcfg, data, n, parm, seeds[:k + 1], folder / "real" / parm.name, pasted,
+                            out["real"].get(parm.name))
             out["real"][parm.name] = summarise(rows)
             save()
         for v in variants:
@@ -741,7 +774,8 @@ def screen(config: Path, n: int, variants: list[str], results: Path, headline: P
                 at = len(rows_of) - sum(a.name == VARIANT_ARMS[1].name for a, _, _ in rows_of)  # before pairs alone
                 rows_of.insert(at, (ucfg.arms[0], ucfg, SyntheticCache(ucfg, LesionforgeStages(), data, n).get(UNION)))
             for arm, acfg, aset in rows_of:
-                rows = arm_rows(acfg, data, n, arm, seeds[:k + 1], folder / v / arm.name, aset)
+                rows = arm_rows(acfg, data, n, arm, seeds[:k + 1], folder / v / arm.name, aset,
+                                entry.get("arms", {}).get(arm.name))
                 arms, new = entry.setdefault("arms", {}), summarise(rows)
                 # a summary over more seeds (an earlier run with more --seed) is kept, not replaced by fewer
                 arms[arm.name] = max(new, arms.get(arm.name, new), key=lambda r: len(r["seeds"]))

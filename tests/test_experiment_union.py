@@ -88,3 +88,17 @@ def test_a_union_of_pasted_sets_is_a_copy_paste_reference_and_one_with_diffusion
     assert not cfg.is_copy_paste_reference(cfg.arm("union"))
     pasted = cfg.arm("union").model_copy(update={"generator": "pasted"})
     assert cfg.is_copy_paste_reference(pasted)
+
+
+def test_copy_paste_donors_of_a_union_set_are_its_drawn_pairs_only():
+    """Copy-paste's synthetic donors (``copy_paste.synthetic_donors``) are the pairs a generator drew: a union's
+    pasted pairs hold real lesions, which are the real donors again."""
+    from lesionforge.data.manifest import Provenance, Sample
+    from lesionforge.experiment.real_stages import drawn_pairs
+    from lesionforge.segment.pasted_set import GENERATOR
+
+    rows = [Sample(id=f"s{i}", image=f"images/s{i}.png", masks=[f"masks/s{i}.png"], origin="synthetic",
+                   provenance=Provenance(generator=g)) for i, g in enumerate(["inpaint", GENERATOR, "inpaint",
+                                                                              GENERATOR, "mask2image"])]
+    assert drawn_pairs(rows).tolist() == [0, 2, 4]
+    assert drawn_pairs(rows[1:2]).tolist() == []

@@ -119,6 +119,16 @@ def test_every_screen_variant_builds_a_valid_config_and_its_rows():
                             "pretrain+8per-top2+pixel1.25").arms[0]
     assert joined.mixing.synthetic_pixel_filter == 1.25
     assert half.copy_paste == plain.copy_paste and half.copy_paste.prob == 0.5
+    # the synthetic-donor lever (session 36) changes copy-paste's donors in its row and in the joined row alike,
+    # whose other copy-paste keys stay the pasted arm's; the headline's joined row keeps real donors only
+    (donors,) = s.variant_arms("pretrain+8per-top2+donors0.5")
+    dcfg = s.screen_config(head, 32, "pretrain+8per-top2+donors0.5")
+    assert donors.filtered and s.segment_config_for(dcfg, donors, 0)["copy_paste"] == {
+        **s.segment_config_for(dcfg, donors, 0)["copy_paste"], "enabled": True, "prob": 0.5, "synthetic_donors": 0.5}
+    joined = s.union_config(dcfg, paste, "pretrain+8per-top2+donors0.5").arms[0]
+    assert (joined.copy_paste.prob, joined.copy_paste.synthetic_donors) == (0.5, 0.5)
+    assert plain.copy_paste.synthetic_donors is None
+    assert dcfg.generators == s.screen_config(head, 32, "pretrain+8per-top2").generators  # the same set
 
 
 def test_the_gate_promotes_only_a_variant_that_beats_every_reference_on_two_seeds_and_over_images(tmp_path):
@@ -790,3 +800,36 @@ def test_a_row_is_summarised_over_the_seeds_asked_for_and_those_already_done(tmp
     (tmp_path / "seedx" / "row.json").write_text("{}")  # not a seed folder: ignored
     assert s.with_done_seeds((2,), tmp_path) == [0, 2, 3]  # seed 1 never finished: not summarised
     assert s.with_done_seeds((0, 1), tmp_path / "none") == [0, 1]
+
+
+def test_a_row_the_screen_file_holds_is_taken_from_it_not_trained_again(tmp_path, monkeypatch):
+    """A fresh checkout has the screen file but not the rows' ``row.json``: the seeds the file summarises (with
+    their per-image Dice) are read from it, only the seeds it lacks are trained, and the new summary covers both."""
+    s = load_benchmark("screen")
+    ids = ["a", "b", "c"]
+    rows = [{"arm": "baseline", "seed": k, "val_mdice": float(np.mean(d)), "ids": ids, "dice": d, "seconds": 10.0,
+             "last_val_mdice": 0.5 + k / 10} for k, d in ((0, [0.1, 0.2, 0.3]), (1, [0.4, 0.5, 0.6]))]
+    filed = s.summarise(rows)
+    trained = []
+
+    def fake_row(cfg, data, n, arm, seed, folder, synthetic):
+        trained.append(seed)
+        return {"arm": arm.name, "seed": seed, "val_mdice": 0.9, "ids": ids, "dice": [0.9, 0.9, 0.9],
+                "seconds": 5.0, "last_val_mdice": 0.9}
+
+    monkeypatch.setattr(s, "run_row", fake_row)
+    arm = s.REAL_ARMS[0]
+    got = s.arm_rows(None, None, 32, arm, (0, 2), tmp_path / "baseline", None, filed)
+    assert trained == [2]  # seed 0 (asked) and seed 1 (in the file) are the file's
+    again = s.summarise(got)
+    assert again["seeds"] == [0, 1, 2] and again["val_mdice_by_seed"][:2] == filed["val_mdice_by_seed"]
+    assert again["per_image_by_seed"][:2] == filed["per_image_by_seed"] and again["seconds"] == 25.0
+    assert again["last_val_mdice_by_seed"] == [0.5, 0.6, 0.9]
+    # a seed whose row.json is here is read from it (run_row), not from the file; a summary without per-seed
+    # Dice (written before summaries kept them) gives nothing to take
+    (tmp_path / "baseline" / "seed1").mkdir(parents=True)
+    (tmp_path / "baseline" / "seed1" / "row.json").write_text("{}")
+    trained.clear()
+    s.arm_rows(None, None, 32, arm, (0,), tmp_path / "baseline", None, filed)
+    assert trained == [1]
+    assert s.filed_rows({k: x for k, x in filed.items() if k != "per_image_by_seed"}, "baseline") == {}

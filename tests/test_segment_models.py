@@ -162,3 +162,36 @@ def test_gpu_fast_path_bf16_channels_last_trains_saves_and_resumes(split, tmp_pa
     weights = load_file(tmp_path / "fast" / "last-0000006" / "model.safetensors")
     assert all(torch.isfinite(w).all() for w in weights.values())
     assert 0.0 <= evaluate(run.best_checkpoint, val).mdice <= 1.0
+
+
+def test_synthetic_donors_come_from_the_picked_synthetic_pairs(split, tmp_path):
+    from lesionforge.errors import ConfigError
+    from lesionforge.segment.config import CopyPasteConfig
+    from lesionforge.segment.train import _HostBatches, _synthetic_donors
+
+    train, val = split
+    lesion = train.masks > 0
+    # the synthetic pairs' lesions painted 30, except those of the first half (painted 200): only the second half
+    # is picked as donors (a union set's pasted real lesions are not donors), so no paste may show 200
+    syn_img = np.where(lesion[..., None], 30, 100).repeat(3, -1).astype(np.uint8)
+    half = len(train) // 2
+    syn_img[:half][lesion[:half]] = 200
+    synthetic = PairArrays(syn_img, train.masks, train.has_mask, [f"syn_{i}" for i in train.ids], train.classes)
+    plain = np.full_like(train.images, 100)
+    blank = PairArrays(plain, np.zeros_like(train.masks), train.has_mask, train.ids, train.classes)
+    paste = CopyPasteConfig(enabled=True, prob=1.0, feather_sigma=0.0, synthetic_donors=1.0)
+    cfg = _cfg(mixing=MixConfig(mode="ratio", ratio=1.0), copy_paste=paste)
+    donors = _synthetic_donors(cfg, synthetic, np.arange(half, len(train)))
+    batches = _HostBatches(cfg, blank, synthetic, torch.device("cpu"), donors=donors)
+    images, masks = batches.real(np.arange(len(train)), step=0)
+    pasted = images[masks > 0, 0]  # bilinear rims blend a lesion with its frame (100); 200 would pass 100
+    assert pasted.min() <= 40 and pasted.max() <= 100  # the picked donors' lesions only
+    # a set to take lesions from is needed, and one with a lesion
+    with pytest.raises(ConfigError, match="synthetic_donors needs a synthetic set"):
+        train_segmenter(cfg.model_copy(update={"mixing": MixConfig()}), train, val, tmp_path / "a")
+    empty = PairArrays(syn_img, np.zeros_like(train.masks), train.has_mask, synthetic.ids, train.classes)
+    with pytest.raises(ConfigError, match="none of the synthetic pairs it may take from has a lesion"):
+        train_segmenter(cfg, train, val, tmp_path / "b", synthetic=empty)
+    run = train_segmenter(cfg.model_copy(update={"steps": 2, "val_interval": 2}), train, val, tmp_path / "c",
+                          synthetic=synthetic, paste_donors=np.arange(half, len(train)))
+    assert run.steps == 2 and np.isfinite(run.history[-1]["loss"])

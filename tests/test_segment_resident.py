@@ -182,3 +182,16 @@ def test_device_copy_paste_feathers_near_the_lesion_and_stays_in_the_field_of_vi
     changed = (out_img != dst).any(-1)
     rim = np.stack([ndimage.binary_dilation(m > 0, iterations=4) for m in out_mask])
     assert changed.any() and not (changed & ~rim).any()
+
+
+def test_device_copy_paste_takes_synthetic_donors_in_their_share(demo_arrays):
+    real_img, masks = _painted(demo_arrays)  # real lesions 250
+    syn_img = np.where(masks[..., None] > 0, 30, 100).repeat(3, -1).astype(np.uint8)  # generated lesions 30
+    dst, dst_mask = torch.full(real_img.shape, 100, dtype=torch.uint8), torch.zeros(masks.shape, dtype=torch.uint8)
+    idx = np.arange(len(masks))
+    for share, lo, hi in ((None, 175, 255), (1.0, 0, 80)):
+        cfg = CopyPasteConfig(enabled=True, prob=1.0, feather_sigma=0.0, synthetic_donors=share)
+        paster = DeviceCopyPaster(real_img, masks, cfg, CPU, extra=(syn_img, masks))
+        out_img, out_mask = (t.numpy() for t in paster(dst, dst_mask, idx, np.random.default_rng(0)))
+        core = np.stack([ndimage.binary_erosion(m > 0, iterations=1) for m in out_mask])
+        assert core.any() and lo <= out_img[core, 0].min() and out_img[core, 0].max() <= hi

@@ -34,6 +34,14 @@ GOLDEN: dict[str, tuple[str, str]] = {
                           "7ec851d8faca03c7f3987a3c4640b966ac15d29d68b736a841cabb477087951f"),
 }
 
+#: case -> the files' digest of the same code on another CPU kind: the guided case's batched pass (cond and uncond,
+#: 6 images) takes other float kernels on an AVX2-only CPU (AMD EPYC family 25) than on the machine the digests
+#: above were taken on; commit 83d3ce5, which recorded them, gives this digest there (session 36). The manifest's
+#: digest is the same on both.
+OTHER_CPU: dict[str, set[str]] = {
+    "mask2image-guided": {"0e9c78f7c728d700ee9b369830fdea6c7ccd7a7bec149b13eea798e3fff5b27f"},
+}
+
 
 def _digests(folder) -> tuple[str, str]:
     files = hashlib.sha256()
@@ -73,4 +81,6 @@ def _run(case: str, demo_arrays, tmp_path) -> tuple[str, str]:
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_synthesized_files_unchanged(case, demo_arrays, tmp_path):
-    assert _run(case, demo_arrays, tmp_path) == GOLDEN[case]
+    files, manifest = _run(case, demo_arrays, tmp_path)
+    assert manifest == GOLDEN[case][1]
+    assert files in {GOLDEN[case][0], *OTHER_CPU.get(case, set())}

@@ -343,6 +343,9 @@ class ArmSettings(LaterFields):
                              "use kind 'copy-paste' for real data with copy-paste")
         if self.copy_paste is not None and "enabled" in self.copy_paste.model_fields_set:
             raise ValueError(f"arm {self.name!r}: `copy_paste.enabled` is decided by the arm's kind; leave it out")
+        if self.copy_paste is not None and self.copy_paste.synthetic_donors and self.kind != "synthetic":
+            raise ValueError(f"arm {self.name!r}: `copy_paste.synthetic_donors` takes lesions from the arm's "
+                             "synthetic pairs; it is for synthetic arms")
         return self
 
     @field_serializer("copy_paste")

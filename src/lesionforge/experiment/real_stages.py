@@ -350,7 +350,8 @@ class LesionforgeStages:
                     left_out = _left_out(rows, synth, data.val, scfg.mixing.synthetic_pixel_filter, run_dir,
                                          scfg.mixing.synthetic_pixel_filter_class)
             run = train_segmenter(scfg, data.labelled(n), data.val, run_dir / "segmenter", synthetic=synth,
-                                  twins=twins, resume=True, progress=True, left_out=left_out)
+                                  twins=twins, resume=True, progress=True, left_out=left_out,
+                                  paste_donors=None if synthetic is None else drawn_pairs(rows))
         t1 = time.perf_counter()
         ev = evaluate(run.best_checkpoint, data.test, subsets=data.subsets or None, miss_fraction=cfg.miss_fraction)
         out = _eval_fields(ev)
@@ -456,6 +457,14 @@ def _synthetic_arrays(
     manifest = s.filtered_manifest if filtered and s.filtered_manifest is not None else s.manifest
     samples = read_set(manifest, origin="synthetic", kept_only=filtered)
     return load_arrays(samples, cfg.resolution, cfg.dataset.channels), twins_of(samples), samples
+
+
+def drawn_pairs(rows: list[Sample]) -> np.ndarray:
+    """Indices of the rows a generator drew: copy-paste's lesion donors among a set's pairs (real lesions pasted
+    onto backgrounds, in a union set beside the drawn ones, are the real donors again)."""
+    from lesionforge.segment.pasted_set import GENERATOR as PASTED
+
+    return np.array([i for i, r in enumerate(rows) if r.provenance.generator != PASTED], dtype=int)
 
 
 PIXEL_FILTER_FILE = "pixel-filter.json"

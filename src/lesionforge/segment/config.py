@@ -32,14 +32,22 @@ class AugmentConfig(StrictModel):
     noise_std: float = Field(0.05, ge=0)
 
 
-class CopyPasteConfig(StrictModel):
-    """Classical lesion copy-paste (:mod:`lesionforge.segment.copypaste`), applied per sample with ``prob``."""
+class CopyPasteConfig(LaterFields):
+    """Classical lesion copy-paste (:mod:`lesionforge.segment.copypaste`), applied per sample with ``prob``.
+
+    ``synthetic_donors`` (added in session 36, so left out of dumps while None and older keys stay as they were):
+    the share of the pastes whose lesion comes from a synthetic pair (a generated lesion on a real image) instead
+    of another real pair; needs a synthetic set, whose drawn pairs are the donors (real lesions pasted onto
+    backgrounds are not: they are the real donors again). None: real donors only, the classical recipe."""
+
+    _omitted_when_none = ("synthetic_donors",)
 
     enabled: bool = False
     prob: float = Field(0.5, ge=0, le=1)
     scale: tuple[float, float] = (0.75, 1.25)
     feather_sigma: float = Field(1.0, ge=0)  # Gaussian sigma (pixels) of the soft edge
     fov_threshold: int = Field(12, ge=0, le=255)  # pixels darker than this (max channel) are outside the view
+    synthetic_donors: float | None = Field(None, ge=0, le=1)
 
 
 class MixConfig(LaterFields):

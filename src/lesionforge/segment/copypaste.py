@@ -3,6 +3,8 @@
 A lesion (one 8-connected component of a training mask) is cut from one image with its mask, scaled, rotated
 and flipped at random, blended with a feathered (Gaussian-softened) edge onto another training image at a
 place where all its pixels fall inside that image's field of view, and the target mask becomes the union.
+With ``synthetic_donors`` a share of the lesions comes from synthetic pairs instead (a generated lesion cut with
+its mask, pasted onto a real image): the generator's lesions as more donors.
 """
 
 from __future__ import annotations
@@ -85,14 +87,44 @@ def _blend(dst_image, dst_mask, patch, hard, oy: int, ox: int, sigma: float) -> 
     return np.clip(out + 0.5, 0, 255).astype(np.uint8), mask
 
 
+def donor_pool(images: np.ndarray, masks: np.ndarray, extra: tuple[np.ndarray, np.ndarray] | None
+               ) -> tuple[np.ndarray, np.ndarray, int]:
+    """The lesion donors' images and masks: the training pairs, then the ``extra`` (synthetic) ones; and how many
+    of them are training pairs (a sample's index in the batch source is its index here)."""
+    if extra is None or len(extra[0]) == 0:
+        return images, masks, len(images)
+    return np.concatenate([images, extra[0]]), np.concatenate([masks, extra[1]]), len(images)
+
+
+def pick_donor(real: np.ndarray, synthetic: np.ndarray, own: int, share: float, rng: np.random.Generator,
+               prob: float) -> int | None:
+    """The donor of one paste, or None for no paste: with probability ``prob`` a paste happens; its lesion comes
+    from a ``synthetic`` donor with probability ``share``, else from a ``real`` one other than ``own``.
+
+    Written by hand (no library draws copy-paste donors); with ``share`` 0 or no synthetic donors it makes the
+    draws of the classical recipe, number for number, so real-donor runs are unchanged."""
+    real = real[real != own]
+    use_synthetic = len(synthetic) > 0 and share > 0
+    if (len(real) == 0 and not use_synthetic) or rng.random() >= prob:
+        return None
+    if use_synthetic and (len(real) == 0 or rng.random() < share):
+        return int(rng.choice(synthetic))
+    return int(rng.choice(real))
+
+
 class CopyPaster:
     """Applies copy-paste to batches drawn from one set of training pairs (the lesion donors).
 
-    ``images`` uint8 (N, H, W, C), ``masks`` uint8 (N, H, W)."""
+    ``images`` uint8 (N, H, W, C), ``masks`` uint8 (N, H, W); ``extra``: synthetic (images, masks) whose lesions
+    are pasted in ``cfg.synthetic_donors`` of the pastes."""
 
-    def __init__(self, images: np.ndarray, masks: np.ndarray, cfg: CopyPasteConfig):
-        self.images, self.masks, self.cfg = images, masks, cfg
-        self.donors = np.flatnonzero(masks.reshape(len(masks), -1).any(axis=1))
+    def __init__(self, images: np.ndarray, masks: np.ndarray, cfg: CopyPasteConfig,
+                 extra: tuple[np.ndarray, np.ndarray] | None = None):
+        self.cfg = cfg
+        self.images, self.masks, n_real = donor_pool(images, masks, extra)
+        lesion = self.masks.reshape(len(self.masks), -1).any(axis=1)
+        self.donors = np.flatnonzero(lesion[:n_real])
+        self.synthetic = n_real + np.flatnonzero(lesion[n_real:])
 
     def __call__(
         self, images: np.ndarray, masks: np.ndarray, index: np.ndarray, rng: np.random.Generator
@@ -101,10 +133,9 @@ class CopyPaster:
         positions in the donor set (a sample never receives its own lesion). Returns new arrays."""
         images, masks = images.copy(), masks.copy()
         for b, i in enumerate(index):
-            donors = self.donors[self.donors != i]
-            if len(donors) == 0 or rng.random() >= self.cfg.prob:
+            d = pick_donor(self.donors, self.synthetic, i, self.cfg.synthetic_donors or 0.0, rng, self.cfg.prob)
+            if d is None:
                 continue
-            d = rng.choice(donors)
             patch, hard = transformed_lesion(self.images[d], self.masks[d], rng, self.cfg.scale)
             images[b], masks[b], _ = paste_lesion(
                 images[b], masks[b], patch, hard, rng, self.cfg.fov_threshold, self.cfg.feather_sigma
@@ -121,14 +152,19 @@ class DeviceCopyPaster:
     resampling code and draw order); the scalar draws come from the numpy ``rng`` (a few numbers a sample).
 
     ``images`` uint8 (N, H, W, C), ``masks`` uint8 (N, H, W) on the host; they are copied to ``device`` once
-    unless ``on_device`` already holds them there (as (images, masks) uint8 tensors)."""
+    unless ``on_device`` already holds them there (as (images, masks) uint8 tensors). ``extra``: synthetic
+    (images, masks) on the host whose lesions are pasted in ``cfg.synthetic_donors`` of the pastes."""
 
     def __init__(self, images: np.ndarray, masks: np.ndarray, cfg: CopyPasteConfig, device,
-                 on_device: tuple | None = None):
+                 on_device: tuple | None = None, extra: tuple[np.ndarray, np.ndarray] | None = None):
         import torch
 
         self.cfg, self.device = cfg, device
         self.images = on_device[0] if on_device is not None else torch.from_numpy(images).to(device)
+        n_real = len(images)
+        if extra is not None and len(extra[0]):  # the synthetic donors after the training pairs
+            self.images = torch.cat([self.images, torch.from_numpy(np.ascontiguousarray(extra[0])).to(device)])
+        _, masks, _ = donor_pool(images, masks, extra)
         labels = np.zeros(masks.shape, np.int16)
         lesions = []  # per lesion: donor, label, centre y, centre x, radius
         for i, m in enumerate(masks):
@@ -139,7 +175,8 @@ class DeviceCopyPaster:
                 lesions.append((i, k, cy, cx, np.sqrt((ys - cy) ** 2 + (xs - cx) ** 2).max() + 1.5))
         self.labels = torch.from_numpy(labels).to(device)
         self.lesions = np.array(lesions, np.float64).reshape(-1, 5)
-        self.donors = np.unique(self.lesions[:, 0]).astype(np.int64)
+        donors = np.unique(self.lesions[:, 0]).astype(np.int64)
+        self.donors, self.synthetic = donors[donors < n_real], donors[donors >= n_real]
         self.feather = None
         if cfg.feather_sigma > 0:
             from monai.networks.layers import GaussianFilter
@@ -153,10 +190,10 @@ class DeviceCopyPaster:
 
         rows, picks = [], []
         for b, i in enumerate(index):
-            donors = self.donors[self.donors != i]
-            if len(donors) == 0 or rng.random() >= self.cfg.prob:
+            d = pick_donor(self.donors, self.synthetic, i, self.cfg.synthetic_donors or 0.0, rng, self.cfg.prob)
+            if d is None:
                 continue
-            own = np.flatnonzero(self.lesions[:, 0] == rng.choice(donors))
+            own = np.flatnonzero(self.lesions[:, 0] == d)
             lesion = own[rng.integers(len(own))]
             picks.append((lesion, rng.uniform(*self.cfg.scale), rng.uniform(0, 2 * np.pi), rng.random() < 0.5,
                           *rng.random(_TRIES)))

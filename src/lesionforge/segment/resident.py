@@ -31,14 +31,14 @@ class DeviceBatches:
     :meth:`tensors` makes the network's float inputs."""
 
     def __init__(self, cfg: SegmentConfig, train: PairArrays, synthetic: PairArrays | None, device: torch.device,
-                 marked: bool = False):
+                 marked: bool = False, donors: tuple[np.ndarray, np.ndarray] | None = None):
         self.cfg, self.device = cfg, device
         self.images, self.masks = _hold(train, device)
         self.syn_images, self.syn_masks = (None, None) if synthetic is None else _hold(synthetic, device, marked)
         self.paster = None
         if cfg.copy_paste.enabled:
             self.paster = DeviceCopyPaster(train.images, train.masks, cfg.copy_paste, device,
-                                           on_device=(self.images, self.masks))
+                                           on_device=(self.images, self.masks), extra=donors)
 
     def _index(self, idx: np.ndarray) -> torch.Tensor:
         return torch.as_tensor(idx, dtype=torch.long).to(self.device)

@@ -79,7 +79,7 @@ def train_segmenter(
     cfg: SegmentConfig, train: PairArrays, val: PairArrays, out_dir: str | Path, *,
     synthetic: PairArrays | None = None, twins: dict[str, list[int]] | None = None, resume: bool = True,
     overwrite: bool = False, stop_after: int | None = None, progress: bool = False, resident: bool | None = None,
-    left_out: np.ndarray | None = None,
+    left_out: np.ndarray | None = None, paste_donors: np.ndarray | None = None,
 ) -> SegmentRun:
     """Train a segmenter on ``train`` (+ ``synthetic`` per ``cfg.mixing``); select on ``val`` mDice.
 
@@ -89,12 +89,14 @@ def train_segmenter(
     state is saved, a later call continues). ``resident``: hold the training data on the device and assemble and
     augment the batches there (default: on CUDA, see :func:`~lesionforge.devices.data_on_device`). ``left_out``:
     bool (N synthetic, H, W), the synthetic pixels the loss leaves out (``cfg.mixing.synthetic_pixel_filter``'s,
-    :func:`lesionforge.validate.pixel_trust.untrusted_pixels`). Returns the best checkpoint, which
-    :func:`load_segmenter` reads.
+    :func:`lesionforge.validate.pixel_trust.untrusted_pixels`). ``paste_donors``: indices of the ``synthetic``
+    pairs whose lesions copy-paste may take (``cfg.copy_paste.synthetic_donors``; default: every one with a
+    lesion). Returns the best checkpoint, which :func:`load_segmenter` reads.
     """
     # image-only samples (has_mask False) have no ground truth: neither trained on as lesion-free nor scored
     train, val = (a.subset(np.flatnonzero(a.has_mask)) for a in (train, val))
     _check_inputs(cfg, train, val, synthetic)
+    extra = _synthetic_donors(cfg, synthetic, paste_donors)
     _check_left_out(cfg, synthetic, left_out)
     out = claim_output(out_dir, "segmentation run", overwrite=overwrite, resume=resume)
     seed_everything(cfg.seed)
@@ -106,7 +108,7 @@ def train_segmenter(
     state = _load_last(out, cfg, model, opt, sched) if resume else _State()
     save_config(cfg, out / "config.yaml")
     end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
-    loop = _Loop(cfg, model, train, synthetic, twins, device, data_on_device(device, resident), left_out)
+    loop = _Loop(cfg, model, train, synthetic, twins, device, data_on_device(device, resident), left_out, extra)
     bar = _progress(progress, state.step, end)
     while state.step < end:
         t0 = time.perf_counter()
@@ -142,6 +144,21 @@ def _check_inputs(cfg: SegmentConfig, train: PairArrays, val: PairArrays, synthe
         raise ConfigError(f"mixing mode {cfg.mixing.mode!r} needs a synthetic set")
 
 
+def _synthetic_donors(cfg: SegmentConfig, synthetic: PairArrays | None, pick: np.ndarray | None
+                      ) -> tuple[np.ndarray, np.ndarray] | None:
+    """The synthetic (images, binary masks) copy-paste takes ``cfg.copy_paste.synthetic_donors`` of its lesions
+    from; None when it takes none."""
+    if not (cfg.copy_paste.enabled and (cfg.copy_paste.synthetic_donors or 0) > 0):
+        return None
+    if synthetic is None:
+        raise ConfigError("copy_paste.synthetic_donors needs a synthetic set to take lesions from")
+    idx = np.arange(len(synthetic)) if pick is None else np.asarray(pick, dtype=int)
+    masks = (synthetic.masks[idx] > 0).astype(np.uint8)
+    if not masks.reshape(len(masks), -1).any(axis=1).any():
+        raise ConfigError("copy_paste.synthetic_donors: none of the synthetic pairs it may take from has a lesion")
+    return synthetic.images[idx], masks
+
+
 def _check_left_out(cfg: SegmentConfig, synthetic: PairArrays | None, left_out: np.ndarray | None) -> None:
     if (cfg.mixing.synthetic_pixel_filter is None) != (left_out is None):
         raise ConfigError("mixing.synthetic_pixel_filter and the pixels it leaves out go together: set both (the "
@@ -160,7 +177,7 @@ class _Loop:
     def __init__(
         self, cfg: SegmentConfig, model: nn.Module, train: PairArrays, synthetic: PairArrays | None,
         twins: dict[str, list[int]] | None, device: torch.device, resident: bool = False,
-        left_out: np.ndarray | None = None,
+        left_out: np.ndarray | None = None, donors: tuple[np.ndarray, np.ndarray] | None = None,
     ):
         self.cfg, self.model, self.device = cfg, model, device
         n_syn = 0 if synthetic is None else len(synthetic)
@@ -170,7 +187,7 @@ class _Loop:
                                    synthetic.ids, synthetic.classes)
         self.marked = left_out is not None
         batches = DeviceBatches if resident else _HostBatches
-        self.batches = batches(cfg, train, synthetic, device, marked=self.marked)
+        self.batches = batches(cfg, train, synthetic, device, marked=self.marked, donors=donors)
         self.loss_fn = DiceCELoss(sigmoid=True, batch=True)
         self.border = cfg.mixing.synthetic_border_ignore or 0  # pixels of synthetic labels the loss leaves out
         self.masked_loss = MaskedDiceCELoss() if self.border or self.marked else None
@@ -227,7 +244,7 @@ class _HostBatches:
     """Batch arrays on the host (numpy): copy-paste and MONAI augmentation on the CPU, then a copy to ``device``."""
 
     def __init__(self, cfg: SegmentConfig, train: PairArrays, synthetic: PairArrays | None, device: torch.device,
-                 marked: bool = False):
+                 marked: bool = False, donors: tuple[np.ndarray, np.ndarray] | None = None):
         # masks are made binary where they enter a batch (real ones after copy-paste, synthetic ones here), so
         # tensors() takes them as they are; ``marked`` synthetic masks carry left-out pixels (segment/losses.py)
         if synthetic is not None and not marked:
@@ -235,7 +252,7 @@ class _HostBatches:
                                    synthetic.ids, synthetic.classes)
         self.cfg, self.train, self.synthetic, self.device = cfg, train, synthetic, device
         self.augment = build_augmentation(cfg.augment, cfg.resolution) if cfg.augment.enabled else None
-        self.paster = CopyPaster(train.images, train.masks, cfg.copy_paste) if cfg.copy_paste.enabled else None
+        self.paster = CopyPaster(train.images, train.masks, cfg.copy_paste, donors) if cfg.copy_paste.enabled else None
 
     def real(self, idx: np.ndarray, step: int) -> tuple[np.ndarray, np.ndarray]:
         images, masks = self.train.images[idx], self.train.masks[idx]
