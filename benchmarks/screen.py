@@ -471,6 +471,22 @@ def union_config(vcfg: ExperimentConfig, paste: tuple[ExperimentConfig, ArmSetti
                                                   pname: pcfg.generators[pname], UNION: union}, "arms": [arm]})
 
 
+def platform() -> str:
+    """What a row's numbers depend on beyond its settings and seed: the torch build and the CPU's vector ISA. The
+    segmenter is deterministic on one platform (a row trained again gives the same digits), not across them: on an
+    AVX2-only CPU the baseline's seed-0 row at 800 steps scored 0.679, in the file (another machine) 0.660, a
+    seed's spread (session 36). Rows of one screen file are compared seed by seed, so they share one platform."""
+    return f"torch {torch.__version__}, CPU {torch.backends.cpu.get_cpu_capability()}"
+
+
+def foreign_rows(out: dict, here: str) -> list[str]:
+    """The rows of a screen file (``real`` and ``<variant>:<row>``) not trained on platform ``here`` (a summary
+    that did not record its platform, written before session 36, counts as another's)."""
+    rows = [(a, r) for a, r in out.get("real", {}).items()]
+    rows += [(f"{v}:{a}", r) for v, e in out.get("variants", {}).items() for a, r in e.get("arms", {}).items()]
+    return [name for name, r in rows if r.get("platform") != here]
+
+
 def screen_file(results: Path, dataset: str, n: int, steps: int, existing: bool = False) -> Path:
     """The screen's JSON for a budget: one file per budget, the default one the screen's, others (e.g. a longer
     segmenter) beside it with their ``-s<steps>``; with ``existing``, a missing file is a clear error."""
@@ -511,7 +527,8 @@ def run_row(cfg: ExperimentConfig, data: ExperimentData, n: int, arm: ArmSetting
         row = {"arm": arm.name, "seed": seed, "val_mdice": out["mdice"], "ids": out["ids"], "dice": out["dice"],
                "miss_rate": out["miss_rate"], "best_val_mdice": out["best_val_mdice"],
                "seconds": round(time.perf_counter() - t0, 1), "checkpoint": str(folder / "segmenter" / "best"),
-               "synthetic_set": used, "synthetic_fingerprint": drawn, "last_val_mdice": last_val_mdice(folder)}
+               "synthetic_set": used, "synthetic_fingerprint": drawn, "last_val_mdice": last_val_mdice(folder),
+               "platform": platform()}
         if (folder / PIXEL_FILTER_FILE).is_file():  # mixing.synthetic_pixel_filter: the pixels it left out
             row["pixel_filter"] = json.loads((folder / PIXEL_FILTER_FILE).read_text(encoding="utf-8"))
         write_json_atomic(done, row)
@@ -529,16 +546,16 @@ def with_done_seeds(wanted: tuple[int, ...], arm_folder: Path) -> list[int]:
 def filed_rows(summary: dict | None, arm: str) -> dict[int, dict]:
     """The per-seed rows a screen file's summary of one arm holds (seed -> the fields :func:`summarise` reads),
     for a machine that lacks their ``row.json`` (a fresh checkout: the file is committed, the rows are not).
-    Only a summary that kept each seed's per-image Dice can give them; its seconds are split evenly over its
-    seeds (the file keeps their sum). The caller has already dropped a summary of another set
-    (:func:`describe_variant`)."""
-    if not summary or "per_image_by_seed" not in summary:
+    Only a summary of this machine's :func:`platform` that kept each seed's per-image Dice can give them; its
+    seconds are split evenly over its seeds (the file keeps their sum). The caller has already dropped a summary
+    of another set (:func:`describe_variant`)."""
+    if not summary or "per_image_by_seed" not in summary or summary.get("platform") != platform():
         return {}
     seeds, ids = summary["seeds"], list(summary["per_image"])
     last = summary.get("last_val_mdice_by_seed", [None] * len(seeds))
     return {s: {"arm": arm, "seed": s, "val_mdice": summary["val_mdice_by_seed"][k], "ids": ids,
                 "dice": summary["per_image_by_seed"][k], "seconds": summary["seconds"] / len(seeds),
-                "last_val_mdice": last[k], "from_file": True,
+                "last_val_mdice": last[k], "from_file": True, "platform": summary["platform"],
                 **({"pixel_filter": summary["pixel_filter"]} if "pixel_filter" in summary else {})}
             for k, s in enumerate(seeds)}
 
@@ -621,13 +638,19 @@ def summarise(rows: list[dict]) -> dict:
         for i, d in zip(r["ids"], r["dice"], strict=True):
             per_image.setdefault(i, []).append(d)
     last = [r.get("last_val_mdice") for r in rows]
+    platforms = {r.get("platform") for r in rows}
+    if len(platforms) > 1:
+        raise typer.BadParameter(f"the {rows[0]['arm']} rows of seeds {[r['seed'] for r in rows]} were trained on "
+                                 f"different platforms {sorted(map(str, platforms))}: their seeds do not compare")
+    (where,) = platforms
     return {"val_mdice": float(np.mean([r["val_mdice"] for r in rows])), "seeds": [r["seed"] for r in rows],
             "val_mdice_by_seed": [r["val_mdice"] for r in rows], "seconds": sum(r["seconds"] for r in rows),
             "per_image": {i: float(np.mean(v)) for i, v in sorted(per_image.items())},
             "per_image_by_seed": _by_seed(rows, sorted(per_image)),
             **({"last_val_mdice_by_seed": last} if None not in last else {}),
             # mixing.synthetic_pixel_filter: what it left out of the set (the same for every seed)
-            **({"pixel_filter": rows[0]["pixel_filter"]} if "pixel_filter" in rows[0] else {})}
+            **({"pixel_filter": rows[0]["pixel_filter"]} if "pixel_filter" in rows[0] else {}),
+            **({"platform": where} if where is not None else {})}
 
 
 def _by_seed(rows: list[dict], ids: list[str]) -> list[list[float]]:
@@ -708,14 +731,21 @@ def screen(config: Path, n: int, variants: list[str], results: Path, headline: P
     paste = paste_rows(config, base_cfg)
     held = screen_config(config, n, agree_with, **budget)
     recipe, gen = held.generators[variant_generator(held)].model_dump(mode="json"), variant_generator(held)
-    claim_sweep(config)
-    scores = headline_scores(headline)  # the gate's reference arm: read once, not at every save
     dataset, seeds = base_cfg.dataset.name, tuple(base_cfg.seeds)
-    data = LesionforgeStages().load_data(base_cfg)
-    folder = screen_dir(base_cfg, n)
     out_path = screen_file(results, dataset, n, base_cfg.segment.steps)
     out = json.loads(out_path.read_text(encoding="utf-8")) if out_path.is_file() else {}
-    out.update(dataset=dataset, n_labelled=n, profile="cpu", resolution=base_cfg.resolution,
+    here = platform()
+    if foreign := foreign_rows(out, here):
+        raise typer.BadParameter(
+            f"{out_path}: rows {foreign[:3]}{' …' if len(foreign) > 3 else ''} were trained on "
+            f"{out.get('platform') or 'a platform the file did not record'}, this machine is {here}: the same seed "
+            "trains another row here, and one file's rows are compared seed by seed; screen into another folder "
+            "(--results)")
+    claim_sweep(config)
+    scores = headline_scores(headline)  # the gate's reference arm: read once, not at every save
+    data = LesionforgeStages().load_data(base_cfg)
+    folder = screen_dir(base_cfg, n)
+    out.update(dataset=dataset, n_labelled=n, profile="cpu", resolution=base_cfg.resolution, platform=here,
                machine="2-core CPU, shared with other jobs, torch threads 1",
                segment={"network": base_cfg.segment.network, "steps": base_cfg.segment.steps,
                         "val_interval": base_cfg.segment.val_interval, "seeds": list(seeds),

@@ -808,14 +808,16 @@ def test_a_row_the_screen_file_holds_is_taken_from_it_not_trained_again(tmp_path
     s = load_benchmark("screen")
     ids = ["a", "b", "c"]
     rows = [{"arm": "baseline", "seed": k, "val_mdice": float(np.mean(d)), "ids": ids, "dice": d, "seconds": 10.0,
-             "last_val_mdice": 0.5 + k / 10} for k, d in ((0, [0.1, 0.2, 0.3]), (1, [0.4, 0.5, 0.6]))]
+             "last_val_mdice": 0.5 + k / 10, "platform": s.platform()}
+            for k, d in ((0, [0.1, 0.2, 0.3]), (1, [0.4, 0.5, 0.6]))]
     filed = s.summarise(rows)
+    assert filed["platform"] == s.platform()
     trained = []
 
     def fake_row(cfg, data, n, arm, seed, folder, synthetic):
         trained.append(seed)
         return {"arm": arm.name, "seed": seed, "val_mdice": 0.9, "ids": ids, "dice": [0.9, 0.9, 0.9],
-                "seconds": 5.0, "last_val_mdice": 0.9}
+                "seconds": 5.0, "last_val_mdice": 0.9, "platform": s.platform()}
 
     monkeypatch.setattr(s, "run_row", fake_row)
     arm = s.REAL_ARMS[0]
@@ -833,3 +835,25 @@ def test_a_row_the_screen_file_holds_is_taken_from_it_not_trained_again(tmp_path
     s.arm_rows(None, None, 32, arm, (0,), tmp_path / "baseline", None, filed)
     assert trained == [1]
     assert s.filed_rows({k: x for k, x in filed.items() if k != "per_image_by_seed"}, "baseline") == {}
+    # rows of another platform (another CPU's vector ISA trains another row for the same seed) are never taken,
+    # and never summarised with this machine's
+    elsewhere = {**filed, "platform": "torch 2.13.0+cpu, CPU AVX512"}
+    assert s.filed_rows(elsewhere, "baseline") == {} and s.filed_rows({**filed, "platform": None}, "baseline") == {}
+    with pytest.raises(Exception, match="different platforms"):
+        s.summarise([rows[0], {**rows[1], "platform": "torch 2.13.0+cpu, CPU AVX512"}])
+
+
+def test_the_screen_refuses_a_file_of_rows_trained_on_another_platform(tmp_path):
+    """One file's rows are compared seed by seed: a file whose rows another platform trained (or that did not
+    record it) is not added to; the error names the file and the way out (another --results folder)."""
+    s = load_benchmark("screen")
+    out = {"real": {"baseline": {"seeds": [0], "platform": s.platform()}},
+           "variants": {"v": {"arms": {"synthetic": {"seeds": [0], "platform": s.platform()}}}}}
+    assert s.foreign_rows(out, s.platform()) == []
+    out["variants"]["v"]["arms"]["synthetic+copy-paste"] = {"seeds": [0]}  # written before rows recorded it
+    out["real"]["copy-paste"] = {"seeds": [0], "platform": "torch 2.13.0+cpu, CPU AVX512"}
+    assert s.foreign_rows(out, s.platform()) == ["copy-paste", "v:synthetic+copy-paste"]
+    path = s.screen_file(tmp_path, "demo", 8, s.STEPS)
+    path.write_text(json.dumps(out), encoding="utf-8")
+    with pytest.raises(Exception, match=r"screen-demo-n8-cpu\.json: rows .*copy-paste.* another folder"):
+        s.screen(ROOT / "benchmarks" / "configs" / "smoke.yaml", 8, [], tmp_path, seeds=(0,))
