@@ -46,6 +46,7 @@ from lesionforge.data.arrays import PairArrays, load_arrays  # noqa: E402
 from lesionforge.data.bands import BANDS, EMPTY, mask_group  # noqa: E402
 from lesionforge.data.manifest import read_set  # noqa: E402
 from lesionforge.data.volumes import case_groups, position_subsets  # noqa: E402
+from lesionforge.devices import machine_facts  # noqa: E402
 from lesionforge.experiment.agreement import rank_agreement  # noqa: E402
 from lesionforge.experiment.budget import segment_config_for  # noqa: E402
 from lesionforge.experiment.config import (  # noqa: E402
@@ -476,7 +477,8 @@ def platform() -> str:
     segmenter is deterministic on one platform (a row trained again gives the same digits), not across them: on an
     AVX2-only CPU the baseline's seed-0 row at 800 steps scored 0.679, in the file (another machine) 0.660, a
     seed's spread (session 36). Rows of one screen file are compared seed by seed, so they share one platform."""
-    return f"torch {torch.__version__}, CPU {torch.backends.cpu.get_cpu_capability()}"
+    facts = machine_facts()
+    return f"torch {facts['torch']}, CPU {facts['cpu_capability']}"
 
 
 def foreign_rows(out: dict, here: str) -> list[str]:

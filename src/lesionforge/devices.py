@@ -87,8 +87,10 @@ def data_on_device(device, resident: bool | None = None) -> bool:
 
 
 def machine_facts() -> dict:
-    """Where a number was measured: host, processor model, cores usable, torch threads and version, and the GPU
-    when one is visible (every run record and the speed benchmark carry it; docs quote it with each number)."""
+    """Where a number was measured: host, processor model, its vector instruction set as torch uses it (the same
+    seed trains another model on an AVX2-only CPU than on an AVX-512 one), cores usable, torch threads and version,
+    and the GPU when one is visible (every run record and the speed benchmark carry it; docs quote it with each
+    number)."""
     import os
     import platform
     import socket
@@ -103,6 +105,7 @@ def machine_facts() -> dict:
         pass
     return {"host": socket.gethostname(), "processor": model, "cpu_count": os.cpu_count(),
             "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
             "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
 
