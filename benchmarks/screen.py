@@ -720,7 +720,7 @@ def speckle_of(arrays: PairArrays, data: ExperimentData) -> dict:
 
 def screen(config: Path, n: int, variants: list[str], results: Path, headline: Path | None = None,
            command: str | None = None, agree_with: str = HEADLINE_VARIANT, union: bool = False,
-           gate_rows_only: bool = False, **budget) -> dict:
+           gate_rows_only: bool = False, joined_only: bool = False, **budget) -> dict:
     """Screen ``variants`` (generators trained or reused) with the experiment ``config``'s data, generator and
     segmenter (``budget``: :func:`screen_config`'s steps, val_interval, seeds, samples_per_real); write the JSON
     and Markdown after every row. ``headline``: the result file the rank agreement compares with;
@@ -728,7 +728,10 @@ def screen(config: Path, n: int, variants: list[str], results: Path, headline: P
     copy-paste row, and the headline's copy-paste-onto-backgrounds arm, when it is among ``variants``);
     ``union``: every variant also gets the :data:`UNION_ARM` row (its pairs joined to the pasted ones), not only
     ``agree_with``, and the pasted arm's row is trained for the comparison; ``gate_rows_only``: only the rows the
-    gate judges (real + pairs, and the joined row), not the pairs alone nor the rank agreement's extra row."""
+    gate judges (real + pairs, and the joined row), not the pairs alone nor the rank agreement's extra row;
+    ``joined_only``: of each variant only the joined row (implies ``union``), for a lever of copy-paste or of the
+    joined row's mixing, judged against the headline recipe's joined row."""
+    union = union or joined_only
     base_cfg = screen_config(config, n, "today", **budget)
     paste = paste_rows(config, base_cfg)
     held = screen_config(config, n, agree_with, **budget)
@@ -799,7 +802,7 @@ def screen(config: Path, n: int, variants: list[str], results: Path, headline: P
             if entry.get("quality", {}).get("version") != QUALITY_VERSION:  # not measured, or measured otherwise
                 entry["quality"] = quality(synthetic, cfg, data, checkpoint)
             # the rows the rank agreement needs first (a partial run still ranks the headline's arms)
-            arms_of = variant_arms(v, agree_with, gen)[:1 if gate_rows_only else None]
+            arms_of = variant_arms(v, agree_with, gen)[:0 if joined_only else 1 if gate_rows_only else None]
             rows_of = [(arm, cfg, synthetic) for arm in arms_of]
             if (v == agree_with or union) and paste is not None:
                 ucfg = union_config(cfg, paste, v)
@@ -1249,6 +1252,9 @@ def run_cmd(
                                "onto the backgrounds (the headline's best arm), not only --agree-with."),
     gate_rows_only: bool = typer.Option(False, help="Only the rows the gate judges (real + pairs, and the joined "
                                         "row): no pairs-alone row, no rank-agreement row (about half the time)."),
+    joined_only: bool = typer.Option(False, help="Of each variant only the joined row (implies --union): a lever "
+                                     "of copy-paste or of the joined row's mixing, judged against the held "
+                                     "recipe's joined row."),
     results: Path = typer.Option(ROOT / "benchmarks" / "results", help="Where the JSON and Markdown go."),
     threads: int | None = typer.Option(None, help="torch threads."),
 ) -> None:
@@ -1261,7 +1267,7 @@ def run_cmd(
                  command="python benchmarks/screen.py " + " ".join(sys.argv[1:]), steps=steps,
                  val_interval=val_interval, seeds=tuple(seed),
                  agree_with=agree_with or held_variant(config), union=union,
-                 gate_rows_only=gate_rows_only)
+                 gate_rows_only=gate_rows_only, joined_only=joined_only)
     typer.echo(json.dumps(out.get("agreement", {}), indent=1)[:2000])
 
 

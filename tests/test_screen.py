@@ -788,6 +788,17 @@ def test_screen_end_to_end_on_demo(tmp_path, monkeypatch):
     assert more["variants"]["until"]["arms"]["synthetic"]["seeds"] == [0, 1]
     saved = json.loads((tmp_path / "results" / "screen-demo-n8-s4-cpu.json").read_text(encoding="utf-8"))
     assert saved["real"]["copy-paste"]["seeds"] == [0, 1]
+    # --joined-only: of a variant only its joined row; here the synthetic-donor lever (session 36) through the
+    # runner's own stage: copy-paste on the real half takes half its lesions from the drawn pairs of the union
+    monkeypatch.setitem(s.VARIANTS, "donors", s.Variant(tiny, arm={"copy_paste": {"prob": 0.5,
+                                                                                   "synthetic_donors": 0.5}}))
+    only = s.screen(config, 8, ["donors"], tmp_path / "results", headline=headline, command="test",
+                    agree_with="today", joined_only=True, **budget)
+    assert list(only["variants"]["donors"]["arms"]) == ["synthetic+copy-paste+backgrounds"]
+    used = yaml.safe_load((tmp_path / "runs" / "screen" / "n8-steps4" / "donors" / "synthetic+copy-paste+backgrounds"
+                           / "seed0" / "segmenter" / "config.yaml").read_text(encoding="utf-8"))
+    assert (used["copy_paste"]["enabled"], used["copy_paste"]["synthetic_donors"]) == (True, 0.5)
+    assert only["variants"]["donors"]["arms"]["synthetic+copy-paste+backgrounds"]["platform"] == s.platform()
 
 
 def test_a_row_is_summarised_over_the_seeds_asked_for_and_those_already_done(tmp_path):
