@@ -481,12 +481,12 @@ def platform() -> str:
     return f"torch {facts['torch']}, CPU {facts['cpu_capability']}"
 
 
-def foreign_rows(out: dict, here: str) -> list[str]:
-    """The rows of a screen file (``real`` and ``<variant>:<row>``) not trained on platform ``here`` (a summary
-    that did not record its platform, written before session 36, counts as another's)."""
+def foreign_rows(out: dict, here: str) -> dict[str, str | None]:
+    """The rows of a screen file (``real`` and ``<variant>:<row>``) not trained on platform ``here``, each with its
+    platform (None: a summary that did not record it, written before session 36, counts as another's)."""
     rows = [(a, r) for a, r in out.get("real", {}).items()]
     rows += [(f"{v}:{a}", r) for v, e in out.get("variants", {}).items() for a, r in e.get("arms", {}).items()]
-    return [name for name, r in rows if r.get("platform") != here]
+    return {name: r.get("platform") for name, r in rows if r.get("platform") != here}
 
 
 def screen_file(results: Path, dataset: str, n: int, steps: int, existing: bool = False) -> Path:
@@ -742,8 +742,9 @@ def screen(config: Path, n: int, variants: list[str], results: Path, headline: P
     here = platform()
     if foreign := foreign_rows(out, here):
         raise typer.BadParameter(
-            f"{out_path}: rows {foreign[:3]}{' …' if len(foreign) > 3 else ''} were trained on "
-            f"{out.get('platform') or 'a platform the file did not record'}, this machine is {here}: the same seed "
+            f"{out_path}: rows {list(foreign)[:3]}{' …' if len(foreign) > 3 else ''} were trained on "
+            f"{sorted({w or 'a platform the file did not record' for w in foreign.values()})}, this machine is "
+            f"{here}: the same seed "
             "trains another row here, and one file's rows are compared seed by seed; screen into another folder "
             "(--results)")
     claim_sweep(config)

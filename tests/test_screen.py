@@ -860,11 +860,12 @@ def test_the_screen_refuses_a_file_of_rows_trained_on_another_platform(tmp_path)
     s = load_benchmark("screen")
     out = {"real": {"baseline": {"seeds": [0], "platform": s.platform()}},
            "variants": {"v": {"arms": {"synthetic": {"seeds": [0], "platform": s.platform()}}}}}
-    assert s.foreign_rows(out, s.platform()) == []
+    assert s.foreign_rows(out, s.platform()) == {}
     out["variants"]["v"]["arms"]["synthetic+copy-paste"] = {"seeds": [0]}  # written before rows recorded it
     out["real"]["copy-paste"] = {"seeds": [0], "platform": "torch 2.13.0+cpu, CPU AVX512"}
-    assert s.foreign_rows(out, s.platform()) == ["copy-paste", "v:synthetic+copy-paste"]
+    assert s.foreign_rows(out, s.platform()) == {"copy-paste": "torch 2.13.0+cpu, CPU AVX512",
+                                                 "v:synthetic+copy-paste": None}
     path = s.screen_file(tmp_path, "demo", 8, s.STEPS)
     path.write_text(json.dumps(out), encoding="utf-8")
-    with pytest.raises(Exception, match=r"screen-demo-n8-cpu\.json: rows .*copy-paste.* another folder"):
+    with pytest.raises(Exception, match=r"screen-demo-n8-cpu\.json: rows .*copy-paste.*AVX512.* another folder"):
         s.screen(ROOT / "benchmarks" / "configs" / "smoke.yaml", 8, [], tmp_path, seeds=(0,))
