@@ -27,7 +27,7 @@ import fcntl
 import json
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -503,13 +503,17 @@ def screen_dir(cfg: ExperimentConfig, n: int) -> Path:
 
 
 def run_row(cfg: ExperimentConfig, data: ExperimentData, n: int, arm: ArmSettings, seed: int, folder: Path,
-            synthetic: SyntheticSet | None) -> dict:
+            synthetic: SyntheticSet | None, wait: bool = True) -> dict | None:
     """One segmenter at the screen budget, through the runner's own stage, selected and scored on ``val``
-    (``run_arm`` scores the data's ``test``: here that is ``val``). Cached as ``row.json`` in ``folder``."""
+    (``run_arm`` scores the data's ``test``: here that is ``val``). Cached as ``row.json`` in ``folder``. Two
+    screens share rows (the real ones, a variant's): one trains a row, the other waits for it, or with ``wait``
+    False gets None at once and does other rows meanwhile."""
     done = folder / "row.json"
     folder.mkdir(parents=True, exist_ok=True)
     used, drawn = set_identity(synthetic, arm.filtered), set_fingerprint(synthetic, arm.filtered)
-    with _locked(folder / "row.lock"):  # two screens (other variants) share the real rows: one trains, one waits
+    with _locked(folder / "row.lock", wait) as held:
+        if not held:
+            return None
         if done.is_file():
             row = json.loads(done.read_text(encoding="utf-8"))
             # a row written before rows recorded their set has none to compare (all of them predate a change)
@@ -563,15 +567,24 @@ def filed_rows(summary: dict | None, arm: str) -> dict[int, dict]:
 
 
 def arm_rows(cfg: ExperimentConfig, data: ExperimentData, n: int, arm: ArmSettings, wanted: tuple[int, ...],
-             arm_folder: Path, synthetic: SyntheticSet | None, filed: dict | None = None) -> list[dict]:
+             arm_folder: Path, synthetic: SyntheticSet | None, filed: dict | None = None,
+             busy: list[int] | None = None) -> list[dict]:
     """The rows of one arm (``arm_folder/seed<s>``, :func:`run_row`) over :func:`with_done_seeds` and the seeds of
     its summary in the screen file (``filed``): the seeds asked for, trained if missing, and those an earlier run
     finished. A seed whose ``row.json`` is missing but whose numbers the file holds (:func:`filed_rows`) is taken
-    from the file, not trained again (the segmenter is deterministic on the CPU: it would give the same row)."""
+    from the file, not trained again (the segmenter is deterministic on the CPU: it would give the same row).
+    With ``busy`` (a list), a row another screen process is training is left out and its seed appended there,
+    instead of waiting for it."""
     known = filed_rows(filed, arm.name)
-    return [known[s] if s in known and not (arm_folder / f"seed{s}" / "row.json").is_file()
-            else run_row(cfg, data, n, arm, s, arm_folder / f"seed{s}", synthetic)
-            for s in sorted(set(with_done_seeds(wanted, arm_folder)) | set(known))]
+    rows = []
+    for s in sorted(set(with_done_seeds(wanted, arm_folder)) | set(known)):
+        if s in known and not (arm_folder / f"seed{s}" / "row.json").is_file():
+            rows.append(known[s])
+        elif (row := run_row(cfg, data, n, arm, s, arm_folder / f"seed{s}", synthetic, busy is None)) is None:
+            busy.append(s)
+        else:
+            rows.append(row)
+    return rows
 
 
 def last_val_mdice(folder: Path) -> float | None:
@@ -621,12 +634,17 @@ def set_fingerprint(synthetic: SyntheticSet | None, filtered: bool) -> str | Non
 
 
 @contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """An exclusive ``flock`` on ``path`` (blocking; released when the process dies)."""
+def _locked(path: Path, wait: bool = True) -> Iterator[bool]:
+    """An exclusive ``flock`` on ``path`` (released when the process dies); yields whether it is held. Blocking,
+    or with ``wait`` False, not taken (yields False) while another process holds it."""
     with open(path, "a", encoding="utf-8") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
         try:
-            yield
+            fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
 
@@ -778,19 +796,34 @@ def screen(config: Path, n: int, variants: list[str], results: Path, headline: P
     # the real-only segmenter of seed 0 scores the label fidelity and gives the in-domain KID features
     checkpoint = folder / "real" / "baseline" / "seed0" / "segmenter" / "best"
     made: dict[str, tuple[ExperimentConfig, SyntheticSet]] = {}
+    later: list[Callable[[], None]] = []  # rows another screen process was training: summarised at the end
+
+    def rows_into(where: tuple[str, ...], acfg: ExperimentConfig, arm: ArmSettings, wanted: tuple[int, ...],
+                  arm_folder: Path, aset: SyntheticSet | None, wait: bool = False) -> None:
+        """One arm's rows summarised into ``out[where...][arm.name]`` (looked up now: ``save`` replaces the file's
+        sections). A row another screen process is training (two workers, one per core, on the same seeds) is not
+        waited for: this one trains the rows after it meanwhile, and summarises that arm again at the end, waiting
+        then."""
+        into = out
+        for key in where:
+            into = into.setdefault(key, {})
+        busy: list[int] | None = None if wait else []
+        rows = arm_rows(acfg, data, n, arm, wanted, arm_folder, aset, into.get(arm.name), busy)
+        if busy:
+            later.append(lambda: rows_into(where, acfg, arm, wanted, arm_folder, aset, wait=True))
+        if rows:
+            new = summarise(rows)
+            # a summary over more seeds (an earlier run with more --seed) is kept, not replaced by fewer
+            into[arm.name] = max(new, into.get(arm.name, new), key=lambda r: len(r["seeds"]))
+            save()
+
     for k in range(len(seeds)):  # every row's first seed before any second seed: partial results rank all rows
         for arm in REAL_ARMS:
-            rows = arm_rows(base_cfg, data, n, arm, seeds[:k + 1], folder / "real" / arm.name, None,
-                            out["real"].get(arm.name))
-            out["real"][arm.name] = summarise(rows)
-            save()
+            rows_into(("real",), base_cfg, arm, seeds[:k + 1], folder / "real" / arm.name, None)
         if paste is not None and (agree_with in variants or union):  # the fair copy-paste twin
             pcfg, parm, pname = paste
             pasted = SyntheticCache(pcfg, LesionforgeStages(), data, n).get(pname)
-            rows = arm_rows(pcfg, data, n, parm, seeds[:k + 1], folder / "real" / parm.name, pasted,
-                            out["real"].get(parm.name))
-            out["real"][parm.name] = summarise(rows)
-            save()
+            rows_into(("real",), pcfg, parm, seeds[:k + 1], folder / "real" / parm.name, pasted)
         for v in variants:
             if v not in made:
                 vcfg = screen_config(config, n, v, **budget)
@@ -801,6 +834,9 @@ def screen(config: Path, n: int, variants: list[str], results: Path, headline: P
             cfg, synthetic = made[v]
             entry = out["variants"][v]
             if entry.get("quality", {}).get("version") != QUALITY_VERSION:  # not measured, or measured otherwise
+                if checkpoint.parents[1].is_dir():  # another screen process may still be training that segmenter
+                    with _locked(checkpoint.parents[1] / "row.lock"):
+                        pass
                 entry["quality"] = quality(synthetic, cfg, data, checkpoint)
             # the rows the rank agreement needs first (a partial run still ranks the headline's arms)
             arms_of = variant_arms(v, agree_with, gen)[:0 if joined_only else 1 if gate_rows_only else None]
@@ -810,12 +846,9 @@ def screen(config: Path, n: int, variants: list[str], results: Path, headline: P
                 at = len(rows_of) - sum(a.name == VARIANT_ARMS[1].name for a, _, _ in rows_of)  # before pairs alone
                 rows_of.insert(at, (ucfg.arms[0], ucfg, SyntheticCache(ucfg, LesionforgeStages(), data, n).get(UNION)))
             for arm, acfg, aset in rows_of:
-                rows = arm_rows(acfg, data, n, arm, seeds[:k + 1], folder / v / arm.name, aset,
-                                entry.get("arms", {}).get(arm.name))
-                arms, new = entry.setdefault("arms", {}), summarise(rows)
-                # a summary over more seeds (an earlier run with more --seed) is kept, not replaced by fewer
-                arms[arm.name] = max(new, arms.get(arm.name, new), key=lambda r: len(r["seeds"]))
-                save()
+                rows_into(("variants", v, "arms"), acfg, arm, seeds[:k + 1], folder / v / arm.name, aset)
+    for redo in later:
+        redo()
     return out
 
 

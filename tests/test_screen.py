@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -799,6 +800,52 @@ def test_screen_end_to_end_on_demo(tmp_path, monkeypatch):
                            / "seed0" / "segmenter" / "config.yaml").read_text(encoding="utf-8"))
     assert (used["copy_paste"]["enabled"], used["copy_paste"]["synthetic_donors"]) == (True, 0.5)
     assert only["variants"]["donors"]["arms"]["synthetic+copy-paste+backgrounds"]["platform"] == s.platform()
+    # two workers on one new seed: the baseline row of seed 2 is locked by "the other" (held here); this screen
+    # trains the rows after it meanwhile, and the baseline at the end, once the lock is free
+    locked = tmp_path / "runs" / "screen" / "n8-steps4" / "real" / "baseline" / "seed2"
+    locked.mkdir(parents=True)
+    order, real_row = [], s.run_row
+    with open(locked / "row.lock", "a") as other:
+        fcntl.flock(other, fcntl.LOCK_EX)
+
+        def watched(cfg, data, n, arm, seed, folder, synthetic, wait=True):
+            got = real_row(cfg, data, n, arm, seed, folder, synthetic, wait)
+            order.append((folder.parent.name, seed, got is not None))
+            if folder.parent.name == "copy-paste":  # "the other worker" finishes nothing; it just lets go
+                fcntl.flock(other, fcntl.LOCK_UN)
+            return got
+
+        monkeypatch.setattr(s, "run_row", watched)
+        two = s.screen(config, 8, ["donors"], tmp_path / "results", headline=headline, command="test",
+                       agree_with="today", joined_only=True, **{**budget, "seeds": (2,)})
+    new_rows = [o for o in order if o[1] == 2]
+    assert new_rows[0] == ("baseline", 2, False) and new_rows[-1] == ("baseline", 2, True)
+    assert ("synthetic+copy-paste+backgrounds", 2, True) in new_rows[1:-1]
+    assert two["real"]["baseline"]["seeds"] == [0, 1, 2]
+    assert (locked / "row.json").is_file()
+
+
+def test_a_row_another_screen_process_trains_is_left_for_later_not_waited_for(tmp_path):
+    """Two screen workers (one per core) on the same seed: a row whose lock the other holds is skipped (its seed
+    reported busy), not waited for, unless waiting is asked for; a free row is read back as before."""
+    s = load_benchmark("screen")
+    arm = s.REAL_ARMS[0]
+    for seed in (0, 1):
+        (tmp_path / f"seed{seed}").mkdir()
+    (tmp_path / "seed1" / "row.json").write_text(json.dumps({"arm": arm.name, "seed": 1, "val_mdice": 0.5}))
+    with open(tmp_path / "seed0" / "row.lock", "a") as other:  # another open file: flock conflicts as a process's
+        fcntl.flock(other, fcntl.LOCK_EX)
+        assert s.run_row(None, None, 8, arm, 0, tmp_path / "seed0", None, wait=False) is None
+        with s._locked(tmp_path / "seed0" / "row.lock", wait=False) as held:
+            assert held is False
+        busy: list[int] = []
+        rows = s.arm_rows(None, None, 8, arm, (0, 1), tmp_path, None, None, busy)
+        assert busy == [0] and [r["seed"] for r in rows] == [1]
+        fcntl.flock(other, fcntl.LOCK_UN)
+    (tmp_path / "seed0" / "row.json").write_text(json.dumps({"arm": arm.name, "seed": 0, "val_mdice": 0.25}))
+    busy = []
+    rows = s.arm_rows(None, None, 8, arm, (0, 1), tmp_path, None, None, busy)
+    assert busy == [] and [r["val_mdice"] for r in rows] == [0.25, 0.5]
 
 
 def test_a_row_is_summarised_over_the_seeds_asked_for_and_those_already_done(tmp_path):
@@ -825,7 +872,7 @@ def test_a_row_the_screen_file_holds_is_taken_from_it_not_trained_again(tmp_path
     assert filed["platform"] == s.platform()
     trained = []
 
-    def fake_row(cfg, data, n, arm, seed, folder, synthetic):
+    def fake_row(cfg, data, n, arm, seed, folder, synthetic, wait=True):
         trained.append(seed)
         return {"arm": arm.name, "seed": seed, "val_mdice": 0.9, "ids": ids, "dice": [0.9, 0.9, 0.9],
                 "seconds": 5.0, "last_val_mdice": 0.9, "platform": s.platform()}
