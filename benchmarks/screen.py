@@ -14,6 +14,8 @@ images. Real-only and copy-paste rows at the same budget make the scores compara
 Each row also keeps its val score at the last step, without choosing the best evaluation; on volumes the gate's
 paired intervals resample val cases, each with all its slices.
 Writes ``benchmarks/results/screen-<dataset>-n<N>-cpu.json`` and ``.md``; every stage resumes from its files.
+Two workers (one per core, e.g. ``run --real-only --seed 2`` beside ``run --variant X --joined-only --seed 2``)
+share the rows they both need: a row the other is training is left for the end of the run, not waited for.
 ``agree`` recomputes the rank agreement and the gate from the files (the gate holds each variant to the strongest
 real row and to the row of the headline result's best synthetic arm); ``compare`` sets one row against others:
 
