@@ -1163,13 +1163,21 @@ def _speckle(q: dict) -> str:
     return "—" if sp is None else f"{sp['synthetic']:.1f} ({sp['real_train']:.1f})"
 
 
+def _all_seeds(out: dict) -> list[int]:
+    """Every seed a row of the screen file holds (runs add seeds: the last command's are only some of them)."""
+    rows = list(out.get("real", {}).values())
+    rows += [r for e in out.get("variants", {}).values() for r in e.get("arms", {}).values()]
+    return sorted({s for r in rows for s in r.get("seeds", [])})
+
+
 def write_report(out: dict, path: Path) -> None:
     """The Markdown summary of a screen JSON."""
     base = out["real"].get("baseline", {}).get("val_mdice")
     lines = [f"# Usefulness screen, {out['dataset']} N = {out['n_labelled']} (cpu profile, {out['resolution']} px)",
              "", "Written by `benchmarks/screen.py` from the JSON beside it. Segmenter: the headline network at "
-             f"{out['segment']['steps']} steps (headline 2000), seeds {out['segment']['seeds']}, selected and "
-             f"scored on real `val` (test never read). Machine: {out['machine']}. Command: `{out['command']}`.", "",
+             f"{out['segment']['steps']} steps (headline 2000), rows of seeds {_all_seeds(out)}, selected and "
+             f"scored on real `val` (test never read). Machine: {out['machine']}. Last command (seeds "
+             f"{out['segment']['seeds']}): `{out['command']}`.", "",
              "| row | val mDice (mean of seeds) | vs real only | at the last step, no selection, by seed | seeds "
              "| segmenter s |", "|---|---|---|---|---|---|"]
 

@@ -175,9 +175,11 @@ def test_the_gate_promotes_only_a_variant_that_beats_every_reference_on_two_seed
     assert not any(e["promote"] for e in busi["variants"].values())
     path = tmp_path / "screen.md"
     s.write_report({**out, "dataset": "d", "n_labelled": 8, "resolution": 64, "machine": "m", "command": "c",
-                    "segment": {"steps": 400, "seeds": [0, 1]}, "gate": g}, path)
+                    "segment": {"steps": 400, "seeds": [1]}, "gate": g}, path)
     text = path.read_text(encoding="utf-8")
     assert "Promoted: clear, clear-seeds-reversed, joined." in text
+    # the rows' seeds, not only the last command's (a run of --seed 1 adds to rows of seed 0)
+    assert "rows of seeds [0, 1]," in text and "Last command (seeds [1]): `c`" in text
     assert "| one-seed | synthetic | copy-paste+backgrounds |" in text
 
 
