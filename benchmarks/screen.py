@@ -582,10 +582,12 @@ def arm_rows(cfg: ExperimentConfig, data: ExperimentData, n: int, arm: ArmSettin
     for s in sorted(set(with_done_seeds(wanted, arm_folder)) | set(known)):
         if s in known and not (arm_folder / f"seed{s}" / "row.json").is_file():
             rows.append(known[s])
-        elif (row := run_row(cfg, data, n, arm, s, arm_folder / f"seed{s}", synthetic, busy is None)) is None:
-            busy.append(s)
-        else:
+            continue
+        row = run_row(cfg, data, n, arm, s, arm_folder / f"seed{s}", synthetic, wait=busy is None)
+        if row is not None:
             rows.append(row)
+        elif busy is not None:  # run_row gives None only when told not to wait
+            busy.append(s)
     return rows
 
 
