@@ -483,12 +483,18 @@ def platform() -> str:
     return f"torch {facts['torch']}, CPU {facts['cpu_capability']}"
 
 
+def file_rows(out: dict) -> list[tuple[str, str, dict]]:
+    """Every row summary of a screen file as (section, arm, summary): section ``real`` for the real rows, else the
+    variant's name (also the rows' folder under the screen's: ``<section>/<arm>/seed<s>``)."""
+    rows = [("real", a, r) for a, r in out.get("real", {}).items()]
+    return rows + [(v, a, r) for v, e in out.get("variants", {}).items() for a, r in e.get("arms", {}).items()]
+
+
 def foreign_rows(out: dict, here: str) -> dict[str, str | None]:
     """The rows of a screen file (``real`` and ``<variant>:<row>``) not trained on platform ``here``, each with its
     platform (None: a summary that did not record it, written before session 36, counts as another's)."""
-    rows = [(a, r) for a, r in out.get("real", {}).items()]
-    rows += [(f"{v}:{a}", r) for v, e in out.get("variants", {}).items() for a, r in e.get("arms", {}).items()]
-    return {name: r.get("platform") for name, r in rows if r.get("platform") != here}
+    return {a if v == "real" else f"{v}:{a}": r.get("platform") for v, a, r in file_rows(out)
+            if r.get("platform") != here}
 
 
 def screen_file(results: Path, dataset: str, n: int, steps: int, existing: bool = False) -> Path:
@@ -607,9 +613,8 @@ def fill_from_run_records(out: dict, folder: Path) -> None:
     """Give every row of a screen file whose seeds' run records are all in ``folder`` (the screen's rows, as
     :func:`screen` lays them out) its ``last_val_mdice_by_seed``, and its ``per_image_by_seed`` from the seeds'
     ``row.json``: rows summarised before rows kept them."""
-    rows = [(folder / "real" / a, r) for a, r in out.get("real", {}).items()]
-    rows += [(folder / v / a, r) for v, e in out.get("variants", {}).items() for a, r in e.get("arms", {}).items()]
-    for path, r in rows:
+    for section, a, r in file_rows(out):
+        path = folder / section / a
         last = [last_val_mdice(path / f"seed{s}") for s in r["seeds"]]
         if None not in last:
             r["last_val_mdice_by_seed"] = last
@@ -1167,9 +1172,7 @@ def _speckle(q: dict) -> str:
 
 def _all_seeds(out: dict) -> list[int]:
     """Every seed a row of the screen file holds (runs add seeds: the last command's are only some of them)."""
-    rows = list(out.get("real", {}).values())
-    rows += [r for e in out.get("variants", {}).values() for r in e.get("arms", {}).values()]
-    return sorted({s for r in rows for s in r.get("seeds", [])})
+    return sorted({s for _, _, r in file_rows(out) for s in r.get("seeds", [])})
 
 
 def write_report(out: dict, path: Path) -> None:
